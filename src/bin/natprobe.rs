@@ -1,0 +1,5 @@
+//! `natprobe`: see `natprobe --help` and [`voxmesh::cli::natprobe`].
+
+fn main() -> std::process::ExitCode {
+    voxmesh::cli::natprobe::main()
+}

@@ -1,0 +1,83 @@
+//! Flag definitions and the glue each binary runs. They live in the library so that help,
+//! completions and man pages come from one definition (see [`commands`] and `voxlab gen-docs`).
+//!
+//! Exit codes shared by every program: 0 success, 1 a runtime failure, 2 bad usage (clap's
+//! own). Programs add their own above 2 and list them in `--help`.
+
+pub mod natprobe;
+pub mod supernoded;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::CommandFactory;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// A runtime failure not covered by a more specific code.
+pub const EXIT_FAILURE: u8 = 1;
+/// Bad flags or arguments (clap's code).
+pub const EXIT_USAGE: u8 = 2;
+
+/// `-v`/`-q`, shared by every program. `RUST_LOG` overrides both.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct Verbosity {
+    /// Log more on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Verbosity {
+    /// Installs the `tracing` subscriber on stderr.
+    pub fn init(self) {
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn",
+            (false, 1) => "info",
+            (false, 2) => "debug",
+            (false, _) => "trace",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .with_target(false)
+            .try_init();
+    }
+}
+
+/// Every user-facing program's command definition, for completions and man pages.
+pub fn commands() -> Vec<clap::Command> {
+    vec![natprobe::Args::command(), supernoded::Args::command()]
+}
+
+/// Prints `err` and its causes once, prefixed with the program name, and returns `code`.
+pub fn report_error(program: &str, err: &anyhow::Error, code: u8) -> ExitCode {
+    let mut msg = format!("{program}: {err}");
+    for cause in err.chain().skip(1) {
+        msg.push_str(&format!(": {cause}"));
+    }
+    let _ = writeln!(io::stderr(), "{msg}");
+    ExitCode::from(code)
+}
+
+/// Writes `text` to stdout. A closed pipe (`natprobe --json | head -c0`) is not an error: the
+/// reader has what it wanted.
+pub fn print_stdout(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+/// A tokio runtime on the current thread: every voxmesh program is I/O-bound and small.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}

@@ -1,0 +1,5 @@
+//! The NAT lab: network namespaces, veth links and nftables NATs built by `scripts/lab`, plus
+//! the pieces tests and benchmarks need in-process (entering a namespace, the path impairment
+//! forwarder, load generators). Nothing here runs in production paths.
+
+pub mod netem;

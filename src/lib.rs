@@ -1,0 +1,21 @@
+//! voxmesh: peer-to-peer voice calling as a toolkit of small, composable programs.
+//!
+//! The binaries in `src/bin/` are thin: they parse flags (definitions in [`cli`]) and call into
+//! this library. Protocol logic is sans-IO: state machines that take `now` and packets and
+//! return packets and timeouts, driven by thin tokio drivers in [`net`].
+//!
+//! # Layout
+//!
+//! - [`stun`]: STUN message parsing and building (RFC 8489, RFC 5780, RFC 3489 compatibility).
+//! - [`supernode`]: the supernode's services; for now the STUN binding service.
+//! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
+//! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
+//! - [`cli`]: flag definitions shared by the binaries, completions and man pages.
+//! - [`lab`]: the network-namespace NAT lab used by tests, benchmarks and the demo.
+
+pub mod cli;
+pub mod lab;
+pub mod nat;
+pub mod net;
+pub mod stun;
+pub mod supernode;

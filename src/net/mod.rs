@@ -1,0 +1,13 @@
+//! Networking: socket set-up, batched UDP I/O, the metrics endpoint and shutdown plumbing.
+//! Only this module (and the binaries) touch tokio's networking and clocks.
+
+pub mod batch;
+mod metrics;
+mod probe;
+mod shutdown;
+mod socket;
+
+pub use metrics::serve_metrics;
+pub use probe::{ProbeError, local_ip_for, run_probe};
+pub use shutdown::{Shutdown, ShutdownSignal, signal_shutdown};
+pub use socket::{bind_udp, bind_udp_std};

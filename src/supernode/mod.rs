@@ -1,0 +1,8 @@
+//! The supernode role: for now its STUN binding service; registration, presence, lookup and
+//! call signalling join it in later modules.
+
+pub mod binding;
+mod service;
+
+pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};
+pub use service::{StunServer, StunServerError};
