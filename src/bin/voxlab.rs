@@ -19,12 +19,22 @@ struct Cli {
 enum Cmd {
     /// Forward frames between two interfaces with seeded delay, jitter, loss and reordering.
     Netem(voxmesh::lab::netem::NetemArgs),
+    /// Regenerate shell completions and man pages (or, with --check, list stale ones).
+    GenDocs {
+        /// Only report stale files; exit 1 if any.
+        #[arg(long)]
+        check: bool,
+        /// Repository root.
+        #[arg(default_value = ".")]
+        root: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Netem(a) => voxmesh::lab::netem::run(a),
+        Cmd::GenDocs { check, root } => gen_docs(check, &root),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,4 +43,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn gen_docs(check: bool, root: &std::path::Path) -> anyhow::Result<()> {
+    use voxmesh::cli::docs;
+    if check {
+        let stale = docs::stale(root)?;
+        for f in &stale {
+            println!("stale: {}", f.display());
+        }
+        anyhow::ensure!(stale.is_empty(), "{} generated files are stale: run voxlab gen-docs", stale.len());
+    } else {
+        for f in docs::write_all(root)? {
+            println!("wrote {}", f.display());
+        }
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! Exit codes shared by every program: 0 success, 1 a runtime failure, 2 bad usage (clap's
 //! own). Programs add their own above 2 and list them in `--help`.
 
+pub mod docs;
 pub mod natprobe;
 pub mod supernoded;
 
