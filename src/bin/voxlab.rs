@@ -19,6 +19,8 @@ struct Cli {
 enum Cmd {
     /// Forward frames between two interfaces with seeded delay, jitter, loss and reordering.
     Netem(voxmesh::lab::netem::NetemArgs),
+    /// Load a STUN server with Binding requests, check every answer, print one JSON report.
+    StunLoad(voxmesh::lab::stunload::StunLoadArgs),
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
     GenDocs {
         /// Only report stale files; exit 1 if any.
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Netem(a) => voxmesh::lab::netem::run(a),
+        Cmd::StunLoad(a) => voxmesh::lab::stunload::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
     };
     match r {

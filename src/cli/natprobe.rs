@@ -7,10 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 
-use super::{EXIT_OK, Verbosity, print_stdout, report_error, runtime};
+use super::{EXIT_OK, EXIT_USAGE, Verbosity, print_stdout, report_error, runtime};
 use crate::nat::{NatKind, ProbeConfig, Report, Stage, Timing};
 use crate::net::{ProbeError, run_probe};
 
@@ -25,7 +25,7 @@ pub const DEFAULT_STUN_PORT: u16 = 3478;
 const EXIT_CODES: &str = "\
 Exit status:
   0  the probe ran (some properties may still be undecided: see \"undecided\")
-  2  bad flags or arguments
+  2  bad flags or arguments (also servers of mixed address families)
   3  UDP is blocked: no server answered (the JSON still says \"nat\": \"udp-blocked\")
   4  local error: a server name did not resolve, no route, or no socket
 
@@ -104,9 +104,20 @@ pub fn main() -> ExitCode {
     args.verbosity.init();
     match run(args) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => report_error("natprobe", &e, EXIT_LOCAL),
+        Err(e) => {
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<UsageError>().is_some()
+                    || matches!(c.downcast_ref::<ProbeError>(), Some(ProbeError::MixedFamilies(..)))
+            });
+            report_error("natprobe", &e, if usage { EXIT_USAGE } else { EXIT_LOCAL })
+        }
     }
 }
+
+/// Arguments that parse but contradict each other (exit 2, like clap's own errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
 
 fn run(args: Args) -> anyhow::Result<u8> {
     let rt = runtime().context("cannot start the runtime")?;
@@ -160,26 +171,32 @@ async fn resolve_all(args: &Args) -> anyhow::Result<Vec<SocketAddr>> {
 
 /// Resolves HOST[:PORT], `[V6]:PORT`, or a bare address, preferring `want_v4`'s family.
 pub async fn resolve(spec: &str, want_v4: Option<bool>) -> anyhow::Result<SocketAddr> {
-    if let Ok(a) = spec.parse::<SocketAddr>() {
-        return Ok(a);
-    }
     let bare = spec.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_STUN_PORT));
+    let literal = spec
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DEFAULT_STUN_PORT)));
+    if let Some(a) = literal {
+        if want_v4.is_some_and(|v4| v4 != a.is_ipv4()) {
+            let fam = if a.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(UsageError(format!(
+                "server {spec} is {fam}, but the probe uses the other family (from -4/-6 or the first server)"
+            ))
+            .into());
+        }
+        return Ok(a);
     }
     let (host, port) = match spec.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => {
-            let port = p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .with_context(|| format!("bad port in server '{spec}'"))?;
+            let Some(port) = p.parse::<u16>().ok().filter(|p| *p != 0) else {
+                return Err(UsageError(format!("bad port in server '{spec}'")).into());
+            };
             (h, port)
         }
         _ => (spec, DEFAULT_STUN_PORT),
     };
     if host.is_empty() {
-        bail!("empty host name in server '{spec}'");
+        return Err(UsageError(format!("empty host name in server '{spec}'")).into());
     }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await

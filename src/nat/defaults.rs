@@ -65,16 +65,18 @@ impl Default for Timing {
 }
 
 /// Probe times for the binding lifetime search, up to `max`: 0.5 s steps to 10 s, 1 s steps to
-/// 30 s, 5 s steps to 120 s, 15 s steps beyond. Every point gets its own socket, bound at the
-/// start, so the whole search takes one lifetime plus a step, not a binary search's many.
+/// 60 s, 5 s steps to 120 s, 15 s steps beyond. The estimate is the midpoint of a step, so it is
+/// within half a step of the truth: at most ±0.5 s up to 60 s, where the common timeouts (30 s,
+/// 60 s) and the keepalive intervals derived from them lie. Every point gets its own socket, bound
+/// at the start, so the whole search takes one lifetime plus a step, not a binary search's many.
 pub fn lifetime_schedule(max: Duration) -> Vec<Duration> {
     let mut out = Vec::new();
     let mut t = Duration::ZERO;
     while t < max {
         let step = match t.as_secs() {
             0..10 => Duration::from_millis(500),
-            10..30 => Duration::from_secs(1),
-            30..120 => Duration::from_secs(5),
+            10..60 => Duration::from_secs(1),
+            60..120 => Duration::from_secs(5),
             _ => Duration::from_secs(15),
         };
         t = (t + step).min(max);
@@ -105,7 +107,8 @@ mod tests {
         assert_eq!(s[0], Duration::from_millis(500));
         assert_eq!(*s.last().unwrap(), Duration::from_secs(120));
         assert!(s.contains(&Duration::from_secs(5)));
-        assert!(s.len() < 64);
+        assert!(s.contains(&Duration::from_secs(59)) && s.contains(&Duration::from_secs(60)));
+        assert!(s.len() < 96);
         assert_eq!(lifetime_schedule(Duration::from_secs(2)).len(), 4);
     }
 

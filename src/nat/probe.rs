@@ -25,7 +25,9 @@
 //!    (hairpinning). No packet goes to A2 before these are decided: some NATs keep address-
 //!    dependent filter state for the whole box, and one packet to A2 from any socket would let
 //!    A2's answers in everywhere, making a restricted cone look like a full cone. (NATs that keep
-//!    it per mapping are read correctly by the same order.)
+//!    it per mapping are read correctly by the same order.) Nor does any go to A1:p2 (a server
+//!    listed at the primary's IP and alternate port): an address-and-port-dependent filter would
+//!    then let the CHANGE-REQUEST(port) answers in, making a port-restricted cone look restricted.
 //! 3. **Mapping**: the main socket asks A2:p1 and A2:p2 (RFC 5780 §4.3 tests II and III).
 //! 4. **Lifetime** (optional): sockets bound at one instant are each probed once, at increasing
 //!    delays, by a request from another socket whose RESPONSE-PORT points the answer at the
@@ -102,7 +104,8 @@ struct Server {
     addr: SocketAddr,
     /// When we began contacting it; `None` while waiting.
     started: Option<Instant>,
-    /// Held back until filtering is decided because it shares the primary's alternate IP.
+    /// Held back until filtering is decided because it shares the primary's alternate IP, or is
+    /// the primary's IP on the alternate port.
     deferred: bool,
     next_send: Option<Instant>,
     requests: u32,
@@ -154,6 +157,8 @@ struct Behaviour {
     mapping_gave_up: bool,
     /// A packet went to A2's IP before the filtering tests ended (see module docs).
     tainted: bool,
+    /// A packet went to A1:p2 before the filtering tests ended (see module docs).
+    port_tainted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +173,10 @@ struct LifetimeSocket {
     next_probe: Option<Instant>,
     /// Survived (true) or expired (false) at `at`.
     outcome: Option<bool>,
+    /// For an expiry: how long after `last_seen` the binding was known to be gone, i.e. when
+    /// the last attempt's answer was due. Later than `at` when lost answers spread the attempts
+    /// over several RTOs; the reported range ends here so that it still holds the lifetime.
+    expired_by: Option<Duration>,
     /// Never got a binding (its requests all went unanswered): says nothing about lifetime.
     excluded: bool,
 }
@@ -386,7 +395,16 @@ impl Probe {
                 s.rtts.push(rtt);
                 if ok {
                     s.mapped = s.mapped.or(mapped);
-                    s.other = s.other.or(msg.other_address());
+                    // RFC 5780 §7.4: OTHER-ADDRESS is where CHANGE-REQUEST(ip+port) answers come
+                    // from, so it differs from the address asked in IP and port. A server that
+                    // names its configured alternate whichever socket is asked (when the user
+                    // lists that alternate as the server) would have the tests compare an
+                    // address with itself and misread the NAT: treat it as having none.
+                    let addr = s.addr;
+                    let other = msg
+                        .other_address()
+                        .filter(|o| o.ip() != addr.ip() && o.port() != addr.port());
+                    s.other = s.other.or(other);
                 }
                 if s.responses >= self.config.timing.rtt_samples {
                     s.done = true;
@@ -520,17 +538,22 @@ impl Probe {
     fn drive_discovery(&mut self, now: Instant) {
         let t = self.config.timing.clone();
         // The other servers join once the first answered (we then know which of them would
-        // touch its alternate address) or after the stagger.
+        // touch its alternate address or port) or after the stagger.
         let first_answered = self.servers[0].responses > 0;
         if first_answered || now >= self.start + t.stagger {
-            let a2_ip = self.servers[0].other.map(|o| o.ip());
+            let first = &self.servers[0];
+            let a2_ip = first.other.map(|o| o.ip());
+            let a1_p2 = first
+                .other
+                .map(|o| SocketAddr::new(first.addr.ip(), o.port()));
             let filtering_open = !self.filtering_settled();
             for i in 1..self.servers.len() {
                 if self.servers[i].started.is_some() {
                     continue;
                 }
-                let touches_a2 = Some(self.servers[i].addr.ip()) == a2_ip;
-                if touches_a2 && filtering_open {
+                let addr = self.servers[i].addr;
+                let touches_alt = Some(addr.ip()) == a2_ip || Some(addr) == a1_p2;
+                if touches_alt && filtering_open {
                     self.servers[i].deferred = true;
                 } else {
                     self.start_server(i, now);
@@ -605,6 +628,13 @@ impl Probe {
                 .iter()
                 .any(|o| o.started.is_some() && o.addr.ip() == a2.ip())
         });
+        // Or to A1:p2?
+        let port_tainted = a2.is_some_and(|a2| {
+            let a1_p2 = SocketAddr::new(a1.ip(), a2.port());
+            self.servers
+                .iter()
+                .any(|o| o.started.is_some() && o.addr == a1_p2)
+        });
         let mut rtt = RttEstimator::default();
         s.rtts.iter().for_each(|r| rtt.sample(*r));
         let (change_both, change_port) = if a2.is_some() {
@@ -632,6 +662,7 @@ impl Probe {
             map_iii: None,
             mapping_gave_up: false,
             tainted,
+            port_tainted,
         });
     }
 
@@ -780,6 +811,7 @@ impl Probe {
                 probe_attempts: 0,
                 next_probe: None,
                 outcome: None,
+                expired_by: None,
                 excluded: false,
             })
             .collect();
@@ -794,6 +826,7 @@ impl Probe {
         let t = self.config.timing.clone();
         let Some(b) = &self.behaviour else { return };
         let (a1, rto) = (b.a1, b.rtt.rto(t.rto_floor, t.discovery_interval));
+        let srtt = b.rtt.srtt().unwrap_or(rto);
         let Some(l) = &mut self.lifetime else { return };
         if l.done {
             return;
@@ -804,7 +837,31 @@ impl Probe {
                 .push("lifetime: the server does not support RESPONSE-PORT".into());
             return;
         }
-        // Stop at two consecutive expiries after the last survival, or when the schedule ends.
+        // Binds and probes out of attempts are settled first, so that the stop rule below sees
+        // every outcome known by now: checked before, it waited for some later timer to notice,
+        // and waited forever when none was left (an expiry at the last point of the schedule).
+        for s in &mut l.sockets {
+            if s.next_bind.is_some_and(|at| at <= now) && s.bind_attempts >= t.max_rounds {
+                s.next_bind = None;
+                s.excluded = true;
+            }
+            let due = s.next_probe.filter(|at| *at <= now);
+            if let Some(due) = due
+                && s.outcome.is_none()
+                && s.probe_attempts >= t.lifetime_attempts
+            {
+                s.next_probe = None;
+                s.outcome = Some(false);
+                // The last attempt went out one RTO before `due`; its answer was due one RTT
+                // after that.
+                let answer_due = due - rto + srtt;
+                s.expired_by = s
+                    .last_seen
+                    .map(|seen| answer_due.saturating_duration_since(seen));
+            }
+        }
+        // Stop at two consecutive expiries after the last survival, or when no socket is left
+        // to hear from (the schedule ended, or the rest never got a binding).
         let outcomes: Vec<Option<bool>> = l
             .sockets
             .iter()
@@ -817,28 +874,18 @@ impl Probe {
             .iter()
             .take_while(|o| **o == Some(false))
             .count();
-        if expired_after >= 2 || (outcomes.iter().all(|o| o.is_some()) && !outcomes.is_empty()) {
+        if expired_after >= 2 || outcomes.iter().all(|o| o.is_some()) {
             l.done = true;
             return;
         }
         let mut sends = Vec::new();
         for (i, s) in l.sockets.iter_mut().enumerate() {
             if s.next_bind.is_some_and(|at| at <= now) {
-                if s.bind_attempts >= t.max_rounds {
-                    s.next_bind = None;
-                    s.excluded = true;
-                    continue;
-                }
                 s.bind_attempts += 1;
                 s.next_bind = Some(now + rto);
                 sends.push((LIFETIME_X0 + i, Ask::LifetimeBind { i }, None));
             }
             if s.next_probe.is_some_and(|at| at <= now) && s.outcome.is_none() {
-                if s.probe_attempts >= t.lifetime_attempts {
-                    s.next_probe = None;
-                    s.outcome = Some(false);
-                    continue;
-                }
                 s.probe_attempts += 1;
                 s.next_probe = Some(now + rto);
                 sends.push((LIFETIME_Y, Ask::LifetimeProbe { i }, s.mapped_port));
@@ -925,6 +972,13 @@ impl Probe {
                 (Question::Yes, _) if b.tainted => {
                     undecided.push(
                         "filtering: the alternate address was contacted before the test, so endpoint-independent cannot be told from address-dependent"
+                            .into(),
+                    );
+                    None
+                }
+                (Question::No, Question::Yes) if b.port_tainted => {
+                    undecided.push(
+                        "filtering: the alternate port was contacted before the test, so address-dependent cannot be told from address-and-port-dependent"
                             .into(),
                     );
                     None
@@ -1042,13 +1096,13 @@ impl Probe {
         match (last_yes, first_no_after) {
             (Some(y), Some(n)) => {
                 let lo = probed[y].at.as_secs_f64();
-                let hi = n.at.as_secs_f64();
+                let hi = n.expired_by.unwrap_or(n.at).as_secs_f64();
                 (Some((lo + hi) / 2.0), Some([lo, hi]))
             }
-            (None, Some(n)) => (
-                Some(n.at.as_secs_f64() / 2.0),
-                Some([0.0, n.at.as_secs_f64()]),
-            ),
+            (None, Some(n)) => {
+                let hi = n.expired_by.unwrap_or(n.at).as_secs_f64();
+                (Some(hi / 2.0), Some([0.0, hi]))
+            }
             (Some(y), None) => {
                 undecided.push(format!(
                     "lifetime: longer than {:.1} s (the search limit)",

@@ -107,7 +107,8 @@ pub struct Report {
     pub hairpinning: Option<bool>,
     /// Binding lifetime estimate (midpoint of `lifetime_range_s`), if measured.
     pub lifetime_s: Option<f64>,
-    /// The last probe time the binding survived and the first it did not.
+    /// The last probe time the binding survived, and the time by which it was found gone: the
+    /// first expired probe's time plus the few RTOs its retries took.
     pub lifetime_range_s: Option<[f64; 2]>,
     pub servers: Vec<ServerReport>,
     /// The server the RFC 5780 tests ran against.

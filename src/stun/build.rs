@@ -64,9 +64,14 @@ impl<'b> MessageBuilder<'b> {
         })
     }
 
-    /// ERROR-CODE (RFC 8489 §14.8).
+    /// ERROR-CODE (RFC 8489 §14.8). The reason is cut to the 763 bytes the RFC allows, on a
+    /// character boundary so that it stays UTF-8.
     pub fn error_code(&mut self, code: u16, reason: &str) -> &mut Self {
-        let reason = &reason.as_bytes()[..reason.len().min(763)];
+        let mut end = reason.len().min(763);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let reason = &reason.as_bytes()[..end];
         self.attr_with(attr::ERROR_CODE, 4 + reason.len(), |out| {
             out[0] = 0;
             out[1] = 0;

@@ -14,9 +14,17 @@
 //!   requester's IP (RESPONSE-PORT). Neither reaches a third address, so neither widens the
 //!   reflection beyond the spoofed source itself.
 //! - PADDING: RFC 5780 §6.1 says the server SHOULD pad its response to the MTU. We pad only up to
-//!   the size of the request instead, so a padded exchange never amplifies; a client testing
-//!   fragmentation pads its request to the size it wants back. PADDING with RESPONSE-PORT is refused
-//!   with 400, as RFC 5780 §6.1 requires.
+//!   the size of the request instead, so padding never makes a response longer than its request;
+//!   a client testing fragmentation pads its request to the size it wants back. A padded response
+//!   is the request's size rounded down to 4 bytes; when the request leaves no room (it is shorter
+//!   than the unpadded response plus a PADDING header) the response carries no PADDING at all.
+//!   PADDING with RESPONSE-PORT is refused with 400, as RFC 5780 §6.1 requires.
+//!
+//! In all, no response is more than 80 bytes plus the SOFTWARE attribute (4 bytes plus its value
+//! rounded up to 4: 28 bytes for the default) longer than the request that caused it. The worst
+//! case is a minimal 20-byte RFC 8489 request from an IPv6 client with RFC 5780 on:
+//! XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS of 24 bytes each, and FINGERPRINT. Error
+//! responses and RFC 3489 responses stay below that (the fuzz tests check every case).
 //!
 //! Operators who want none of RFC 5780 turn it off (`rfc5780: false`): CHANGE-REQUEST,
 //! RESPONSE-PORT and PADDING are then answered with 420 like any unknown attribute.
@@ -138,7 +146,8 @@ impl BindingCounters {
         let g = |c: &AtomicU64| c.load(Relaxed);
         let _ = writeln!(
             out,
-            "# HELP voxmesh_stun_requests_total Binding requests answered, by kind.\n\
+            "# HELP voxmesh_stun_requests_total Binding requests answered: rfc8489 and rfc3489 \
+             split them by version; the other kinds count those that used a feature.\n\
              # TYPE voxmesh_stun_requests_total counter\n\
              voxmesh_stun_requests_total{{kind=\"rfc8489\"}} {}\n\
              voxmesh_stun_requests_total{{kind=\"rfc3489\"}} {}\n\
@@ -160,7 +169,8 @@ impl BindingCounters {
              voxmesh_stun_dropped_total{{reason=\"bad_fingerprint\"}} {}\n\
              voxmesh_stun_dropped_total{{reason=\"not_request\"}} {}\n\
              voxmesh_stun_dropped_total{{reason=\"send_failed\"}} {}",
-            g(&self.requests),
+            // `requests` counts both versions; the label promises RFC 8489 ones only.
+            g(&self.requests).saturating_sub(g(&self.requests_rfc3489)),
             g(&self.requests_rfc3489),
             g(&self.change_ip),
             g(&self.change_port),
@@ -194,6 +204,7 @@ const KNOWN_BASE: &[u16] = &[
     attr::MESSAGE_INTEGRITY,
     attr::MESSAGE_INTEGRITY_SHA256,
     attr::USERHASH,
+    attr::PASSWORD_ALGORITHM,
     attr::REALM,
     attr::NONCE,
     attr::PRIORITY,
@@ -204,6 +215,7 @@ const KNOWN_RFC5780: &[u16] = &[
     attr::MESSAGE_INTEGRITY,
     attr::MESSAGE_INTEGRITY_SHA256,
     attr::USERHASH,
+    attr::PASSWORD_ALGORITHM,
     attr::REALM,
     attr::NONCE,
     attr::PRIORITY,
@@ -362,7 +374,10 @@ impl BindingService {
             let budget = packet
                 .len()
                 .saturating_sub(b.len() + 4 + if rfc3489 { 0 } else { 8 });
-            b.attr_with(attr::PADDING, budget & !3, |_| {});
+            // An empty PADDING would only add its 4-byte header; leave it out instead.
+            if budget >= 4 {
+                b.attr_with(attr::PADDING, budget & !3, |_| {});
+            }
             c.padding.fetch_add(1, Relaxed);
         }
         let len = if rfc3489 { b.finish() } else { b.fingerprint() };
