@@ -25,7 +25,12 @@ fn every_program_has_completions_for_three_shells_and_a_man_page() {
         .collect();
     for cmd in voxmesh::cli::commands() {
         let n = cmd.get_name();
-        for f in [format!("completions/{n}.bash"), format!("completions/_{n}"), format!("completions/{n}.fish"), format!("man/{n}.1")] {
+        for f in [
+            format!("completions/{n}.bash"),
+            format!("completions/_{n}"),
+            format!("completions/{n}.fish"),
+            format!("man/{n}.1"),
+        ] {
             assert!(files.contains(&f), "missing {f}");
         }
     }

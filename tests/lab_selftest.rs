@@ -64,7 +64,12 @@ fn recv_expect(sock: &UdpSocket, msg: &[u8]) -> SocketAddr {
 
 /// Sends `probe` then `marker` (from `marker_from`) to `dst`, and reports whether `probe`
 /// arrived at `rx` before the marker.
-fn passes(probe_from: &UdpSocket, marker_from: &UdpSocket, dst: SocketAddr, rx: &UdpSocket) -> bool {
+fn passes(
+    probe_from: &UdpSocket,
+    marker_from: &UdpSocket,
+    dst: SocketAddr,
+    rx: &UdpSocket,
+) -> bool {
     probe_from.send_to(b"probe", dst).unwrap();
     marker_from.send_to(b"marker", dst).unwrap();
     let mut buf = [0u8; 64];
@@ -100,14 +105,22 @@ fn check(nat: LabNat, opts: BoxOpts, want: Expect) {
     // Mapping toward A1:p1; nothing has touched A2 yet.
     let m1 = send_seen(&c, &s.a1p1, b"m1");
     let local = c.local_addr().unwrap();
-    assert_eq!(m1.ip().to_string() != info.hosts[0].ip4, want.translated, "{nat:?} translation");
+    assert_eq!(
+        m1.ip().to_string() != info.hosts[0].ip4,
+        want.translated,
+        "{nat:?} translation"
+    );
     if !want.translated {
         assert_eq!(m1.port(), local.port());
     }
 
     // Filtering, before any packet goes to A2 (per-box state would otherwise open it).
     assert_eq!(passes(&s.a2p2, &s.a1p1, m1, &c), want.eif, "{nat:?} EIF");
-    assert_eq!(passes(&s.a1p2, &s.a1p1, m1, &c), want.adf_or_open, "{nat:?} port-changed filter");
+    assert_eq!(
+        passes(&s.a1p2, &s.a1p1, m1, &c),
+        want.adf_or_open,
+        "{nat:?} port-changed filter"
+    );
 
     // Hairpinning: a second socket on the same host sends to our mapped address, then pings
     // the server, whose answer to `c` must come after any hairpinned packet.
@@ -122,7 +135,11 @@ fn check(nat: LabNat, opts: BoxOpts, want: Expect) {
     assert_eq!(hairpinned, want.hairpin, "{nat:?} hairpinning");
     if hairpinned {
         if want.translated {
-            assert_eq!(from.ip(), m1.ip(), "hairpinned packets carry the NAT's public address");
+            assert_eq!(
+                from.ip(),
+                m1.ip(),
+                "hairpinned packets carry the NAT's public address"
+            );
         }
         recv_expect(&c, b"marker");
     }
@@ -130,16 +147,27 @@ fn check(nat: LabNat, opts: BoxOpts, want: Expect) {
     // Mapping toward the other address and port.
     let m2 = send_seen(&c, &s.a2p1, b"m2");
     let m3 = send_seen(&c, &s.a2p2, b"m3");
-    assert_eq!(m1 == m2 && m2 == m3, want.eim, "{nat:?} EIM ({m1} {m2} {m3})");
+    assert_eq!(
+        m1 == m2 && m2 == m3,
+        want.eim,
+        "{nat:?} EIM ({m1} {m2} {m3})"
+    );
     if !want.eim {
-        assert!(m1 != m2 && m2 != m3 && m1 != m3, "symmetric: a new mapping per destination");
+        assert!(
+            m1 != m2 && m2 != m3 && m1 != m3,
+            "symmetric: a new mapping per destination"
+        );
     }
 
     // Per-box or per-mapping address filter state: a fresh mapping that has only talked to A1.
     if nat == LabNat::RestrictedCone {
         let e = client(&lab, host, false);
         let me = send_seen(&e, &s.a1p1, b"e");
-        assert_eq!(passes(&s.a2p2, &s.a1p1, me, &e), want.per_box, "{nat:?} filter state");
+        assert_eq!(
+            passes(&s.a2p2, &s.a1p1, me, &e),
+            want.per_box,
+            "{nat:?} filter state"
+        );
     }
 
     // Binding lifetime: a binding idle for LIFETIME - 1 s still passes, one idle for
@@ -150,7 +178,10 @@ fn check(nat: LabNat, opts: BoxOpts, want: Expect) {
         let me = send_seen(&early, &s.a1p1, b"e");
         let ml = send_seen(&late, &s.a1p1, b"l");
         std::thread::sleep(Duration::from_millis(u64::from(LIFETIME) * 1000 - 1000));
-        assert!(passes(&s.a1p1, &s.a1p1, me, &early), "{nat:?}: binding died before its lifetime");
+        assert!(
+            passes(&s.a1p1, &s.a1p1, me, &early),
+            "{nat:?}: binding died before its lifetime"
+        );
         std::thread::sleep(Duration::from_millis(2000));
         let keep = client(&lab, host, false);
         let mk = send_seen(&keep, &s.a1p1, b"k");
@@ -158,45 +189,112 @@ fn check(nat: LabNat, opts: BoxOpts, want: Expect) {
         s.a1p1.send_to(b"marker", mk).unwrap();
         recv_expect(&keep, b"marker");
         late.set_nonblocking(true).unwrap();
-        assert!(late.recv_from(&mut buf).is_err(), "{nat:?}: binding outlived its lifetime");
+        assert!(
+            late.recv_from(&mut buf).is_err(),
+            "{nat:?}: binding outlived its lifetime"
+        );
     }
 }
 
 #[test]
 fn none_is_public_and_open() {
-    let want = Expect { translated: false, eim: true, eif: true, adf_or_open: true, hairpin: true, per_box: false };
+    let want = Expect {
+        translated: false,
+        eim: true,
+        eif: true,
+        adf_or_open: true,
+        hairpin: true,
+        per_box: false,
+    };
     check(LabNat::None, BoxOpts::new(LabNat::None), want);
 }
 
 #[test]
 fn full_cone_with_hairpinning() {
-    let want = Expect { translated: true, eim: true, eif: true, adf_or_open: true, hairpin: true, per_box: false };
-    check(LabNat::FullCone, BoxOpts::new(LabNat::FullCone).hairpin(true).lifetime(LIFETIME), want);
+    let want = Expect {
+        translated: true,
+        eim: true,
+        eif: true,
+        adf_or_open: true,
+        hairpin: true,
+        per_box: false,
+    };
+    check(
+        LabNat::FullCone,
+        BoxOpts::new(LabNat::FullCone)
+            .hairpin(true)
+            .lifetime(LIFETIME),
+        want,
+    );
 }
 
 #[test]
 fn restricted_cone_per_mapping() {
-    let want = Expect { translated: true, eim: true, eif: false, adf_or_open: true, hairpin: false, per_box: false };
-    check(LabNat::RestrictedCone, BoxOpts::new(LabNat::RestrictedCone).lifetime(LIFETIME), want);
+    let want = Expect {
+        translated: true,
+        eim: true,
+        eif: false,
+        adf_or_open: true,
+        hairpin: false,
+        per_box: false,
+    };
+    check(
+        LabNat::RestrictedCone,
+        BoxOpts::new(LabNat::RestrictedCone).lifetime(LIFETIME),
+        want,
+    );
 }
 
 #[test]
 fn restricted_cone_per_box() {
-    let want = Expect { translated: true, eim: true, eif: false, adf_or_open: true, hairpin: false, per_box: true };
-    let opts = BoxOpts::new(LabNat::RestrictedCone).lifetime(LIFETIME).filter_state(FilterState::Box);
+    let want = Expect {
+        translated: true,
+        eim: true,
+        eif: false,
+        adf_or_open: true,
+        hairpin: false,
+        per_box: true,
+    };
+    let opts = BoxOpts::new(LabNat::RestrictedCone)
+        .lifetime(LIFETIME)
+        .filter_state(FilterState::Box);
     check(LabNat::RestrictedCone, opts, want);
 }
 
 #[test]
 fn port_restricted_cone() {
-    let want = Expect { translated: true, eim: true, eif: false, adf_or_open: false, hairpin: false, per_box: false };
-    check(LabNat::PortRestrictedCone, BoxOpts::new(LabNat::PortRestrictedCone).lifetime(LIFETIME), want);
+    let want = Expect {
+        translated: true,
+        eim: true,
+        eif: false,
+        adf_or_open: false,
+        hairpin: false,
+        per_box: false,
+    };
+    check(
+        LabNat::PortRestrictedCone,
+        BoxOpts::new(LabNat::PortRestrictedCone).lifetime(LIFETIME),
+        want,
+    );
 }
 
 #[test]
 fn symmetric_with_hairpinning() {
-    let want = Expect { translated: true, eim: false, eif: false, adf_or_open: false, hairpin: true, per_box: false };
-    check(LabNat::Symmetric, BoxOpts::new(LabNat::Symmetric).hairpin(true).lifetime(LIFETIME), want);
+    let want = Expect {
+        translated: true,
+        eim: false,
+        eif: false,
+        adf_or_open: false,
+        hairpin: true,
+        per_box: false,
+    };
+    check(
+        LabNat::Symmetric,
+        BoxOpts::new(LabNat::Symmetric)
+            .hairpin(true)
+            .lifetime(LIFETIME),
+        want,
+    );
 }
 
 #[test]
@@ -232,9 +330,16 @@ fn ipv6_is_a_stateful_firewall() {
     let s = servers(&lab, true);
     let c = client(&lab, &info.hosts[0].ns, true);
     let seen = send_seen(&c, &s.a1p1, b"m1");
-    assert_eq!(seen.ip().to_string(), info.hosts[0].ip6, "no translation on IPv6");
+    assert_eq!(
+        seen.ip().to_string(),
+        info.hosts[0].ip6,
+        "no translation on IPv6"
+    );
     assert_eq!(seen.port(), c.local_addr().unwrap().port());
-    assert!(!passes(&s.a2p2, &s.a1p1, seen, &c), "unsolicited IPv6 is filtered");
+    assert!(
+        !passes(&s.a2p2, &s.a1p1, seen, &c),
+        "unsolicited IPv6 is filtered"
+    );
     assert!(!passes(&s.a1p2, &s.a1p1, seen, &c), "by address and port");
 }
 
@@ -251,7 +356,11 @@ fn several_hosts_share_one_nat_and_reset_forgets_state() {
     for h in &info.hosts {
         let c = client(&lab, &h.ns, false);
         let m = send_seen(&c, &s.a1p1, b"x");
-        assert_eq!(m.ip().to_string(), info.wan4, "every host is behind the box's address");
+        assert_eq!(
+            m.ip().to_string(),
+            info.wan4,
+            "every host is behind the box's address"
+        );
         seen.push((c, m));
     }
     // A full cone lets anyone reach each host's mapping...
@@ -266,5 +375,8 @@ fn several_hosts_share_one_nat_and_reset_forgets_state() {
     recv_expect(&fresh, b"marker");
     c.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 16];
-    assert!(c.recv_from(&mut buf).is_err(), "reset must drop old mappings");
+    assert!(
+        c.recv_from(&mut buf).is_err(),
+        "reset must drop old mappings"
+    );
 }

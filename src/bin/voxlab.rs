@@ -21,6 +21,8 @@ enum Cmd {
     Netem(voxmesh::lab::netem::NetemArgs),
     /// Load a STUN server with Binding requests, check every answer, print one JSON report.
     StunLoad(voxmesh::lab::stunload::StunLoadArgs),
+    /// Build the lab, run natprobe behind every NAT type against supernoded, print the table.
+    Demo,
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
     GenDocs {
         /// Only report stale files; exit 1 if any.
@@ -38,6 +40,13 @@ fn main() -> ExitCode {
         Cmd::Netem(a) => voxmesh::lab::netem::run(a),
         Cmd::StunLoad(a) => voxmesh::lab::stunload::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
+        Cmd::Demo => voxmesh::lab::demo::run().and_then(|ok| {
+            if ok {
+                Ok(())
+            } else {
+                anyhow::bail!("the demo found wrong answers")
+            }
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,7 +64,11 @@ fn gen_docs(check: bool, root: &std::path::Path) -> anyhow::Result<()> {
         for f in &stale {
             println!("stale: {}", f.display());
         }
-        anyhow::ensure!(stale.is_empty(), "{} generated files are stale: run voxlab gen-docs", stale.len());
+        anyhow::ensure!(
+            stale.is_empty(),
+            "{} generated files are stale: run voxlab gen-docs",
+            stale.len()
+        );
     } else {
         for f in docs::write_all(root)? {
             println!("wrote {}", f.display());

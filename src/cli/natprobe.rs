@@ -107,7 +107,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let usage = e.chain().any(|c| {
                 c.downcast_ref::<UsageError>().is_some()
-                    || matches!(c.downcast_ref::<ProbeError>(), Some(ProbeError::MixedFamilies(..)))
+                    || matches!(
+                        c.downcast_ref::<ProbeError>(),
+                        Some(ProbeError::MixedFamilies(..))
+                    )
             });
             report_error("natprobe", &e, if usage { EXIT_USAGE } else { EXIT_LOCAL })
         }
@@ -172,10 +175,11 @@ async fn resolve_all(args: &Args) -> anyhow::Result<Vec<SocketAddr>> {
 /// Resolves HOST[:PORT], `[V6]:PORT`, or a bare address, preferring `want_v4`'s family.
 pub async fn resolve(spec: &str, want_v4: Option<bool>) -> anyhow::Result<SocketAddr> {
     let bare = spec.trim_start_matches('[').trim_end_matches(']');
-    let literal = spec
-        .parse::<SocketAddr>()
-        .ok()
-        .or_else(|| bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DEFAULT_STUN_PORT)));
+    let literal = spec.parse::<SocketAddr>().ok().or_else(|| {
+        bare.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DEFAULT_STUN_PORT))
+    });
     if let Some(a) = literal {
         if want_v4.is_some_and(|v4| v4 != a.is_ipv4()) {
             let fam = if a.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -280,14 +284,11 @@ pub fn summary(r: &Report) -> String {
         None => "undecided",
     };
     let _ = writeln!(s, "Hairpinning:      {hp}");
-    match (r.lifetime_s, r.lifetime_range_s) {
-        (Some(l), Some([lo, hi])) => {
-            let _ = writeln!(
-                s,
-                "Binding lifetime: about {l:.1} s (survived {lo:.1} s, gone at {hi:.1} s)"
-            );
-        }
-        _ => {}
+    if let (Some(l), Some([lo, hi])) = (r.lifetime_s, r.lifetime_range_s) {
+        let _ = writeln!(
+            s,
+            "Binding lifetime: about {l:.1} s (survived {lo:.1} s, gone by {hi:.1} s)"
+        );
     }
     for (i, srv) in r.servers.iter().enumerate() {
         let label = if i == 0 { "Servers:" } else { "" };

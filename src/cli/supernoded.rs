@@ -4,10 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 
-use super::{EXIT_FAILURE, Verbosity, print_stdout, report_error, runtime};
+use super::{EXIT_FAILURE, EXIT_USAGE, Verbosity, print_stdout, report_error, runtime};
 use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
 use crate::supernode::{BindingConfig, StunServer};
 
@@ -18,7 +18,7 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  stopped cleanly (SIGTERM or SIGINT)
   1  runtime failure
-  2  bad flags or arguments
+  2  bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
   4  cannot bind a listening socket
 
 On start it prints one JSON line on stdout naming what it listens on, e.g.
@@ -88,17 +88,28 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let bind = e.chain().any(|c| {
+            let code = if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+                EXIT_USAGE
+            } else if e.chain().any(|c| {
                 c.downcast_ref::<crate::supernode::StunServerError>()
                     .is_some()
-            });
-            report_error(
-                "supernoded",
-                &e,
-                if bind { EXIT_BIND } else { EXIT_FAILURE },
-            )
+            }) {
+                EXIT_BIND
+            } else {
+                EXIT_FAILURE
+            };
+            report_error("supernoded", &e, code)
         }
     }
+}
+
+/// Flags that parse but contradict each other (exit 2, like clap's own errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+fn usage(msg: String) -> anyhow::Error {
+    UsageError(msg).into()
 }
 
 /// Pairs each --listen with the --alt-addr of its family.
@@ -114,7 +125,9 @@ pub fn binding_configs(args: &Args) -> anyhow::Result<Vec<BindingConfig>> {
         {
             alts.push((ip, None));
         } else {
-            bail!("--alt-addr '{a}' is not an IP address or IP:PORT");
+            return Err(usage(format!(
+                "--alt-addr '{a}' is not an IP address or IP:PORT"
+            )));
         }
     }
     let mut configs = Vec::new();
@@ -124,7 +137,9 @@ pub fn binding_configs(args: &Args) -> anyhow::Result<Vec<BindingConfig>> {
             .filter(|(ip, _)| ip.is_ipv4() == primary.is_ipv4());
         let alt = mine.next();
         if mine.next().is_some() {
-            bail!("more than one --alt-addr for the {} listener", primary);
+            return Err(usage(format!(
+                "more than one --alt-addr for the {primary} listener"
+            )));
         }
         let alternate = alt.map(|(ip, port)| {
             let port = port.unwrap_or(if primary.port() == 0 {
@@ -143,7 +158,9 @@ pub fn binding_configs(args: &Args) -> anyhow::Result<Vec<BindingConfig>> {
     }
     for (ip, _) in &alts {
         if !args.listen.iter().any(|l| l.is_ipv4() == ip.is_ipv4()) {
-            bail!("--alt-addr {ip} has no --listen address of the same family");
+            return Err(usage(format!(
+                "--alt-addr {ip} has no --listen address of the same family"
+            )));
         }
     }
     Ok(configs)

@@ -182,11 +182,12 @@ impl Lab {
             return Err("the NAT lab needs root (network namespaces)".into());
         }
         for tool in ["ip", "nft", "ethtool", "conntrack"] {
-            let found = std::env::var_os("PATH").is_some_and(|p| {
-                std::env::split_paths(&p).any(|d| d.join(tool).is_file())
-            });
+            let found = std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
             if !found {
-                return Err(format!("the NAT lab needs '{tool}' (apt-get install iproute2 nftables ethtool conntrack)"));
+                return Err(format!(
+                    "the NAT lab needs '{tool}' (apt-get install iproute2 nftables ethtool conntrack)"
+                ));
             }
         }
         Ok(())

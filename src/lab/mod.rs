@@ -2,8 +2,11 @@
 //! the pieces tests and benchmarks need in-process (entering a namespace, the path impairment
 //! forwarder, load generators). Nothing here runs in production paths.
 
+pub mod demo;
 mod harness;
 pub mod netem;
 pub mod stunload;
 
-pub use harness::{BoxInfo, BoxOpts, FilterState, HostInfo, Lab, LabNat, SERVER4, SERVER6, in_netns};
+pub use harness::{
+    BoxInfo, BoxOpts, FilterState, HostInfo, Lab, LabNat, SERVER4, SERVER6, in_netns,
+};

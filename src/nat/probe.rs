@@ -78,19 +78,36 @@ const MAIN: usize = 0;
 const HAIRPIN: usize = 1;
 const LIFETIME_Y: usize = 2;
 const LIFETIME_X0: usize = 3;
+/// Lifetime probe points lost to outages before the search gives up.
+const MAX_OUTAGES: u32 = 3;
 /// Transactions older than this are forgotten (bounded memory whatever the server does).
 const TXN_MAX_AGE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ask {
-    Discover { server: usize },
-    Control { round: usize },
+    Discover {
+        server: usize,
+    },
+    Control {
+        round: usize,
+    },
     ChangeBoth,
     ChangePort,
     Hairpin,
-    MapAlt { alt_port: bool },
-    LifetimeBind { i: usize },
-    LifetimeProbe { i: usize },
+    MapAlt {
+        alt_port: bool,
+    },
+    LifetimeBind {
+        i: usize,
+    },
+    LifetimeProbe {
+        i: usize,
+    },
+    /// A plain request from the prober next to each lifetime probe: its answer shows the server
+    /// and path were up, so a missing probe answer means the binding, not an outage.
+    LifetimeControl {
+        i: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -177,8 +194,11 @@ struct LifetimeSocket {
     /// the last attempt's answer was due. Later than `at` when lost answers spread the attempts
     /// over several RTOs; the reported range ends here so that it still holds the lifetime.
     expired_by: Option<Duration>,
-    /// Never got a binding (its requests all went unanswered): says nothing about lifetime.
+    /// Never got a binding (its requests all went unanswered), or its probes went unanswered
+    /// while the server did not answer controls either: says nothing about lifetime.
     excluded: bool,
+    /// A control request sent with this point's probes was answered.
+    control_seen: bool,
 }
 
 #[derive(Debug)]
@@ -186,6 +206,8 @@ struct Lifetime {
     sockets: Vec<LifetimeSocket>,
     done: bool,
     unsupported: bool,
+    /// Probe points lost to server or path outages (no control answered).
+    outages: u32,
 }
 
 /// NAT behaviour discovery. See the module docs for the driving loop and the plan.
@@ -482,6 +504,14 @@ impl Probe {
                     s.next_probe = Some(now + s.at);
                 }
             }
+            Ask::LifetimeControl { i } => {
+                if let Some(l) = &mut self.lifetime
+                    && socket == LIFETIME_Y
+                    && ok
+                {
+                    l.sockets[i].control_seen = true;
+                }
+            }
             Ask::LifetimeProbe { i } => {
                 let Some(l) = &mut self.lifetime else { return };
                 if !ok {
@@ -737,7 +767,8 @@ impl Probe {
             sent: now,
             control_ok: false,
         });
-        b.next_round = now + rto;
+        // One RTT apart: rounds are separate transactions, so they pipeline (see `defaults`).
+        b.next_round = now + b.rtt.srtt().unwrap_or(rto).max(t.rto_floor);
         for q in [&mut b.change_both, &mut b.change_port, &mut b.hairpin] {
             if *q == Question::NotAsked {
                 *q = Question::Asking { first_round: round };
@@ -797,6 +828,7 @@ impl Probe {
                 sockets: Vec::new(),
                 done: true,
                 unsupported: false,
+                outages: 0,
             });
             return;
         }
@@ -813,12 +845,14 @@ impl Probe {
                 outcome: None,
                 expired_by: None,
                 excluded: false,
+                control_seen: false,
             })
             .collect();
         self.lifetime = Some(Lifetime {
             sockets,
             done: false,
             unsupported: false,
+            outages: 0,
         });
     }
 
@@ -851,6 +885,12 @@ impl Probe {
                 && s.probe_attempts >= t.lifetime_attempts
             {
                 s.next_probe = None;
+                if !s.control_seen {
+                    // The server did not answer controls either: an outage, not an expiry.
+                    s.excluded = true;
+                    l.outages += 1;
+                    continue;
+                }
                 s.outcome = Some(false);
                 // The last attempt went out one RTO before `due`; its answer was due one RTT
                 // after that.
@@ -874,7 +914,7 @@ impl Probe {
             .iter()
             .take_while(|o| **o == Some(false))
             .count();
-        if expired_after >= 2 || outcomes.iter().all(|o| o.is_some()) {
+        if expired_after >= 2 || outcomes.iter().all(|o| o.is_some()) || l.outages >= MAX_OUTAGES {
             l.done = true;
             return;
         }
@@ -889,6 +929,7 @@ impl Probe {
                 s.probe_attempts += 1;
                 s.next_probe = Some(now + rto);
                 sends.push((LIFETIME_Y, Ask::LifetimeProbe { i }, s.mapped_port));
+                sends.push((LIFETIME_Y, Ask::LifetimeControl { i }, None));
             }
         }
         for (socket, ask, port) in sends {
@@ -1093,6 +1134,10 @@ impl Probe {
         let first_no_after = probed[last_yes.map_or(0, |i| i + 1)..]
             .iter()
             .find(|s| s.outcome == Some(false));
+        if first_no_after.is_none() && l.outages >= MAX_OUTAGES {
+            undecided.push("lifetime: the server stopped answering during the search".into());
+            return (None, None);
+        }
         match (last_yes, first_no_after) {
             (Some(y), Some(n)) => {
                 let lo = probed[y].at.as_secs_f64();

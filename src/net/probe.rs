@@ -17,13 +17,13 @@ pub enum ProbeError {
     #[error("servers mix IPv4 and IPv6 ({0} and {1}); probe one family at a time")]
     MixedFamilies(SocketAddr, SocketAddr),
     /// No route to the server, or no local address of its family.
-    #[error("no local route to {server}: {source}")]
+    #[error("no local route to {server}")]
     NoRoute {
         server: SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("cannot open UDP sockets on {ip}: {source}")]
+    #[error("cannot open UDP sockets on {ip}")]
     Bind {
         ip: IpAddr,
         #[source]

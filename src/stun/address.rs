@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn xor_round_trip_v4_and_v6() {
-        let id: [u8; 16] = core::array::from_fn(|i| i as u8 * 17 + 3);
+        let id: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(17).wrapping_add(3));
         for a in [
             "192.0.2.1:32853",
             "[2001:db8:1234:5678:11:2233:4455:6677]:32853",

@@ -83,6 +83,11 @@ impl Message<'_> {
         let Some(v) = bytes.get(off + 4..off + 24) else {
             return IntegrityCheck::Invalid;
         };
+        // Exactly 20 bytes (RFC 8489 §14.5): a longer attribute whose first 20 bytes are a valid
+        // HMAC of the same prefix must not pass.
+        if u16::from_be_bytes([bytes[off + 2], bytes[off + 3]]) != 20 {
+            return IntegrityCheck::Invalid;
+        }
         let mut mac =
             <Hmac<Sha1> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(&header_ending_at(bytes, off + 24));

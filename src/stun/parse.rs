@@ -92,14 +92,20 @@ impl<'a> Message<'a> {
             if next > bytes.len() {
                 return Err(ParseError::TruncatedAttribute);
             }
+            // The first integrity attribute closes the scope. MESSAGE-INTEGRITY-SHA256 may still
+            // follow MESSAGE-INTEGRITY, but what lies between them is ignored (RFC 8489 §14.5),
+            // and so is a MESSAGE-INTEGRITY after MESSAGE-INTEGRITY-SHA256 (§14.6).
+            let scope_open = msg.integrity.is_none() && msg.integrity_sha256.is_none();
             match typ {
-                attr::MESSAGE_INTEGRITY if msg.integrity.is_none() => {
+                attr::MESSAGE_INTEGRITY if scope_open => {
                     msg.integrity = Some(pos);
                     msg.scope_end = next;
                 }
                 attr::MESSAGE_INTEGRITY_SHA256 if msg.integrity_sha256.is_none() => {
                     msg.integrity_sha256 = Some(pos);
-                    msg.scope_end = next;
+                    if scope_open {
+                        msg.scope_end = next;
+                    }
                 }
                 attr::FINGERPRINT => msg.fingerprint = Some(pos),
                 _ => {}
@@ -156,13 +162,14 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// Attributes that count: those up to and including the integrity attributes, then
-    /// FINGERPRINT (RFC 8489 §14.5 and §14.6).
+    /// Attributes that count: those up to and including the first integrity attribute, then
+    /// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT (RFC 8489 §14.5 and §14.6).
     fn effective(&self) -> impl Iterator<Item = Attribute<'a>> + 'a {
         let scope_end = self.scope_end;
-        let fp = self.fingerprint;
-        self.attributes()
-            .filter(move |a| a.offset < scope_end || Some(a.offset) == fp)
+        let (sha256, fp) = (self.integrity_sha256, self.fingerprint);
+        self.attributes().filter(move |a| {
+            a.offset < scope_end || Some(a.offset) == sha256 || Some(a.offset) == fp
+        })
     }
 
     /// The first attribute of type `typ` within the effective scope.

@@ -345,7 +345,14 @@ impl BindingService {
             None => from,
         };
         let origin = self.config.local(send_via);
-        let other = self.config.alternate.filter(|_| rfc5780);
+        // OTHER-ADDRESS (RFC 5780 §7.4) names where a CHANGE-REQUEST(ip+port) answer would come
+        // from: the socket opposite the one asked, in both address and port.
+        let opposite = Via {
+            alt_ip: !via.alt_ip,
+            alt_port: !via.alt_port,
+        };
+        let other =
+            (rfc5780 && self.config.alternate.is_some()).then(|| self.config.local(opposite));
 
         let mut b = MessageBuilder::with_raw_id(out, method::BINDING, Class::Success, msg.raw_id());
         if rfc3489 {

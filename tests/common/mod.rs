@@ -51,7 +51,10 @@ pub fn start_supernoded(lab: &Lab) -> Proc {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.contains("\"listening\""), "supernoded did not start: {line}");
+    assert!(
+        line.contains("\"listening\""),
+        "supernoded did not start: {line}"
+    );
     Proc {
         child,
         name: "supernoded",
@@ -61,8 +64,11 @@ pub fn start_supernoded(lab: &Lab) -> Proc {
 /// coturn's major.minor version, e.g. (4, 6).
 pub fn coturn_version() -> Option<(u32, u32)> {
     let out = Command::new("turnserver").arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let v = text.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let v = text
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
     let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
     Some((it.next()??, it.next()??))
 }
@@ -72,7 +78,10 @@ pub fn coturn_or_skip(test: &str) -> bool {
     if coturn_version().is_some() {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: coturn (turnserver) missing under CI=true");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: coturn (turnserver) missing under CI=true"
+    );
     eprintln!("SKIPPED {test}: coturn is not installed");
     false
 }
@@ -81,14 +90,35 @@ pub fn coturn_or_skip(test: &str) -> bool {
 /// alternate port, STUN only, logging off. 4.7 and later need `--rfc5780`; 4.6 refuses it.
 pub fn start_coturn(lab: &Lab) -> Proc {
     let mut args: Vec<String> = [
-        "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--log-file", "/dev/null",
-        "--no-stdout-log", "--simple-log", "-m", "1", "-L", "198.51.100.1", "-L", "198.51.100.2",
-        "-L", "2001:db8::1", "-L", "2001:db8::2",
+        "-n",
+        "--stun-only",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--log-file",
+        "/dev/null",
+        "--no-stdout-log",
+        "--simple-log",
+        "-m",
+        "1",
+        "-L",
+        "198.51.100.1",
+        "-L",
+        "198.51.100.2",
+        "-L",
+        "2001:db8::1",
+        "-L",
+        "2001:db8::2",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(["-p".into(), COTURN_PORT.to_string(), "--alt-listening-port".into(), COTURN_ALT_PORT.to_string()]);
+    args.extend([
+        "-p".into(),
+        COTURN_PORT.to_string(),
+        "--alt-listening-port".into(),
+        COTURN_ALT_PORT.to_string(),
+    ]);
     if coturn_version().is_some_and(|v| v >= (4, 7)) {
         args.push("--rfc5780".into());
     }
@@ -99,7 +129,10 @@ pub fn start_coturn(lab: &Lab) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn turnserver");
-    let proc = Proc { child, name: "turnserver" };
+    let proc = Proc {
+        child,
+        name: "turnserver",
+    };
     // Ready when it answers a Binding request on each listening address.
     for addr in [
         format!("198.51.100.1:{COTURN_PORT}"),
@@ -114,9 +147,16 @@ pub fn start_coturn(lab: &Lab) -> Proc {
 /// Waits (bounded) until a STUN server at `addr` answers a Binding request sent from `ns`.
 pub fn wait_stun(lab: &Lab, ns: &str, addr: SocketAddr) {
     use voxmesh::stun::{Class, Message, MessageBuilder, TransactionId, method};
-    let any: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let any: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
     let sock = lab.udp_socket(ns, any).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = Vec::new();
     while Instant::now() < deadline {
