@@ -220,6 +220,7 @@ impl Lab {
             id: id.clone(),
             boxes: Vec::new(),
         };
+        interrupt::register(&id);
         run_script(&["up", &id, "--owner", &owner])?;
         Ok(lab)
     }
@@ -301,6 +302,75 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if let Err(e) = run_script(&["down", &self.id]) {
             eprintln!("lab teardown of {} failed: {e}", self.id);
+        }
+        interrupt::unregister(&self.id);
+    }
+}
+
+/// Teardown on Ctrl-C and SIGTERM, which skip destructors: the first lab installs handlers that
+/// wake a watcher thread (through a pipe: a signal handler may do little else), which deletes
+/// every live lab and then lets the signal take its default course.
+mod interrupt {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Mutex, Once};
+
+    static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static INSTALL: Once = Once::new();
+    static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        let byte = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the fd is set before the handler is installed.
+        unsafe {
+            libc::write(PIPE_WRITE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+        }
+    }
+
+    pub fn register(id: &str) {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(id.to_string());
+        INSTALL.call_once(install);
+    }
+
+    pub fn unregister(id: &str) {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|l| l != id);
+    }
+
+    fn install() {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: plain syscalls on owned descriptors; the handler only writes one byte.
+        unsafe {
+            if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return;
+            }
+            PIPE_WRITE.store(fds[1], Ordering::Relaxed);
+        }
+        let read_fd = fds[0];
+        std::thread::spawn(move || {
+            let mut byte = 0u8;
+            // SAFETY: blocking read of one byte from our own pipe.
+            let n = unsafe { libc::read(read_fd, (&mut byte as *mut u8).cast(), 1) };
+            if n != 1 {
+                return;
+            }
+            let ids = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for id in ids {
+                let _ = super::run_script(&["down", &id]);
+            }
+            // SAFETY: restore the default action and re-deliver the signal to end the process
+            // the way it would have ended.
+            unsafe {
+                libc::signal(byte as libc::c_int, libc::SIG_DFL);
+                libc::raise(byte as libc::c_int);
+            }
+        });
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: installing a handler that only calls write(2).
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
         }
     }
 }
