@@ -10,12 +10,15 @@
 //! - [`supernode`]: the supernode's services; for now the STUN binding service.
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
 //! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
+//! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
 //! - [`cli`]: flag definitions shared by the binaries, completions and man pages.
 //! - [`lab`]: the network-namespace NAT lab used by tests, benchmarks and the demo.
 
+pub mod audio;
 pub mod cli;
 pub mod lab;
 pub mod nat;
 pub mod net;
 pub mod stun;
 pub mod supernode;
+pub mod turn;
