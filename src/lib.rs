@@ -8,6 +8,10 @@
 //!
 //! - [`stun`]: STUN message parsing and building (RFC 8489, RFC 5780, RFC 3489 compatibility).
 //! - [`supernode`]: the supernode's services; for now the STUN binding service.
+//! - [`identity`]: Ed25519 identities, user IDs (`vx1...`), signed records, name claims, key and
+//!   contacts files.
+//! - [`session`]: the authenticated, encrypted client-supernode channel (Noise IK) as a sans-IO
+//!   endpoint: handshakes, transactions, keepalives, replay window, cookies and rate limits.
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
 //! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
 //! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
@@ -16,9 +20,11 @@
 
 pub mod audio;
 pub mod cli;
+pub mod identity;
 pub mod lab;
 pub mod nat;
 pub mod net;
+pub mod session;
 pub mod stun;
 pub mod supernode;
 pub mod turn;

@@ -6,6 +6,8 @@
 
 pub mod docs;
 pub mod natprobe;
+pub mod relayd;
+pub mod pipe_audio;
 pub mod supernoded;
 
 use std::io::{self, Write};
@@ -53,7 +55,12 @@ impl Verbosity {
 
 /// Every user-facing program's command definition, for completions and man pages.
 pub fn commands() -> Vec<clap::Command> {
-    vec![natprobe::Args::command(), supernoded::Args::command()]
+    vec![
+        natprobe::Args::command(),
+        relayd::Args::command(),
+        supernoded::Args::command(),
+        pipe_audio::Args::command(),
+    ]
 }
 
 /// Prints `err` and its causes once, prefixed with the program name, and returns `code`.

@@ -631,16 +631,16 @@ mod tests {
         assert_eq!(rep.latency_us.p50, 4.0);
     }
 
+    /// Makes a reply to request `seq`: its bytes, the socket it arrives on, and its source.
+    type MakeReply = Box<dyn Fn(&Ledger, u64) -> (Vec<u8>, usize, SocketAddr)>;
+
     #[test]
     fn wrong_answers_are_invalid() {
         let other: SocketAddr = "127.0.0.11:40000".parse().unwrap();
-        let cases: Vec<(
-            &str,
-            Box<dyn Fn(&Ledger, u64) -> (Vec<u8>, usize, SocketAddr)>,
-        )> = vec![
+        let cases: Vec<(&str, MakeReply)> = vec![
             (
                 "wrong mapped address",
-                Box::new(|l, s| {
+                Box::new(move |l, s| {
                     (
                         answer(l, s, Class::Success, other),
                         l.socket_of(s),
@@ -650,7 +650,7 @@ mod tests {
             ),
             (
                 "error class",
-                Box::new(|l, s| {
+                Box::new(move |l, s| {
                     (
                         answer(l, s, Class::Error, local()),
                         l.socket_of(s),
@@ -660,7 +660,7 @@ mod tests {
             ),
             (
                 "bad fingerprint",
-                Box::new(|l, s| {
+                Box::new(move |l, s| {
                     let mut r = answer(l, s, Class::Success, local());
                     let n = r.len();
                     r[n - 1] ^= 1;
@@ -669,11 +669,13 @@ mod tests {
             ),
             (
                 "from someone else",
-                Box::new(|l, s| (answer(l, s, Class::Success, local()), l.socket_of(s), other)),
+                Box::new(move |l, s| {
+                    (answer(l, s, Class::Success, local()), l.socket_of(s), other)
+                }),
             ),
             (
                 "on another socket",
-                Box::new(|l, s| {
+                Box::new(move |l, s| {
                     (
                         answer(l, s, Class::Success, local()),
                         l.socket_of(s) + 1,

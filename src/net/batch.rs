@@ -71,6 +71,18 @@ impl RecvBatch {
 
     /// Receives up to [`BATCH`] datagrams without blocking (`WouldBlock` when none wait).
     pub fn try_recv(&mut self, fd: &impl AsRawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_DONTWAIT)
+    }
+
+    /// On a blocking socket: waits for one datagram, then takes whatever else is queued, up to
+    /// [`BATCH`] (`recvmmsg` with `MSG_WAITFORONE`). `WouldBlock` once the socket's receive
+    /// timeout (`SO_RCVTIMEO`) passes with nothing received. One system call per batch and no
+    /// readiness polling: the cheapest way to wait on a single socket from its own thread.
+    pub fn recv_wait(&mut self, fd: &impl AsRawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_WAITFORONE)
+    }
+
+    fn recv_flags(&mut self, fd: &impl AsRawFd, flags: libc::c_int) -> io::Result<usize> {
         let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
             [const { MaybeUninit::zeroed() }; BATCH];
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -90,7 +102,7 @@ impl RecvBatch {
                 fd.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };

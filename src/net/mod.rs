@@ -4,6 +4,8 @@
 pub mod batch;
 mod metrics;
 mod probe;
+pub mod relay;
+pub mod turn_client;
 mod shutdown;
 mod socket;
 

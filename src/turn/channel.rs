@@ -7,14 +7,17 @@
 
 use std::ops::Range;
 
-/// The valid channel numbers (RFC 8656 §12).
+/// The channel numbers RFC 8656 §12 allows, and the ones our client binds.
 pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// The numbers a server accepts: RFC 5766 allowed up to 0x7FFF, and clients still use that
+/// range (coturn's among them); accepting it costs nothing on a TURN port.
+pub const ACCEPTED: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 /// Bytes of ChannelData header.
 pub const HEADER: usize = 4;
 
-/// Whether `first` (a datagram's first byte) starts ChannelData.
+/// Whether `first` (a datagram's first byte) starts ChannelData (of the [`ACCEPTED`] range).
 pub fn is_channel_data(first: u8) -> bool {
-    (0x40..=0x4F).contains(&first)
+    (0x40..=0x7F).contains(&first)
 }
 
 /// Why bytes are not a ChannelData message.
@@ -22,7 +25,7 @@ pub fn is_channel_data(first: u8) -> bool {
 pub enum ChannelDataError {
     #[error("shorter than a ChannelData header")]
     TooShort,
-    #[error("channel number outside 0x4000..=0x4FFF")]
+    #[error("channel number outside 0x4000..=0x7FFF")]
     BadChannel,
     #[error("length field exceeds the data")]
     Truncated,
@@ -42,7 +45,7 @@ pub fn parse(buf: &[u8]) -> Result<ChannelData, ChannelDataError> {
         return Err(ChannelDataError::TooShort);
     }
     let channel = u16::from_be_bytes([buf[0], buf[1]]);
-    if !CHANNELS.contains(&channel) {
+    if !ACCEPTED.contains(&channel) {
         return Err(ChannelDataError::BadChannel);
     }
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
@@ -109,8 +112,9 @@ mod tests {
     fn bad_frames_are_refused() {
         assert_eq!(parse(&[0x40, 0]), Err(ChannelDataError::TooShort));
         assert_eq!(parse(&[0x3f, 0xff, 0, 0]), Err(ChannelDataError::BadChannel));
-        assert_eq!(parse(&[0x50, 0, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert_eq!(parse(&[0x80, 0, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert!(parse(&[0x7f, 0xff, 0, 0]).is_ok(), "RFC 5766's range is accepted");
         assert_eq!(parse(&[0x40, 0, 0, 5, 1, 2]), Err(ChannelDataError::Truncated));
-        assert!(!is_channel_data(0x00) && !is_channel_data(0x50));
+        assert!(!is_channel_data(0x00) && !is_channel_data(0x80));
     }
 }

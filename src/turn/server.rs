@@ -439,7 +439,7 @@ impl TurnServer {
             return ClientAction::None;
         }
         match (msg.method(), msg.class()) {
-            (method::SEND, Class::Indication) => self.send_indication(now, from, &msg),
+            (method::SEND, Class::Indication) => self.send_indication(now, from, &msg, out),
             (method::BINDING, Class::Request) => self.binding(from, &msg, out),
             (_, Class::Request) => self.request(now, from, &msg, out),
             (method::BINDING, Class::Indication) => ClientAction::None,
@@ -1032,7 +1032,7 @@ impl TurnServer {
         let (Some(number), Some(peer)) = (number, peer) else {
             return self.error(from, msg, 400, "Bad or missing CHANNEL-NUMBER or XOR-PEER-ADDRESS", sign, out);
         };
-        if !channel::CHANNELS.contains(&number) {
+        if !channel::ACCEPTED.contains(&number) {
             return self.error(from, msg, 400, "Channel number out of range", sign, out);
         }
         let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
@@ -1067,7 +1067,7 @@ impl TurnServer {
         self.plain_success(from, msg, sign, out)
     }
 
-    fn send_indication(&mut self, now: Instant, from: ClientAddr, msg: &Message<'_>) -> ClientAction {
+    fn send_indication(&mut self, now: Instant, from: ClientAddr, msg: &Message<'_>, out: &mut Vec<u8>) -> ClientAction {
         let Some(&i) = self.by_client.get(&from) else {
             self.counters.drop("no_allocation");
             return ClientAction::None;
@@ -1077,7 +1077,20 @@ impl TurnServer {
             return ClientAction::None;
         };
         let range = data.offset + 4..data.offset + 4 + data.value.len();
-        self.to_peer(now, i, SocketAddr::new(canonical(peer.ip()), peer.port()), range)
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        self.route(now, i, peer, range, msg.as_bytes(), out)
+    }
+
+    /// Sends data from allocation `i` toward `peer`: out of the relayed socket, or straight to
+    /// another allocation of this relay when `peer` is one.
+    fn route(&mut self, now: Instant, i: u32, peer: SocketAddr, range: Range<usize>, input: &[u8], out: &mut Vec<u8>) -> ClientAction {
+        match self.to_peer(now, i, peer, range) {
+            ClientAction::ToPeer { id, peer, data } => match self.by_public.get(&peer).copied() {
+                Some(j) => self.internal(now, i, j, &input[data], out),
+                None => ClientAction::ToPeer { id, peer, data },
+            },
+            other => other,
+        }
     }
 
     fn client_channel_data(&mut self, now: Instant, from: ClientAddr, data: &[u8], out: &mut Vec<u8>) -> ClientAction {
@@ -1094,14 +1107,7 @@ impl TurnServer {
             self.counters.drop("no_channel");
             return ClientAction::None;
         };
-        match self.to_peer(now, i, peer, cd.data) {
-            ClientAction::ToPeer { id, peer, data: range } => match self.by_public.get(&peer).copied() {
-                // A peer that is another allocation here: hand the data to it directly.
-                Some(j) => self.internal(now, i, j, &data[range], out),
-                None => ClientAction::ToPeer { id, peer, data: range },
-            },
-            other => other,
-        }
+        self.route(now, i, peer, cd.data, data, out)
     }
 
     /// Checks permission, own-host and bandwidth for data from allocation `i` to `peer`.
@@ -1149,14 +1155,6 @@ impl TurnServer {
             PeerAction::ToClient { to, len } => ClientAction::ToClient { to, len },
             PeerAction::Drop => ClientAction::None,
         }
-    }
-
-    /// Resolves a [`ClientAction::ToPeer`] whose peer is this relay's own allocation (a Send
-    /// indication to it): the driver calls this instead of sending to itself.
-    pub fn deliver_internal(&mut self, now: Instant, from: AllocId, peer: SocketAddr, data: &[u8], out: &mut Vec<u8>) -> Option<ClientAction> {
-        let j = *self.by_public.get(&peer)?;
-        self.get(from)?;
-        Some(self.internal(now, from.index, j, data, out))
     }
 
     // ---------------------------------------------------------------- peer side

@@ -1,0 +1,369 @@
+//! `relayd`: the TURN relay service.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use clap::Parser;
+
+use super::{EXIT_FAILURE, EXIT_USAGE, Verbosity, print_stdout, report_error, runtime};
+use crate::net::relay::{Listen, RelayOptions, bind_listeners, serve_relay, tls_config};
+use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
+use crate::turn::peer_policy::local_addresses;
+use crate::turn::{Cidr, Credentials, PeerPolicy, TurnConfig, TurnServer};
+
+/// A socket could not be bound, or a certificate, key or users file could not be used.
+pub const EXIT_SETUP: u8 = 4;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  stopped cleanly (SIGTERM/SIGINT, after the drain period)
+  1  runtime failure
+  2  bad flags or arguments (also: no credentials configured)
+  4  cannot bind a socket, or read the certificate, key, users or secrets file
+
+Signals:
+  SIGTERM, SIGINT  drain: new allocations get 300 ALTERNATE-SERVER (with --alternate-server) or
+                   486; refreshes are capped to the drain time left; live allocations keep
+                   relaying for --drain seconds; then exit 0
+  SIGHUP           re-read --users and --auth-secret-file (the previous secrets stay accepted)
+
+On start it prints one JSON line on stdout naming its listeners, e.g.
+  {\"event\":\"listening\",\"listen\":[{\"transport\":\"udp\",\"address\":\"198.51.100.1:3478\"}],\"relay_ips\":[\"198.51.100.1\"],\"metrics\":null}
+
+Examples:
+  relayd --listen udp:198.51.100.1:3478 --listen tcp:198.51.100.1:3478 --users /etc/voxmesh/users
+  relayd --listen 203.0.113.5:3478 --auth-secret-file /etc/voxmesh/secrets --metrics 127.0.0.1:9479
+  relayd --listen udp:10.0.0.5:3478 --external-ip 203.0.113.5 --relay-ports 50000-59999 ...";
+
+/// TURN relay (RFC 8656) over UDP, TCP and TLS: leaner than coturn, safe by default.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "relayd",
+    version,
+    about = "TURN relay (RFC 8656) over UDP, TCP and TLS, safe by default",
+    long_about = "TURN relay (RFC 8656) over UDP, TCP and TLS, safe by default.\n\n\
+        Clients authenticate with long-term credentials (--users, --user) or time-limited ones \
+        minted from a shared secret (--auth-secret, --auth-secret-file: coturn's use-auth-secret \
+        scheme, username EXPIRY:USER, password base64(HMAC-SHA1(secret, username))). Peers in \
+        every block of the IANA special-purpose registries (private, loopback, link-local, \
+        documentation, NAT64, 6to4, Teredo, ...) and multicast are refused unless --allow-peer \
+        opens them; the relay's own host is never a peer, except its own live relayed addresses, \
+        which are delivered internally. Quotas per user, per source and in total, a bandwidth \
+        cap per allocation, and a rate limit on 401 responses bound what one client can take.",
+    after_long_help = EXIT_CODES
+)]
+pub struct Args {
+    /// Listen on TRANSPORT:ADDR (udp, tcp or tls; a bare ADDR is UDP). Repeat for several.
+    #[arg(short, long = "listen", value_name = "[udp|tcp|tls:]ADDR", default_values = ["udp:0.0.0.0:3478", "tcp:0.0.0.0:3478"])]
+    pub listen: Vec<String>,
+
+    /// Certificate chain (PEM) for TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) for TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Address to relay from (one per family); defaults to the listening addresses.
+    #[arg(long = "relay-ip", value_name = "IP")]
+    pub relay_ip: Vec<IpAddr>,
+
+    /// Public address to report for a relay behind 1:1 NAT: PUBLIC or PUBLIC/PRIVATE.
+    #[arg(long = "external-ip", value_name = "IP[/IP]")]
+    pub external_ip: Vec<String>,
+
+    /// UDP port range for relayed addresses.
+    #[arg(long = "relay-ports", value_name = "LO-HI", default_value = "49152-65535")]
+    pub relay_ports: String,
+
+    /// Authentication realm.
+    #[arg(long, default_value = "voxmesh")]
+    pub realm: String,
+
+    /// Users file: `user:password` lines (or `user:0x<hex key>`), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
+    /// A user as USER:PASSWORD (repeatable; for tests and small setups).
+    #[arg(long = "user", value_name = "USER:PASSWORD")]
+    pub user: Vec<String>,
+
+    /// Shared secret for time-limited credentials; repeat to accept previous secrets.
+    #[arg(long = "auth-secret", value_name = "SECRET")]
+    pub auth_secret: Vec<String>,
+
+    /// File of shared secrets, one per line, current first; re-read on SIGHUP.
+    #[arg(long = "auth-secret-file", value_name = "FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Allow peers in this block even if it is special-purpose (repeatable).
+    #[arg(long = "allow-peer", value_name = "CIDR")]
+    pub allow_peer: Vec<Cidr>,
+
+    /// Concurrent allocations per username.
+    #[arg(long = "user-quota", default_value_t = 64)]
+    pub user_quota: u32,
+
+    /// Concurrent allocations per client IP address.
+    #[arg(long = "source-quota", default_value_t = 64)]
+    pub source_quota: u32,
+
+    /// Concurrent allocations in total.
+    #[arg(long = "total-quota", default_value_t = 100_000)]
+    pub total_quota: u32,
+
+    /// Bandwidth cap per allocation in bytes per second (both directions); 0 for none.
+    #[arg(long = "max-bps", default_value_t = 0)]
+    pub max_bps: u64,
+
+    /// While draining, send new allocations here (300 ALTERNATE-SERVER).
+    #[arg(long = "alternate-server", value_name = "ADDR")]
+    pub alternate_server: Option<SocketAddr>,
+
+    /// Seconds to keep relaying after SIGTERM before exiting.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain: u64,
+
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub verbosity: Verbosity,
+}
+
+/// Flags that parse but contradict each other, or configure no way to authenticate.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+/// A file or socket the service needs could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    args.verbosity.init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+                EXIT_USAGE
+            } else if e.chain().any(|c| c.downcast_ref::<SetupError>().is_some()) {
+                EXIT_SETUP
+            } else {
+                EXIT_FAILURE
+            };
+            report_error("relayd", &e, code)
+        }
+    }
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+fn setup(msg: impl Into<String>) -> anyhow::Error {
+    SetupError(msg.into()).into()
+}
+
+/// Parses `[udp|tcp|tls:]ADDR`.
+pub fn parse_listen(s: &str) -> anyhow::Result<Listen> {
+    let (kind, addr) = match s.split_once(':') {
+        Some((k @ ("udp" | "tcp" | "tls"), rest)) => (k, rest),
+        _ => ("udp", s),
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| usage(format!("--listen '{s}': expected [udp|tcp|tls:]IP:PORT")))?;
+    Ok(match kind {
+        "tcp" => Listen::Tcp(addr),
+        "tls" => Listen::Tls(addr),
+        _ => Listen::Udp(addr),
+    })
+}
+
+/// Reads every credential source the flags name.
+pub fn load_credentials(args: &Args) -> anyhow::Result<Credentials> {
+    let mut c = Credentials::new(&args.realm);
+    for u in &args.user {
+        let (name, pass) = u.split_once(':').ok_or_else(|| usage(format!("--user '{u}': expected USER:PASSWORD")))?;
+        c.add_user(name, pass);
+    }
+    if let Some(path) = &args.users {
+        let text = std::fs::read_to_string(path).map_err(|e| setup(format!("cannot read users file {}: {e}", path.display())))?;
+        c.add_users_file(&text).map_err(|e| setup(format!("{}: {e}", path.display())))?;
+    }
+    for s in &args.auth_secret {
+        c.add_secret(s.as_bytes());
+    }
+    if let Some(path) = &args.auth_secret_file {
+        let text = std::fs::read_to_string(path).map_err(|e| setup(format!("cannot read secrets file {}: {e}", path.display())))?;
+        let mut any = false;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            c.add_secret(line.as_bytes());
+            any = true;
+        }
+        if !any {
+            return Err(setup(format!("secrets file {} holds no secret", path.display())));
+        }
+    }
+    if c.user_count() == 0 && !c.has_secrets() {
+        return Err(usage("no credentials: give --users, --user, --auth-secret or --auth-secret-file (relayd never relays for anonymous clients)"));
+    }
+    Ok(c)
+}
+
+/// Builds the core's configuration from the flags.
+pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig> {
+    let (lo, hi) = args
+        .relay_ports
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .filter(|(a, b)| a <= b && *a > 0)
+        .ok_or_else(|| usage(format!("--relay-ports '{}': expected LO-HI, e.g. 49152-65535", args.relay_ports)))?;
+    let mut relay_ips = args.relay_ip.clone();
+    if relay_ips.is_empty() {
+        for l in listen {
+            let (Listen::Udp(a) | Listen::Tcp(a) | Listen::Tls(a)) = l;
+            if !a.ip().is_unspecified() && !relay_ips.iter().any(|r| r.is_ipv4() == a.is_ipv4()) {
+                relay_ips.push(a.ip());
+            }
+        }
+    }
+    if relay_ips.is_empty() {
+        return Err(usage("no relay address: listen on a specific IP or give --relay-ip"));
+    }
+    let mut external_ips = Vec::new();
+    for e in &args.external_ip {
+        let (public, private) = match e.split_once('/') {
+            Some((p, i)) => (p, Some(i)),
+            None => (e.as_str(), None),
+        };
+        let public: IpAddr = public.parse().map_err(|_| usage(format!("--external-ip '{e}': not an IP")))?;
+        let private: IpAddr = match private {
+            Some(p) => p.parse().map_err(|_| usage(format!("--external-ip '{e}': not an IP")))?,
+            None => *relay_ips
+                .iter()
+                .find(|r| r.is_ipv4() == public.is_ipv4())
+                .ok_or_else(|| usage(format!("--external-ip {public}: no relay address of its family")))?,
+        };
+        external_ips.push((private, public));
+    }
+    let mut own = local_addresses();
+    own.extend(relay_ips.iter().copied());
+    own.extend(external_ips.iter().map(|(_, e)| *e));
+    Ok(TurnConfig {
+        relay_ips,
+        external_ips,
+        ports: lo..=hi,
+        user_quota: args.user_quota,
+        source_quota: args.source_quota,
+        total_quota: args.total_quota,
+        bandwidth: (args.max_bps > 0).then_some(args.max_bps),
+        alternate_server: args.alternate_server,
+        policy: PeerPolicy {
+            allow: args.allow_peer.clone(),
+            own,
+        },
+        ..TurnConfig::default()
+    })
+}
+
+/// Raises the open-file limit to the hard limit: one relayed socket per allocation.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a stack struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let listen: Vec<Listen> = args.listen.iter().map(|s| parse_listen(s)).collect::<anyhow::Result<_>>()?;
+    let creds = load_credentials(&args)?;
+    let config = turn_config(&args, &listen)?;
+    let tls = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => {
+            let cert = std::fs::read(c).map_err(|e| setup(format!("cannot read --cert {}: {e}", c.display())))?;
+            let key = std::fs::read(k).map_err(|e| setup(format!("cannot read --key {}: {e}", k.display())))?;
+            Some(tls_config(&cert, &key).map_err(|e| setup(format!("bad certificate or key: {e}")))?)
+        }
+        (None, None) => None,
+        _ => return Err(usage("--cert and --key go together")),
+    };
+    if listen.iter().any(|l| matches!(l, Listen::Tls(_))) && tls.is_none() {
+        return Err(usage("a tls: listener needs --cert and --key"));
+    }
+    raise_nofile();
+    let rt = runtime().context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let listeners = bind_listeners(&listen, tls.clone())
+            .await
+            .map_err(|e| setup(format!("cannot bind a listener: {e}")))?;
+        let mut described = Vec::new();
+        for l in &listeners {
+            let (t, a) = l.local_addr()?;
+            described.push(serde_json::json!({"transport": format!("{t:?}").to_lowercase(), "address": a}));
+        }
+        let seed: [u8; 32] = rand::random();
+        let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let relay_ips = config.relay_ips.clone();
+        let core = TurnServer::new(config, creds, Instant::now(), unix, seed);
+        let (signal, shutdown) = ShutdownSignal::new();
+        let mut metrics_addr = None;
+        let mut metrics_text = None;
+        if let Some(addr) = args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| setup(format!("cannot bind the metrics listener on {addr}: {e}")))?;
+            metrics_addr = listener.local_addr().ok();
+            let text = Arc::new(std::sync::Mutex::new(String::new()));
+            let src = text.clone();
+            let render = Arc::new(move || src.lock().map(|s| s.clone()).unwrap_or_default());
+            tokio::spawn(serve_metrics(listener, render, shutdown.clone()));
+            metrics_text = Some(text);
+        }
+        let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr});
+        print_stdout(&format!("{line}\n"))?;
+        let reload_args = args.clone();
+        let options = RelayOptions {
+            drain: Duration::from_secs(args.drain),
+            reload: Some(Box::new(move || match load_credentials(&reload_args) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("credential reload failed, keeping the old ones: {e:#}");
+                    None
+                }
+            })),
+            metrics: metrics_text,
+        };
+        let relay = serve_relay(core, listeners, options, shutdown);
+        tokio::pin!(relay);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                r = &mut relay => {
+                    r.context("the relay failed")?;
+                    break;
+                }
+                name = signal_shutdown(), if !stopping => {
+                    tracing::info!("{name}: draining for {} s", args.drain);
+                    signal.trigger();
+                    stopping = true;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+

@@ -1,0 +1,553 @@
+//! The tokio driver for [`crate::turn::TurnServer`]: listeners (UDP, TCP, TLS), one relayed UDP
+//! socket per allocation, timers, drain and credential reloads.
+//!
+//! Everything runs on one thread (a `LocalSet`): the core sits in a `RefCell` that each task
+//! borrows for the synchronous part of its work and never across an `.await`, so no locks and no
+//! channels sit on the per-packet path.
+//!
+//! The per-packet path, both ways:
+//! - client → peer: the listener receives a batch (`recvmmsg`); ChannelData is parsed in place
+//!   and its payload sent straight from the input buffer on the allocation's relayed socket;
+//! - peer → client: a relayed socket's task receives into a buffer shared by all allocations,
+//!   the core writes ChannelData (the one copy) into the listener's shared send batch, and a
+//!   flusher task, woken after the ready relay tasks of this turn of the event loop have run,
+//!   sends the whole batch with one `sendmmsg`: the syscall cost is shared across allocations.
+//!
+//! Per allocation the driver keeps a socket, a small task and no buffers.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use super::batch::{RecvBatch, SendBatch};
+use super::{Shutdown, bind_udp};
+use crate::turn::server::{AllocId, ClientAction, ClientAddr, Event, PeerAction, Transport};
+use crate::turn::{Credentials, TurnServer, channel};
+
+/// One listening endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+    Tls(SocketAddr),
+}
+
+/// A bound listener, ready to serve.
+pub enum BoundListener {
+    Udp(UdpSocket),
+    Tcp(TcpListener),
+    Tls(TcpListener, tokio_rustls::TlsAcceptor),
+}
+
+impl BoundListener {
+    pub fn local_addr(&self) -> io::Result<(Transport, SocketAddr)> {
+        Ok(match self {
+            BoundListener::Udp(s) => (Transport::Udp, s.local_addr()?),
+            BoundListener::Tcp(l) => (Transport::Tcp, l.local_addr()?),
+            BoundListener::Tls(l, _) => (Transport::Tls, l.local_addr()?),
+        })
+    }
+}
+
+/// Hooks the daemon gives the driver.
+pub struct RelayOptions {
+    /// How long to keep relaying after a shutdown request.
+    pub drain: Duration,
+    /// Called on SIGHUP (and by tests) to re-read credentials; `None` to keep them.
+    pub reload: Option<Box<dyn Fn() -> Option<Credentials>>>,
+    /// Rewritten with the Prometheus text every second (the metrics endpoint serves it).
+    pub metrics: Option<Arc<std::sync::Mutex<String>>>,
+}
+
+/// Largest stream message (STUN or ChannelData) accepted from a TCP/TLS client.
+const MAX_STREAM_MESSAGE: usize = 65_536 + 4;
+/// Messages queued for one stream client before peer data is dropped (backpressure).
+const STREAM_QUEUE: usize = 256;
+/// Datagrams a relayed socket reads per wakeup (the shared buffer holds 32).
+const RELAY_BATCH: usize = 8;
+
+type StreamTx = mpsc::Sender<Vec<u8>>;
+
+struct Shared {
+    core: RefCell<TurnServer>,
+    /// UDP listeners by local address, each with its pending send batch.
+    udp: HashMap<SocketAddr, (Rc<UdpSocket>, RefCell<SendBatch>)>,
+    /// Stream clients by connection id.
+    streams: RefCell<HashMap<u64, StreamTx>>,
+    /// Relayed sockets by allocation index.
+    relays: RefCell<HashMap<u32, (AllocId, Rc<UdpSocket>, JoinHandle<()>)>>,
+    /// Receive buffer shared by every relayed socket (used only synchronously).
+    rx: RefCell<RecvBatch>,
+    /// Scratch buffer for the core's output.
+    out: RefCell<Vec<u8>>,
+    flush: Notify,
+    /// Wakes the timer task when the core may have an earlier deadline.
+    timer: Notify,
+}
+
+impl Shared {
+    /// Sends `out[..len]` to a client: UDP goes into its listener's batch (flushed soon),
+    /// streams into the connection's queue.
+    fn to_client(&self, to: ClientAddr, bytes: &[u8]) {
+        match to.transport {
+            Transport::Udp => {
+                let Some((sock, batch)) = self.udp.get(&to.local) else { return };
+                let mut batch = batch.borrow_mut();
+                if batch.is_full() {
+                    batch.flush(&**sock);
+                }
+                if let Some(slot) = batch.slot() {
+                    slot.extend_from_slice(bytes);
+                    batch.commit(to.remote);
+                }
+                self.flush.notify_one();
+            }
+            Transport::Tcp | Transport::Tls => {
+                if let Some(tx) = self.streams.borrow().get(&to.conn) {
+                    // A full queue means a slow reader: drop rather than buffer without bound.
+                    let _ = tx.try_send(bytes.to_vec());
+                }
+            }
+        }
+    }
+
+    /// Acts on what the core said about a client message (`input` is that message).
+    fn act(self: &Rc<Self>, now: Instant, mut action: ClientAction, input: &[u8]) {
+        loop {
+            match action {
+                ClientAction::None => return,
+                ClientAction::ToClient { to, len } => {
+                    let out = self.out.borrow();
+                    self.to_client(to, &out[..len]);
+                    return;
+                }
+                ClientAction::ToPeer { id, peer, data } => {
+                    let relays = self.relays.borrow();
+                    if let Some((aid, sock, _)) = relays.get(&id.index)
+                        && *aid == id
+                    {
+                        // Best effort, like any UDP forwarder: a full send buffer drops it.
+                        let _ = sock.try_send_to(&input[data], peer);
+                    }
+                    return;
+                }
+                ClientAction::Bind { pending, id, addr } => {
+                    let result = match bind_relay(addr) {
+                        Ok(sock) => {
+                            let sock = Rc::new(sock);
+                            let task = tokio::task::spawn_local(relay_task(self.clone(), id, sock.clone()));
+                            if let Some((_, _, old)) = self.relays.borrow_mut().insert(id.index, (id, sock, task)) {
+                                old.abort();
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e.kind()),
+                    };
+                    let mut out = self.out.borrow_mut();
+                    action = self.core.borrow_mut().relay_bound(now, pending, result, &mut out);
+                    drop(out);
+                    self.timer.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Closes the relayed sockets of released allocations.
+    fn reap(&self) {
+        let mut core = self.core.borrow_mut();
+        while let Some(Event::Released { id, .. }) = core.poll_event() {
+            let mut relays = self.relays.borrow_mut();
+            if relays.get(&id.index).is_some_and(|(aid, _, _)| *aid == id)
+                && let Some((_, _, task)) = relays.remove(&id.index)
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+fn bind_relay(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let std = {
+        let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        std::net::UdpSocket::from(s)
+    };
+    UdpSocket::from_std(std)
+}
+
+/// Serves until `shutdown` fires, then drains for `options.drain` and returns.
+pub async fn serve_relay(core: TurnServer, listeners: Vec<BoundListener>, options: RelayOptions, mut shutdown: Shutdown) -> io::Result<()> {
+    let mut udp = HashMap::new();
+    let mut streams = Vec::new();
+    for l in listeners {
+        match l {
+            BoundListener::Udp(s) => {
+                let addr = s.local_addr()?;
+                udp.insert(addr, (Rc::new(s), RefCell::new(SendBatch::default())));
+            }
+            other => streams.push(other),
+        }
+    }
+    let shared = Rc::new(Shared {
+        core: RefCell::new(core),
+        udp,
+        streams: RefCell::new(HashMap::new()),
+        relays: RefCell::new(HashMap::new()),
+        rx: RefCell::new(RecvBatch::default()),
+        out: RefCell::new(Vec::with_capacity(2048)),
+        flush: Notify::new(),
+        timer: Notify::new(),
+    });
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let mut tasks = Vec::new();
+            for (addr, (sock, _)) in &shared.udp {
+                tasks.push(tokio::task::spawn_local(udp_listener(shared.clone(), *addr, sock.clone())));
+            }
+            let next_conn = Rc::new(RefCell::new(1u64));
+            for l in streams {
+                tasks.push(tokio::task::spawn_local(stream_listener(shared.clone(), l, next_conn.clone())));
+            }
+            tasks.push(tokio::task::spawn_local(flusher(shared.clone())));
+            let metrics = options.metrics.clone();
+            let reload = options.reload;
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let deadline = shared.core.borrow().poll_timeout();
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let draining = shared.core.borrow().draining().is_some();
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = shared.timer.notified() => {}
+                    _ = tick.tick(), if metrics.is_some() => {}
+                    _ = shutdown.wait(), if !draining => {
+                        let until = Instant::now() + options.drain;
+                        tracing::info!("draining for {:?}", options.drain);
+                        shared.core.borrow_mut().start_drain(until);
+                    }
+                    Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        if let Some(creds) = reload.as_ref().and_then(|f| f()) {
+                            tracing::info!("credentials reloaded");
+                            shared.core.borrow_mut().set_credentials(creds);
+                        }
+                    }
+                }
+                shared.core.borrow_mut().handle_timeout(Instant::now());
+                shared.reap();
+                if let Some(m) = &metrics
+                    && let Ok(mut text) = m.lock()
+                {
+                    *text = render_metrics(&shared);
+                }
+                if shared.core.borrow().drained() {
+                    break;
+                }
+            }
+            for t in tasks {
+                t.abort();
+            }
+            for (_, (_, _, t)) in shared.relays.borrow_mut().drain() {
+                t.abort();
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Renders the core's counters and the driver's gauges as Prometheus text.
+fn render_metrics(shared: &Shared) -> String {
+    use std::fmt::Write;
+    let core = shared.core.borrow();
+    let c = core.counters();
+    let mut s = String::new();
+    let _ = writeln!(s, "# TYPE voxmesh_turn_allocations gauge\nvoxmesh_turn_allocations {}", core.allocations());
+    let _ = writeln!(s, "# TYPE voxmesh_turn_relayed_sockets gauge\nvoxmesh_turn_relayed_sockets {}", shared.relays.borrow().len());
+    let _ = writeln!(s, "# TYPE voxmesh_turn_allocations_total counter\nvoxmesh_turn_allocations_total {}", c.allocations_total);
+    let _ = writeln!(s, "# TYPE voxmesh_turn_packets_total counter");
+    let _ = writeln!(s, "voxmesh_turn_packets_total{{direction=\"to_peer\"}} {}", c.to_peer_packets);
+    let _ = writeln!(s, "voxmesh_turn_packets_total{{direction=\"to_client\"}} {}", c.to_client_packets);
+    let _ = writeln!(s, "voxmesh_turn_packets_total{{direction=\"internal\"}} {}", c.internal_packets);
+    let _ = writeln!(s, "# TYPE voxmesh_turn_bytes_total counter");
+    let _ = writeln!(s, "voxmesh_turn_bytes_total{{direction=\"to_peer\"}} {}", c.to_peer_bytes);
+    let _ = writeln!(s, "voxmesh_turn_bytes_total{{direction=\"to_client\"}} {}", c.to_client_bytes);
+    let _ = writeln!(s, "# TYPE voxmesh_turn_auth_total counter");
+    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"challenge\"}} {}", c.auth_challenges);
+    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"failure\"}} {}", c.auth_failures);
+    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"stale_nonce\"}} {}", c.auth_stale_nonce);
+    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"rate_limited\"}} {}", c.auth_rate_limited);
+    let _ = writeln!(s, "# TYPE voxmesh_turn_dropped_total counter");
+    let mut drops: Vec<_> = c.drops.iter().collect();
+    drops.sort();
+    for (why, n) in drops {
+        let _ = writeln!(s, "voxmesh_turn_dropped_total{{reason=\"{why}\"}} {n}");
+    }
+    let _ = writeln!(s, "# TYPE voxmesh_turn_peer_refused_total counter");
+    let mut refusals: Vec<_> = c.peer_refusals.iter().collect();
+    refusals.sort();
+    for (why, n) in refusals {
+        let _ = writeln!(s, "voxmesh_turn_peer_refused_total{{reason=\"{why}\"}} {n}");
+    }
+    let _ = writeln!(s, "# TYPE voxmesh_turn_errors_total counter");
+    let mut errors: Vec<_> = c.errors.iter().collect();
+    errors.sort();
+    for (code, n) in errors {
+        let _ = writeln!(s, "voxmesh_turn_errors_total{{code=\"{code}\"}} {n}");
+    }
+    s
+}
+
+async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>) {
+    let mut rx = RecvBatch::default();
+    loop {
+        if rx.recv(&sock).await.is_err() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let now = Instant::now();
+        for d in rx.iter() {
+            if d.truncated {
+                continue;
+            }
+            let from = ClientAddr {
+                transport: Transport::Udp,
+                remote: d.from,
+                local,
+                conn: 0,
+            };
+            let action = {
+                let mut out = shared.out.borrow_mut();
+                shared.core.borrow_mut().handle_client(now, from, d.data, &mut out)
+            };
+            shared.act(now, action, d.data);
+        }
+        shared.reap();
+        flush_all(&shared);
+    }
+}
+
+fn flush_all(shared: &Shared) {
+    for (sock, batch) in shared.udp.values() {
+        let mut b = batch.borrow_mut();
+        if !b.is_empty() {
+            b.flush(&**sock);
+        }
+    }
+}
+
+/// Flushes the UDP send batches once the relay tasks woken in this turn have run.
+async fn flusher(shared: Rc<Shared>) {
+    loop {
+        shared.flush.notified().await;
+        // Let every other task that is ready now add its packets first.
+        tokio::task::yield_now().await;
+        flush_all(&shared);
+    }
+}
+
+async fn relay_task(shared: Rc<Shared>, id: AllocId, sock: Rc<UdpSocket>) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let now = Instant::now();
+        let mut rounds = 0;
+        loop {
+            let mut rx = shared.rx.borrow_mut();
+            match sock.try_io(tokio::io::Interest::READABLE, || rx.try_recv(&*sock)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            }
+            for d in rx.iter() {
+                if d.truncated {
+                    continue;
+                }
+                let mut out = shared.out.borrow_mut();
+                let action = shared.core.borrow_mut().handle_peer(now, id, d.from, d.data, &mut out);
+                if let PeerAction::ToClient { to, len } = action {
+                    shared.to_client(to, &out[..len]);
+                }
+            }
+            rounds += 1;
+            if rx.len() < RELAY_BATCH || rounds >= 4 {
+                break;
+            }
+        }
+    }
+}
+
+async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn: Rc<RefCell<u64>>) {
+    let (tcp, tls, transport) = match listener {
+        BoundListener::Tcp(l) => (l, None, Transport::Tcp),
+        BoundListener::Tls(l, a) => (l, Some(a), Transport::Tls),
+        BoundListener::Udp(_) => return,
+    };
+    let Ok(local) = tcp.local_addr() else { return };
+    loop {
+        let Ok((stream, remote)) = tcp.accept().await else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = {
+            let mut n = next_conn.borrow_mut();
+            *n += 1;
+            *n
+        };
+        let client = ClientAddr {
+            transport,
+            remote,
+            local,
+            conn,
+        };
+        let shared = shared.clone();
+        match &tls {
+            None => {
+                tokio::task::spawn_local(stream_conn(shared, client, stream));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::task::spawn_local(async move {
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    if let Ok(Ok(s)) = handshake {
+                        stream_conn(shared, client, s).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One TCP or TLS client: frames in, responses and peer data out.
+async fn stream_conn<S>(shared: Rc<Shared>, client: ClientAddr, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rxq) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+    shared.streams.borrow_mut().insert(client.conn, tx);
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(m) = rxq.recv().await {
+            if wr.write_all(&m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let mut have = 0;
+    // A connection must send its first message promptly and never go silent for longer than
+    // an allocation could live.
+    let idle = Duration::from_secs(3700);
+    loop {
+        // Cut every complete frame out of the buffer.
+        loop {
+            let need = if have >= 1 && channel::is_channel_data(buf[0]) {
+                channel::framed_len(&buf[..have])
+            } else {
+                crate::stun::framed_len(&buf[..have])
+            };
+            let Some(need) = need else {
+                if have >= 4 {
+                    // Neither STUN nor ChannelData: the stream is garbage; drop the client.
+                    return close_stream(&shared, client, writer);
+                }
+                break;
+            };
+            if need > MAX_STREAM_MESSAGE {
+                return close_stream(&shared, client, writer);
+            }
+            if need > buf.len() {
+                buf.resize(need, 0);
+            }
+            if have < need {
+                break;
+            }
+            let now = Instant::now();
+            let msg = buf[..need].to_vec();
+            let action = {
+                let mut out = shared.out.borrow_mut();
+                // A padded ChannelData frame: the core reads the length field, padding is ignored.
+                shared.core.borrow_mut().handle_client(now, client, &msg, &mut out)
+            };
+            shared.act(now, action, &msg);
+            buf.copy_within(need..have, 0);
+            have -= need;
+        }
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match tokio::time::timeout(idle, rd.read(&mut buf[have..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return close_stream(&shared, client, writer),
+            Ok(Ok(n)) => n,
+        };
+        have += n;
+    }
+}
+
+fn close_stream(shared: &Shared, client: ClientAddr, writer: JoinHandle<()>) {
+    shared.streams.borrow_mut().remove(&client.conn);
+    shared.core.borrow_mut().connection_closed(&client);
+    shared.reap();
+    writer.abort();
+}
+
+/// Binds the listeners of `spec`. TLS needs `tls`.
+pub async fn bind_listeners(spec: &[Listen], tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Vec<BoundListener>> {
+    let mut out = Vec::new();
+    for l in spec {
+        out.push(match l {
+            Listen::Udp(a) => BoundListener::Udp(bind_udp(*a)?),
+            Listen::Tcp(a) => BoundListener::Tcp(TcpListener::bind(a).await?),
+            Listen::Tls(a) => {
+                let cfg = tls
+                    .clone()
+                    .ok_or_else(|| io::Error::other("a TLS listener needs --cert and --key"))?;
+                BoundListener::Tls(TcpListener::bind(a).await?, tokio_rustls::TlsAcceptor::from(cfg))
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// A rustls server configuration from PEM certificate chain and key files.
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "no certificate in the --cert file"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Arc::new(cfg))
+}

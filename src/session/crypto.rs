@@ -1,0 +1,340 @@
+//! The handshake's cryptography, apart from any state machine: Noise IK via `snow`, the identity
+//! binding in the handshake payloads, and the MACs of the initiation frame.
+//!
+//! # Why Noise IK
+//!
+//! `Noise_IK_25519_ChaChaPoly_BLAKE2s`: the initiator already knows the responder's static key
+//! (a client from its bootstrap entry or host cache, a supernode from the membership list), and
+//! IK is the pattern for exactly that. It costs one round trip: the initiator's first message
+//! already authenticates it (the `ss` DH) and carries its binding encrypted, and after the answer
+//! both sides hold transport keys. Its first message is encrypted to the responder, so an
+//! initiator given the wrong key gets nowhere (and is dropped by mac1 before any DH), and a
+//! passive observer never learns who is connecting.
+//!
+//! XX would not need the responder's key in advance, but costs three messages (1.5 round trips
+//! before the initiator may send), sends the responder's identity to anyone who asks, and leaves
+//! the responder holding state and doing DH work for an initiator that has proven nothing yet. It
+//! would also make the bootstrap key a check after the fact rather than the thing that makes
+//! interception impossible. IK's known weaknesses are handled elsewhere: its first message can be
+//! replayed (the responder keeps a replayed handshake pending until the initiator's first
+//! transport frame confirms the keys, so a replay establishes nothing and replaces nothing), and
+//! that message lacks forward secrecy if the responder's static key is later stolen (it carries
+//! only the initiator's binding, which is public anyway).
+//!
+//! BLAKE2s and ChaCha20-Poly1305 are WireGuard's choices: fast in software on every CPU we run on.
+//!
+//! # Binding
+//!
+//! The payload of each handshake message is the sender's [`Binding`]: its Ed25519 key and the
+//! signature over its Noise static key. The receiver checks it against the static key the
+//! handshake just authenticated (`rs`), so a Noise key that the claimed identity did not sign is
+//! refused. The responder's message 2 starts with a status byte, so an initiator whose binding
+//! was refused learns it at once instead of timing out.
+//!
+//! # Cost
+//!
+//! A responder handshake is: mac1 (one HMAC), `es` and `ss` (two X25519), one Ed25519
+//! verification, a fresh ephemeral (one base-point multiplication), `ee` and `se` (two X25519).
+//! [`ResponderCrypto::respond`] does exactly that and nothing else, so a benchmark can set "new
+//! sessions per second through the [`Endpoint`](super::Endpoint)" against this crypto limit. The
+//! static key's public half is computed once, not per handshake (a resolver that caches it).
+
+use curve25519_dalek::MontgomeryPoint;
+use snow::params::{DHChoice, NoiseParams};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use snow::{Builder, HandshakeState, StatelessTransportState};
+use zeroize::Zeroizing;
+
+use super::cookie::{MacKeys, mac, mac_eq};
+use super::wire::{self, INIT_LEN, INIT_MAC1, INIT_MAC2, INIT_NOISE, NOISE1_LEN, NOISE2_LEN};
+use crate::identity::{BINDING_LEN, Binding, BindingError, Identity, NodeKey, UserId};
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+/// Hashed into every handshake, so that a handshake for another protocol or version fails.
+pub const PROLOGUE: &[u8] = b"voxmesh/v1/session";
+
+/// A `snow` resolver that knows our static key pair, so building a handshake state does not
+/// recompute the static public key (a base-point multiplication per handshake otherwise), and
+/// whose X25519 refuses low-order peer keys (an all-zero shared secret), as WireGuard does.
+struct Resolver {
+    static_secret: Zeroizing<[u8; 32]>,
+    static_public: [u8; 32],
+}
+
+impl CryptoResolver for Resolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        DefaultResolver.resolve_rng()
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        match choice {
+            DHChoice::Curve25519 => Some(Box::new(X25519 {
+                secret: Zeroizing::new([0; 32]),
+                public: [0; 32],
+                known: (*self.static_secret, self.static_public),
+            })),
+            _ => None,
+        }
+    }
+
+    fn resolve_hash(&self, choice: &snow::params::HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &snow::params::CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+struct X25519 {
+    secret: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+    known: ([u8; 32], [u8; 32]),
+}
+
+impl Drop for X25519 {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.known.0);
+    }
+}
+
+impl Dh for X25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+    fn pub_len(&self) -> usize {
+        32
+    }
+    fn priv_len(&self) -> usize {
+        32
+    }
+    fn set(&mut self, privkey: &[u8]) {
+        self.secret.copy_from_slice(&privkey[..32]);
+        self.public = if *self.secret == self.known.0 {
+            self.known.1
+        } else {
+            MontgomeryPoint::mul_base_clamped(*self.secret).to_bytes()
+        };
+    }
+    fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
+        rng.try_fill_bytes(&mut self.secret[..])?;
+        self.public = MontgomeryPoint::mul_base_clamped(*self.secret).to_bytes();
+        Ok(())
+    }
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+    fn privkey(&self) -> &[u8] {
+        &self.secret[..]
+    }
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let peer: [u8; 32] = pubkey
+            .get(..32)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(snow::Error::Dh)?;
+        let shared = MontgomeryPoint(peer).mul_clamped(*self.secret).to_bytes();
+        if shared == [0; 32] {
+            return Err(snow::Error::Dh);
+        }
+        out[..32].copy_from_slice(&shared);
+        Ok(())
+    }
+}
+
+/// What went wrong in a handshake's cryptography.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeCryptoError {
+    /// Not a handshake frame of the right length and version.
+    #[error("malformed handshake frame")]
+    Malformed,
+    /// mac1 does not match our key: not meant for us, or the sender has a wrong key for us.
+    #[error("bad mac1 (the sender does not know our key)")]
+    BadMac1,
+    /// The Noise message does not decrypt: tampered, or made for another key or handshake.
+    #[error("handshake message does not decrypt")]
+    Decrypt,
+    /// The peer's Noise static key is not bound to the identity it claims.
+    #[error("identity binding refused: {0}")]
+    Binding(#[from] BindingError),
+}
+
+/// Our side's precomputed handshake material.
+pub(crate) struct Local {
+    params: NoiseParams,
+    static_secret: Zeroizing<[u8; 32]>,
+    static_public: [u8; 32],
+    binding: [u8; BINDING_LEN],
+    pub mac_keys: MacKeys,
+}
+
+impl Local {
+    pub fn new(identity: &Identity) -> Local {
+        Local {
+            params: NOISE_PARAMS.parse().expect("valid Noise protocol name"),
+            static_secret: Zeroizing::new(*identity.noise_secret()),
+            static_public: *identity.noise_public(),
+            binding: identity.binding().encode(),
+            mac_keys: MacKeys::for_static(identity.noise_public()),
+        }
+    }
+
+    fn builder(&self) -> Builder<'_> {
+        let resolver = Resolver {
+            static_secret: self.static_secret.clone(),
+            static_public: self.static_public,
+        };
+        Builder::with_resolver(self.params.clone(), Box::new(resolver))
+            .prologue(PROLOGUE)
+            .expect("prologue set once")
+            .local_private_key(&self.static_secret[..])
+            .expect("key set once")
+    }
+
+    /// Starts an initiator handshake to `remote_static` and writes message 1.
+    pub fn initiate(
+        &self,
+        remote_static: &[u8; 32],
+        msg1: &mut [u8; NOISE1_LEN],
+    ) -> Result<HandshakeState, snow::Error> {
+        let mut hs = self
+            .builder()
+            .remote_public_key(remote_static)?
+            .build_initiator()?;
+        let n = hs.write_message(&self.binding, msg1)?;
+        debug_assert_eq!(n, NOISE1_LEN);
+        Ok(hs)
+    }
+
+    /// Reads message 2 into `hs`; returns the responder's status byte and binding.
+    pub fn finish(
+        &self,
+        hs: &mut HandshakeState,
+        msg2: &[u8],
+    ) -> Result<(u8, Result<Binding, BindingError>), HandshakeCryptoError> {
+        let mut payload = [0u8; wire::RESP_PAYLOAD_LEN];
+        let n = hs
+            .read_message(msg2, &mut payload)
+            .map_err(|_| HandshakeCryptoError::Decrypt)?;
+        if n != payload.len() {
+            return Err(HandshakeCryptoError::Malformed);
+        }
+        let rs = hs
+            .get_remote_static()
+            .ok_or(HandshakeCryptoError::Malformed)?;
+        Ok((payload[0], Binding::verify(&payload[1..], rs)))
+    }
+
+    /// Checks mac1 of an initiation frame.
+    pub fn mac1_ok(&self, frame: &[u8]) -> bool {
+        frame.len() == INIT_LEN
+            && mac_eq(
+                &mac(&self.mac_keys.mac1, &[&frame[..INIT_MAC1]]),
+                &frame[INIT_MAC1..INIT_MAC2],
+            )
+    }
+
+    /// The responder's cryptography for message 1 (Noise read, binding check, Noise write with
+    /// status). On a refused binding, message 2 is still written (with a refusal status) and the
+    /// error returned alongside it.
+    pub fn respond(
+        &self,
+        msg1: &[u8],
+        msg2: &mut [u8; NOISE2_LEN],
+    ) -> Result<Responded, (HandshakeCryptoError, bool)> {
+        let mut hs = self
+            .builder()
+            .build_responder()
+            .map_err(|_| (HandshakeCryptoError::Decrypt, false))?;
+        let mut payload = [0u8; BINDING_LEN];
+        let n = hs
+            .read_message(msg1, &mut payload)
+            .map_err(|_| (HandshakeCryptoError::Decrypt, false))?;
+        if n != BINDING_LEN {
+            return Err((
+                HandshakeCryptoError::Binding(BindingError::Malformed),
+                false,
+            ));
+        }
+        let rs = hs
+            .get_remote_static()
+            .ok_or((HandshakeCryptoError::Malformed, false))?;
+        let binding = Binding::verify(&payload, rs);
+        let mut out = [0u8; wire::RESP_PAYLOAD_LEN];
+        out[0] = if binding.is_ok() {
+            wire::STATUS_OK
+        } else {
+            wire::STATUS_BINDING_REFUSED
+        };
+        out[1..].copy_from_slice(&self.binding);
+        let wrote = hs.write_message(&out, msg2).is_ok();
+        let peer = binding.map_err(|e| (HandshakeCryptoError::Binding(e), wrote))?;
+        if !wrote {
+            return Err((HandshakeCryptoError::Decrypt, false));
+        }
+        let transport = hs
+            .into_stateless_transport_mode()
+            .map_err(|_| (HandshakeCryptoError::Malformed, false))?;
+        Ok(Responded { transport, peer })
+    }
+}
+
+pub(crate) struct Responded {
+    pub transport: StatelessTransportState,
+    pub peer: Binding,
+}
+
+/// Builds a complete initiation frame from `identity` to `responder` (with mac1, no mac2), for
+/// benchmarks and flood tests that need many distinct, valid initiations without an endpoint.
+pub fn initiation_frame(identity: &Identity, responder: &NodeKey, sender_index: u32) -> Vec<u8> {
+    let local = Local::new(identity);
+    let mut frame = vec![0u8; INIT_LEN];
+    frame[0] = wire::HANDSHAKE_INIT;
+    frame[1] = wire::VERSION;
+    frame[2..6].copy_from_slice(&sender_index.to_be_bytes());
+    let msg1: &mut [u8; NOISE1_LEN] = (&mut frame[INIT_NOISE..INIT_MAC1])
+        .try_into()
+        .expect("length");
+    local
+        .initiate(&responder.noise, msg1)
+        .expect("initiation with a 32-byte key cannot fail");
+    let keys = MacKeys::for_static(&responder.noise);
+    let m1 = mac(&keys.mac1, &[&frame[..INIT_MAC1]]);
+    frame[INIT_MAC1..INIT_MAC2].copy_from_slice(&m1);
+    frame
+}
+
+/// The pure cryptographic cost of one responder handshake, with no state machine around it: what
+/// a benchmark sets the endpoint's handshake rate against.
+pub struct ResponderCrypto {
+    local: Local,
+}
+
+impl ResponderCrypto {
+    pub fn new(identity: &Identity) -> ResponderCrypto {
+        ResponderCrypto {
+            local: Local::new(identity),
+        }
+    }
+
+    /// Does the cryptographic work of answering `init_frame` (a whole initiation frame): mac1,
+    /// Noise IK message 1 (two DH), the binding's Ed25519 verification, message 2 (ephemeral and
+    /// two DH), the transport split. Writes message 2 into `out` and returns the initiator's ID.
+    pub fn respond(
+        &self,
+        init_frame: &[u8],
+        out: &mut [u8; NOISE2_LEN],
+    ) -> Result<UserId, HandshakeCryptoError> {
+        if init_frame.len() != INIT_LEN {
+            return Err(HandshakeCryptoError::Malformed);
+        }
+        if !self.local.mac1_ok(init_frame) {
+            return Err(HandshakeCryptoError::BadMac1);
+        }
+        self.local
+            .respond(&init_frame[INIT_NOISE..INIT_MAC1], out)
+            .map(|r| r.peer.identity.id())
+            .map_err(|(e, _)| e)
+    }
+}

@@ -1,0 +1,103 @@
+//! Frame layouts. Every frame's first byte is its type, in 4..=15 (DESIGN.md §3: the range RFC
+//! 7983 and RFC 9443 leave free, so STUN, TURN ChannelData, RTP and QUIC never collide with it).
+//! Handshake frames have fixed lengths, so anything else is refused before any work.
+//!
+//! ```text
+//! HANDSHAKE_INIT  4 | ver | sender idx (4) | Noise IK msg 1 (193) | mac1 (16) | mac2 (16)  = 231
+//! HANDSHAKE_RESP  5 | ver | sender idx (4) | receiver idx (4) | Noise IK msg 2 (146)      = 156
+//! COOKIE_REPLY    6 | ver | receiver idx (4) | nonce (24) | sealed cookie (16 + 16)       =  62
+//! TRANSPORT       7 | receiver idx (4) | counter (8) | ciphertext (inner + 16)           >= 29
+//! ```
+//!
+//! Indices are chosen at random by the side that receives with them, so a session survives the
+//! peer's address changing (NAT rebinding) and an off-path attacker must guess 32 bits to aim a
+//! packet at a session. The counter is the Noise nonce, explicit because UDP loses and reorders
+//! (the receiver checks it against a replay window before decrypting). The response is smaller
+//! than the initiation and the cookie reply smaller still: nothing a spoofed source sends us is
+//! answered with more bytes than it sent.
+//!
+//! Inside a transport frame's ciphertext, the first byte says what it carries:
+//!
+//! ```text
+//! PING 0 | PONG 1 | REQUEST 2 txn (12) body | RESPONSE 3 txn (12) body | MESSAGE 4 body | CLOSE 5
+//! ```
+
+use crate::identity::BINDING_LEN;
+
+pub const HANDSHAKE_INIT: u8 = 4;
+pub const HANDSHAKE_RESP: u8 = 5;
+pub const COOKIE_REPLY: u8 = 6;
+pub const TRANSPORT: u8 = 7;
+/// Frame types that are ours (DESIGN.md §3). 8..=15 are reserved for later use.
+pub const FRAME_TYPES: std::ops::RangeInclusive<u8> = 4..=15;
+pub const VERSION: u8 = 1;
+
+pub const TAG: usize = 16;
+pub const DH: usize = 32;
+pub const MAC: usize = 16;
+
+/// Noise IK message 1: e, encrypted s, encrypted payload (the binding).
+pub const NOISE1_LEN: usize = DH + (DH + TAG) + (BINDING_LEN + TAG);
+/// Payload of message 2: a status byte and the responder's binding.
+pub const RESP_PAYLOAD_LEN: usize = 1 + BINDING_LEN;
+/// Noise IK message 2: e, encrypted payload.
+pub const NOISE2_LEN: usize = DH + RESP_PAYLOAD_LEN + TAG;
+
+pub const INIT_NOISE: usize = 6;
+pub const INIT_MAC1: usize = INIT_NOISE + NOISE1_LEN;
+pub const INIT_MAC2: usize = INIT_MAC1 + MAC;
+pub const INIT_LEN: usize = INIT_MAC2 + MAC;
+
+pub const RESP_NOISE: usize = 10;
+pub const RESP_LEN: usize = RESP_NOISE + NOISE2_LEN;
+
+pub const COOKIE_NONCE: usize = 6;
+pub const COOKIE_SEALED: usize = COOKIE_NONCE + 24;
+pub const COOKIE_LEN: usize = COOKIE_SEALED + MAC + TAG;
+
+pub const TRANSPORT_HEADER: usize = 13;
+/// The largest inner header (kind and transaction ID).
+pub const INNER_MAX_HEADER: usize = 1 + 12;
+
+/// Status byte in message 2.
+pub const STATUS_OK: u8 = 0;
+/// The responder refused the initiator's binding (its Noise key is not signed by its identity).
+pub const STATUS_BINDING_REFUSED: u8 = 1;
+
+pub mod inner {
+    pub const PING: u8 = 0;
+    pub const PONG: u8 = 1;
+    pub const REQUEST: u8 = 2;
+    pub const RESPONSE: u8 = 3;
+    pub const MESSAGE: u8 = 4;
+    pub const CLOSE: u8 = 5;
+}
+
+// No answer to an unauthenticated frame is larger than the frame (no amplification).
+const _: () = assert!(RESP_LEN < INIT_LEN && COOKIE_LEN < INIT_LEN);
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Whether a datagram is a session frame (for a driver's demultiplexer).
+pub fn is_session_frame(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| FRAME_TYPES.contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_and_no_amplification() {
+        assert_eq!(NOISE1_LEN, 193);
+        assert_eq!(INIT_LEN, 231);
+        assert_eq!(RESP_LEN, 156);
+        assert_eq!(COOKIE_LEN, 62);
+    }
+}
