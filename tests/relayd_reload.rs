@@ -20,10 +20,15 @@ impl Drop for Daemon {
 
 /// Allocates with `secret`-minted credentials over a fresh UDP socket; the server's verdict.
 fn allocate(server: SocketAddr, secret: &[u8]) -> Result<SocketAddr, u16> {
-    let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     let (user, pass) = mint_rest_credential(secret, "carol", expiry);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut c = TurnClient::new(TurnClientConfig::new(server, &user, &pass));
     c.allocate(Instant::now());
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -61,7 +66,14 @@ fn sighup_reloads_secrets_and_rotation_keeps_the_previous_one() {
     let secrets = dir.join("secrets");
     std::fs::write(&secrets, "first\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_relayd"))
-        .args(["--listen", "udp:127.0.0.1:0", "--relay-ip", "127.0.0.1", "--relay-ports", "40000-40999"])
+        .args([
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ports",
+            "40000-40999",
+        ])
         .arg("--auth-secret-file")
         .arg(&secrets)
         .stdout(Stdio::piped())
@@ -69,7 +81,9 @@ fn sighup_reloads_secrets_and_rotation_keeps_the_previous_one() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let d = Daemon(child);
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let server: SocketAddr = v["listen"][0]["address"].as_str().unwrap().parse().unwrap();
@@ -86,16 +100,25 @@ fn sighup_reloads_secrets_and_rotation_keeps_the_previous_one() {
     hup(&d);
     let deadline = Instant::now() + Duration::from_secs(5);
     while allocate(server, b"second").is_err() {
-        assert!(Instant::now() < deadline, "SIGHUP did not load the new secret");
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not load the new secret"
+        );
     }
-    assert!(allocate(server, b"first").is_ok(), "the previous secret works during rotation");
+    assert!(
+        allocate(server, b"first").is_ok(),
+        "the previous secret works during rotation"
+    );
 
     // Retire the old secret.
     std::fs::write(&secrets, "second\n").unwrap();
     hup(&d);
     let deadline = Instant::now() + Duration::from_secs(5);
     while allocate(server, b"first").is_ok() {
-        assert!(Instant::now() < deadline, "the retired secret is still accepted");
+        assert!(
+            Instant::now() < deadline,
+            "the retired secret is still accepted"
+        );
     }
     assert!(allocate(server, b"second").is_ok());
 

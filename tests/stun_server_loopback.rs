@@ -21,7 +21,7 @@ use voxmesh::net::batch::MAX_DATAGRAM;
 use voxmesh::stun::{
     ChangeRequest, Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, method,
 };
-use voxmesh::supernode::{BindingConfig, BindingCounters, StunServer};
+use voxmesh::supernode::{BindingConfig, BindingCounters, StunServer, Via};
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(3);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,7 +164,7 @@ fn four_sockets_each_answer_from_their_own_address() {
 
     let sock = client("127.0.0.1");
     let me = sock.local_addr().unwrap();
-    for (_, to) in c.sockets() {
+    for (via, to) in c.sockets() {
         let (txid, req) = request(|_| {});
         let (bytes, from) = exchange(&sock, to, txid, &req);
         assert_eq!(from, to, "answered from the socket it was sent to");
@@ -172,7 +172,12 @@ fn four_sockets_each_answer_from_their_own_address() {
         assert_eq!(m.class(), Class::Success);
         assert_eq!(m.xor_mapped_address(), Some(me));
         assert_eq!(m.address(attr::RESPONSE_ORIGIN), Some(to));
-        assert_eq!(m.address(attr::OTHER_ADDRESS), Some(alt));
+        // OTHER-ADDRESS names the socket opposite the one asked (RFC 5780 §7.4).
+        let opposite = Via {
+            alt_ip: !via.alt_ip,
+            alt_port: !via.alt_port,
+        };
+        assert_eq!(m.address(attr::OTHER_ADDRESS), Some(c.local(opposite)));
         assert_eq!(m.text(attr::SOFTWARE), Some("voxmesh loopback test"));
         assert_eq!(m.check_fingerprint(), IntegrityCheck::Valid);
     }

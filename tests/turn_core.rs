@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use voxmesh::turn::server::{ClientAction, ClientAddr, Event, PeerAction, Transport};
-use voxmesh::turn::{Credentials, PeerPolicy, TurnClient, TurnClientConfig, TurnConfig, TurnEvent, TurnServer, mint_rest_credential};
+use voxmesh::turn::{
+    Credentials, PeerPolicy, TurnClient, TurnClientConfig, TurnConfig, TurnEvent, TurnServer,
+    mint_rest_credential,
+};
 
 const LISTEN: &str = "203.0.113.10:3478";
 const RELAY_V4: &str = "203.0.113.10";
@@ -32,7 +35,10 @@ fn config() -> TurnConfig {
         total_quota: 100,
         auth_rate: (2.0, 5.0),
         policy: PeerPolicy {
-            allow: vec!["198.51.100.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
+            allow: vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
             own: vec![RELAY_V4.parse().unwrap()],
         },
         ..TurnConfig::default()
@@ -130,9 +136,17 @@ impl World {
     }
 
     /// A peer sends `data` to allocation `relayed` from `peer`; returns what the client got.
-    fn from_peer(&mut self, client: &mut TurnClient, relayed: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
+    fn from_peer(
+        &mut self,
+        client: &mut TurnClient,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+    ) -> Option<(SocketAddr, Vec<u8>)> {
         let id = (0..64u32)
-            .flat_map(|index| (0..4u32).map(move |generation| voxmesh::turn::AllocId { index, generation }))
+            .flat_map(|index| {
+                (0..4u32).map(move |generation| voxmesh::turn::AllocId { index, generation })
+            })
             .find(|id| self.server.relay_of(*id) == Some(relayed))?;
         let mut out = Vec::new();
         match self.server.handle_peer(self.now, id, peer, data, &mut out) {
@@ -149,14 +163,23 @@ fn events(c: &mut TurnClient) -> Vec<TurnEvent> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
-fn allocated(w: &mut World, user: &str, pass: &str, from: &str) -> (TurnClient, ClientAddr, SocketAddr) {
+fn allocated(
+    w: &mut World,
+    user: &str,
+    pass: &str,
+    from: &str,
+) -> (TurnClient, ClientAddr, SocketAddr) {
     let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), user, pass));
     let from = World::client_addr(from);
     c.allocate(w.now);
     w.pump(&mut c, from);
     let ev = events(&mut c);
     let relayed = match ev.as_slice() {
-        [TurnEvent::Allocated { relayed, mapped, .. }] => {
+        [
+            TurnEvent::Allocated {
+                relayed, mapped, ..
+            },
+        ] => {
             assert_eq!(*mapped, Some(from.remote));
             *relayed
         }
@@ -175,26 +198,44 @@ fn allocate_after_a_401_challenge_and_relay_both_ways() {
 
     c.create_permission(w.now, peer);
     w.pump(&mut c, from);
-    assert_eq!(events(&mut c), vec![TurnEvent::PermissionCreated(peer.ip())]);
+    assert_eq!(
+        events(&mut c),
+        vec![TurnEvent::PermissionCreated(peer.ip())]
+    );
 
     // Send indication out, Data indication back.
     c.send_to(peer, b"hello peer").unwrap();
     w.pump(&mut c, from);
-    assert_eq!(w.at_peers.pop(), Some((relayed, peer, b"hello peer".to_vec())));
-    assert_eq!(w.from_peer(&mut c, relayed, peer, b"hi client"), Some((peer, b"hi client".to_vec())));
+    assert_eq!(
+        w.at_peers.pop(),
+        Some((relayed, peer, b"hello peer".to_vec()))
+    );
+    assert_eq!(
+        w.from_peer(&mut c, relayed, peer, b"hi client"),
+        Some((peer, b"hi client".to_vec()))
+    );
 
     // A channel: ChannelData both ways.
     let ch = c.bind_channel(w.now, peer);
     w.pump(&mut c, from);
-    assert_eq!(events(&mut c), vec![TurnEvent::ChannelBound { peer, channel: ch }]);
+    assert_eq!(
+        events(&mut c),
+        vec![TurnEvent::ChannelBound { peer, channel: ch }]
+    );
     c.send_to(peer, b"over the channel").unwrap();
     w.pump(&mut c, from);
-    assert_eq!(w.at_peers.pop(), Some((relayed, peer, b"over the channel".to_vec())));
+    assert_eq!(
+        w.at_peers.pop(),
+        Some((relayed, peer, b"over the channel".to_vec()))
+    );
     let back = w.from_peer(&mut c, relayed, peer, b"channel back");
     assert_eq!(back, Some((peer, b"channel back".to_vec())));
 
     // No permission for another peer: the peer's data is dropped.
-    assert_eq!(w.from_peer(&mut c, relayed, addr("198.51.100.99:1"), b"x"), None);
+    assert_eq!(
+        w.from_peer(&mut c, relayed, addr("198.51.100.99:1"), b"x"),
+        None
+    );
     assert_eq!(w.server.counters().drops.get("no_permission"), Some(&1));
 
     // Release: lifetime 0.
@@ -213,7 +254,10 @@ fn wrong_password_and_unknown_user_fail_without_looping() {
         c.allocate(w.now);
         w.pump(&mut c, World::client_addr("198.51.100.21:4000"));
         let ev = events(&mut c);
-        assert!(matches!(ev.as_slice(), [TurnEvent::Failed { code: 401, .. }]), "{user}: {ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [TurnEvent::Failed { code: 401, .. }]),
+            "{user}: {ev:?}"
+        );
     }
     assert_eq!(w.server.allocations(), 0);
     assert!(w.server.counters().auth_failures >= 2);
@@ -225,7 +269,8 @@ fn time_limited_credentials_rotate_and_expire() {
     let unix = 1_000_000;
     for (i, secret) in [&b"current"[..], b"previous"].into_iter().enumerate() {
         let (user, pass) = mint_rest_credential(secret, "carol", unix + 3600);
-        let (mut c, from, _) = allocated(&mut w, &user, &pass, &format!("198.51.100.{}:4000", 10 + i));
+        let (mut c, from, _) =
+            allocated(&mut w, &user, &pass, &format!("198.51.100.{}:4000", 10 + i));
         c.release(w.now);
         w.pump(&mut c, from);
     }
@@ -233,12 +278,24 @@ fn time_limited_credentials_rotate_and_expire() {
     let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), &user, &pass));
     c.allocate(w.now);
     w.pump(&mut c, World::client_addr("198.51.100.12:4001"));
-    assert!(matches!(events(&mut c).as_slice(), [TurnEvent::Failed { code: 401, .. }]), "expired credential");
+    assert!(
+        matches!(
+            events(&mut c).as_slice(),
+            [TurnEvent::Failed { code: 401, .. }]
+        ),
+        "expired credential"
+    );
     let (user, pass) = mint_rest_credential(b"unknown secret", "carol", unix + 3600);
     let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), &user, &pass));
     c.allocate(w.now);
     w.pump(&mut c, World::client_addr("198.51.100.13:4002"));
-    assert!(matches!(events(&mut c).as_slice(), [TurnEvent::Failed { code: 401, .. }]), "a secret the relay does not hold");
+    assert!(
+        matches!(
+            events(&mut c).as_slice(),
+            [TurnEvent::Failed { code: 401, .. }]
+        ),
+        "a secret the relay does not hold"
+    );
 }
 
 #[test]
@@ -249,9 +306,23 @@ fn stale_nonce_is_refreshed_transparently() {
     // refresh (900 s) that nonce is past its 600 s lifetime.
     w.advance(Duration::from_secs(1000), &mut [(&mut c, from)]);
     let ev = events(&mut c);
-    assert!(ev.contains(&TurnEvent::Refreshed { lifetime: Duration::from_secs(600) }), "{ev:?}");
-    assert!(w.server.counters().auth_stale_nonce >= 1, "the refresh met a stale nonce and retried");
-    assert_eq!(w.server.relay_of(voxmesh::turn::AllocId { index: 0, generation: 0 }), Some(relayed));
+    assert!(
+        ev.contains(&TurnEvent::Refreshed {
+            lifetime: Duration::from_secs(600)
+        }),
+        "{ev:?}"
+    );
+    assert!(
+        w.server.counters().auth_stale_nonce >= 1,
+        "the refresh met a stale nonce and retried"
+    );
+    assert_eq!(
+        w.server.relay_of(voxmesh::turn::AllocId {
+            index: 0,
+            generation: 0
+        }),
+        Some(relayed)
+    );
 }
 
 #[test]
@@ -264,9 +335,19 @@ fn allocations_permissions_and_channels_expire() {
     events(&mut c);
     // The client refreshes nothing if we never let it run: drive the server alone.
     let mut idle = TurnClient::new(TurnClientConfig::new(addr(LISTEN), "x", "y"));
-    w.advance(Duration::from_secs(301), &mut [(&mut idle, World::client_addr("198.51.100.99:1"))]);
-    assert_eq!(w.from_peer(&mut c, relayed, peer, b"late"), None, "permission expired after 300 s");
-    w.advance(Duration::from_secs(300), &mut [(&mut idle, World::client_addr("198.51.100.99:1"))]);
+    w.advance(
+        Duration::from_secs(301),
+        &mut [(&mut idle, World::client_addr("198.51.100.99:1"))],
+    );
+    assert_eq!(
+        w.from_peer(&mut c, relayed, peer, b"late"),
+        None,
+        "permission expired after 300 s"
+    );
+    w.advance(
+        Duration::from_secs(300),
+        &mut [(&mut idle, World::client_addr("198.51.100.99:1"))],
+    );
     assert_eq!(w.server.allocations(), 0, "allocation expired after 600 s");
     assert_eq!(w.released, vec![relayed]);
     assert_eq!(w.server.counters().expired, 1);
@@ -276,16 +357,34 @@ fn allocations_permissions_and_channels_expire() {
 fn peers_in_special_ranges_and_the_relay_itself_are_refused() {
     let mut w = World::new(config());
     let (mut c, from, _) = allocated(&mut w, "alice", "secret", "198.51.100.25:4000");
-    let refused_v4 = ["10.0.0.1:1", "127.0.0.1:1", "192.168.1.1:1", "169.254.0.1:1", "224.0.0.1:1", "[::ffff:127.0.0.1]:1", "203.0.113.10:3478", "203.0.113.10:9478"];
+    let refused_v4 = [
+        "10.0.0.1:1",
+        "127.0.0.1:1",
+        "192.168.1.1:1",
+        "169.254.0.1:1",
+        "224.0.0.1:1",
+        "[::ffff:127.0.0.1]:1",
+        "203.0.113.10:3478",
+        "203.0.113.10:9478",
+    ];
     for p in refused_v4 {
         c.create_permission(w.now, addr(p));
         w.pump(&mut c, from);
         let ev = events(&mut c);
-        assert!(matches!(ev.as_slice(), [TurnEvent::Failed { code: 403, .. }]), "{p}: {ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [TurnEvent::Failed { code: 403, .. }]),
+            "{p}: {ev:?}"
+        );
     }
     c.create_permission(w.now, addr("[2001:db8::1]:1"));
     w.pump(&mut c, from);
-    assert!(matches!(events(&mut c).as_slice(), [TurnEvent::Failed { code: 443, .. }]), "family mismatch");
+    assert!(
+        matches!(
+            events(&mut c).as_slice(),
+            [TurnEvent::Failed { code: 443, .. }]
+        ),
+        "family mismatch"
+    );
 
     // An IPv6 allocation: NAT64 and mapped loopback refused, lab IPv6 allowed.
     let mut cfg = TurnClientConfig::new(addr(LISTEN), "bob", "hunter2");
@@ -294,16 +393,29 @@ fn peers_in_special_ranges_and_the_relay_itself_are_refused() {
     let from6 = World::client_addr("198.51.100.26:4000");
     c6.allocate(w.now);
     w.pump(&mut c6, from6);
-    assert!(matches!(events(&mut c6).as_slice(), [TurnEvent::Allocated { relayed, .. }] if relayed.is_ipv6()));
-    for p in ["[64:ff9b::7f00:1]:1", "[fe80::1]:1", "[fd00::1]:1", "[2002:a00:1::1]:1"] {
+    assert!(
+        matches!(events(&mut c6).as_slice(), [TurnEvent::Allocated { relayed, .. }] if relayed.is_ipv6())
+    );
+    for p in [
+        "[64:ff9b::7f00:1]:1",
+        "[fe80::1]:1",
+        "[fd00::1]:1",
+        "[2002:a00:1::1]:1",
+    ] {
         c6.create_permission(w.now, addr(p));
         w.pump(&mut c6, from6);
         let ev = events(&mut c6);
-        assert!(matches!(ev.as_slice(), [TurnEvent::Failed { code: 403, .. }]), "{p}: {ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [TurnEvent::Failed { code: 403, .. }]),
+            "{p}: {ev:?}"
+        );
     }
     c6.create_permission(w.now, addr("[2001:db8::5]:1"));
     w.pump(&mut c6, from6);
-    assert_eq!(events(&mut c6), vec![TurnEvent::PermissionCreated("2001:db8::5".parse().unwrap())]);
+    assert_eq!(
+        events(&mut c6),
+        vec![TurnEvent::PermissionCreated("2001:db8::5".parse().unwrap())]
+    );
     assert!(w.server.counters().peer_refusals.values().sum::<u64>() >= 12);
 }
 
@@ -317,8 +429,16 @@ fn two_clients_on_one_relay_talk_through_it_internally() {
     w.pump(&mut a, from_a);
     b.create_permission(w.now, relay_a);
     w.pump(&mut b, from_b);
-    assert!(events(&mut a).iter().any(|e| matches!(e, TurnEvent::ChannelBound { .. })));
-    assert!(events(&mut b).iter().any(|e| matches!(e, TurnEvent::PermissionCreated(_))));
+    assert!(
+        events(&mut a)
+            .iter()
+            .any(|e| matches!(e, TurnEvent::ChannelBound { .. }))
+    );
+    assert!(
+        events(&mut b)
+            .iter()
+            .any(|e| matches!(e, TurnEvent::PermissionCreated(_)))
+    );
     a.send_to(relay_b, b"internal").unwrap();
     // A's ChannelData reaches B as a Data indication from A's relayed address, never a socket.
     let mut out = Vec::new();
@@ -332,9 +452,13 @@ fn two_clients_on_one_relay_talk_through_it_internally() {
         other => panic!("expected internal delivery, got {other:?}"),
     }
     // The relay's other ports on the same IP stay refused even with a permission for that IP.
-    a.send_to(addr("203.0.113.10:3478"), b"to the listener").unwrap();
+    a.send_to(addr("203.0.113.10:3478"), b"to the listener")
+        .unwrap();
     w.pump(&mut a, from_a);
-    assert!(w.at_peers.is_empty(), "nothing may reach the relay's own listener");
+    assert!(
+        w.at_peers.is_empty(),
+        "nothing may reach the relay's own listener"
+    );
     assert_eq!(w.server.counters().drops.get("peer_refused"), Some(&1));
 }
 
@@ -344,19 +468,33 @@ fn quotas_and_allocation_floods() {
     // user quota 3
     let mut held = Vec::new();
     for i in 0..3 {
-        held.push(allocated(&mut w, "alice", "secret", &format!("198.51.100.50:{}", 4000 + i)));
+        held.push(allocated(
+            &mut w,
+            "alice",
+            "secret",
+            &format!("198.51.100.50:{}", 4000 + i),
+        ));
     }
     let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), "alice", "secret"));
     c.allocate(w.now);
     w.pump(&mut c, World::client_addr("198.51.100.50:4999"));
-    assert!(matches!(events(&mut c).as_slice(), [TurnEvent::Failed { code: 486, .. }]), "user quota");
+    assert!(
+        matches!(
+            events(&mut c).as_slice(),
+            [TurnEvent::Failed { code: 486, .. }]
+        ),
+        "user quota"
+    );
     // source quota 5: a flood from one IP with fresh usernames is capped...
     let mut ok = 0;
     for i in 0..20 {
         let (user, pass) = mint_rest_credential(b"current", &format!("flood{i}"), 2_000_000);
         let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), &user, &pass));
         c.allocate(w.now);
-        w.pump(&mut c, World::client_addr(&format!("198.51.100.51:{}", 4000 + i)));
+        w.pump(
+            &mut c,
+            World::client_addr(&format!("198.51.100.51:{}", 4000 + i)),
+        );
         if matches!(events(&mut c).as_slice(), [TurnEvent::Allocated { .. }]) {
             ok += 1;
         }
@@ -375,7 +513,12 @@ fn unauthenticated_floods_are_rate_limited_per_source() {
         c.allocate(w.now);
         let msg = c.poll_transmit().unwrap();
         let mut out = Vec::new();
-        if let ClientAction::ToClient { .. } = w.server.handle_client(w.now, World::client_addr(&format!("198.51.100.60:{}", 1000 + i)), &msg, &mut out) {
+        if let ClientAction::ToClient { .. } = w.server.handle_client(
+            w.now,
+            World::client_addr(&format!("198.51.100.60:{}", 1000 + i)),
+            &msg,
+            &mut out,
+        ) {
             answered += 1;
         }
     }
@@ -394,7 +537,10 @@ fn drain_refuses_new_allocations_and_caps_refreshes() {
     let mut n = TurnClient::new(TurnClientConfig::new(addr(LISTEN), "bob", "hunter2"));
     n.allocate(w.now);
     w.pump(&mut n, World::client_addr("198.51.100.71:4000"));
-    assert_eq!(events(&mut n), vec![TurnEvent::TryAlternate(addr("198.51.100.200:3478"))]);
+    assert_eq!(
+        events(&mut n),
+        vec![TurnEvent::TryAlternate(addr("198.51.100.200:3478"))]
+    );
     w.advance(Duration::from_secs(1), &mut []);
     c.handle_timeout(w.now);
     // Force a refresh now.
@@ -441,7 +587,13 @@ fn channel_rebinding_rules() {
     let again = c.bind_channel(w.now, p1);
     assert_eq!(again, ch, "a peer keeps its channel");
     w.pump(&mut c, from);
-    assert_eq!(events(&mut c), vec![TurnEvent::ChannelBound { peer: p1, channel: ch }]);
+    assert_eq!(
+        events(&mut c),
+        vec![TurnEvent::ChannelBound {
+            peer: p1,
+            channel: ch
+        }]
+    );
     assert_eq!(w.server.counters().channel_binds, 2);
     let _: IpAddr = p2.ip();
 }

@@ -136,13 +136,15 @@ pub fn decode(format: SampleFormat, bytes: &[u8], out: &mut Vec<f32>) {
     }
 }
 
-/// Converts one sample to 16 bits: rounded half away from zero, clipped. Exact for values that
-/// came from 16 bits. (Written without `f32::round`, a library call the compiler cannot
-/// vectorise: `as` truncates toward zero, so adding ±0.5 first rounds.)
+/// Converts one sample to 16 bits: clipped, rounded to nearest (ties to even). Exact for values
+/// that came from 16 bits. Written without `f32::round` (a library call the compiler cannot
+/// vectorise): adding and subtracting 1.5·2²³ leaves a float in [-32768, 32767] rounded to an
+/// integer by the FPU itself.
 #[inline]
 pub fn to_i16(x: f32) -> i16 {
+    const MAGIC: f32 = 12_582_912.0;
     let v = (x * S16_SCALE).clamp(-32_768.0, 32_767.0);
-    (v + 0.5f32.copysign(v)) as i32 as i16
+    ((v + MAGIC) - MAGIC) as i32 as i16
 }
 
 /// Appends `samples` encoded as `format` to `out`. Out-of-range values clip.
@@ -307,6 +309,13 @@ mod tests {
             encode(format, &f, &mut back);
             assert_eq!(back, bytes, "{format:?}");
         }
+    }
+
+    #[test]
+    fn sixteen_bit_rounding_is_to_nearest() {
+        let q = |v: f32| to_i16(v / S16_SCALE);
+        assert_eq!([q(1.4), q(1.6), q(-1.4), q(-1.6), q(2.5), q(-2.5)], [1, 2, -1, -2, 2, -2]);
+        assert_eq!([q(40_000.0), q(-40_000.0), q(f32::NAN)], [32_767, -32_768, 0]);
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub trait Source: Send {
     fn format(&self) -> FileFormat;
     /// Frames in the stream, when the header says.
     fn len_frames(&self) -> Option<u64>;
-    /// Appends up to about `max` frames to `out`; returns frames appended, 0 at the end.
+    /// Appends about `max` frames (a hint: some sources return more) to `out`; returns frames
+    /// appended, 0 at the end.
     fn read(&mut self, out: &mut Vec<f32>, max: usize) -> Result<usize>;
     /// Asks a source that can produce any rate (Ogg Opus decodes at 48 kHz inside) to produce
     /// `rate` directly, saving a second resampling; call before the first read. Returns whether
@@ -364,6 +365,12 @@ impl Source for OggSource {
                 self.conform.flush(&mut self.ready);
                 self.eof = true;
             }
+        }
+        if out.is_empty() && self.taken == 0 {
+            // Hand the whole buffer over rather than copy it (a read may return more than
+            // `max` frames: it is a hint).
+            std::mem::swap(out, &mut self.ready);
+            return Ok(out.len() / ch);
         }
         let n = (self.ready.len() - self.taken).min(max * ch);
         out.extend_from_slice(&self.ready[self.taken..self.taken + n]);

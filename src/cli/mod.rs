@@ -6,8 +6,8 @@
 
 pub mod docs;
 pub mod natprobe;
-pub mod relayd;
 pub mod pipe_audio;
+pub mod relayd;
 pub mod supernoded;
 
 use std::io::{self, Write};
@@ -21,6 +21,23 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Bad flags or arguments (clap's code).
 pub const EXIT_USAGE: u8 = 2;
+
+/// Arguments that parse but contradict each other, or miss something required: exit 2, like
+/// clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A usage error as an `anyhow::Error`.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Whether `err` (or any cause) is a [`UsageError`].
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| c.downcast_ref::<UsageError>().is_some())
+}
 
 /// `-v`/`-q`, shared by every program. `RUST_LOG` overrides both.
 #[derive(clap::Args, Debug, Clone, Copy, Default)]

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use super::{EXIT_OK, EXIT_USAGE, Verbosity, print_stdout, report_error, runtime};
+use super::{
+    EXIT_OK, EXIT_USAGE, UsageError, Verbosity, is_usage, print_stdout, report_error, runtime,
+};
 use crate::nat::{NatKind, ProbeConfig, Report, Stage, Timing};
 use crate::net::{ProbeError, run_probe};
 
@@ -105,22 +107,17 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let usage = e.chain().any(|c| {
-                c.downcast_ref::<UsageError>().is_some()
-                    || matches!(
+            let usage = is_usage(&e)
+                || e.chain().any(|c| {
+                    matches!(
                         c.downcast_ref::<ProbeError>(),
                         Some(ProbeError::MixedFamilies(..))
                     )
-            });
+                });
             report_error("natprobe", &e, if usage { EXIT_USAGE } else { EXIT_LOCAL })
         }
     }
 }
-
-/// Arguments that parse but contradict each other (exit 2, like clap's own errors).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(String);
 
 fn run(args: Args) -> anyhow::Result<u8> {
     let rt = runtime().context("cannot start the runtime")?;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use clap::Parser;
 
-use super::{EXIT_FAILURE, EXIT_USAGE, Verbosity, print_stdout, report_error, runtime};
+use super::{
+    EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime, usage,
+};
 use crate::net::relay::{Listen, RelayOptions, bind_listeners, serve_relay, tls_config};
 use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
 use crate::turn::peer_policy::local_addresses;
@@ -78,7 +80,11 @@ pub struct Args {
     pub external_ip: Vec<String>,
 
     /// UDP port range for relayed addresses.
-    #[arg(long = "relay-ports", value_name = "LO-HI", default_value = "49152-65535")]
+    #[arg(
+        long = "relay-ports",
+        value_name = "LO-HI",
+        default_value = "49152-65535"
+    )]
     pub relay_ports: String,
 
     /// Authentication realm.
@@ -137,11 +143,6 @@ pub struct Args {
     pub verbosity: Verbosity,
 }
 
-/// Flags that parse but contradict each other, or configure no way to authenticate.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(String);
-
 /// A file or socket the service needs could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -153,7 +154,7 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+            let code = if is_usage(&e) {
                 EXIT_USAGE
             } else if e.chain().any(|c| c.downcast_ref::<SetupError>().is_some()) {
                 EXIT_SETUP
@@ -163,10 +164,6 @@ pub fn main() -> ExitCode {
             report_error("relayd", &e, code)
         }
     }
-}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    UsageError(msg.into()).into()
 }
 
 fn setup(msg: impl Into<String>) -> anyhow::Error {
@@ -193,29 +190,43 @@ pub fn parse_listen(s: &str) -> anyhow::Result<Listen> {
 pub fn load_credentials(args: &Args) -> anyhow::Result<Credentials> {
     let mut c = Credentials::new(&args.realm);
     for u in &args.user {
-        let (name, pass) = u.split_once(':').ok_or_else(|| usage(format!("--user '{u}': expected USER:PASSWORD")))?;
+        let (name, pass) = u
+            .split_once(':')
+            .ok_or_else(|| usage(format!("--user '{u}': expected USER:PASSWORD")))?;
         c.add_user(name, pass);
     }
     if let Some(path) = &args.users {
-        let text = std::fs::read_to_string(path).map_err(|e| setup(format!("cannot read users file {}: {e}", path.display())))?;
-        c.add_users_file(&text).map_err(|e| setup(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| setup(format!("cannot read users file {}: {e}", path.display())))?;
+        c.add_users_file(&text)
+            .map_err(|e| setup(format!("{}: {e}", path.display())))?;
     }
     for s in &args.auth_secret {
         c.add_secret(s.as_bytes());
     }
     if let Some(path) = &args.auth_secret_file {
-        let text = std::fs::read_to_string(path).map_err(|e| setup(format!("cannot read secrets file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| setup(format!("cannot read secrets file {}: {e}", path.display())))?;
         let mut any = false;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             c.add_secret(line.as_bytes());
             any = true;
         }
         if !any {
-            return Err(setup(format!("secrets file {} holds no secret", path.display())));
+            return Err(setup(format!(
+                "secrets file {} holds no secret",
+                path.display()
+            )));
         }
     }
     if c.user_count() == 0 && !c.has_secrets() {
-        return Err(usage("no credentials: give --users, --user, --auth-secret or --auth-secret-file (relayd never relays for anonymous clients)"));
+        return Err(usage(
+            "no credentials: give --users, --user, --auth-secret or --auth-secret-file (relayd never relays for anonymous clients)",
+        ));
     }
     Ok(c)
 }
@@ -227,7 +238,12 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
         .split_once('-')
         .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
         .filter(|(a, b)| a <= b && *a > 0)
-        .ok_or_else(|| usage(format!("--relay-ports '{}': expected LO-HI, e.g. 49152-65535", args.relay_ports)))?;
+        .ok_or_else(|| {
+            usage(format!(
+                "--relay-ports '{}': expected LO-HI, e.g. 49152-65535",
+                args.relay_ports
+            ))
+        })?;
     let mut relay_ips = args.relay_ip.clone();
     if relay_ips.is_empty() {
         for l in listen {
@@ -238,7 +254,9 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
         }
     }
     if relay_ips.is_empty() {
-        return Err(usage("no relay address: listen on a specific IP or give --relay-ip"));
+        return Err(usage(
+            "no relay address: listen on a specific IP or give --relay-ip",
+        ));
     }
     let mut external_ips = Vec::new();
     for e in &args.external_ip {
@@ -246,13 +264,21 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
             Some((p, i)) => (p, Some(i)),
             None => (e.as_str(), None),
         };
-        let public: IpAddr = public.parse().map_err(|_| usage(format!("--external-ip '{e}': not an IP")))?;
+        let public: IpAddr = public
+            .parse()
+            .map_err(|_| usage(format!("--external-ip '{e}': not an IP")))?;
         let private: IpAddr = match private {
-            Some(p) => p.parse().map_err(|_| usage(format!("--external-ip '{e}': not an IP")))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| usage(format!("--external-ip '{e}': not an IP")))?,
             None => *relay_ips
                 .iter()
                 .find(|r| r.is_ipv4() == public.is_ipv4())
-                .ok_or_else(|| usage(format!("--external-ip {public}: no relay address of its family")))?,
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--external-ip {public}: no relay address of its family"
+                    ))
+                })?,
         };
         external_ips.push((private, public));
     }
@@ -289,14 +315,23 @@ fn raise_nofile() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let listen: Vec<Listen> = args.listen.iter().map(|s| parse_listen(s)).collect::<anyhow::Result<_>>()?;
+    let listen: Vec<Listen> = args
+        .listen
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<anyhow::Result<_>>()?;
     let creds = load_credentials(&args)?;
     let config = turn_config(&args, &listen)?;
     let tls = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => {
-            let cert = std::fs::read(c).map_err(|e| setup(format!("cannot read --cert {}: {e}", c.display())))?;
-            let key = std::fs::read(k).map_err(|e| setup(format!("cannot read --key {}: {e}", k.display())))?;
-            Some(tls_config(&cert, &key).map_err(|e| setup(format!("bad certificate or key: {e}")))?)
+            let cert = std::fs::read(c)
+                .map_err(|e| setup(format!("cannot read --cert {}: {e}", c.display())))?;
+            let key = std::fs::read(k)
+                .map_err(|e| setup(format!("cannot read --key {}: {e}", k.display())))?;
+            Some(
+                tls_config(&cert, &key)
+                    .map_err(|e| setup(format!("bad certificate or key: {e}")))?,
+            )
         }
         (None, None) => None,
         _ => return Err(usage("--cert and --key go together")),
@@ -366,4 +401,3 @@ fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     })
 }
-

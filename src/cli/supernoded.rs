@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use super::{EXIT_FAILURE, EXIT_USAGE, Verbosity, print_stdout, report_error, runtime};
+use super::{
+    EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime, usage,
+};
 use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
 use crate::supernode::{BindingConfig, StunServer};
 
@@ -88,7 +90,7 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+            let code = if is_usage(&e) {
                 EXIT_USAGE
             } else if e.chain().any(|c| {
                 c.downcast_ref::<crate::supernode::StunServerError>()
@@ -101,15 +103,6 @@ pub fn main() -> ExitCode {
             report_error("supernoded", &e, code)
         }
     }
-}
-
-/// Flags that parse but contradict each other (exit 2, like clap's own errors).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(String);
-
-fn usage(msg: String) -> anyhow::Error {
-    UsageError(msg).into()
 }
 
 /// Pairs each --listen with the --alt-addr of its family.

@@ -12,7 +12,7 @@
 //! - [`StunLoadArgs`]: the flags.
 //! - [`Ledger`]: the sans-IO part: hands out transaction IDs, remembers when each request left,
 //!   judges each datagram that comes back, and folds everything into a [`Report`].
-//! - [`run`]: the I/O driver: one thread, non-blocking sockets, `sendmmsg`/`recvmmsg` batches and
+//! - [`generate`]: the I/O driver: one thread, non-blocking sockets, `sendmmsg`/`recvmmsg` batches and
 //!   an `epoll` set polled without sleeping.
 //!
 //! # Pacing and why the loop spins

@@ -100,7 +100,9 @@ impl Shared {
     fn to_client(&self, to: ClientAddr, bytes: &[u8]) {
         match to.transport {
             Transport::Udp => {
-                let Some((sock, batch)) = self.udp.get(&to.local) else { return };
+                let Some((sock, batch)) = self.udp.get(&to.local) else {
+                    return;
+                };
                 let mut batch = batch.borrow_mut();
                 if batch.is_full() {
                     batch.flush(&**sock);
@@ -144,8 +146,14 @@ impl Shared {
                     let result = match bind_relay(addr) {
                         Ok(sock) => {
                             let sock = Rc::new(sock);
-                            let task = tokio::task::spawn_local(relay_task(self.clone(), id, sock.clone()));
-                            if let Some((_, _, old)) = self.relays.borrow_mut().insert(id.index, (id, sock, task)) {
+                            let task = tokio::task::spawn_local(relay_task(
+                                self.clone(),
+                                id,
+                                sock.clone(),
+                            ));
+                            if let Some((_, _, old)) =
+                                self.relays.borrow_mut().insert(id.index, (id, sock, task))
+                            {
                                 old.abort();
                             }
                             Ok(())
@@ -153,7 +161,10 @@ impl Shared {
                         Err(e) => Err(e.kind()),
                     };
                     let mut out = self.out.borrow_mut();
-                    action = self.core.borrow_mut().relay_bound(now, pending, result, &mut out);
+                    action = self
+                        .core
+                        .borrow_mut()
+                        .relay_bound(now, pending, result, &mut out);
                     drop(out);
                     self.timer.notify_one();
                 }
@@ -177,7 +188,11 @@ impl Shared {
 
 fn bind_relay(addr: SocketAddr) -> io::Result<UdpSocket> {
     let std = {
-        let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let domain = if addr.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         if addr.is_ipv6() {
             s.set_only_v6(true)?;
@@ -190,7 +205,12 @@ fn bind_relay(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Serves until `shutdown` fires, then drains for `options.drain` and returns.
-pub async fn serve_relay(core: TurnServer, listeners: Vec<BoundListener>, options: RelayOptions, mut shutdown: Shutdown) -> io::Result<()> {
+pub async fn serve_relay(
+    core: TurnServer,
+    listeners: Vec<BoundListener>,
+    options: RelayOptions,
+    mut shutdown: Shutdown,
+) -> io::Result<()> {
     let mut udp = HashMap::new();
     let mut streams = Vec::new();
     for l in listeners {
@@ -281,21 +301,69 @@ fn render_metrics(shared: &Shared) -> String {
     let core = shared.core.borrow();
     let c = core.counters();
     let mut s = String::new();
-    let _ = writeln!(s, "# TYPE voxmesh_turn_allocations gauge\nvoxmesh_turn_allocations {}", core.allocations());
-    let _ = writeln!(s, "# TYPE voxmesh_turn_relayed_sockets gauge\nvoxmesh_turn_relayed_sockets {}", shared.relays.borrow().len());
-    let _ = writeln!(s, "# TYPE voxmesh_turn_allocations_total counter\nvoxmesh_turn_allocations_total {}", c.allocations_total);
+    let _ = writeln!(
+        s,
+        "# TYPE voxmesh_turn_allocations gauge\nvoxmesh_turn_allocations {}",
+        core.allocations()
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE voxmesh_turn_relayed_sockets gauge\nvoxmesh_turn_relayed_sockets {}",
+        shared.relays.borrow().len()
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE voxmesh_turn_allocations_total counter\nvoxmesh_turn_allocations_total {}",
+        c.allocations_total
+    );
     let _ = writeln!(s, "# TYPE voxmesh_turn_packets_total counter");
-    let _ = writeln!(s, "voxmesh_turn_packets_total{{direction=\"to_peer\"}} {}", c.to_peer_packets);
-    let _ = writeln!(s, "voxmesh_turn_packets_total{{direction=\"to_client\"}} {}", c.to_client_packets);
-    let _ = writeln!(s, "voxmesh_turn_packets_total{{direction=\"internal\"}} {}", c.internal_packets);
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_packets_total{{direction=\"to_peer\"}} {}",
+        c.to_peer_packets
+    );
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_packets_total{{direction=\"to_client\"}} {}",
+        c.to_client_packets
+    );
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_packets_total{{direction=\"internal\"}} {}",
+        c.internal_packets
+    );
     let _ = writeln!(s, "# TYPE voxmesh_turn_bytes_total counter");
-    let _ = writeln!(s, "voxmesh_turn_bytes_total{{direction=\"to_peer\"}} {}", c.to_peer_bytes);
-    let _ = writeln!(s, "voxmesh_turn_bytes_total{{direction=\"to_client\"}} {}", c.to_client_bytes);
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_bytes_total{{direction=\"to_peer\"}} {}",
+        c.to_peer_bytes
+    );
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_bytes_total{{direction=\"to_client\"}} {}",
+        c.to_client_bytes
+    );
     let _ = writeln!(s, "# TYPE voxmesh_turn_auth_total counter");
-    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"challenge\"}} {}", c.auth_challenges);
-    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"failure\"}} {}", c.auth_failures);
-    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"stale_nonce\"}} {}", c.auth_stale_nonce);
-    let _ = writeln!(s, "voxmesh_turn_auth_total{{result=\"rate_limited\"}} {}", c.auth_rate_limited);
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_auth_total{{result=\"challenge\"}} {}",
+        c.auth_challenges
+    );
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_auth_total{{result=\"failure\"}} {}",
+        c.auth_failures
+    );
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_auth_total{{result=\"stale_nonce\"}} {}",
+        c.auth_stale_nonce
+    );
+    let _ = writeln!(
+        s,
+        "voxmesh_turn_auth_total{{result=\"rate_limited\"}} {}",
+        c.auth_rate_limited
+    );
     let _ = writeln!(s, "# TYPE voxmesh_turn_dropped_total counter");
     let mut drops: Vec<_> = c.drops.iter().collect();
     drops.sort();
@@ -337,7 +405,10 @@ async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>
             };
             let action = {
                 let mut out = shared.out.borrow_mut();
-                shared.core.borrow_mut().handle_client(now, from, d.data, &mut out)
+                shared
+                    .core
+                    .borrow_mut()
+                    .handle_client(now, from, d.data, &mut out)
             };
             shared.act(now, action, d.data);
         }
@@ -384,7 +455,10 @@ async fn relay_task(shared: Rc<Shared>, id: AllocId, sock: Rc<UdpSocket>) {
                     continue;
                 }
                 let mut out = shared.out.borrow_mut();
-                let action = shared.core.borrow_mut().handle_peer(now, id, d.from, d.data, &mut out);
+                let action = shared
+                    .core
+                    .borrow_mut()
+                    .handle_peer(now, id, d.from, d.data, &mut out);
                 if let PeerAction::ToClient { to, len } = action {
                     shared.to_client(to, &out[..len]);
                 }
@@ -429,7 +503,9 @@ async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn:
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::task::spawn_local(async move {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
                     if let Ok(Ok(s)) = handshake {
                         stream_conn(shared, client, s).await;
                     }
@@ -488,7 +564,10 @@ where
             let action = {
                 let mut out = shared.out.borrow_mut();
                 // A padded ChannelData frame: the core reads the length field, padding is ignored.
-                shared.core.borrow_mut().handle_client(now, client, &msg, &mut out)
+                shared
+                    .core
+                    .borrow_mut()
+                    .handle_client(now, client, &msg, &mut out)
             };
             shared.act(now, action, &msg);
             buf.copy_within(need..have, 0);
@@ -513,7 +592,10 @@ fn close_stream(shared: &Shared, client: ClientAddr, writer: JoinHandle<()>) {
 }
 
 /// Binds the listeners of `spec`. TLS needs `tls`.
-pub async fn bind_listeners(spec: &[Listen], tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Vec<BoundListener>> {
+pub async fn bind_listeners(
+    spec: &[Listen],
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<Vec<BoundListener>> {
     let mut out = Vec::new();
     for l in spec {
         out.push(match l {
@@ -523,7 +605,10 @@ pub async fn bind_listeners(spec: &[Listen], tls: Option<Arc<rustls::ServerConfi
                 let cfg = tls
                     .clone()
                     .ok_or_else(|| io::Error::other("a TLS listener needs --cert and --key"))?;
-                BoundListener::Tls(TcpListener::bind(a).await?, tokio_rustls::TlsAcceptor::from(cfg))
+                BoundListener::Tls(
+                    TcpListener::bind(a).await?,
+                    tokio_rustls::TlsAcceptor::from(cfg),
+                )
             }
         });
     }
@@ -538,7 +623,10 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::Ser
         .collect::<Result<_, _>>()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "no certificate in the --cert file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no certificate in the --cert file",
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("private key: {e}")))?;

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::turn::client::{Op, TurnClient, TurnClientConfig, TurnEvent};
 use crate::turn::channel;
+use crate::turn::client::{Op, TurnClient, TurnClientConfig, TurnEvent};
 
 /// How to reach the TURN server.
 #[derive(Clone)]
@@ -69,11 +69,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
 impl TurnRelay {
     /// Connects, authenticates and allocates; fails after `timeout`.
-    pub async fn allocate(mut config: TurnClientConfig, transport: TurnTransport, timeout: Duration) -> Result<TurnRelay, RelayError> {
+    pub async fn allocate(
+        mut config: TurnClientConfig,
+        transport: TurnTransport,
+        timeout: Duration,
+    ) -> Result<TurnRelay, RelayError> {
         let server = config.server;
         let conn = match &transport {
             TurnTransport::Udp => {
-                let any: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+                let any: SocketAddr = if server.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
                 let s = UdpSocket::bind(any).await.map_err(RelayError::Connect)?;
                 s.connect(server).await.map_err(RelayError::Connect)?;
                 Conn::Udp(s)
@@ -144,20 +152,29 @@ impl TurnRelay {
 
     pub async fn create_permission(&self, peer: SocketAddr) -> Result<(), RelayError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd.send(Cmd::Permission(peer, tx)).await.map_err(|_| RelayError::Closed)?;
+        self.cmd
+            .send(Cmd::Permission(peer, tx))
+            .await
+            .map_err(|_| RelayError::Closed)?;
         rx.await.map_err(|_| RelayError::Closed)?
     }
 
     pub async fn bind_channel(&self, peer: SocketAddr) -> Result<u16, RelayError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd.send(Cmd::Channel(peer, tx)).await.map_err(|_| RelayError::Closed)?;
+        self.cmd
+            .send(Cmd::Channel(peer, tx))
+            .await
+            .map_err(|_| RelayError::Closed)?;
         rx.await.map_err(|_| RelayError::Closed)?
     }
 
     /// Sends `data` to `peer` through the relay.
     pub async fn send_to(&self, peer: SocketAddr, data: &[u8]) -> Result<(), RelayError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd.send(Cmd::Send(peer, data.to_vec(), tx)).await.map_err(|_| RelayError::Closed)?;
+        self.cmd
+            .send(Cmd::Send(peer, data.to_vec(), tx))
+            .await
+            .map_err(|_| RelayError::Closed)?;
         rx.await.map_err(|_| RelayError::Closed)?
     }
 
@@ -208,49 +225,75 @@ async fn run(
         // Tell waiters what happened.
         while let Some(ev) = core.poll_event() {
             match ev {
-                TurnEvent::Allocated { relayed, mapped, .. } => {
+                TurnEvent::Allocated {
+                    relayed, mapped, ..
+                } => {
                     if let Some(r) = ready.take() {
                         let _ = r.send(Ok((relayed, mapped)));
                     }
                 }
-                TurnEvent::PermissionCreated(ip) => resolve(&mut waiters, |w| matches!(w, Waiter::Permission(i, _) if *i == ip), |w| {
-                    if let Waiter::Permission(_, tx) = w {
-                        let _ = tx.send(Ok(()));
-                    }
-                }),
-                TurnEvent::ChannelBound { peer, channel } => resolve(&mut waiters, |w| matches!(w, Waiter::Channel(p, _) if *p == peer), |w| {
-                    if let Waiter::Channel(_, tx) = w {
-                        let _ = tx.send(Ok(channel));
-                    }
-                }),
-                TurnEvent::Released => resolve(&mut waiters, |w| matches!(w, Waiter::Release(_)), |w| {
-                    if let Waiter::Release(tx) = w {
-                        let _ = tx.send(());
-                    }
-                }),
+                TurnEvent::PermissionCreated(ip) => resolve(
+                    &mut waiters,
+                    |w| matches!(w, Waiter::Permission(i, _) if *i == ip),
+                    |w| {
+                        if let Waiter::Permission(_, tx) = w {
+                            let _ = tx.send(Ok(()));
+                        }
+                    },
+                ),
+                TurnEvent::ChannelBound { peer, channel } => resolve(
+                    &mut waiters,
+                    |w| matches!(w, Waiter::Channel(p, _) if *p == peer),
+                    |w| {
+                        if let Waiter::Channel(_, tx) = w {
+                            let _ = tx.send(Ok(channel));
+                        }
+                    },
+                ),
+                TurnEvent::Released => resolve(
+                    &mut waiters,
+                    |w| matches!(w, Waiter::Release(_)),
+                    |w| {
+                        if let Waiter::Release(tx) = w {
+                            let _ = tx.send(());
+                        }
+                    },
+                ),
                 TurnEvent::TryAlternate(alt) => {
                     if let Some(r) = ready.take() {
                         let _ = r.send(Err(RelayError::Alternate(alt)));
                     }
                 }
                 TurnEvent::Failed { op, code, reason } => {
-                    let err = || RelayError::Refused { op, code, reason: reason.clone() };
+                    let err = || RelayError::Refused {
+                        op,
+                        code,
+                        reason: reason.clone(),
+                    };
                     match op {
                         Op::Allocate => {
                             if let Some(r) = ready.take() {
                                 let _ = r.send(Err(err()));
                             }
                         }
-                        Op::CreatePermission => resolve_first(&mut waiters, |w| matches!(w, Waiter::Permission(..)), |w| {
-                            if let Waiter::Permission(_, tx) = w {
-                                let _ = tx.send(Err(err()));
-                            }
-                        }),
-                        Op::ChannelBind => resolve_first(&mut waiters, |w| matches!(w, Waiter::Channel(..)), |w| {
-                            if let Waiter::Channel(_, tx) = w {
-                                let _ = tx.send(Err(err()));
-                            }
-                        }),
+                        Op::CreatePermission => resolve_first(
+                            &mut waiters,
+                            |w| matches!(w, Waiter::Permission(..)),
+                            |w| {
+                                if let Waiter::Permission(_, tx) = w {
+                                    let _ = tx.send(Err(err()));
+                                }
+                            },
+                        ),
+                        Op::ChannelBind => resolve_first(
+                            &mut waiters,
+                            |w| matches!(w, Waiter::Channel(..)),
+                            |w| {
+                                if let Waiter::Channel(_, tx) = w {
+                                    let _ = tx.send(Err(err()));
+                                }
+                            },
+                        ),
                         Op::Refresh => {}
                     }
                 }
@@ -326,7 +369,11 @@ fn resolve(waiters: &mut Vec<Waiter>, matches: impl Fn(&Waiter) -> bool, done: i
     }
 }
 
-fn resolve_first(waiters: &mut Vec<Waiter>, matches: impl Fn(&Waiter) -> bool, done: impl Fn(Waiter)) {
+fn resolve_first(
+    waiters: &mut Vec<Waiter>,
+    matches: impl Fn(&Waiter) -> bool,
+    done: impl Fn(Waiter),
+) {
     if let Some(i) = waiters.iter().position(matches) {
         done(waiters.remove(i));
     }
@@ -342,7 +389,11 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
 
 /// Reads one message: a datagram, or one complete frame of the stream (left at the start of
 /// `buf`; the caller consumes it). `Ok(None)` when a stream needs more bytes.
-async fn read_message(conn: &mut Conn, buf: &mut [u8], have: &mut usize) -> io::Result<Option<usize>> {
+async fn read_message(
+    conn: &mut Conn,
+    buf: &mut [u8],
+    have: &mut usize,
+) -> io::Result<Option<usize>> {
     match conn {
         Conn::Udp(s) => {
             let n = s.recv(buf).await?;
@@ -360,7 +411,10 @@ async fn read_message(conn: &mut Conn, buf: &mut [u8], have: &mut usize) -> io::
                 return Ok(Some(len));
             }
             if *have == buf.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "oversized frame"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "oversized frame",
+                ));
             }
             let n = s.read(&mut buf[*have..]).await?;
             if n == 0 {

@@ -163,7 +163,11 @@ pub enum NonceCheck {
 
 impl Nonces {
     pub fn new(key: [u8; 32], epoch: Instant, lifetime: Duration) -> Nonces {
-        Nonces { key, epoch, lifetime }
+        Nonces {
+            key,
+            epoch,
+            lifetime,
+        }
     }
 
     fn mac(&self, t: u64, ip: IpAddr) -> u64 {
@@ -234,14 +238,16 @@ impl RateLimiter {
             // Forget buckets that have refilled (they behave like new ones anyway); if that
             // frees nothing, the table is under attack from many sources: refuse newcomers.
             let (rate, burst) = (self.per_sec, self.burst);
-            self.buckets
-                .retain(|_, (tokens, at)| *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
             if self.buckets.len() >= self.max_entries {
                 return false;
             }
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((self.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -269,11 +275,20 @@ mod tests {
         let mut c = Credentials::new("voxmesh.test");
         c.add_users_file("# comment\nalice:secret\n\nbob:0x00112233445566778899aabbccddeeff\n")
             .unwrap();
-        assert_eq!(c.keys("alice", 0).unwrap(), vec![long_term_key("alice", "voxmesh.test", "secret")]);
+        assert_eq!(
+            c.keys("alice", 0).unwrap(),
+            vec![long_term_key("alice", "voxmesh.test", "secret")]
+        );
         assert_eq!(c.keys("bob", 0).unwrap()[0][..2], [0x00, 0x11]);
         assert_eq!(c.keys("carol", 0), Err(CredentialError::UnknownUser));
-        assert_eq!(c.add_users_file("nocolon\n"), Err(UsersFileError { line: 1 }));
-        assert_eq!(c.add_users_file("ok:x\n:nouser\n"), Err(UsersFileError { line: 2 }));
+        assert_eq!(
+            c.add_users_file("nocolon\n"),
+            Err(UsersFileError { line: 1 })
+        );
+        assert_eq!(
+            c.add_users_file("ok:x\n:nouser\n"),
+            Err(UsersFileError { line: 2 })
+        );
     }
 
     #[test]
@@ -285,9 +300,16 @@ mod tests {
         assert_eq!(user, "1000:alice");
         let keys = c.keys(&user, 999).unwrap();
         assert_eq!(keys.len(), 2);
-        assert!(keys.contains(&long_term_key(&user, "r", &pass)), "the previous secret still works");
+        assert!(
+            keys.contains(&long_term_key(&user, "r", &pass)),
+            "the previous secret still works"
+        );
         assert_eq!(c.keys(&user, 1001), Err(CredentialError::Expired));
-        assert_eq!(c.keys("alice", 0), Err(CredentialError::UnknownUser), "no expiry, no key");
+        assert_eq!(
+            c.keys("alice", 0),
+            Err(CredentialError::UnknownUser),
+            "no expiry, no key"
+        );
         // coturn's documented example: secret "north", username "1433895918:voxmesh".
         assert_eq!(rest_password(b"north", "1433895918:voxmesh").len(), 28);
     }
@@ -299,9 +321,19 @@ mod tests {
         let a: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         let b: SocketAddr = "198.51.100.8:4000".parse().unwrap();
         let nonce = n.mint(t0, a);
-        assert_eq!(n.check(&nonce, t0 + Duration::from_secs(10), a), NonceCheck::Valid);
-        assert_eq!(n.check(&nonce, t0, b), NonceCheck::Invalid, "another client's nonce");
-        assert_eq!(n.check(&nonce, t0 + Duration::from_secs(601), a), NonceCheck::Stale);
+        assert_eq!(
+            n.check(&nonce, t0 + Duration::from_secs(10), a),
+            NonceCheck::Valid
+        );
+        assert_eq!(
+            n.check(&nonce, t0, b),
+            NonceCheck::Invalid,
+            "another client's nonce"
+        );
+        assert_eq!(
+            n.check(&nonce, t0 + Duration::from_secs(601), a),
+            NonceCheck::Stale
+        );
         let forged = format!("{:016x}{}", 5u64, &nonce[16..]);
         assert_eq!(n.check(&forged, t0, a), NonceCheck::Invalid);
         assert_eq!(n.check("short", t0, a), NonceCheck::Invalid);
@@ -318,7 +350,13 @@ mod tests {
         assert!(r.allow(t0 + Duration::from_millis(200), ip(1)), "refills");
         r.allow(t0, ip(3));
         assert!(r.len() <= 3);
-        assert!(!r.allow(t0, ip(4)), "table full of active sources: refuse newcomers");
-        assert!(r.allow(t0 + Duration::from_secs(10), ip(4)), "after refill, old entries go");
+        assert!(
+            !r.allow(t0, ip(4)),
+            "table full of active sources: refuse newcomers"
+        );
+        assert!(
+            r.allow(t0 + Duration::from_secs(10), ip(4)),
+            "after refill, old entries go"
+        );
     }
 }

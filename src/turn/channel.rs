@@ -111,10 +111,19 @@ mod tests {
     #[test]
     fn bad_frames_are_refused() {
         assert_eq!(parse(&[0x40, 0]), Err(ChannelDataError::TooShort));
-        assert_eq!(parse(&[0x3f, 0xff, 0, 0]), Err(ChannelDataError::BadChannel));
+        assert_eq!(
+            parse(&[0x3f, 0xff, 0, 0]),
+            Err(ChannelDataError::BadChannel)
+        );
         assert_eq!(parse(&[0x80, 0, 0, 0]), Err(ChannelDataError::BadChannel));
-        assert!(parse(&[0x7f, 0xff, 0, 0]).is_ok(), "RFC 5766's range is accepted");
-        assert_eq!(parse(&[0x40, 0, 0, 5, 1, 2]), Err(ChannelDataError::Truncated));
+        assert!(
+            parse(&[0x7f, 0xff, 0, 0]).is_ok(),
+            "RFC 5766's range is accepted"
+        );
+        assert_eq!(
+            parse(&[0x40, 0, 0, 5, 1, 2]),
+            Err(ChannelDataError::Truncated)
+        );
         assert!(!is_channel_data(0x00) && !is_channel_data(0x80));
     }
 }

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use super::channel;
 use crate::stun::timers::RttEstimator;
-use crate::stun::{Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method};
+use crate::stun::{
+    Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method,
+};
 
 /// How the client is configured.
 #[derive(Clone, Debug)]
@@ -70,11 +72,20 @@ pub enum TurnEvent {
         lifetime: Duration,
     },
     PermissionCreated(IpAddr),
-    ChannelBound { peer: SocketAddr, channel: u16 },
-    Refreshed { lifetime: Duration },
+    ChannelBound {
+        peer: SocketAddr,
+        channel: u16,
+    },
+    Refreshed {
+        lifetime: Duration,
+    },
     Released,
     /// An operation failed: the server's error (code, reason), or `code` 0 for a timeout.
-    Failed { op: Op, code: u16, reason: String },
+    Failed {
+        op: Op,
+        code: u16,
+        reason: String,
+    },
     /// The server said to use another server (300 ALTERNATE-SERVER).
     TryAlternate(SocketAddr),
 }
@@ -204,7 +215,11 @@ impl TurnClient {
             Some((c, _)) => *c,
             None => {
                 let c = self.next_channel;
-                self.next_channel = if c == *channel::CHANNELS.end() { *channel::CHANNELS.start() } else { c + 1 };
+                self.next_channel = if c == *channel::CHANNELS.end() {
+                    *channel::CHANNELS.start()
+                } else {
+                    c + 1
+                };
                 self.channels.insert(peer, (c, None));
                 c
             }
@@ -237,7 +252,12 @@ impl TurnClient {
         match self.channels.get(&peer) {
             Some((c, Some(_))) => channel::encode(&mut out, *c, data, self.config.stream),
             _ => {
-                let mut b = MessageBuilder::new(&mut out, method::SEND, Class::Indication, TransactionId::random());
+                let mut b = MessageBuilder::new(
+                    &mut out,
+                    method::SEND,
+                    Class::Indication,
+                    TransactionId::random(),
+                );
                 b.xor_address(attr::XOR_PEER_ADDRESS, peer);
                 b.attr(attr::DATA, data);
                 b.fingerprint();
@@ -271,7 +291,12 @@ impl TurnClient {
 
     /// Retransmits, gives up, and refreshes what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<TransactionId> = self.txns.iter().filter(|(_, t)| t.next <= now).map(|(id, _)| *id).collect();
+        let due: Vec<TransactionId> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| t.next <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in due {
             let t = self.txns.get_mut(&id).expect("listed");
             let give_up = if self.config.stream {
@@ -298,10 +323,21 @@ impl TurnClient {
             self.refresh_at = None;
             self.request(now, Op::Refresh, None, None, Some(self.config.lifetime));
         }
-        let perms: Vec<IpAddr> = self.permissions.iter().filter(|(_, t)| t.is_some_and(|t| t <= now)).map(|(ip, _)| *ip).collect();
+        let perms: Vec<IpAddr> = self
+            .permissions
+            .iter()
+            .filter(|(_, t)| t.is_some_and(|t| t <= now))
+            .map(|(ip, _)| *ip)
+            .collect();
         for ip in perms {
             self.permissions.insert(ip, None);
-            self.request(now, Op::CreatePermission, Some(SocketAddr::new(ip, 0)), None, None);
+            self.request(
+                now,
+                Op::CreatePermission,
+                Some(SocketAddr::new(ip, 0)),
+                None,
+                None,
+            );
         }
         let chans: Vec<(SocketAddr, u16)> = self
             .channels
@@ -318,10 +354,20 @@ impl TurnClient {
     /// Handles a message from the server. Returns relayed peer data (a Data indication or
     /// ChannelData) for the application.
     pub fn handle_input(&mut self, now: Instant, message: &[u8]) -> Option<Received> {
-        if message.first().is_some_and(|b| channel::is_channel_data(*b)) {
+        if message
+            .first()
+            .is_some_and(|b| channel::is_channel_data(*b))
+        {
             let cd = channel::parse(message).ok()?;
-            let peer = self.channels.iter().find(|(_, (c, _))| *c == cd.channel).map(|(p, _)| *p)?;
-            return Some(Received { peer, data: cd.data });
+            let peer = self
+                .channels
+                .iter()
+                .find(|(_, (c, _))| *c == cd.channel)
+                .map(|(p, _)| *p)?;
+            return Some(Received {
+                peer,
+                data: cd.data,
+            });
         }
         let msg = Message::parse(message).ok()?;
         if msg.check_fingerprint() == IntegrityCheck::Invalid {
@@ -364,10 +410,16 @@ impl TurnClient {
             match code {
                 401 | 438 if !t.reauthed => {
                     // Learn realm and nonce, then retry with credentials.
-                    if let (Some(realm), Some(nonce)) = (msg.text(attr::REALM), msg.text(attr::NONCE)) {
+                    if let (Some(realm), Some(nonce)) =
+                        (msg.text(attr::REALM), msg.text(attr::NONCE))
+                    {
                         self.realm = Some(realm.into());
                         self.nonce = Some(nonce.into());
-                        self.key = Some(long_term_key(&self.config.username, realm, &self.config.password));
+                        self.key = Some(long_term_key(
+                            &self.config.username,
+                            realm,
+                            &self.config.password,
+                        ));
                         let retry = self.request_inner(now, t.op, t.peer, t.channel, t.lifetime);
                         if let Some(r) = self.txns.get_mut(&retry) {
                             r.reauthed = code == 401;
@@ -387,9 +439,15 @@ impl TurnClient {
         match t.op {
             Op::Allocate => {
                 let Some(relayed) = msg.xor_address(attr::XOR_RELAYED_ADDRESS) else {
-                    return self.fail(Op::Allocate, None, 0, "success without XOR-RELAYED-ADDRESS".into());
+                    return self.fail(
+                        Op::Allocate,
+                        None,
+                        0,
+                        "success without XOR-RELAYED-ADDRESS".into(),
+                    );
                 };
-                let lifetime = Duration::from_secs(msg.u32_attr(attr::LIFETIME).unwrap_or(600) as u64);
+                let lifetime =
+                    Duration::from_secs(msg.u32_attr(attr::LIFETIME).unwrap_or(600) as u64);
                 self.relayed = Some(relayed);
                 self.expires = Some(now + lifetime);
                 self.refresh_at = Some(now + lifetime / 2);
@@ -400,7 +458,8 @@ impl TurnClient {
                 });
             }
             Op::Refresh => {
-                let lifetime = Duration::from_secs(msg.u32_attr(attr::LIFETIME).unwrap_or(0) as u64);
+                let lifetime =
+                    Duration::from_secs(msg.u32_attr(attr::LIFETIME).unwrap_or(0) as u64);
                 if lifetime.is_zero() {
                     self.relayed = None;
                     self.refresh_at = None;
@@ -415,15 +474,20 @@ impl TurnClient {
             }
             Op::CreatePermission => {
                 if let Some(p) = t.peer {
-                    self.permissions.insert(p.ip(), Some(now + PERMISSION_REFRESH));
+                    self.permissions
+                        .insert(p.ip(), Some(now + PERMISSION_REFRESH));
                     self.events.push_back(TurnEvent::PermissionCreated(p.ip()));
                 }
             }
             Op::ChannelBind => {
                 if let (Some(p), Some(c)) = (t.peer, t.channel) {
                     self.channels.insert(p, (c, Some(now + CHANNEL_REFRESH)));
-                    self.permissions.insert(p.ip(), Some(now + PERMISSION_REFRESH));
-                    self.events.push_back(TurnEvent::ChannelBound { peer: p, channel: c });
+                    self.permissions
+                        .insert(p.ip(), Some(now + PERMISSION_REFRESH));
+                    self.events.push_back(TurnEvent::ChannelBound {
+                        peer: p,
+                        channel: c,
+                    });
                 }
             }
         }
@@ -439,14 +503,29 @@ impl TurnClient {
             }
             _ => {}
         }
-        self.events.push_back(TurnEvent::Failed { op, code, reason });
+        self.events
+            .push_back(TurnEvent::Failed { op, code, reason });
     }
 
-    fn request(&mut self, now: Instant, op: Op, peer: Option<SocketAddr>, channel: Option<u16>, lifetime: Option<Duration>) {
+    fn request(
+        &mut self,
+        now: Instant,
+        op: Op,
+        peer: Option<SocketAddr>,
+        channel: Option<u16>,
+        lifetime: Option<Duration>,
+    ) {
         self.request_inner(now, op, peer, channel, lifetime);
     }
 
-    fn request_inner(&mut self, now: Instant, op: Op, peer: Option<SocketAddr>, channel: Option<u16>, lifetime: Option<Duration>) -> TransactionId {
+    fn request_inner(
+        &mut self,
+        now: Instant,
+        op: Op,
+        peer: Option<SocketAddr>,
+        channel: Option<u16>,
+        lifetime: Option<Duration>,
+    ) -> TransactionId {
         let id = TransactionId::random();
         let m = match op {
             Op::Allocate => method::ALLOCATE,
@@ -465,13 +544,24 @@ impl TurnClient {
                 }
             }
             Op::Refresh => {
-                b.u32_attr(attr::LIFETIME, lifetime.unwrap_or(self.config.lifetime).as_secs() as u32);
+                b.u32_attr(
+                    attr::LIFETIME,
+                    lifetime.unwrap_or(self.config.lifetime).as_secs() as u32,
+                );
             }
             Op::CreatePermission => {
                 b.xor_address(attr::XOR_PEER_ADDRESS, peer.expect("permission has a peer"));
             }
             Op::ChannelBind => {
-                b.attr(attr::CHANNEL_NUMBER, &[(channel.unwrap_or(0) >> 8) as u8, channel.unwrap_or(0) as u8, 0, 0]);
+                b.attr(
+                    attr::CHANNEL_NUMBER,
+                    &[
+                        (channel.unwrap_or(0) >> 8) as u8,
+                        channel.unwrap_or(0) as u8,
+                        0,
+                        0,
+                    ],
+                );
                 b.xor_address(attr::XOR_PEER_ADDRESS, peer.expect("channel has a peer"));
             }
         }
@@ -485,7 +575,11 @@ impl TurnClient {
             b.message_integrity(&key);
         }
         b.fingerprint();
-        let rto = if self.config.stream { STREAM_TIMEOUT } else { self.rtt.rto(RTO_FLOOR, INITIAL_RTO) };
+        let rto = if self.config.stream {
+            STREAM_TIMEOUT
+        } else {
+            self.rtt.rto(RTO_FLOOR, INITIAL_RTO)
+        };
         self.transmits.push_back(bytes.clone());
         self.txns.insert(
             id,

@@ -62,8 +62,12 @@ impl std::fmt::Display for Cidr {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(&net.octets(), &ip.octets(), self.len),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_match(&net.octets(), &ip.octets(), self.len),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_match(&net.octets(), &ip.octets(), self.len)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_match(&net.octets(), &ip.octets(), self.len)
+            }
             _ => false,
         }
     }
@@ -265,7 +269,9 @@ pub fn local_addresses() -> Vec<IpAddr> {
                 match (*a).sa_family as libc::c_int {
                     libc::AF_INET => {
                         let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(a as *const libc::sockaddr_in6);
@@ -314,7 +320,12 @@ mod tests {
         let p = policy(&[]);
         for b in special_purpose_blocks() {
             for ip in [first(b.block), last(b.block)] {
-                assert!(p.check(SocketAddr::new(ip, 1)).is_err(), "{} ({}) at {ip}", b.block, b.name);
+                assert!(
+                    p.check(SocketAddr::new(ip, 1)).is_err(),
+                    "{} ({}) at {ip}",
+                    b.block,
+                    b.name
+                );
             }
         }
     }
@@ -359,14 +370,54 @@ mod tests {
             ("v4-mapped private", &lab, "::ffff:10.0.0.1", false),
             ("v4-mapped lab", &lab, "::ffff:198.51.100.3", true),
             ("NAT64 loopback", &open, "64:ff9b::7f00:1", false),
-            ("NAT64 public (prefix refused)", &lab, "64:ff9b::808:808", false),
-            ("NAT64 public, prefix allowed", &policy(&["64:ff9b::/96"]), "64:ff9b::808:808", true),
-            ("NAT64 private, prefix allowed", &policy(&["64:ff9b::/96"]), "64:ff9b::a00:1", false),
-            ("local NAT64 /48 loopback", &open, "64:ff9b:1:7f00:0:100::", false),
-            ("6to4 private", &policy(&["2002::/16"]), "2002:a00:1::1", false),
-            ("6to4 public, allowed", &policy(&["2002::/16"]), "2002:808:808::1", true),
-            ("Teredo client loopback", &policy(&["2001::/32"]), "2001:0:808:808::80ff:fffe", false),
-            ("Teredo public, allowed", &policy(&["2001::/32"]), "2001:0:808:808::f7f7:f7f7", true),
+            (
+                "NAT64 public (prefix refused)",
+                &lab,
+                "64:ff9b::808:808",
+                false,
+            ),
+            (
+                "NAT64 public, prefix allowed",
+                &policy(&["64:ff9b::/96"]),
+                "64:ff9b::808:808",
+                true,
+            ),
+            (
+                "NAT64 private, prefix allowed",
+                &policy(&["64:ff9b::/96"]),
+                "64:ff9b::a00:1",
+                false,
+            ),
+            (
+                "local NAT64 /48 loopback",
+                &open,
+                "64:ff9b:1:7f00:0:100::",
+                false,
+            ),
+            (
+                "6to4 private",
+                &policy(&["2002::/16"]),
+                "2002:a00:1::1",
+                false,
+            ),
+            (
+                "6to4 public, allowed",
+                &policy(&["2002::/16"]),
+                "2002:808:808::1",
+                true,
+            ),
+            (
+                "Teredo client loopback",
+                &policy(&["2001::/32"]),
+                "2001:0:808:808::80ff:fffe",
+                false,
+            ),
+            (
+                "Teredo public, allowed",
+                &policy(&["2001::/32"]),
+                "2001:0:808:808::f7f7:f7f7",
+                true,
+            ),
             ("ULA", &lab, "fd00::1", false),
             ("v6 link-local", &lab, "fe80::1", false),
             ("v6 multicast", &lab, "ff02::1", false),
@@ -387,7 +438,10 @@ mod tests {
         assert_eq!(e("64:ff9b::102:304"), vec![ip("1.2.3.4")]);
         assert_eq!(e("64:ff9b:1:102:3:400::"), vec![ip("1.2.3.4")]);
         assert_eq!(e("2002:102:304::1"), vec![ip("1.2.3.4")]);
-        assert_eq!(e("2001:0:102:304::fefd:fcfb"), vec![ip("1.2.3.4"), ip("1.2.3.4")]);
+        assert_eq!(
+            e("2001:0:102:304::fefd:fcfb"),
+            vec![ip("1.2.3.4"), ip("1.2.3.4")]
+        );
         assert_eq!(e("::1.2.3.4"), vec![ip("1.2.3.4")]);
         assert!(e("::1").is_empty() && e("::").is_empty() && e("2a00::1").is_empty());
     }
@@ -396,7 +450,12 @@ mod tests {
     fn cidr_parsing() {
         assert!("198.51.100.0/24".parse::<Cidr>().is_ok());
         assert!("2001:db8::/32".parse::<Cidr>().is_ok());
-        assert!("10.0.0.1".parse::<Cidr>().unwrap().contains("10.0.0.1".parse().unwrap()));
+        assert!(
+            "10.0.0.1"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("10.0.0.1".parse().unwrap())
+        );
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense/8".parse::<Cidr>().is_err());
         let c: Cidr = "10.128.0.0/9".parse().unwrap();

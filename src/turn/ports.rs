@@ -86,7 +86,8 @@ impl PortPool {
     /// Holds `a` for a later allocation presenting the returned token.
     pub fn reserve(&mut self, now: Instant, a: SocketAddr, token: u64) {
         self.used.insert(a);
-        self.reservations.insert(token, (a, now + RESERVATION_LIFETIME));
+        self.reservations
+            .insert(token, (a, now + RESERVATION_LIFETIME));
     }
 
     /// Redeems a reservation token (the port stays marked used: the caller takes it).
@@ -143,7 +144,11 @@ mod tests {
         assert_eq!(p.redeem(t0 + Duration::from_secs(1), 42), Some(next));
         p.reserve(t0, next, 43);
         assert_eq!(p.expire(t0 + Duration::from_secs(31)), None);
-        assert_eq!(p.redeem(t0 + Duration::from_secs(31), 43), None, "reservations expire");
+        assert_eq!(
+            p.redeem(t0 + Duration::from_secs(31), 43),
+            None,
+            "reservations expire"
+        );
         assert!(p.free(next));
     }
 
@@ -156,9 +161,20 @@ mod tests {
         p.take(a);
         let b = p.pick(t0, ip, false, false).unwrap();
         p.mark_busy(t0, b);
-        assert_eq!(p.pick(t0, ip, false, false), None, "everything used or busy");
-        assert_eq!(p.pick(t0 + Duration::from_secs(61), ip, false, false), Some(b), "busy expires");
+        assert_eq!(
+            p.pick(t0, ip, false, false),
+            None,
+            "everything used or busy"
+        );
+        assert_eq!(
+            p.pick(t0 + Duration::from_secs(61), ip, false, false),
+            Some(b),
+            "busy expires"
+        );
         p.release(a);
-        assert!(p.pick(t0 + Duration::from_secs(61), ip, true, false).is_some());
+        assert!(
+            p.pick(t0 + Duration::from_secs(61), ip, true, false)
+                .is_some()
+        );
     }
 }

@@ -16,8 +16,8 @@
 //! quotas, permissions and channels per allocation by [`TurnConfig`], nonces are stateless, the
 //! 401 limiter and the port pool have fixed caps.
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
@@ -138,7 +138,11 @@ pub enum ClientAction {
         data: Range<usize>,
     },
     /// Bind a UDP socket on `addr` for allocation `id`, then call [`TurnServer::relay_bound`].
-    Bind { pending: u64, id: AllocId, addr: SocketAddr },
+    Bind {
+        pending: u64,
+        id: AllocId,
+        addr: SocketAddr,
+    },
 }
 
 /// What to do with data from a peer.
@@ -263,7 +267,11 @@ pub struct TurnServer {
 
 /// The outcome of authenticating a request.
 enum Auth {
-    Ok { username: Box<str>, key: Key, sha256: bool },
+    Ok {
+        username: Box<str>,
+        key: Key,
+        sha256: bool,
+    },
     /// Already answered (401/438/400), or dropped by the rate limiter.
     Answered(ClientAction),
 }
@@ -271,7 +279,13 @@ enum Auth {
 impl TurnServer {
     /// A server with `creds`, whose clock starts at `now` (`unix_now` in Unix seconds, for
     /// time-limited credentials). `seed` keys the nonces and picks ports; use random bytes.
-    pub fn new(config: TurnConfig, creds: Credentials, now: Instant, unix_now: u64, seed: [u8; 32]) -> TurnServer {
+    pub fn new(
+        config: TurnConfig,
+        creds: Credentials,
+        now: Instant,
+        unix_now: u64,
+        seed: [u8; 32],
+    ) -> TurnServer {
         let rng = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")) | 1;
         let (rate, burst) = config.auth_rate;
         TurnServer {
@@ -378,7 +392,9 @@ impl TurnServer {
                 break;
             }
             self.timers.pop();
-            let Some(a) = self.slots.get(i as usize).and_then(|s| s.as_ref()) else { continue };
+            let Some(a) = self.slots.get(i as usize).and_then(|s| s.as_ref()) else {
+                continue;
+            };
             if a.generation != generation || a.deadline != Some(t) {
                 continue; // superseded by a later schedule
             }
@@ -423,7 +439,13 @@ impl TurnServer {
     // ---------------------------------------------------------------- client side
 
     /// Handles one message from a client. `out` receives any bytes to send to a client.
-    pub fn handle_client(&mut self, now: Instant, from: ClientAddr, data: &[u8], out: &mut Vec<u8>) -> ClientAction {
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         if data.first().is_some_and(|b| channel::is_channel_data(*b)) {
             return self.client_channel_data(now, from, data, out);
         }
@@ -460,7 +482,13 @@ impl TurnServer {
         ClientAction::ToClient { to: from, len }
     }
 
-    fn request(&mut self, now: Instant, from: ClientAddr, msg: &Message<'_>, out: &mut Vec<u8>) -> ClientAction {
+    fn request(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        msg: &Message<'_>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         const KNOWN: &[u16] = &[
             attr::USERNAME,
             attr::REALM,
@@ -500,7 +528,11 @@ impl TurnServer {
             return ClientAction::ToClient { to: from, len };
         }
         let (username, key, sha256) = match self.authenticate(now, from, msg, out) {
-            Auth::Ok { username, key, sha256 } => (username, key, sha256),
+            Auth::Ok {
+                username,
+                key,
+                sha256,
+            } => (username, key, sha256),
             Auth::Answered(a) => return a,
         };
         let sign = Some((key, sha256));
@@ -517,13 +549,21 @@ impl TurnServer {
         match method {
             method::ALLOCATE => self.allocate(now, from, msg, username, key, sha256, existing, out),
             method::REFRESH => self.refresh(now, from, msg, existing, sign, out),
-            method::CREATE_PERMISSION => self.create_permission(now, from, msg, existing, sign, out),
+            method::CREATE_PERMISSION => {
+                self.create_permission(now, from, msg, existing, sign, out)
+            }
             _ => self.channel_bind(now, from, msg, existing, sign, out),
         }
     }
 
     /// RFC 8489 §9.2.4: the long-term credential mechanism, server side.
-    fn authenticate(&mut self, now: Instant, from: ClientAddr, msg: &Message<'_>, out: &mut Vec<u8>) -> Auth {
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        msg: &Message<'_>,
+        out: &mut Vec<u8>,
+    ) -> Auth {
         let has_mi = msg.integrity_offset().is_some() || msg.integrity_sha256_offset().is_some();
         if !has_mi {
             return self.challenge(now, from, msg, 401, "Unauthenticated", out);
@@ -533,7 +573,14 @@ impl TurnServer {
             msg.text(attr::REALM),
             msg.text(attr::NONCE),
         ) else {
-            return Auth::Answered(self.error(from, msg, 400, "Missing USERNAME, REALM or NONCE", None, out));
+            return Auth::Answered(self.error(
+                from,
+                msg,
+                400,
+                "Missing USERNAME, REALM or NONCE",
+                None,
+                out,
+            ));
         };
         match self.nonces.check(nonce, now, from.remote) {
             NonceCheck::Valid => {}
@@ -549,7 +596,9 @@ impl TurnServer {
         // A live allocation's owner is checked against the key it was created with; anyone
         // else against the credentials as they are now.
         let keys: Vec<Key> = match self.by_client.get(&from) {
-            Some(&i) if *self.slots[i as usize].as_ref().expect("indexed").username == *username => {
+            Some(&i)
+                if *self.slots[i as usize].as_ref().expect("indexed").username == *username =>
+            {
                 vec![self.slots[i as usize].as_ref().expect("indexed").key]
             }
             _ => match self.creds.keys(username, self.unix_now(now)) {
@@ -580,7 +629,15 @@ impl TurnServer {
     }
 
     /// A 401 or 438 with REALM and a fresh NONCE, unless this source already got too many.
-    fn challenge(&mut self, now: Instant, from: ClientAddr, msg: &Message<'_>, code: u16, reason: &str, out: &mut Vec<u8>) -> Auth {
+    fn challenge(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        msg: &Message<'_>,
+        code: u16,
+        reason: &str,
+        out: &mut Vec<u8>,
+    ) -> Auth {
         // Stream clients completed a TCP handshake, so their address is real: no reflection.
         if from.transport == Transport::Udp && !self.limiter.allow(now, from.remote.ip()) {
             self.counters.auth_rate_limited += 1;
@@ -644,7 +701,15 @@ impl TurnServer {
                 // A retransmission of the request that created it: answer it again.
                 let lifetime = a.expires.saturating_duration_since(now);
                 let public = a.public;
-                return self.allocate_success(from, msg.raw_id(), public, lifetime, None, (key, sha256), out);
+                return self.allocate_success(
+                    from,
+                    msg.raw_id(),
+                    public,
+                    lifetime,
+                    None,
+                    (key, sha256),
+                    out,
+                );
             }
             return self.error(from, msg, 437, "Allocation Mismatch", sign, out);
         }
@@ -659,7 +724,14 @@ impl TurnServer {
         let even = msg.get(attr::EVEN_PORT).map(|a| a.value);
         let family = msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(|a| a.value);
         if token.is_some() && (even.is_some() || family.is_some()) {
-            return self.error(from, msg, 400, "RESERVATION-TOKEN with EVEN-PORT or a family", sign, out);
+            return self.error(
+                from,
+                msg,
+                400,
+                "RESERVATION-TOKEN with EVEN-PORT or a family",
+                sign,
+                out,
+            );
         }
         if msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_some() {
             return self.error(from, msg, 440, "Dual allocation not supported", sign, out);
@@ -668,12 +740,21 @@ impl TurnServer {
             None => true,
             Some([0x01, ..]) => true,
             Some([0x02, ..]) => false,
-            Some(_) => return self.error(from, msg, 440, "Address Family not Supported", sign, out),
+            Some(_) => {
+                return self.error(from, msg, 440, "Address Family not Supported", sign, out);
+            }
         };
         if self.drain_until.is_some() {
             return match self.config.alternate_server {
                 Some(_) => self.error(from, msg, 300, "Try Alternate", sign, out),
-                None => self.error(from, msg, 486, "Allocation Quota Reached (draining)", sign, out),
+                None => self.error(
+                    from,
+                    msg,
+                    486,
+                    "Allocation Quota Reached (draining)",
+                    sign,
+                    out,
+                ),
             };
         }
         let user_n = self.per_user.get(&username).copied().unwrap_or(0);
@@ -693,15 +774,33 @@ impl TurnServer {
                 let t = u64::from_be_bytes(t.try_into().unwrap_or([0; 8]));
                 match self.ports.redeem(now, t) {
                     Some(a) => (a, true),
-                    None => return self.error(from, msg, 508, "Insufficient Capacity (unknown or expired token)", sign, out),
+                    None => {
+                        return self.error(
+                            from,
+                            msg,
+                            508,
+                            "Insufficient Capacity (unknown or expired token)",
+                            sign,
+                            out,
+                        );
+                    }
                 }
             }
             None => {
-                let Some(ip) = self.config.relay_ips.iter().copied().find(|ip| ip.is_ipv4() == want_v4) else {
+                let Some(ip) = self
+                    .config
+                    .relay_ips
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv4() == want_v4)
+                else {
                     return self.error(from, msg, 440, "Address Family not Supported", sign, out);
                 };
                 let even = even.is_some();
-                let pair = even && msg.get(attr::EVEN_PORT).is_some_and(|a| a.value.first().is_some_and(|b| b & 0x80 != 0));
+                let pair = even
+                    && msg
+                        .get(attr::EVEN_PORT)
+                        .is_some_and(|a| a.value.first().is_some_and(|b| b & 0x80 != 0));
                 match self.ports.pick(now, ip, even, pair) {
                     Some(a) => (a, false),
                     None => return self.error(from, msg, 508, "Insufficient Capacity", sign, out),
@@ -748,7 +847,9 @@ impl TurnServer {
     /// the drain has left.
     fn desired_lifetime(&self, now: Instant, requested: Option<u32>) -> Duration {
         let d = match requested {
-            Some(s) => Duration::from_secs(s as u64).min(self.config.max_lifetime).max(self.config.default_lifetime),
+            Some(s) => Duration::from_secs(s as u64)
+                .min(self.config.max_lifetime)
+                .max(self.config.default_lifetime),
             None => self.config.default_lifetime,
         };
         match self.drain_until {
@@ -770,7 +871,13 @@ impl TurnServer {
 
     /// The driver's answer to [`ClientAction::Bind`]: `Ok` once the relayed socket is bound.
     /// On failure another port is tried (another `Bind`), up to a limit, then 508.
-    pub fn relay_bound(&mut self, now: Instant, pending: u64, result: Result<(), std::io::ErrorKind>, out: &mut Vec<u8>) -> ClientAction {
+    pub fn relay_bound(
+        &mut self,
+        now: Instant,
+        pending: u64,
+        result: Result<(), std::io::ErrorKind>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         let Some(mut p) = self.pending.remove(&pending) else {
             return ClientAction::None;
         };
@@ -787,7 +894,15 @@ impl TurnServer {
         let Some(addr) = next else {
             self.free.push(p.index);
             let sign = Some((p.key, p.sha256));
-            return self.raw_error(p.client, p.raw_id, method::ALLOCATE, 508, "Insufficient Capacity", sign, out);
+            return self.raw_error(
+                p.client,
+                p.raw_id,
+                method::ALLOCATE,
+                508,
+                "Insufficient Capacity",
+                sign,
+                out,
+            );
         };
         self.ports.take(addr);
         p.attempts += 1;
@@ -799,15 +914,25 @@ impl TurnServer {
         let np = self.next_pending;
         self.next_pending += 1;
         self.pending.insert(np, p);
-        ClientAction::Bind { pending: np, id, addr }
+        ClientAction::Bind {
+            pending: np,
+            id,
+            addr,
+        }
     }
 
-    fn finish_allocate(&mut self, now: Instant, p: PendingAllocate, out: &mut Vec<u8>) -> ClientAction {
+    fn finish_allocate(
+        &mut self,
+        now: Instant,
+        p: PendingAllocate,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         let generation = self.gens[p.index as usize];
         let public = SocketAddr::new(self.external(p.addr.ip()), p.addr.port());
         let token = if p.reserve_next {
             let t = self.random();
-            self.ports.reserve(now, SocketAddr::new(p.addr.ip(), p.addr.port() + 1), t);
+            self.ports
+                .reserve(now, SocketAddr::new(p.addr.ip(), p.addr.port() + 1), t);
             let next = self.ports.expire(now);
             self.schedule_reservations(next);
             Some(t)
@@ -841,7 +966,15 @@ impl TurnServer {
         self.live += 1;
         self.counters.allocations_total += 1;
         self.timers.push(Reverse((expires, p.index, generation)));
-        self.allocate_success(p.client, p.raw_id, public, p.lifetime, token, (p.key, p.sha256), out)
+        self.allocate_success(
+            p.client,
+            p.raw_id,
+            public,
+            p.lifetime,
+            token,
+            (p.key, p.sha256),
+            out,
+        )
     }
 
     /// Reservations ride on one timer entry with index `u32::MAX` (never a slot).
@@ -918,7 +1051,11 @@ impl TurnServer {
         let Some(i) = existing else {
             return self.error(from, msg, 437, "Allocation Mismatch", sign, out);
         };
-        let relay_v4 = self.slots[i as usize].as_ref().expect("indexed").relay.is_ipv4();
+        let relay_v4 = self.slots[i as usize]
+            .as_ref()
+            .expect("indexed")
+            .relay
+            .is_ipv4();
         if let Some(f) = msg.get(attr::REQUESTED_ADDRESS_FAMILY).map(|a| a.value)
             && (f.first() == Some(&0x01)) != relay_v4
         {
@@ -946,13 +1083,20 @@ impl TurnServer {
     }
 
     /// Why a peer address is not acceptable for an allocation.
-    fn check_peer(&mut self, relay: SocketAddr, peer: SocketAddr) -> Result<(), (u16, &'static str)> {
+    fn check_peer(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<(), (u16, &'static str)> {
         let peer_ip = canonical(peer.ip());
         if peer_ip.is_ipv4() != relay.is_ipv4() {
             return Err((443, "Peer Address Family Mismatch"));
         }
         // Another allocation on this relay: allowed, delivered internally.
-        if self.by_public.contains_key(&SocketAddr::new(peer_ip, peer.port())) {
+        if self
+            .by_public
+            .contains_key(&SocketAddr::new(peer_ip, peer.port()))
+        {
             return Ok(());
         }
         if let Err(why) = self.config.policy.check(peer) {
@@ -1003,7 +1147,13 @@ impl TurnServer {
         self.plain_success(from, msg, sign, out)
     }
 
-    fn plain_success(&mut self, to: ClientAddr, msg: &Message<'_>, sign: Option<(Key, bool)>, out: &mut Vec<u8>) -> ClientAction {
+    fn plain_success(
+        &mut self,
+        to: ClientAddr,
+        msg: &Message<'_>,
+        sign: Option<(Key, bool)>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         let mut b = MessageBuilder::with_raw_id(out, msg.method(), Class::Success, msg.raw_id());
         if let Some(s) = &self.config.software {
             b.attr(attr::SOFTWARE, s.as_bytes());
@@ -1030,7 +1180,14 @@ impl TurnServer {
             .map(|v| u16::from_be_bytes([v[0], v[1]]));
         let peer = msg.xor_address(attr::XOR_PEER_ADDRESS);
         let (Some(number), Some(peer)) = (number, peer) else {
-            return self.error(from, msg, 400, "Bad or missing CHANNEL-NUMBER or XOR-PEER-ADDRESS", sign, out);
+            return self.error(
+                from,
+                msg,
+                400,
+                "Bad or missing CHANNEL-NUMBER or XOR-PEER-ADDRESS",
+                sign,
+                out,
+            );
         };
         if !channel::ACCEPTED.contains(&number) {
             return self.error(from, msg, 400, "Channel number out of range", sign, out);
@@ -1040,13 +1197,27 @@ impl TurnServer {
         if let Err((code, why)) = self.check_peer(relay, peer) {
             return self.error(from, msg, code, why, sign, out);
         }
-        let (chan_life, perm_life, max) = (self.config.channel_lifetime, self.config.permission_lifetime, self.config.max_channels);
+        let (chan_life, perm_life, max) = (
+            self.config.channel_lifetime,
+            self.config.permission_lifetime,
+            self.config.max_channels,
+        );
         let max_perms = self.config.max_permissions;
         let a = self.slots[i as usize].as_mut().expect("indexed");
         // A number or a peer bound (or cooling down) to something else cannot be rebound.
         let occupied = |c: &ChannelBinding| now < c.expires + CHANNEL_COOLDOWN;
-        if a.channels.iter().any(|c| occupied(c) && (c.number == number) != (c.peer == peer)) {
-            return self.error(from, msg, 400, "Channel or peer already bound to another", sign, out);
+        if a.channels
+            .iter()
+            .any(|c| occupied(c) && (c.number == number) != (c.peer == peer))
+        {
+            return self.error(
+                from,
+                msg,
+                400,
+                "Channel or peer already bound to another",
+                sign,
+                out,
+            );
         }
         if let Some(c) = a.channels.iter_mut().find(|c| c.number == number) {
             c.expires = now + chan_life;
@@ -1067,12 +1238,20 @@ impl TurnServer {
         self.plain_success(from, msg, sign, out)
     }
 
-    fn send_indication(&mut self, now: Instant, from: ClientAddr, msg: &Message<'_>, out: &mut Vec<u8>) -> ClientAction {
+    fn send_indication(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        msg: &Message<'_>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         let Some(&i) = self.by_client.get(&from) else {
             self.counters.drop("no_allocation");
             return ClientAction::None;
         };
-        let (Some(peer), Some(data)) = (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA)) else {
+        let (Some(peer), Some(data)) =
+            (msg.xor_address(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
+        else {
             self.counters.drop("malformed");
             return ClientAction::None;
         };
@@ -1083,7 +1262,15 @@ impl TurnServer {
 
     /// Sends data from allocation `i` toward `peer`: out of the relayed socket, or straight to
     /// another allocation of this relay when `peer` is one.
-    fn route(&mut self, now: Instant, i: u32, peer: SocketAddr, range: Range<usize>, input: &[u8], out: &mut Vec<u8>) -> ClientAction {
+    fn route(
+        &mut self,
+        now: Instant,
+        i: u32,
+        peer: SocketAddr,
+        range: Range<usize>,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         match self.to_peer(now, i, peer, range) {
             ClientAction::ToPeer { id, peer, data } => match self.by_public.get(&peer).copied() {
                 Some(j) => self.internal(now, i, j, &input[data], out),
@@ -1093,7 +1280,13 @@ impl TurnServer {
         }
     }
 
-    fn client_channel_data(&mut self, now: Instant, from: ClientAddr, data: &[u8], out: &mut Vec<u8>) -> ClientAction {
+    fn client_channel_data(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         let Ok(cd) = channel::parse(data) else {
             self.counters.drop("malformed");
             return ClientAction::None;
@@ -1103,7 +1296,12 @@ impl TurnServer {
             return ClientAction::None;
         };
         let a = self.slots[i as usize].as_ref().expect("indexed");
-        let Some(peer) = a.channels.iter().find(|c| c.number == cd.channel && now < c.expires).map(|c| c.peer) else {
+        let Some(peer) = a
+            .channels
+            .iter()
+            .find(|c| c.number == cd.channel && now < c.expires)
+            .map(|c| c.peer)
+        else {
             self.counters.drop("no_channel");
             return ClientAction::None;
         };
@@ -1111,15 +1309,28 @@ impl TurnServer {
     }
 
     /// Checks permission, own-host and bandwidth for data from allocation `i` to `peer`.
-    fn to_peer(&mut self, now: Instant, i: u32, peer: SocketAddr, data: Range<usize>) -> ClientAction {
+    fn to_peer(
+        &mut self,
+        now: Instant,
+        i: u32,
+        peer: SocketAddr,
+        data: Range<usize>,
+    ) -> ClientAction {
         let internal = self.by_public.contains_key(&peer);
         let own = !internal && {
             let ip = peer.ip();
-            ip.is_loopback() || ip.is_unspecified() || self.config.policy.own.contains(&ip) || self.config.relay_ips.contains(&ip)
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || self.config.policy.own.contains(&ip)
+                || self.config.relay_ips.contains(&ip)
         };
         let cap = self.config.bandwidth;
         let a = self.slots[i as usize].as_mut().expect("indexed");
-        if !a.permissions.iter().any(|(ip, t)| *ip == peer.ip() && now < *t) {
+        if !a
+            .permissions
+            .iter()
+            .any(|(ip, t)| *ip == peer.ip() && now < *t)
+        {
             self.counters.drop("no_permission");
             return ClientAction::None;
         }
@@ -1137,19 +1348,32 @@ impl TurnServer {
         self.counters.to_peer_packets += 1;
         self.counters.to_peer_bytes += data.len() as u64;
         ClientAction::ToPeer {
-            id: AllocId { index: i, generation: a.generation },
+            id: AllocId {
+                index: i,
+                generation: a.generation,
+            },
             peer,
             data,
         }
     }
 
     /// Data from allocation `i`'s client to allocation `j`'s relayed address.
-    fn internal(&mut self, now: Instant, i: u32, j: u32, data: &[u8], out: &mut Vec<u8>) -> ClientAction {
+    fn internal(
+        &mut self,
+        now: Instant,
+        i: u32,
+        j: u32,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         let from = self.slots[i as usize].as_ref().expect("indexed").public;
         let Some(b) = self.slots[j as usize].as_ref() else {
             return ClientAction::None;
         };
-        let id = AllocId { index: j, generation: b.generation };
+        let id = AllocId {
+            index: j,
+            generation: b.generation,
+        };
         self.counters.internal_packets += 1;
         match self.handle_peer(now, id, from, data, out) {
             PeerAction::ToClient { to, len } => ClientAction::ToClient { to, len },
@@ -1161,7 +1385,14 @@ impl TurnServer {
 
     /// Handles data that arrived on allocation `id`'s relayed socket from `peer`: ChannelData
     /// when a channel is bound to the peer, else a Data indication, written to `out`.
-    pub fn handle_peer(&mut self, now: Instant, id: AllocId, peer: SocketAddr, data: &[u8], out: &mut Vec<u8>) -> PeerAction {
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> PeerAction {
         let cap = self.config.bandwidth;
         let Some(a) = self
             .slots
@@ -1173,7 +1404,11 @@ impl TurnServer {
             return PeerAction::Drop;
         };
         let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
-        if !a.permissions.iter().any(|(ip, t)| *ip == peer.ip() && now < *t) {
+        if !a
+            .permissions
+            .iter()
+            .any(|(ip, t)| *ip == peer.ip() && now < *t)
+        {
             self.counters.drop("no_permission");
             return PeerAction::Drop;
         }
@@ -1183,7 +1418,11 @@ impl TurnServer {
         }
         let stream = a.client.transport.is_stream();
         out.clear();
-        match a.channels.iter().find(|c| c.peer == peer && now < c.expires) {
+        match a
+            .channels
+            .iter()
+            .find(|c| c.peer == peer && now < c.expires)
+        {
             Some(c) => channel::encode(out, c.number, data, stream),
             None => {
                 let txid = crate::stun::TransactionId::random();
@@ -1214,7 +1453,11 @@ impl TurnServer {
             d = d.min(*t);
         }
         for c in &a.channels {
-            d = d.min(if c.expires > now { c.expires } else { c.expires + CHANNEL_COOLDOWN });
+            d = d.min(if c.expires > now {
+                c.expires
+            } else {
+                c.expires + CHANNEL_COOLDOWN
+            });
         }
         if a.deadline.is_none_or(|cur| d < cur) {
             a.deadline = Some(d);
@@ -1233,7 +1476,9 @@ impl TurnServer {
     }
 
     fn free_allocation(&mut self, i: u32) {
-        let Some(a) = self.slots[i as usize].take() else { return };
+        let Some(a) = self.slots[i as usize].take() else {
+            return;
+        };
         self.by_client.remove(&a.client);
         self.by_public.remove(&a.public);
         self.by_public.remove(&a.relay);
@@ -1255,14 +1500,22 @@ impl TurnServer {
         self.gens[i as usize] = self.gens[i as usize].wrapping_add(1);
         self.free.push(i);
         self.events.push_back(Event::Released {
-            id: AllocId { index: i, generation: a.generation },
+            id: AllocId {
+                index: i,
+                generation: a.generation,
+            },
             relay: a.relay,
         });
     }
 }
 
 /// Installs or refreshes a permission; `false` when the table is full.
-fn upsert_permission(perms: &mut Vec<(IpAddr, Instant)>, ip: IpAddr, until: Instant, max: usize) -> bool {
+fn upsert_permission(
+    perms: &mut Vec<(IpAddr, Instant)>,
+    ip: IpAddr,
+    until: Instant,
+    max: usize,
+) -> bool {
     if let Some((_, t)) = perms.iter_mut().find(|(pip, _)| *pip == ip) {
         *t = until;
         true

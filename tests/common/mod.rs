@@ -205,26 +205,44 @@ pub fn start_relayd(lab: &Lab, args: &[&str]) -> Proc {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.contains("\"listening\""), "relayd did not start: {line:?}");
-    Proc { child, name: "relayd" }
+    assert!(
+        line.contains("\"listening\""),
+        "relayd did not start: {line:?}"
+    );
+    Proc {
+        child,
+        name: "relayd",
+    }
 }
 
 /// A self-signed certificate for `name`: (cert PEM, key PEM, cert DER).
 pub fn test_cert(name: &str) -> (String, String, Vec<u8>) {
     let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    (c.cert.pem(), c.key_pair.serialize_pem(), c.cert.der().to_vec())
+    (
+        c.cert.pem(),
+        c.key_pair.serialize_pem(),
+        c.cert.der().to_vec(),
+    )
 }
 
 /// A UDP echo server in namespace `ns` on `addr`, running on a thread until the process ends
 /// or `count` datagrams were echoed.
-pub fn udp_echo(lab: &Lab, ns: &str, addr: SocketAddr, count: usize) -> std::thread::JoinHandle<usize> {
+pub fn udp_echo(
+    lab: &Lab,
+    ns: &str,
+    addr: SocketAddr,
+    count: usize,
+) -> std::thread::JoinHandle<usize> {
     let sock = lab.udp_socket(ns, addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let mut n = 0;
         while n < count {
-            let Ok((len, from)) = sock.recv_from(&mut buf) else { break };
+            let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
             let _ = sock.send_to(&buf[..len], from);
             n += 1;
         }
