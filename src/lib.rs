@@ -18,13 +18,17 @@
 //! - [`cli`]: flag definitions shared by the binaries, completions and man pages.
 //! - [`lab`]: the network-namespace NAT lab used by tests, benchmarks and the demo.
 
+pub mod agent;
 pub mod audio;
 pub mod cli;
+pub mod directory;
 pub mod identity;
 pub mod lab;
+pub mod mesh;
 pub mod nat;
 pub mod net;
 pub mod session;
+pub mod signal;
 pub mod stun;
 pub mod supernode;
 pub mod turn;

@@ -140,7 +140,7 @@ pub enum KeyError {
 ///
 /// Text form: `vxk1` + Bech32m over the 20-byte ID and the 32-byte Noise key (94 characters). The
 /// bootstrap entry `KEY@HOST:PORT` ([`BootstrapEntry`]) uses it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeKey {
     pub id: UserId,
     pub noise: [u8; 32],

@@ -32,7 +32,7 @@ pub use keys::{
 };
 pub use name::{
     Admission, ClaimRefusal, ClaimStamp, HeldClaim, NameClaim, NameError, admit_claim,
-    normalize_name, winner,
+    name_key, normalize_name, winner,
 };
 pub use record::{
     Check, MAX_RECORD_LEN, RECORD_VERSION, Record, RecordError, RecordKind, RecordPayload,

@@ -2,7 +2,9 @@
 //! call signalling join it in later modules.
 
 pub mod binding;
+mod node;
 mod service;
 
+pub use node::{NodeConfig, NodeCounters, Status, Supernode};
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};
 pub use service::{StunServer, StunServerError};

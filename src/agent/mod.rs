@@ -1,0 +1,495 @@
+//! The client side of the directory: stay registered through a supernode, keep a warm standby
+//! with a second one, watch presence, look users up, claim a name, route messages. Sans-IO over
+//! a [`crate::session::Endpoint`]; `answer` and `dial` drive it (see [`crate::net::agent`]).
+//!
+//! Failover: the agent registers through its primary supernode and opens a standby session with
+//! another, telling it which supernode is primary. When SWIM declares the primary dead, the
+//! standby tells us at once ([`Message::PrimaryLost`]); the agent also notices by itself when
+//! the primary's session closes or a request to it fails. Either way it registers through the
+//! standby (already connected: one round trip), which becomes the primary, and opens a new
+//! standby. If both are gone it walks its host cache.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::identity::{Identity, NameClaim, NodeKey, Timestamp, UserId, normalize_name, sign_record};
+use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
+use crate::signal::{self, Entry, Message, NodeInfo, RelayOffer, Registration, Request, Response, Target};
+
+/// Agent settings.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Supernodes to try, in order (bootstrap entries first, then the host cache).
+    pub supernodes: Vec<(NodeKey, SocketAddr)>,
+    pub session: session::Config,
+    /// How often the registration is refreshed inside the session.
+    pub refresh_interval: Duration,
+    /// Lifetime of the signed registration record.
+    pub record_lifetime: Duration,
+    /// Stay registered (false for one-shot tools like `dial --lookup`).
+    pub register: bool,
+    /// Keep a standby session with a second supernode.
+    pub standby: bool,
+}
+
+impl AgentConfig {
+    pub fn new(supernodes: Vec<(NodeKey, SocketAddr)>) -> AgentConfig {
+        AgentConfig {
+            supernodes,
+            session: session::Config {
+                accept: false,
+                ..session::Config::default()
+            },
+            refresh_interval: Duration::from_secs(10),
+            record_lifetime: Duration::from_secs(3600),
+            register: true,
+            standby: true,
+        }
+    }
+}
+
+/// What the agent reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    Registered { supernode: UserId, addr: SocketAddr, failover: bool },
+    Presence { user: UserId, online: bool, last_seen: u64, stale: bool },
+    Lookup { target: Target, result: Result<Option<Entry>, String> },
+    Claimed { name: String },
+    Routed { to: UserId, result: Result<(), String> },
+    Delivered { from: UserId, payload: Vec<u8> },
+    Relays(Result<Vec<RelayOffer>, String>),
+    /// Something failed that the agent will retry or cannot fix (a message for the user).
+    Error { message: String },
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Register { failover: bool },
+    Refresh,
+    Standby,
+    Members,
+    Watch,
+    Lookup(Target),
+    Claim(String),
+    Route(UserId),
+    Relays,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    node: UserId,
+    addr: SocketAddr,
+    session: SessionId,
+}
+
+/// The directory client.
+pub struct Agent {
+    identity: Identity,
+    config: AgentConfig,
+    ep: Endpoint,
+    clock: (Instant, u64),
+    primary: Option<Link>,
+    standby: Option<Link>,
+    /// Host cache: every supernode we know, in preference order.
+    known: Vec<(NodeKey, SocketAddr)>,
+    /// Index in `known` of the next supernode to try when nothing is connected.
+    next_try: usize,
+    registered: bool,
+    seq: u64,
+    watches: HashSet<UserId>,
+    pending: HashMap<TransactionId, Pending>,
+    /// Requests asked before any session was up, sent once one is.
+    queued: VecDeque<(Request, Pending)>,
+    next_refresh: Option<Instant>,
+    events: VecDeque<AgentEvent>,
+    failing_over: bool,
+}
+
+impl Agent {
+    pub fn new(identity: Identity, config: AgentConfig, now: Instant, unix_now: u64, seed: [u8; 32]) -> Agent {
+        let ep = Endpoint::new(config.session.clone(), &identity, now, seed);
+        let known = config.supernodes.clone();
+        let mut a = Agent {
+            identity,
+            ep,
+            clock: (now, unix_now),
+            primary: None,
+            standby: None,
+            known,
+            next_try: 0,
+            registered: false,
+            // Sequence numbers must grow across restarts: start from the clock.
+            seq: unix_now * 1000,
+            watches: HashSet::new(),
+            pending: HashMap::new(),
+            queued: VecDeque::new(),
+            next_refresh: None,
+            events: VecDeque::new(),
+            failing_over: false,
+            config,
+        };
+        a.connect_next(now);
+        a
+    }
+
+    pub fn id(&self) -> UserId {
+        self.identity.id()
+    }
+
+    /// The supernode we are registered through.
+    pub fn primary(&self) -> Option<(UserId, SocketAddr)> {
+        self.primary.filter(|_| self.registered).map(|l| (l.node, l.addr))
+    }
+
+    pub fn standby_node(&self) -> Option<UserId> {
+        self.standby.map(|l| l.node)
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Every supernode we know (for persisting the host cache).
+    pub fn known_supernodes(&self) -> &[(NodeKey, SocketAddr)] {
+        &self.known
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.ep.poll_transmit()
+    }
+
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.ep.recycle(buf);
+    }
+
+    pub fn poll_event(&mut self) -> Option<AgentEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        match (self.ep.poll_timeout(), self.next_refresh) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.ep.handle_timeout(now);
+        if self.next_refresh.is_some_and(|t| t <= now) {
+            self.next_refresh = Some(now + self.config.refresh_interval);
+            if let Some(p) = self.primary.filter(|_| self.registered) {
+                self.request_on(now, p.session, &Request::CRefresh, Pending::Refresh);
+            }
+        }
+        self.pump(now);
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.ep.handle_input(now, from, data);
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ operations
+
+    /// Watch `user`'s presence (kept across failovers).
+    pub fn watch(&mut self, now: Instant, user: UserId) {
+        self.watches.insert(user);
+        self.ask(now, Request::CWatch(user), Pending::Watch);
+    }
+
+    pub fn lookup(&mut self, now: Instant, target: Target) {
+        self.ask(now, Request::CLookup(target.clone()), Pending::Lookup(target));
+    }
+
+    /// Claims `name` (first come, first served).
+    pub fn claim(&mut self, now: Instant, name: &str) -> Result<(), String> {
+        let name = normalize_name(name).map_err(|e| e.to_string())?;
+        let ts = Timestamp(self.unix(now));
+        self.seq += 1;
+        let claim = sign_record(&self.identity, self.seq, ts, ts.plus(30 * 24 * 3600), &NameClaim { name: name.clone() })
+            .map_err(|e| e.to_string())?;
+        self.ask(now, Request::CClaim { claim }, Pending::Claim(name));
+        Ok(())
+    }
+
+    /// Sends `payload` to `to`'s client through the supernodes.
+    pub fn route(&mut self, now: Instant, to: UserId, payload: Vec<u8>) {
+        self.ask(now, Request::CRoute { to, payload }, Pending::Route(to));
+    }
+
+    /// Asks for relay candidates with credentials.
+    pub fn relays(&mut self, now: Instant) {
+        self.ask(now, Request::CRelays, Pending::Relays);
+    }
+
+    /// Sends on the primary, or queues until one is connected.
+    fn ask(&mut self, now: Instant, req: Request, p: Pending) {
+        match self.primary {
+            Some(l) if self.ep.is_established(l.session) || !self.config.register => {
+                self.request_on(now, l.session, &req, p);
+            }
+            _ => self.queued.push_back((req, p)),
+        }
+        self.pump(now);
+    }
+
+    fn request_on(&mut self, now: Instant, sid: SessionId, req: &Request, p: Pending) {
+        match self.ep.request(now, sid, &signal::encode(req)) {
+            Ok(txn) => {
+                self.pending.insert(txn, p);
+            }
+            Err(e) => self.events.push_back(AgentEvent::Error { message: format!("cannot send: {e}") }),
+        }
+    }
+
+    // ------------------------------------------------------------------ connection management
+
+    /// Opens a session to the next supernode in the host cache as the primary candidate.
+    fn connect_next(&mut self, now: Instant) {
+        if self.known.is_empty() {
+            self.events.push_back(AgentEvent::Error { message: "no supernode to connect to".into() });
+            return;
+        }
+        for _ in 0..self.known.len() {
+            let (key, addr) = self.known[self.next_try % self.known.len()];
+            self.next_try += 1;
+            if self.standby.is_some_and(|s| s.node == key.id) {
+                continue;
+            }
+            if let Ok(session) = self.ep.connect(now, addr, &key) {
+                self.primary = Some(Link { node: key.id, addr, session });
+                return;
+            }
+        }
+    }
+
+    fn open_standby(&mut self, now: Instant) {
+        if !self.config.standby || self.standby.is_some() {
+            return;
+        }
+        let Some(p) = self.primary else { return };
+        let Some(&(key, addr)) = self.known.iter().find(|(k, _)| k.id != p.node) else { return };
+        if let Ok(session) = self.ep.connect(now, addr, &key) {
+            self.standby = Some(Link { node: key.id, addr, session });
+        }
+    }
+
+    fn register_on(&mut self, now: Instant, link: Link, failover: bool) {
+        let ts = Timestamp(self.unix(now));
+        self.seq += 1;
+        let payload = Registration {
+            supernode: link.node,
+            addrs: Vec::new(),
+        };
+        match sign_record(&self.identity, self.seq, ts, ts.plus(self.config.record_lifetime.as_secs()), &payload) {
+            Ok(record) => self.request_on(now, link.session, &Request::CRegister { record }, Pending::Register { failover }),
+            Err(e) => self.events.push_back(AgentEvent::Error { message: format!("cannot sign: {e}") }),
+        }
+    }
+
+    /// The primary is gone: promote the standby (or reconnect from the host cache).
+    fn fail_over(&mut self, now: Instant, why: &str) {
+        if self.failing_over {
+            return;
+        }
+        let old = self.primary.take();
+        self.registered = false;
+        self.next_refresh = None;
+        if let Some(o) = old {
+            self.ep.close(now, o.session);
+            // A dead supernode goes to the back of the host cache.
+            if let Some(i) = self.known.iter().position(|(k, _)| k.id == o.node) {
+                let e = self.known.remove(i);
+                self.known.push(e);
+            }
+        }
+        tracing::info!("primary supernode lost ({why}); failing over");
+        match self.standby.take() {
+            Some(s) if self.ep.is_established(s.session) => {
+                self.primary = Some(s);
+                self.failing_over = true;
+                self.register_on(now, s, true);
+            }
+            other => {
+                if let Some(s) = other {
+                    self.ep.close(now, s.session);
+                }
+                self.failing_over = true;
+                self.connect_next(now);
+            }
+        }
+    }
+
+    fn pump(&mut self, now: Instant) {
+        while let Some(ev) = self.ep.poll_event() {
+            self.on_event(now, ev);
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, ev: Event) {
+        match ev {
+            Event::Connected { session, .. } => {
+                if self.primary.is_some_and(|p| p.session == session) {
+                    let p = self.primary.expect("checked");
+                    if self.config.register {
+                        self.register_on(now, p, self.failing_over);
+                    } else {
+                        self.flush_queue(now);
+                    }
+                } else if let Some(s) = self.standby.filter(|s| s.session == session)
+                    && let Some(p) = self.primary
+                {
+                    self.request_on(now, s.session, &Request::CStandby { primary: p.node }, Pending::Standby);
+                }
+            }
+            Event::HandshakeFailed { session, error } => {
+                if self.primary.is_some_and(|p| p.session == session) {
+                    self.events.push_back(AgentEvent::Error { message: format!("supernode unreachable: {error}") });
+                    self.primary = None;
+                    self.failing_over = true;
+                    self.connect_next(now);
+                } else if self.standby.is_some_and(|s| s.session == session) {
+                    self.standby = None;
+                }
+            }
+            Event::Closed { session, reason } => {
+                if self.primary.is_some_and(|p| p.session == session) {
+                    self.fail_over(now, &reason.to_string());
+                } else if self.standby.is_some_and(|s| s.session == session) {
+                    self.standby = None;
+                    self.open_standby(now);
+                }
+            }
+            Event::Request { session, txn, body } => {
+                // Supernodes ask us one thing: to take a routed payload (and acknowledge it).
+                match signal::decode::<Message>(&body) {
+                    Ok(Message::Deliver { from, payload }) => {
+                        let _ = self.ep.respond(now, session, txn, &signal::encode(&Response::Ok));
+                        self.events.push_back(AgentEvent::Delivered { from, payload });
+                    }
+                    _ => {
+                        let resp = Response::Error { code: 400, reason: "unexpected request".into() };
+                        let _ = self.ep.respond(now, session, txn, &signal::encode(&resp));
+                    }
+                }
+            }
+            Event::Message { session, body } => match signal::decode::<Message>(&body) {
+                Ok(Message::Presence { user, online, last_seen, stale }) => {
+                    self.events.push_back(AgentEvent::Presence { user, online, last_seen, stale });
+                }
+                Ok(Message::PrimaryLost { primary }) => {
+                    if self.standby.is_some_and(|s| s.session == session) && self.primary.is_some_and(|p| p.node == primary) {
+                        self.fail_over(now, "the standby reports the primary dead");
+                    }
+                }
+                _ => {}
+            },
+            Event::Response { txn, body, .. } => {
+                if let Some(p) = self.pending.remove(&txn) {
+                    let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error { code: 502, reason: "malformed answer".into() });
+                    self.on_response(now, p, Some(resp));
+                }
+            }
+            Event::TransactionFailed { txn, error, .. } => {
+                if let Some(p) = self.pending.remove(&txn) {
+                    let _ = error;
+                    self.on_response(now, p, None);
+                }
+            }
+        }
+    }
+
+    fn flush_queue(&mut self, now: Instant) {
+        let Some(p) = self.primary else { return };
+        while let Some((req, pend)) = self.queued.pop_front() {
+            self.request_on(now, p.session, &req, pend);
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, p: Pending, resp: Option<Response>) {
+        let err = |r: &Option<Response>| match r {
+            Some(Response::Error { code, reason }) => format!("{code} {reason}"),
+            None => "no answer from the supernode".to_string(),
+            Some(other) => format!("unexpected answer {other:?}"),
+        };
+        match p {
+            Pending::Register { failover } => match resp {
+                Some(Response::Registered { .. }) => {
+                    self.registered = true;
+                    self.failing_over = false;
+                    let l = self.primary.expect("registering on a primary");
+                    self.next_refresh = Some(now + self.config.refresh_interval);
+                    self.events.push_back(AgentEvent::Registered { supernode: l.node, addr: l.addr, failover });
+                    for user in self.watches.clone() {
+                        self.request_on(now, l.session, &Request::CWatch(user), Pending::Watch);
+                    }
+                    self.request_on(now, l.session, &Request::CMembers, Pending::Members);
+                    self.flush_queue(now);
+                    // A standby whose primary was the dead one must learn the new primary.
+                    if let Some(s) = self.standby
+                        && self.ep.is_established(s.session)
+                    {
+                        self.request_on(now, s.session, &Request::CStandby { primary: l.node }, Pending::Standby);
+                    }
+                    self.open_standby(now);
+                }
+                other => {
+                    self.events.push_back(AgentEvent::Error { message: format!("registration failed: {}", err(&other)) });
+                    self.fail_over(now, "registration failed");
+                }
+            },
+            Pending::Refresh => {
+                if !matches!(resp, Some(Response::Ok)) {
+                    self.fail_over(now, "refresh failed");
+                }
+            }
+            Pending::Members => {
+                if let Some(Response::Members(list)) = resp {
+                    self.merge_members(&list);
+                    self.open_standby(now);
+                }
+            }
+            Pending::Standby | Pending::Watch => {}
+            Pending::Lookup(target) => {
+                let result = match resp {
+                    Some(Response::Entry(e)) => Ok(Some(e)),
+                    Some(Response::NotFound) => Ok(None),
+                    other => Err(err(&other)),
+                };
+                self.events.push_back(AgentEvent::Lookup { target, result });
+            }
+            Pending::Claim(name) => match resp {
+                Some(Response::Claimed { name }) => self.events.push_back(AgentEvent::Claimed { name }),
+                other => self.events.push_back(AgentEvent::Error { message: format!("claim of '{name}' refused: {}", err(&other)) }),
+            },
+            Pending::Route(to) => {
+                let result = match resp {
+                    Some(Response::Routed) => Ok(()),
+                    other => Err(err(&other)),
+                };
+                self.events.push_back(AgentEvent::Routed { to, result });
+            }
+            Pending::Relays => {
+                let result = match resp {
+                    Some(Response::Relays(r)) => Ok(r),
+                    other => Err(err(&other)),
+                };
+                self.events.push_back(AgentEvent::Relays(result));
+            }
+        }
+    }
+
+    /// Adds supernodes learnt from the mesh to the host cache (bounded).
+    fn merge_members(&mut self, list: &[NodeInfo]) {
+        for n in list {
+            if !self.known.iter().any(|(k, _)| k.id == n.key.id) && self.known.len() < 64 {
+                self.known.push((n.key, n.addr));
+            }
+        }
+    }
+}

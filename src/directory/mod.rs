@@ -1,0 +1,339 @@
+//! The directory a supernode keeps for the users homed on it (DESIGN §5): entries, presence
+//! watchers and name claims, plus the rendezvous hashing that picks every user's homes.
+//!
+//! Pure data and rules; the supernode core ([`crate::supernode::Supernode`]) moves entries
+//! between supernodes and tells watchers.
+
+use std::collections::{HashMap, HashSet};
+
+use sha2::{Digest, Sha256};
+
+use crate::identity::{HeldClaim, UserId, name_key, winner};
+use crate::signal::Entry;
+
+/// How many supernodes hold each user's entry.
+pub const REPLICAS: usize = 3;
+
+/// The `n` members that home `key` (rendezvous, or highest-random-weight, hashing: every member
+/// scores every key; the best scores win). When membership changes, only the keys whose winners
+/// changed move, and every supernode computes the same answer from the same member list.
+pub fn homes(key: &[u8], members: &[UserId], n: usize) -> Vec<UserId> {
+    let mut scored: Vec<(u64, UserId)> = members
+        .iter()
+        .map(|m| {
+            let mut h = Sha256::new();
+            h.update(b"voxmesh/v1/home\0");
+            h.update(m.as_bytes());
+            h.update(key);
+            let d = h.finalize();
+            (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")), *m)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.cmp(a));
+    scored.dedup_by_key(|(_, m)| *m);
+    scored.into_iter().take(n).map(|(_, m)| m).collect()
+}
+
+/// The homes of a user's entry.
+pub fn user_homes(user: &UserId, members: &[UserId]) -> Vec<UserId> {
+    homes(user.as_bytes(), members, REPLICAS)
+}
+
+/// The homes of a name (the first of them orders competing claims).
+pub fn name_homes(normalized: &str, members: &[UserId]) -> Vec<UserId> {
+    homes(&name_key(normalized), members, REPLICAS)
+}
+
+/// An entry as stored here, with the registration's sequence number for replay checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub entry: Entry,
+    pub seq: u64,
+}
+
+/// A held name with the claim record that took it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Name {
+    pub held: HeldClaim,
+    pub record: Vec<u8>,
+}
+
+/// Why a store was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("older registration than the one held")]
+    Stale,
+    #[error("the directory is full")]
+    Full,
+}
+
+/// A change of what watchers should see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub user: UserId,
+    pub online: bool,
+    pub last_seen: u64,
+    pub stale: bool,
+}
+
+/// The entries, watchers and names homed on one supernode. Every table is bounded.
+#[derive(Debug)]
+pub struct Directory {
+    entries: HashMap<UserId, Stored>,
+    /// watched user -> supernodes that want its presence changes
+    watchers: HashMap<UserId, HashSet<UserId>>,
+    names: HashMap<String, Name>,
+    max_entries: usize,
+    max_watchers: usize,
+    /// The orderer's counter for name claims.
+    next_order: u64,
+}
+
+impl Directory {
+    pub fn new(max_entries: usize) -> Directory {
+        Directory {
+            entries: HashMap::new(),
+            watchers: HashMap::new(),
+            names: HashMap::new(),
+            max_entries,
+            max_watchers: 64,
+            next_order: 1,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, user: &UserId) -> Option<&Stored> {
+        self.entries.get(user)
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &UserId> {
+        self.entries.keys()
+    }
+
+    /// Stores `entry` (registration sequence `seq`). A newer registration replaces the entry;
+    /// the same one may update presence; an older one is refused. Returns the presence change
+    /// watchers should hear about, if any.
+    pub fn store(&mut self, user: UserId, entry: Entry, seq: u64) -> Result<Option<PresenceChange>, StoreError> {
+        let before = self.entries.get(&user);
+        match before {
+            Some(s) if seq < s.seq => return Err(StoreError::Stale),
+            None if self.entries.len() >= self.max_entries => return Err(StoreError::Full),
+            _ => {}
+        }
+        let changed = before.is_none_or(|s| {
+            s.entry.online != entry.online || s.entry.stale != entry.stale || s.entry.via != entry.via
+        });
+        let change = changed.then(|| PresenceChange {
+            user,
+            online: entry.online,
+            last_seen: entry.last_seen,
+            stale: entry.stale,
+        });
+        // A replica that already knows a later last-seen keeps it.
+        let last_seen = before.map_or(entry.last_seen, |s| s.entry.last_seen.max(entry.last_seen));
+        let mut entry = entry;
+        entry.last_seen = last_seen;
+        self.entries.insert(user, Stored { entry, seq });
+        Ok(change)
+    }
+
+    /// Marks the entries of users connected through `dead` as stale (the supernode is gone; the
+    /// user will register again through another). Returns the changes.
+    pub fn mark_stale_via(&mut self, dead: &UserId) -> Vec<PresenceChange> {
+        let mut out = Vec::new();
+        for (user, s) in self.entries.iter_mut() {
+            if s.entry.via == *dead && !s.entry.stale {
+                s.entry.stale = true;
+                out.push(PresenceChange {
+                    user: *user,
+                    online: s.entry.online,
+                    last_seen: s.entry.last_seen,
+                    stale: true,
+                });
+            }
+        }
+        out
+    }
+
+    /// Forgets entries this supernode no longer homes.
+    pub fn retain(&mut self, mut keep: impl FnMut(&UserId) -> bool) {
+        self.entries.retain(|u, _| keep(u));
+        self.watchers.retain(|u, _| keep(u));
+    }
+
+    /// Entries as (user, stored) for re-homing.
+    pub fn iter(&self) -> impl Iterator<Item = (&UserId, &Stored)> {
+        self.entries.iter()
+    }
+
+    /// Supernode `watcher` wants `user`'s presence changes. Bounded per user.
+    pub fn watch(&mut self, user: UserId, watcher: UserId) -> bool {
+        let set = self.watchers.entry(user).or_default();
+        if set.len() >= self.max_watchers && !set.contains(&watcher) {
+            return false;
+        }
+        set.insert(watcher);
+        true
+    }
+
+    pub fn unwatch(&mut self, user: &UserId, watcher: &UserId) {
+        if let Some(set) = self.watchers.get_mut(user) {
+            set.remove(watcher);
+            if set.is_empty() {
+                self.watchers.remove(user);
+            }
+        }
+    }
+
+    /// Forgets a watching supernode everywhere (it left the mesh).
+    pub fn drop_watcher(&mut self, watcher: &UserId) {
+        self.watchers.retain(|_, set| {
+            set.remove(watcher);
+            !set.is_empty()
+        });
+    }
+
+    pub fn watchers_of(&self, user: &UserId) -> Vec<UserId> {
+        self.watchers.get(user).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    pub fn watched(&self) -> impl Iterator<Item = (&UserId, &HashSet<UserId>)> {
+        self.watchers.iter()
+    }
+
+    /// The next orderer stamp number.
+    pub fn next_order(&mut self) -> u64 {
+        let o = self.next_order;
+        self.next_order += 1;
+        o
+    }
+
+    pub fn name(&self, name: &str) -> Option<&Name> {
+        self.names.get(name)
+    }
+
+    /// Keeps the winner of the held claim and `new` by the replicas' rule. Returns whether
+    /// `new` now holds the name.
+    pub fn merge_name(&mut self, new: Name, homes: &[UserId], now: crate::identity::Timestamp) -> bool {
+        let name = new.held.name.clone();
+        match self.names.get(&name) {
+            Some(old) => {
+                let keep_new = std::ptr::eq(winner(&new.held, &old.held, homes, now), &new.held);
+                if keep_new {
+                    self.names.insert(name, new);
+                }
+                keep_new
+            }
+            None => {
+                if self.names.len() >= self.max_entries {
+                    return false;
+                }
+                self.names.insert(name, new);
+                true
+            }
+        }
+    }
+
+    /// The name `user` holds, if any.
+    pub fn name_of(&self, user: &UserId, now: crate::identity::Timestamp) -> Option<&str> {
+        self.names
+            .values()
+            .find(|n| n.held.claimant == *user && n.held.is_live(now))
+            .map(|n| n.held.name.as_str())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &Name> {
+        self.names.values()
+    }
+
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn retain_names(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.names.retain(|n, _| keep(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> UserId {
+        UserId([n; 20])
+    }
+
+    fn entry(online: bool, via: u8) -> Entry {
+        Entry {
+            record: vec![1],
+            name: None,
+            online,
+            last_seen: 10,
+            via: id(via),
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn rendezvous_homes_are_stable_and_move_minimally() {
+        let members: Vec<UserId> = (1..=5).map(id).collect();
+        let key = b"some user";
+        let h5 = homes(key, &members, 3);
+        assert_eq!(h5.len(), 3);
+        assert_eq!(h5, homes(key, &members.iter().rev().copied().collect::<Vec<_>>(), 3), "order-independent");
+        // Removing a non-home changes nothing; removing a home promotes the fourth.
+        let non_home = members.iter().find(|m| !h5.contains(m)).unwrap();
+        let without: Vec<UserId> = members.iter().filter(|m| *m != non_home).copied().collect();
+        assert_eq!(homes(key, &without, 3), h5);
+        let without_first: Vec<UserId> = members.iter().filter(|m| **m != h5[0]).copied().collect();
+        let h4 = homes(key, &without_first, 3);
+        assert_eq!(&h4[..2], &h5[1..3]);
+        assert_eq!(homes(key, &members[..2], 3).len(), 2, "fewer members than replicas");
+        // Spread: over many keys each member homes roughly 3/5 of them.
+        let mut count = HashMap::new();
+        for k in 0..3000u32 {
+            for h in homes(&k.to_be_bytes(), &members, 3) {
+                *count.entry(h).or_insert(0) += 1;
+            }
+        }
+        assert!(count.values().all(|c| (1500..2100).contains(c)), "{count:?}");
+    }
+
+    #[test]
+    fn store_orders_by_sequence_and_reports_presence_changes() {
+        let mut d = Directory::new(2);
+        let u = id(1);
+        assert!(d.store(u, entry(true, 9), 5).unwrap().is_some(), "a new entry is a change");
+        assert_eq!(d.store(u, entry(true, 9), 5).unwrap(), None, "same state: no change");
+        let off = d.store(u, entry(false, 9), 5).unwrap().unwrap();
+        assert!(!off.online);
+        assert_eq!(d.store(u, entry(true, 9), 4), Err(StoreError::Stale));
+        d.store(id(2), entry(true, 9), 1).unwrap();
+        assert_eq!(d.store(id(3), entry(true, 9), 1), Err(StoreError::Full));
+        let stale = d.mark_stale_via(&id(9));
+        assert_eq!(stale.len(), 2);
+        assert!(d.get(&u).unwrap().entry.stale);
+        assert!(d.mark_stale_via(&id(9)).is_empty(), "marked once");
+    }
+
+    #[test]
+    fn watchers_are_bounded_and_dropped_with_their_supernode() {
+        let mut d = Directory::new(10);
+        for w in 0..70u8 {
+            let ok = d.watch(id(1), id(100 + w));
+            assert_eq!(ok, w < 64);
+        }
+        assert_eq!(d.watchers_of(&id(1)).len(), 64);
+        d.drop_watcher(&id(100));
+        assert_eq!(d.watchers_of(&id(1)).len(), 63);
+        d.unwatch(&id(1), &id(101));
+        assert_eq!(d.watchers_of(&id(1)).len(), 62);
+    }
+}

@@ -1,0 +1,207 @@
+//! The signalling message set between clients, supernodes and relays, carried inside
+//! authenticated sessions ([`crate::session`]): requests (answered exactly once by the session's
+//! transactions), their responses, and unreliable messages.
+//!
+//! Encoding: one version byte, then postcard. Compact, and serde keeps it readable; the session
+//! layer bounds every message to one datagram, so nothing here needs its own fragmentation.
+//! Human-facing JSON never travels between nodes (DESIGN §3).
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{NodeKey, RecordKind, RecordPayload, UserId};
+
+/// Wire version of this message set.
+pub const VERSION: u8 = 1;
+
+/// Why bytes are not a message of this set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("unsupported signalling version {0}")]
+    Version(u8),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes `msg` with the version byte.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend(postcard::to_allocvec(msg).expect("signalling types always serialize"));
+    out
+}
+
+/// Decodes a message encoded by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| DecodeError::Malformed(e.to_string())),
+        Some((v, _)) => Err(DecodeError::Version(*v)),
+    }
+}
+
+/// What a user signs to register (a [`RecordKind::Registration`] record): where it is
+/// connected, how to reach it, and the name it holds, if any.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The supernode the client is connected to.
+    pub supernode: UserId,
+    /// Addresses the client was seen at (server-reflexive first): a hint for calls.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl RecordPayload for Registration {
+    const KIND: RecordKind = RecordKind::Registration;
+}
+
+/// A directory entry, as homes store and serve it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The user's signed registration record: anyone can verify it.
+    pub record: Vec<u8>,
+    /// The held name, if any.
+    pub name: Option<String>,
+    pub online: bool,
+    /// Unix seconds when the user was last known online.
+    pub last_seen: u64,
+    /// The supernode the user is connected to.
+    pub via: UserId,
+    /// That supernode is gone and the user has not registered again yet: the entry is the last
+    /// known state, not a live one.
+    pub stale: bool,
+}
+
+/// What to look up.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Id(UserId),
+    Name(String),
+}
+
+/// Credentials for one relay, minted by a supernode from the secret that relay gave it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RelayOffer {
+    pub relay: UserId,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub realm: String,
+    pub username: String,
+    pub password: String,
+    pub expires_at: u64,
+    /// Allocations the relay reported, for the client's choice.
+    pub load: u32,
+}
+
+/// A supernode as a client or another supernode may contact it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub key: NodeKey,
+    pub addr: SocketAddr,
+}
+
+/// Requests, by sender role: clients (`C*`), supernodes (`P*`, for peer), relays (`R*`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Register (or re-register) with a signed [`Registration`] record.
+    CRegister { record: Vec<u8> },
+    /// Keep the registration alive (the session authenticates; no signature needed).
+    CRefresh,
+    CLookup(Target),
+    /// Push presence changes of this user to me.
+    CWatch(UserId),
+    CUnwatch(UserId),
+    /// Claim a human name with a signed claim record.
+    CClaim { claim: Vec<u8> },
+    /// Deliver an opaque payload (signed by the sender, end to end) to a user's client.
+    CRoute { to: UserId, payload: Vec<u8> },
+    /// Relays with fresh credentials.
+    CRelays,
+    /// This session is my warm standby; `primary` is the supernode I am registered through.
+    CStandby { primary: UserId },
+    /// The supernodes this one knows (for the client's host cache).
+    CMembers,
+
+    /// Store (replicate) an entry at one of its homes.
+    PStore { user: UserId, entry: Entry },
+    /// The entry of a user homed here.
+    PFetch(UserId),
+    /// Which user holds this name (at the name's homes).
+    PFetchName(String),
+    /// Supernode `watcher` wants presence of `user` (sent to `user`'s homes).
+    PWatch { user: UserId, watcher: UserId },
+    PUnwatch { user: UserId, watcher: UserId },
+    /// Deliver a routed payload to `to`, connected to the receiving supernode.
+    PForward { from: UserId, to: UserId, payload: Vec<u8> },
+    /// Order (and then store) a name claim: sent to the name's first home.
+    PClaim { claim: Vec<u8> },
+    /// Replicate an admitted claim, stamped by its orderer, to the other homes.
+    PClaimStore { claim: Vec<u8>, orderer: UserId, order: u64, received_at: u64 },
+
+    /// A relay authorises this supernode: its addresses and the secret for this pair.
+    RHello {
+        udp: Vec<SocketAddr>,
+        tcp: Vec<SocketAddr>,
+        tls: Vec<SocketAddr>,
+        realm: String,
+        secret: Vec<u8>,
+        load: u32,
+    },
+}
+
+/// Responses (one per request).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Ok,
+    Registered { expires_at: u64 },
+    Entry(Entry),
+    NotFound,
+    Claimed { name: String },
+    Holder(Option<UserId>),
+    Routed,
+    Relays(Vec<RelayOffer>),
+    Members(Vec<NodeInfo>),
+    /// A refusal with a reason (codes like HTTP's: 400 bad request, 403 forbidden, 404 unknown,
+    /// 409 conflict, 429 too many, 503 unavailable).
+    Error { code: u16, reason: String },
+}
+
+/// Unreliable messages.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// SWIM membership traffic between supernodes.
+    Swim(Vec<u8>),
+    /// A presence change, home → watching supernode → watching client.
+    Presence { user: UserId, online: bool, last_seen: u64, stale: bool },
+    /// To a client's standby supernode's clients: your primary supernode is gone.
+    PrimaryLost { primary: UserId },
+    /// A relay's current load, relay → supernode.
+    RLoad { allocations: u32 },
+    /// A routed payload, supernode → client (also sent as a request for the ack).
+    Deliver { from: UserId, payload: Vec<u8> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let id = UserId([7; 20]);
+        let msgs = vec![
+            Request::CLookup(Target::Name("alice".into())),
+            Request::CRoute { to: id, payload: vec![1, 2, 3] },
+            Request::PWatch { user: id, watcher: id },
+        ];
+        for m in msgs {
+            let bytes = encode(&m);
+            assert_eq!(decode::<Request>(&bytes).unwrap(), m);
+        }
+        assert_eq!(decode::<Request>(&[]), Err(DecodeError::Empty));
+        assert_eq!(decode::<Request>(&[9, 0]), Err(DecodeError::Version(9)));
+        assert!(matches!(decode::<Request>(&[VERSION, 200]), Err(DecodeError::Malformed(_))));
+    }
+}

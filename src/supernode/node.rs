@@ -1,0 +1,1037 @@
+//! The supernode core: sessions with clients, other supernodes and relays; SWIM membership; the
+//! directory of users homed here; presence fan-out; name claims; relay credentials; routing.
+//! Sans-IO: the driver feeds datagrams ([`Supernode::handle_datagram`]) and timers, and sends
+//! what [`Supernode::poll_transmit`] returns.
+//!
+//! # Flows
+//!
+//! - **Register**: a client's signed [`Registration`] names this supernode; its entry goes to
+//!   the user's 3 homes (rendezvous hashing over the live members), marked online via us.
+//!   Refreshes inside the session are local: the session already proves the user.
+//! - **Offline**: when a registered client's session ends, its homes learn `online: false`
+//!   with the last-seen time; a supernode that dies is noticed by SWIM, and every home marks the
+//!   entries of users connected through it as stale until they register again.
+//! - **Lookup**: one hop: asked of the user's homes in rendezvous order.
+//! - **Presence**: a supernode watching a user for its clients subscribes at the user's homes;
+//!   homes push changes; the supernode fans them out to its watching clients.
+//! - **Failover**: a client keeps a standby session with a second supernode and says which one
+//!   is its primary; when SWIM declares the primary dead, the standby tells the client at once
+//!   (seconds, not a keepalive period).
+//! - **Routing**: a client's payload for a user goes to that user's supernode (found by lookup)
+//!   and to its client, whose acknowledgement travels back; or a clear error.
+//! - **Names**: a claim is ordered by the name's first home and replicated to the others.
+//! - **Relays**: relays that authorised us give us a secret each; we mint time-limited TURN
+//!   credentials with it, with our ID in the username so the relay knows whose secret to use.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::directory::{Directory, Name, name_homes, user_homes};
+use crate::identity::{
+    Check, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId, admit_claim,
+    normalize_name, verify_record,
+};
+use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
+use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
+use crate::signal::{self, Entry, Message, NodeInfo, RelayOffer, Registration, Request, Response, Target};
+use crate::turn::rest_password;
+
+/// Supernode settings.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The address clients and other supernodes reach us at.
+    pub addr: SocketAddr,
+    pub session: session::Config,
+    pub mesh: MeshConfig,
+    /// Entries this supernode will home.
+    pub max_users: usize,
+    pub records: RecordPolicy,
+    /// Relay offers per request.
+    pub relay_offers: usize,
+    /// Lifetime of minted relay credentials.
+    pub relay_credential_lifetime: Duration,
+    /// Registrations expire this long after the record's expiry at the latest.
+    pub registration_lifetime: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(addr: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            addr,
+            session: session::Config::default(),
+            mesh: MeshConfig::default(),
+            max_users: 2_000_000,
+            records: RecordPolicy::default(),
+            relay_offers: 3,
+            relay_credential_lifetime: Duration::from_secs(600),
+            registration_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Who a session is with, as far as we know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Unknown,
+    Client,
+    Peer,
+    Relay,
+}
+
+/// Counters for the status and metrics.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NodeCounters {
+    pub registrations: u64,
+    pub refreshes: u64,
+    pub lookups: u64,
+    pub routed: u64,
+    pub presence_pushes: u64,
+    pub claims: u64,
+    pub relay_offers: u64,
+    /// Refusals by reason (bad records, impostors, unknown roles...).
+    pub refused: HashMap<String, u64>,
+}
+
+impl NodeCounters {
+    fn refuse(&mut self, why: &str) {
+        *self.refused.entry(why.to_string()).or_default() += 1;
+    }
+}
+
+/// What [`Supernode::status`] reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    pub id: UserId,
+    pub key: String,
+    pub addr: SocketAddr,
+    pub members: Vec<(String, SocketAddr)>,
+    pub clients: usize,
+    pub standby_clients: usize,
+    pub homed_users: usize,
+    pub names: usize,
+    pub sessions: usize,
+    pub relays: Vec<(String, u32)>,
+    pub counters: NodeCounters,
+}
+
+/// A relay that authorised us.
+#[derive(Clone, Debug)]
+struct Relay {
+    session: SessionId,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
+    realm: String,
+    secret: Vec<u8>,
+    load: u32,
+}
+
+/// A request of ours waiting for its answer.
+#[derive(Clone, Debug)]
+enum Cont {
+    /// A client's lookup (or the lookup before a route), trying homes in order.
+    Lookup {
+        client: SessionId,
+        txn: TransactionId,
+        user: UserId,
+        rest: Vec<UserId>,
+        name: Option<String>,
+        route: Option<(UserId, Vec<u8>)>,
+    },
+    LookupName {
+        client: SessionId,
+        txn: TransactionId,
+        name: String,
+        rest: Vec<UserId>,
+    },
+    /// A claim sent to the name's orderer: relay its answer.
+    Claim { client: SessionId, txn: TransactionId },
+    /// A forward to the recipient's supernode: relay its answer.
+    Forward { client: SessionId, txn: TransactionId },
+    /// A delivery to our client: answer whoever asked.
+    Deliver { asker: SessionId, txn: TransactionId },
+    /// Nothing waits on this (replication, watch registration).
+    Fire,
+}
+
+/// The supernode core.
+pub struct Supernode {
+    me: UserId,
+    key: NodeKey,
+    config: NodeConfig,
+    ep: Endpoint,
+    mesh: Mesh,
+    dir: Directory,
+    /// Monotonic instant and the Unix time it corresponds to.
+    clock: (Instant, u64),
+    roles: HashMap<SessionId, Role>,
+    /// A session to each supernode we talk to (ours or theirs).
+    peers: HashMap<UserId, SessionId>,
+    /// Clients registered here: user -> session.
+    clients: HashMap<UserId, SessionId>,
+    client_of: HashMap<SessionId, UserId>,
+    /// Clients using us as their standby: session -> their primary supernode.
+    standby: HashMap<SessionId, UserId>,
+    /// watched user -> our clients watching it (by session)
+    local_watch: HashMap<UserId, HashSet<SessionId>>,
+    conts: HashMap<TransactionId, Cont>,
+    relays: HashMap<UserId, Relay>,
+    relay_of: HashMap<SessionId, UserId>,
+    /// The entry we published for each client registered here (to publish it offline).
+    published: HashMap<UserId, Entry>,
+    /// Member IDs at the last re-homing (to push only what moved).
+    last_members: Vec<UserId>,
+    counters: NodeCounters,
+}
+
+impl Supernode {
+    /// A supernode with `identity`, joining the mesh through `bootstrap` members.
+    pub fn new(identity: &Identity, config: NodeConfig, bootstrap: &[(NodeKey, SocketAddr)], now: Instant, unix_now: u64, seed: [u8; 32]) -> Supernode {
+        let ep = Endpoint::new(config.session.clone(), identity, now, seed);
+        let me = ep.id();
+        let key = ep.node_key();
+        let member = Member {
+            id: me,
+            noise: key.noise,
+            addr: config.addr,
+            generation: 0,
+        };
+        let mesh_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
+        let mesh = Mesh::new(member, &config.mesh, mesh_seed, now);
+        let mut node = Supernode {
+            me,
+            key,
+            dir: Directory::new(config.max_users),
+            config,
+            ep,
+            mesh,
+            clock: (now, unix_now),
+            roles: HashMap::new(),
+            peers: HashMap::new(),
+            clients: HashMap::new(),
+            client_of: HashMap::new(),
+            standby: HashMap::new(),
+            local_watch: HashMap::new(),
+            conts: HashMap::new(),
+            relays: HashMap::new(),
+            relay_of: HashMap::new(),
+            published: HashMap::new(),
+            last_members: vec![me],
+            counters: NodeCounters::default(),
+        };
+        for (k, addr) in bootstrap {
+            node.join(now, *k, *addr);
+        }
+        node
+    }
+
+    pub fn id(&self) -> UserId {
+        self.me
+    }
+
+    pub fn node_key(&self) -> NodeKey {
+        self.key
+    }
+
+    /// Contacts another supernode to join (or rejoin) the mesh.
+    pub fn join(&mut self, now: Instant, key: NodeKey, addr: SocketAddr) {
+        if key.id == self.me {
+            return;
+        }
+        self.mesh.join(
+            now,
+            Member {
+                id: key.id,
+                noise: key.noise,
+                addr,
+                generation: 0,
+            },
+        );
+        self.pump(now);
+    }
+
+    /// Live members (us included) with their addresses: the host cache.
+    pub fn members(&self) -> Vec<NodeInfo> {
+        self.mesh
+            .member_ids()
+            .iter()
+            .filter_map(|id| self.mesh.member(id))
+            .map(|m| NodeInfo { key: m.node_key(), addr: m.addr })
+            .collect()
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.me,
+            key: self.key.to_string(),
+            addr: self.config.addr,
+            members: self.members().into_iter().map(|m| (m.key.id.to_string(), m.addr)).collect(),
+            clients: self.clients.len(),
+            standby_clients: self.standby.len(),
+            homed_users: self.dir.len(),
+            names: self.dir.name_count(),
+            sessions: self.ep.session_count(),
+            relays: self.relays.iter().map(|(id, r)| (id.to_string(), r.load)).collect(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Users whose entries this supernode homes.
+    pub fn homed_users(&self) -> Vec<UserId> {
+        self.dir.users().copied().collect()
+    }
+
+    /// Session-layer counters (refusals by reason, handshakes).
+    pub fn session_counters(&self) -> &session::Counters {
+        self.ep.counters()
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.ep.poll_transmit()
+    }
+
+    /// Gives a sent datagram's buffer back for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.ep.recycle(buf);
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        match (self.ep.poll_timeout(), self.mesh.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.ep.handle_timeout(now);
+        self.mesh.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// A voxmesh frame (first byte 4..=15) that arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.ep.handle_input(now, from, data);
+        self.pump(now);
+    }
+
+    /// Announces our departure to the mesh (graceful shutdown).
+    pub fn leave(&mut self, now: Instant) {
+        self.mesh.leave(now);
+        self.pump(now);
+    }
+
+    /// Processes everything the endpoint and the mesh produced until both are quiet.
+    fn pump(&mut self, now: Instant) {
+        for _ in 0..10_000 {
+            let mut busy = false;
+            while let Some(ev) = self.ep.poll_event() {
+                busy = true;
+                self.on_session_event(now, ev);
+            }
+            while let Some((to, data)) = self.mesh.poll_send() {
+                busy = true;
+                let sid = self.peer_session(now, &to);
+                if let Some(sid) = sid {
+                    let _ = self.ep.send(now, sid, &signal::encode(&Message::Swim(data)));
+                }
+            }
+            while let Some(ev) = self.mesh.poll_event() {
+                busy = true;
+                self.on_mesh_event(now, ev);
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// A session with member `m`, opening one if needed.
+    fn peer_session(&mut self, now: Instant, m: &Member) -> Option<SessionId> {
+        if let Some(sid) = self.peers.get(&m.id) {
+            return Some(*sid);
+        }
+        let sid = self.ep.connect(now, m.addr, &m.node_key()).ok()?;
+        self.roles.insert(sid, Role::Peer);
+        self.peers.insert(m.id, sid);
+        Some(sid)
+    }
+
+    /// Sends a request to supernode `id` (a live member), remembering what waits on it.
+    fn to_peer(&mut self, now: Instant, id: UserId, req: &Request, cont: Cont) -> bool {
+        let Some(m) = self.mesh.member(&id).cloned() else { return false };
+        let Some(sid) = self.peer_session(now, &m) else { return false };
+        match self.ep.request(now, sid, &signal::encode(req)) {
+            Ok(txn) => {
+                self.conts.insert(txn, cont);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn respond(&mut self, now: Instant, sid: SessionId, txn: TransactionId, resp: &Response) {
+        let _ = self.ep.respond(now, sid, txn, &signal::encode(resp));
+    }
+
+    fn error(&mut self, now: Instant, sid: SessionId, txn: TransactionId, code: u16, reason: &str) {
+        self.counters.refuse(reason);
+        self.respond(now, sid, txn, &Response::Error { code, reason: reason.into() });
+    }
+
+    fn on_session_event(&mut self, now: Instant, ev: Event) {
+        match ev {
+            Event::Connected { session, peer } => {
+                let role = if self.mesh.is_member(&peer.id) { Role::Peer } else { Role::Unknown };
+                self.roles.entry(session).or_insert(role);
+                if role == Role::Peer {
+                    self.peers.entry(peer.id).or_insert(session);
+                }
+            }
+            Event::HandshakeFailed { session, .. } => self.forget_session(now, session),
+            Event::Closed { session, .. } => self.forget_session(now, session),
+            Event::Request { session, txn, body } => match signal::decode::<Request>(&body) {
+                Ok(req) => self.on_request(now, session, txn, req),
+                Err(e) => self.error(now, session, txn, 400, &format!("bad request: {e}")),
+            },
+            Event::Response { txn, body, .. } => {
+                if let Some(cont) = self.conts.remove(&txn) {
+                    let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error {
+                        code: 502,
+                        reason: "malformed answer".into(),
+                    });
+                    self.on_answer(now, cont, Some(resp));
+                }
+            }
+            Event::TransactionFailed { txn, .. } => {
+                if let Some(cont) = self.conts.remove(&txn) {
+                    self.on_answer(now, cont, None);
+                }
+            }
+            Event::Message { session, body } => self.on_message(now, session, &body),
+        }
+    }
+
+    fn peer_id(&self, sid: SessionId) -> Option<UserId> {
+        self.ep.peer(sid).map(|p| p.id)
+    }
+
+    fn forget_session(&mut self, now: Instant, sid: SessionId) {
+        self.roles.remove(&sid);
+        self.peers.retain(|_, s| *s != sid);
+        self.standby.remove(&sid);
+        if let Some(user) = self.client_of.remove(&sid)
+            && self.clients.get(&user) == Some(&sid)
+        {
+            self.clients.remove(&user);
+            self.publish_offline(now, user);
+        }
+        if let Some(relay) = self.relay_of.remove(&sid) {
+            self.relays.remove(&relay);
+        }
+        // Our clients' watches die with their session.
+        let mut gone = Vec::new();
+        for (user, set) in self.local_watch.iter_mut() {
+            set.remove(&sid);
+            if set.is_empty() {
+                gone.push(*user);
+            }
+        }
+        for user in gone {
+            self.local_watch.remove(&user);
+            for h in user_homes(&user, &self.mesh.member_ids()) {
+                self.send_or_local(now, h, Request::PUnwatch { user, watcher: self.me });
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, sid: SessionId, body: &[u8]) {
+        let Ok(msg) = signal::decode::<Message>(body) else {
+            self.counters.refuse("malformed message");
+            return;
+        };
+        let Some(peer) = self.peer_id(sid) else { return };
+        match msg {
+            Message::Swim(data) => {
+                if let Err(e) = self.mesh.handle_data(now, peer, &data) {
+                    self.counters.refuse(match e {
+                        crate::mesh::MeshError::Impostor { .. } => "swim impostor",
+                        crate::mesh::MeshError::Malformed(_) => "swim malformed",
+                    });
+                    return;
+                }
+                self.roles.insert(sid, Role::Peer);
+                self.peers.entry(peer).or_insert(sid);
+            }
+            Message::Presence { user, online, last_seen, stale } if self.mesh.is_member(&peer) => {
+                self.fan_out_presence(now, user, online, last_seen, stale);
+            }
+            Message::RLoad { allocations } => {
+                if let Some(r) = self.relays.get_mut(&peer) {
+                    r.load = allocations;
+                }
+            }
+            _ => self.counters.refuse("unexpected message"),
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, sid: SessionId, txn: TransactionId, req: Request) {
+        let Some(peer) = self.peer_id(sid) else { return };
+        let is_peer = self.mesh.is_member(&peer) && peer != self.me;
+        let role = self.roles.get(&sid).copied().unwrap_or(Role::Unknown);
+        match req {
+            Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
+            Request::CRefresh => {
+                if self.client_of.get(&sid) == Some(&peer) {
+                    self.counters.refreshes += 1;
+                    self.respond(now, sid, txn, &Response::Ok);
+                } else {
+                    self.error(now, sid, txn, 403, "not registered here");
+                }
+            }
+            Request::CLookup(target) => {
+                self.counters.lookups += 1;
+                match target {
+                    Target::Id(user) => self.lookup(now, sid, txn, user, None, None),
+                    Target::Name(name) => self.lookup_name(now, sid, txn, &name),
+                }
+            }
+            Request::CWatch(user) => {
+                let first = {
+                    let set = self.local_watch.entry(user).or_default();
+                    let first = set.is_empty();
+                    set.insert(sid);
+                    first
+                };
+                if first {
+                    for h in user_homes(&user, &self.mesh.member_ids()) {
+                        self.send_or_local(now, h, Request::PWatch { user, watcher: self.me });
+                    }
+                }
+                self.respond(now, sid, txn, &Response::Ok);
+            }
+            Request::CUnwatch(user) => {
+                if let Some(set) = self.local_watch.get_mut(&user) {
+                    set.remove(&sid);
+                }
+                self.respond(now, sid, txn, &Response::Ok);
+            }
+            Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
+            Request::CRoute { to, payload } => {
+                if self.client_of.get(&sid) != Some(&peer) {
+                    return self.error(now, sid, txn, 403, "register before routing");
+                }
+                self.route(now, sid, txn, peer, to, payload);
+            }
+            Request::CRelays => self.relay_offers(now, sid, txn, peer),
+            Request::CStandby { primary } => {
+                self.standby.insert(sid, primary);
+                self.roles.insert(sid, Role::Client);
+                self.respond(now, sid, txn, &Response::Ok);
+            }
+            Request::CMembers => {
+                let m = self.members();
+                self.respond(now, sid, txn, &Response::Members(m));
+            }
+            Request::RHello { udp, tcp, tls, realm, secret, load } => {
+                if secret.is_empty() || secret.len() > 256 {
+                    return self.error(now, sid, txn, 400, "relay secret must be 1..=256 bytes");
+                }
+                self.roles.insert(sid, Role::Relay);
+                self.relay_of.insert(sid, peer);
+                self.relays.insert(peer, Relay { session: sid, udp, tcp, tls, realm, secret, load });
+                self.respond(now, sid, txn, &Response::Ok);
+            }
+            // Everything else is supernode-to-supernode: only live members may ask.
+            _ if !is_peer => {
+                let _ = role;
+                self.error(now, sid, txn, 403, "supernode request from a non-member");
+            }
+            Request::PStore { user, entry } => {
+                let resp = self.store(now, user, entry);
+                self.respond(now, sid, txn, &resp);
+            }
+            Request::PFetch(user) => {
+                let resp = self.local_entry(&user).map_or(Response::NotFound, Response::Entry);
+                self.respond(now, sid, txn, &resp);
+            }
+            Request::PFetchName(name) => {
+                let now_ts = Timestamp(self.unix(now));
+                let holder = self.dir.name(&name).filter(|n| n.held.is_live(now_ts)).map(|n| n.held.claimant);
+                self.respond(now, sid, txn, &Response::Holder(holder));
+            }
+            Request::PWatch { user, watcher } => {
+                let ok = self.dir.watch(user, watcher);
+                let resp = if ok { Response::Ok } else { Response::Error { code: 429, reason: "too many watchers".into() } };
+                self.respond(now, sid, txn, &resp);
+            }
+            Request::PUnwatch { user, watcher } => {
+                self.dir.unwatch(&user, &watcher);
+                self.respond(now, sid, txn, &Response::Ok);
+            }
+            Request::PForward { from, to, payload } => self.deliver(now, sid, txn, from, to, payload),
+            Request::PClaim { claim } => {
+                let resp = self.order_claim(now, &claim);
+                self.respond(now, sid, txn, &resp);
+            }
+            Request::PClaimStore { claim, orderer, order, received_at } => {
+                self.store_claim(now, &claim, ClaimStamp { orderer, order, received_at: Timestamp(received_at) });
+                self.respond(now, sid, txn, &Response::Ok);
+            }
+        }
+    }
+
+    /// Sends `req` to supernode `to`, or handles it here when `to` is us.
+    fn send_or_local(&mut self, now: Instant, to: UserId, req: Request) {
+        if to != self.me {
+            self.to_peer(now, to, &req, Cont::Fire);
+            return;
+        }
+        match req {
+            Request::PStore { user, entry } => {
+                let _ = self.store(now, user, entry);
+            }
+            Request::PWatch { user, watcher } => {
+                self.dir.watch(user, watcher);
+            }
+            Request::PUnwatch { user, watcher } => self.dir.unwatch(&user, &watcher),
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ registration
+
+    fn register(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId, record: &[u8]) {
+        let newer_than = self.dir.get(&peer).map(|s| s.seq.saturating_sub(1));
+        let check = Check {
+            now: Timestamp(self.unix(now)),
+            expected_signer: Some(&peer),
+            newer_than,
+            policy: self.config.records,
+        };
+        let rec = match verify_record::<Registration>(record, &check) {
+            Ok(r) => r,
+            Err(e) => {
+                let code = e.code();
+                return self.error(now, sid, txn, 403, &format!("registration refused: {code}"));
+            }
+        };
+        if rec.payload.supernode != self.me {
+            return self.error(now, sid, txn, 400, "registration names another supernode");
+        }
+        // A newer session replaces an older one (a restarted client).
+        if let Some(old) = self.clients.insert(peer, sid)
+            && old != sid
+        {
+            self.client_of.remove(&old);
+        }
+        self.client_of.insert(sid, peer);
+        self.roles.insert(sid, Role::Client);
+        self.standby.remove(&sid);
+        self.counters.registrations += 1;
+        let entry = Entry {
+            record: record.to_vec(),
+            name: None,
+            online: true,
+            last_seen: self.unix(now),
+            via: self.me,
+            stale: false,
+        };
+        for h in user_homes(&peer, &self.mesh.member_ids()) {
+            self.send_or_local(now, h, Request::PStore { user: peer, entry: entry.clone() });
+        }
+        self.published.insert(peer, entry);
+        let expires_at = rec.expires_at.0;
+        self.respond(now, sid, txn, &Response::Registered { expires_at });
+    }
+
+    /// A registered client left: its homes learn it is offline and when it was last seen.
+    fn publish_offline(&mut self, now: Instant, user: UserId) {
+        let Some(mut e) = self.published.remove(&user) else { return };
+        e.online = false;
+        e.last_seen = self.unix(now);
+        for h in user_homes(&user, &self.mesh.member_ids()) {
+            self.send_or_local(now, h, Request::PStore { user, entry: e.clone() });
+        }
+    }
+
+    /// Stores an entry replicated to us. Verifies the user's signature: homes never trust the
+    /// forwarding supernode for who the user is.
+    fn store(&mut self, now: Instant, user: UserId, entry: Entry) -> Response {
+        let check = Check {
+            now: Timestamp(self.unix(now)),
+            expected_signer: Some(&user),
+            newer_than: None,
+            policy: RecordPolicy {
+                // Replicas accept records that are still valid, however old their issue time.
+                ..self.config.records
+            },
+        };
+        let rec = match verify_record::<Registration>(&entry.record, &check) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.refuse(&format!("store refused: {}", e.code()));
+                return Response::Error { code: 403, reason: format!("bad record: {}", e.code()) };
+            }
+        };
+        match self.dir.store(user, entry, rec.seq) {
+            Ok(Some(change)) => {
+                self.push_presence(now, change.user, change.online, change.last_seen, change.stale);
+                Response::Ok
+            }
+            Ok(None) => Response::Ok,
+            Err(e) => Response::Error { code: 409, reason: e.to_string() },
+        }
+    }
+
+    /// The entry we home for `user`, with staleness as of now.
+    fn local_entry(&self, user: &UserId) -> Option<Entry> {
+        let s = self.dir.get(user)?;
+        let mut e = s.entry.clone();
+        if !self.mesh.is_member(&e.via) {
+            e.stale = true;
+        }
+        Some(e)
+    }
+
+    // ------------------------------------------------------------------ presence
+
+    /// A stored entry changed here: tell the supernodes watching it.
+    fn push_presence(&mut self, now: Instant, user: UserId, online: bool, last_seen: u64, stale: bool) {
+        for w in self.dir.watchers_of(&user) {
+            if w == self.me {
+                self.fan_out_presence(now, user, online, last_seen, stale);
+            } else if let Some(m) = self.mesh.member(&w).cloned()
+                && let Some(sid) = self.peer_session(now, &m)
+            {
+                let msg = Message::Presence { user, online, last_seen, stale };
+                let _ = self.ep.send(now, sid, &signal::encode(&msg));
+            }
+        }
+    }
+
+    /// Presence for our watching clients.
+    fn fan_out_presence(&mut self, now: Instant, user: UserId, online: bool, last_seen: u64, stale: bool) {
+        let Some(set) = self.local_watch.get(&user) else { return };
+        let msg = signal::encode(&Message::Presence { user, online, last_seen, stale });
+        let sessions: Vec<SessionId> = set.iter().copied().collect();
+        for sid in sessions {
+            self.counters.presence_pushes += 1;
+            let _ = self.ep.send(now, sid, &msg);
+        }
+    }
+
+    // ------------------------------------------------------------------ lookups and routing
+
+    fn lookup(&mut self, now: Instant, client: SessionId, txn: TransactionId, user: UserId, name: Option<String>, route: Option<(UserId, Vec<u8>)>) {
+        let homes = user_homes(&user, &self.mesh.member_ids());
+        if homes.contains(&self.me)
+            && let Some(e) = self.local_entry(&user)
+        {
+            return self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route);
+        }
+        let rest: Vec<UserId> = homes.into_iter().filter(|h| *h != self.me).collect();
+        self.lookup_next(now, client, txn, user, rest, name, route);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_next(&mut self, now: Instant, client: SessionId, txn: TransactionId, user: UserId, mut rest: Vec<UserId>, name: Option<String>, route: Option<(UserId, Vec<u8>)>) {
+        while !rest.is_empty() {
+            let h = rest.remove(0);
+            let cont = Cont::Lookup { client, txn, user, rest: rest.clone(), name: name.clone(), route: route.clone() };
+            if self.to_peer(now, h, &Request::PFetch(user), cont) {
+                return;
+            }
+        }
+        self.lookup_done(now, client, txn, user, None, route);
+    }
+
+    fn lookup_done(&mut self, now: Instant, client: SessionId, txn: TransactionId, user: UserId, entry: Option<Entry>, route: Option<(UserId, Vec<u8>)>) {
+        match (route, entry) {
+            (None, Some(e)) => self.respond(now, client, txn, &Response::Entry(e)),
+            (None, None) => self.respond(now, client, txn, &Response::NotFound),
+            (Some(_), None) => self.error(now, client, txn, 404, "unknown user"),
+            (Some(_), Some(e)) if !e.online || e.stale => self.error(now, client, txn, 410, "user offline"),
+            (Some((from, payload)), Some(e)) => {
+                if e.via == self.me {
+                    return self.error(now, client, txn, 410, "user offline");
+                }
+                let req = Request::PForward { from, to: user, payload };
+                if !self.to_peer(now, e.via, &req, Cont::Forward { client, txn }) {
+                    self.error(now, client, txn, 503, "the user's supernode is unreachable");
+                }
+            }
+        }
+    }
+
+    fn lookup_name(&mut self, now: Instant, client: SessionId, txn: TransactionId, name: &str) {
+        let Ok(name) = normalize_name(name) else {
+            return self.error(now, client, txn, 400, "invalid name");
+        };
+        let homes = name_homes(&name, &self.mesh.member_ids());
+        if homes.contains(&self.me) {
+            let now_ts = Timestamp(self.unix(now));
+            if let Some(holder) = self.dir.name(&name).filter(|n| n.held.is_live(now_ts)).map(|n| n.held.claimant) {
+                return self.lookup(now, client, txn, holder, Some(name), None);
+            }
+        }
+        let rest: Vec<UserId> = homes.into_iter().filter(|h| *h != self.me).collect();
+        self.lookup_name_next(now, client, txn, name, rest);
+    }
+
+    fn lookup_name_next(&mut self, now: Instant, client: SessionId, txn: TransactionId, name: String, mut rest: Vec<UserId>) {
+        while !rest.is_empty() {
+            let h = rest.remove(0);
+            let cont = Cont::LookupName { client, txn, name: name.clone(), rest: rest.clone() };
+            if self.to_peer(now, h, &Request::PFetchName(name.clone()), cont) {
+                return;
+            }
+        }
+        self.respond(now, client, txn, &Response::NotFound);
+    }
+
+    fn route(&mut self, now: Instant, client: SessionId, txn: TransactionId, from: UserId, to: UserId, payload: Vec<u8>) {
+        self.counters.routed += 1;
+        if let Some(&dst) = self.clients.get(&to) {
+            return self.deliver_to(now, dst, client, txn, from, payload);
+        }
+        self.lookup(now, client, txn, to, None, Some((from, payload)));
+    }
+
+    /// A forward arrived for one of our clients.
+    fn deliver(&mut self, now: Instant, asker: SessionId, txn: TransactionId, from: UserId, to: UserId, payload: Vec<u8>) {
+        match self.clients.get(&to).copied() {
+            Some(dst) => self.deliver_to(now, dst, asker, txn, from, payload),
+            None => self.error(now, asker, txn, 410, "user not connected here"),
+        }
+    }
+
+    fn deliver_to(&mut self, now: Instant, dst: SessionId, asker: SessionId, txn: TransactionId, from: UserId, payload: Vec<u8>) {
+        let body = signal::encode(&Message::Deliver { from, payload });
+        match self.ep.request(now, dst, &body) {
+            Ok(t) => {
+                self.conts.insert(t, Cont::Deliver { asker, txn });
+            }
+            Err(_) => self.error(now, asker, txn, 503, "cannot reach the user's client"),
+        }
+    }
+
+    fn on_answer(&mut self, now: Instant, cont: Cont, resp: Option<Response>) {
+        match cont {
+            Cont::Fire => {}
+            Cont::Lookup { client, txn, user, rest, name, route } => match resp {
+                Some(Response::Entry(e)) => self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route),
+                // Not there, or that home is gone: ask the next one.
+                _ => self.lookup_next(now, client, txn, user, rest, name, route),
+            },
+            Cont::LookupName { client, txn, name, rest } => match resp {
+                Some(Response::Holder(Some(holder))) => self.lookup(now, client, txn, holder, Some(name), None),
+                _ => self.lookup_name_next(now, client, txn, name, rest),
+            },
+            Cont::Claim { client, txn } | Cont::Forward { client, txn } => {
+                let resp = resp.unwrap_or(Response::Error { code: 504, reason: "no answer from the supernode".into() });
+                self.respond(now, client, txn, &resp);
+            }
+            Cont::Deliver { asker, txn } => {
+                let resp = match resp {
+                    Some(Response::Ok) => Response::Routed,
+                    Some(other) => other,
+                    None => Response::Error { code: 504, reason: "the user's client did not acknowledge".into() },
+                };
+                self.respond(now, asker, txn, &resp);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ names
+
+    fn claim(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId, claim: Vec<u8>) {
+        let check = Check {
+            now: Timestamp(self.unix(now)),
+            expected_signer: Some(&peer),
+            newer_than: None,
+            policy: self.config.records,
+        };
+        let rec = match verify_record::<NameClaim>(&claim, &check) {
+            Ok(r) => r,
+            Err(e) => return self.error(now, sid, txn, 403, &format!("claim refused: {}", e.code())),
+        };
+        self.counters.claims += 1;
+        let homes = name_homes(&rec.payload.name, &self.mesh.member_ids());
+        match homes.first().copied() {
+            Some(h) if h == self.me => {
+                let resp = self.order_claim(now, &claim);
+                self.respond(now, sid, txn, &resp);
+            }
+            Some(h) => {
+                if !self.to_peer(now, h, &Request::PClaim { claim }, Cont::Claim { client: sid, txn }) {
+                    self.error(now, sid, txn, 503, "the name's home is unreachable");
+                }
+            }
+            None => self.error(now, sid, txn, 503, "no supernodes"),
+        }
+    }
+
+    /// We are the name's first home: admit or refuse, stamp, replicate.
+    fn order_claim(&mut self, now: Instant, claim: &[u8]) -> Response {
+        let now_ts = Timestamp(self.unix(now));
+        let rec = match verify_record::<NameClaim>(claim, &Check::at(now_ts)) {
+            Ok(r) => r,
+            Err(e) => return Response::Error { code: 403, reason: format!("claim refused: {}", e.code()) },
+        };
+        let name = rec.payload.name.clone();
+        let held = self.dir.name(&name).map(|n| n.held.clone());
+        if let Err(why) = admit_claim(&name, held.as_ref(), &rec, now_ts) {
+            self.counters.refuse("claim taken");
+            return Response::Error { code: 409, reason: why.to_string() };
+        }
+        let stamp = ClaimStamp {
+            orderer: self.me,
+            order: self.dir.next_order(),
+            received_at: now_ts,
+        };
+        self.store_claim(now, claim, stamp);
+        for h in name_homes(&name, &self.mesh.member_ids()) {
+            if h != self.me {
+                let req = Request::PClaimStore {
+                    claim: claim.to_vec(),
+                    orderer: stamp.orderer,
+                    order: stamp.order,
+                    received_at: stamp.received_at.0,
+                };
+                self.to_peer(now, h, &req, Cont::Fire);
+            }
+        }
+        Response::Claimed { name }
+    }
+
+    fn store_claim(&mut self, now: Instant, claim: &[u8], stamp: ClaimStamp) {
+        let now_ts = Timestamp(self.unix(now));
+        let Ok(rec) = verify_record::<NameClaim>(claim, &Check::at(now_ts)) else {
+            self.counters.refuse("bad stored claim");
+            return;
+        };
+        let homes = name_homes(&rec.payload.name, &self.mesh.member_ids());
+        let name = Name { held: HeldClaim::new(&rec, stamp), record: claim.to_vec() };
+        self.dir.merge_name(name, &homes, now_ts);
+    }
+
+    // ------------------------------------------------------------------ relays
+
+    fn relay_offers(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
+        let mut relays: Vec<(&UserId, &Relay)> = self.relays.iter().collect();
+        relays.sort_by_key(|(id, r)| (r.load, **id));
+        let expires_at = self.unix(now) + self.config.relay_credential_lifetime.as_secs();
+        let offers: Vec<RelayOffer> = relays
+            .into_iter()
+            .take(self.config.relay_offers)
+            .map(|(id, r)| {
+                // The relay finds our secret by our ID in the username (DESIGN §5).
+                let username = format!("{expires_at}:{}:{user}", self.me);
+                RelayOffer {
+                    relay: *id,
+                    udp: r.udp.clone(),
+                    tcp: r.tcp.clone(),
+                    tls: r.tls.clone(),
+                    realm: r.realm.clone(),
+                    password: rest_password(&r.secret, &username),
+                    username,
+                    expires_at,
+                    load: r.load,
+                }
+            })
+            .collect();
+        self.counters.relay_offers += offers.len() as u64;
+        let _ = self.relays.values().map(|r| r.session).count();
+        self.respond(now, sid, txn, &Response::Relays(offers));
+    }
+
+    // ------------------------------------------------------------------ membership
+
+    fn on_mesh_event(&mut self, now: Instant, ev: MeshEvent) {
+        match ev {
+            MeshEvent::Up(m) => {
+                tracing::info!("supernode {} joined ({})", m.id, m.addr);
+            }
+            MeshEvent::Down(m) => {
+                tracing::info!("supernode {} is gone", m.id);
+                if let Some(sid) = self.peers.remove(&m.id) {
+                    self.ep.close(now, sid);
+                }
+                // Entries of users connected through it are now the last known state.
+                for change in self.dir.mark_stale_via(&m.id) {
+                    self.push_presence(now, change.user, change.online, change.last_seen, change.stale);
+                }
+                self.dir.drop_watcher(&m.id);
+                // Clients using us as standby for it: switch now.
+                let lost: Vec<SessionId> = self.standby.iter().filter(|(_, p)| **p == m.id).map(|(s, _)| *s).collect();
+                let msg = signal::encode(&Message::PrimaryLost { primary: m.id });
+                for sid in lost {
+                    let _ = self.ep.send(now, sid, &msg);
+                }
+            }
+        }
+        self.rehome(now);
+    }
+
+    /// After a membership change: push entries and names to homes that gained them, drop what
+    /// we no longer home, and re-register our clients' watches where the homes moved.
+    fn rehome(&mut self, now: Instant) {
+        let members = self.mesh.member_ids();
+        if members == self.last_members {
+            return;
+        }
+        let old = std::mem::replace(&mut self.last_members, members.clone());
+        let mut pushes = Vec::new();
+        for (user, stored) in self.dir.iter() {
+            let before = user_homes(user, &old);
+            let after = user_homes(user, &members);
+            for h in &after {
+                if *h != self.me && !before.contains(h) {
+                    pushes.push((*h, Request::PStore { user: *user, entry: stored.entry.clone() }));
+                }
+            }
+        }
+        let now_ts = Timestamp(self.unix(now));
+        for n in self.dir.names() {
+            let before = name_homes(&n.held.name, &old);
+            let after = name_homes(&n.held.name, &members);
+            for h in &after {
+                if *h != self.me && !before.contains(h) {
+                    let s = n.held.stamp;
+                    pushes.push((
+                        *h,
+                        Request::PClaimStore { claim: n.record.clone(), orderer: s.orderer, order: s.order, received_at: s.received_at.0 },
+                    ));
+                }
+            }
+        }
+        let _ = now_ts;
+        for (h, req) in pushes {
+            self.to_peer(now, h, &req, Cont::Fire);
+        }
+        let me = self.me;
+        self.dir.retain(|u| user_homes(u, &members).contains(&me));
+        self.dir.retain_names(|n| name_homes(n, &members).contains(&me));
+        let watched: Vec<UserId> = self.local_watch.keys().copied().collect();
+        for user in watched {
+            let before = user_homes(&user, &old);
+            for h in user_homes(&user, &members) {
+                if !before.contains(&h) {
+                    self.send_or_local(now, h, Request::PWatch { user, watcher: me });
+                }
+            }
+        }
+    }
+}
+
+fn with_name(mut e: Entry, name: Option<String>) -> Entry {
+    if name.is_some() {
+        e.name = name;
+    }
+    e
+}

@@ -1,0 +1,358 @@
+//! Supernodes and clients (agents) in one process on a simulated network and clock: the mesh
+//! forms, clients register, look each other up, watch presence, route messages, claim names,
+//! and fail over when supernodes die. Deterministic except for key generation.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+use voxmesh::identity::{Identity, NodeKey, UserId};
+use voxmesh::session;
+use voxmesh::signal::Target;
+use voxmesh::supernode::{NodeConfig, Supernode};
+
+const LATENCY: Duration = Duration::from_millis(2);
+const UNIX0: u64 = 1_800_000_000;
+
+fn fast_session(accept: bool) -> session::Config {
+    session::Config {
+        accept,
+        keepalive_interval: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(8),
+        ..session::Config::default()
+    }
+}
+
+enum Node {
+    Sn(Box<Supernode>),
+    Client(Box<Agent>),
+}
+
+struct World {
+    now: Instant,
+    nodes: Vec<(SocketAddr, Node, bool)>,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>>,
+    seq: u64,
+    events: HashMap<usize, Vec<AgentEvent>>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            now: Instant::now(),
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            events: HashMap::new(),
+        }
+    }
+
+    fn add_supernode(&mut self, bootstrap: &[(NodeKey, SocketAddr)]) -> (usize, NodeKey, SocketAddr) {
+        let i = self.nodes.len();
+        let addr: SocketAddr = format!("10.0.0.{}:4000", i + 1).parse().unwrap();
+        let mut cfg = NodeConfig::new(addr);
+        cfg.session = fast_session(true);
+        let sn = Supernode::new(&Identity::generate(), cfg, bootstrap, self.now, UNIX0, [i as u8 + 1; 32]);
+        let key = sn.node_key();
+        self.nodes.push((addr, Node::Sn(Box::new(sn)), true));
+        (i, key, addr)
+    }
+
+    fn add_client(&mut self, supernodes: Vec<(NodeKey, SocketAddr)>, register: bool) -> usize {
+        let i = self.nodes.len();
+        let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1).parse().unwrap();
+        let mut cfg = AgentConfig::new(supernodes);
+        cfg.session = fast_session(false);
+        cfg.register = register;
+        cfg.refresh_interval = Duration::from_secs(3);
+        let a = Agent::new(Identity::generate(), cfg, self.now, UNIX0, [200 + (i % 50) as u8; 32]);
+        self.nodes.push((addr, Node::Client(Box::new(a)), true));
+        i
+    }
+
+    fn agent(&mut self, i: usize) -> &mut Agent {
+        match &mut self.nodes[i].1 {
+            Node::Client(a) => a,
+            _ => panic!("not a client"),
+        }
+    }
+
+    fn sn(&self, i: usize) -> &Supernode {
+        match &self.nodes[i].1 {
+            Node::Sn(s) => s,
+            _ => panic!("not a supernode"),
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].2 = false;
+    }
+
+    fn collect(&mut self) {
+        for i in 0..self.nodes.len() {
+            let (from, alive) = (self.nodes[i].0, self.nodes[i].2);
+            loop {
+                let t = match &mut self.nodes[i].1 {
+                    Node::Sn(s) => s.poll_transmit(),
+                    Node::Client(a) => a.poll_transmit(),
+                };
+                let Some(t) = t else { break };
+                if !alive {
+                    continue;
+                }
+                if let Some(j) = self.nodes.iter().position(|(a, _, _)| *a == t.to) {
+                    self.seq += 1;
+                    self.queue.push(Reverse((self.now + LATENCY, self.seq, j, from, t.data)));
+                }
+            }
+            if let Node::Client(a) = &mut self.nodes[i].1 {
+                while let Some(ev) = a.poll_event() {
+                    self.events.entry(i).or_default().push(ev);
+                }
+            }
+        }
+    }
+
+    /// Runs the network until `d` has passed.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        for _ in 0..5_000_000 {
+            self.collect();
+            let net = self.queue.peek().map(|Reverse((t, ..))| *t);
+            let mut timer: Option<(Instant, usize)> = None;
+            for (i, (_, n, alive)) in self.nodes.iter_mut().enumerate() {
+                if !*alive {
+                    continue;
+                }
+                let t = match n {
+                    Node::Sn(s) => s.poll_timeout(),
+                    Node::Client(a) => a.poll_timeout(),
+                };
+                if let Some(t) = t
+                    && timer.is_none_or(|(b, _)| t < b)
+                {
+                    timer = Some((t, i));
+                }
+            }
+            let next = match (net, timer) {
+                (Some(n), Some((t, _))) => n.min(t),
+                (Some(n), None) => n,
+                (None, Some((t, _))) => t,
+                (None, None) => end,
+            };
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(next);
+            if net == Some(next) {
+                let Reverse((_, _, j, from, data)) = self.queue.pop().unwrap();
+                if !self.nodes[j].2 {
+                    continue;
+                }
+                let now = self.now;
+                match &mut self.nodes[j].1 {
+                    Node::Sn(s) => s.handle_datagram(now, from, &data),
+                    Node::Client(a) => a.handle_datagram(now, from, &data),
+                }
+            } else if let Some((_, i)) = timer {
+                let now = self.now;
+                match &mut self.nodes[i].1 {
+                    Node::Sn(s) => s.handle_timeout(now),
+                    Node::Client(a) => a.handle_timeout(now),
+                }
+            }
+        }
+        panic!("simulation did not settle");
+    }
+
+    fn take_events(&mut self, i: usize) -> Vec<AgentEvent> {
+        self.events.remove(&i).unwrap_or_default()
+    }
+}
+
+fn mesh(n: usize) -> (World, Vec<(NodeKey, SocketAddr)>) {
+    let mut w = World::new();
+    let (_, k0, a0) = w.add_supernode(&[]);
+    let mut keys = vec![(k0, a0)];
+    for _ in 1..n {
+        let (_, k, a) = w.add_supernode(&[(k0, a0)]);
+        keys.push((k, a));
+    }
+    w.run(Duration::from_secs(6));
+    for i in 0..n {
+        assert_eq!(w.sn(i).members().len(), n, "supernode {i} sees {} members", w.sn(i).members().len());
+    }
+    (w, keys)
+}
+
+fn lookup(w: &mut World, client: usize, user: UserId) -> Result<Option<voxmesh::signal::Entry>, String> {
+    let now = w.now;
+    w.agent(client).lookup(now, Target::Id(user));
+    w.run(Duration::from_millis(500));
+    w.take_events(client)
+        .into_iter()
+        .find_map(|e| match e {
+            AgentEvent::Lookup { target: Target::Id(u), result } if u == user => Some(result),
+            _ => None,
+        })
+        .unwrap_or_else(|| Err("no lookup answer".into()))
+}
+
+#[test]
+fn clients_register_look_up_and_route() {
+    let (mut w, sns) = mesh(5);
+    let clients: Vec<usize> = (0..30)
+        .map(|i| {
+            let mut list = sns.clone();
+            list.rotate_left(i % 5);
+            w.add_client(list, true)
+        })
+        .collect();
+    w.run(Duration::from_secs(3));
+    let ids: Vec<UserId> = clients.iter().map(|c| w.agent(*c).id()).collect();
+    for c in &clients {
+        assert!(w.agent(*c).is_registered(), "client {c} registered");
+        assert!(w.agent(*c).standby_node().is_some(), "client {c} has a standby");
+    }
+    // Every record sits on exactly 3 homes.
+    for id in &ids {
+        let copies = (0..5).filter(|s| w.sn(*s).homed_users().contains(id)).count();
+        assert_eq!(copies, 3, "replicas of {id}");
+    }
+    // Lookups of everyone from one client.
+    for (k, id) in ids.iter().enumerate() {
+        let e = lookup(&mut w, clients[0], *id).unwrap().unwrap_or_else(|| panic!("{k} not found"));
+        assert!(e.online && !e.stale);
+        assert_eq!(Some(e.via), w.agent(clients[k]).primary().map(|p| p.0));
+    }
+    // Routing with acknowledgement.
+    let now = w.now;
+    w.agent(clients[1]).route(now, ids[2], b"INVITE".to_vec());
+    w.run(Duration::from_millis(500));
+    let ev1 = w.take_events(clients[1]);
+    assert!(ev1.contains(&AgentEvent::Routed { to: ids[2], result: Ok(()) }), "{ev1:?}");
+    let ev2 = w.take_events(clients[2]);
+    assert!(ev2.contains(&AgentEvent::Delivered { from: ids[1], payload: b"INVITE".to_vec() }), "{ev2:?}");
+    // An unknown user: a clear failure.
+    let stranger = UserId([9; 20]);
+    w.agent(clients[1]).route(now, stranger, b"x".to_vec());
+    w.run(Duration::from_millis(500));
+    let ev = w.take_events(clients[1]);
+    assert!(matches!(ev.as_slice(), [AgentEvent::Routed { result: Err(e), .. }] if e.starts_with("404")), "{ev:?}");
+    assert_eq!(lookup(&mut w, clients[1], stranger), Ok(None));
+}
+
+#[test]
+fn presence_reaches_watchers() {
+    let (mut w, sns) = mesh(5);
+    let a = w.add_client(sns.clone(), true);
+    let mut rot = sns.clone();
+    rot.rotate_left(2);
+    let b = w.add_client(rot, true);
+    w.run(Duration::from_secs(2));
+    let b_id = w.agent(b).id();
+    let now = w.now;
+    w.agent(a).watch(now, b_id);
+    w.run(Duration::from_secs(1));
+    w.take_events(a);
+    // B vanishes without a word: its supernode notices at the session idle timeout.
+    w.kill(b);
+    w.run(Duration::from_secs(12));
+    let ev = w.take_events(a);
+    assert!(
+        ev.iter().any(|e| matches!(e, AgentEvent::Presence { user, online: false, .. } if *user == b_id)),
+        "A hears B go offline: {ev:?}"
+    );
+    let e = lookup(&mut w, a, b_id).unwrap().unwrap();
+    assert!(!e.online);
+}
+
+#[test]
+fn killing_supernodes_down_to_two_keeps_everyone_reachable() {
+    let (mut w, sns) = mesh(5);
+    let clients: Vec<usize> = (0..25)
+        .map(|i| {
+            let mut list = sns.clone();
+            list.rotate_left(i % 5);
+            w.add_client(list, true)
+        })
+        .collect();
+    w.run(Duration::from_secs(3));
+    let ids: Vec<UserId> = clients.iter().map(|c| w.agent(*c).id()).collect();
+    let mut alive: Vec<usize> = (0..5).collect();
+    let mut gone_clients: Vec<usize> = Vec::new();
+    for victim in [0usize, 3, 1] {
+        // Clients registered through the victim.
+        let victim_id = w.sn(victim).id();
+        let orphans: Vec<usize> = clients
+            .iter()
+            .copied()
+            .filter(|c| !gone_clients.contains(c) && w.agent(*c).primary().map(|p| p.0) == Some(victim_id))
+            .collect();
+        assert!(!orphans.is_empty(), "the victim had clients");
+        // One orphan dies with its supernode and never registers again: it stands for the gap
+        // before re-registration, which the others close within seconds.
+        let lost = orphans[0];
+        gone_clients.push(lost);
+        w.kill(victim);
+        w.kill(lost);
+        alive.retain(|s| *s != victim);
+        // Within 10 s everyone else is registered again, through a live supernode.
+        w.run(Duration::from_secs(10));
+        for c in clients.iter().filter(|c| !gone_clients.contains(c)) {
+            assert!(w.agent(*c).is_registered(), "client {c} registered again after killing {victim}");
+            assert_ne!(w.agent(*c).primary().map(|p| p.0), Some(victim_id));
+        }
+        // Every record on min(3, live) homes; every lookup succeeds; the lost client's entry is
+        // the last known one, marked stale, not "unknown".
+        for id in &ids {
+            let copies = alive.iter().filter(|s| w.sn(**s).homed_users().contains(id)).count();
+            assert_eq!(copies, alive.len().min(3), "replicas of {id} with {} alive", alive.len());
+        }
+        let asker = *clients.iter().find(|c| !gone_clients.contains(c)).unwrap();
+        for (k, id) in ids.iter().enumerate() {
+            let e = lookup(&mut w, asker, *id).unwrap().expect("found");
+            if gone_clients.contains(&clients[k]) {
+                assert!(e.stale, "the lost client's entry is marked stale");
+            } else {
+                assert!(e.online && !e.stale, "fresh entry after re-registration");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_simultaneous_claims_one_winner() {
+    let (mut w, sns) = mesh(5);
+    let a = w.add_client(sns.clone(), true);
+    let mut rot = sns.clone();
+    rot.rotate_left(3);
+    let b = w.add_client(rot, true);
+    w.run(Duration::from_secs(2));
+    let now = w.now;
+    w.agent(a).claim(now, "alice").unwrap();
+    w.agent(b).claim(now, "alice").unwrap();
+    w.run(Duration::from_secs(1));
+    let ea = w.take_events(a);
+    let eb = w.take_events(b);
+    let won_a = ea.iter().any(|e| matches!(e, AgentEvent::Claimed { .. }));
+    let won_b = eb.iter().any(|e| matches!(e, AgentEvent::Claimed { .. }));
+    assert!(won_a ^ won_b, "exactly one wins: {ea:?} {eb:?}");
+    let winner = if won_a { w.agent(a).id() } else { w.agent(b).id() };
+    // Everyone resolves the name to the winner.
+    let now = w.now;
+    w.agent(b).lookup(now, Target::Name("alice".into()));
+    w.run(Duration::from_millis(500));
+    let ev = w.take_events(b);
+    let found = ev.iter().find_map(|e| match e {
+        AgentEvent::Lookup { result: Ok(Some(entry)), .. } => Some(entry.clone()),
+        _ => None,
+    });
+    let entry = found.expect("name resolves");
+    assert_eq!(entry.name.as_deref(), Some("alice"));
+    let rec = voxmesh::identity::verify_record::<voxmesh::signal::Registration>(&entry.record, &voxmesh::identity::Check::at(voxmesh::identity::Timestamp(UNIX0))).unwrap();
+    assert_eq!(rec.id, winner);
+}
