@@ -15,6 +15,7 @@ complete -c relayd -l source-quota -d 'Concurrent allocations per client IP addr
 complete -c relayd -l total-quota -d 'Concurrent allocations in total' -r
 complete -c relayd -l max-bps -d 'Bandwidth cap per allocation in bytes per second (both directions); 0 for none' -r
 complete -c relayd -l alternate-server -d 'While draining, send new allocations here (300 ALTERNATE-SERVER)' -r
+complete -c relayd -l nonce-lifetime -d 'Seconds a nonce stays valid; an older one gets 438 Stale Nonce, with a fresh nonce to retry with' -r
 complete -c relayd -l drain -d 'Seconds to keep relaying after SIGTERM before exiting' -r
 complete -c relayd -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c relayd -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'

@@ -156,7 +156,11 @@ fn pesq_wb_of_our_encode_and_decode_is_no_worse_than_opus_tools() {
         &[
             "-w",
             &speech,
-            "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. It is easy to tell the depth of a well.",
+            concat!(
+                "The birch canoe slid on the smooth planks. ",
+                "Glue the sheet to the dark blue background. ",
+                "It is easy to tell the depth of a well."
+            ),
         ],
     );
     let reference = d.path("ref48.wav");
@@ -184,10 +188,15 @@ fn pesq_wb_of_our_encode_and_decode_is_no_worse_than_opus_tools() {
         let (t, td) = (d.path("t.opus"), d.path("t.wav"));
         sh_ok("opusenc", &["--quiet", "--bitrate", kbps, &reference, &t]);
         sh_ok("opusdec", &["--quiet", &t, &td]);
-        let script = "import sys, soundfile as sf, numpy as np\n\
-            from pesq import pesq\n\
-            r, _ = sf.read(sys.argv[1])\n\
-            for f in sys.argv[2:]:\n    d, _ = sf.read(f)\n    n = min(len(r), len(d))\n    print(pesq(16000, r[:n], d[:n], 'wb'))\n";
+        let script = concat!(
+            "import sys, soundfile as sf\n",
+            "from pesq import pesq\n",
+            "r, _ = sf.read(sys.argv[1])\n",
+            "for f in sys.argv[2:]:\n",
+            "    d, _ = sf.read(f)\n",
+            "    n = min(len(r), len(d))\n",
+            "    print(pesq(16000, r[:n], d[:n], 'wb'))\n",
+        );
         // PESQ-WB wants 16 kHz; all three go through the same sox resampler.
         let mut to16 = Vec::new();
         for f in [&reference, &od, &td] {

@@ -194,6 +194,15 @@ impl Agent {
         self.pump(now);
     }
 
+    /// Closes every session (going offline politely: the supernode publishes it at once).
+    pub fn close(&mut self, now: Instant) {
+        for l in [self.primary.take(), self.standby.take()].into_iter().flatten() {
+            self.ep.close(now, l.session);
+        }
+        self.registered = false;
+        self.next_refresh = None;
+    }
+
     // ------------------------------------------------------------------ operations
 
     /// Watch `user`'s presence (kept across failovers).

@@ -795,28 +795,27 @@ impl Sink for Paced {
 impl Paced {
     /// Writes one block when its time comes.
     fn block_out(&mut self, b: &[f32]) -> Result<()> {
-        let ch = self.inner.spec().channels as usize;
+        use std::time::{Duration, Instant};
         if b.is_empty() {
             return Ok(());
         }
-        {
-            if let Some(at) = self.pacer.due(std::time::Instant::now(), self.pos) {
-                sleep_until(at);
-            }
-            let now = std::time::Instant::now();
-            self.pacer.record(now, self.pos);
-            if let Some(at) = self.pacer.time_of(self.pos) {
-                let block_time = std::time::Duration::from_secs_f64(
-                    self.block as f64 / self.inner.spec().rate as f64,
-                );
-                if now > at + block_time {
-                    self.late += 1;
-                }
-            }
-            self.inner.write(b)?;
-            self.inner.flush()?;
-            self.pos += (b.len() / ch) as u64;
+        if let Some(at) = self.pacer.due(Instant::now(), self.pos) {
+            sleep_until(at);
         }
+        let now = Instant::now();
+        self.pacer.record(now, self.pos);
+        let spec = self.inner.spec();
+        let block_time = Duration::from_secs_f64(self.block as f64 / spec.rate as f64);
+        if self
+            .pacer
+            .time_of(self.pos)
+            .is_some_and(|at| now > at + block_time)
+        {
+            self.late += 1;
+        }
+        self.inner.write(b)?;
+        self.inner.flush()?;
+        self.pos += (b.len() / spec.channels as usize) as u64;
         Ok(())
     }
 }

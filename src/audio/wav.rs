@@ -135,8 +135,8 @@ fn parse_fmt(b: &[u8]) -> Result<(Spec, SampleFormat)> {
     Ok((Spec { rate, channels }.validate()?, format))
 }
 
-/// The 44-byte header (46 for float, 68 with `WAVE_FORMAT_EXTENSIBLE`, used above 2 channels) for `data_len`
-/// bytes of samples, or for a stream of unknown length.
+/// The 44-byte header (46 for float, 68 with `WAVE_FORMAT_EXTENSIBLE`, used above 2 channels)
+/// for `data_len` bytes of samples, or for a stream of unknown length.
 pub fn build(spec: Spec, format: SampleFormat, data_len: Option<u64>) -> Vec<u8> {
     let extensible = spec.channels > 2;
     // Formats other than integer PCM carry cbSize (0 here): 18 bytes of fmt, as sox expects.

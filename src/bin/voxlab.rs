@@ -21,6 +21,8 @@ enum Cmd {
     Netem(voxmesh::lab::netem::NetemArgs),
     /// Load a STUN server with Binding requests, check every answer, print one JSON report.
     StunLoad(voxmesh::lab::stunload::StunLoadArgs),
+    /// Load a TURN relay with allocations and ChannelData both ways, check every packet, print one JSON report.
+    TurnLoad(voxmesh::lab::turnload::TurnLoadArgs),
     /// Build the lab, run natprobe behind every NAT type against supernoded, print the table.
     Demo,
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Netem(a) => voxmesh::lab::netem::run(a),
         Cmd::StunLoad(a) => voxmesh::lab::stunload::run(a),
+        Cmd::TurnLoad(a) => voxmesh::lab::turnload::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
         Cmd::Demo => voxmesh::lab::demo::run().and_then(|ok| {
             if ok {

@@ -4,6 +4,9 @@
 //! Exit codes shared by every program: 0 success, 1 a runtime failure, 2 bad usage (clap's
 //! own). Programs add their own above 2 and list them in `--help`.
 
+pub mod answer;
+pub mod client;
+pub mod dial;
 pub mod docs;
 pub mod natprobe;
 pub mod pipe_audio;
@@ -73,6 +76,8 @@ impl Verbosity {
 /// Every user-facing program's command definition, for completions and man pages.
 pub fn commands() -> Vec<clap::Command> {
     vec![
+        answer::Args::command(),
+        dial::Args::command(),
         natprobe::Args::command(),
         relayd::Args::command(),
         supernoded::Args::command(),

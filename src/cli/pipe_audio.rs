@@ -486,12 +486,16 @@ fn capture(a: CaptureArgs) -> anyhow::Result<()> {
     let hints = a.out.hints();
     let from = Spec::CALL;
     let spec = SinkSpec::resolve(&a.output, hints, from, None, a.opus.settings(true))?;
-    let mut sink = open_sink(&a.output, spec)?;
     let frames = a
         .duration
         .map(|d| (d * spec.spec.rate as f64).round() as u64);
-    let report = device::capture(sink.as_mut(), frames, &a.device.options(), &STOP)?;
-    sink.finish()?;
+    let report = (|| -> anyhow::Result<device::StreamReport> {
+        let mut sink = open_sink(&a.output, spec)?;
+        let report = device::capture(sink.as_mut(), frames, &a.device.options(), &STOP)?;
+        sink.finish()?;
+        Ok(report)
+    })()
+    .map_err(|e| incomplete(e, &a.output))?;
     if report.overruns > 0 {
         tracing::warn!(
             "{} overruns: audio was dropped because the output was too slow",
@@ -507,6 +511,8 @@ fn capture(a: CaptureArgs) -> anyhow::Result<()> {
 fn play(a: PlayArgs) -> anyhow::Result<()> {
     catch_signals();
     let mut source = open_source(&a.input, a.input_format.hints())?;
+    // Ogg Opus is 48 kHz inside: decode straight to it, the rate devices usually run at.
+    source.prefer_rate(crate::audio::OPUS_RATE);
     let report = device::play(source.as_mut(), &a.device.options(), &STOP)?;
     if report.underruns > 0 {
         tracing::warn!(
@@ -520,14 +526,16 @@ fn play(a: PlayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar on a terminal, nothing otherwise.
+/// A progress bar on a terminal, nothing otherwise. It starts hidden and [`show_progress`]
+/// reveals it once a conversion has run for half a second, so short ones draw nothing.
 fn progress(len: Option<u64>, enabled: bool) -> Option<indicatif::ProgressBar> {
     if !enabled || !std::io::stderr().is_terminal() {
         return None;
     }
+    let hidden = indicatif::ProgressDrawTarget::hidden();
     let bar = match len {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::new_spinner(),
+        Some(n) => indicatif::ProgressBar::with_draw_target(Some(n), hidden),
+        None => indicatif::ProgressBar::with_draw_target(None, hidden),
     };
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "{spinner} {wide_bar} {percent:>3}% {elapsed} (eta {eta}) {msg}",
@@ -535,6 +543,14 @@ fn progress(len: Option<u64>, enabled: bool) -> Option<indicatif::ProgressBar> {
         bar.set_style(style);
     }
     Some(bar)
+}
+
+/// Moves `bar` to `position`, making it visible once it has existed for half a second.
+fn show_progress(bar: &indicatif::ProgressBar, position: u64) {
+    bar.set_position(position);
+    if bar.is_hidden() && bar.elapsed() > Duration::from_millis(500) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
 }
 
 /// Copies `source` to `sink` through `conform`, showing progress.
@@ -565,7 +581,7 @@ fn pump(
             sink.write(&conv)?;
         }
         if let Some(b) = bar {
-            b.set_position(frames);
+            show_progress(b, frames);
         }
     }
 }
@@ -638,7 +654,7 @@ fn incomplete(e: anyhow::Error, output: &Path) -> anyhow::Error {
     }
 }
 
-/// A placeholder sink for paths that finish through [`Paced`].
+/// Stands in for the sink a [`Paced`] has taken over (which finishes through the `Paced`).
 struct NoSink;
 
 impl Sink for NoSink {
@@ -717,7 +733,7 @@ fn generate(a: GenArgs) -> anyhow::Result<()> {
             }
             done += n as u64;
             if let Some(b) = &bar {
-                b.set_position(done);
+                show_progress(b, done);
             }
         }
         if let Some(b) = &bar {
@@ -745,6 +761,7 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
         Some(r) => {
             let mut rs = open_source(r, Hints::default())
                 .with_context(|| format!("reference {}", r.display()))?;
+            rs.prefer_rate(spec.rate);
             let want = Spec {
                 rate: spec.rate,
                 channels: 1,

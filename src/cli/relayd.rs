@@ -52,10 +52,11 @@ Examples:
         minted from a shared secret (--auth-secret, --auth-secret-file: coturn's use-auth-secret \
         scheme, username EXPIRY:USER, password base64(HMAC-SHA1(secret, username))). Peers in \
         every block of the IANA special-purpose registries (private, loopback, link-local, \
-        documentation, NAT64, 6to4, Teredo, ...) and multicast are refused unless --allow-peer \
-        opens them; the relay's own host is never a peer, except its own live relayed addresses, \
-        which are delivered internally. Quotas per user, per source and in total, a bandwidth \
-        cap per allocation, and a rate limit on 401 responses bound what one client can take.",
+        documentation, NAT64, 6to4, Teredo, ...) are refused unless --allow-peer opens them; \
+        multicast, broadcast and the relay's own host are never peers, except its own live \
+        relayed addresses, which are delivered internally. Quotas per user, per source and in \
+        total, a bandwidth cap per allocation, and a rate limit on 401 responses bound what one \
+        client can take.",
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
@@ -130,6 +131,16 @@ pub struct Args {
     /// While draining, send new allocations here (300 ALTERNATE-SERVER).
     #[arg(long = "alternate-server", value_name = "ADDR")]
     pub alternate_server: Option<SocketAddr>,
+
+    /// Seconds a nonce stays valid; an older one gets 438 Stale Nonce, with a fresh nonce to
+    /// retry with.
+    #[arg(
+        long = "nonce-lifetime",
+        value_name = "SECONDS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub nonce_lifetime: u64,
 
     /// Seconds to keep relaying after SIGTERM before exiting.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -294,6 +305,7 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
         total_quota: args.total_quota,
         bandwidth: (args.max_bps > 0).then_some(args.max_bps),
         alternate_server: args.alternate_server,
+        nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
         policy: PeerPolicy {
             allow: args.allow_peer.clone(),
             own,

@@ -1,17 +1,24 @@
-//! `supernoded`: the supernode service. For now: STUN with RFC 5780 behaviour discovery.
+//! `supernoded`: the supernode service: STUN with RFC 5780 behaviour discovery, and the
+//! directory (registration, presence, lookup, names, routing, relay credentials) as a member of
+//! the supernode mesh. `supernoded status` asks a running daemon for its state.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use super::{
     EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime, usage,
 };
+use crate::identity::{BootstrapEntry, Identity, default_key_path};
+use crate::net::agent::{read_host_cache, resolve_bootstrap};
+use crate::net::supernode::{NodeSockets, query_status, run_supernode};
 use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
-use crate::supernode::{BindingConfig, StunServer};
+use crate::supernode::{BindingConfig, NodeConfig, StunServer, Supernode};
 
 /// A socket could not be bound (address in use, not local, no permission).
 pub const EXIT_BIND: u8 = 4;
@@ -23,13 +30,15 @@ Exit status:
   2  bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
   4  cannot bind a listening socket
 
-On start it prints one JSON line on stdout naming what it listens on, e.g.
-  {\"event\":\"listening\",\"stun\":[{\"primary\":\"198.51.100.1:3478\",\"alternate\":\"198.51.100.2:3479\"}],\"metrics\":null}
+On start it prints one JSON line on stdout naming what it listens on and the entry others
+bootstrap from, e.g.
+  {\"event\":\"listening\",\"node\":\"vxk1...@198.51.100.1:3478\",\"stun\":[{\"primary\":\"198.51.100.1:3478\",\"alternate\":\"198.51.100.2:3479\"}],\"metrics\":null}
 so scripts started with port 0 learn the ports.
 
 Examples:
   supernoded --listen 198.51.100.1:3478 --alt-addr 198.51.100.2
-  supernoded --listen 0.0.0.0:3478 --metrics 127.0.0.1:9478";
+  supernoded --listen 198.51.100.3:3478 --bootstrap vxk1...@198.51.100.1:3478
+  supernoded status --json";
 
 /// The supernode service: STUN for clients (with RFC 5780 NAT behaviour discovery).
 #[derive(Parser, Debug, Clone)]
@@ -48,7 +57,10 @@ Examples:
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
-    /// UDP address to serve STUN on; repeat for IPv4 and IPv6.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// UDP address to serve on (STUN and the directory); repeat for IPv4 and IPv6.
     #[arg(
         short,
         long = "listen",
@@ -74,8 +86,61 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Another supernode to join the mesh through, as KEY@HOST:PORT; repeatable.
+    #[arg(long = "bootstrap", value_name = "KEY@HOST:PORT")]
+    pub bootstrap: Vec<BootstrapEntry>,
+
+    /// This supernode's key file (created on first start, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub identity: Option<PathBuf>,
+
+    /// The address other nodes reach us at (default: the first --listen address).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+
+    /// Control socket for `supernoded status`.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Host cache of mesh members (read at start, rewritten while running).
+    #[arg(long = "host-cache", value_name = "PATH")]
+    pub host_cache: Option<PathBuf>,
+
+    /// Serve STUN only: no identity, no mesh, no directory.
+    #[arg(long = "stun-only")]
+    pub stun_only: bool,
+
     #[command(flatten)]
     pub verbosity: Verbosity,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Show the running daemon's members, users, relays and load.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Include the IDs of the users homed on this supernode.
+    #[arg(long)]
+    pub users: bool,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// Where the control socket lives by default.
+pub fn default_control_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("voxmesh/supernoded.sock"),
+        // SAFETY: getuid has no preconditions.
+        None => std::env::temp_dir().join(format!("voxmesh-{}/supernoded.sock", unsafe { libc::getuid() })),
+    }
 }
 
 /// The SOFTWARE attribute we send (RFC 8489 §14.14).
@@ -87,7 +152,11 @@ pub fn software() -> String {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     args.verbosity.init();
-    match run(args) {
+    let result = match &args.command {
+        Some(Command::Status(s)) => status(s.clone()),
+        None => run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = if is_usage(&e) {
@@ -159,21 +228,49 @@ pub fn binding_configs(args: &Args) -> anyhow::Result<Vec<BindingConfig>> {
     Ok(configs)
 }
 
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let path = args.control.unwrap_or_else(default_control_path);
+    let rt = runtime().context("cannot start the runtime")?;
+    let v = rt
+        .block_on(query_status(&path, args.users))
+        .with_context(|| format!("cannot ask the supernode at {} (is it running? see --control)", path.display()))?;
+    if args.json {
+        print_stdout(&format!("{v}\n"))?;
+        return Ok(());
+    }
+    let mut out = String::new();
+    let text = |x: &serde_json::Value| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string());
+    out += &format!("supernode {}\nkey       {}\naddress   {}\n", text(&v["id"]), text(&v["key"]), text(&v["addr"]));
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    out += &format!("members   {}\n", members.len());
+    for m in &members {
+        out += &format!("  {} {}\n", text(&m[0]), text(&m[1]));
+    }
+    out += &format!(
+        "clients   {} registered here, {} standby\nusers     {} homed here, {} names\nsessions  {}\n",
+        v["clients"], v["standby_clients"], v["homed_users"], v["names"], v["sessions"]
+    );
+    let relays = v["relays"].as_array().cloned().unwrap_or_default();
+    out += &format!("relays    {}\n", relays.len());
+    for r in &relays {
+        out += &format!("  {} load {}\n", text(&r[0]), r[1]);
+    }
+    print_stdout(&out)?;
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let configs = binding_configs(&args)?;
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
-        let server = StunServer::bind(configs).await?;
+        let mut server = StunServer::bind(configs).await?;
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| crate::supernode::StunServerError::BindMetrics {
-                    addr,
-                    source,
-                })?;
+                .map_err(|source| crate::supernode::StunServerError::BindMetrics { addr, source })?;
             metrics_addr = listener.local_addr().ok();
             let counters = server.counters();
             let render = Arc::new(move || {
@@ -194,7 +291,60 @@ fn run(args: Args) -> anyhow::Result<()> {
                 None => tracing::info!("STUN on {}", c.primary),
             }
         }
-        let line = serde_json::json!({"event": "listening", "stun": stun, "metrics": metrics_addr});
+        let mut node_entry = None;
+        let mut node_task = None;
+        if !args.stun_only {
+            let bound = server.configs();
+            let advertise = match args.advertise {
+                Some(a) => a,
+                None => bound
+                    .iter()
+                    .map(|c| c.primary)
+                    .find(|a| !a.ip().is_unspecified())
+                    .ok_or_else(|| usage("listening on a wildcard address: give --advertise ADDR (the address others reach this supernode at)"))?,
+            };
+            let key_path = match &args.identity {
+                Some(p) => p.clone(),
+                None => default_key_path()?.with_file_name("supernode.key"),
+            };
+            let (identity, created) = Identity::load_or_create(&key_path).with_context(|| format!("identity {}", key_path.display()))?;
+            if created {
+                tracing::info!("created supernode identity {} in {}", identity.id(), key_path.display());
+            }
+            let host_cache = args.host_cache.clone().or_else(|| key_path.parent().map(|d| d.join("supernode-hosts")));
+            let mut entries = args.bootstrap.clone();
+            if let Some(p) = &host_cache {
+                for e in read_host_cache(p) {
+                    if !entries.iter().any(|x| x.key.id == e.key.id) {
+                        entries.push(e);
+                    }
+                }
+            }
+            let bootstrap = resolve_bootstrap(&entries).await.context("cannot resolve a bootstrap entry")?;
+            let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let core = Supernode::new(&identity, NodeConfig::new(advertise), &bootstrap, Instant::now(), unix, rand::random());
+            node_entry = Some(format!("{}@{advertise}", core.node_key()));
+            let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(8192);
+            server.set_frame_sink(frames_tx);
+            let mut sockets = NodeSockets::default();
+            for s in server.primary_sockets() {
+                match s.local_addr() {
+                    Ok(a) if a.is_ipv4() && sockets.v4.is_none() => sockets.v4 = Some(s),
+                    Ok(a) if a.is_ipv6() && sockets.v6.is_none() => sockets.v6 = Some(s),
+                    _ => {}
+                }
+            }
+            let control_path = args.control.clone().unwrap_or_else(default_control_path);
+            if let Some(dir) = control_path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::remove_file(&control_path);
+            let control = tokio::net::UnixListener::bind(&control_path)
+                .map_err(|e| crate::supernode::StunServerError::Bind { addr: advertise, source: e })
+                .with_context(|| format!("control socket {}", control_path.display()))?;
+            node_task = Some(tokio::spawn(run_supernode(core, frames_rx, sockets, Some(control), host_cache, shutdown.clone())));
+        }
+        let line = serde_json::json!({"event": "listening", "node": node_entry, "stun": stun, "metrics": metrics_addr});
         print_stdout(&format!("{line}\n"))?;
         let mut run = tokio::spawn(server.run(shutdown));
         let result = tokio::select! {
@@ -206,10 +356,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             r = &mut run => r,
         };
         signal.trigger();
+        if let Some(t) = node_task {
+            let _ = t.await;
+        }
         while tasks.join_next().await.is_some() {}
-        result
-            .context("the STUN service panicked")?
-            .context("the STUN service failed")?;
+        result.context("the STUN service panicked")?.context("the STUN service failed")?;
         Ok(())
     })
 }

@@ -6,6 +6,7 @@ pub mod demo;
 mod harness;
 pub mod netem;
 pub mod stunload;
+pub mod turnload;
 
 pub use harness::{
     BoxInfo, BoxOpts, FilterState, HostInfo, Lab, LabNat, SERVER4, SERVER6, in_netns,

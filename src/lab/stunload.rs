@@ -12,8 +12,8 @@
 //! - [`StunLoadArgs`]: the flags.
 //! - [`Ledger`]: the sans-IO part: hands out transaction IDs, remembers when each request left,
 //!   judges each datagram that comes back, and folds everything into a [`Report`].
-//! - [`generate`]: the I/O driver: one thread, non-blocking sockets, `sendmmsg`/`recvmmsg` batches and
-//!   an `epoll` set polled without sleeping.
+//! - [`generate`]: the I/O driver: one thread, non-blocking sockets, `sendmmsg`/`recvmmsg`
+//!   batches and an `epoll` set polled without sleeping.
 //!
 //! # Pacing and why the loop spins
 //!
@@ -764,6 +764,43 @@ mod tests {
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("1000s").is_err());
+    }
+
+    #[test]
+    fn every_answer_from_a_real_server_is_valid() {
+        use crate::net::ShutdownSignal;
+        use crate::supernode::{BindingConfig, StunServer};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = BindingConfig {
+            primary: "127.0.0.1:0".parse().unwrap(),
+            alternate: None,
+            rfc5780: false,
+            software: Some("test".into()),
+        };
+        let server = rt.block_on(StunServer::bind(vec![config])).unwrap();
+        let addr = server.configs()[0].primary;
+        let (signal, shutdown) = ShutdownSignal::new();
+        let serving = std::thread::spawn(move || rt.block_on(server.run(shutdown)));
+        let report = generate(&StunLoadArgs {
+            server: addr,
+            rate: 5_000,
+            duration: Duration::from_millis(200),
+            count: 100_000,
+            sockets: 4,
+            sources: 2,
+            source_base: Ipv4Addr::new(127, 0, 0, 10),
+            grace: Duration::from_secs(2),
+        })
+        .unwrap();
+        signal.trigger();
+        serving.join().unwrap().unwrap();
+        assert_eq!(report.offered, 1_000);
+        assert_eq!(report.sent + report.send_failed + report.behind, 1_000);
+        assert_eq!(report.valid, report.sent, "{report:?}");
+        assert_eq!((report.invalid, report.unmatched, report.lost), (0, 0, 0));
     }
 
     fn facts(offered: u64) -> RunFacts {

@@ -1,10 +1,12 @@
 //! Networking: socket set-up, batched UDP I/O, the metrics endpoint and shutdown plumbing.
 //! Only this module (and the binaries) touch tokio's networking and clocks.
 
+pub mod agent;
 pub mod batch;
 mod metrics;
 mod probe;
 pub mod relay;
+pub mod supernode;
 pub mod turn_client;
 mod shutdown;
 mod socket;

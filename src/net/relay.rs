@@ -70,6 +70,9 @@ pub struct RelayOptions {
 
 /// Largest stream message (STUN or ChannelData) accepted from a TCP/TLS client.
 const MAX_STREAM_MESSAGE: usize = 65_536 + 4;
+/// How long a stream client may take over one message, its first included (from its first
+/// byte, or from the connection's start: trickling bytes does not extend it).
+const STREAM_PROMPT: Duration = Duration::from_secs(10);
 /// Messages queued for one stream client before peer data is dropped (backpressure).
 const STREAM_QUEUE: usize = 256;
 /// Datagrams a relayed socket reads per wakeup (the shared buffer holds 32).
@@ -395,6 +398,8 @@ async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>
         let now = Instant::now();
         for d in rx.iter() {
             if d.truncated {
+                // Larger than any message we take: counted like every other drop.
+                shared.core.borrow_mut().count_drop("oversized");
                 continue;
             }
             let from = ClientAddr {
@@ -452,6 +457,7 @@ async fn relay_task(shared: Rc<Shared>, id: AllocId, sock: Rc<UdpSocket>) {
             }
             for d in rx.iter() {
                 if d.truncated {
+                    shared.core.borrow_mut().count_drop("oversized");
                     continue;
                 }
                 let mut out = shared.out.borrow_mut();
@@ -532,10 +538,15 @@ where
     });
     let mut buf = vec![0u8; 4096];
     let mut have = 0;
-    // A connection must send its first message promptly and never go silent for longer than
-    // an allocation could live.
+    // A connection must send its first message promptly, finish every message it starts
+    // promptly, and never go silent for longer than an allocation could live: a slow or silent
+    // client cannot hold a task, a descriptor and up to 64 KiB of buffer for an hour.
     let idle = Duration::from_secs(3700);
+    // When the message now being received began (the connection's start, for the first one);
+    // `None` between messages.
+    let mut started = Some(tokio::time::Instant::now());
     loop {
+        let mut consumed = false;
         // Cut every complete frame out of the buffer.
         loop {
             let need = if have >= 1 && channel::is_channel_data(buf[0]) {
@@ -572,11 +583,17 @@ where
             shared.act(now, action, &msg);
             buf.copy_within(need..have, 0);
             have -= need;
+            consumed = true;
+        }
+        let now = tokio::time::Instant::now();
+        if consumed || started.is_none() {
+            started = (have > 0).then_some(now);
         }
         if have == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        let n = match tokio::time::timeout(idle, rd.read(&mut buf[have..])).await {
+        let until = started.map_or(now + idle, |t| t + STREAM_PROMPT);
+        let n = match tokio::time::timeout_at(until, rd.read(&mut buf[have..])).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return close_stream(&shared, client, writer),
             Ok(Ok(n)) => n,
         };

@@ -102,7 +102,7 @@ impl NodeCounters {
 /// What [`Supernode::status`] reports.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Status {
-    pub id: UserId,
+    pub id: String,
     pub key: String,
     pub addr: SocketAddr,
     pub members: Vec<(String, SocketAddr)>,
@@ -178,6 +178,9 @@ pub struct Supernode {
     conts: HashMap<TransactionId, Cont>,
     relays: HashMap<UserId, Relay>,
     relay_of: HashMap<SessionId, UserId>,
+    /// The last presence state our watching clients heard, per watched user (dedupes the homes'
+    /// identical pushes).
+    last_presence: HashMap<UserId, (bool, bool)>,
     /// The entry we published for each client registered here (to publish it offline).
     published: HashMap<UserId, Entry>,
     /// Member IDs at the last re-homing (to push only what moved).
@@ -216,6 +219,7 @@ impl Supernode {
             conts: HashMap::new(),
             relays: HashMap::new(),
             relay_of: HashMap::new(),
+            last_presence: HashMap::new(),
             published: HashMap::new(),
             last_members: vec![me],
             counters: NodeCounters::default(),
@@ -263,7 +267,7 @@ impl Supernode {
 
     pub fn status(&self) -> Status {
         Status {
-            id: self.me,
+            id: self.me.to_string(),
             key: self.key.to_string(),
             addr: self.config.addr,
             members: self.members().into_iter().map(|m| (m.key.id.to_string(), m.addr)).collect(),
@@ -443,6 +447,7 @@ impl Supernode {
         }
         for user in gone {
             self.local_watch.remove(&user);
+            self.last_presence.remove(&user);
             for h in user_homes(&user, &self.mesh.member_ids()) {
                 self.send_or_local(now, h, Request::PUnwatch { user, watcher: self.me });
             }
@@ -714,9 +719,13 @@ impl Supernode {
         }
     }
 
-    /// Presence for our watching clients.
+    /// Presence for our watching clients. Each of the user's homes pushes the same change:
+    /// clients hear it once.
     fn fan_out_presence(&mut self, now: Instant, user: UserId, online: bool, last_seen: u64, stale: bool) {
         let Some(set) = self.local_watch.get(&user) else { return };
+        if self.last_presence.insert(user, (online, stale)) == Some((online, stale)) {
+            return;
+        }
         let msg = signal::encode(&Message::Presence { user, online, last_seen, stale });
         let sessions: Vec<SessionId> = set.iter().copied().collect();
         for sid in sessions {

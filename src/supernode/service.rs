@@ -71,10 +71,15 @@ struct Bound {
     sockets: Vec<Arc<UdpSocket>>,
 }
 
+/// Where voxmesh frames (first byte 4..=15, DESIGN §3) that reach a primary socket go: the
+/// supernode core shares the STUN port, so clients need one address for both.
+pub type FrameSink = tokio::sync::mpsc::Sender<(SocketAddr, Vec<u8>)>;
+
 /// A bound, ready-to-run STUN server: one [`BindingService`] per configured primary address.
 pub struct StunServer {
     bound: Vec<Bound>,
     counters: Arc<BindingCounters>,
+    frames: Option<FrameSink>,
 }
 
 /// Attempts at finding free alternate ports when the caller asked for port 0.
@@ -93,7 +98,21 @@ impl StunServer {
                 sockets,
             });
         }
-        Ok(StunServer { bound, counters })
+        Ok(StunServer {
+            bound,
+            counters,
+            frames: None,
+        })
+    }
+
+    /// Hands voxmesh frames arriving on the primary sockets to `sink` instead of dropping them.
+    pub fn set_frame_sink(&mut self, sink: FrameSink) {
+        self.frames = Some(sink);
+    }
+
+    /// The primary socket of each configured address (frames to clients leave from these).
+    pub fn primary_sockets(&self) -> Vec<Arc<UdpSocket>> {
+        self.bound.iter().map(|b| b.sockets[0].clone()).collect()
     }
 
     /// The configurations as bound (ports resolved).
@@ -131,8 +150,9 @@ impl StunServer {
                 };
                 let (service, sock, all) = (b.service.clone(), sock.clone(), b.sockets.clone());
                 let (flag, done) = (stop.clone(), done_tx.clone());
+                let frames = self.frames.clone().filter(|_| via == Via::PRIMARY);
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                    let _ = done.try_send(serve_socket(&service, via, &sock, &all, &flag));
+                    let _ = done.try_send(serve_socket(&service, via, &sock, &all, &flag, frames.as_ref()));
                 });
                 match spawned {
                     Ok(t) => threads.push(t),
@@ -247,6 +267,7 @@ fn serve_socket(
     sock: &UdpSocket,
     all: &[Arc<UdpSocket>],
     stop: &AtomicBool,
+    frames: Option<&FrameSink>,
 ) -> io::Result<()> {
     let mut rx = RecvBatch::default();
     let mut tx: Vec<SendBatch> = (0..all.len()).map(|_| SendBatch::default()).collect();
@@ -264,6 +285,15 @@ fn serve_socket(
         for d in rx.iter() {
             if d.truncated {
                 counters.drop_malformed.fetch_add(1, Relaxed);
+                continue;
+            }
+            if let Some(sink) = frames
+                && crate::session::is_session_frame(d.data)
+            {
+                // A full queue means the supernode core is behind: drop, like a full socket.
+                if sink.try_send((d.from, d.data.to_vec())).is_err() {
+                    counters.drop_send_failed.fetch_add(1, Relaxed);
+                }
                 continue;
             }
             let Some(reply) = service.handle(via, d.from, d.data, &mut scratch) else {

@@ -6,7 +6,9 @@
 //! The table is built from IANA's own CSV files (`data/`), so updating it is a file copy.
 //! `--allow-peer CIDR` opens blocks (the lab needs 198.51.100.0/24 and 2001:db8::/32).
 //!
-//! Two rules no allow-list can override:
+//! Three rules no allow-list can override:
+//! - multicast and broadcast are never peers (with multicast loopback a group address reaches
+//!   the relay host's own services);
 //! - an IPv6 address that embeds an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64 in either
 //!   prefix, 6to4, Teredo's client and server) must also pass as that IPv4 address, so
 //!   `::ffff:127.0.0.1` and `64:ff9b::7f00:1` stay loopback;
@@ -232,11 +234,14 @@ impl PeerPolicy {
                     .map_err(|why| Refusal::Embedded(v4, Box::new(why)))?;
             }
         }
-        if self.allow.iter().any(|c| c.contains(ip)) {
-            return Ok(());
-        }
+        // Multicast and broadcast are never peers, whatever --allow-peer says: with multicast
+        // loopback on (the default), a packet to 224.0.0.1 reaches every UDP service on the
+        // relay host bound to the wildcard address, the relay's own listener included.
         if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
             return Err(Refusal::Multicast);
+        }
+        if self.allow.iter().any(|c| c.contains(ip)) {
+            return Ok(());
         }
         match special_block(ip) {
             Some(b) => Err(Refusal::SpecialPurpose(b.name.clone())),
@@ -365,6 +370,9 @@ mod tests {
             ("v6 loopback even if allowed", &open, "::1", false),
             ("own address even if allowed", &open, "203.0.114.7", false),
             ("multicast", &lab, "224.0.0.1", false),
+            ("multicast even if allowed", &open, "224.0.0.1", false),
+            ("v6 multicast even if allowed", &open, "ff0e::1", false),
+            ("NAT64 multicast, allowed", &open, "64:ff9b::e000:1", false),
             ("broadcast", &lab, "255.255.255.255", false),
             ("v4-mapped loopback", &open, "::ffff:127.0.0.1", false),
             ("v4-mapped private", &lab, "::ffff:10.0.0.1", false),

@@ -160,6 +160,25 @@ pub enum Event {
     Released { id: AllocId, relay: SocketAddr },
 }
 
+/// Sizes of the server's tables: see [`TurnServer::table_sizes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    pub slots: usize,
+    pub by_client: usize,
+    pub by_public: usize,
+    pub per_user: usize,
+    pub per_source: usize,
+    pub pending: usize,
+    pub timers: usize,
+    pub rate_limiter: usize,
+    pub ports_in_use: usize,
+    pub reservations: usize,
+    /// Summed over live allocations.
+    pub permissions: usize,
+    pub channels: usize,
+    pub events: usize,
+}
+
 /// Counters, rendered as Prometheus text by the driver.
 #[derive(Clone, Debug, Default)]
 pub struct TurnCounters {
@@ -339,6 +358,32 @@ impl TurnServer {
         self.live
     }
 
+    /// Counts an input the driver dropped before the core saw it (a truncated datagram, say),
+    /// so that every input shows up in [`TurnServer::counters`].
+    pub fn count_drop(&mut self, why: &'static str) {
+        self.counters.drop(why);
+    }
+
+    /// How big every table is now (for tests and fuzzers that check they stay bounded).
+    pub fn table_sizes(&self) -> TableSizes {
+        let live = self.slots.iter().flatten();
+        TableSizes {
+            slots: self.slots.len(),
+            by_client: self.by_client.len(),
+            by_public: self.by_public.len(),
+            per_user: self.per_user.len(),
+            per_source: self.per_source.len(),
+            pending: self.pending.len(),
+            timers: self.timers.len(),
+            rate_limiter: self.limiter.len(),
+            ports_in_use: self.ports.in_use(),
+            reservations: self.ports.reservations(),
+            permissions: live.clone().map(|a| a.permissions.len()).sum(),
+            channels: live.map(|a| a.channels.len()).sum(),
+            events: self.events.len(),
+        }
+    }
+
     /// Stop taking new allocations; keep relaying until `until`, capping refreshes to it.
     pub fn start_drain(&mut self, until: Instant) {
         self.drain_until = Some(until);
@@ -464,7 +509,11 @@ impl TurnServer {
             (method::SEND, Class::Indication) => self.send_indication(now, from, &msg, out),
             (method::BINDING, Class::Request) => self.binding(from, &msg, out),
             (_, Class::Request) => self.request(now, from, &msg, out),
-            (method::BINDING, Class::Indication) => ClientAction::None,
+            (method::BINDING, Class::Indication) => {
+                // A keepalive (RFC 8489 §6.3.2): nothing to do, but every input is counted.
+                self.counters.drop("keepalive");
+                ClientAction::None
+            }
             _ => {
                 self.counters.drop("unexpected_class");
                 ClientAction::None
@@ -965,7 +1014,7 @@ impl TurnServer {
         *self.per_source.entry(p.client.remote.ip()).or_default() += 1;
         self.live += 1;
         self.counters.allocations_total += 1;
-        self.timers.push(Reverse((expires, p.index, generation)));
+        self.push_timer(expires, p.index, generation);
         self.allocate_success(
             p.client,
             p.raw_id,
@@ -980,10 +1029,10 @@ impl TurnServer {
     /// Reservations ride on one timer entry with index `u32::MAX` (never a slot).
     fn schedule_reservations(&mut self, next: Option<Instant>) {
         if next != self.reservation_timer {
-            if let Some(t) = next {
-                self.timers.push(Reverse((t, u32::MAX, 0)));
-            }
             self.reservation_timer = next;
+            if let Some(t) = next {
+                self.push_timer(t, u32::MAX, 0);
+            }
         }
     }
 
@@ -1119,9 +1168,16 @@ impl TurnServer {
             return self.error(from, msg, 437, "Allocation Mismatch", sign, out);
         };
         let id = &msg.as_bytes()[4..20];
+        // Only attributes the integrity check covered count (RFC 8489 §14.5): an
+        // XOR-PEER-ADDRESS appended after MESSAGE-INTEGRITY by anyone on the path is ignored.
+        let signed_end = [msg.integrity_offset(), msg.integrity_sha256_offset()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(usize::MAX);
         let peers: Vec<Option<SocketAddr>> = msg
             .attributes()
-            .filter(|a| a.typ == attr::XOR_PEER_ADDRESS)
+            .filter(|a| a.typ == attr::XOR_PEER_ADDRESS && a.offset < signed_end)
             .map(|a| crate::stun::decode_xor_address(a.value, id))
             .collect();
         if peers.is_empty() || peers.iter().any(Option::is_none) {
@@ -1444,8 +1500,9 @@ impl TurnServer {
 
     /// Makes sure the sweeper visits allocation `i` by its next deadline (its expiry, or the
     /// earliest permission or channel change). At most one live timer entry per allocation: an
-    /// entry is pushed only when the deadline moves earlier, so no request pattern can grow the
-    /// heap; a later deadline is picked up when the current entry fires.
+    /// entry is pushed only when the deadline moves earlier; a later deadline is picked up when
+    /// the current entry fires. Superseded entries, and those of released allocations, are
+    /// purged by [`TurnServer::push_timer`].
     fn schedule(&mut self, i: u32, now: Instant) {
         let a = self.slots[i as usize].as_mut().expect("indexed");
         let mut d = a.expires;
@@ -1461,7 +1518,27 @@ impl TurnServer {
         }
         if a.deadline.is_none_or(|cur| d < cur) {
             a.deadline = Some(d);
-            self.timers.push(Reverse((d, i, a.generation)));
+            let generation = a.generation;
+            self.push_timer(d, i, generation);
+        }
+    }
+
+    /// Pushes a timer entry (`i == u32::MAX` for reservations). Entries that no longer match
+    /// their allocation's deadline (superseded, or the allocation released: allocate and
+    /// release in a loop leaves one behind per round, each living up to the maximum lifetime)
+    /// are skipped when they fire, but until then they take memory: once they outnumber the
+    /// live entries, they are purged. Amortised O(1) per push; the heap never holds more than
+    /// 2 × (total quota + 1) + 65 entries.
+    fn push_timer(&mut self, t: Instant, i: u32, generation: u32) {
+        self.timers.push(Reverse((t, i, generation)));
+        if self.timers.len() > 2 * (self.live + 1) + 64 {
+            let (slots, reservation) = (&self.slots, self.reservation_timer);
+            self.timers
+                .retain(|Reverse((t, i, g))| match slots.get(*i as usize) {
+                    _ if *i == u32::MAX => reservation == Some(*t),
+                    Some(Some(a)) => a.generation == *g && a.deadline == Some(*t),
+                    _ => false,
+                });
         }
     }
 

@@ -1,0 +1,152 @@
+//! The tokio driver for [`crate::supernode::Supernode`]: voxmesh frames that arrived on the STUN
+//! service's primary sockets come in over a channel; frames go out on those same sockets (one
+//! socket per family: what clients and other supernodes know us by); timers; a local control
+//! socket for `supernoded status`; the host cache file.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Shutdown;
+use super::agent::write_host_cache;
+use crate::supernode::Supernode;
+
+/// The sockets frames leave from.
+#[derive(Clone, Default)]
+pub struct NodeSockets {
+    pub v4: Option<Arc<std::net::UdpSocket>>,
+    pub v6: Option<Arc<std::net::UdpSocket>>,
+}
+
+impl NodeSockets {
+    /// Sends without blocking (the sockets are shared with the STUN threads, which block in
+    /// receive): a full send buffer drops the datagram, which the session layer retransmits.
+    fn send(&self, to: SocketAddr, data: &[u8]) {
+        let sock = if to.is_ipv4() { &self.v4 } else { &self.v6 };
+        let Some(s) = sock else { return };
+        let addr = socket2::SockAddr::from(to);
+        // SAFETY: valid buffer and address for the duration of the call.
+        unsafe {
+            libc::sendto(
+                s.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT,
+                addr.as_ptr().cast(),
+                addr.len(),
+            );
+        }
+    }
+}
+
+/// A question for the node loop from the control socket.
+enum Control {
+    Status { users: bool, reply: oneshot::Sender<String> },
+}
+
+/// Runs the supernode until `shutdown`, then announces its departure to the mesh.
+pub async fn run_supernode(
+    mut core: Supernode,
+    mut frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    sockets: NodeSockets,
+    control: Option<UnixListener>,
+    host_cache: Option<PathBuf>,
+    mut shutdown: Shutdown,
+) -> io::Result<()> {
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
+    let ctl_task = control.map(|l| tokio::spawn(serve_control(l, ctl_tx)));
+    let mut save = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        while let Some(t) = core.poll_transmit() {
+            sockets.send(t.to, &t.data);
+            core.recycle(t.data);
+        }
+        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = sleep => core.handle_timeout(Instant::now()),
+            f = frames.recv() => match f {
+                Some((from, data)) => core.handle_datagram(Instant::now(), from, &data),
+                None => break,
+            },
+            Some(c) = ctl_rx.recv() => match c {
+                Control::Status { users, reply } => {
+                    let mut v = serde_json::to_value(core.status()).unwrap_or_default();
+                    if users {
+                        v["users"] = serde_json::json!(core.homed_users().iter().map(|u| u.to_string()).collect::<Vec<_>>());
+                    }
+                    v["session"] = serde_json::json!({
+                        "refused": format!("{:?}", core.session_counters()),
+                    });
+                    let _ = reply.send(v.to_string());
+                }
+            },
+            _ = save.tick() => {
+                if let Some(p) = &host_cache {
+                    let nodes: Vec<_> = core.members().into_iter().map(|m| (m.key, m.addr)).collect();
+                    let _ = write_host_cache(p, &nodes);
+                }
+            }
+        }
+    }
+    core.leave(Instant::now());
+    while let Some(t) = core.poll_transmit() {
+        sockets.send(t.to, &t.data);
+    }
+    if let Some(t) = ctl_task {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), BufReader::new(rd).read_line(&mut line)).await;
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let users = line.trim() == "status users";
+            if !line.trim().starts_with("status") {
+                let _ = wr.write_all(b"{\"error\":\"unknown command\"}\n").await;
+                return;
+            }
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Control::Status { users, reply }).await.is_err() {
+                return;
+            }
+            if let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+                let _ = wr.write_all(text.as_bytes()).await;
+                let _ = wr.write_all(b"\n").await;
+            }
+        });
+    }
+}
+
+/// Asks a running supernode for its status over its control socket.
+pub async fn query_status(path: &std::path::Path, users: bool) -> io::Result<serde_json::Value> {
+    let mut s = tokio::net::UnixStream::connect(path).await?;
+    s.write_all(if users { b"status users\n" } else { b"status\n" }).await?;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), BufReader::new(&mut s).read_line(&mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the supernode did not answer"))??;
+    serde_json::from_str(line.trim()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
