@@ -872,7 +872,7 @@ impl Harness {
         if bytes.first().is_some_and(|b| channel::is_channel_data(*b)) {
             let cd = channel::parse(bytes).unwrap_or_else(|e| panic!("bad ChannelData out: {e}"));
             let want = if to.transport.is_stream() {
-                4 + (cd.data.len() + 3) / 4 * 4
+                4 + cd.data.len().div_ceil(4) * 4
             } else {
                 4 + cd.data.len()
             };

@@ -322,223 +322,83 @@ fn request_errors_carry_their_codes() {
     b.learn_nonce();
     let alice_key = long_term_key("alice", REALM, "secret");
     let peer = sa("198.51.100.5:9");
-    let mut expected: BTreeMap<u16, f64> = BTreeMap::new();
-    let mut check = |who: &mut Raw,
-                     creds: (&str, &str),
-                     m: u16,
-                     f: &dyn Fn(&mut MessageBuilder),
-                     code: u16,
-                     reason: &str,
-                     signed: bool| {
-        let rep = who.call(m, creds, f);
-        rep.expect_error(code, reason);
-        let key = long_term_key(creds.0, REALM, creds.1);
-        assert_eq!(rep.signed_with(&key), signed, "{code} {reason}: signed");
-        *expected.entry(code).or_default() += 1.0;
+    let v6_peer = sa("[2001:db8::5]:9");
+    type Attrs = Box<dyn Fn(&mut MessageBuilder)>;
+    // (who asks, credentials, method, attributes, error code, words of the reason)
+    type Case = (
+        usize,
+        (&'static str, &'static str),
+        u16,
+        Attrs,
+        u16,
+        &'static str,
+    );
+    let none = || -> Attrs { Box::new(|_| {}) };
+    let xor = |p: SocketAddr| -> Attrs {
+        Box::new(move |b| {
+            b.xor_address(attr::XOR_PEER_ADDRESS, p);
+        })
     };
-    // 437: a second Allocate on a 5-tuple that has one; requests where there is none.
-    check(
-        &mut a,
-        ALICE,
-        method::ALLOCATE,
-        &udp_transport,
-        437,
-        "Allocation Mismatch",
-        true,
-    );
-    check(
-        &mut b,
-        ALICE,
-        method::REFRESH,
-        &|_| {},
-        437,
-        "Allocation Mismatch",
-        true,
-    );
-    check(
-        &mut b,
-        ALICE,
-        method::CREATE_PERMISSION,
-        &|b| {
-            b.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-        437,
-        "Allocation Mismatch",
-        true,
-    );
-    check(
-        &mut b,
-        ALICE,
-        method::CHANNEL_BIND,
-        &|b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000 << 16)
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-        437,
-        "Allocation Mismatch",
-        true,
-    );
-    // 441: someone else's valid credentials on alice's allocation.
-    check(
-        &mut a,
-        BOB,
-        method::REFRESH,
-        &|_| {},
-        441,
-        "Wrong Credentials",
-        true,
-    );
-    check(
-        &mut a,
-        BOB,
-        method::CREATE_PERMISSION,
-        &|b| {
-            b.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-        441,
-        "Wrong Credentials",
-        true,
-    );
-    // 442: TCP relaying is not offered.
-    check(
-        &mut b,
-        ALICE,
-        method::ALLOCATE,
-        &|b| {
-            b.u32_attr(attr::REQUESTED_TRANSPORT, 6 << 24);
-        },
-        442,
-        "Unsupported Transport Protocol",
-        true,
-    );
-    // 400: missing or contradictory attributes.
-    check(
-        &mut b,
-        ALICE,
-        method::ALLOCATE,
-        &|_| {},
-        400,
-        "REQUESTED-TRANSPORT missing",
-        true,
-    );
-    check(
-        &mut b,
-        ALICE,
-        method::ALLOCATE,
-        &|b| {
+    let chan = |n: u32, p: SocketAddr| -> Attrs {
+        Box::new(move |b| {
+            b.u32_attr(attr::CHANNEL_NUMBER, n << 16)
+                .xor_address(attr::XOR_PEER_ADDRESS, p);
+        })
+    };
+    let alloc = |f: fn(&mut MessageBuilder)| -> Attrs {
+        Box::new(move |b| {
             udp_transport(b);
-            b.attr(attr::EVEN_PORT, &[0x80])
-                .attr(attr::RESERVATION_TOKEN, &[1; 8]);
-        },
-        400,
-        "RESERVATION-TOKEN",
-        true,
-    );
-    check(
-        &mut a,
-        ALICE,
-        method::CREATE_PERMISSION,
-        &|_| {},
-        400,
-        "XOR-PEER-ADDRESS",
-        true,
-    );
-    check(
-        &mut a,
-        ALICE,
-        method::CREATE_PERMISSION,
-        &|b| {
-            b.attr(attr::XOR_PEER_ADDRESS, &[0, 9, 9]);
-        },
-        400,
-        "XOR-PEER-ADDRESS",
-        true,
-    );
-    check(
-        &mut a,
-        ALICE,
-        method::CHANNEL_BIND,
-        &|b| {
-            b.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-        400,
-        "CHANNEL-NUMBER",
-        true,
-    );
-    for number in [0x0000u32, 0x3fff, 0x8000, 0xffff] {
-        check(
-            &mut a,
-            ALICE,
-            method::CHANNEL_BIND,
-            &|b| {
-                b.u32_attr(attr::CHANNEL_NUMBER, number << 16)
-                    .xor_address(attr::XOR_PEER_ADDRESS, peer);
-            },
-            400,
-            "Channel number out of range",
-            true,
+            f(b);
+        })
+    };
+    // Who asks: the IPv4 allocation's 5-tuple, the IPv6 one's, or one without an allocation.
+    const A: usize = 0;
+    const A6: usize = 1;
+    const NONE: usize = 2;
+    use method::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        // 437: a second Allocate on a 5-tuple that has one; requests where there is none.
+        (A, ALICE, ALLOCATE, alloc(|_| {}), 437, "Allocation Mismatch"),
+        (NONE, ALICE, REFRESH, none(), 437, "Allocation Mismatch"),
+        (NONE, ALICE, CREATE_PERMISSION, xor(peer), 437, "Allocation Mismatch"),
+        (NONE, ALICE, CHANNEL_BIND, chan(0x4000, peer), 437, "Allocation Mismatch"),
+        // 441: someone else's valid credentials on alice's allocation.
+        (A, BOB, REFRESH, none(), 441, "Wrong Credentials"),
+        (A, BOB, CREATE_PERMISSION, xor(peer), 441, "Wrong Credentials"),
+        // 442: relaying over TCP is not offered.
+        (NONE, ALICE, ALLOCATE, Box::new(|b| { b.u32_attr(attr::REQUESTED_TRANSPORT, 6 << 24); }), 442, "Unsupported Transport Protocol"),
+        // 400: missing, malformed or contradictory attributes.
+        (NONE, ALICE, ALLOCATE, none(), 400, "REQUESTED-TRANSPORT missing"),
+        (NONE, ALICE, ALLOCATE, alloc(|b| { b.attr(attr::EVEN_PORT, &[0x80]).attr(attr::RESERVATION_TOKEN, &[1; 8]); }), 400, "RESERVATION-TOKEN"),
+        (A, ALICE, CREATE_PERMISSION, none(), 400, "XOR-PEER-ADDRESS"),
+        (A, ALICE, CREATE_PERMISSION, Box::new(|b| { b.attr(attr::XOR_PEER_ADDRESS, &[0, 9, 9]); }), 400, "XOR-PEER-ADDRESS"),
+        (A, ALICE, CHANNEL_BIND, xor(peer), 400, "CHANNEL-NUMBER"),
+        (A, ALICE, CHANNEL_BIND, chan(0x0000, peer), 400, "Channel number out of range"),
+        (A, ALICE, CHANNEL_BIND, chan(0x3fff, peer), 400, "Channel number out of range"),
+        (A, ALICE, CHANNEL_BIND, chan(0x8000, peer), 400, "Channel number out of range"),
+        (A, ALICE, CHANNEL_BIND, chan(0xffff, peer), 400, "Channel number out of range"),
+        // 440: an address family that does not exist, or a dual allocation.
+        (NONE, ALICE, ALLOCATE, alloc(|b| { b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]); }), 440, "Address Family not Supported"),
+        (NONE, ALICE, ALLOCATE, alloc(|b| { b.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]); }), 440, "Dual allocation"),
+        // 443: a peer of the other family than the relayed address.
+        (A, ALICE, CREATE_PERMISSION, xor(v6_peer), 443, "Peer Address Family Mismatch"),
+        (A6, ALICE, CREATE_PERMISSION, xor(peer), 443, "Peer Address Family Mismatch"),
+        (A6, ALICE, CHANNEL_BIND, chan(0x4000, peer), 443, "Peer Address Family Mismatch"),
+    ];
+    let mut who = [a, a6, b];
+    let mut expected: BTreeMap<u16, f64> = BTreeMap::new();
+    for (k, creds, m, attrs, code, reason) in &cases {
+        let rep = who[*k].call(*m, *creds, attrs);
+        rep.expect_error(*code, reason);
+        // Refusals of authenticated requests are signed with the requester's key.
+        assert!(
+            rep.signed_with(&long_term_key(creds.0, REALM, creds.1)),
+            "{code} {reason}: not signed"
         );
+        *expected.entry(*code).or_default() += 1.0;
     }
-    // 440: an address family that does not exist, or dual allocation.
-    check(
-        &mut b,
-        ALICE,
-        method::ALLOCATE,
-        &|b| {
-            udp_transport(b);
-            b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0]);
-        },
-        440,
-        "Address Family not Supported",
-        true,
-    );
-    check(
-        &mut b,
-        ALICE,
-        method::ALLOCATE,
-        &|b| {
-            udp_transport(b);
-            b.attr(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
-        },
-        440,
-        "Dual allocation",
-        true,
-    );
-    // 443: a peer of the other family than the relayed address.
-    check(
-        &mut a,
-        ALICE,
-        method::CREATE_PERMISSION,
-        &|b| {
-            b.xor_address(attr::XOR_PEER_ADDRESS, sa("[2001:db8::5]:9"));
-        },
-        443,
-        "Peer Address Family Mismatch",
-        true,
-    );
-    check(
-        &mut a6,
-        ALICE,
-        method::CREATE_PERMISSION,
-        &|b| {
-            b.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-        443,
-        "Peer Address Family Mismatch",
-        true,
-    );
-    check(
-        &mut a6,
-        ALICE,
-        method::CHANNEL_BIND,
-        &|b| {
-            b.u32_attr(attr::CHANNEL_NUMBER, 0x4000 << 16)
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        },
-        443,
-        "Peer Address Family Mismatch",
-        true,
-    );
+    let [a, _, b] = &mut who;
     // 420: an unknown comprehension-required attribute; answered before authentication.
     let rep = b.transact(&b.signed(method::ALLOCATE, ALICE, |b| {
         udp_transport(b);
@@ -603,7 +463,7 @@ fn registry(csv: &str) -> Vec<(String, String)> {
             let (block, rest) = l.split_once(',').unwrap();
             let name = rest
                 .trim_start_matches('"')
-                .split(|c| c == ',' || c == '"')
+                .split([',', '"'])
                 .next()
                 .unwrap();
             (block.to_string(), name.to_string())

@@ -31,6 +31,9 @@ pub struct AgentConfig {
     pub register: bool,
     /// Keep a standby session with a second supernode.
     pub standby: bool,
+    /// How long a handshake over UDP may go unanswered before the agent tries TCP instead (a
+    /// network that blocks UDP; the session is the same, framed on a stream).
+    pub udp_patience: Duration,
 }
 
 impl AgentConfig {
@@ -45,6 +48,7 @@ impl AgentConfig {
             record_lifetime: Duration::from_secs(3600),
             register: true,
             standby: true,
+            udp_patience: Duration::from_secs(2),
         }
     }
 }
@@ -104,6 +108,11 @@ pub struct Agent {
     next_refresh: Option<Instant>,
     events: VecDeque<AgentEvent>,
     failing_over: bool,
+    /// Supernode addresses reached over TCP (UDP went unanswered).
+    stream: HashSet<SocketAddr>,
+    refreshes: u64,
+    /// The primary's handshake over UDP, and when to give up on UDP for it.
+    attempt: Option<(SessionId, Instant)>,
 }
 
 impl Agent {
@@ -127,6 +136,9 @@ impl Agent {
             next_refresh: None,
             events: VecDeque::new(),
             failing_over: false,
+            stream: HashSet::new(),
+            refreshes: 0,
+            attempt: None,
             config,
         };
         a.connect_next(now);
@@ -171,19 +183,46 @@ impl Agent {
         self.events.pop_front()
     }
 
+    /// Whether datagrams for `addr` must go over a TCP stream (2-byte length prefix per frame).
+    pub fn uses_stream(&self, addr: SocketAddr) -> bool {
+        self.stream.contains(&addr)
+    }
+
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        match (self.ep.poll_timeout(), self.next_refresh) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.ep.poll_timeout(), self.next_refresh, self.attempt.map(|(_, t)| t)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
+        if let Some((sid, t)) = self.attempt
+            && t <= now
+        {
+            self.attempt = None;
+            if let Some(p) = self.primary.filter(|p| p.session == sid && !self.ep.is_established(sid)) {
+                // UDP is not getting through: the same supernode, over TCP.
+                tracing::info!("no answer over UDP from {}; trying TCP", p.addr);
+                self.ep.close(now, sid);
+                self.stream.insert(p.addr);
+                if let Some(&(key, _)) = self.known.iter().find(|(k, _)| k.id == p.node)
+                    && let Ok(session) = self.ep.connect(now, p.addr, &key)
+                {
+                    self.primary = Some(Link { session, ..p });
+                }
+            }
+        }
         if self.next_refresh.is_some_and(|t| t <= now) {
             self.next_refresh = Some(now + self.config.refresh_interval);
             if let Some(p) = self.primary.filter(|_| self.registered) {
                 self.request_on(now, p.session, &Request::CRefresh, Pending::Refresh);
+                // Every few refreshes, the member list: a dead standby is replaced before the
+                // primary fails too.
+                self.refreshes += 1;
+                if self.refreshes % 3 == 0 {
+                    self.request_on(now, p.session, &Request::CMembers, Pending::Members);
+                }
             }
         }
         self.pump(now);
@@ -191,6 +230,19 @@ impl Agent {
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.ep.handle_input(now, from, data);
+        self.pump(now);
+    }
+
+    /// The TCP stream to `addr` broke (the supernode died or the path failed): sessions over it
+    /// are gone, without waiting for keepalives to notice.
+    pub fn stream_closed(&mut self, now: Instant, addr: SocketAddr) {
+        if self.primary.is_some_and(|p| p.addr == addr && self.ep.is_established(p.session)) {
+            self.fail_over(now, "the TCP connection to the supernode closed");
+        } else if let Some(s) = self.standby.filter(|s| s.addr == addr) {
+            self.ep.close(now, s.session);
+            self.standby = None;
+            self.open_standby(now);
+        }
         self.pump(now);
     }
 
@@ -272,6 +324,9 @@ impl Agent {
             }
             if let Ok(session) = self.ep.connect(now, addr, &key) {
                 self.primary = Some(Link { node: key.id, addr, session });
+                if !self.stream.contains(&addr) {
+                    self.attempt = Some((session, now + self.config.udp_patience));
+                }
                 return;
             }
         }
@@ -283,6 +338,10 @@ impl Agent {
         }
         let Some(p) = self.primary else { return };
         let Some(&(key, addr)) = self.known.iter().find(|(k, _)| k.id != p.node) else { return };
+        if self.stream.contains(&p.addr) {
+            // UDP did not work for the primary: do not wait for it to fail again.
+            self.stream.insert(addr);
+        }
         if let Ok(session) = self.ep.connect(now, addr, &key) {
             self.standby = Some(Link { node: key.id, addr, session });
         }
@@ -460,6 +519,17 @@ impl Agent {
             Pending::Members => {
                 if let Some(Response::Members(list)) = resp {
                     self.merge_members(&list);
+                    // A standby the mesh no longer lists is dead: replace it.
+                    if let Some(s) = self.standby
+                        && !list.iter().any(|n| n.key.id == s.node)
+                    {
+                        self.ep.close(now, s.session);
+                        self.standby = None;
+                        if let Some(i) = self.known.iter().position(|(k, _)| k.id == s.node) {
+                            let e = self.known.remove(i);
+                            self.known.push(e);
+                        }
+                    }
                     self.open_standby(now);
                 }
             }

@@ -325,6 +325,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let core = Supernode::new(&identity, NodeConfig::new(advertise), &bootstrap, Instant::now(), unix, rand::random());
             node_entry = Some(format!("{}@{advertise}", core.node_key()));
             let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(8192);
+            let frames_tx_tcp = frames_tx.clone();
             server.set_frame_sink(frames_tx);
             let mut sockets = NodeSockets::default();
             for s in server.primary_sockets() {
@@ -342,7 +343,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             let control = tokio::net::UnixListener::bind(&control_path)
                 .map_err(|e| crate::supernode::StunServerError::Bind { addr: advertise, source: e })
                 .with_context(|| format!("control socket {}", control_path.display()))?;
-            node_task = Some(tokio::spawn(run_supernode(core, frames_rx, sockets, Some(control), host_cache, shutdown.clone())));
+            // The same address over TCP, for clients whose network blocks UDP.
+            let mut tcp = Vec::new();
+            for c in &bound {
+                let l = tokio::net::TcpListener::bind(c.primary)
+                    .await
+                    .map_err(|source| crate::supernode::StunServerError::Bind { addr: c.primary, source })?;
+                tcp.push(l);
+            }
+            node_task = Some(tokio::spawn(run_supernode(
+                core,
+                frames_tx_tcp,
+                frames_rx,
+                sockets,
+                tcp,
+                Some(control),
+                host_cache,
+                shutdown.clone(),
+            )));
         }
         let line = serde_json::json!({"event": "listening", "node": node_entry, "stun": stun, "metrics": metrics_addr});
         print_stdout(&format!("{line}\n"))?;

@@ -33,11 +33,16 @@ pub async fn run_agent(
 ) -> io::Result<Agent> {
     let mut buf = vec![0u8; 2048];
     let mut commands_open = true;
+    let mut streams = Streams::new();
     loop {
         while let Some(t) = agent.poll_transmit() {
             // A lost datagram is just loss: the session layer retransmits.
-            let _ = socket.send_to(&t.data, t.to).await;
-            agent.recycle(t.data);
+            if agent.uses_stream(t.to) {
+                streams.send(t.to, t.data);
+            } else {
+                let _ = socket.send_to(&t.data, t.to).await;
+                agent.recycle(t.data);
+            }
         }
         while let Some(ev) = agent.poll_event() {
             if events.send(ev).await.is_err() {
@@ -55,11 +60,23 @@ pub async fn run_agent(
             _ = shutdown.wait() => {
                 agent.close(Instant::now());
                 while let Some(t) = agent.poll_transmit() {
-                    let _ = socket.send_to(&t.data, t.to).await;
+                    if agent.uses_stream(t.to) {
+                        streams.send(t.to, t.data);
+                    } else {
+                        let _ = socket.send_to(&t.data, t.to).await;
+                    }
                 }
+                streams.finish().await;
                 return Ok(agent);
             }
             _ = sleep => agent.handle_timeout(Instant::now()),
+            Some((from, data)) = streams.incoming.recv() => match data {
+                Some(data) => agent.handle_datagram(Instant::now(), from, &data),
+                None => {
+                    streams.writers.remove(&from);
+                    agent.stream_closed(Instant::now(), from);
+                }
+            },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     if crate::session::is_session_frame(&buf[..n]) {
@@ -87,6 +104,88 @@ pub async fn run_agent(
             },
         }
     }
+}
+
+/// TCP streams to supernodes that UDP does not reach: one per address, opened on first use.
+struct Streams {
+    writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Frames from every stream; `None` when a stream ended.
+    incoming_tx: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
+    incoming: mpsc::Receiver<(SocketAddr, Option<Vec<u8>>)>,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        let (incoming_tx, incoming) = mpsc::channel(256);
+        Streams {
+            writers: std::collections::HashMap::new(),
+            tasks: Vec::new(),
+            incoming_tx,
+            incoming,
+        }
+    }
+
+    /// Queues a frame for `to`, connecting first if needed. A broken stream is dropped; the
+    /// session layer's retransmission then opens a new one.
+    fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
+        if let Some(w) = self.writers.get(&to)
+            && w.try_send(data.clone()).is_ok()
+        {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let _ = tx.try_send(data);
+        self.writers.insert(to, tx);
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(stream_task(to, rx, self.incoming_tx.clone())));
+    }
+
+    /// Lets every stream write what is queued (a goodbye), then closes them (bounded).
+    async fn finish(&mut self) {
+        self.writers.clear();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+        }
+    }
+}
+
+async fn stream_task(to: SocketAddr, mut out: mpsc::Receiver<Vec<u8>>, incoming: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>) {
+    use super::frames::{read_frame, write_frame};
+    let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await else {
+        let _ = incoming.send((to, None)).await;
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let done = incoming.clone();
+    let mut reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Ok(Some(())) = read_frame(&mut rd, &mut buf).await {
+            if incoming.send((to, Some(buf.clone()))).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            // The supernode closed the stream (or died): tell the agent at once.
+            _ = &mut reader => break,
+            m = out.recv() => match m {
+                Some(m) => {
+                    if write_frame(&mut wr, &m).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    reader.abort();
+                    return;
+                }
+            },
+        }
+    }
+    reader.abort();
+    let _ = done.send((to, None)).await;
 }
 
 /// Resolves bootstrap entries (`KEY@HOST:PORT`) to addresses.

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod batch;
+pub mod frames;
 mod metrics;
 mod probe;
 pub mod relay;

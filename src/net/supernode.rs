@@ -3,15 +3,16 @@
 //! socket per family: what clients and other supernodes know us by); timers; a local control
 //! socket for `supernoded status`; the host cache file.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shutdown;
@@ -51,22 +52,48 @@ enum Control {
     Status { users: bool, reply: oneshot::Sender<String> },
 }
 
-/// Runs the supernode until `shutdown`, then announces its departure to the mesh.
+/// TCP connections from clients whose UDP is blocked, by the client's TCP address.
+type StreamWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// Most TCP clients served at once (each holds a connection and two small tasks).
+const MAX_STREAMS: usize = 10_000;
+
+/// Runs the supernode until `shutdown`, then announces its departure to the mesh. Frames from
+/// UDP arrive on `frames`; `tcp` listeners (same address as UDP) take clients whose UDP is
+/// blocked, feeding the same channel through `frames_tx`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_supernode(
     mut core: Supernode,
+    frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     mut frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     sockets: NodeSockets,
+    tcp: Vec<TcpListener>,
     control: Option<UnixListener>,
     host_cache: Option<PathBuf>,
     mut shutdown: Shutdown,
 ) -> io::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
     let ctl_task = control.map(|l| tokio::spawn(serve_control(l, ctl_tx)));
+    let writers: StreamWriters = Arc::new(Mutex::new(HashMap::new()));
+    let tcp_tasks: Vec<_> = tcp
+        .into_iter()
+        .map(|l| tokio::spawn(serve_tcp(l, frames_tx.clone(), writers.clone())))
+        .collect();
+    drop(frames_tx);
     let mut save = tokio::time::interval(Duration::from_secs(30));
     loop {
         while let Some(t) = core.poll_transmit() {
-            sockets.send(t.to, &t.data);
-            core.recycle(t.data);
+            let stream = writers.lock().ok().and_then(|w| w.get(&t.to).cloned());
+            match stream {
+                // A full queue drops the frame: the session layer retransmits.
+                Some(w) => {
+                    let _ = w.try_send(t.data);
+                }
+                None => {
+                    sockets.send(t.to, &t.data);
+                    core.recycle(t.data);
+                }
+            }
         }
         let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
         let sleep = async {
@@ -109,7 +136,51 @@ pub async fn run_supernode(
     if let Some(t) = ctl_task {
         t.abort();
     }
+    for t in tcp_tasks {
+        t.abort();
+    }
     Ok(())
+}
+
+async fn serve_tcp(listener: TcpListener, frames: mpsc::Sender<(SocketAddr, Vec<u8>)>, writers: StreamWriters) {
+    use super::frames::{read_frame, write_frame};
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        {
+            let Ok(mut w) = writers.lock() else { return };
+            if w.len() >= MAX_STREAMS {
+                continue; // dropping `stream` closes it
+            }
+            w.insert(remote, tx);
+        }
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let (frames, writers) = (frames.clone(), writers.clone());
+        tokio::spawn(async move {
+            let writer = tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if write_frame(&mut wr, &m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut buf = Vec::new();
+            // The session layer closes idle sessions; a stream silent for longer is dead.
+            while let Ok(Ok(Some(()))) = tokio::time::timeout(Duration::from_secs(120), read_frame(&mut rd, &mut buf)).await {
+                if frames.send((remote, buf.clone())).await.is_err() {
+                    break;
+                }
+            }
+            writer.abort();
+            if let Ok(mut w) = writers.lock() {
+                w.remove(&remote);
+            }
+        });
+    }
 }
 
 async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {

@@ -37,6 +37,9 @@ use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
 use crate::signal::{self, Entry, Message, NodeInfo, RelayOffer, Registration, Request, Response, Target};
 use crate::turn::rest_password;
 
+/// Requests waiting per peer supernode beyond what its session has in flight.
+const MAX_PEER_QUEUE: usize = 100_000;
+
 /// Supernode settings.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -176,6 +179,8 @@ pub struct Supernode {
     /// watched user -> our clients watching it (by session)
     local_watch: HashMap<UserId, HashSet<SessionId>>,
     conts: HashMap<TransactionId, Cont>,
+    /// Requests for each peer supernode waiting for room in its session.
+    outq: HashMap<UserId, std::collections::VecDeque<(Vec<u8>, Cont)>>,
     relays: HashMap<UserId, Relay>,
     relay_of: HashMap<SessionId, UserId>,
     /// The last presence state our watching clients heard, per watched user (dedupes the homes'
@@ -217,6 +222,7 @@ impl Supernode {
             standby: HashMap::new(),
             local_watch: HashMap::new(),
             conts: HashMap::new(),
+            outq: HashMap::new(),
             relays: HashMap::new(),
             relay_of: HashMap::new(),
             last_presence: HashMap::new(),
@@ -365,16 +371,52 @@ impl Supernode {
         Some(sid)
     }
 
-    /// Sends a request to supernode `id` (a live member), remembering what waits on it.
+    /// Sends a request to supernode `id` (a live member), remembering what waits on it. When
+    /// the session has as many requests in flight as it allows (a burst of registrations
+    /// fans out to the same homes), the request waits in a per-peer queue, in order, and goes
+    /// as answers come back. `false` only when the peer is unreachable or its queue is full.
     fn to_peer(&mut self, now: Instant, id: UserId, req: &Request, cont: Cont) -> bool {
         let Some(m) = self.mesh.member(&id).cloned() else { return false };
         let Some(sid) = self.peer_session(now, &m) else { return false };
-        match self.ep.request(now, sid, &signal::encode(req)) {
-            Ok(txn) => {
-                self.conts.insert(txn, cont);
-                true
+        let body = signal::encode(req);
+        let queue = self.outq.entry(id).or_default();
+        if queue.is_empty() {
+            match self.ep.request(now, sid, &body) {
+                Ok(txn) => {
+                    self.conts.insert(txn, cont);
+                    return true;
+                }
+                Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => {}
+                Err(_) => return false,
             }
-            Err(_) => false,
+        }
+        if queue.len() >= MAX_PEER_QUEUE {
+            self.counters.refuse("peer queue full");
+            return false;
+        }
+        queue.push_back((body, cont));
+        true
+    }
+
+    /// Sends what waits for `peer` while its session takes more.
+    fn drain_peer_queue(&mut self, now: Instant, peer: UserId) {
+        let Some(&sid) = self.peers.get(&peer) else { return };
+        while let Some((body, _)) = self.outq.get(&peer).and_then(|q| q.front()) {
+            match self.ep.request(now, sid, body) {
+                Ok(txn) => {
+                    let (_, cont) = self.outq.get_mut(&peer).and_then(|q| q.pop_front()).expect("front exists");
+                    self.conts.insert(txn, cont);
+                }
+                Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => return,
+                Err(_) => {
+                    // The session is gone: whatever waited fails now.
+                    let waiting: Vec<Cont> = self.outq.remove(&peer).map(|q| q.into_iter().map(|(_, c)| c).collect()).unwrap_or_default();
+                    for c in waiting {
+                        self.on_answer(now, c, None);
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -394,6 +436,7 @@ impl Supernode {
                 self.roles.entry(session).or_insert(role);
                 if role == Role::Peer {
                     self.peers.entry(peer.id).or_insert(session);
+                    self.drain_peer_queue(now, peer.id);
                 }
             }
             Event::HandshakeFailed { session, .. } => self.forget_session(now, session),
@@ -402,7 +445,7 @@ impl Supernode {
                 Ok(req) => self.on_request(now, session, txn, req),
                 Err(e) => self.error(now, session, txn, 400, &format!("bad request: {e}")),
             },
-            Event::Response { txn, body, .. } => {
+            Event::Response { session, txn, body } => {
                 if let Some(cont) = self.conts.remove(&txn) {
                     let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error {
                         code: 502,
@@ -410,10 +453,16 @@ impl Supernode {
                     });
                     self.on_answer(now, cont, Some(resp));
                 }
+                if let Some(peer) = self.peer_id(session) {
+                    self.drain_peer_queue(now, peer);
+                }
             }
-            Event::TransactionFailed { txn, .. } => {
+            Event::TransactionFailed { session, txn, .. } => {
                 if let Some(cont) = self.conts.remove(&txn) {
                     self.on_answer(now, cont, None);
+                }
+                if let Some(peer) = self.peer_id(session) {
+                    self.drain_peer_queue(now, peer);
                 }
             }
             Event::Message { session, body } => self.on_message(now, session, &body),
@@ -970,6 +1019,10 @@ impl Supernode {
                 tracing::info!("supernode {} is gone", m.id);
                 if let Some(sid) = self.peers.remove(&m.id) {
                     self.ep.close(now, sid);
+                }
+                let waiting: Vec<Cont> = self.outq.remove(&m.id).map(|q| q.into_iter().map(|(_, c)| c).collect()).unwrap_or_default();
+                for c in waiting {
+                    self.on_answer(now, c, None);
                 }
                 // Entries of users connected through it are now the last known state.
                 for change in self.dir.mark_stale_via(&m.id) {

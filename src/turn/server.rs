@@ -1328,11 +1328,25 @@ impl TurnServer {
         out: &mut Vec<u8>,
     ) -> ClientAction {
         match self.to_peer(now, i, peer, range) {
-            ClientAction::ToPeer { id, peer, data } => match self.by_public.get(&peer).copied() {
+            ClientAction::ToPeer { id, peer, data } => match self.allocation_at(peer) {
                 Some(j) => self.internal(now, i, j, &input[data], out),
                 None => ClientAction::ToPeer { id, peer, data },
             },
             other => other,
+        }
+    }
+
+    /// The allocation whose relayed (or reported) address is `peer`, if any. Only the relay's
+    /// own addresses can be one, so every other peer (nearly all data) skips the table lookup:
+    /// this runs for every packet a client sends.
+    fn allocation_at(&self, peer: SocketAddr) -> Option<u32> {
+        let ip = peer.ip();
+        let ours = self.config.relay_ips.contains(&ip)
+            || self.config.external_ips.iter().any(|(_, e)| *e == ip);
+        if ours {
+            self.by_public.get(&peer).copied()
+        } else {
+            None
         }
     }
 
@@ -1372,7 +1386,7 @@ impl TurnServer {
         peer: SocketAddr,
         data: Range<usize>,
     ) -> ClientAction {
-        let internal = self.by_public.contains_key(&peer);
+        let internal = self.allocation_at(peer).is_some();
         let own = !internal && {
             let ip = peer.ip();
             ip.is_loopback()

@@ -1,0 +1,11 @@
+complete -c dial -l timeout -d 'Give up after this many seconds' -r
+complete -c dial -s s -l supernode -d 'A supernode as KEY@HOST:PORT (what `supernoded` prints); repeat for several' -r
+complete -c dial -l identity -d 'Identity key file (created on first use, mode 0600); default under $XDG_CONFIG_HOME/voxmesh' -r -F
+complete -c dial -l host-cache -d 'Host cache file (supernodes learnt from the mesh); default next to the identity' -r -F
+complete -c dial -l contacts -d 'Contacts file (aliases for IDs); default next to the identity' -r -F
+complete -c dial -l bind -d 'Local UDP address to use' -r
+complete -c dial -l lookup -d 'Print the directory record of USER and exit'
+complete -c dial -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
+complete -c dial -s q -l quiet -d 'Log only errors'
+complete -c dial -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dial -s V -l version -d 'Print version'
