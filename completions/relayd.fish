@@ -18,6 +18,8 @@ complete -c relayd -l alternate-server -d 'While draining, send new allocations 
 complete -c relayd -l nonce-lifetime -d 'Seconds a nonce stays valid; an older one gets 438 Stale Nonce, with a fresh nonce to retry with' -r
 complete -c relayd -l drain -d 'Seconds to keep relaying after SIGTERM before exiting' -r
 complete -c relayd -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
+complete -c relayd -l supernode -d 'Authorise this supernode to hand out credentials for this relay, as KEY@HOST:PORT (repeatable). relayd opens a session to it, gives it a secret of its own (rotated hourly) and reports its load; clients then find the relay through the supernode' -r
+complete -c relayd -l identity -d 'This relay\'s key file for --supernode sessions (created on first start, mode 0600; default: relay.key in the voxmesh config directory)' -r -F
 complete -c relayd -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c relayd -s q -l quiet -d 'Log only errors'
 complete -c relayd -s h -l help -d 'Print help (see more with \'--help\')'

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{Identity, NodeKey, UserId};
 use voxmesh::lab::{BoxOpts, Lab, LabNat, in_netns};
+use voxmesh::net::ShutdownSignal;
 use voxmesh::net::agent::{AgentCommand, run_agent};
 use voxmesh::net::supernode::query_status;
-use voxmesh::net::ShutdownSignal;
 use voxmesh::signal::Target;
 
 const SUPERNODES: usize = 5;
@@ -55,12 +55,17 @@ impl Client {
         let (stop, shutdown) = ShutdownSignal::new();
         let thread = std::thread::spawn(move || {
             let _ = in_netns(&ns, move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 rt.block_on(async move {
                     let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
                     let mut cfg = AgentConfig::new(supernodes);
                     cfg.refresh_interval = Duration::from_secs(5);
-                    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                    let unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
                     let agent = Agent::new(identity, cfg, Instant::now(), unix, [seed; 32]);
                     let (tx, mut rx) = mpsc::channel(1024);
                     let forward = tokio::spawn(async move {
@@ -108,7 +113,10 @@ impl Client {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn start_supernode(lab: &Lab, dir: &std::path::Path, n: usize, bootstrap: Option<&str>) -> Sn {
@@ -132,11 +140,16 @@ fn start_supernode(lab: &Lab, dir: &std::path::Path, n: usize, bootstrap: Option
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let entry: voxmesh::identity::BootstrapEntry = v["node"].as_str().unwrap().parse().unwrap();
     Sn {
-        proc: Proc { child, name: "supernoded" },
+        proc: Proc {
+            child,
+            name: "supernoded",
+        },
         key: entry.key,
         addr: format!("198.51.100.1:{port}").parse().unwrap(),
         control,
@@ -149,7 +162,11 @@ fn status(sn: &Sn, users: bool) -> Option<serde_json::Value> {
 }
 
 /// Waits (bounded) until `cond` holds, draining client events meanwhile.
-fn wait_until(clients: &mut [Client], limit: Duration, mut cond: impl FnMut(&mut [Client]) -> bool) -> Duration {
+fn wait_until(
+    clients: &mut [Client],
+    limit: Duration,
+    mut cond: impl FnMut(&mut [Client]) -> bool,
+) -> Duration {
     let t0 = Instant::now();
     loop {
         for c in clients.iter_mut() {
@@ -168,14 +185,19 @@ fn lookups(c: &mut Client, targets: &[UserId]) -> HashMap<UserId, Option<voxmesh
     let mut got = HashMap::new();
     for chunk in targets.chunks(24) {
         for t in chunk {
-            c.commands.blocking_send(AgentCommand::Lookup(Target::Id(*t))).unwrap();
+            c.commands
+                .blocking_send(AgentCommand::Lookup(Target::Id(*t)))
+                .unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let want: HashSet<UserId> = chunk.iter().copied().collect();
         while Instant::now() < deadline && !want.iter().all(|t| got.contains_key(t)) {
             if let Ok(ev) = c.events.recv_timeout(Duration::from_millis(100)) {
                 match ev {
-                    AgentEvent::Lookup { target: Target::Id(u), result } => {
+                    AgentEvent::Lookup {
+                        target: Target::Id(u),
+                        result,
+                    } => {
                         got.insert(u, result.ok().flatten());
                     }
                     AgentEvent::Registered { supernode, .. } => c.registered = Some(supernode),
@@ -194,10 +216,21 @@ fn five_supernodes_two_hundred_clients_and_failures() {
         return;
     }
     let mut lab = Lab::new().unwrap();
-    let kinds = [LabNat::None, LabNat::FullCone, LabNat::RestrictedCone, LabNat::PortRestrictedCone, LabNat::Symmetric, LabNat::UdpBlocked];
+    let kinds = [
+        LabNat::None,
+        LabNat::FullCone,
+        LabNat::RestrictedCone,
+        LabNat::PortRestrictedCone,
+        LabNat::Symmetric,
+        LabNat::UdpBlocked,
+    ];
     let mut hosts: Vec<String> = Vec::new();
     for (k, nat) in kinds.iter().enumerate() {
-        let opts = if *nat == LabNat::None { BoxOpts::new(*nat) } else { BoxOpts::new(*nat).hosts(PER_BOX) };
+        let opts = if *nat == LabNat::None {
+            BoxOpts::new(*nat)
+        } else {
+            BoxOpts::new(*nat).hosts(PER_BOX)
+        };
         let info = lab.add(k as u32 + 1, &opts).unwrap();
         hosts.extend(info.hosts.iter().map(|h| h.ns.clone()));
     }
@@ -211,8 +244,14 @@ fn five_supernodes_two_hundred_clients_and_failures() {
     }
     // The mesh settles: everyone sees everyone.
     let t0 = Instant::now();
-    while !sns.iter().all(|s| status(s, false).is_some_and(|v| v["members"].as_array().map(|m| m.len()) == Some(SUPERNODES))) {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the mesh did not form");
+    while !sns.iter().all(|s| {
+        status(s, false)
+            .is_some_and(|v| v["members"].as_array().map(|m| m.len()) == Some(SUPERNODES))
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the mesh did not form"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("MESH formed in {:?}", t0.elapsed());
@@ -234,10 +273,29 @@ fn five_supernodes_two_hundred_clients_and_failures() {
             Client::start(ns.clone(), list, (i % 250) as u8)
         })
         .collect();
-    let took = wait_until(&mut clients, Duration::from_secs(60), |cs| cs.iter().all(|c| c.registered.is_some()));
+    let took = wait_until(&mut clients, Duration::from_secs(60), |cs| {
+        cs.iter().all(|c| c.registered.is_some())
+    });
     eprintln!("REGISTERED 200 clients in {took:?}");
-    let failovers: usize = clients.iter().map(|c| c.seen.iter().filter(|e| matches!(e, AgentEvent::Registered { failover: true, .. })).count()).sum();
-    let errors: Vec<String> = clients.iter().flat_map(|c| c.seen.iter().filter_map(|e| match e { AgentEvent::Error { message } => Some(message.clone()), _ => None })).take(10).collect();
+    let failovers: usize = clients
+        .iter()
+        .map(|c| {
+            c.seen
+                .iter()
+                .filter(|e| matches!(e, AgentEvent::Registered { failover: true, .. }))
+                .count()
+        })
+        .sum();
+    let errors: Vec<String> = clients
+        .iter()
+        .flat_map(|c| {
+            c.seen.iter().filter_map(|e| match e {
+                AgentEvent::Error { message } => Some(message.clone()),
+                _ => None,
+            })
+        })
+        .take(10)
+        .collect();
     eprintln!("DIAG failovers {failovers}, errors {errors:?}");
     let ids: Vec<UserId> = clients.iter().map(|c| c.id).collect();
 
@@ -248,14 +306,28 @@ fn five_supernodes_two_hundred_clients_and_failures() {
         let got = lookups(&mut clients[i], &others);
         let bad: Vec<(usize, String)> = others
             .iter()
-            .filter(|u| !got.get(u).is_some_and(|e| e.as_ref().is_some_and(|e| e.online)))
+            .filter(|u| {
+                !got.get(u)
+                    .is_some_and(|e| e.as_ref().is_some_and(|e| e.online))
+            })
             .map(|u| {
                 let k = ids.iter().position(|x| x == u).unwrap();
-                (k, format!("{:?}", got.get(u).map(|e| e.as_ref().map(|e| (e.online, e.stale)))))
+                (
+                    k,
+                    format!(
+                        "{:?}",
+                        got.get(u).map(|e| e.as_ref().map(|e| (e.online, e.stale)))
+                    ),
+                )
             })
             .collect();
         if !bad.is_empty() && failures < 50 {
-            eprintln!("client {i} ({}) failed {} lookups, e.g. {:?}", namespaces[i], bad.len(), &bad[..bad.len().min(5)]);
+            eprintln!(
+                "client {i} ({}) failed {} lookups, e.g. {:?}",
+                namespaces[i],
+                bad.len(),
+                &bad[..bad.len().min(5)]
+            );
         }
         failures += bad.len();
     }
@@ -265,7 +337,10 @@ fn five_supernodes_two_hundred_clients_and_failures() {
     // Presence: client 0 watches the UDP-blocked client and a NATed one; they leave politely.
     let watched = [hosts.len() - 1, 3];
     for w in watched {
-        clients[0].commands.blocking_send(AgentCommand::Watch(ids[w])).unwrap();
+        clients[0]
+            .commands
+            .blocking_send(AgentCommand::Watch(ids[w]))
+            .unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));
     for w in watched {
@@ -276,7 +351,10 @@ fn five_supernodes_two_hundred_clients_and_failures() {
         for w in watched {
             let got = cs[0].seen.iter().any(|e| matches!(e, AgentEvent::Presence { user, online: false, .. } if *user == ids[w]));
             if !got && t.elapsed() > Duration::from_secs(9) {
-                eprintln!("DIAG no offline presence for client {w} ({})", namespaces[w]);
+                eprintln!(
+                    "DIAG no offline presence for client {w} ({})",
+                    namespaces[w]
+                );
             }
         }
         watched.iter().all(|w| cs[0].seen.iter().any(|e| matches!(e, AgentEvent::Presence { user, online: false, .. } if *user == ids[*w])))
@@ -290,7 +368,9 @@ fn five_supernodes_two_hundred_clients_and_failures() {
         let victim_id = sns[victim].key.id;
         // One client registered through the victim dies with it: its entry must stay findable,
         // marked stale.
-        let lost = (0..clients.len()).find(|i| !gone.contains(i) && clients[*i].registered == Some(victim_id)).expect("the victim has clients");
+        let lost = (0..clients.len())
+            .find(|i| !gone.contains(i) && clients[*i].registered == Some(victim_id))
+            .expect("the victim has clients");
         let _ = sns[victim].proc.child.kill();
         let _ = sns[victim].proc.child.wait();
         clients[lost].kill();
@@ -303,7 +383,10 @@ fn five_supernodes_two_hundred_clients_and_failures() {
                 for (i, c) in cs.iter().enumerate().filter(|(i, _)| !gone.contains(i)) {
                     if !c.registered.is_some_and(|r| live_ids.contains(&r)) {
                         let errs: Vec<&AgentEvent> = c.seen.iter().rev().take(4).collect();
-                        eprintln!("DIAG client {i} ({}) registered {:?}; recent {errs:?}", namespaces[i], c.registered);
+                        eprintln!(
+                            "DIAG client {i} ({}) registered {:?}; recent {errs:?}",
+                            namespaces[i], c.registered
+                        );
                     }
                 }
             }
@@ -312,7 +395,9 @@ fn five_supernodes_two_hundred_clients_and_failures() {
                 .filter(|(i, _)| !gone.contains(i))
                 .all(|(_, c)| c.registered.is_some_and(|r| live_ids.contains(&r)))
         });
-        eprintln!("FAILOVER after killing supernode {victim}: all clients registered again in {took:?}");
+        eprintln!(
+            "FAILOVER after killing supernode {victim}: all clients registered again in {took:?}"
+        );
         // Every record on min(3, live) homes (the departed clients' entries too).
         let t2 = Instant::now();
         loop {
@@ -324,11 +409,16 @@ fn five_supernodes_two_hundred_clients_and_failures() {
                 }
             }
             let want = alive.len().min(3);
-            let ok = ids.iter().all(|u| counts.get(&u.to_string()).copied().unwrap_or(0) == want);
+            let ok = ids
+                .iter()
+                .all(|u| counts.get(&u.to_string()).copied().unwrap_or(0) == want);
             if ok {
                 break;
             }
-            assert!(t2.elapsed() < Duration::from_secs(10), "records not on {want} homes");
+            assert!(
+                t2.elapsed() < Duration::from_secs(10),
+                "records not on {want} homes"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         assert!(t.elapsed() < Duration::from_secs(20));
@@ -337,13 +427,23 @@ fn five_supernodes_two_hundred_clients_and_failures() {
         let asker = (0..clients.len()).find(|i| !gone.contains(i)).unwrap();
         let mut bad = 0;
         for i in (0..clients.len()).filter(|i| !gone.contains(i)) {
-            let targets: Vec<UserId> = (1..=12).map(|k| ids[(i + k * 17) % ids.len()]).filter(|u| *u != ids[i]).collect();
+            let targets: Vec<UserId> = (1..=12)
+                .map(|k| ids[(i + k * 17) % ids.len()])
+                .filter(|u| *u != ids[i])
+                .collect();
             let got = lookups(&mut clients[i], &targets);
-            bad += targets.iter().filter(|u| got.get(u).is_none_or(|e| e.is_none())).count();
+            bad += targets
+                .iter()
+                .filter(|u| got.get(u).is_none_or(|e| e.is_none()))
+                .count();
         }
         assert_eq!(bad, 0, "lookups failed after killing supernode {victim}");
         let got = lookups(&mut clients[asker], &[ids[lost]]);
-        let e = got.get(&ids[lost]).cloned().flatten().expect("the lost client's entry is still served");
+        let e = got
+            .get(&ids[lost])
+            .cloned()
+            .flatten()
+            .expect("the lost client's entry is still served");
         assert!(e.stale, "marked stale, not unknown");
         eprintln!("GAP: the lost client's entry is served stale");
     }

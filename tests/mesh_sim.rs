@@ -2,8 +2,8 @@
 //! forms, clients register, look each other up, watch presence, route messages, claim names,
 //! and fail over when supernodes die. Deterministic except for key generation.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -49,12 +49,22 @@ impl World {
         }
     }
 
-    fn add_supernode(&mut self, bootstrap: &[(NodeKey, SocketAddr)]) -> (usize, NodeKey, SocketAddr) {
+    fn add_supernode(
+        &mut self,
+        bootstrap: &[(NodeKey, SocketAddr)],
+    ) -> (usize, NodeKey, SocketAddr) {
         let i = self.nodes.len();
         let addr: SocketAddr = format!("10.0.0.{}:4000", i + 1).parse().unwrap();
         let mut cfg = NodeConfig::new(addr);
         cfg.session = fast_session(true);
-        let sn = Supernode::new(&Identity::generate(), cfg, bootstrap, self.now, UNIX0, [i as u8 + 1; 32]);
+        let sn = Supernode::new(
+            &Identity::generate(),
+            cfg,
+            bootstrap,
+            self.now,
+            UNIX0,
+            [i as u8 + 1; 32],
+        );
         let key = sn.node_key();
         self.nodes.push((addr, Node::Sn(Box::new(sn)), true));
         (i, key, addr)
@@ -62,12 +72,20 @@ impl World {
 
     fn add_client(&mut self, supernodes: Vec<(NodeKey, SocketAddr)>, register: bool) -> usize {
         let i = self.nodes.len();
-        let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1).parse().unwrap();
+        let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1)
+            .parse()
+            .unwrap();
         let mut cfg = AgentConfig::new(supernodes);
         cfg.session = fast_session(false);
         cfg.register = register;
         cfg.refresh_interval = Duration::from_secs(3);
-        let a = Agent::new(Identity::generate(), cfg, self.now, UNIX0, [200 + (i % 50) as u8; 32]);
+        let a = Agent::new(
+            Identity::generate(),
+            cfg,
+            self.now,
+            UNIX0,
+            [200 + (i % 50) as u8; 32],
+        );
         self.nodes.push((addr, Node::Client(Box::new(a)), true));
         i
     }
@@ -104,7 +122,8 @@ impl World {
                 }
                 if let Some(j) = self.nodes.iter().position(|(a, _, _)| *a == t.to) {
                     self.seq += 1;
-                    self.queue.push(Reverse((self.now + LATENCY, self.seq, j, from, t.data)));
+                    self.queue
+                        .push(Reverse((self.now + LATENCY, self.seq, j, from, t.data)));
                 }
             }
             if let Node::Client(a) = &mut self.nodes[i].1 {
@@ -183,19 +202,31 @@ fn mesh(n: usize) -> (World, Vec<(NodeKey, SocketAddr)>) {
     }
     w.run(Duration::from_secs(6));
     for i in 0..n {
-        assert_eq!(w.sn(i).members().len(), n, "supernode {i} sees {} members", w.sn(i).members().len());
+        assert_eq!(
+            w.sn(i).members().len(),
+            n,
+            "supernode {i} sees {} members",
+            w.sn(i).members().len()
+        );
     }
     (w, keys)
 }
 
-fn lookup(w: &mut World, client: usize, user: UserId) -> Result<Option<voxmesh::signal::Entry>, String> {
+fn lookup(
+    w: &mut World,
+    client: usize,
+    user: UserId,
+) -> Result<Option<voxmesh::signal::Entry>, String> {
     let now = w.now;
     w.agent(client).lookup(now, Target::Id(user));
     w.run(Duration::from_millis(500));
     w.take_events(client)
         .into_iter()
         .find_map(|e| match e {
-            AgentEvent::Lookup { target: Target::Id(u), result } if u == user => Some(result),
+            AgentEvent::Lookup {
+                target: Target::Id(u),
+                result,
+            } if u == user => Some(result),
             _ => None,
         })
         .unwrap_or_else(|| Err("no lookup answer".into()))
@@ -215,16 +246,23 @@ fn clients_register_look_up_and_route() {
     let ids: Vec<UserId> = clients.iter().map(|c| w.agent(*c).id()).collect();
     for c in &clients {
         assert!(w.agent(*c).is_registered(), "client {c} registered");
-        assert!(w.agent(*c).standby_node().is_some(), "client {c} has a standby");
+        assert!(
+            w.agent(*c).standby_node().is_some(),
+            "client {c} has a standby"
+        );
     }
     // Every record sits on exactly 3 homes.
     for id in &ids {
-        let copies = (0..5).filter(|s| w.sn(*s).homed_users().contains(id)).count();
+        let copies = (0..5)
+            .filter(|s| w.sn(*s).homed_users().contains(id))
+            .count();
         assert_eq!(copies, 3, "replicas of {id}");
     }
     // Lookups of everyone from one client.
     for (k, id) in ids.iter().enumerate() {
-        let e = lookup(&mut w, clients[0], *id).unwrap().unwrap_or_else(|| panic!("{k} not found"));
+        let e = lookup(&mut w, clients[0], *id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{k} not found"));
         assert!(e.online && !e.stale);
         assert_eq!(Some(e.via), w.agent(clients[k]).primary().map(|p| p.0));
     }
@@ -233,15 +271,30 @@ fn clients_register_look_up_and_route() {
     w.agent(clients[1]).route(now, ids[2], b"INVITE".to_vec());
     w.run(Duration::from_millis(500));
     let ev1 = w.take_events(clients[1]);
-    assert!(ev1.contains(&AgentEvent::Routed { to: ids[2], result: Ok(()) }), "{ev1:?}");
+    assert!(
+        ev1.contains(&AgentEvent::Routed {
+            to: ids[2],
+            result: Ok(())
+        }),
+        "{ev1:?}"
+    );
     let ev2 = w.take_events(clients[2]);
-    assert!(ev2.contains(&AgentEvent::Delivered { from: ids[1], payload: b"INVITE".to_vec() }), "{ev2:?}");
+    assert!(
+        ev2.contains(&AgentEvent::Delivered {
+            from: ids[1],
+            payload: b"INVITE".to_vec()
+        }),
+        "{ev2:?}"
+    );
     // An unknown user: a clear failure.
     let stranger = UserId([9; 20]);
     w.agent(clients[1]).route(now, stranger, b"x".to_vec());
     w.run(Duration::from_millis(500));
     let ev = w.take_events(clients[1]);
-    assert!(matches!(ev.as_slice(), [AgentEvent::Routed { result: Err(e), .. }] if e.starts_with("404")), "{ev:?}");
+    assert!(
+        matches!(ev.as_slice(), [AgentEvent::Routed { result: Err(e), .. }] if e.starts_with("404")),
+        "{ev:?}"
+    );
     assert_eq!(lookup(&mut w, clients[1], stranger), Ok(None));
 }
 
@@ -263,7 +316,9 @@ fn presence_reaches_watchers() {
     w.run(Duration::from_secs(12));
     let ev = w.take_events(a);
     assert!(
-        ev.iter().any(|e| matches!(e, AgentEvent::Presence { user, online: false, .. } if *user == b_id)),
+        ev.iter().any(
+            |e| matches!(e, AgentEvent::Presence { user, online: false, .. } if *user == b_id)
+        ),
         "A hears B go offline: {ev:?}"
     );
     let e = lookup(&mut w, a, b_id).unwrap().unwrap();
@@ -290,7 +345,9 @@ fn killing_supernodes_down_to_two_keeps_everyone_reachable() {
         let orphans: Vec<usize> = clients
             .iter()
             .copied()
-            .filter(|c| !gone_clients.contains(c) && w.agent(*c).primary().map(|p| p.0) == Some(victim_id))
+            .filter(|c| {
+                !gone_clients.contains(c) && w.agent(*c).primary().map(|p| p.0) == Some(victim_id)
+            })
             .collect();
         assert!(!orphans.is_empty(), "the victim had clients");
         // One orphan dies with its supernode and never registers again: it stands for the gap
@@ -303,14 +360,25 @@ fn killing_supernodes_down_to_two_keeps_everyone_reachable() {
         // Within 10 s everyone else is registered again, through a live supernode.
         w.run(Duration::from_secs(10));
         for c in clients.iter().filter(|c| !gone_clients.contains(c)) {
-            assert!(w.agent(*c).is_registered(), "client {c} registered again after killing {victim}");
+            assert!(
+                w.agent(*c).is_registered(),
+                "client {c} registered again after killing {victim}"
+            );
             assert_ne!(w.agent(*c).primary().map(|p| p.0), Some(victim_id));
         }
         // Every record on min(3, live) homes; every lookup succeeds; the lost client's entry is
         // the last known one, marked stale, not "unknown".
         for id in &ids {
-            let copies = alive.iter().filter(|s| w.sn(**s).homed_users().contains(id)).count();
-            assert_eq!(copies, alive.len().min(3), "replicas of {id} with {} alive", alive.len());
+            let copies = alive
+                .iter()
+                .filter(|s| w.sn(**s).homed_users().contains(id))
+                .count();
+            assert_eq!(
+                copies,
+                alive.len().min(3),
+                "replicas of {id} with {} alive",
+                alive.len()
+            );
         }
         let asker = *clients.iter().find(|c| !gone_clients.contains(c)).unwrap();
         for (k, id) in ids.iter().enumerate() {
@@ -341,18 +409,29 @@ fn two_simultaneous_claims_one_winner() {
     let won_a = ea.iter().any(|e| matches!(e, AgentEvent::Claimed { .. }));
     let won_b = eb.iter().any(|e| matches!(e, AgentEvent::Claimed { .. }));
     assert!(won_a ^ won_b, "exactly one wins: {ea:?} {eb:?}");
-    let winner = if won_a { w.agent(a).id() } else { w.agent(b).id() };
+    let winner = if won_a {
+        w.agent(a).id()
+    } else {
+        w.agent(b).id()
+    };
     // Everyone resolves the name to the winner.
     let now = w.now;
     w.agent(b).lookup(now, Target::Name("alice".into()));
     w.run(Duration::from_millis(500));
     let ev = w.take_events(b);
     let found = ev.iter().find_map(|e| match e {
-        AgentEvent::Lookup { result: Ok(Some(entry)), .. } => Some(entry.clone()),
+        AgentEvent::Lookup {
+            result: Ok(Some(entry)),
+            ..
+        } => Some(entry.clone()),
         _ => None,
     });
     let entry = found.expect("name resolves");
     assert_eq!(entry.name.as_deref(), Some("alice"));
-    let rec = voxmesh::identity::verify_record::<voxmesh::signal::Registration>(&entry.record, &voxmesh::identity::Check::at(voxmesh::identity::Timestamp(UNIX0))).unwrap();
+    let rec = voxmesh::identity::verify_record::<voxmesh::signal::Registration>(
+        &entry.record,
+        &voxmesh::identity::Check::at(voxmesh::identity::Timestamp(UNIX0)),
+    )
+    .unwrap();
     assert_eq!(rec.id, winner);
 }

@@ -9,13 +9,19 @@
 //! standby (already connected: one round trip), which becomes the primary, and opens a new
 //! standby. If both are gone it walks its host cache.
 
+pub mod relay;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::identity::{Identity, NameClaim, NodeKey, Timestamp, UserId, normalize_name, sign_record};
+use crate::identity::{
+    Identity, NameClaim, NodeKey, Timestamp, UserId, normalize_name, sign_record,
+};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
-use crate::signal::{self, Entry, Message, NodeInfo, RelayOffer, Registration, Request, Response, Target};
+use crate::signal::{
+    self, Entry, Message, NodeInfo, Registration, RelayOffer, Request, Response, Target,
+};
 
 /// Agent settings.
 #[derive(Clone, Debug)]
@@ -56,15 +62,37 @@ impl AgentConfig {
 /// What the agent reports.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentEvent {
-    Registered { supernode: UserId, addr: SocketAddr, failover: bool },
-    Presence { user: UserId, online: bool, last_seen: u64, stale: bool },
-    Lookup { target: Target, result: Result<Option<Entry>, String> },
-    Claimed { name: String },
-    Routed { to: UserId, result: Result<(), String> },
-    Delivered { from: UserId, payload: Vec<u8> },
+    Registered {
+        supernode: UserId,
+        addr: SocketAddr,
+        failover: bool,
+    },
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: u64,
+        stale: bool,
+    },
+    Lookup {
+        target: Target,
+        result: Result<Option<Entry>, String>,
+    },
+    Claimed {
+        name: String,
+    },
+    Routed {
+        to: UserId,
+        result: Result<(), String>,
+    },
+    Delivered {
+        from: UserId,
+        payload: Vec<u8>,
+    },
     Relays(Result<Vec<RelayOffer>, String>),
     /// Something failed that the agent will retry or cannot fix (a message for the user).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -116,7 +144,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(identity: Identity, config: AgentConfig, now: Instant, unix_now: u64, seed: [u8; 32]) -> Agent {
+    pub fn new(
+        identity: Identity,
+        config: AgentConfig,
+        now: Instant,
+        unix_now: u64,
+        seed: [u8; 32],
+    ) -> Agent {
         let ep = Endpoint::new(config.session.clone(), &identity, now, seed);
         let known = config.supernodes.clone();
         let mut a = Agent {
@@ -151,7 +185,9 @@ impl Agent {
 
     /// The supernode we are registered through.
     pub fn primary(&self) -> Option<(UserId, SocketAddr)> {
-        self.primary.filter(|_| self.registered).map(|l| (l.node, l.addr))
+        self.primary
+            .filter(|_| self.registered)
+            .map(|l| (l.node, l.addr))
     }
 
     pub fn standby_node(&self) -> Option<UserId> {
@@ -189,10 +225,14 @@ impl Agent {
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.ep.poll_timeout(), self.next_refresh, self.attempt.map(|(_, t)| t)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.ep.poll_timeout(),
+            self.next_refresh,
+            self.attempt.map(|(_, t)| t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -201,7 +241,10 @@ impl Agent {
             && t <= now
         {
             self.attempt = None;
-            if let Some(p) = self.primary.filter(|p| p.session == sid && !self.ep.is_established(sid)) {
+            if let Some(p) = self
+                .primary
+                .filter(|p| p.session == sid && !self.ep.is_established(sid))
+            {
                 // UDP is not getting through: the same supernode, over TCP.
                 tracing::info!("no answer over UDP from {}; trying TCP", p.addr);
                 self.ep.close(now, sid);
@@ -236,7 +279,10 @@ impl Agent {
     /// The TCP stream to `addr` broke (the supernode died or the path failed): sessions over it
     /// are gone, without waiting for keepalives to notice.
     pub fn stream_closed(&mut self, now: Instant, addr: SocketAddr) {
-        if self.primary.is_some_and(|p| p.addr == addr && self.ep.is_established(p.session)) {
+        if self
+            .primary
+            .is_some_and(|p| p.addr == addr && self.ep.is_established(p.session))
+        {
             self.fail_over(now, "the TCP connection to the supernode closed");
         } else if let Some(s) = self.standby.filter(|s| s.addr == addr) {
             self.ep.close(now, s.session);
@@ -248,7 +294,10 @@ impl Agent {
 
     /// Closes every session (going offline politely: the supernode publishes it at once).
     pub fn close(&mut self, now: Instant) {
-        for l in [self.primary.take(), self.standby.take()].into_iter().flatten() {
+        for l in [self.primary.take(), self.standby.take()]
+            .into_iter()
+            .flatten()
+        {
             self.ep.close(now, l.session);
         }
         self.registered = false;
@@ -264,7 +313,11 @@ impl Agent {
     }
 
     pub fn lookup(&mut self, now: Instant, target: Target) {
-        self.ask(now, Request::CLookup(target.clone()), Pending::Lookup(target));
+        self.ask(
+            now,
+            Request::CLookup(target.clone()),
+            Pending::Lookup(target),
+        );
     }
 
     /// Claims `name` (first come, first served).
@@ -272,8 +325,14 @@ impl Agent {
         let name = normalize_name(name).map_err(|e| e.to_string())?;
         let ts = Timestamp(self.unix(now));
         self.seq += 1;
-        let claim = sign_record(&self.identity, self.seq, ts, ts.plus(30 * 24 * 3600), &NameClaim { name: name.clone() })
-            .map_err(|e| e.to_string())?;
+        let claim = sign_record(
+            &self.identity,
+            self.seq,
+            ts,
+            ts.plus(30 * 24 * 3600),
+            &NameClaim { name: name.clone() },
+        )
+        .map_err(|e| e.to_string())?;
         self.ask(now, Request::CClaim { claim }, Pending::Claim(name));
         Ok(())
     }
@@ -304,7 +363,9 @@ impl Agent {
             Ok(txn) => {
                 self.pending.insert(txn, p);
             }
-            Err(e) => self.events.push_back(AgentEvent::Error { message: format!("cannot send: {e}") }),
+            Err(e) => self.events.push_back(AgentEvent::Error {
+                message: format!("cannot send: {e}"),
+            }),
         }
     }
 
@@ -313,7 +374,9 @@ impl Agent {
     /// Opens a session to the next supernode in the host cache as the primary candidate.
     fn connect_next(&mut self, now: Instant) {
         if self.known.is_empty() {
-            self.events.push_back(AgentEvent::Error { message: "no supernode to connect to".into() });
+            self.events.push_back(AgentEvent::Error {
+                message: "no supernode to connect to".into(),
+            });
             return;
         }
         for _ in 0..self.known.len() {
@@ -323,7 +386,11 @@ impl Agent {
                 continue;
             }
             if let Ok(session) = self.ep.connect(now, addr, &key) {
-                self.primary = Some(Link { node: key.id, addr, session });
+                self.primary = Some(Link {
+                    node: key.id,
+                    addr,
+                    session,
+                });
                 if !self.stream.contains(&addr) {
                     self.attempt = Some((session, now + self.config.udp_patience));
                 }
@@ -337,13 +404,19 @@ impl Agent {
             return;
         }
         let Some(p) = self.primary else { return };
-        let Some(&(key, addr)) = self.known.iter().find(|(k, _)| k.id != p.node) else { return };
+        let Some(&(key, addr)) = self.known.iter().find(|(k, _)| k.id != p.node) else {
+            return;
+        };
         if self.stream.contains(&p.addr) {
             // UDP did not work for the primary: do not wait for it to fail again.
             self.stream.insert(addr);
         }
         if let Ok(session) = self.ep.connect(now, addr, &key) {
-            self.standby = Some(Link { node: key.id, addr, session });
+            self.standby = Some(Link {
+                node: key.id,
+                addr,
+                session,
+            });
         }
     }
 
@@ -354,9 +427,22 @@ impl Agent {
             supernode: link.node,
             addrs: Vec::new(),
         };
-        match sign_record(&self.identity, self.seq, ts, ts.plus(self.config.record_lifetime.as_secs()), &payload) {
-            Ok(record) => self.request_on(now, link.session, &Request::CRegister { record }, Pending::Register { failover }),
-            Err(e) => self.events.push_back(AgentEvent::Error { message: format!("cannot sign: {e}") }),
+        match sign_record(
+            &self.identity,
+            self.seq,
+            ts,
+            ts.plus(self.config.record_lifetime.as_secs()),
+            &payload,
+        ) {
+            Ok(record) => self.request_on(
+                now,
+                link.session,
+                &Request::CRegister { record },
+                Pending::Register { failover },
+            ),
+            Err(e) => self.events.push_back(AgentEvent::Error {
+                message: format!("cannot sign: {e}"),
+            }),
         }
     }
 
@@ -412,12 +498,19 @@ impl Agent {
                 } else if let Some(s) = self.standby.filter(|s| s.session == session)
                     && let Some(p) = self.primary
                 {
-                    self.request_on(now, s.session, &Request::CStandby { primary: p.node }, Pending::Standby);
+                    self.request_on(
+                        now,
+                        s.session,
+                        &Request::CStandby { primary: p.node },
+                        Pending::Standby,
+                    );
                 }
             }
             Event::HandshakeFailed { session, error } => {
                 if self.primary.is_some_and(|p| p.session == session) {
-                    self.events.push_back(AgentEvent::Error { message: format!("supernode unreachable: {error}") });
+                    self.events.push_back(AgentEvent::Error {
+                        message: format!("supernode unreachable: {error}"),
+                    });
                     self.primary = None;
                     self.failing_over = true;
                     self.connect_next(now);
@@ -437,21 +530,39 @@ impl Agent {
                 // Supernodes ask us one thing: to take a routed payload (and acknowledge it).
                 match signal::decode::<Message>(&body) {
                     Ok(Message::Deliver { from, payload }) => {
-                        let _ = self.ep.respond(now, session, txn, &signal::encode(&Response::Ok));
-                        self.events.push_back(AgentEvent::Delivered { from, payload });
+                        let _ = self
+                            .ep
+                            .respond(now, session, txn, &signal::encode(&Response::Ok));
+                        self.events
+                            .push_back(AgentEvent::Delivered { from, payload });
                     }
                     _ => {
-                        let resp = Response::Error { code: 400, reason: "unexpected request".into() };
+                        let resp = Response::Error {
+                            code: 400,
+                            reason: "unexpected request".into(),
+                        };
                         let _ = self.ep.respond(now, session, txn, &signal::encode(&resp));
                     }
                 }
             }
             Event::Message { session, body } => match signal::decode::<Message>(&body) {
-                Ok(Message::Presence { user, online, last_seen, stale }) => {
-                    self.events.push_back(AgentEvent::Presence { user, online, last_seen, stale });
+                Ok(Message::Presence {
+                    user,
+                    online,
+                    last_seen,
+                    stale,
+                }) => {
+                    self.events.push_back(AgentEvent::Presence {
+                        user,
+                        online,
+                        last_seen,
+                        stale,
+                    });
                 }
                 Ok(Message::PrimaryLost { primary }) => {
-                    if self.standby.is_some_and(|s| s.session == session) && self.primary.is_some_and(|p| p.node == primary) {
+                    if self.standby.is_some_and(|s| s.session == session)
+                        && self.primary.is_some_and(|p| p.node == primary)
+                    {
                         self.fail_over(now, "the standby reports the primary dead");
                     }
                 }
@@ -459,7 +570,10 @@ impl Agent {
             },
             Event::Response { txn, body, .. } => {
                 if let Some(p) = self.pending.remove(&txn) {
-                    let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error { code: 502, reason: "malformed answer".into() });
+                    let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error {
+                        code: 502,
+                        reason: "malformed answer".into(),
+                    });
                     self.on_response(now, p, Some(resp));
                 }
             }
@@ -492,7 +606,11 @@ impl Agent {
                     self.failing_over = false;
                     let l = self.primary.expect("registering on a primary");
                     self.next_refresh = Some(now + self.config.refresh_interval);
-                    self.events.push_back(AgentEvent::Registered { supernode: l.node, addr: l.addr, failover });
+                    self.events.push_back(AgentEvent::Registered {
+                        supernode: l.node,
+                        addr: l.addr,
+                        failover,
+                    });
                     for user in self.watches.clone() {
                         self.request_on(now, l.session, &Request::CWatch(user), Pending::Watch);
                     }
@@ -502,12 +620,19 @@ impl Agent {
                     if let Some(s) = self.standby
                         && self.ep.is_established(s.session)
                     {
-                        self.request_on(now, s.session, &Request::CStandby { primary: l.node }, Pending::Standby);
+                        self.request_on(
+                            now,
+                            s.session,
+                            &Request::CStandby { primary: l.node },
+                            Pending::Standby,
+                        );
                     }
                     self.open_standby(now);
                 }
                 other => {
-                    self.events.push_back(AgentEvent::Error { message: format!("registration failed: {}", err(&other)) });
+                    self.events.push_back(AgentEvent::Error {
+                        message: format!("registration failed: {}", err(&other)),
+                    });
                     self.fail_over(now, "registration failed");
                 }
             },
@@ -543,8 +668,12 @@ impl Agent {
                 self.events.push_back(AgentEvent::Lookup { target, result });
             }
             Pending::Claim(name) => match resp {
-                Some(Response::Claimed { name }) => self.events.push_back(AgentEvent::Claimed { name }),
-                other => self.events.push_back(AgentEvent::Error { message: format!("claim of '{name}' refused: {}", err(&other)) }),
+                Some(Response::Claimed { name }) => {
+                    self.events.push_back(AgentEvent::Claimed { name })
+                }
+                other => self.events.push_back(AgentEvent::Error {
+                    message: format!("claim of '{name}' refused: {}", err(&other)),
+                }),
             },
             Pending::Route(to) => {
                 let result = match resp {

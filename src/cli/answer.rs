@@ -67,7 +67,15 @@ pub fn main() -> ExitCode {
     args.verbosity.init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report_error("answer", &e, if is_usage(&e) { EXIT_USAGE } else { EXIT_FAILURE }),
+        Err(e) => report_error(
+            "answer",
+            &e,
+            if is_usage(&e) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            },
+        ),
     }
 }
 
@@ -79,10 +87,19 @@ fn emit(v: serde_json::Value) -> bool {
 fn event_json(ev: &AgentEvent, me: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     Some(match ev {
-        AgentEvent::Registered { supernode, addr, failover } => {
+        AgentEvent::Registered {
+            supernode,
+            addr,
+            failover,
+        } => {
             json!({"event": "registered", "user": me, "supernode": supernode.to_string(), "addr": addr, "failover": failover})
         }
-        AgentEvent::Presence { user, online, last_seen, stale } => {
+        AgentEvent::Presence {
+            user,
+            online,
+            last_seen,
+            stale,
+        } => {
             json!({"event": "presence", "user": user.to_string(), "online": online, "last_seen": last_seen, "stale": stale})
         }
         AgentEvent::Claimed { name } => json!({"event": "claimed", "name": name}),
@@ -91,7 +108,9 @@ fn event_json(ev: &AgentEvent, me: &str) -> Option<serde_json::Value> {
             "payload": base64::engine::general_purpose::STANDARD.encode(payload)
         }),
         AgentEvent::Error { message } => json!({"event": "error", "message": message}),
-        AgentEvent::Routed { .. } | AgentEvent::Lookup { .. } | AgentEvent::Relays(_) => return None,
+        AgentEvent::Routed { .. } | AgentEvent::Lookup { .. } | AgentEvent::Relays(_) => {
+            return None;
+        }
     })
 }
 

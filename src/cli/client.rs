@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 
 use super::usage;
 use crate::agent::{Agent, AgentConfig, AgentEvent};
-use crate::identity::{BootstrapEntry, Contacts, Identity, NodeKey, Target as ContactTarget, default_key_path};
+use crate::identity::{
+    BootstrapEntry, Contacts, Identity, NodeKey, Target as ContactTarget, default_key_path,
+};
 use crate::net::agent::{AgentCommand, read_host_cache, resolve_bootstrap, run_agent};
 use crate::net::{Shutdown, ShutdownSignal};
 use crate::signal::Target;
@@ -48,7 +50,8 @@ impl DirectoryArgs {
     pub fn identity_path(&self) -> anyhow::Result<PathBuf> {
         match &self.identity {
             Some(p) => Ok(p.clone()),
-            None => default_key_path().context("cannot find a place for the identity key (set $HOME or use --identity)"),
+            None => default_key_path()
+                .context("cannot find a place for the identity key (set $HOME or use --identity)"),
         }
     }
 
@@ -59,7 +62,8 @@ impl DirectoryArgs {
     /// Loads (or creates) the identity.
     pub fn load_identity(&self) -> anyhow::Result<Identity> {
         let path = self.identity_path()?;
-        let (id, created) = Identity::load_or_create(&path).with_context(|| format!("identity {}", path.display()))?;
+        let (id, created) = Identity::load_or_create(&path)
+            .with_context(|| format!("identity {}", path.display()))?;
         if created {
             tracing::info!("created identity {} in {}", id.id(), path.display());
         }
@@ -77,9 +81,13 @@ impl DirectoryArgs {
             }
         }
         if entries.is_empty() {
-            return Err(usage("no supernode: give --supernode KEY@HOST:PORT (printed by supernoded at start)"));
+            return Err(usage(
+                "no supernode: give --supernode KEY@HOST:PORT (printed by supernoded at start)",
+            ));
         }
-        resolve_bootstrap(&entries).await.context("cannot resolve a supernode")
+        resolve_bootstrap(&entries)
+            .await
+            .context("cannot resolve a supernode")
     }
 
     /// Resolves what the user typed: an ID, a contact alias, or a name for the directory.
@@ -89,7 +97,9 @@ impl DirectoryArgs {
             None => self.dir().ok().map(|d| d.join("contacts")),
         };
         let contacts = match path {
-            Some(p) if p.exists() => Contacts::load(&p).with_context(|| format!("contacts {}", p.display()))?,
+            Some(p) if p.exists() => {
+                Contacts::load(&p).with_context(|| format!("contacts {}", p.display()))?
+            }
             _ => Contacts::default(),
         };
         match contacts.resolve(input) {
@@ -109,12 +119,19 @@ pub struct Running {
 }
 
 /// Starts the directory agent on a fresh socket.
-pub async fn start_agent(args: &DirectoryArgs, identity: Identity, mut config: AgentConfig) -> anyhow::Result<Running> {
+pub async fn start_agent(
+    args: &DirectoryArgs,
+    identity: Identity,
+    mut config: AgentConfig,
+) -> anyhow::Result<Running> {
     config.supernodes = args.supernodes().await?;
     let socket = tokio::net::UdpSocket::bind(args.bind)
         .await
         .with_context(|| format!("cannot bind UDP {}", args.bind))?;
-    let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let agent = Agent::new(identity, config, Instant::now(), unix, rand::random());
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);

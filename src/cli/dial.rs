@@ -74,7 +74,15 @@ pub fn main() -> ExitCode {
     args.verbosity.init();
     match run(args) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => report_error("dial", &e, if is_usage(&e) { EXIT_USAGE } else { EXIT_FAILURE }),
+        Err(e) => report_error(
+            "dial",
+            &e,
+            if is_usage(&e) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            },
+        ),
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -12,9 +13,19 @@ use clap::Parser;
 use super::{
     EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime, usage,
 };
-use crate::net::relay::{Listen, RelayOptions, bind_listeners, serve_relay, tls_config};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::relay::{RelayLink, RelayLinkConfig};
+use crate::identity::{BootstrapEntry, Identity, default_key_path};
+use crate::net::agent::resolve_bootstrap;
+use crate::net::relay::{
+    BoundListener, Listen, RelayOptions, bind_listeners, serve_relay, tls_config,
+};
+use crate::net::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
 use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
 use crate::turn::peer_policy::local_addresses;
+use crate::turn::server::Transport;
 use crate::turn::{Cidr, Credentials, PeerPolicy, TurnConfig, TurnServer};
 
 /// A socket could not be bound, or a certificate, key or users file could not be used.
@@ -34,12 +45,14 @@ Signals:
   SIGHUP           re-read --users and --auth-secret-file (the previous secrets stay accepted)
 
 On start it prints one JSON line on stdout naming its listeners, e.g.
-  {\"event\":\"listening\",\"listen\":[{\"transport\":\"udp\",\"address\":\"198.51.100.1:3478\"}],\"relay_ips\":[\"198.51.100.1\"],\"metrics\":null}
+  {\"event\":\"listening\",\"listen\":[{\"transport\":\"udp\",\"address\":\"198.51.100.1:3478\"}],\"relay_ips\":[\"198.51.100.1\"],\"metrics\":null,\"relay\":null}
+  (\"relay\" is this relay's ID when --supernode is given)
 
 Examples:
   relayd --listen udp:198.51.100.1:3478 --listen tcp:198.51.100.1:3478 --users /etc/voxmesh/users
   relayd --listen 203.0.113.5:3478 --auth-secret-file /etc/voxmesh/secrets --metrics 127.0.0.1:9479
-  relayd --listen udp:10.0.0.5:3478 --external-ip 203.0.113.5 --relay-ports 50000-59999 ...";
+  relayd --listen udp:10.0.0.5:3478 --external-ip 203.0.113.5 --relay-ports 50000-59999 ...
+  relayd --listen udp:198.51.100.1:3478 --supernode vxn1...@198.51.100.9:3478   (the supernode mints credentials)";
 
 /// TURN relay (RFC 8656) over UDP, TCP and TLS: leaner than coturn, safe by default.
 #[derive(Parser, Debug, Clone)]
@@ -150,6 +163,17 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Authorise this supernode to hand out credentials for this relay, as KEY@HOST:PORT
+    /// (repeatable). relayd opens a session to it, gives it a secret of its own (rotated
+    /// hourly) and reports its load; clients then find the relay through the supernode.
+    #[arg(long = "supernode", value_name = "KEY@HOST:PORT")]
+    pub supernode: Vec<BootstrapEntry>,
+
+    /// This relay's key file for --supernode sessions (created on first start, mode 0600;
+    /// default: relay.key in the voxmesh config directory).
+    #[arg(long, value_name = "PATH")]
+    pub identity: Option<PathBuf>,
+
     #[command(flatten)]
     pub verbosity: Verbosity,
 }
@@ -234,9 +258,9 @@ pub fn load_credentials(args: &Args) -> anyhow::Result<Credentials> {
             )));
         }
     }
-    if c.user_count() == 0 && !c.has_secrets() {
+    if c.user_count() == 0 && !c.has_secrets() && args.supernode.is_empty() {
         return Err(usage(
-            "no credentials: give --users, --user, --auth-secret or --auth-secret-file (relayd never relays for anonymous clients)",
+            "no credentials: give --users, --user, --auth-secret, --auth-secret-file or --supernode (relayd never relays for anonymous clients)",
         ));
     }
     Ok(c)
@@ -365,6 +389,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         let seed: [u8; 32] = rand::random();
         let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let relay_ips = config.relay_ips.clone();
+        let advertised = advertised_addrs(&listeners, &config)?;
+        let base_creds = creds.clone();
         let core = TurnServer::new(config, creds, Instant::now(), unix, seed);
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
@@ -380,19 +406,54 @@ fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(serve_metrics(listener, render, shutdown.clone()));
             metrics_text = Some(text);
         }
-        let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr});
+        let link = match args.supernode.is_empty() {
+            true => None,
+            false => Some(relay_link(&args, &advertised).await?),
+        };
+        let relay_id = link.as_ref().map(|l| l.id().to_string());
+        let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr, "relay": relay_id});
         print_stdout(&format!("{line}\n"))?;
+        // Credentials = the flags' (re-read on SIGHUP) + the secrets given to supernodes
+        // (replaced whenever the link rotates them).
+        let base = Arc::new(std::sync::Mutex::new(base_creds));
+        let (secrets_tx, secrets_rx) = watch::channel(SupernodeSecrets::new());
+        let load = Arc::new(AtomicU32::new(0));
+        let mut updates = None;
+        if let Some(link) = link {
+            let bind = link_bind_addr(relay_ips.first().copied());
+            let socket = UdpSocket::bind(bind)
+                .await
+                .map_err(|e| setup(format!("cannot bind the supernode link socket on {bind}: {e}")))?;
+            tokio::spawn(run_relay_link(link, socket, load.clone(), secrets_tx, shutdown.clone()));
+            let (tx, rx) = mpsc::channel(4);
+            updates = Some(rx);
+            let (base, mut secrets_rx) = (base.clone(), secrets_rx.clone());
+            tokio::spawn(async move {
+                while secrets_rx.changed().await.is_ok() {
+                    let merged = merge(&base.lock().expect("credentials lock"), &secrets_rx.borrow_and_update());
+                    if tx.send(merged).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         let reload_args = args.clone();
         let options = RelayOptions {
             drain: Duration::from_secs(args.drain),
             reload: Some(Box::new(move || match load_credentials(&reload_args) {
-                Ok(c) => Some(c),
+                Ok(c) => {
+                    let merged = merge(&c, &secrets_rx.borrow());
+                    *base.lock().expect("credentials lock") = c;
+                    Some(merged)
+                }
                 Err(e) => {
                     tracing::warn!("credential reload failed, keeping the old ones: {e:#}");
                     None
                 }
             })),
             metrics: metrics_text,
+            updates,
+            load: Some(load),
         };
         let relay = serve_relay(core, listeners, options, shutdown);
         tokio::pin!(relay);
@@ -412,4 +473,83 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The flags' credentials plus the secrets this relay gave each supernode.
+fn merge(base: &Credentials, secrets: &SupernodeSecrets) -> Credentials {
+    let mut c = base.clone();
+    for (id, s) in secrets {
+        c.set_supernode_secrets(&id.to_string(), s.clone());
+    }
+    c
+}
+
+/// The addresses clients reach the listeners at, per transport: a wildcard listener is named by
+/// the relay address of its family, and a private address by its --external-ip.
+struct Advertised {
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
+}
+
+fn advertised_addrs(
+    listeners: &[BoundListener],
+    config: &TurnConfig,
+) -> anyhow::Result<Advertised> {
+    let mut out = Advertised {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+        tls: Vec::new(),
+    };
+    for l in listeners {
+        let (t, mut a) = l.local_addr()?;
+        if a.ip().is_unspecified() {
+            match config.relay_ips.iter().find(|r| r.is_ipv4() == a.is_ipv4()) {
+                Some(ip) => a.set_ip(*ip),
+                None => continue,
+            }
+        }
+        if let Some((_, public)) = config
+            .external_ips
+            .iter()
+            .find(|(private, _)| *private == a.ip())
+        {
+            a.set_ip(*public);
+        }
+        match t {
+            Transport::Udp => out.udp.push(a),
+            Transport::Tcp => out.tcp.push(a),
+            Transport::Tls => out.tls.push(a),
+        }
+    }
+    Ok(out)
+}
+
+/// The link to the --supernode entries, with this relay's identity.
+async fn relay_link(args: &Args, advertised: &Advertised) -> anyhow::Result<RelayLink> {
+    let key_path = match &args.identity {
+        Some(p) => p.clone(),
+        None => default_key_path()
+            .map_err(|e| usage(format!("{e}")))?
+            .with_file_name("relay.key"),
+    };
+    let (identity, created) = Identity::load_or_create(&key_path)
+        .map_err(|e| setup(format!("identity {}: {e}", key_path.display())))?;
+    if created {
+        tracing::info!(
+            "created relay identity {} in {}",
+            identity.id(),
+            key_path.display()
+        );
+    }
+    let supernodes = resolve_bootstrap(&args.supernode)
+        .await
+        .map_err(|e| usage(format!("cannot resolve a --supernode entry: {e}")))?;
+    let mut config = RelayLinkConfig::new(supernodes);
+    config.udp = advertised.udp.clone();
+    config.tcp = advertised.tcp.clone();
+    config.tls = advertised.tls.clone();
+    config.realm = args.realm.clone();
+    let unix_seed: [u8; 32] = rand::random();
+    Ok(RelayLink::new(&identity, config, Instant::now(), unix_seed))
 }

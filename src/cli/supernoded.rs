@@ -139,7 +139,9 @@ pub fn default_control_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("voxmesh/supernoded.sock"),
         // SAFETY: getuid has no preconditions.
-        None => std::env::temp_dir().join(format!("voxmesh-{}/supernoded.sock", unsafe { libc::getuid() })),
+        None => std::env::temp_dir().join(format!("voxmesh-{}/supernoded.sock", unsafe {
+            libc::getuid()
+        })),
     }
 }
 
@@ -233,14 +235,28 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     let rt = runtime().context("cannot start the runtime")?;
     let v = rt
         .block_on(query_status(&path, args.users))
-        .with_context(|| format!("cannot ask the supernode at {} (is it running? see --control)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot ask the supernode at {} (is it running? see --control)",
+                path.display()
+            )
+        })?;
     if args.json {
         print_stdout(&format!("{v}\n"))?;
         return Ok(());
     }
     let mut out = String::new();
-    let text = |x: &serde_json::Value| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string());
-    out += &format!("supernode {}\nkey       {}\naddress   {}\n", text(&v["id"]), text(&v["key"]), text(&v["addr"]));
+    let text = |x: &serde_json::Value| {
+        x.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| x.to_string())
+    };
+    out += &format!(
+        "supernode {}\nkey       {}\naddress   {}\n",
+        text(&v["id"]),
+        text(&v["key"]),
+        text(&v["addr"])
+    );
     let members = v["members"].as_array().cloned().unwrap_or_default();
     out += &format!("members   {}\n", members.len());
     for m in &members {

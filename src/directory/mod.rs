@@ -120,7 +120,12 @@ impl Directory {
     /// Stores `entry` (registration sequence `seq`). A newer registration replaces the entry;
     /// the same one may update presence; an older one is refused. Returns the presence change
     /// watchers should hear about, if any.
-    pub fn store(&mut self, user: UserId, entry: Entry, seq: u64) -> Result<Option<PresenceChange>, StoreError> {
+    pub fn store(
+        &mut self,
+        user: UserId,
+        entry: Entry,
+        seq: u64,
+    ) -> Result<Option<PresenceChange>, StoreError> {
         let before = self.entries.get(&user);
         match before {
             Some(s) if seq < s.seq => return Err(StoreError::Stale),
@@ -128,7 +133,9 @@ impl Directory {
             _ => {}
         }
         let changed = before.is_none_or(|s| {
-            s.entry.online != entry.online || s.entry.stale != entry.stale || s.entry.via != entry.via
+            s.entry.online != entry.online
+                || s.entry.stale != entry.stale
+                || s.entry.via != entry.via
         });
         let change = changed.then(|| PresenceChange {
             user,
@@ -201,7 +208,10 @@ impl Directory {
     }
 
     pub fn watchers_of(&self, user: &UserId) -> Vec<UserId> {
-        self.watchers.get(user).map(|s| s.iter().copied().collect()).unwrap_or_default()
+        self.watchers
+            .get(user)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     pub fn watched(&self) -> impl Iterator<Item = (&UserId, &HashSet<UserId>)> {
@@ -221,7 +231,12 @@ impl Directory {
 
     /// Keeps the winner of the held claim and `new` by the replicas' rule. Returns whether
     /// `new` now holds the name.
-    pub fn merge_name(&mut self, new: Name, homes: &[UserId], now: crate::identity::Timestamp) -> bool {
+    pub fn merge_name(
+        &mut self,
+        new: Name,
+        homes: &[UserId],
+        now: crate::identity::Timestamp,
+    ) -> bool {
         let name = new.held.name.clone();
         match self.names.get(&name) {
             Some(old) => {
@@ -287,7 +302,11 @@ mod tests {
         let key = b"some user";
         let h5 = homes(key, &members, 3);
         assert_eq!(h5.len(), 3);
-        assert_eq!(h5, homes(key, &members.iter().rev().copied().collect::<Vec<_>>(), 3), "order-independent");
+        assert_eq!(
+            h5,
+            homes(key, &members.iter().rev().copied().collect::<Vec<_>>(), 3),
+            "order-independent"
+        );
         // Removing a non-home changes nothing; removing a home promotes the fourth.
         let non_home = members.iter().find(|m| !h5.contains(m)).unwrap();
         let without: Vec<UserId> = members.iter().filter(|m| *m != non_home).copied().collect();
@@ -295,7 +314,11 @@ mod tests {
         let without_first: Vec<UserId> = members.iter().filter(|m| **m != h5[0]).copied().collect();
         let h4 = homes(key, &without_first, 3);
         assert_eq!(&h4[..2], &h5[1..3]);
-        assert_eq!(homes(key, &members[..2], 3).len(), 2, "fewer members than replicas");
+        assert_eq!(
+            homes(key, &members[..2], 3).len(),
+            2,
+            "fewer members than replicas"
+        );
         // Spread: over many keys each member homes roughly 3/5 of them.
         let mut count = HashMap::new();
         for k in 0..3000u32 {
@@ -303,15 +326,25 @@ mod tests {
                 *count.entry(h).or_insert(0) += 1;
             }
         }
-        assert!(count.values().all(|c| (1500..2100).contains(c)), "{count:?}");
+        assert!(
+            count.values().all(|c| (1500..2100).contains(c)),
+            "{count:?}"
+        );
     }
 
     #[test]
     fn store_orders_by_sequence_and_reports_presence_changes() {
         let mut d = Directory::new(2);
         let u = id(1);
-        assert!(d.store(u, entry(true, 9), 5).unwrap().is_some(), "a new entry is a change");
-        assert_eq!(d.store(u, entry(true, 9), 5).unwrap(), None, "same state: no change");
+        assert!(
+            d.store(u, entry(true, 9), 5).unwrap().is_some(),
+            "a new entry is a change"
+        );
+        assert_eq!(
+            d.store(u, entry(true, 9), 5).unwrap(),
+            None,
+            "same state: no change"
+        );
         let off = d.store(u, entry(false, 9), 5).unwrap().unwrap();
         assert!(!off.online);
         assert_eq!(d.store(u, entry(true, 9), 4), Err(StoreError::Stale));

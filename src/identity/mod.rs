@@ -31,8 +31,8 @@ pub use keys::{
     SECRET_PREFIX, default_key_path, key_path_from,
 };
 pub use name::{
-    Admission, ClaimRefusal, ClaimStamp, HeldClaim, NameClaim, NameError, admit_claim,
-    name_key, normalize_name, winner,
+    Admission, ClaimRefusal, ClaimStamp, HeldClaim, NameClaim, NameError, admit_claim, name_key,
+    normalize_name, winner,
 };
 pub use record::{
     Check, MAX_RECORD_LEN, RECORD_VERSION, Record, RecordError, RecordKind, RecordPayload,

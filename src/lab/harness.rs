@@ -322,17 +322,25 @@ mod interrupt {
         let byte = sig as u8;
         // SAFETY: write(2) is async-signal-safe; the fd is set before the handler is installed.
         unsafe {
-            libc::write(PIPE_WRITE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+            libc::write(
+                PIPE_WRITE.load(Ordering::Relaxed),
+                (&byte as *const u8).cast(),
+                1,
+            );
         }
     }
 
     pub fn register(id: &str) {
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(id.to_string());
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_string());
         INSTALL.call_once(install);
     }
 
     pub fn unregister(id: &str) {
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|l| l != id);
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| l != id);
     }
 
     fn install() {

@@ -49,7 +49,9 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
 use crate::net::batch::{BATCH, RecvBatch, SendBatch};
-use crate::stun::{Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method};
+use crate::stun::{
+    Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method,
+};
 use crate::turn::channel;
 
 /// Which way packets go through the relay.
@@ -166,8 +168,12 @@ const ROUND: u64 = BATCH as u64;
 const EVENTS: usize = 1024;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let n: f64 = s[..end].parse().map_err(|_| format!("'{s}' is not a duration like 5s, 500ms or 250us"))?;
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let n: f64 = s[..end]
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 5s, 500ms or 250us"))?;
     let scale = match &s[end..] {
         "us" => 1e-6,
         "ms" => 1e-3,
@@ -233,7 +239,11 @@ pub fn read_stamp(data: &[u8], salt: [u8; 4]) -> Option<Stamp> {
     let alloc = u32::from_be_bytes(data[4..8].try_into().ok()?);
     let tag = u64::from_be_bytes(data[8..16].try_into().ok()?);
     let sent_ns = u64::from_be_bytes(data[16..24].try_into().ok()?);
-    if !data[STAMP..].iter().enumerate().all(|(j, b)| *b == filler(salt, alloc, tag, j)) {
+    if !data[STAMP..]
+        .iter()
+        .enumerate()
+        .all(|(j, b)| *b == filler(salt, alloc, tag, j))
+    {
         return None;
     }
     Some(Stamp {
@@ -351,7 +361,11 @@ impl Flow {
             invalid: self.invalid,
             duplicate: self.duplicate,
             lost,
-            loss_fraction: if sent > 0 { lost as f64 / sent as f64 } else { 0.0 },
+            loss_fraction: if sent > 0 {
+                lost as f64 / sent as f64
+            } else {
+                0.0
+            },
             latency_us: latency(&mut self.latencies),
         }
     }
@@ -544,7 +558,10 @@ impl Setup {
                 b.u32_attr(attr::LIFETIME, LIFETIME_S);
             }
             Stage::Binding => {
-                b.attr(attr::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0]);
+                b.attr(
+                    attr::CHANNEL_NUMBER,
+                    &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0],
+                );
                 b.xor_address(attr::XOR_PEER_ADDRESS, h.peer);
             }
             _ => {
@@ -571,7 +588,12 @@ impl Setup {
     /// was answered already or has now failed (see [`Setup::stage`]).
     pub fn timeout(&mut self, a: usize, txn: u32) -> bool {
         let h = &mut self.hs[a];
-        if h.txn != txn || !matches!(h.stage, Stage::Allocating | Stage::Binding | Stage::Releasing) {
+        if h.txn != txn
+            || !matches!(
+                h.stage,
+                Stage::Allocating | Stage::Binding | Stage::Releasing
+            )
+        {
             return false;
         }
         if h.tries >= MAX_TRIES {
@@ -587,7 +609,11 @@ impl Setup {
         let h = &mut self.hs[a];
         self.probing.remove(&h.source);
         // A release that fails leaves the allocation to expire; it was ready all the same.
-        h.stage = if h.stage == Stage::Releasing { Stage::Ready } else { Stage::Failed(code) };
+        h.stage = if h.stage == Stage::Releasing {
+            Stage::Ready
+        } else {
+            Stage::Failed(code)
+        };
         if h.stage != Stage::Ready {
             self.report.failed += 1;
             *self.report.errors.entry(code).or_default() += 1;
@@ -596,10 +622,15 @@ impl Setup {
 
     /// A datagram from the server arrived on allocation `a`'s socket.
     pub fn response(&mut self, a: usize, data: &[u8]) -> Step {
-        let Ok(msg) = Message::parse(data) else { return Step::Ignore };
+        let Ok(msg) = Message::parse(data) else {
+            return Step::Ignore;
+        };
         let h = &self.hs[a];
         if msg.transaction_id() != self.txid(a, h.txn)
-            || !matches!(h.stage, Stage::Allocating | Stage::Binding | Stage::Releasing)
+            || !matches!(
+                h.stage,
+                Stage::Allocating | Stage::Binding | Stage::Releasing
+            )
         {
             return Step::Ignore;
         }
@@ -651,7 +682,8 @@ impl Setup {
             Class::Error => {
                 let code = msg.error_code().map_or(0, |(c, _)| c);
                 if matches!(code, 401 | 438)
-                    && let (Some(realm), Some(nonce)) = (msg.text(attr::REALM), msg.text(attr::NONCE))
+                    && let (Some(realm), Some(nonce)) =
+                        (msg.text(attr::REALM), msg.text(attr::NONCE))
                 {
                     self.report.challenges += 1;
                     if self.hs[a].reauths >= MAX_REAUTH {
@@ -669,7 +701,11 @@ impl Setup {
                     return self.build(a, stage);
                 }
                 self.fail(a, code);
-                if self.hs[a].stage == Stage::Ready { Step::Done } else { Step::Failed }
+                if self.hs[a].stage == Stage::Ready {
+                    Step::Done
+                } else {
+                    Step::Failed
+                }
             }
             _ => Step::Ignore,
         }
@@ -791,7 +827,8 @@ impl Watch {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
         let w = Watch { pid, hz: hz as f64 };
-        w.ticks().with_context(|| format!("cannot read /proc/{pid}/stat (is --server-pid right?)"))?;
+        w.ticks()
+            .with_context(|| format!("cannot read /proc/{pid}/stat (is --server-pid right?)"))?;
         Ok(w)
     }
 
@@ -802,9 +839,13 @@ impl Watch {
 
     fn threads(&self) -> BTreeMap<u32, (String, u64)> {
         let mut out = BTreeMap::new();
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else { return out };
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return out;
+        };
         for e in dir.flatten() {
-            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
             let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
             if let Some(t) = stat_ticks(&stat) {
@@ -835,7 +876,11 @@ impl Poller {
     fn new(socks: impl Iterator<Item = i32>) -> anyhow::Result<Poller> {
         // SAFETY: plain system call; the result is checked before use.
         let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        ensure!(raw >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+        ensure!(
+            raw >= 0,
+            "epoll_create1: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: `raw` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         for (i, s) in socks.enumerate() {
@@ -857,9 +902,16 @@ impl Poller {
     fn ready(&mut self) -> impl Iterator<Item = usize> + '_ {
         // SAFETY: `events` has room for `len` entries.
         let n = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as libc::c_int, 0)
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                0,
+            )
         };
-        self.events[..n.max(0) as usize].iter().map(|e| e.u64 as usize)
+        self.events[..n.max(0) as usize]
+            .iter()
+            .map(|e| e.u64 as usize)
     }
 }
 
@@ -928,7 +980,10 @@ impl Rig {
             PathKind::Relay => self.toward_client.get(a).copied().flatten(),
             PathKind::Direct => self.client_addr.get(a).copied(),
         };
-        let ok = !s.to_client && expected == Some(from) && self.peer_of.get(a) == Some(&p) && payload.len() == self.size - channel::HEADER;
+        let ok = !s.to_client
+            && expected == Some(from)
+            && self.peer_of.get(a) == Some(&p)
+            && payload.len() == self.size - channel::HEADER;
         Some((s, ok))
     }
 
@@ -971,20 +1026,34 @@ fn raise_nofile() {
 
 /// Runs the generator and returns its report.
 pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
-    ensure!((1..=MAX_ALLOCATIONS).contains(&args.allocations), "--allocations must be 1..={MAX_ALLOCATIONS}");
-    ensure!((1..=MAX_PEERS).contains(&args.peer_sockets), "--peer-sockets must be 1..={MAX_PEERS}");
+    ensure!(
+        (1..=MAX_ALLOCATIONS).contains(&args.allocations),
+        "--allocations must be 1..={MAX_ALLOCATIONS}"
+    );
+    ensure!(
+        (1..=MAX_PEERS).contains(&args.peer_sockets),
+        "--peer-sockets must be 1..={MAX_PEERS}"
+    );
     ensure!(args.window >= 1, "--window must be at least 1");
     ensure!(
         (channel::HEADER + STAMP..=1400).contains(&args.size),
         "--size must be {}..=1400 bytes",
         channel::HEADER + STAMP
     );
-    ensure!(args.path == PathKind::Direct || args.server.is_some(), "--server is needed unless --path direct");
-    let (user, password) = args.credentials.split_once(':').context("--credentials: expected USER:PASSWORD")?;
+    ensure!(
+        args.path == PathKind::Direct || args.server.is_some(),
+        "--server is needed unless --path direct"
+    );
+    let (user, password) = args
+        .credentials
+        .split_once(':')
+        .context("--credentials: expected USER:PASSWORD")?;
     if let Some(s) = args.server
         && !lab_address(s.ip())
     {
-        bail!("--server {s} is outside the lab (198.51.100.0/24) and loopback; this generator stays there");
+        bail!(
+            "--server {s} is outside the lab (198.51.100.0/24) and loopback; this generator stays there"
+        );
     }
     for ip in args.client_ips.iter().chain([&args.peer_ip]) {
         if !lab_address(IpAddr::V4(*ip)) {
@@ -1000,7 +1069,8 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     let mut client_addr = Vec::with_capacity(n);
     for i in 0..n {
         let bind = SocketAddr::new(IpAddr::V4(args.client_ips[i % args.client_ips.len()]), 0);
-        let sock = crate::net::bind_udp_std(bind).with_context(|| format!("binding client socket {i} on {bind}"))?;
+        let sock = crate::net::bind_udp_std(bind)
+            .with_context(|| format!("binding client socket {i} on {bind}"))?;
         client_addr.push(sock.local_addr()?);
         clients.push(sock);
     }
@@ -1010,10 +1080,14 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
             .collect()
     };
     let peers = match &args.peer_netns {
-        Some(ns) => crate::lab::in_netns(ns, bind_peers).with_context(|| format!("opening peer sockets in namespace {ns}"))?,
+        Some(ns) => crate::lab::in_netns(ns, bind_peers)
+            .with_context(|| format!("opening peer sockets in namespace {ns}"))?,
         None => bind_peers().context("opening peer sockets")?,
     };
-    let peer_addr: Vec<SocketAddr> = peers.iter().map(UdpSocket::local_addr).collect::<Result<_, _>>()?;
+    let peer_addr: Vec<SocketAddr> = peers
+        .iter()
+        .map(UdpSocket::local_addr)
+        .collect::<Result<_, _>>()?;
     let peer_of: Vec<usize> = (0..n).map(|a| a * args.peer_sockets / n).collect();
     let mut poller = Poller::new(clients.iter().chain(peers.iter()).map(|s| s.as_raw_fd()))?;
     let salt: [u8; 4] = rand::random();
@@ -1032,7 +1106,9 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     };
 
     // Setup: allocate and bind a channel for every allocation (none on the direct path).
-    let ends: Vec<(IpAddr, SocketAddr)> = (0..n).map(|a| (rig.client_addr[a].ip(), rig.peer_addr[rig.peer_of[a]])).collect();
+    let ends: Vec<(IpAddr, SocketAddr)> = (0..n)
+        .map(|a| (rig.client_addr[a].ip(), rig.peer_addr[rig.peer_of[a]]))
+        .collect();
     let mut setup = Setup::new(salt, user, password, &ends);
     let setup_started = Instant::now();
     let mut rx = RecvBatch::default();
@@ -1056,7 +1132,10 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     // One check packet each way per allocation: the data path works, and both servers have
     // touched each allocation's data path before memory is read.
     let (to_peer_ok, to_client_ok) = check_paths(&mut rig, &ready, &mut poller, &mut rx)?;
-    let checked_both = ready.iter().filter(|&&a| to_peer_ok[a] && to_client_ok[a]).count();
+    let checked_both = ready
+        .iter()
+        .filter(|&&a| to_peer_ok[a] && to_client_ok[a])
+        .count();
     let rss_loaded = watch.as_ref().map(Watch::rss_kib).transpose()?;
 
     // The measured window.
@@ -1068,7 +1147,16 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     let (offered_up, offered_down, send_window) = if args.duration.is_zero() || ready.is_empty() {
         (0, 0, Duration::ZERO)
     } else {
-        traffic(&mut rig, &ready, &mut poller, &mut rx, args, &mut up, &mut down, &mut unmatched)?
+        traffic(
+            &mut rig,
+            &ready,
+            &mut poller,
+            &mut rx,
+            args,
+            &mut up,
+            &mut down,
+            &mut unmatched,
+        )?
     };
     let window = t0.elapsed();
     let cpu1 = watch.as_ref().map(|w| (w.ticks(), w.threads()));
@@ -1077,7 +1165,9 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     // Release what we allocated (best effort: the benchmark restarts servers anyway).
     let released = if args.path == PathKind::Relay {
         run_setup(&mut rig, &mut setup, &mut poller, &mut rx, args, true)?;
-        (0..n).filter(|&a| setup.stage(a) == Stage::Released).count()
+        (0..n)
+            .filter(|&a| setup.stage(a) == Stage::Released)
+            .count()
     } else {
         0
     };
@@ -1085,7 +1175,12 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     let to_peer = up.report(offered_up);
     let to_client = down.report(offered_down);
     let relayed = to_peer.valid + to_client.valid;
-    let mut all: Vec<u32> = up.latencies.iter().chain(down.latencies.iter()).copied().collect();
+    let mut all: Vec<u32> = up
+        .latencies
+        .iter()
+        .chain(down.latencies.iter())
+        .copied()
+        .collect();
     let secs = send_window.as_secs_f64();
     let server_process = match (watch, cpu0, cpu1) {
         (Some(w), Some((Ok(c0), th0)), Some((Ok(c1), th1))) => {
@@ -1102,13 +1197,18 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
             Some(ServerReport {
                 pid: w.pid,
                 cpu_s,
-                cpu_utilisation: if window.is_zero() { 0.0 } else { cpu_s / window.as_secs_f64() },
+                cpu_utilisation: if window.is_zero() {
+                    0.0
+                } else {
+                    cpu_s / window.as_secs_f64()
+                },
                 relayed_per_cpu_s: (cpu_s > 0.0).then(|| relayed as f64 / cpu_s),
                 threads,
                 rss_idle_kib: idle,
                 rss_loaded_kib: loaded,
                 rss_end_kib: rss_end.unwrap_or(0),
-                rss_per_allocation_bytes: (!ready.is_empty()).then(|| (loaded as f64 - idle as f64) * 1024.0 / ready.len() as f64),
+                rss_per_allocation_bytes: (!ready.is_empty())
+                    .then(|| (loaded as f64 - idle as f64) * 1024.0 / ready.len() as f64),
             })
         }
         _ => None,
@@ -1130,7 +1230,11 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
         to_peer,
         to_client,
         relayed,
-        relayed_per_s: if secs > 0.0 { relayed as f64 / secs } else { 0.0 },
+        relayed_per_s: if secs > 0.0 {
+            relayed as f64 / secs
+        } else {
+            0.0
+        },
         latency_us: latency(&mut all),
         unmatched,
         released,
@@ -1142,25 +1246,42 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
 
 /// Drives the handshakes (or, with `release`, the releases) until all are done, at most
 /// `--window` at a time, retransmitting on timeout.
-fn run_setup(rig: &mut Rig, setup: &mut Setup, poller: &mut Poller, rx: &mut RecvBatch, args: &TurnLoadArgs, release: bool) -> anyhow::Result<()> {
+fn run_setup(
+    rig: &mut Rig,
+    setup: &mut Setup,
+    poller: &mut Poller,
+    rx: &mut RecvBatch,
+    args: &TurnLoadArgs,
+    release: bool,
+) -> anyhow::Result<()> {
     let server = rig.server.expect("relay path has a server");
     let n = rig.clients.len();
-    let deadline = Instant::now() + if release { RELEASE_WAIT } else { args.setup_timeout };
+    let deadline = Instant::now()
+        + if release {
+            RELEASE_WAIT
+        } else {
+            args.setup_timeout
+        };
     let mut timers: VecDeque<(Instant, usize, u32)> = VecDeque::new();
     let mut next = 0usize;
     let mut in_flight = 0usize;
-    let send = |rig: &Rig, setup: &Setup, timers: &mut VecDeque<(Instant, usize, u32)>, a: usize| {
-        let (bytes, txn) = setup.request(a);
-        // A refused send is retransmitted on its timer like a lost one.
-        let _ = rig.clients[a].send_to(bytes, server);
-        timers.push_back((Instant::now() + RTO, a, txn));
-    };
+    let send =
+        |rig: &Rig, setup: &Setup, timers: &mut VecDeque<(Instant, usize, u32)>, a: usize| {
+            let (bytes, txn) = setup.request(a);
+            // A refused send is retransmitted on its timer like a lost one.
+            let _ = rig.clients[a].send_to(bytes, server);
+            timers.push_back((Instant::now() + RTO, a, txn));
+        };
     let settled = |s: Stage| !matches!(s, Stage::Allocating | Stage::Binding | Stage::Releasing);
     loop {
         while in_flight < args.window && next < n && (release || setup.can_begin(next)) {
             let a = next;
             next += 1;
-            let step = if release { setup.release(a) } else { setup.begin(a) };
+            let step = if release {
+                setup.release(a)
+            } else {
+                setup.begin(a)
+            };
             if step == Step::Send {
                 send(rig, setup, &mut timers, a);
                 in_flight += 1;
@@ -1221,7 +1342,12 @@ fn run_setup(rig: &mut Rig, setup: &mut Setup, poller: &mut Poller, rx: &mut Rec
 }
 
 /// Sends one check packet each way per ready allocation and waits for them.
-fn check_paths(rig: &mut Rig, ready: &[usize], poller: &mut Poller, rx: &mut RecvBatch) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
+fn check_paths(
+    rig: &mut Rig,
+    ready: &[usize],
+    poller: &mut Poller,
+    rx: &mut RecvBatch,
+) -> anyhow::Result<(Vec<bool>, Vec<bool>)> {
     let n = rig.clients.len();
     let mut to_peer = vec![false; n];
     let mut to_client = vec![false; n];
@@ -1250,22 +1376,38 @@ fn check_paths(rig: &mut Rig, ready: &[usize], poller: &mut Poller, rx: &mut Rec
     let want = ready.len();
     while Instant::now() < deadline {
         drain_checks(rig, poller, rx, &mut to_peer, &mut to_client);
-        if to_peer.iter().filter(|x| **x).count() == want && to_client.iter().filter(|x| **x).count() == want {
+        if to_peer.iter().filter(|x| **x).count() == want
+            && to_client.iter().filter(|x| **x).count() == want
+        {
             break;
         }
     }
     Ok((to_peer, to_client))
 }
 
-fn drain_checks(rig: &Rig, poller: &mut Poller, rx: &mut RecvBatch, to_peer: &mut [bool], to_client: &mut [bool]) {
+fn drain_checks(
+    rig: &Rig,
+    poller: &mut Poller,
+    rx: &mut RecvBatch,
+    to_peer: &mut [bool],
+    to_client: &mut [bool],
+) {
     let n = rig.clients.len();
     for i in poller.ready() {
-        let (sock, is_peer) = if i < n { (&rig.clients[i], false) } else { (&rig.peers[i - n], true) };
+        let (sock, is_peer) = if i < n {
+            (&rig.clients[i], false)
+        } else {
+            (&rig.peers[i - n], true)
+        };
         if rx.try_recv(sock).is_err() {
             continue;
         }
         for d in rx.iter() {
-            let judged = if is_peer { rig.at_peer(i - n, d.from, d.data) } else { rig.at_client(i, d.from, d.data) };
+            let judged = if is_peer {
+                rig.at_peer(i - n, d.from, d.data)
+            } else {
+                rig.at_client(i, d.from, d.data)
+            };
             if let Some((s, true)) = judged
                 && s.check
             {
@@ -1326,7 +1468,8 @@ fn traffic(
         let now = Instant::now();
         let elapsed = now - start;
         if deadline.is_none() {
-            let full = (!do_up || up.attempted() >= total) && (!do_down || down.attempted() >= total);
+            let full =
+                (!do_up || up.attempted() >= total) && (!do_down || down.attempted() >= total);
             if elapsed >= args.duration || full {
                 send_window = elapsed.min(args.duration);
                 if rate.is_some() {
@@ -1341,11 +1484,15 @@ fn traffic(
                 match rate {
                     Some(r) => {
                         if do_up {
-                            let due = due_by(r, elapsed, total).saturating_sub(up.attempted()).min(ROUND);
+                            let due = due_by(r, elapsed, total)
+                                .saturating_sub(up.attempted())
+                                .min(ROUND);
                             send_up_paced(rig, ready, up, &mut buf, due);
                         }
                         if do_down {
-                            let due = due_by(r, elapsed, total).saturating_sub(down.attempted()).min(ROUND);
+                            let due = due_by(r, elapsed, total)
+                                .saturating_sub(down.attempted())
+                                .min(ROUND);
                             send_down(rig, ready, down, &mut tx, due, |seq| (seq % m) as usize);
                         }
                     }
@@ -1361,12 +1508,16 @@ fn traffic(
                             let first = down_cursor;
                             let p = rig.peer_of[ready[first % ready.len()]];
                             let mut k = 1;
-                            while k < BATCH.min(ready.len()) && rig.peer_of[ready[(first + k) % ready.len()]] == p {
+                            while k < BATCH.min(ready.len())
+                                && rig.peer_of[ready[(first + k) % ready.len()]] == p
+                            {
                                 k += 1;
                             }
                             down_cursor += k;
                             let base = down.attempted();
-                            send_down(rig, ready, down, &mut tx, BATCH as u64, |seq| (first + (seq - base) as usize % k) % ready.len());
+                            send_down(rig, ready, down, &mut tx, BATCH as u64, |seq| {
+                                (first + (seq - base) as usize % k) % ready.len()
+                            });
                         }
                     }
                 }
@@ -1435,7 +1586,14 @@ fn send_up_batch(rig: &Rig, a: usize, up: &mut Flow, tx: &mut SendBatch) {
 
 /// Sends `count` peer → client packets, packet `seq` for allocation `ready[index(seq)]`,
 /// batched per peer socket.
-fn send_down(rig: &Rig, ready: &[usize], down: &mut Flow, tx: &mut SendBatch, count: u64, index: impl Fn(u64) -> usize) {
+fn send_down(
+    rig: &Rig,
+    ready: &[usize],
+    down: &mut Flow,
+    tx: &mut SendBatch,
+    count: u64,
+    index: impl Fn(u64) -> usize,
+) {
     let mut batch_peer = usize::MAX;
     let mut first = down.attempted();
     let flush = |tx: &mut SendBatch, p: usize, first: u64, down: &mut Flow| {
@@ -1479,17 +1637,32 @@ fn send_down(rig: &Rig, ready: &[usize], down: &mut Flow, tx: &mut SendBatch, co
 }
 
 /// Takes whatever arrived on any socket and books it.
-fn receive(rig: &Rig, poller: &mut Poller, rx: &mut RecvBatch, up: &mut Flow, down: &mut Flow, unmatched: &mut u64) {
+fn receive(
+    rig: &Rig,
+    poller: &mut Poller,
+    rx: &mut RecvBatch,
+    up: &mut Flow,
+    down: &mut Flow,
+    unmatched: &mut u64,
+) {
     let n = rig.clients.len();
     for i in poller.ready() {
-        let (sock, is_peer) = if i < n { (&rig.clients[i], false) } else { (&rig.peers[i - n], true) };
+        let (sock, is_peer) = if i < n {
+            (&rig.clients[i], false)
+        } else {
+            (&rig.peers[i - n], true)
+        };
         for _ in 0..DRAIN_ROUNDS {
             if rx.try_recv(sock).is_err() {
                 break;
             }
             let at = rig.now_ns();
             for d in rx.iter() {
-                let judged = if is_peer { rig.at_peer(i - n, d.from, d.data) } else { rig.at_client(i, d.from, d.data) };
+                let judged = if is_peer {
+                    rig.at_peer(i - n, d.from, d.data)
+                } else {
+                    rig.at_client(i, d.from, d.data)
+                };
                 match judged {
                     // Late check packets are not load.
                     Some((s, _)) if s.check => {}
@@ -1548,12 +1721,31 @@ mod tests {
         }
         assert_eq!(f.arrived(0, 1_000, true), Verdict::Valid);
         assert_eq!(f.arrived(0, 1_000, true), Verdict::Duplicate);
-        assert_eq!(f.arrived(1, 1_000, false), Verdict::Invalid, "wrong socket or source");
+        assert_eq!(
+            f.arrived(1, 1_000, false),
+            Verdict::Invalid,
+            "wrong socket or source"
+        );
         assert_eq!(f.arrived(9, 1_000, true), Verdict::Invalid, "never sent");
         f.refuse(4);
-        assert_eq!(f.arrived(4, 1_000, true), Verdict::Invalid, "refused, so it never left");
+        assert_eq!(
+            f.arrived(4, 1_000, true),
+            Verdict::Invalid,
+            "refused, so it never left"
+        );
         let r = f.report(6);
-        assert_eq!((r.sent, r.send_failed, r.valid, r.invalid, r.duplicate, r.lost, r.behind), (4, 1, 1, 3, 1, 2, 1));
+        assert_eq!(
+            (
+                r.sent,
+                r.send_failed,
+                r.valid,
+                r.invalid,
+                r.duplicate,
+                r.lost,
+                r.behind
+            ),
+            (4, 1, 1, 3, 1, 2, 1)
+        );
         assert_eq!(r.latency_us.p50, 1.0);
     }
 
@@ -1574,7 +1766,12 @@ mod tests {
     }
 
     /// The server's side of one exchange: an answer to `req` of `class`, signed with `key`.
-    fn answer(req: &[u8], class: Class, extra: impl FnOnce(&mut MessageBuilder<'_>), key: Option<&[u8]>) -> Vec<u8> {
+    fn answer(
+        req: &[u8],
+        class: Class,
+        extra: impl FnOnce(&mut MessageBuilder<'_>),
+        key: Option<&[u8]>,
+    ) -> Vec<u8> {
         let msg = Message::parse(req).unwrap();
         let mut out = Vec::new();
         let mut b = MessageBuilder::with_raw_id(&mut out, msg.method(), class, msg.raw_id());
@@ -1607,29 +1804,56 @@ mod tests {
         assert_eq!(s.begin(0), Step::Send);
         assert!(!s.can_begin(1), "one unsigned request per source at a time");
         let first = s.request(0).0.to_vec();
-        assert!(Message::parse(&first).unwrap().integrity_offset().is_none(), "no nonce yet");
+        assert!(
+            Message::parse(&first).unwrap().integrity_offset().is_none(),
+            "no nonce yet"
+        );
         assert_eq!(s.response(0, &challenge(&first, 401, "n1")), Step::Send);
         let signed = s.request(0).0.to_vec();
-        assert_eq!(Message::parse(&signed).unwrap().check_integrity(&key), IntegrityCheck::Valid);
+        assert_eq!(
+            Message::parse(&signed).unwrap().check_integrity(&key),
+            IntegrityCheck::Valid
+        );
         // An unsigned success to a signed request is not trusted.
-        let unsigned = answer(&signed, Class::Success, |b| {
-            b.xor_address(attr::XOR_RELAYED_ADDRESS, relayed);
-        }, None);
+        let unsigned = answer(
+            &signed,
+            Class::Success,
+            |b| {
+                b.xor_address(attr::XOR_RELAYED_ADDRESS, relayed);
+            },
+            None,
+        );
         assert_eq!(s.response(0, &unsigned), Step::Ignore);
-        let ok = answer(&signed, Class::Success, |b| {
-            b.xor_address(attr::XOR_RELAYED_ADDRESS, relayed);
-        }, Some(&key));
+        let ok = answer(
+            &signed,
+            Class::Success,
+            |b| {
+                b.xor_address(attr::XOR_RELAYED_ADDRESS, relayed);
+            },
+            Some(&key),
+        );
         assert_eq!(s.response(0, &ok), Step::Send, "next: ChannelBind");
         assert_eq!(s.relayed(0), Some(relayed));
         let bind = s.request(0).0.to_vec();
         let m = Message::parse(&bind).unwrap();
-        assert_eq!((m.method(), m.xor_address(attr::XOR_PEER_ADDRESS)), (method::CHANNEL_BIND, Some(peer())));
-        assert_eq!(s.response(0, &answer(&bind, Class::Success, |_| {}, Some(&key))), Step::Done);
+        assert_eq!(
+            (m.method(), m.xor_address(attr::XOR_PEER_ADDRESS)),
+            (method::CHANNEL_BIND, Some(peer()))
+        );
+        assert_eq!(
+            s.response(0, &answer(&bind, Class::Success, |_| {}, Some(&key))),
+            Step::Done
+        );
         assert_eq!(s.stage(0), Stage::Ready);
         // The second allocation from the same source waited for the nonce, then reuses it.
         assert!(s.can_begin(1));
         assert_eq!(s.begin(1), Step::Send);
-        assert!(Message::parse(s.request(1).0).unwrap().integrity_offset().is_some());
+        assert!(
+            Message::parse(s.request(1).0)
+                .unwrap()
+                .integrity_offset()
+                .is_some()
+        );
         assert_eq!(s.report.challenges, 1);
     }
 
@@ -1641,7 +1865,10 @@ mod tests {
         // Another run's transaction: ignored.
         let mut other = Setup::new([9; 4], "bench", "pw", &ends(1));
         other.begin(0);
-        assert_eq!(s.response(0, &challenge(other.request(0).0, 401, "x")), Step::Ignore);
+        assert_eq!(
+            s.response(0, &challenge(other.request(0).0, 401, "x")),
+            Step::Ignore
+        );
         // Endless challenges end in failure, not a loop.
         let mut step = s.response(0, &challenge(&req, 401, "a"));
         for _ in 0..MAX_REAUTH {

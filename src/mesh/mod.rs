@@ -170,7 +170,12 @@ impl Mesh {
     }
 
     /// SWIM data that arrived in a session with `session_peer`.
-    pub fn handle_data(&mut self, now: Instant, session_peer: UserId, data: &[u8]) -> Result<(), MeshError> {
+    pub fn handle_data(
+        &mut self,
+        now: Instant,
+        session_peer: UserId,
+        data: &[u8],
+    ) -> Result<(), MeshError> {
         let header: foca::Header<Member> = PostcardCodec
             .decode_header(data)
             .map_err(|e| MeshError::Malformed(e.to_string()))?;
@@ -257,7 +262,11 @@ impl Mesh {
                     self.live.insert(m.id, m.clone());
                 }
                 MeshEvent::Down(m) => {
-                    if self.live.get(&m.id).is_some_and(|l| l.generation == m.generation) {
+                    if self
+                        .live
+                        .get(&m.id)
+                        .is_some_and(|l| l.generation == m.generation)
+                    {
                         self.live.remove(&m.id);
                     }
                 }
@@ -319,18 +328,30 @@ mod tests {
     #[test]
     fn five_members_converge_and_detect_a_failure_in_seconds() {
         let t0 = Instant::now();
-        let mut meshes: Vec<Mesh> = (1..=5).map(|n| Mesh::new(member(n), &MeshConfig::default(), n as u64, t0)).collect();
+        let mut meshes: Vec<Mesh> = (1..=5)
+            .map(|n| Mesh::new(member(n), &MeshConfig::default(), n as u64, t0))
+            .collect();
         for i in 1..5 {
             meshes[i].join(t0, member(1));
         }
         let now = run(&mut meshes, &[], t0 + Duration::from_secs(5), t0);
         for m in &meshes {
-            assert_eq!(m.member_ids().len(), 5, "{} sees {:?}", m.me.id, m.member_ids().len());
+            assert_eq!(
+                m.member_ids().len(),
+                5,
+                "{} sees {:?}",
+                m.me.id,
+                m.member_ids().len()
+            );
         }
         let dead = [member(3).id];
         let later = run(&mut meshes, &dead, now + Duration::from_secs(8), now);
         for m in meshes.iter().filter(|m| m.me.id != dead[0]) {
-            assert!(!m.is_member(&dead[0]), "{} still thinks 3 is alive", m.me.id);
+            assert!(
+                !m.is_member(&dead[0]),
+                "{} still thinks 3 is alive",
+                m.me.id
+            );
             assert_eq!(m.member_ids().len(), 4);
         }
         let _ = later;
@@ -345,7 +366,10 @@ mod tests {
         let (_, data) = b.poll_send().unwrap();
         let err = a.handle_data(t0, member(9).id, &data).unwrap_err();
         assert!(matches!(err, MeshError::Impostor { .. }));
-        assert!(matches!(a.handle_data(t0, member(2).id, &[1, 2, 3]), Err(MeshError::Malformed(_))));
+        assert!(matches!(
+            a.handle_data(t0, member(2).id, &[1, 2, 3]),
+            Err(MeshError::Malformed(_))
+        ));
         a.handle_data(t0, member(2).id, &data).unwrap();
     }
 }

@@ -138,7 +138,8 @@ impl Streams {
         let _ = tx.try_send(data);
         self.writers.insert(to, tx);
         self.tasks.retain(|t| !t.is_finished());
-        self.tasks.push(tokio::spawn(stream_task(to, rx, self.incoming_tx.clone())));
+        self.tasks
+            .push(tokio::spawn(stream_task(to, rx, self.incoming_tx.clone())));
     }
 
     /// Lets every stream write what is queued (a goodbye), then closes them (bounded).
@@ -150,9 +151,18 @@ impl Streams {
     }
 }
 
-async fn stream_task(to: SocketAddr, mut out: mpsc::Receiver<Vec<u8>>, incoming: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>) {
+async fn stream_task(
+    to: SocketAddr,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    incoming: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
+) {
     use super::frames::{read_frame, write_frame};
-    let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await else {
+    let Ok(Ok(stream)) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(to),
+    )
+    .await
+    else {
         let _ = incoming.send((to, None)).await;
         return;
     };
@@ -189,13 +199,20 @@ async fn stream_task(to: SocketAddr, mut out: mpsc::Receiver<Vec<u8>>, incoming:
 }
 
 /// Resolves bootstrap entries (`KEY@HOST:PORT`) to addresses.
-pub async fn resolve_bootstrap(entries: &[BootstrapEntry]) -> io::Result<Vec<(NodeKey, SocketAddr)>> {
+pub async fn resolve_bootstrap(
+    entries: &[BootstrapEntry],
+) -> io::Result<Vec<(NodeKey, SocketAddr)>> {
     let mut out = Vec::new();
     for e in entries {
         let addr = tokio::net::lookup_host((e.host.as_str(), e.port))
             .await?
             .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("'{}' has no address", e.host)))?;
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("'{}' has no address", e.host),
+                )
+            })?;
         out.push((e.key, addr));
     }
     Ok(out)

@@ -10,7 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_FRAME: usize = 2048;
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<()>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<()>> {
     let mut len = [0u8; 2];
     match rd.read_exact(&mut len).await {
         Ok(_) => {}
@@ -19,7 +22,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> 
     }
     let len = u16::from_be_bytes(len) as usize;
     if len == 0 || len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame length"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad frame length",
+        ));
     }
     buf.resize(len, 0);
     rd.read_exact(buf).await?;
@@ -29,7 +35,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> 
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> io::Result<()> {
     if data.is_empty() || data.len() > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad frame length"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad frame length",
+        ));
     }
     let mut out = Vec::with_capacity(data.len() + 2);
     out.extend_from_slice(&(data.len() as u16).to_be_bytes());

@@ -7,10 +7,11 @@ pub mod frames;
 mod metrics;
 mod probe;
 pub mod relay;
-pub mod supernode;
-pub mod turn_client;
+pub mod relay_link;
 mod shutdown;
 mod socket;
+pub mod supernode;
+pub mod turn_client;
 
 pub use metrics::serve_metrics;
 pub use probe::{ProbeError, local_ip_for, run_probe};

@@ -66,6 +66,10 @@ pub struct RelayOptions {
     pub reload: Option<Box<dyn Fn() -> Option<Credentials>>>,
     /// Rewritten with the Prometheus text every second (the metrics endpoint serves it).
     pub metrics: Option<Arc<std::sync::Mutex<String>>>,
+    /// Credentials replaced while running (supernode secrets rotating).
+    pub updates: Option<mpsc::Receiver<Credentials>>,
+    /// Where the live allocation count is published (the relay's load for supernodes).
+    pub load: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 /// Largest stream message (STUN or ChannelData) accepted from a TCP/TLS client.
@@ -80,19 +84,31 @@ const RELAY_ROUNDS: usize = 4;
 
 type StreamTx = mpsc::Sender<Vec<u8>>;
 
+/// An allocation's relayed socket and the task that reads it.
+struct Relay {
+    id: AllocId,
+    sock: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
 struct Shared {
     core: RefCell<TurnServer>,
     /// UDP listeners by local address, each with its pending send batch.
     udp: HashMap<SocketAddr, (Rc<UdpSocket>, RefCell<SendBatch>)>,
     /// Stream clients by connection id.
     streams: RefCell<HashMap<u64, StreamTx>>,
-    /// Relayed sockets by allocation index.
-    relays: RefCell<HashMap<u32, (AllocId, Rc<UdpSocket>, JoinHandle<()>)>>,
+    /// Relayed sockets, indexed by allocation index: the core reuses freed indexes, so this is
+    /// as dense as its own slot table, and finding a socket costs no hashing on the per-packet
+    /// path.
+    relays: RefCell<Vec<Option<Relay>>>,
     /// Receive buffer shared by every relayed socket (used only synchronously).
     rx: RefCell<RecvBatch>,
     /// Scratch buffer for the core's output.
     out: RefCell<Vec<u8>>,
     flush: Notify,
+    /// Datagrams received since the moderator last ran, and when it last ran.
+    handled: std::cell::Cell<usize>,
+    moderate: Notify,
     /// Wakes the timer task when the core may have an earlier deadline.
     timer: Notify,
 }
@@ -137,8 +153,8 @@ impl Shared {
                 }
                 ClientAction::ToPeer { id, peer, data } => {
                     let relays = self.relays.borrow();
-                    if let Some((aid, sock, _)) = relays.get(&id.index)
-                        && *aid == id
+                    if let Some(Some(Relay { id: rid, sock, .. })) = relays.get(id.index as usize)
+                        && *rid == id
                     {
                         // Best effort, like any UDP forwarder: a full send buffer drops it.
                         let _ = sock.try_send_to(&input[data], peer);
@@ -154,10 +170,13 @@ impl Shared {
                                 id,
                                 sock.clone(),
                             ));
-                            if let Some((_, _, old)) =
-                                self.relays.borrow_mut().insert(id.index, (id, sock, task))
-                            {
-                                old.abort();
+                            let mut relays = self.relays.borrow_mut();
+                            let i = id.index as usize;
+                            if relays.len() <= i {
+                                relays.resize_with(i + 1, || None);
+                            }
+                            if let Some(old) = relays[i].replace(Relay { id, sock, task }) {
+                                old.task.abort();
                             }
                             Ok(())
                         }
@@ -180,10 +199,11 @@ impl Shared {
         let mut core = self.core.borrow_mut();
         while let Some(Event::Released { id, .. }) = core.poll_event() {
             let mut relays = self.relays.borrow_mut();
-            if relays.get(&id.index).is_some_and(|(aid, _, _)| *aid == id)
-                && let Some((_, _, task)) = relays.remove(&id.index)
+            if let Some(slot) = relays.get_mut(id.index as usize)
+                && slot.as_ref().is_some_and(|r| r.id == id)
+                && let Some(r) = slot.take()
             {
-                task.abort();
+                r.task.abort();
             }
         }
     }
@@ -229,10 +249,12 @@ pub async fn serve_relay(
         core: RefCell::new(core),
         udp,
         streams: RefCell::new(HashMap::new()),
-        relays: RefCell::new(HashMap::new()),
+        relays: RefCell::new(Vec::new()),
         rx: RefCell::new(RecvBatch::default()),
         out: RefCell::new(Vec::with_capacity(2048)),
         flush: Notify::new(),
+        handled: std::cell::Cell::new(0),
+        moderate: Notify::new(),
         timer: Notify::new(),
     });
     let local = tokio::task::LocalSet::new();
@@ -247,8 +269,11 @@ pub async fn serve_relay(
                 tasks.push(tokio::task::spawn_local(stream_listener(shared.clone(), l, next_conn.clone())));
             }
             tasks.push(tokio::task::spawn_local(flusher(shared.clone())));
+            tasks.push(tokio::task::spawn_local(moderator(shared.clone())));
             let metrics = options.metrics.clone();
             let reload = options.reload;
+            let load = options.load.clone();
+            let mut updates = options.updates;
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -263,7 +288,10 @@ pub async fn serve_relay(
                 tokio::select! {
                     _ = sleep => {}
                     _ = shared.timer.notified() => {}
-                    _ = tick.tick(), if metrics.is_some() => {}
+                    _ = tick.tick(), if metrics.is_some() || load.is_some() => {}
+                    Some(creds) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
+                        shared.core.borrow_mut().set_credentials(creds);
+                    }
                     _ = shutdown.wait(), if !draining => {
                         let until = Instant::now() + options.drain;
                         tracing::info!("draining for {:?}", options.drain);
@@ -278,6 +306,9 @@ pub async fn serve_relay(
                 }
                 shared.core.borrow_mut().handle_timeout(Instant::now());
                 shared.reap();
+                if let Some(l) = &load {
+                    l.store(shared.core.borrow().allocations() as u32, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some(m) = &metrics
                     && let Ok(mut text) = m.lock()
                 {
@@ -290,8 +321,8 @@ pub async fn serve_relay(
             for t in tasks {
                 t.abort();
             }
-            for (_, (_, _, t)) in shared.relays.borrow_mut().drain() {
-                t.abort();
+            for r in shared.relays.borrow_mut().drain(..).flatten() {
+                r.task.abort();
             }
             Ok(())
         })
@@ -312,7 +343,7 @@ fn render_metrics(shared: &Shared) -> String {
     let _ = writeln!(
         s,
         "# TYPE voxmesh_turn_relayed_sockets gauge\nvoxmesh_turn_relayed_sockets {}",
-        shared.relays.borrow().len()
+        shared.relays.borrow().iter().flatten().count()
     );
     let _ = writeln!(
         s,
@@ -450,6 +481,31 @@ async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>
         }
         shared.reap();
         flush_all(&shared);
+        shared.handled.set(shared.handled.get() + rx.len());
+        shared.moderate.notify_one();
+    }
+}
+
+async fn moderator(shared: Rc<Shared>) {
+    let us: u64 = std::env::var("RELAYD_MODERATION_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let below: usize = std::env::var("RELAYD_MODERATE_BELOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let window = Duration::from_micros(us);
+    let mut last = Instant::now();
+    loop {
+        shared.moderate.notified().await;
+        let n = shared.handled.replace(0);
+        let now = Instant::now();
+        let busy = now.duration_since(last) < window;
+        last = now;
+        if us > 0 && n < below && busy {
+            std::thread::sleep(window);
+        }
     }
 }
 
@@ -500,10 +556,12 @@ async fn relay_task(shared: Rc<Shared>, id: AllocId, sock: Rc<UdpSocket>) {
                     shared.to_client(to, &out[..len]);
                 }
             }
+            shared.handled.set(shared.handled.get() + rx.len());
             if drained {
                 break;
             }
         }
+        shared.moderate.notify_one();
     }
 }
 

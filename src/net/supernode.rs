@@ -49,7 +49,10 @@ impl NodeSockets {
 
 /// A question for the node loop from the control socket.
 enum Control {
-    Status { users: bool, reply: oneshot::Sender<String> },
+    Status {
+        users: bool,
+        reply: oneshot::Sender<String>,
+    },
 }
 
 /// TCP connections from clients whose UDP is blocked, by the client's TCP address.
@@ -142,7 +145,11 @@ pub async fn run_supernode(
     Ok(())
 }
 
-async fn serve_tcp(listener: TcpListener, frames: mpsc::Sender<(SocketAddr, Vec<u8>)>, writers: StreamWriters) {
+async fn serve_tcp(
+    listener: TcpListener,
+    frames: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    writers: StreamWriters,
+) {
     use super::frames::{read_frame, write_frame};
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -170,7 +177,9 @@ async fn serve_tcp(listener: TcpListener, frames: mpsc::Sender<(SocketAddr, Vec<
             });
             let mut buf = Vec::new();
             // The session layer closes idle sessions; a stream silent for longer is dead.
-            while let Ok(Ok(Some(()))) = tokio::time::timeout(Duration::from_secs(120), read_frame(&mut rd, &mut buf)).await {
+            while let Ok(Ok(Some(()))) =
+                tokio::time::timeout(Duration::from_secs(120), read_frame(&mut rd, &mut buf)).await
+            {
                 if frames.send((remote, buf.clone())).await.is_err() {
                     break;
                 }
@@ -185,12 +194,18 @@ async fn serve_tcp(listener: TcpListener, frames: mpsc::Sender<(SocketAddr, Vec<
 
 async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
-            let read = tokio::time::timeout(Duration::from_secs(5), BufReader::new(rd).read_line(&mut line)).await;
+            let read = tokio::time::timeout(
+                Duration::from_secs(5),
+                BufReader::new(rd).read_line(&mut line),
+            )
+            .await;
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
@@ -214,10 +229,18 @@ async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
 /// Asks a running supernode for its status over its control socket.
 pub async fn query_status(path: &std::path::Path, users: bool) -> io::Result<serde_json::Value> {
     let mut s = tokio::net::UnixStream::connect(path).await?;
-    s.write_all(if users { b"status users\n" } else { b"status\n" }).await?;
+    s.write_all(if users {
+        b"status users\n"
+    } else {
+        b"status\n"
+    })
+    .await?;
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), BufReader::new(&mut s).read_line(&mut line))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the supernode did not answer"))??;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        BufReader::new(&mut s).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the supernode did not answer"))??;
     serde_json::from_str(line.trim()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -38,7 +38,9 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| DecodeError::Malformed(e.to_string())),
+        Some((&VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| DecodeError::Malformed(e.to_string()))
+        }
         Some((v, _)) => Err(DecodeError::Version(*v)),
     }
 }
@@ -107,7 +109,9 @@ pub struct NodeInfo {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Register (or re-register) with a signed [`Registration`] record.
-    CRegister { record: Vec<u8> },
+    CRegister {
+        record: Vec<u8>,
+    },
     /// Keep the registration alive (the session authenticates; no signature needed).
     CRefresh,
     CLookup(Target),
@@ -115,31 +119,58 @@ pub enum Request {
     CWatch(UserId),
     CUnwatch(UserId),
     /// Claim a human name with a signed claim record.
-    CClaim { claim: Vec<u8> },
+    CClaim {
+        claim: Vec<u8>,
+    },
     /// Deliver an opaque payload (signed by the sender, end to end) to a user's client.
-    CRoute { to: UserId, payload: Vec<u8> },
+    CRoute {
+        to: UserId,
+        payload: Vec<u8>,
+    },
     /// Relays with fresh credentials.
     CRelays,
     /// This session is my warm standby; `primary` is the supernode I am registered through.
-    CStandby { primary: UserId },
+    CStandby {
+        primary: UserId,
+    },
     /// The supernodes this one knows (for the client's host cache).
     CMembers,
 
     /// Store (replicate) an entry at one of its homes.
-    PStore { user: UserId, entry: Entry },
+    PStore {
+        user: UserId,
+        entry: Entry,
+    },
     /// The entry of a user homed here.
     PFetch(UserId),
     /// Which user holds this name (at the name's homes).
     PFetchName(String),
     /// Supernode `watcher` wants presence of `user` (sent to `user`'s homes).
-    PWatch { user: UserId, watcher: UserId },
-    PUnwatch { user: UserId, watcher: UserId },
+    PWatch {
+        user: UserId,
+        watcher: UserId,
+    },
+    PUnwatch {
+        user: UserId,
+        watcher: UserId,
+    },
     /// Deliver a routed payload to `to`, connected to the receiving supernode.
-    PForward { from: UserId, to: UserId, payload: Vec<u8> },
+    PForward {
+        from: UserId,
+        to: UserId,
+        payload: Vec<u8>,
+    },
     /// Order (and then store) a name claim: sent to the name's first home.
-    PClaim { claim: Vec<u8> },
+    PClaim {
+        claim: Vec<u8>,
+    },
     /// Replicate an admitted claim, stamped by its orderer, to the other homes.
-    PClaimStore { claim: Vec<u8>, orderer: UserId, order: u64, received_at: u64 },
+    PClaimStore {
+        claim: Vec<u8>,
+        orderer: UserId,
+        order: u64,
+        received_at: u64,
+    },
 
     /// A relay authorises this supernode: its addresses and the secret for this pair.
     RHello {
@@ -156,17 +187,24 @@ pub enum Request {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     Ok,
-    Registered { expires_at: u64 },
+    Registered {
+        expires_at: u64,
+    },
     Entry(Entry),
     NotFound,
-    Claimed { name: String },
+    Claimed {
+        name: String,
+    },
     Holder(Option<UserId>),
     Routed,
     Relays(Vec<RelayOffer>),
     Members(Vec<NodeInfo>),
     /// A refusal with a reason (codes like HTTP's: 400 bad request, 403 forbidden, 404 unknown,
     /// 409 conflict, 429 too many, 503 unavailable).
-    Error { code: u16, reason: String },
+    Error {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// Unreliable messages.
@@ -175,7 +213,12 @@ pub enum Message {
     /// SWIM membership traffic between supernodes.
     Swim(Vec<u8>),
     /// A presence change, home → watching supernode → watching client.
-    Presence { user: UserId, online: bool, last_seen: u64, stale: bool },
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: u64,
+        stale: bool,
+    },
     /// To a client's standby supernode's clients: your primary supernode is gone.
     PrimaryLost { primary: UserId },
     /// A relay's current load, relay → supernode.
@@ -193,8 +236,14 @@ mod tests {
         let id = UserId([7; 20]);
         let msgs = vec![
             Request::CLookup(Target::Name("alice".into())),
-            Request::CRoute { to: id, payload: vec![1, 2, 3] },
-            Request::PWatch { user: id, watcher: id },
+            Request::CRoute {
+                to: id,
+                payload: vec![1, 2, 3],
+            },
+            Request::PWatch {
+                user: id,
+                watcher: id,
+            },
         ];
         for m in msgs {
             let bytes = encode(&m);
@@ -202,6 +251,9 @@ mod tests {
         }
         assert_eq!(decode::<Request>(&[]), Err(DecodeError::Empty));
         assert_eq!(decode::<Request>(&[9, 0]), Err(DecodeError::Version(9)));
-        assert!(matches!(decode::<Request>(&[VERSION, 200]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<Request>(&[VERSION, 200]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

@@ -5,6 +5,6 @@ pub mod binding;
 mod node;
 mod service;
 
-pub use node::{NodeConfig, NodeCounters, Status, Supernode};
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};
+pub use node::{NodeConfig, NodeCounters, Status, Supernode};
 pub use service::{StunServer, StunServerError};

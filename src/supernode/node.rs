@@ -29,12 +29,14 @@ use std::time::{Duration, Instant};
 
 use crate::directory::{Directory, Name, name_homes, user_homes};
 use crate::identity::{
-    Check, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId, admit_claim,
-    normalize_name, verify_record,
+    Check, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId,
+    admit_claim, normalize_name, verify_record,
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
-use crate::signal::{self, Entry, Message, NodeInfo, RelayOffer, Registration, Request, Response, Target};
+use crate::signal::{
+    self, Entry, Message, NodeInfo, Registration, RelayOffer, Request, Response, Target,
+};
 use crate::turn::rest_password;
 
 /// Requests waiting per peer supernode beyond what its session has in flight.
@@ -149,11 +151,20 @@ enum Cont {
         rest: Vec<UserId>,
     },
     /// A claim sent to the name's orderer: relay its answer.
-    Claim { client: SessionId, txn: TransactionId },
+    Claim {
+        client: SessionId,
+        txn: TransactionId,
+    },
     /// A forward to the recipient's supernode: relay its answer.
-    Forward { client: SessionId, txn: TransactionId },
+    Forward {
+        client: SessionId,
+        txn: TransactionId,
+    },
     /// A delivery to our client: answer whoever asked.
-    Deliver { asker: SessionId, txn: TransactionId },
+    Deliver {
+        asker: SessionId,
+        txn: TransactionId,
+    },
     /// Nothing waits on this (replication, watch registration).
     Fire,
 }
@@ -195,7 +206,14 @@ pub struct Supernode {
 
 impl Supernode {
     /// A supernode with `identity`, joining the mesh through `bootstrap` members.
-    pub fn new(identity: &Identity, config: NodeConfig, bootstrap: &[(NodeKey, SocketAddr)], now: Instant, unix_now: u64, seed: [u8; 32]) -> Supernode {
+    pub fn new(
+        identity: &Identity,
+        config: NodeConfig,
+        bootstrap: &[(NodeKey, SocketAddr)],
+        now: Instant,
+        unix_now: u64,
+        seed: [u8; 32],
+    ) -> Supernode {
         let ep = Endpoint::new(config.session.clone(), identity, now, seed);
         let me = ep.id();
         let key = ep.node_key();
@@ -267,7 +285,10 @@ impl Supernode {
             .member_ids()
             .iter()
             .filter_map(|id| self.mesh.member(id))
-            .map(|m| NodeInfo { key: m.node_key(), addr: m.addr })
+            .map(|m| NodeInfo {
+                key: m.node_key(),
+                addr: m.addr,
+            })
             .collect()
     }
 
@@ -276,13 +297,21 @@ impl Supernode {
             id: self.me.to_string(),
             key: self.key.to_string(),
             addr: self.config.addr,
-            members: self.members().into_iter().map(|m| (m.key.id.to_string(), m.addr)).collect(),
+            members: self
+                .members()
+                .into_iter()
+                .map(|m| (m.key.id.to_string(), m.addr))
+                .collect(),
             clients: self.clients.len(),
             standby_clients: self.standby.len(),
             homed_users: self.dir.len(),
             names: self.dir.name_count(),
             sessions: self.ep.session_count(),
-            relays: self.relays.iter().map(|(id, r)| (id.to_string(), r.load)).collect(),
+            relays: self
+                .relays
+                .iter()
+                .map(|(id, r)| (id.to_string(), r.load))
+                .collect(),
             counters: self.counters.clone(),
         }
     }
@@ -347,7 +376,9 @@ impl Supernode {
                 busy = true;
                 let sid = self.peer_session(now, &to);
                 if let Some(sid) = sid {
-                    let _ = self.ep.send(now, sid, &signal::encode(&Message::Swim(data)));
+                    let _ = self
+                        .ep
+                        .send(now, sid, &signal::encode(&Message::Swim(data)));
                 }
             }
             while let Some(ev) = self.mesh.poll_event() {
@@ -376,8 +407,12 @@ impl Supernode {
     /// fans out to the same homes), the request waits in a per-peer queue, in order, and goes
     /// as answers come back. `false` only when the peer is unreachable or its queue is full.
     fn to_peer(&mut self, now: Instant, id: UserId, req: &Request, cont: Cont) -> bool {
-        let Some(m) = self.mesh.member(&id).cloned() else { return false };
-        let Some(sid) = self.peer_session(now, &m) else { return false };
+        let Some(m) = self.mesh.member(&id).cloned() else {
+            return false;
+        };
+        let Some(sid) = self.peer_session(now, &m) else {
+            return false;
+        };
         let body = signal::encode(req);
         let queue = self.outq.entry(id).or_default();
         if queue.is_empty() {
@@ -400,17 +435,27 @@ impl Supernode {
 
     /// Sends what waits for `peer` while its session takes more.
     fn drain_peer_queue(&mut self, now: Instant, peer: UserId) {
-        let Some(&sid) = self.peers.get(&peer) else { return };
+        let Some(&sid) = self.peers.get(&peer) else {
+            return;
+        };
         while let Some((body, _)) = self.outq.get(&peer).and_then(|q| q.front()) {
             match self.ep.request(now, sid, body) {
                 Ok(txn) => {
-                    let (_, cont) = self.outq.get_mut(&peer).and_then(|q| q.pop_front()).expect("front exists");
+                    let (_, cont) = self
+                        .outq
+                        .get_mut(&peer)
+                        .and_then(|q| q.pop_front())
+                        .expect("front exists");
                     self.conts.insert(txn, cont);
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => return,
                 Err(_) => {
                     // The session is gone: whatever waited fails now.
-                    let waiting: Vec<Cont> = self.outq.remove(&peer).map(|q| q.into_iter().map(|(_, c)| c).collect()).unwrap_or_default();
+                    let waiting: Vec<Cont> = self
+                        .outq
+                        .remove(&peer)
+                        .map(|q| q.into_iter().map(|(_, c)| c).collect())
+                        .unwrap_or_default();
                     for c in waiting {
                         self.on_answer(now, c, None);
                     }
@@ -426,13 +471,25 @@ impl Supernode {
 
     fn error(&mut self, now: Instant, sid: SessionId, txn: TransactionId, code: u16, reason: &str) {
         self.counters.refuse(reason);
-        self.respond(now, sid, txn, &Response::Error { code, reason: reason.into() });
+        self.respond(
+            now,
+            sid,
+            txn,
+            &Response::Error {
+                code,
+                reason: reason.into(),
+            },
+        );
     }
 
     fn on_session_event(&mut self, now: Instant, ev: Event) {
         match ev {
             Event::Connected { session, peer } => {
-                let role = if self.mesh.is_member(&peer.id) { Role::Peer } else { Role::Unknown };
+                let role = if self.mesh.is_member(&peer.id) {
+                    Role::Peer
+                } else {
+                    Role::Unknown
+                };
                 self.roles.entry(session).or_insert(role);
                 if role == Role::Peer {
                     self.peers.entry(peer.id).or_insert(session);
@@ -483,7 +540,10 @@ impl Supernode {
             self.clients.remove(&user);
             self.publish_offline(now, user);
         }
-        if let Some(relay) = self.relay_of.remove(&sid) {
+        // A relay that reconnected already replaced this session's entry: keep that one.
+        if let Some(relay) = self.relay_of.remove(&sid)
+            && self.relays.get(&relay).is_some_and(|r| r.session == sid)
+        {
             self.relays.remove(&relay);
         }
         // Our clients' watches die with their session.
@@ -498,7 +558,14 @@ impl Supernode {
             self.local_watch.remove(&user);
             self.last_presence.remove(&user);
             for h in user_homes(&user, &self.mesh.member_ids()) {
-                self.send_or_local(now, h, Request::PUnwatch { user, watcher: self.me });
+                self.send_or_local(
+                    now,
+                    h,
+                    Request::PUnwatch {
+                        user,
+                        watcher: self.me,
+                    },
+                );
             }
         }
     }
@@ -508,7 +575,9 @@ impl Supernode {
             self.counters.refuse("malformed message");
             return;
         };
-        let Some(peer) = self.peer_id(sid) else { return };
+        let Some(peer) = self.peer_id(sid) else {
+            return;
+        };
         match msg {
             Message::Swim(data) => {
                 if let Err(e) = self.mesh.handle_data(now, peer, &data) {
@@ -521,7 +590,12 @@ impl Supernode {
                 self.roles.insert(sid, Role::Peer);
                 self.peers.entry(peer).or_insert(sid);
             }
-            Message::Presence { user, online, last_seen, stale } if self.mesh.is_member(&peer) => {
+            Message::Presence {
+                user,
+                online,
+                last_seen,
+                stale,
+            } if self.mesh.is_member(&peer) => {
                 self.fan_out_presence(now, user, online, last_seen, stale);
             }
             Message::RLoad { allocations } => {
@@ -534,9 +608,10 @@ impl Supernode {
     }
 
     fn on_request(&mut self, now: Instant, sid: SessionId, txn: TransactionId, req: Request) {
-        let Some(peer) = self.peer_id(sid) else { return };
+        let Some(peer) = self.peer_id(sid) else {
+            return;
+        };
         let is_peer = self.mesh.is_member(&peer) && peer != self.me;
-        let role = self.roles.get(&sid).copied().unwrap_or(Role::Unknown);
         match req {
             Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
             Request::CRefresh => {
@@ -563,7 +638,14 @@ impl Supernode {
                 };
                 if first {
                     for h in user_homes(&user, &self.mesh.member_ids()) {
-                        self.send_or_local(now, h, Request::PWatch { user, watcher: self.me });
+                        self.send_or_local(
+                            now,
+                            h,
+                            Request::PWatch {
+                                user,
+                                watcher: self.me,
+                            },
+                        );
                     }
                 }
                 self.respond(now, sid, txn, &Response::Ok);
@@ -591,18 +673,35 @@ impl Supernode {
                 let m = self.members();
                 self.respond(now, sid, txn, &Response::Members(m));
             }
-            Request::RHello { udp, tcp, tls, realm, secret, load } => {
+            Request::RHello {
+                udp,
+                tcp,
+                tls,
+                realm,
+                secret,
+                load,
+            } => {
                 if secret.is_empty() || secret.len() > 256 {
                     return self.error(now, sid, txn, 400, "relay secret must be 1..=256 bytes");
                 }
                 self.roles.insert(sid, Role::Relay);
                 self.relay_of.insert(sid, peer);
-                self.relays.insert(peer, Relay { session: sid, udp, tcp, tls, realm, secret, load });
+                self.relays.insert(
+                    peer,
+                    Relay {
+                        session: sid,
+                        udp,
+                        tcp,
+                        tls,
+                        realm,
+                        secret,
+                        load,
+                    },
+                );
                 self.respond(now, sid, txn, &Response::Ok);
             }
             // Everything else is supernode-to-supernode: only live members may ask.
             _ if !is_peer => {
-                let _ = role;
                 self.error(now, sid, txn, 403, "supernode request from a non-member");
             }
             Request::PStore { user, entry } => {
@@ -610,30 +709,58 @@ impl Supernode {
                 self.respond(now, sid, txn, &resp);
             }
             Request::PFetch(user) => {
-                let resp = self.local_entry(&user).map_or(Response::NotFound, Response::Entry);
+                let resp = self
+                    .local_entry(&user)
+                    .map_or(Response::NotFound, Response::Entry);
                 self.respond(now, sid, txn, &resp);
             }
             Request::PFetchName(name) => {
                 let now_ts = Timestamp(self.unix(now));
-                let holder = self.dir.name(&name).filter(|n| n.held.is_live(now_ts)).map(|n| n.held.claimant);
+                let holder = self
+                    .dir
+                    .name(&name)
+                    .filter(|n| n.held.is_live(now_ts))
+                    .map(|n| n.held.claimant);
                 self.respond(now, sid, txn, &Response::Holder(holder));
             }
             Request::PWatch { user, watcher } => {
                 let ok = self.dir.watch(user, watcher);
-                let resp = if ok { Response::Ok } else { Response::Error { code: 429, reason: "too many watchers".into() } };
+                let resp = if ok {
+                    Response::Ok
+                } else {
+                    Response::Error {
+                        code: 429,
+                        reason: "too many watchers".into(),
+                    }
+                };
                 self.respond(now, sid, txn, &resp);
             }
             Request::PUnwatch { user, watcher } => {
                 self.dir.unwatch(&user, &watcher);
                 self.respond(now, sid, txn, &Response::Ok);
             }
-            Request::PForward { from, to, payload } => self.deliver(now, sid, txn, from, to, payload),
+            Request::PForward { from, to, payload } => {
+                self.deliver(now, sid, txn, from, to, payload)
+            }
             Request::PClaim { claim } => {
                 let resp = self.order_claim(now, &claim);
                 self.respond(now, sid, txn, &resp);
             }
-            Request::PClaimStore { claim, orderer, order, received_at } => {
-                self.store_claim(now, &claim, ClaimStamp { orderer, order, received_at: Timestamp(received_at) });
+            Request::PClaimStore {
+                claim,
+                orderer,
+                order,
+                received_at,
+            } => {
+                self.store_claim(
+                    now,
+                    &claim,
+                    ClaimStamp {
+                        orderer,
+                        order,
+                        received_at: Timestamp(received_at),
+                    },
+                );
                 self.respond(now, sid, txn, &Response::Ok);
             }
         }
@@ -659,7 +786,14 @@ impl Supernode {
 
     // ------------------------------------------------------------------ registration
 
-    fn register(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId, record: &[u8]) {
+    fn register(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        record: &[u8],
+    ) {
         let newer_than = self.dir.get(&peer).map(|s| s.seq.saturating_sub(1));
         let check = Check {
             now: Timestamp(self.unix(now)),
@@ -696,7 +830,14 @@ impl Supernode {
             stale: false,
         };
         for h in user_homes(&peer, &self.mesh.member_ids()) {
-            self.send_or_local(now, h, Request::PStore { user: peer, entry: entry.clone() });
+            self.send_or_local(
+                now,
+                h,
+                Request::PStore {
+                    user: peer,
+                    entry: entry.clone(),
+                },
+            );
         }
         self.published.insert(peer, entry);
         let expires_at = rec.expires_at.0;
@@ -705,11 +846,20 @@ impl Supernode {
 
     /// A registered client left: its homes learn it is offline and when it was last seen.
     fn publish_offline(&mut self, now: Instant, user: UserId) {
-        let Some(mut e) = self.published.remove(&user) else { return };
+        let Some(mut e) = self.published.remove(&user) else {
+            return;
+        };
         e.online = false;
         e.last_seen = self.unix(now);
         for h in user_homes(&user, &self.mesh.member_ids()) {
-            self.send_or_local(now, h, Request::PStore { user, entry: e.clone() });
+            self.send_or_local(
+                now,
+                h,
+                Request::PStore {
+                    user,
+                    entry: e.clone(),
+                },
+            );
         }
     }
 
@@ -728,17 +878,30 @@ impl Supernode {
         let rec = match verify_record::<Registration>(&entry.record, &check) {
             Ok(r) => r,
             Err(e) => {
-                self.counters.refuse(&format!("store refused: {}", e.code()));
-                return Response::Error { code: 403, reason: format!("bad record: {}", e.code()) };
+                self.counters
+                    .refuse(&format!("store refused: {}", e.code()));
+                return Response::Error {
+                    code: 403,
+                    reason: format!("bad record: {}", e.code()),
+                };
             }
         };
         match self.dir.store(user, entry, rec.seq) {
             Ok(Some(change)) => {
-                self.push_presence(now, change.user, change.online, change.last_seen, change.stale);
+                self.push_presence(
+                    now,
+                    change.user,
+                    change.online,
+                    change.last_seen,
+                    change.stale,
+                );
                 Response::Ok
             }
             Ok(None) => Response::Ok,
-            Err(e) => Response::Error { code: 409, reason: e.to_string() },
+            Err(e) => Response::Error {
+                code: 409,
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -755,14 +918,26 @@ impl Supernode {
     // ------------------------------------------------------------------ presence
 
     /// A stored entry changed here: tell the supernodes watching it.
-    fn push_presence(&mut self, now: Instant, user: UserId, online: bool, last_seen: u64, stale: bool) {
+    fn push_presence(
+        &mut self,
+        now: Instant,
+        user: UserId,
+        online: bool,
+        last_seen: u64,
+        stale: bool,
+    ) {
         for w in self.dir.watchers_of(&user) {
             if w == self.me {
                 self.fan_out_presence(now, user, online, last_seen, stale);
             } else if let Some(m) = self.mesh.member(&w).cloned()
                 && let Some(sid) = self.peer_session(now, &m)
             {
-                let msg = Message::Presence { user, online, last_seen, stale };
+                let msg = Message::Presence {
+                    user,
+                    online,
+                    last_seen,
+                    stale,
+                };
                 let _ = self.ep.send(now, sid, &signal::encode(&msg));
             }
         }
@@ -770,12 +945,26 @@ impl Supernode {
 
     /// Presence for our watching clients. Each of the user's homes pushes the same change:
     /// clients hear it once.
-    fn fan_out_presence(&mut self, now: Instant, user: UserId, online: bool, last_seen: u64, stale: bool) {
-        let Some(set) = self.local_watch.get(&user) else { return };
+    fn fan_out_presence(
+        &mut self,
+        now: Instant,
+        user: UserId,
+        online: bool,
+        last_seen: u64,
+        stale: bool,
+    ) {
+        let Some(set) = self.local_watch.get(&user) else {
+            return;
+        };
         if self.last_presence.insert(user, (online, stale)) == Some((online, stale)) {
             return;
         }
-        let msg = signal::encode(&Message::Presence { user, online, last_seen, stale });
+        let msg = signal::encode(&Message::Presence {
+            user,
+            online,
+            last_seen,
+            stale,
+        });
         let sessions: Vec<SessionId> = set.iter().copied().collect();
         for sid in sessions {
             self.counters.presence_pushes += 1;
@@ -785,7 +974,15 @@ impl Supernode {
 
     // ------------------------------------------------------------------ lookups and routing
 
-    fn lookup(&mut self, now: Instant, client: SessionId, txn: TransactionId, user: UserId, name: Option<String>, route: Option<(UserId, Vec<u8>)>) {
+    fn lookup(
+        &mut self,
+        now: Instant,
+        client: SessionId,
+        txn: TransactionId,
+        user: UserId,
+        name: Option<String>,
+        route: Option<(UserId, Vec<u8>)>,
+    ) {
         let homes = user_homes(&user, &self.mesh.member_ids());
         if homes.contains(&self.me)
             && let Some(e) = self.local_entry(&user)
@@ -797,10 +994,26 @@ impl Supernode {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn lookup_next(&mut self, now: Instant, client: SessionId, txn: TransactionId, user: UserId, mut rest: Vec<UserId>, name: Option<String>, route: Option<(UserId, Vec<u8>)>) {
+    fn lookup_next(
+        &mut self,
+        now: Instant,
+        client: SessionId,
+        txn: TransactionId,
+        user: UserId,
+        mut rest: Vec<UserId>,
+        name: Option<String>,
+        route: Option<(UserId, Vec<u8>)>,
+    ) {
         while !rest.is_empty() {
             let h = rest.remove(0);
-            let cont = Cont::Lookup { client, txn, user, rest: rest.clone(), name: name.clone(), route: route.clone() };
+            let cont = Cont::Lookup {
+                client,
+                txn,
+                user,
+                rest: rest.clone(),
+                name: name.clone(),
+                route: route.clone(),
+            };
             if self.to_peer(now, h, &Request::PFetch(user), cont) {
                 return;
             }
@@ -808,17 +1021,31 @@ impl Supernode {
         self.lookup_done(now, client, txn, user, None, route);
     }
 
-    fn lookup_done(&mut self, now: Instant, client: SessionId, txn: TransactionId, user: UserId, entry: Option<Entry>, route: Option<(UserId, Vec<u8>)>) {
+    fn lookup_done(
+        &mut self,
+        now: Instant,
+        client: SessionId,
+        txn: TransactionId,
+        user: UserId,
+        entry: Option<Entry>,
+        route: Option<(UserId, Vec<u8>)>,
+    ) {
         match (route, entry) {
             (None, Some(e)) => self.respond(now, client, txn, &Response::Entry(e)),
             (None, None) => self.respond(now, client, txn, &Response::NotFound),
             (Some(_), None) => self.error(now, client, txn, 404, "unknown user"),
-            (Some(_), Some(e)) if !e.online || e.stale => self.error(now, client, txn, 410, "user offline"),
+            (Some(_), Some(e)) if !e.online || e.stale => {
+                self.error(now, client, txn, 410, "user offline")
+            }
             (Some((from, payload)), Some(e)) => {
                 if e.via == self.me {
                     return self.error(now, client, txn, 410, "user offline");
                 }
-                let req = Request::PForward { from, to: user, payload };
+                let req = Request::PForward {
+                    from,
+                    to: user,
+                    payload,
+                };
                 if !self.to_peer(now, e.via, &req, Cont::Forward { client, txn }) {
                     self.error(now, client, txn, 503, "the user's supernode is unreachable");
                 }
@@ -833,7 +1060,12 @@ impl Supernode {
         let homes = name_homes(&name, &self.mesh.member_ids());
         if homes.contains(&self.me) {
             let now_ts = Timestamp(self.unix(now));
-            if let Some(holder) = self.dir.name(&name).filter(|n| n.held.is_live(now_ts)).map(|n| n.held.claimant) {
+            if let Some(holder) = self
+                .dir
+                .name(&name)
+                .filter(|n| n.held.is_live(now_ts))
+                .map(|n| n.held.claimant)
+            {
                 return self.lookup(now, client, txn, holder, Some(name), None);
             }
         }
@@ -841,10 +1073,22 @@ impl Supernode {
         self.lookup_name_next(now, client, txn, name, rest);
     }
 
-    fn lookup_name_next(&mut self, now: Instant, client: SessionId, txn: TransactionId, name: String, mut rest: Vec<UserId>) {
+    fn lookup_name_next(
+        &mut self,
+        now: Instant,
+        client: SessionId,
+        txn: TransactionId,
+        name: String,
+        mut rest: Vec<UserId>,
+    ) {
         while !rest.is_empty() {
             let h = rest.remove(0);
-            let cont = Cont::LookupName { client, txn, name: name.clone(), rest: rest.clone() };
+            let cont = Cont::LookupName {
+                client,
+                txn,
+                name: name.clone(),
+                rest: rest.clone(),
+            };
             if self.to_peer(now, h, &Request::PFetchName(name.clone()), cont) {
                 return;
             }
@@ -852,7 +1096,15 @@ impl Supernode {
         self.respond(now, client, txn, &Response::NotFound);
     }
 
-    fn route(&mut self, now: Instant, client: SessionId, txn: TransactionId, from: UserId, to: UserId, payload: Vec<u8>) {
+    fn route(
+        &mut self,
+        now: Instant,
+        client: SessionId,
+        txn: TransactionId,
+        from: UserId,
+        to: UserId,
+        payload: Vec<u8>,
+    ) {
         self.counters.routed += 1;
         if let Some(&dst) = self.clients.get(&to) {
             return self.deliver_to(now, dst, client, txn, from, payload);
@@ -861,14 +1113,30 @@ impl Supernode {
     }
 
     /// A forward arrived for one of our clients.
-    fn deliver(&mut self, now: Instant, asker: SessionId, txn: TransactionId, from: UserId, to: UserId, payload: Vec<u8>) {
+    fn deliver(
+        &mut self,
+        now: Instant,
+        asker: SessionId,
+        txn: TransactionId,
+        from: UserId,
+        to: UserId,
+        payload: Vec<u8>,
+    ) {
         match self.clients.get(&to).copied() {
             Some(dst) => self.deliver_to(now, dst, asker, txn, from, payload),
             None => self.error(now, asker, txn, 410, "user not connected here"),
         }
     }
 
-    fn deliver_to(&mut self, now: Instant, dst: SessionId, asker: SessionId, txn: TransactionId, from: UserId, payload: Vec<u8>) {
+    fn deliver_to(
+        &mut self,
+        now: Instant,
+        dst: SessionId,
+        asker: SessionId,
+        txn: TransactionId,
+        from: UserId,
+        payload: Vec<u8>,
+    ) {
         let body = signal::encode(&Message::Deliver { from, payload });
         match self.ep.request(now, dst, &body) {
             Ok(t) => {
@@ -881,24 +1149,46 @@ impl Supernode {
     fn on_answer(&mut self, now: Instant, cont: Cont, resp: Option<Response>) {
         match cont {
             Cont::Fire => {}
-            Cont::Lookup { client, txn, user, rest, name, route } => match resp {
-                Some(Response::Entry(e)) => self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route),
+            Cont::Lookup {
+                client,
+                txn,
+                user,
+                rest,
+                name,
+                route,
+            } => match resp {
+                Some(Response::Entry(e)) => {
+                    self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route)
+                }
                 // Not there, or that home is gone: ask the next one.
                 _ => self.lookup_next(now, client, txn, user, rest, name, route),
             },
-            Cont::LookupName { client, txn, name, rest } => match resp {
-                Some(Response::Holder(Some(holder))) => self.lookup(now, client, txn, holder, Some(name), None),
+            Cont::LookupName {
+                client,
+                txn,
+                name,
+                rest,
+            } => match resp {
+                Some(Response::Holder(Some(holder))) => {
+                    self.lookup(now, client, txn, holder, Some(name), None)
+                }
                 _ => self.lookup_name_next(now, client, txn, name, rest),
             },
             Cont::Claim { client, txn } | Cont::Forward { client, txn } => {
-                let resp = resp.unwrap_or(Response::Error { code: 504, reason: "no answer from the supernode".into() });
+                let resp = resp.unwrap_or(Response::Error {
+                    code: 504,
+                    reason: "no answer from the supernode".into(),
+                });
                 self.respond(now, client, txn, &resp);
             }
             Cont::Deliver { asker, txn } => {
                 let resp = match resp {
                     Some(Response::Ok) => Response::Routed,
                     Some(other) => other,
-                    None => Response::Error { code: 504, reason: "the user's client did not acknowledge".into() },
+                    None => Response::Error {
+                        code: 504,
+                        reason: "the user's client did not acknowledge".into(),
+                    },
                 };
                 self.respond(now, asker, txn, &resp);
             }
@@ -907,7 +1197,14 @@ impl Supernode {
 
     // ------------------------------------------------------------------ names
 
-    fn claim(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId, claim: Vec<u8>) {
+    fn claim(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        claim: Vec<u8>,
+    ) {
         let check = Check {
             now: Timestamp(self.unix(now)),
             expected_signer: Some(&peer),
@@ -916,7 +1213,9 @@ impl Supernode {
         };
         let rec = match verify_record::<NameClaim>(&claim, &check) {
             Ok(r) => r,
-            Err(e) => return self.error(now, sid, txn, 403, &format!("claim refused: {}", e.code())),
+            Err(e) => {
+                return self.error(now, sid, txn, 403, &format!("claim refused: {}", e.code()));
+            }
         };
         self.counters.claims += 1;
         let homes = name_homes(&rec.payload.name, &self.mesh.member_ids());
@@ -926,7 +1225,12 @@ impl Supernode {
                 self.respond(now, sid, txn, &resp);
             }
             Some(h) => {
-                if !self.to_peer(now, h, &Request::PClaim { claim }, Cont::Claim { client: sid, txn }) {
+                if !self.to_peer(
+                    now,
+                    h,
+                    &Request::PClaim { claim },
+                    Cont::Claim { client: sid, txn },
+                ) {
                     self.error(now, sid, txn, 503, "the name's home is unreachable");
                 }
             }
@@ -939,13 +1243,21 @@ impl Supernode {
         let now_ts = Timestamp(self.unix(now));
         let rec = match verify_record::<NameClaim>(claim, &Check::at(now_ts)) {
             Ok(r) => r,
-            Err(e) => return Response::Error { code: 403, reason: format!("claim refused: {}", e.code()) },
+            Err(e) => {
+                return Response::Error {
+                    code: 403,
+                    reason: format!("claim refused: {}", e.code()),
+                };
+            }
         };
         let name = rec.payload.name.clone();
         let held = self.dir.name(&name).map(|n| n.held.clone());
         if let Err(why) = admit_claim(&name, held.as_ref(), &rec, now_ts) {
             self.counters.refuse("claim taken");
-            return Response::Error { code: 409, reason: why.to_string() };
+            return Response::Error {
+                code: 409,
+                reason: why.to_string(),
+            };
         }
         let stamp = ClaimStamp {
             orderer: self.me,
@@ -974,7 +1286,10 @@ impl Supernode {
             return;
         };
         let homes = name_homes(&rec.payload.name, &self.mesh.member_ids());
-        let name = Name { held: HeldClaim::new(&rec, stamp), record: claim.to_vec() };
+        let name = Name {
+            held: HeldClaim::new(&rec, stamp),
+            record: claim.to_vec(),
+        };
         self.dir.merge_name(name, &homes, now_ts);
     }
 
@@ -1004,7 +1319,6 @@ impl Supernode {
             })
             .collect();
         self.counters.relay_offers += offers.len() as u64;
-        let _ = self.relays.values().map(|r| r.session).count();
         self.respond(now, sid, txn, &Response::Relays(offers));
     }
 
@@ -1020,17 +1334,32 @@ impl Supernode {
                 if let Some(sid) = self.peers.remove(&m.id) {
                     self.ep.close(now, sid);
                 }
-                let waiting: Vec<Cont> = self.outq.remove(&m.id).map(|q| q.into_iter().map(|(_, c)| c).collect()).unwrap_or_default();
+                let waiting: Vec<Cont> = self
+                    .outq
+                    .remove(&m.id)
+                    .map(|q| q.into_iter().map(|(_, c)| c).collect())
+                    .unwrap_or_default();
                 for c in waiting {
                     self.on_answer(now, c, None);
                 }
                 // Entries of users connected through it are now the last known state.
                 for change in self.dir.mark_stale_via(&m.id) {
-                    self.push_presence(now, change.user, change.online, change.last_seen, change.stale);
+                    self.push_presence(
+                        now,
+                        change.user,
+                        change.online,
+                        change.last_seen,
+                        change.stale,
+                    );
                 }
                 self.dir.drop_watcher(&m.id);
                 // Clients using us as standby for it: switch now.
-                let lost: Vec<SessionId> = self.standby.iter().filter(|(_, p)| **p == m.id).map(|(s, _)| *s).collect();
+                let lost: Vec<SessionId> = self
+                    .standby
+                    .iter()
+                    .filter(|(_, p)| **p == m.id)
+                    .map(|(s, _)| *s)
+                    .collect();
                 let msg = signal::encode(&Message::PrimaryLost { primary: m.id });
                 for sid in lost {
                     let _ = self.ep.send(now, sid, &msg);
@@ -1054,7 +1383,13 @@ impl Supernode {
             let after = user_homes(user, &members);
             for h in &after {
                 if *h != self.me && !before.contains(h) {
-                    pushes.push((*h, Request::PStore { user: *user, entry: stored.entry.clone() }));
+                    pushes.push((
+                        *h,
+                        Request::PStore {
+                            user: *user,
+                            entry: stored.entry.clone(),
+                        },
+                    ));
                 }
             }
         }
@@ -1067,7 +1402,12 @@ impl Supernode {
                     let s = n.held.stamp;
                     pushes.push((
                         *h,
-                        Request::PClaimStore { claim: n.record.clone(), orderer: s.orderer, order: s.order, received_at: s.received_at.0 },
+                        Request::PClaimStore {
+                            claim: n.record.clone(),
+                            orderer: s.orderer,
+                            order: s.order,
+                            received_at: s.received_at.0,
+                        },
                     ));
                 }
             }
@@ -1078,7 +1418,8 @@ impl Supernode {
         }
         let me = self.me;
         self.dir.retain(|u| user_homes(u, &members).contains(&me));
-        self.dir.retain_names(|n| name_homes(n, &members).contains(&me));
+        self.dir
+            .retain_names(|n| name_homes(n, &members).contains(&me));
         let watched: Vec<UserId> = self.local_watch.keys().copied().collect();
         for user in watched {
             let before = user_homes(&user, &old);

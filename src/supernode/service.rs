@@ -152,7 +152,14 @@ impl StunServer {
                 let (flag, done) = (stop.clone(), done_tx.clone());
                 let frames = self.frames.clone().filter(|_| via == Via::PRIMARY);
                 let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                    let _ = done.try_send(serve_socket(&service, via, &sock, &all, &flag, frames.as_ref()));
+                    let _ = done.try_send(serve_socket(
+                        &service,
+                        via,
+                        &sock,
+                        &all,
+                        &flag,
+                        frames.as_ref(),
+                    ));
                 });
                 match spawned {
                     Ok(t) => threads.push(t),

@@ -30,6 +30,9 @@ pub struct Credentials {
     users: HashMap<String, Key>,
     /// Shared secrets for time-limited credentials, current first.
     secrets: Vec<Vec<u8>>,
+    /// Secrets this relay gave each supernode it authorised (by the supernode's ID text),
+    /// current first: credentials `EXPIRY:SUPERNODE:USER` are checked against these only.
+    supernodes: HashMap<String, Vec<Vec<u8>>>,
 }
 
 /// Why a username has no key.
@@ -68,7 +71,17 @@ impl Credentials {
     }
 
     pub fn has_secrets(&self) -> bool {
-        !self.secrets.is_empty()
+        !self.secrets.is_empty() || !self.supernodes.is_empty()
+    }
+
+    /// Sets the secrets a supernode may mint credentials with (current first); an empty list
+    /// revokes it.
+    pub fn set_supernode_secrets(&mut self, supernode: &str, secrets: Vec<Vec<u8>>) {
+        if secrets.is_empty() {
+            self.supernodes.remove(supernode);
+        } else {
+            self.supernodes.insert(supernode.to_string(), secrets);
+        }
     }
 
     pub fn user_count(&self) -> usize {
@@ -108,15 +121,25 @@ impl Credentials {
         if let Some(k) = self.users.get(username) {
             return Ok(vec![*k]);
         }
-        if self.secrets.is_empty() {
+        // Minted by a supernode: `EXPIRY:SUPERNODE:USER`, checked against the secrets this relay
+        // gave that supernode and nothing else. A supernode the relay never authorised (or has
+        // revoked) mints nothing that works here.
+        let mut parts = username.splitn(3, ':');
+        let (_, minter, rest) = (parts.next(), parts.next(), parts.next());
+        let secrets = match (minter, rest) {
+            (Some(m), Some(_)) if m.starts_with(crate::identity::USER_ID_PREFIX) => {
+                self.supernodes.get(m).ok_or(CredentialError::UnknownUser)?
+            }
+            _ => &self.secrets,
+        };
+        if secrets.is_empty() {
             return Err(CredentialError::UnknownUser);
         }
         let expiry = rest_expiry(username).ok_or(CredentialError::UnknownUser)?;
         if expiry < unix_now {
             return Err(CredentialError::Expired);
         }
-        Ok(self
-            .secrets
+        Ok(secrets
             .iter()
             .map(|s| long_term_key(username, &self.realm, &rest_password(s, username)))
             .collect())
@@ -312,6 +335,39 @@ mod tests {
         );
         // coturn's documented example: secret "north", username "1433895918:voxmesh".
         assert_eq!(rest_password(b"north", "1433895918:voxmesh").len(), 28);
+    }
+
+    #[test]
+    fn supernode_minted_credentials_use_only_that_supernodes_secrets() {
+        let mut c = Credentials::new("r");
+        c.add_secret(b"global");
+        let sn = "vx1wedzd8kmzcu4m0lxn7e0wz5rke9u8eef2khqwu";
+        let other = "vx1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        c.set_supernode_secrets(sn, vec![b"for-sn".to_vec(), b"old".to_vec()]);
+        let user = format!("2000:{sn}:alice");
+        let keys = c.keys(&user, 1000).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&long_term_key(&user, "r", &rest_password(b"for-sn", &user))));
+        assert!(
+            !keys.contains(&long_term_key(&user, "r", &rest_password(b"global", &user))),
+            "the global secret does not mint for a supernode"
+        );
+        assert_eq!(
+            c.keys(&format!("2000:{other}:alice"), 1000),
+            Err(CredentialError::UnknownUser),
+            "an unauthorised supernode"
+        );
+        assert_eq!(c.keys(&user, 2001), Err(CredentialError::Expired));
+        c.set_supernode_secrets(sn, Vec::new());
+        assert_eq!(
+            c.keys(&user, 1000),
+            Err(CredentialError::UnknownUser),
+            "revoked"
+        );
+        assert!(
+            c.keys("2000:alice", 1000).is_ok(),
+            "plain time-limited credentials still work"
+        );
     }
 
     #[test]

@@ -1327,7 +1327,7 @@ impl TurnServer {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction {
-        match self.to_peer(now, i, peer, range) {
+        match self.check_to_peer(now, i, peer, range) {
             ClientAction::ToPeer { id, peer, data } => match self.allocation_at(peer) {
                 Some(j) => self.internal(now, i, j, &input[data], out),
                 None => ClientAction::ToPeer { id, peer, data },
@@ -1379,7 +1379,7 @@ impl TurnServer {
     }
 
     /// Checks permission, own-host and bandwidth for data from allocation `i` to `peer`.
-    fn to_peer(
+    fn check_to_peer(
         &mut self,
         now: Instant,
         i: u32,

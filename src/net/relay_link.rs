@@ -1,0 +1,70 @@
+//! The tokio driver for [`crate::agent::relay::RelayLink`]: its own UDP socket, timers, and
+//! the relay's load in; the supernode secrets out whenever they change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::Shutdown;
+use crate::agent::relay::RelayLink;
+use crate::identity::UserId;
+
+/// Secrets per supernode, current first.
+pub type SupernodeSecrets = Vec<(UserId, Vec<Vec<u8>>)>;
+
+/// Runs the link until `shutdown`. `load` is read for each load report; every change of the
+/// accepted secrets is published on `secrets`.
+pub async fn run_relay_link(
+    mut link: RelayLink,
+    socket: UdpSocket,
+    load: Arc<AtomicU32>,
+    secrets: watch::Sender<SupernodeSecrets>,
+    mut shutdown: Shutdown,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        link.set_load(load.load(Relaxed));
+        if link.take_changed() {
+            let _ = secrets.send(link.secrets(Instant::now()));
+        }
+        while let Some(t) = link.poll_transmit() {
+            let _ = socket.send_to(&t.data, t.to).await;
+        }
+        let deadline = link.poll_timeout().map(tokio::time::Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait() => {
+                link.close(Instant::now());
+                while let Some(t) = link.poll_transmit() {
+                    let _ = socket.send_to(&t.data, t.to).await;
+                }
+                return;
+            }
+            _ = sleep => link.handle_timeout(Instant::now()),
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r
+                    && crate::session::is_session_frame(&buf[..n])
+                {
+                    link.handle_datagram(Instant::now(), from, &buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// A socket address for the link: the same IP as the relay, any port.
+pub fn link_bind_addr(relay_ip: Option<std::net::IpAddr>) -> SocketAddr {
+    match relay_ip {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None => ([0, 0, 0, 0], 0).into(),
+    }
+}
