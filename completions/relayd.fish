@@ -11,8 +11,8 @@ complete -c relayd -l auth-secret -d 'Shared secret for time-limited credentials
 complete -c relayd -l auth-secret-file -d 'File of shared secrets, one per line, current first; re-read on SIGHUP' -r -F
 complete -c relayd -l allow-peer -d 'Allow peers in this block even if it is special-purpose (repeatable)' -r
 complete -c relayd -l user-quota -d 'Concurrent allocations per username' -r
-complete -c relayd -l source-quota -d 'Concurrent allocations per client IP address' -r
-complete -c relayd -l total-quota -d 'Concurrent allocations in total' -r
+complete -c relayd -l source-quota -d 'Concurrent allocations, and TCP/TLS connections, per client IPv4 address or IPv6 /64' -r
+complete -c relayd -l total-quota -d 'Concurrent allocations, and TCP/TLS connections, in total' -r
 complete -c relayd -l max-bps -d 'Bandwidth cap per allocation in bytes per second (both directions); 0 for none' -r
 complete -c relayd -l alternate-server -d 'While draining, send new allocations here (300 ALTERNATE-SERVER)' -r
 complete -c relayd -l nonce-lifetime -d 'Seconds a nonce stays valid; an older one gets 438 Stale Nonce, with a fresh nonce to retry with' -r

@@ -830,6 +830,53 @@ fn source_quota_refuses_with_486_and_other_sources_are_served() {
 }
 
 #[test]
+fn stream_connections_per_source_are_capped_by_the_source_quota() {
+    use std::io::Read;
+    let r = Relayd::start(ports(12), &["--source-quota", "2"]);
+    let connect = || {
+        let s = std::net::TcpStream::connect_timeout(&r.tcp, WAIT).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    };
+    // Two silent connections hold the source's two places...
+    let (first, _second) = (connect(), connect());
+    // ... so a third is closed at once (EOF, or a reset), long before the 10 s prompt limit.
+    let t0 = Instant::now();
+    let mut third = connect();
+    let mut byte = [0u8; 1];
+    assert!(matches!(third.read(&mut byte), Ok(0) | Err(_)));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    r.wait_metric(&dropped("stream_limit"), 1.0);
+    // Freeing a place lets the next one in: it is served (an unauthenticated Allocate is
+    // challenged over the stream).
+    drop(first);
+    let m = r.wait_for("a place freed", |m| m.get(&dropped("stream_limit")) >= 1.0);
+    assert_eq!(m.get(&dropped("stream_limit")), 1.0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = connect();
+        std::io::Write::write_all(&mut s, &request(method::ALLOCATE, udp_transport)).unwrap();
+        let mut head = [0u8; 20];
+        if s.read_exact(&mut head).is_ok() {
+            assert_eq!(
+                u16::from_be_bytes([head[0], head[1]]),
+                0x0113,
+                "an Allocate error response"
+            );
+            break;
+        }
+        // The relay may not have seen the close yet: retry, bounded.
+        assert!(Instant::now() < deadline, "no place freed within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_serving(&r, "127.0.0.1");
+}
+
+#[test]
 fn total_quota_refuses_with_486_while_live_allocations_keep_relaying() {
     let r = Relayd::start(ports(9), &["--total-quota", "3"]);
     let mut a = Raw::bind("127.0.0.1", r.udp);

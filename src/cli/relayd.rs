@@ -129,11 +129,11 @@ pub struct Args {
     #[arg(long = "user-quota", default_value_t = 64)]
     pub user_quota: u32,
 
-    /// Concurrent allocations per client IP address.
+    /// Concurrent allocations, and TCP/TLS connections, per client IPv4 address or IPv6 /64.
     #[arg(long = "source-quota", default_value_t = 64)]
     pub source_quota: u32,
 
-    /// Concurrent allocations in total.
+    /// Concurrent allocations, and TCP/TLS connections, in total.
     #[arg(long = "total-quota", default_value_t = 100_000)]
     pub total_quota: u32,
 

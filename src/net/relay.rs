@@ -84,6 +84,13 @@ const RELAY_ROUNDS: usize = 4;
 
 type StreamTx = mpsc::Sender<Vec<u8>>;
 
+/// A UDP listener and the batch of datagrams waiting to go out of it.
+struct UdpListener {
+    local: SocketAddr,
+    sock: Rc<UdpSocket>,
+    batch: RefCell<SendBatch>,
+}
+
 /// An allocation's relayed socket and the task that reads it.
 struct Relay {
     id: AllocId,
@@ -93,10 +100,17 @@ struct Relay {
 
 struct Shared {
     core: RefCell<TurnServer>,
-    /// UDP listeners by local address, each with its pending send batch.
-    udp: HashMap<SocketAddr, (Rc<UdpSocket>, RefCell<SendBatch>)>,
+    /// UDP listeners, each with its pending send batch: a short list searched by local address
+    /// (a relay has one or two, and the search runs for every datagram sent to a client).
+    udp: Vec<UdpListener>,
     /// Stream clients by connection id.
     streams: RefCell<HashMap<u64, StreamTx>>,
+    /// Open stream connections (TLS handshakes included) per source, and the caps: a
+    /// connection holds a task and a descriptor before it has allocated anything, so the
+    /// allocation quotas bound connections too.
+    stream_sources: RefCell<HashMap<std::net::IpAddr, u32>>,
+    stream_total: std::cell::Cell<usize>,
+    stream_caps: (usize, u32),
     /// Relayed sockets, indexed by allocation index: the core reuses freed indexes, so this is
     /// as dense as its own slot table, and finding a socket costs no hashing on the per-packet
     /// path.
@@ -119,7 +133,9 @@ impl Shared {
     fn to_client(&self, to: ClientAddr, bytes: &[u8]) {
         match to.transport {
             Transport::Udp => {
-                let Some((sock, batch)) = self.udp.get(&to.local) else {
+                let Some(UdpListener { sock, batch, .. }) =
+                    self.udp.iter().find(|l| l.local == to.local)
+                else {
                     return;
                 };
                 let mut batch = batch.borrow_mut();
@@ -234,21 +250,32 @@ pub async fn serve_relay(
     options: RelayOptions,
     mut shutdown: Shutdown,
 ) -> io::Result<()> {
-    let mut udp = HashMap::new();
+    let mut udp = Vec::new();
     let mut streams = Vec::new();
     for l in listeners {
         match l {
             BoundListener::Udp(s) => {
                 let addr = s.local_addr()?;
-                udp.insert(addr, (Rc::new(s), RefCell::new(SendBatch::default())));
+                udp.push(UdpListener {
+                    local: addr,
+                    sock: Rc::new(s),
+                    batch: RefCell::new(SendBatch::default()),
+                });
             }
             other => streams.push(other),
         }
     }
+    let stream_caps = (
+        core.config().total_quota as usize,
+        core.config().source_quota,
+    );
     let shared = Rc::new(Shared {
         core: RefCell::new(core),
         udp,
         streams: RefCell::new(HashMap::new()),
+        stream_sources: RefCell::new(HashMap::new()),
+        stream_total: std::cell::Cell::new(0),
+        stream_caps,
         relays: RefCell::new(Vec::new()),
         rx: RefCell::new(RecvBatch::default()),
         out: RefCell::new(Vec::with_capacity(2048)),
@@ -261,7 +288,7 @@ pub async fn serve_relay(
     local
         .run_until(async move {
             let mut tasks = Vec::new();
-            for (addr, (sock, _)) in &shared.udp {
+            for UdpListener { local: addr, sock, .. } in &shared.udp {
                 tasks.push(tokio::task::spawn_local(udp_listener(shared.clone(), *addr, sock.clone())));
             }
             let next_conn = Rc::new(RefCell::new(1u64));
@@ -510,7 +537,7 @@ async fn moderator(shared: Rc<Shared>) {
 }
 
 fn flush_all(shared: &Shared) {
-    for (sock, batch) in shared.udp.values() {
+    for UdpListener { sock, batch, .. } in &shared.udp {
         let mut b = batch.borrow_mut();
         if !b.is_empty() {
             b.flush(&**sock);
@@ -577,6 +604,11 @@ async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn:
             tokio::task::yield_now().await;
             continue;
         };
+        let Some(slot) = StreamSlot::take(&shared, remote.ip()) else {
+            shared.core.borrow_mut().count_drop("stream_limit");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = {
             let mut n = next_conn.borrow_mut();
@@ -592,11 +624,15 @@ async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn:
         let shared = shared.clone();
         match &tls {
             None => {
-                tokio::task::spawn_local(stream_conn(shared, client, stream));
+                tokio::task::spawn_local(async move {
+                    stream_conn(shared, client, stream).await;
+                    drop(slot);
+                });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::task::spawn_local(async move {
+                    let _slot = slot;
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;
@@ -604,6 +640,48 @@ async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn:
                         stream_conn(shared, client, s).await;
                     }
                 });
+            }
+        }
+    }
+}
+
+/// A stream connection's place under the caps, given back when dropped.
+struct StreamSlot {
+    shared: Rc<Shared>,
+    source: std::net::IpAddr,
+}
+
+impl StreamSlot {
+    fn take(shared: &Rc<Shared>, ip: std::net::IpAddr) -> Option<StreamSlot> {
+        let source = crate::turn::auth::source_key(ip);
+        let mut sources = shared.stream_sources.borrow_mut();
+        let total = shared.stream_total.get();
+        let (max_total, max_source) = shared.stream_caps;
+        let n = sources.entry(source).or_default();
+        if total >= max_total || *n >= max_source {
+            if *n == 0 {
+                sources.remove(&source);
+            }
+            return None;
+        }
+        *n += 1;
+        shared.stream_total.set(total + 1);
+        Some(StreamSlot {
+            shared: shared.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let total = &self.shared.stream_total;
+        total.set(total.get() - 1);
+        let mut sources = self.shared.stream_sources.borrow_mut();
+        if let Some(n) = sources.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                sources.remove(&self.source);
             }
         }
     }

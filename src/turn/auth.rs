@@ -235,8 +235,24 @@ impl Nonces {
     }
 }
 
-/// A token bucket per source IP, in a bounded table: used to rate-limit 401 responses so a
-/// flood of unauthenticated requests cannot turn the relay into a reflector.
+/// The unit quotas and rate limits count per: an IPv4 address, or an IPv6 /64 (one host
+/// commonly holds a whole /64, so per-address keys would let it take any number of slots).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
+/// A token bucket per source ([`source_key`]), in a bounded table: used to rate-limit 401
+/// responses so a flood of unauthenticated requests cannot turn the relay into a reflector.
+/// When the table is full of live buckets (a flood from many spoofed sources), newcomers share
+/// one overflow bucket: they still get challenges, at the rate of one source.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_sec: f64,
@@ -257,15 +273,17 @@ impl RateLimiter {
 
     /// Takes one token for `ip`; `false` when it has none left.
     pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let mut ip = source_key(ip);
         if self.buckets.len() >= self.max_entries && !self.buckets.contains_key(&ip) {
             // Forget buckets that have refilled (they behave like new ones anyway); if that
-            // frees nothing, the table is under attack from many sources: refuse newcomers.
+            // frees nothing, the table is under attack from many sources: the newcomer
+            // shares the overflow bucket (keyed by the unspecified address, never a source).
             let (rate, burst) = (self.per_sec, self.burst);
             self.buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
             if self.buckets.len() >= self.max_entries {
-                return false;
+                ip = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
             }
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((self.burst, now));
@@ -405,14 +423,33 @@ mod tests {
         assert!(r.allow(t0, ip(2)), "other sources unaffected");
         assert!(r.allow(t0 + Duration::from_millis(200), ip(1)), "refills");
         r.allow(t0, ip(3));
-        assert!(r.len() <= 3);
+        assert_eq!(r.len(), 3);
+        // The table is full of active sources: newcomers share one overflow bucket, so they
+        // are still challenged, but together at one source's rate.
         assert!(
-            !r.allow(t0, ip(4)),
-            "table full of active sources: refuse newcomers"
+            (4..9).all(|n| r.allow(t0, ip(n))),
+            "overflow bucket's burst"
         );
+        assert!(!r.allow(t0, ip(9)), "overflow bucket spent");
+        assert!(!r.allow(t0, ip(4)), "shared, not per newcomer");
+        assert_eq!(r.len(), 4, "the table stays bounded");
         assert!(
-            r.allow(t0 + Duration::from_secs(10), ip(4)),
+            r.allow(t0 + Duration::from_secs(10), ip(10)),
             "after refill, old entries go"
         );
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_or_ipv6_slash_64s() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(source_key(mapped), IpAddr::from([198, 51, 100, 7]));
+        let mut r = RateLimiter::new(10.0, 2.0, 100);
+        assert!(r.allow(Instant::now(), a) && r.allow(Instant::now(), b));
+        assert!(!r.allow(Instant::now(), a), "one /64, one bucket");
     }
 }

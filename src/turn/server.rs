@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use super::auth::{CredentialError, Credentials, Key, NonceCheck, Nonces, RateLimiter};
+use super::auth::{CredentialError, Credentials, Key, NonceCheck, Nonces, RateLimiter, source_key};
 use super::channel;
 use super::peer_policy::{PeerPolicy, Refusal, canonical};
 use super::ports::PortPool;
@@ -807,7 +807,11 @@ impl TurnServer {
             };
         }
         let user_n = self.per_user.get(&username).copied().unwrap_or(0);
-        let source_n = self.per_source.get(&from.remote.ip()).copied().unwrap_or(0);
+        let source_n = self
+            .per_source
+            .get(&source_key(from.remote.ip()))
+            .copied()
+            .unwrap_or(0);
         if self.live >= self.config.total_quota as usize
             || user_n >= self.config.user_quota
             || source_n >= self.config.source_quota
@@ -1011,7 +1015,10 @@ impl TurnServer {
             self.by_public.insert(p.addr, p.index);
         }
         *self.per_user.entry(p.username).or_default() += 1;
-        *self.per_source.entry(p.client.remote.ip()).or_default() += 1;
+        *self
+            .per_source
+            .entry(source_key(p.client.remote.ip()))
+            .or_default() += 1;
         self.live += 1;
         self.counters.allocations_total += 1;
         self.push_timer(expires, p.index, generation);
@@ -1579,7 +1586,7 @@ impl TurnServer {
                 self.per_user.remove(&a.username);
             }
         }
-        let ip = a.client.remote.ip();
+        let ip = source_key(a.client.remote.ip());
         if let Some(n) = self.per_source.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
