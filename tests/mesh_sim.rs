@@ -30,10 +30,13 @@ enum Node {
     Client(Box<Agent>),
 }
 
+/// A datagram in flight: (arrival, sequence, destination node, source, bytes).
+type InFlight = (Instant, u64, usize, SocketAddr, Vec<u8>);
+
 struct World {
     now: Instant,
     nodes: Vec<(SocketAddr, Node, bool)>,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     events: HashMap<usize, Vec<AgentEvent>>,
 }

@@ -198,8 +198,9 @@ fn coturn_uclient_relays_through_relayd_without_loss_in_every_mode() {
         &["--use-auth-secret", "--static-auth-secret", "north"],
     );
 
-    // (server name, ip, udp/tcp port, tls port, auth flags)
-    let runs: Vec<(&str, &str, &str, u16, u16, Vec<&str>)> = MODES
+    // (server name, mode, ip, udp/tcp port, tls port, auth flags)
+    type Run<'a> = (&'a str, &'a str, &'a str, u16, u16, Vec<&'a str>);
+    let runs: Vec<Run> = MODES
         .iter()
         .flat_map(|(mode, _)| {
             [

@@ -136,7 +136,7 @@ impl World {
     }
 
     /// A peer sends `data` to allocation `relayed` from `peer`; returns what the client got.
-    fn from_peer(
+    fn deliver_from_peer(
         &mut self,
         client: &mut TurnClient,
         relayed: SocketAddr,
@@ -211,7 +211,7 @@ fn allocate_after_a_401_challenge_and_relay_both_ways() {
         Some((relayed, peer, b"hello peer".to_vec()))
     );
     assert_eq!(
-        w.from_peer(&mut c, relayed, peer, b"hi client"),
+        w.deliver_from_peer(&mut c, relayed, peer, b"hi client"),
         Some((peer, b"hi client".to_vec()))
     );
 
@@ -228,12 +228,12 @@ fn allocate_after_a_401_challenge_and_relay_both_ways() {
         w.at_peers.pop(),
         Some((relayed, peer, b"over the channel".to_vec()))
     );
-    let back = w.from_peer(&mut c, relayed, peer, b"channel back");
+    let back = w.deliver_from_peer(&mut c, relayed, peer, b"channel back");
     assert_eq!(back, Some((peer, b"channel back".to_vec())));
 
     // No permission for another peer: the peer's data is dropped.
     assert_eq!(
-        w.from_peer(&mut c, relayed, addr("198.51.100.99:1"), b"x"),
+        w.deliver_from_peer(&mut c, relayed, addr("198.51.100.99:1"), b"x"),
         None
     );
     assert_eq!(w.server.counters().drops.get("no_permission"), Some(&1));
@@ -340,7 +340,7 @@ fn allocations_permissions_and_channels_expire() {
         &mut [(&mut idle, World::client_addr("198.51.100.99:1"))],
     );
     assert_eq!(
-        w.from_peer(&mut c, relayed, peer, b"late"),
+        w.deliver_from_peer(&mut c, relayed, peer, b"late"),
         None,
         "permission expired after 300 s"
     );

@@ -559,12 +559,11 @@ impl Agent {
                         stale,
                     });
                 }
-                Ok(Message::PrimaryLost { primary }) => {
+                Ok(Message::PrimaryLost { primary })
                     if self.standby.is_some_and(|s| s.session == session)
-                        && self.primary.is_some_and(|p| p.node == primary)
-                    {
-                        self.fail_over(now, "the standby reports the primary dead");
-                    }
+                        && self.primary.is_some_and(|p| p.node == primary) =>
+                {
+                    self.fail_over(now, "the standby reports the primary dead");
                 }
                 _ => {}
             },

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -109,6 +109,16 @@ pub struct Args {
     /// Serve STUN only: no identity, no mesh, no directory.
     #[arg(long = "stun-only")]
     pub stun_only: bool,
+
+    /// Benchmarks only: close a session after this many seconds without a frame (default 65).
+    /// `scripts/bench-supernode` raises it so that a million clients that registered and went
+    /// quiet stay registered while it measures memory.
+    #[arg(long = "session-idle-timeout", value_name = "SECS", hide = true)]
+    pub session_idle_timeout: Option<u64>,
+
+    /// Benchmarks only: most sessions in any state (default 100000).
+    #[arg(long = "max-sessions", value_name = "N", hide = true)]
+    pub max_sessions: Option<usize>,
 
     #[command(flatten)]
     pub verbosity: Verbosity,
@@ -338,7 +348,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             let bootstrap = resolve_bootstrap(&entries).await.context("cannot resolve a bootstrap entry")?;
             let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let core = Supernode::new(&identity, NodeConfig::new(advertise), &bootstrap, Instant::now(), unix, rand::random());
+            let mut config = NodeConfig::new(advertise);
+            if let Some(secs) = args.session_idle_timeout {
+                config.session.idle_timeout = Duration::from_secs(secs);
+            }
+            if let Some(n) = args.max_sessions {
+                config.session.max_sessions = n;
+            }
+            let core = Supernode::new(&identity, config, &bootstrap, Instant::now(), unix, rand::random());
             node_entry = Some(format!("{}@{advertise}", core.node_key()));
             let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(8192);
             let frames_tx_tcp = frames_tx.clone();

@@ -137,7 +137,7 @@ impl Directory {
                 || s.entry.stale != entry.stale
                 || s.entry.via != entry.via
         });
-        let change = changed.then(|| PresenceChange {
+        let change = changed.then_some(PresenceChange {
             user,
             online: entry.online,
             last_seen: entry.last_seen,

@@ -261,14 +261,13 @@ impl Mesh {
                 MeshEvent::Up(m) if m.id != self.me.id => {
                     self.live.insert(m.id, m.clone());
                 }
-                MeshEvent::Down(m) => {
+                MeshEvent::Down(m)
                     if self
                         .live
                         .get(&m.id)
-                        .is_some_and(|l| l.generation == m.generation)
-                    {
-                        self.live.remove(&m.id);
-                    }
+                        .is_some_and(|l| l.generation == m.generation) =>
+                {
+                    self.live.remove(&m.id);
                 }
                 _ => {}
             }
@@ -331,8 +330,8 @@ mod tests {
         let mut meshes: Vec<Mesh> = (1..=5)
             .map(|n| Mesh::new(member(n), &MeshConfig::default(), n as u64, t0))
             .collect();
-        for i in 1..5 {
-            meshes[i].join(t0, member(1));
+        for m in meshes.iter_mut().skip(1) {
+            m.join(t0, member(1));
         }
         let now = run(&mut meshes, &[], t0 + Duration::from_secs(5), t0);
         for m in &meshes {

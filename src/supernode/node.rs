@@ -406,7 +406,7 @@ impl Supernode {
     /// the session has as many requests in flight as it allows (a burst of registrations
     /// fans out to the same homes), the request waits in a per-peer queue, in order, and goes
     /// as answers come back. `false` only when the peer is unreachable or its queue is full.
-    fn to_peer(&mut self, now: Instant, id: UserId, req: &Request, cont: Cont) -> bool {
+    fn send_to_peer(&mut self, now: Instant, id: UserId, req: &Request, cont: Cont) -> bool {
         let Some(m) = self.mesh.member(&id).cloned() else {
             return false;
         };
@@ -769,7 +769,7 @@ impl Supernode {
     /// Sends `req` to supernode `to`, or handles it here when `to` is us.
     fn send_or_local(&mut self, now: Instant, to: UserId, req: Request) {
         if to != self.me {
-            self.to_peer(now, to, &req, Cont::Fire);
+            self.send_to_peer(now, to, &req, Cont::Fire);
             return;
         }
         match req {
@@ -1014,7 +1014,7 @@ impl Supernode {
                 name: name.clone(),
                 route: route.clone(),
             };
-            if self.to_peer(now, h, &Request::PFetch(user), cont) {
+            if self.send_to_peer(now, h, &Request::PFetch(user), cont) {
                 return;
             }
         }
@@ -1046,7 +1046,7 @@ impl Supernode {
                     to: user,
                     payload,
                 };
-                if !self.to_peer(now, e.via, &req, Cont::Forward { client, txn }) {
+                if !self.send_to_peer(now, e.via, &req, Cont::Forward { client, txn }) {
                     self.error(now, client, txn, 503, "the user's supernode is unreachable");
                 }
             }
@@ -1089,7 +1089,7 @@ impl Supernode {
                 name: name.clone(),
                 rest: rest.clone(),
             };
-            if self.to_peer(now, h, &Request::PFetchName(name.clone()), cont) {
+            if self.send_to_peer(now, h, &Request::PFetchName(name.clone()), cont) {
                 return;
             }
         }
@@ -1225,7 +1225,7 @@ impl Supernode {
                 self.respond(now, sid, txn, &resp);
             }
             Some(h) => {
-                if !self.to_peer(
+                if !self.send_to_peer(
                     now,
                     h,
                     &Request::PClaim { claim },
@@ -1273,7 +1273,7 @@ impl Supernode {
                     order: stamp.order,
                     received_at: stamp.received_at.0,
                 };
-                self.to_peer(now, h, &req, Cont::Fire);
+                self.send_to_peer(now, h, &req, Cont::Fire);
             }
         }
         Response::Claimed { name }
@@ -1414,7 +1414,7 @@ impl Supernode {
         }
         let _ = now_ts;
         for (h, req) in pushes {
-            self.to_peer(now, h, &req, Cont::Fire);
+            self.send_to_peer(now, h, &req, Cont::Fire);
         }
         let me = self.me;
         self.dir.retain(|u| user_homes(u, &members).contains(&me));
