@@ -513,9 +513,14 @@ fn binding_service_replies_decode_in_stun_codec() {
             m.get_attribute::<XorMappedAddress>().map(|a| a.address()),
             Some(from)
         );
+        // OTHER-ADDRESS names the socket opposite (other IP and port) to the one asked.
+        let opposite = Via {
+            alt_ip: !via.alt_ip,
+            alt_port: !via.alt_port,
+        };
         assert_eq!(
             m.get_attribute::<OtherAddress>().map(|a| a.address()),
-            cfg.alternate
+            cfg.alternate.map(|_| cfg.local(opposite))
         );
         let send_via = Via {
             alt_ip: via.alt_ip ^ (change.ip && with_change),
