@@ -35,7 +35,7 @@ _supernoded() {
 
     case "${cmd}" in
         supernoded)
-            opts="-l -v -q -h -V --listen --alt-addr --no-rfc5780 --no-software --metrics --bootstrap --identity --advertise --control --host-cache --stun-only --verbose --quiet --help --version status help"
+            opts="-l -v -q -h -V --listen --alt-addr --no-rfc5780 --no-software --metrics --bootstrap --identity --advertise --control --host-cache --stun-only --session-idle-timeout --max-sessions --verbose --quiet --help --version status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -74,6 +74,14 @@ _supernoded() {
                     return 0
                     ;;
                 --host-cache)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --session-idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-sessions)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_supernoded_global_optspecs
-    string join \n l/listen= alt-addr= no-rfc5780 no-software metrics= bootstrap= identity= advertise= control= host-cache= stun-only v/verbose q/quiet h/help V/version
+    string join \n l/listen= alt-addr= no-rfc5780 no-software metrics= bootstrap= identity= advertise= control= host-cache= stun-only session-idle-timeout= max-sessions= v/verbose q/quiet h/help V/version
 end
 
 function __fish_supernoded_needs_command
@@ -32,6 +32,8 @@ complete -c supernoded -n "__fish_supernoded_needs_command" -l identity -d 'This
 complete -c supernoded -n "__fish_supernoded_needs_command" -l advertise -d 'The address other nodes reach us at (default: the first --listen address)' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l control -d 'Control socket for `supernoded status`' -r -F
 complete -c supernoded -n "__fish_supernoded_needs_command" -l host-cache -d 'Host cache of mesh members (read at start, rewritten while running)' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l session-idle-timeout -d 'Benchmarks only: close a session after this many seconds without a frame (default 65). `scripts/bench-supernode` raises it so that a million clients that registered and went quiet stay registered while it measures memory' -r
+complete -c supernoded -n "__fish_supernoded_needs_command" -l max-sessions -d 'Benchmarks only: most sessions in any state (default 100000)' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l no-rfc5780 -d 'Serve plain STUN only: no CHANGE-REQUEST, RESPONSE-PORT, PADDING or OTHER-ADDRESS'
 complete -c supernoded -n "__fish_supernoded_needs_command" -l no-software -d 'Leave the SOFTWARE attribute out of responses (saves 28 bytes each)'
 complete -c supernoded -n "__fish_supernoded_needs_command" -l stun-only -d 'Serve STUN only: no identity, no mesh, no directory'

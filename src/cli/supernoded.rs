@@ -51,6 +51,15 @@ Examples:
         a second address with --alt-addr, RFC 5780 NAT behaviour discovery: OTHER-ADDRESS, \
         RESPONSE-ORIGIN, CHANGE-REQUEST, RESPONSE-PORT and PADDING, served from two addresses \
         times two ports. Classic RFC 3489 clients are answered too.\n\n\
+        On the same port, unless --stun-only: the directory. Clients register over an \
+        authenticated, encrypted session (Noise, keys bound to their Ed25519 identities; TCP \
+        on the same port for networks that block UDP); every user's signed record lives on 3 \
+        home supernodes chosen by rendezvous hashing; lookups are one hop; presence changes are \
+        pushed to watchers; signalling messages are routed between clients; relays that named \
+        this supernode (relayd --supernode) are offered to clients with credentials minted for \
+        them. Supernodes form a flat mesh (SWIM membership): join through --bootstrap or the \
+        host cache. On first start the key is created and the KEY@HOST:PORT others bootstrap \
+        from is printed in the \"node\" field of the start line.\n\n\
         Amplification: responses are at most a few dozen bytes longer than the request; PADDING \
         is echoed only up to the request's size (RFC 5780 suggests the MTU), and RESPONSE-PORT \
         only reaches the requester's own address. --no-rfc5780 turns all of RFC 5780 off.",

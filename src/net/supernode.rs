@@ -2,6 +2,9 @@
 //! service's primary sockets come in over a channel; frames go out on those same sockets (one
 //! socket per family: what clients and other supernodes know us by); timers; a local control
 //! socket for `supernoded status`; the host cache file.
+//!
+//! [`run_echo`] runs the same driver around a core that only echoes frames back: the transport's
+//! own cost, which `scripts/bench-supernode` sets the directory's cost against.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shutdown;
 use super::agent::write_host_cache;
+use crate::session::Transmit;
 use crate::supernode::Supernode;
 
 /// The sockets frames leave from.
@@ -61,12 +65,152 @@ type StreamWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 /// Most TCP clients served at once (each holds a connection and two small tasks).
 const MAX_STREAMS: usize = 10_000;
 
+/// What the driver loop needs from the core it drives: the supernode, or [`Echo`].
+trait Core {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn recycle(&mut self, buf: Vec<u8>);
+    /// The answer to `supernoded status` (with the homed users' IDs if `users`).
+    fn status(&self, users: bool) -> String;
+    /// The mesh members for the host cache.
+    fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)>;
+    /// Shutting down: say goodbye.
+    fn leave(&mut self, now: Instant);
+}
+
+impl Core for Supernode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        Supernode::handle_datagram(self, now, from, data);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Supernode::handle_timeout(self, now);
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Supernode::poll_timeout(self)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Supernode::poll_transmit(self)
+    }
+    fn recycle(&mut self, buf: Vec<u8>) {
+        Supernode::recycle(self, buf);
+    }
+    fn status(&self, users: bool) -> String {
+        let mut v = serde_json::to_value(Supernode::status(self)).unwrap_or_default();
+        if users {
+            v["users"] = serde_json::json!(
+                self.homed_users()
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+            );
+        }
+        v["session"] = serde_json::json!({
+            "refused": format!("{:?}", self.session_counters()),
+        });
+        v.to_string()
+    }
+    fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)> {
+        Supernode::members(self)
+            .into_iter()
+            .map(|m| (m.key, m.addr))
+            .collect()
+    }
+    fn leave(&mut self, now: Instant) {
+        Supernode::leave(self, now);
+    }
+}
+
+/// A core that sends every frame back where it came from, unchanged: with [`run_echo`], the
+/// cost of moving a frame through the supernode's driver and nothing else.
+#[derive(Default)]
+pub struct Echo {
+    out: std::collections::VecDeque<Transmit>,
+    /// Buffers of sent frames, reused so an echo allocates no more than the supernode does.
+    pool: Vec<Vec<u8>>,
+    /// Frames echoed so far.
+    pub echoed: u64,
+}
+
+impl Core for Echo {
+    fn handle_datagram(&mut self, _now: Instant, from: SocketAddr, data: &[u8]) {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        self.echoed += 1;
+        self.out.push_back(Transmit {
+            to: from,
+            data: buf,
+        });
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < 64 {
+            self.pool.push(buf);
+        }
+    }
+    fn status(&self, _users: bool) -> String {
+        serde_json::json!({ "echoed": self.echoed }).to_string()
+    }
+    fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)> {
+        Vec::new()
+    }
+    fn leave(&mut self, _now: Instant) {}
+}
+
 /// Runs the supernode until `shutdown`, then announces its departure to the mesh. Frames from
 /// UDP arrive on `frames`; `tcp` listeners (same address as UDP) take clients whose UDP is
 /// blocked, feeding the same channel through `frames_tx`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_supernode(
-    mut core: Supernode,
+    core: Supernode,
+    frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    sockets: NodeSockets,
+    tcp: Vec<TcpListener>,
+    control: Option<UnixListener>,
+    host_cache: Option<PathBuf>,
+    shutdown: Shutdown,
+) -> io::Result<()> {
+    drive(
+        core, frames_tx, frames, sockets, tcp, control, host_cache, shutdown,
+    )
+    .await
+}
+
+/// Runs [`Echo`] on the supernode's driver until `shutdown`: frames arrive on `frames` from the
+/// STUN service's socket threads exactly as they would for the supernode, and leave through
+/// `sockets` the same way. For benchmarks (`voxlab sn-load echo-server`).
+pub async fn run_echo(
+    frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    sockets: NodeSockets,
+    control: Option<UnixListener>,
+    shutdown: Shutdown,
+) -> io::Result<()> {
+    drive(
+        Echo::default(),
+        frames_tx,
+        frames,
+        sockets,
+        Vec::new(),
+        control,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    mut core: impl Core,
     frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     mut frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     sockets: NodeSockets,
@@ -114,20 +258,12 @@ pub async fn run_supernode(
             },
             Some(c) = ctl_rx.recv() => match c {
                 Control::Status { users, reply } => {
-                    let mut v = serde_json::to_value(core.status()).unwrap_or_default();
-                    if users {
-                        v["users"] = serde_json::json!(core.homed_users().iter().map(|u| u.to_string()).collect::<Vec<_>>());
-                    }
-                    v["session"] = serde_json::json!({
-                        "refused": format!("{:?}", core.session_counters()),
-                    });
-                    let _ = reply.send(v.to_string());
+                    let _ = reply.send(core.status(users));
                 }
             },
             _ = save.tick() => {
                 if let Some(p) = &host_cache {
-                    let nodes: Vec<_> = core.members().into_iter().map(|m| (m.key, m.addr)).collect();
-                    let _ = write_host_cache(p, &nodes);
+                    let _ = write_host_cache(p, &core.members());
                 }
             }
         }
