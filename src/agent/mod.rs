@@ -59,6 +59,14 @@ impl AgentConfig {
     }
 }
 
+/// After a handshake with every known supernode has failed in a row, the agent waits this long
+/// before the next round, doubling per round up to [`RETRY_MAX`]: a wrong bootstrap entry or a
+/// broken key file must not make it hammer a supernode with handshakes (each failure reaches the
+/// user as an [`AgentEvent::Error`]).
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between rounds of handshakes (see [`RETRY_FIRST`]).
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// What the agent reports.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentEvent {
@@ -95,9 +103,26 @@ pub enum AgentEvent {
     },
 }
 
+/// What the agent refused from its supernodes, by reason: messages that do not decode, answers
+/// of the wrong kind, entries nobody signed. For logs and tests; nothing else depends on them.
+#[derive(Clone, Debug, Default)]
+pub struct AgentCounters {
+    pub refused: HashMap<String, u64>,
+}
+
+impl AgentCounters {
+    fn refuse(&mut self, why: &str) {
+        *self.refused.entry(why.to_string()).or_default() += 1;
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Pending {
-    Register { failover: bool },
+    Register {
+        failover: bool,
+    },
+    /// A fresh record before the registered one expires (same session, same supernode).
+    Renew,
     Refresh,
     Standby,
     Members,
@@ -141,6 +166,14 @@ pub struct Agent {
     refreshes: u64,
     /// The primary's handshake over UDP, and when to give up on UDP for it.
     attempt: Option<(SessionId, Instant)>,
+    /// When to sign a fresh registration record: half way through the current one's life, so
+    /// homes never hold an expired record of a connected user (they could not re-home it).
+    renew_at: Option<Instant>,
+    /// Handshakes that failed in a row (reset by a registration), and when to start the next
+    /// round after a whole round failed (see [`RETRY_FIRST`]).
+    failed_handshakes: u32,
+    retry_at: Option<Instant>,
+    counters: AgentCounters,
 }
 
 impl Agent {
@@ -173,6 +206,10 @@ impl Agent {
             stream: HashSet::new(),
             refreshes: 0,
             attempt: None,
+            renew_at: None,
+            failed_handshakes: 0,
+            retry_at: None,
+            counters: AgentCounters::default(),
             config,
         };
         a.connect_next(now);
@@ -196,6 +233,11 @@ impl Agent {
 
     pub fn is_registered(&self) -> bool {
         self.registered
+    }
+
+    /// What the agent refused, by reason.
+    pub fn counters(&self) -> &AgentCounters {
+        &self.counters
     }
 
     /// Every supernode we know (for persisting the host cache).
@@ -229,6 +271,7 @@ impl Agent {
             self.ep.poll_timeout(),
             self.next_refresh,
             self.attempt.map(|(_, t)| t),
+            self.retry_at,
         ]
         .into_iter()
         .flatten()
@@ -256,10 +299,28 @@ impl Agent {
                 }
             }
         }
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            if self.primary.is_none() {
+                self.connect_next(now);
+            }
+        }
         if self.next_refresh.is_some_and(|t| t <= now) {
             self.next_refresh = Some(now + self.config.refresh_interval);
             if let Some(p) = self.primary.filter(|_| self.registered) {
-                self.request_on(now, p.session, &Request::CRefresh, Pending::Refresh);
+                if self.renew_at.is_some_and(|t| t <= now) {
+                    self.renew_at = None;
+                    if let Some(record) = self.sign_registration(now, p.node) {
+                        self.request_on(
+                            now,
+                            p.session,
+                            &Request::CRegister { record },
+                            Pending::Renew,
+                        );
+                    }
+                } else {
+                    self.request_on(now, p.session, &Request::CRefresh, Pending::Refresh);
+                }
                 // Every few refreshes, the member list: a dead standby is replaced before the
                 // primary fails too.
                 self.refreshes += 1;
@@ -420,29 +481,34 @@ impl Agent {
         }
     }
 
-    fn register_on(&mut self, now: Instant, link: Link, failover: bool) {
+    /// A fresh registration record naming `supernode`.
+    fn sign_registration(&mut self, now: Instant, supernode: UserId) -> Option<Vec<u8>> {
         let ts = Timestamp(self.unix(now));
         self.seq += 1;
         let payload = Registration {
-            supernode: link.node,
+            supernode,
             addrs: Vec::new(),
         };
-        match sign_record(
-            &self.identity,
-            self.seq,
-            ts,
-            ts.plus(self.config.record_lifetime.as_secs()),
-            &payload,
-        ) {
-            Ok(record) => self.request_on(
+        let lifetime = self.config.record_lifetime.as_secs();
+        match sign_record(&self.identity, self.seq, ts, ts.plus(lifetime), &payload) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.events.push_back(AgentEvent::Error {
+                    message: format!("cannot sign: {e}"),
+                });
+                None
+            }
+        }
+    }
+
+    fn register_on(&mut self, now: Instant, link: Link, failover: bool) {
+        if let Some(record) = self.sign_registration(now, link.node) {
+            self.request_on(
                 now,
                 link.session,
                 &Request::CRegister { record },
                 Pending::Register { failover },
-            ),
-            Err(e) => self.events.push_back(AgentEvent::Error {
-                message: format!("cannot sign: {e}"),
-            }),
+            );
         }
     }
 
@@ -490,6 +556,7 @@ impl Agent {
             Event::Connected { session, .. } => {
                 if self.primary.is_some_and(|p| p.session == session) {
                     let p = self.primary.expect("checked");
+                    self.failed_handshakes = 0;
                     if self.config.register {
                         self.register_on(now, p, self.failing_over);
                     } else {
@@ -513,7 +580,16 @@ impl Agent {
                     });
                     self.primary = None;
                     self.failing_over = true;
-                    self.connect_next(now);
+                    self.failed_handshakes += 1;
+                    let tried = self.known.len().max(1) as u32;
+                    if self.failed_handshakes % tried == 0 {
+                        // A whole round failed: wait before the next one.
+                        let rounds = (self.failed_handshakes / tried).min(16);
+                        let wait = RETRY_FIRST.saturating_mul(1 << (rounds - 1)).min(RETRY_MAX);
+                        self.retry_at = Some(now + wait);
+                    } else {
+                        self.connect_next(now);
+                    }
                 } else if self.standby.is_some_and(|s| s.session == session) {
                     self.standby = None;
                 }
@@ -537,6 +613,7 @@ impl Agent {
                             .push_back(AgentEvent::Delivered { from, payload });
                     }
                     _ => {
+                        self.counters.refuse("unexpected request");
                         let resp = Response::Error {
                             code: 400,
                             reason: "unexpected request".into(),
@@ -565,14 +642,26 @@ impl Agent {
                 {
                     self.fail_over(now, "the standby reports the primary dead");
                 }
-                _ => {}
+                Ok(_) => self.counters.refuse("unexpected message"),
+                Err(_) => self.counters.refuse("malformed message"),
             },
             Event::Response { txn, body, .. } => {
                 if let Some(p) = self.pending.remove(&txn) {
-                    let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error {
-                        code: 502,
-                        reason: "malformed answer".into(),
-                    });
+                    let resp = match signal::decode::<Response>(&body) {
+                        Ok(r) => {
+                            if !answers(&p, &r) {
+                                self.counters.refuse("unexpected answer");
+                            }
+                            r
+                        }
+                        Err(_) => {
+                            self.counters.refuse("malformed answer");
+                            Response::Error {
+                                code: 502,
+                                reason: "malformed answer".into(),
+                            }
+                        }
+                    };
                     self.on_response(now, p, Some(resp));
                 }
             }
@@ -605,6 +694,7 @@ impl Agent {
                     self.failing_over = false;
                     let l = self.primary.expect("registering on a primary");
                     self.next_refresh = Some(now + self.config.refresh_interval);
+                    self.renew_at = Some(now + self.config.record_lifetime / 2);
                     self.events.push_back(AgentEvent::Registered {
                         supernode: l.node,
                         addr: l.addr,
@@ -640,6 +730,17 @@ impl Agent {
                     self.fail_over(now, "refresh failed");
                 }
             }
+            Pending::Renew => match resp {
+                Some(Response::Registered { .. }) => {
+                    self.renew_at = Some(now + self.config.record_lifetime / 2);
+                }
+                other => {
+                    self.events.push_back(AgentEvent::Error {
+                        message: format!("registration renewal failed: {}", err(&other)),
+                    });
+                    self.fail_over(now, "registration renewal failed");
+                }
+            },
             Pending::Members => {
                 if let Some(Response::Members(list)) = resp {
                     self.merge_members(&list);
@@ -660,7 +761,16 @@ impl Agent {
             Pending::Standby | Pending::Watch => {}
             Pending::Lookup(target) => {
                 let result = match resp {
-                    Some(Response::Entry(e)) => Ok(Some(e)),
+                    // The entry must carry the user's own signature (a name lookup: anyone's,
+                    // since the name is the supernodes' word): a supernode cannot make one up.
+                    Some(Response::Entry(e)) => match (&target, e.signer()) {
+                        (Target::Id(want), Some(got)) if got == *want => Ok(Some(e)),
+                        (Target::Name(_), Some(_)) => Ok(Some(e)),
+                        _ => {
+                            self.counters.refuse("unsigned entry");
+                            Err("the supernode answered with an entry the user did not sign".into())
+                        }
+                    },
                     Some(Response::NotFound) => Ok(None),
                     other => Err(err(&other)),
                 };
@@ -699,4 +809,25 @@ impl Agent {
             }
         }
     }
+}
+
+/// Whether `resp` is an answer of the kind `p` waits for (an error is always one).
+fn answers(p: &Pending, resp: &Response) -> bool {
+    matches!(
+        (p, resp),
+        (_, Response::Error { .. })
+            | (
+                Pending::Register { .. } | Pending::Renew,
+                Response::Registered { .. }
+            )
+            | (
+                Pending::Refresh | Pending::Standby | Pending::Watch,
+                Response::Ok
+            )
+            | (Pending::Members, Response::Members(_))
+            | (Pending::Lookup(_), Response::Entry(_) | Response::NotFound)
+            | (Pending::Claim(_), Response::Claimed { .. })
+            | (Pending::Route(_), Response::Routed)
+            | (Pending::Relays, Response::Relays(_))
+    )
 }

@@ -23,6 +23,8 @@ enum Cmd {
     StunLoad(voxmesh::lab::stunload::StunLoadArgs),
     /// Load a TURN relay with allocations and ChannelData both ways, check every packet, print one JSON report.
     TurnLoad(voxmesh::lab::turnload::TurnLoadArgs),
+    /// Load supernoded with real sessions (register, refresh, lookup, route, presence), check every answer, print one JSON report.
+    SnLoad(voxmesh::lab::snload::SnLoadArgs),
     /// Build the lab, run natprobe behind every NAT type against supernoded, print the table.
     Demo,
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Cmd::Netem(a) => voxmesh::lab::netem::run(a),
         Cmd::StunLoad(a) => voxmesh::lab::stunload::run(a),
         Cmd::TurnLoad(a) => voxmesh::lab::turnload::run(a),
+        Cmd::SnLoad(a) => voxmesh::lab::snload::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
         Cmd::Demo => voxmesh::lab::demo::run().and_then(|ok| {
             if ok {

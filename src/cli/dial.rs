@@ -113,10 +113,16 @@ fn run(args: Args) -> anyhow::Result<u8> {
         running.commands.send(AgentCommand::Lookup(target.clone())).await.ok();
         let deadline = tokio::time::sleep(Duration::from_secs(args.timeout));
         tokio::pin!(deadline);
+        // Why no supernode answered (a wrong key in the entry, an unreachable address), for the
+        // message when we give up.
+        let mut last_error: Option<String> = None;
         let code = loop {
             tokio::select! {
                 _ = &mut deadline => {
-                    eprintln!("dial: no supernode answered within {} s", args.timeout);
+                    match &last_error {
+                        Some(e) => eprintln!("dial: no supernode answered within {} s ({e})", args.timeout),
+                        None => eprintln!("dial: no supernode answered within {} s", args.timeout),
+                    }
                     break EXIT_UNREACHABLE;
                 }
                 ev = running.events.recv() => match ev {
@@ -131,11 +137,17 @@ fn run(args: Args) -> anyhow::Result<u8> {
                             break EXIT_UNKNOWN;
                         }
                         Err(e) => {
-                            eprintln!("dial: lookup failed: {e}");
+                            match &last_error {
+                                Some(why) => eprintln!("dial: lookup failed: {e} ({why})"),
+                                None => eprintln!("dial: lookup failed: {e}"),
+                            }
                             break EXIT_UNREACHABLE;
                         }
                     },
-                    Some(AgentEvent::Error { message }) => tracing::debug!("{message}"),
+                    Some(AgentEvent::Error { message }) => {
+                        tracing::debug!("{message}");
+                        last_error = Some(message);
+                    }
                     Some(_) => {}
                     None => break EXIT_UNREACHABLE,
                 }

@@ -79,7 +79,9 @@ pub struct PresenceChange {
 /// The entries, watchers and names homed on one supernode. Every table is bounded.
 #[derive(Debug)]
 pub struct Directory {
-    entries: HashMap<UserId, Stored>,
+    /// Boxed: a hash table keeps spare slots (up to half of them right after it grows), which
+    /// should cost a pointer each rather than an entry each.
+    entries: HashMap<UserId, Box<Stored>>,
     /// watched user -> supernodes that want its presence changes
     watchers: HashMap<UserId, HashSet<UserId>>,
     names: HashMap<String, Name>,
@@ -110,7 +112,7 @@ impl Directory {
     }
 
     pub fn get(&self, user: &UserId) -> Option<&Stored> {
-        self.entries.get(user)
+        self.entries.get(user).map(|s| &**s)
     }
 
     pub fn users(&self) -> impl Iterator<Item = &UserId> {
@@ -147,7 +149,7 @@ impl Directory {
         let last_seen = before.map_or(entry.last_seen, |s| s.entry.last_seen.max(entry.last_seen));
         let mut entry = entry;
         entry.last_seen = last_seen;
-        self.entries.insert(user, Stored { entry, seq });
+        self.entries.insert(user, Box::new(Stored { entry, seq }));
         Ok(change)
     }
 
@@ -177,11 +179,15 @@ impl Directory {
 
     /// Entries as (user, stored) for re-homing.
     pub fn iter(&self) -> impl Iterator<Item = (&UserId, &Stored)> {
-        self.entries.iter()
+        self.entries.iter().map(|(u, s)| (u, &**s))
     }
 
-    /// Supernode `watcher` wants `user`'s presence changes. Bounded per user.
+    /// Supernode `watcher` wants `user`'s presence changes. Bounded per user, and in watched
+    /// users (as many as entries: a member cannot make us keep watchers of millions of IDs).
     pub fn watch(&mut self, user: UserId, watcher: UserId) -> bool {
+        if !self.watchers.contains_key(&user) && self.watchers.len() >= self.max_entries {
+            return false;
+        }
         let set = self.watchers.entry(user).or_default();
         if set.len() >= self.max_watchers && !set.contains(&watcher) {
             return false;

@@ -6,7 +6,8 @@
 //! whose peer proved that key, and the SWIM sender's claimed ID must be that peer's
 //! ([`Mesh::handle_data`] checks, so a supernode cannot speak for another). Members learned by
 //! gossip are only reachable through a session that verifies their key, so a forged member in
-//! gossip can never be contacted.
+//! gossip can never be contacted; and the supernode core counts a member (as a home, in member
+//! lists) only once it has proved its key in a session, so a forged member never homes anything.
 //!
 //! Sans-IO like the rest: [`Mesh::poll_send`] gives datagrams for members, [`Mesh::poll_event`]
 //! membership changes, [`Mesh::poll_timeout`] the next timer.

@@ -120,9 +120,6 @@ struct Shared {
     /// Scratch buffer for the core's output.
     out: RefCell<Vec<u8>>,
     flush: Notify,
-    /// Datagrams received since the moderator last ran, and when it last ran.
-    handled: std::cell::Cell<usize>,
-    moderate: Notify,
     /// Wakes the timer task when the core may have an earlier deadline.
     timer: Notify,
 }
@@ -280,8 +277,6 @@ pub async fn serve_relay(
         rx: RefCell::new(RecvBatch::default()),
         out: RefCell::new(Vec::with_capacity(2048)),
         flush: Notify::new(),
-        handled: std::cell::Cell::new(0),
-        moderate: Notify::new(),
         timer: Notify::new(),
     });
     let local = tokio::task::LocalSet::new();
@@ -296,7 +291,6 @@ pub async fn serve_relay(
                 tasks.push(tokio::task::spawn_local(stream_listener(shared.clone(), l, next_conn.clone())));
             }
             tasks.push(tokio::task::spawn_local(flusher(shared.clone())));
-            tasks.push(tokio::task::spawn_local(moderator(shared.clone())));
             let metrics = options.metrics.clone();
             let reload = options.reload;
             let load = options.load.clone();
@@ -508,31 +502,6 @@ async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>
         }
         shared.reap();
         flush_all(&shared);
-        shared.handled.set(shared.handled.get() + rx.len());
-        shared.moderate.notify_one();
-    }
-}
-
-async fn moderator(shared: Rc<Shared>) {
-    let us: u64 = std::env::var("RELAYD_MODERATION_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let below: usize = std::env::var("RELAYD_MODERATE_BELOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
-    let window = Duration::from_micros(us);
-    let mut last = Instant::now();
-    loop {
-        shared.moderate.notified().await;
-        let n = shared.handled.replace(0);
-        let now = Instant::now();
-        let busy = now.duration_since(last) < window;
-        last = now;
-        if us > 0 && n < below && busy {
-            std::thread::sleep(window);
-        }
     }
 }
 
@@ -583,12 +552,10 @@ async fn relay_task(shared: Rc<Shared>, id: AllocId, sock: Rc<UdpSocket>) {
                     shared.to_client(to, &out[..len]);
                 }
             }
-            shared.handled.set(shared.handled.get() + rx.len());
             if drained {
                 break;
             }
         }
-        shared.moderate.notify_one();
     }
 }
 

@@ -109,6 +109,13 @@ impl Core for Supernode {
         v["session"] = serde_json::json!({
             "refused": format!("{:?}", self.session_counters()),
         });
+        // The same counters by name (`refused_<reason>` for refusals), for scripts and tests.
+        v["session_counters"] = self
+            .session_counters()
+            .iter()
+            .map(|(k, n)| (k, serde_json::json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         v.to_string()
     }
     fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)> {

@@ -39,11 +39,13 @@
 //! sessions per second through the [`Endpoint`](super::Endpoint)" against this crypto limit. The
 //! static key's public half is computed once, not per handshake (a resolver that caches it).
 
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use curve25519_dalek::MontgomeryPoint;
 use snow::params::{DHChoice, NoiseParams};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
-use snow::{Builder, HandshakeState, StatelessTransportState};
+use snow::{Builder, HandshakeState};
 use zeroize::Zeroizing;
 
 use super::cookie::{MacKeys, mac, mac_eq};
@@ -273,16 +275,81 @@ impl Local {
         if !wrote {
             return Err((HandshakeCryptoError::Decrypt, false));
         }
-        let transport = hs
-            .into_stateless_transport_mode()
-            .map_err(|_| (HandshakeCryptoError::Malformed, false))?;
+        let transport = TransportKeys::split(&mut hs, false)
+            .ok_or((HandshakeCryptoError::Malformed, false))?;
         Ok(Responded { transport, peer })
     }
 }
 
 pub(crate) struct Responded {
-    pub transport: StatelessTransportState,
+    pub transport: TransportKeys,
     pub peer: Binding,
+}
+
+/// A session's transport keys (Noise's `Split()`): one ChaCha20-Poly1305 key each way.
+///
+/// Frames are encrypted exactly as Noise's transport messages (ChaChaPoly: a 96-bit nonce of
+/// four zero bytes and the 64-bit counter little-endian, no associated data, the tag after the
+/// ciphertext), so what goes on the wire is what `snow`'s transport state would send. Holding
+/// the two keys and nothing else costs 64 bytes per session; `snow`'s stateless transport
+/// state costs over 200 (two boxed ciphers, the pattern, the remote key), which at a
+/// supernode's hundreds of thousands of sessions is real memory.
+pub(crate) struct TransportKeys {
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+}
+
+impl TransportKeys {
+    /// The keys of a finished handshake, for our side of it. `None` if it is not finished.
+    pub fn split(hs: &mut HandshakeState, initiator: bool) -> Option<TransportKeys> {
+        if !hs.is_handshake_finished() {
+            return None;
+        }
+        // The initiator sends with the first key, the responder with the second (Noise §5.3).
+        let (k1, k2) = hs.dangerously_get_raw_split();
+        let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
+        Some(TransportKeys {
+            send: ChaCha20Poly1305::new(&send.into()),
+            recv: ChaCha20Poly1305::new(&recv.into()),
+        })
+    }
+
+    fn nonce(n: u64) -> Nonce {
+        let mut b = [0u8; 12];
+        b[4..].copy_from_slice(&n.to_le_bytes());
+        b.into()
+    }
+
+    /// Encrypts `plain` with nonce `n` into `out` (ciphertext, then tag); returns the length
+    /// written. `None` if `out` is too short or `n` is the one nonce Noise reserves (2^64 - 1).
+    pub fn seal(&self, n: u64, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+        let len = plain.len() + wire::TAG;
+        if n == u64::MAX || out.len() < len {
+            return None;
+        }
+        out[..plain.len()].copy_from_slice(plain);
+        let tag = self
+            .send
+            .encrypt_in_place_detached(&Self::nonce(n), &[], &mut out[..plain.len()])
+            .ok()?;
+        out[plain.len()..len].copy_from_slice(&tag);
+        Some(len)
+    }
+
+    /// Decrypts `sealed` (ciphertext and tag) with nonce `n` into `out`; returns the plaintext
+    /// length. `None` if it does not authenticate (or is malformed).
+    pub fn open(&self, n: u64, sealed: &[u8], out: &mut [u8]) -> Option<usize> {
+        let len = sealed.len().checked_sub(wire::TAG)?;
+        if n == u64::MAX || out.len() < len {
+            return None;
+        }
+        out[..len].copy_from_slice(&sealed[..len]);
+        let tag = Tag::from_slice(&sealed[len..]);
+        self.recv
+            .decrypt_in_place_detached(&Self::nonce(n), &[], &mut out[..len], tag)
+            .ok()?;
+        Some(len)
+    }
 }
 
 /// Builds a complete initiation frame from `identity` to `responder` (with mac1, no mac2), for

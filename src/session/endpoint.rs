@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 
 use super::cookie::{CookieJar, MacKeys, RateLimiter, mac, open_cookie, seal_cookie};
 use super::counters::{Counters, Refusal};
-use super::crypto::{HandshakeCryptoError, Local};
+use super::crypto::{HandshakeCryptoError, Local, TransportKeys};
 use super::defaults::Config;
 use super::replay::{ReplayError, ReplayWindow};
 use super::wire::{self, inner, u32_at, u64_at};
@@ -190,18 +190,24 @@ struct Initiating {
     ambiguous: bool,
 }
 
+/// Where a session is. The handshake stages are boxed: they are short-lived, and an
+/// established session (nearly all of a supernode's) should not carry their room.
 enum Stage {
     Initiating(Box<Initiating>),
     /// Responder: answered, waiting for the initiator's first transport frame.
-    Unconfirmed {
-        response: Vec<u8>,
-        ephemeral: [u8; 32],
-        deadline: Instant,
-        /// When the answer went out, for an RTT sample at confirmation; `None` once a duplicate
-        /// was answered (Karn: the confirmation may answer either).
-        answered_at: Option<Instant>,
-    },
+    Unconfirmed(Box<Unconfirmed>),
     Established,
+}
+
+struct Unconfirmed {
+    response: Vec<u8>,
+    ephemeral: [u8; 32],
+    deadline: Instant,
+    /// When the answer went out, for an RTT sample at confirmation; `None` once a duplicate
+    /// was answered (Karn: the confirmation may answer either).
+    answered_at: Option<Instant>,
+    /// The initiator's identity key, for the `Connected` event at confirmation.
+    identity: PublicKey,
 }
 
 struct OutTxn {
@@ -250,14 +256,35 @@ impl Inbound {
     }
 }
 
+/// The authenticated peer, as a session keeps it: its ID and the bytes of its identity key.
+/// (A [`PublicKey`] also holds the decompressed point, 160 bytes more per session, and
+/// nothing here verifies with it; [`Endpoint::peer`] rebuilds it when asked.)
+#[derive(Clone, Copy)]
+struct PeerKey {
+    id: UserId,
+    key: [u8; 32],
+}
+
+impl PeerKey {
+    fn of(identity: &PublicKey) -> PeerKey {
+        PeerKey {
+            id: identity.id(),
+            key: *identity.as_bytes(),
+        }
+    }
+}
+
+/// One session. Kept boxed in the session table, and lean: a supernode holds one per connected
+/// client, so every byte here is multiplied by its clients.
 struct Session {
     id: SessionId,
     role: Role,
+    /// Where the peer's last authenticated frame came from (its [`Peer::addr`]).
     addr: SocketAddr,
     remote_idx: u32,
     stage: Stage,
-    peer: Option<Peer>,
-    transport: Option<StatelessTransportState>,
+    peer: Option<PeerKey>,
+    transport: Option<TransportKeys>,
     send_nonce: u64,
     replay: ReplayWindow,
     rtt: RttEstimator,
@@ -265,7 +292,9 @@ struct Session {
     last_send: Instant,
     ping: Option<Ping>,
     out: BTreeMap<TransactionId, OutTxn>,
-    inbound: Inbound,
+    /// Requests from the peer; allocated while there are any (most of the time a session has
+    /// nothing unanswered and no answer cached, and then holds no memory for them).
+    inbound: Option<Box<Inbound>>,
     queued: VecDeque<Vec<u8>>,
     /// The deadline this session is filed under in the timer heap.
     scheduled: Option<Instant>,
@@ -289,11 +318,32 @@ impl Session {
             last_send: now,
             ping: None,
             out: BTreeMap::new(),
-            inbound: Inbound::default(),
+            inbound: None,
             queued: VecDeque::new(),
             scheduled: None,
             closing: None,
         }
+    }
+
+    /// Forgets cached answers past their time, and the cache itself once it is empty.
+    fn expire_inbound(&mut self, now: Instant) {
+        if let Some(inbound) = self.inbound.as_mut() {
+            inbound.expire(now);
+            if inbound.map.is_empty() {
+                self.inbound = None;
+            }
+        }
+    }
+
+    /// The authenticated peer, rebuilt in full.
+    fn peer(&self) -> Option<Peer> {
+        let p = self.peer?;
+        Some(Peer {
+            id: p.id,
+            identity: PublicKey::from_bytes(&p.key).ok()?,
+            addr: self.addr,
+            role: self.role,
+        })
     }
 
     fn rto(&self, c: &Config, attempt: u32) -> Duration {
@@ -305,7 +355,7 @@ impl Session {
     fn next_deadline(&self, c: &Config) -> Option<Instant> {
         match &self.stage {
             Stage::Initiating(i) => Some(i.next.min(i.deadline)),
-            Stage::Unconfirmed { deadline, .. } => Some(*deadline),
+            Stage::Unconfirmed(u) => Some(u.deadline),
             Stage::Established => {
                 let mut t = self.last_recv + c.idle_timeout;
                 match &self.ping {
@@ -320,7 +370,7 @@ impl Session {
                         t = t.min(n);
                     }
                 }
-                if let Some(&(e, _)) = self.inbound.order.front() {
+                if let Some(&(e, _)) = self.inbound.as_ref().and_then(|i| i.order.front()) {
                     t = t.min(e);
                 }
                 Some(t)
@@ -379,7 +429,7 @@ impl Io {
         txn: Option<&TransactionId>,
         body: &[u8],
     ) -> bool {
-        let Some(t) = s.transport.as_ref() else {
+        let Some(keys) = s.transport.as_ref() else {
             return false;
         };
         if s.send_nonce >= c.nonce_limit {
@@ -399,9 +449,9 @@ impl Io {
         buf[0] = wire::TRANSPORT;
         buf[1..5].copy_from_slice(&s.remote_idx.to_be_bytes());
         buf[5..13].copy_from_slice(&nonce.to_be_bytes());
-        match t.write_message(nonce, &self.scratch, &mut buf[wire::TRANSPORT_HEADER..]) {
-            Ok(n) => buf.truncate(wire::TRANSPORT_HEADER + n),
-            Err(_) => return false,
+        match keys.seal(nonce, &self.scratch, &mut buf[wire::TRANSPORT_HEADER..]) {
+            Some(n) => buf.truncate(wire::TRANSPORT_HEADER + n),
+            None => return false,
         }
         s.last_send = now;
         self.send(s.addr, buf);
@@ -431,7 +481,9 @@ pub struct Endpoint {
     id: UserId,
     node_key: NodeKey,
     rng: StdRng,
-    sessions: HashMap<u32, Session>,
+    /// Boxed: sessions are large, and a hash table keeps spare slots (up to half of them,
+    /// right after it grows), which should cost a pointer each, not a session each.
+    sessions: HashMap<u32, Box<Session>>,
     /// Responder handshakes awaiting confirmation, by initiator ephemeral key: duplicates of an
     /// initiation are answered from here without crypto.
     pending: HashMap<[u8; 32], u32>,
@@ -516,8 +568,15 @@ impl Endpoint {
     }
 
     /// The authenticated peer of an established session.
-    pub fn peer(&self, session: SessionId) -> Option<&Peer> {
-        self.sessions.get(&session.0).and_then(|s| s.peer.as_ref())
+    pub fn peer(&self, session: SessionId) -> Option<Peer> {
+        self.sessions.get(&session.0).and_then(|s| s.peer())
+    }
+
+    /// The ID of a session's authenticated peer (cheaper than [`Endpoint::peer`]).
+    pub fn peer_id(&self, session: SessionId) -> Option<UserId> {
+        self.sessions
+            .get(&session.0)
+            .and_then(|s| s.peer.map(|p| p.id))
     }
 
     pub fn is_established(&self, session: SessionId) -> bool {
@@ -628,7 +687,7 @@ impl Endpoint {
             Stage::Initiating(Box::new(init)),
             now,
         );
-        self.sessions.insert(idx, s);
+        self.sessions.insert(idx, Box::new(s));
         self.reschedule(idx);
         Ok(SessionId(idx))
     }
@@ -680,11 +739,12 @@ impl Endpoint {
             .sessions
             .get_mut(&session.0)
             .ok_or(SendError::UnknownSession)?;
-        if let Some(slot) = s.inbound.map.get_mut(&txn)
+        if let Some(inbound) = s.inbound.as_mut()
+            && let Some(slot) = inbound.map.get_mut(&txn)
             && slot.is_none()
         {
             *slot = Some(body.to_vec());
-            s.inbound.unanswered -= 1;
+            inbound.unanswered -= 1;
         }
         self.io
             .seal(&self.config, s, now, inner::RESPONSE, Some(&txn), body);
@@ -849,8 +909,8 @@ impl Endpoint {
         let Some(s) = self.sessions.remove(&idx) else {
             return;
         };
-        if let Stage::Unconfirmed { ephemeral, .. } = &s.stage {
-            self.pending.remove(ephemeral);
+        if let Stage::Unconfirmed(u) = &s.stage {
+            self.pending.remove(&u.ephemeral);
         }
         let established = matches!(s.stage, Stage::Established);
         for txn in s.out.keys() {
@@ -891,19 +951,12 @@ impl Endpoint {
             .try_into()
             .expect("32 bytes");
         if let Some(idx) = self.pending.get(&ephemeral)
-            && let Some(Session {
-                stage:
-                    Stage::Unconfirmed {
-                        response,
-                        answered_at,
-                        ..
-                    },
-                ..
-            }) = self.sessions.get_mut(idx)
+            && let Some(s) = self.sessions.get_mut(idx)
+            && let Stage::Unconfirmed(u) = &mut s.stage
         {
-            *answered_at = None;
+            u.answered_at = None;
             self.io.counters.handshake_duplicates += 1;
-            self.io.send_copy(from, response);
+            self.io.send_copy(from, &u.response);
             return;
         }
         let rng = &mut self.rng;
@@ -946,23 +999,19 @@ impl Endpoint {
                     SessionId(idx),
                     Role::Responder,
                     from,
-                    Stage::Unconfirmed {
+                    Stage::Unconfirmed(Box::new(Unconfirmed {
                         response: resp.clone(),
                         ephemeral,
                         deadline: now + self.config.confirm_timeout,
                         answered_at: Some(now),
-                    },
+                        identity: r.peer.identity,
+                    })),
                     now,
                 );
                 s.remote_idx = u32_at(frame, 2);
                 s.transport = Some(r.transport);
-                s.peer = Some(Peer {
-                    id: r.peer.identity.id(),
-                    identity: r.peer.identity,
-                    addr: from,
-                    role: Role::Responder,
-                });
-                self.sessions.insert(idx, s);
+                s.peer = Some(PeerKey::of(&r.peer.identity));
+                self.sessions.insert(idx, Box::new(s));
                 self.pending.insert(ephemeral, idx);
                 self.io.send(from, resp);
                 self.reschedule(idx);
@@ -1077,10 +1126,11 @@ impl Endpoint {
             return self.fail_handshake(idx, error);
         }
         let binding = binding.expect("checked above");
-        let Stage::Initiating(init) = std::mem::replace(&mut s.stage, Stage::Established) else {
+        let Stage::Initiating(mut init) = std::mem::replace(&mut s.stage, Stage::Established)
+        else {
             unreachable!("matched above");
         };
-        let Ok(transport) = init.hs.into_stateless_transport_mode() else {
+        let Some(transport) = TransportKeys::split(&mut init.hs, true) else {
             return self.fail_handshake(idx, HandshakeError::Binding(BindingError::Malformed));
         };
         if !init.ambiguous {
@@ -1096,7 +1146,7 @@ impl Endpoint {
             addr: from,
             role: Role::Initiator,
         };
-        s.peer = Some(peer.clone());
+        s.peer = Some(PeerKey::of(&peer.identity));
         self.io.counters.handshakes_completed += 1;
         self.io.event(Event::Connected {
             session: s.id,
@@ -1133,7 +1183,7 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&idx) else {
             return self.io.counters.refuse(Refusal::UnknownSession);
         };
-        let Some(t) = s.transport.as_ref() else {
+        let Some(keys) = s.transport.as_ref() else {
             return self.io.counters.refuse(Refusal::WrongStage);
         };
         if nonce >= c.nonce_limit {
@@ -1146,9 +1196,9 @@ impl Endpoint {
         }
         let mut plain = std::mem::take(&mut self.io.scratch);
         plain.resize(frame.len() - wire::TRANSPORT_HEADER - wire::TAG, 0);
-        let ok = t
-            .read_message(nonce, &frame[wire::TRANSPORT_HEADER..], &mut plain)
-            .is_ok();
+        let ok = keys
+            .open(nonce, &frame[wire::TRANSPORT_HEADER..], &mut plain)
+            .is_some();
         if !ok {
             self.io.scratch = plain;
             return self.io.counters.refuse(Refusal::BadAuth);
@@ -1161,23 +1211,22 @@ impl Endpoint {
             // NAT rebinding or roaming: follow the authenticated source.
             s.addr = from;
             self.io.counters.address_changes += 1;
-            if let Some(p) = s.peer.as_mut() {
-                p.addr = from;
-            }
         }
-        if let Stage::Unconfirmed {
-            ephemeral,
-            answered_at,
-            ..
-        } = &s.stage
-        {
-            self.pending.remove(ephemeral);
-            if let Some(at) = *answered_at {
+        if matches!(s.stage, Stage::Unconfirmed(_)) {
+            let Stage::Unconfirmed(u) = std::mem::replace(&mut s.stage, Stage::Established) else {
+                unreachable!("matched above");
+            };
+            self.pending.remove(&u.ephemeral);
+            if let Some(at) = u.answered_at {
                 s.rtt.sample(now.saturating_duration_since(at));
             }
-            s.stage = Stage::Established;
             self.io.counters.handshakes_confirmed += 1;
-            let peer = s.peer.clone().expect("responder sessions know their peer");
+            let peer = Peer {
+                id: s.peer.expect("responder sessions know their peer").id,
+                identity: u.identity,
+                addr: s.addr,
+                role: s.role,
+            };
             self.io.event(Event::Connected {
                 session: s.id,
                 peer: Box::new(peer),
@@ -1218,8 +1267,8 @@ impl Endpoint {
                     self.io.send(addr, b);
                 }
             }
-            Stage::Unconfirmed { deadline, .. } => {
-                if now >= *deadline {
+            Stage::Unconfirmed(u) => {
+                if now >= u.deadline {
                     self.io.counters.handshakes_unconfirmed += 1;
                     return self.remove(idx, None);
                 }
@@ -1229,7 +1278,7 @@ impl Endpoint {
                     s.closing = Some(CloseReason::IdleTimeout);
                     return self.after(idx);
                 }
-                s.inbound.expire(now);
+                s.expire_inbound(now);
                 // Keepalive ping, or its retransmission.
                 let ping_due = match &s.ping {
                     Some(p) => (now >= p.next).then_some(p.attempts),
@@ -1339,8 +1388,8 @@ fn handle_inner(io: &mut Io, c: &Config, s: &mut Session, now: Instant, plain: &
                 return io.counters.refuse(Refusal::MalformedPayload);
             };
             let body = &rest[n..];
-            s.inbound.expire(now);
-            match s.inbound.map.get(&txn) {
+            s.expire_inbound(now);
+            match s.inbound.as_ref().and_then(|i| i.map.get(&txn)) {
                 Some(Some(answer)) => {
                     io.counters.duplicate_requests += 1;
                     io.counters.cached_responses_sent += 1;
@@ -1349,15 +1398,16 @@ fn handle_inner(io: &mut Io, c: &Config, s: &mut Session, now: Instant, plain: &
                 }
                 Some(None) => io.counters.duplicate_requests += 1,
                 None => {
-                    if s.inbound.unanswered >= c.max_unanswered {
+                    if s.inbound.as_ref().map_or(0, |i| i.unanswered) >= c.max_unanswered {
                         return io.counters.refuse(Refusal::TooManyUnanswered);
                     }
-                    if s.inbound.map.len() >= c.max_cached_responses {
-                        s.inbound.evict_oldest();
+                    let inbound = s.inbound.get_or_insert_with(Box::default);
+                    if inbound.map.len() >= c.max_cached_responses {
+                        inbound.evict_oldest();
                     }
-                    s.inbound.map.insert(txn, None);
-                    s.inbound.unanswered += 1;
-                    s.inbound.order.push_back((now + c.response_cache_ttl, txn));
+                    inbound.map.insert(txn, None);
+                    inbound.unanswered += 1;
+                    inbound.order.push_back((now + c.response_cache_ttl, txn));
                     io.event(Event::Request {
                         session: s.id,
                         txn,

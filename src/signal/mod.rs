@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{NodeKey, RecordKind, RecordPayload, UserId};
+use crate::identity::{
+    Check, NodeKey, RecordKind, RecordPayload, RecordPolicy, Timestamp, UserId, verify_record,
+};
 
 /// Wire version of this message set.
 pub const VERSION: u8 = 1;
@@ -39,7 +41,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
         Some((&VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| DecodeError::Malformed(e.to_string()))
+            // Trailing bytes make a message malformed, not a shorter one: what was signed or
+            // meant is not what would be acted on.
+            let (msg, tail) = postcard::take_from_bytes(rest)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            if !tail.is_empty() {
+                return Err(DecodeError::Malformed(format!(
+                    "{} trailing bytes",
+                    tail.len()
+                )));
+            }
+            Ok(msg)
         }
         Some((v, _)) => Err(DecodeError::Version(*v)),
     }
@@ -74,6 +86,28 @@ pub struct Entry {
     /// That supernode is gone and the user has not registered again yet: the entry is the last
     /// known state, not a live one.
     pub stale: bool,
+}
+
+impl Entry {
+    /// The user whose registration record this entry carries, if the record's signature holds
+    /// and the record names the supernode the entry says the user is connected through; `None`
+    /// for an entry nobody signed (a forged or damaged one). Time is not checked: an entry is
+    /// the last known state, and it outlives its record while the user stays connected.
+    pub fn signer(&self) -> Option<UserId> {
+        let check = Check {
+            now: Timestamp(0),
+            expected_signer: None,
+            newer_than: None,
+            policy: RecordPolicy {
+                max_clock_skew: u64::MAX,
+                ..RecordPolicy::default()
+            },
+        };
+        verify_record::<Registration>(&self.record, &check)
+            .ok()
+            .filter(|r| r.payload.supernode == self.via)
+            .map(|r| r.id)
+    }
 }
 
 /// What to look up.
@@ -251,6 +285,12 @@ mod tests {
         }
         assert_eq!(decode::<Request>(&[]), Err(DecodeError::Empty));
         assert_eq!(decode::<Request>(&[9, 0]), Err(DecodeError::Version(9)));
+        let mut long = encode(&Request::CRefresh);
+        long.push(0);
+        assert!(matches!(
+            decode::<Request>(&long),
+            Err(DecodeError::Malformed(_))
+        ));
         assert!(matches!(
             decode::<Request>(&[VERSION, 200]),
             Err(DecodeError::Malformed(_))

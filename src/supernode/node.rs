@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::directory::{Directory, Name, name_homes, user_homes};
 use crate::identity::{
-    Check, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId,
-    admit_claim, normalize_name, verify_record,
+    Check, ClaimRefusal, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy,
+    Timestamp, UserId, admit_claim, normalize_name, verify_record,
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
@@ -41,6 +41,9 @@ use crate::turn::rest_password;
 
 /// Requests waiting per peer supernode beyond what its session has in flight.
 const MAX_PEER_QUEUE: usize = 100_000;
+/// Users one client session may watch at once: presence subscriptions cost the supernode and
+/// the watched users' homes memory, so a client cannot ask for millions.
+const MAX_WATCHES_PER_SESSION: usize = 1024;
 
 /// Supernode settings.
 #[derive(Clone, Debug)]
@@ -165,7 +168,12 @@ enum Cont {
         asker: SessionId,
         txn: TransactionId,
     },
-    /// Nothing waits on this (replication, watch registration).
+    /// A client's watch, answered when the first home confirms it.
+    Watch {
+        client: SessionId,
+        txn: TransactionId,
+    },
+    /// Nothing waits on this (replication, unwatching).
     Fire,
 }
 
@@ -189,16 +197,28 @@ pub struct Supernode {
     standby: HashMap<SessionId, UserId>,
     /// watched user -> our clients watching it (by session)
     local_watch: HashMap<UserId, HashSet<SessionId>>,
+    /// How many users each client session watches (bounded by [`MAX_WATCHES_PER_SESSION`]).
+    watch_count: HashMap<SessionId, usize>,
     conts: HashMap<TransactionId, Cont>,
     /// Requests for each peer supernode waiting for room in its session.
     outq: HashMap<UserId, std::collections::VecDeque<(Vec<u8>, Cont)>>,
     relays: HashMap<UserId, Relay>,
     relay_of: HashMap<SessionId, UserId>,
+    /// Client watches waiting for a home's confirmation: answers still expected.
+    watch_waits: HashMap<(SessionId, TransactionId), u8>,
     /// The last presence state our watching clients heard, per watched user (dedupes the homes'
     /// identical pushes).
     last_presence: HashMap<UserId, (bool, bool)>,
-    /// The entry we published for each client registered here (to publish it offline).
-    published: HashMap<UserId, Entry>,
+    /// The record each client registered here published (to publish it offline), with its
+    /// sequence number (a replay of it, or of anything older, is refused). The rest of the
+    /// entry is ours ([`Supernode::own_entry`]), so only the record is kept.
+    published: HashMap<UserId, (Vec<u8>, u64)>,
+    /// Members that proved their key to us in a session (we reached them with the key SWIM
+    /// gave, or their SWIM traffic came through a session they authenticated). Only these home
+    /// anything or are listed: SWIM gossip can name members that do not exist (anyone in the
+    /// mesh can gossip anything), and such a fake member must never be a home, or lookups would
+    /// wait on it.
+    verified: HashSet<UserId>,
     /// Member IDs at the last re-homing (to push only what moved).
     last_members: Vec<UserId>,
     counters: NodeCounters,
@@ -239,12 +259,15 @@ impl Supernode {
             client_of: HashMap::new(),
             standby: HashMap::new(),
             local_watch: HashMap::new(),
+            watch_count: HashMap::new(),
             conts: HashMap::new(),
             outq: HashMap::new(),
             relays: HashMap::new(),
             relay_of: HashMap::new(),
+            watch_waits: HashMap::new(),
             last_presence: HashMap::new(),
             published: HashMap::new(),
+            verified: HashSet::new(),
             last_members: vec![me],
             counters: NodeCounters::default(),
         };
@@ -281,8 +304,7 @@ impl Supernode {
 
     /// Live members (us included) with their addresses: the host cache.
     pub fn members(&self) -> Vec<NodeInfo> {
-        self.mesh
-            .member_ids()
+        self.live_members()
             .iter()
             .filter_map(|id| self.mesh.member(id))
             .map(|m| NodeInfo {
@@ -290,6 +312,20 @@ impl Supernode {
                 addr: m.addr,
             })
             .collect()
+    }
+
+    /// Live members (us included) that proved their key: what homes are computed over.
+    fn live_members(&self) -> Vec<UserId> {
+        let mut ids = self.mesh.member_ids();
+        ids.retain(|id| *id == self.me || self.verified.contains(id));
+        ids
+    }
+
+    /// `id` proved its key in a session: once it is a member too, it counts.
+    fn verify_member(&mut self, now: Instant, id: UserId) {
+        if self.mesh.is_member(&id) && id != self.me && self.verified.insert(id) {
+            self.rehome(now);
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -493,6 +529,7 @@ impl Supernode {
                 self.roles.entry(session).or_insert(role);
                 if role == Role::Peer {
                     self.peers.entry(peer.id).or_insert(session);
+                    self.verify_member(now, peer.id);
                     self.drain_peer_queue(now, peer.id);
                 }
             }
@@ -500,14 +537,25 @@ impl Supernode {
             Event::Closed { session, .. } => self.forget_session(now, session),
             Event::Request { session, txn, body } => match signal::decode::<Request>(&body) {
                 Ok(req) => self.on_request(now, session, txn, req),
-                Err(e) => self.error(now, session, txn, 400, &format!("bad request: {e}")),
+                Err(e) => {
+                    // Counted under one reason (the detail varies), answered with the detail.
+                    self.counters.refuse("bad request");
+                    let reason = format!("bad request: {e}");
+                    self.respond(now, session, txn, &Response::Error { code: 400, reason });
+                }
             },
             Event::Response { session, txn, body } => {
                 if let Some(cont) = self.conts.remove(&txn) {
-                    let resp = signal::decode::<Response>(&body).unwrap_or(Response::Error {
-                        code: 502,
-                        reason: "malformed answer".into(),
-                    });
+                    let resp = match signal::decode::<Response>(&body) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            self.counters.refuse("malformed answer");
+                            Response::Error {
+                                code: 502,
+                                reason: "malformed answer".into(),
+                            }
+                        }
+                    };
                     self.on_answer(now, cont, Some(resp));
                 }
                 if let Some(peer) = self.peer_id(session) {
@@ -527,7 +575,7 @@ impl Supernode {
     }
 
     fn peer_id(&self, sid: SessionId) -> Option<UserId> {
-        self.ep.peer(sid).map(|p| p.id)
+        self.ep.peer_id(sid)
     }
 
     fn forget_session(&mut self, now: Instant, sid: SessionId) {
@@ -547,26 +595,44 @@ impl Supernode {
             self.relays.remove(&relay);
         }
         // Our clients' watches die with their session.
-        let mut gone = Vec::new();
-        for (user, set) in self.local_watch.iter_mut() {
-            set.remove(&sid);
-            if set.is_empty() {
-                gone.push(*user);
+        if self.watch_count.remove(&sid).is_some() {
+            let watched: Vec<UserId> = self
+                .local_watch
+                .iter()
+                .filter(|(_, set)| set.contains(&sid))
+                .map(|(u, _)| *u)
+                .collect();
+            for user in watched {
+                self.unwatch_local(now, sid, user);
             }
         }
-        for user in gone {
-            self.local_watch.remove(&user);
-            self.last_presence.remove(&user);
-            for h in user_homes(&user, &self.mesh.member_ids()) {
-                self.send_or_local(
-                    now,
-                    h,
-                    Request::PUnwatch {
-                        user,
-                        watcher: self.me,
-                    },
-                );
-            }
+    }
+
+    /// Client session `sid` no longer watches `user`; when nobody here does, the homes stop
+    /// telling us.
+    fn unwatch_local(&mut self, now: Instant, sid: SessionId, user: UserId) {
+        let Some(set) = self.local_watch.get_mut(&user) else {
+            return;
+        };
+        if set.remove(&sid)
+            && let Some(c) = self.watch_count.get_mut(&sid)
+        {
+            *c = c.saturating_sub(1);
+        }
+        if !set.is_empty() {
+            return;
+        }
+        self.local_watch.remove(&user);
+        self.last_presence.remove(&user);
+        for h in user_homes(&user, &self.live_members()) {
+            self.send_or_local(
+                now,
+                h,
+                Request::PUnwatch {
+                    user,
+                    watcher: self.me,
+                },
+            );
         }
     }
 
@@ -589,6 +655,7 @@ impl Supernode {
                 }
                 self.roles.insert(sid, Role::Peer);
                 self.peers.entry(peer).or_insert(sid);
+                self.verify_member(now, peer);
             }
             Message::Presence {
                 user,
@@ -598,7 +665,7 @@ impl Supernode {
             } if self.mesh.is_member(&peer) => {
                 self.fan_out_presence(now, user, online, last_seen, stale);
             }
-            Message::RLoad { allocations } => {
+            Message::RLoad { allocations } if self.relays.contains_key(&peer) => {
                 if let Some(r) = self.relays.get_mut(&peer) {
                     r.load = allocations;
                 }
@@ -630,30 +697,52 @@ impl Supernode {
                 }
             }
             Request::CWatch(user) => {
+                let already = self
+                    .local_watch
+                    .get(&user)
+                    .is_some_and(|set| set.contains(&sid));
+                if !already {
+                    let count = self.watch_count.entry(sid).or_default();
+                    if *count >= MAX_WATCHES_PER_SESSION {
+                        return self.error(now, sid, txn, 429, "too many watches");
+                    }
+                    *count += 1;
+                }
                 let first = {
                     let set = self.local_watch.entry(user).or_default();
                     let first = set.is_empty();
                     set.insert(sid);
                     first
                 };
-                if first {
-                    for h in user_homes(&user, &self.mesh.member_ids()) {
-                        self.send_or_local(
-                            now,
-                            h,
-                            Request::PWatch {
-                                user,
-                                watcher: self.me,
-                            },
-                        );
+                if !first {
+                    return self.respond(now, sid, txn, &Response::Ok);
+                }
+                // Answer once a home holds the subscription (any one pushes every change), so
+                // a change right after the answer cannot be missed.
+                let mut pending = 0u8;
+                let mut held = false;
+                let req = Request::PWatch {
+                    user,
+                    watcher: self.me,
+                };
+                for h in user_homes(&user, &self.live_members()) {
+                    if h == self.me {
+                        self.send_or_local(now, h, req.clone());
+                        held = true;
+                    } else if self.send_to_peer(now, h, &req, Cont::Watch { client: sid, txn }) {
+                        pending += 1;
                     }
                 }
-                self.respond(now, sid, txn, &Response::Ok);
+                if held || pending == 0 {
+                    // Held here, or no home reachable: then the homes learn of the watch when
+                    // membership settles and records re-home; answer now either way.
+                    self.respond(now, sid, txn, &Response::Ok);
+                } else {
+                    self.watch_waits.insert((sid, txn), pending);
+                }
             }
             Request::CUnwatch(user) => {
-                if let Some(set) = self.local_watch.get_mut(&user) {
-                    set.remove(&sid);
-                }
+                self.unwatch_local(now, sid, user);
                 self.respond(now, sid, txn, &Response::Ok);
             }
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
@@ -724,16 +813,11 @@ impl Supernode {
                 self.respond(now, sid, txn, &Response::Holder(holder));
             }
             Request::PWatch { user, watcher } => {
-                let ok = self.dir.watch(user, watcher);
-                let resp = if ok {
-                    Response::Ok
+                if self.dir.watch(user, watcher) {
+                    self.respond(now, sid, txn, &Response::Ok);
                 } else {
-                    Response::Error {
-                        code: 429,
-                        reason: "too many watchers".into(),
-                    }
-                };
-                self.respond(now, sid, txn, &resp);
+                    self.error(now, sid, txn, 429, "too many watchers");
+                }
             }
             Request::PUnwatch { user, watcher } => {
                 self.dir.unwatch(&user, &watcher);
@@ -794,7 +878,16 @@ impl Supernode {
         peer: UserId,
         record: &[u8],
     ) {
-        let newer_than = self.dir.get(&peer).map(|s| s.seq.saturating_sub(1));
+        // The newest registration we know of this user (as one of its homes, or as the
+        // supernode it is registered through) must be older: a replay of it, or of anything
+        // before it, is refused. The agent signs a new record for every registration.
+        let newer_than = [
+            self.dir.get(&peer).map(|s| s.seq),
+            self.published.get(&peer).map(|(_, seq)| *seq),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         let check = Check {
             now: Timestamp(self.unix(now)),
             expected_signer: Some(&peer),
@@ -821,15 +914,8 @@ impl Supernode {
         self.roles.insert(sid, Role::Client);
         self.standby.remove(&sid);
         self.counters.registrations += 1;
-        let entry = Entry {
-            record: record.to_vec(),
-            name: None,
-            online: true,
-            last_seen: self.unix(now),
-            via: self.me,
-            stale: false,
-        };
-        for h in user_homes(&peer, &self.mesh.member_ids()) {
+        let entry = self.own_entry(record.to_vec(), true, self.unix(now));
+        for h in user_homes(&peer, &self.live_members()) {
             self.send_or_local(
                 now,
                 h,
@@ -839,19 +925,30 @@ impl Supernode {
                 },
             );
         }
-        self.published.insert(peer, entry);
+        self.published.insert(peer, (entry.record, rec.seq));
         let expires_at = rec.expires_at.0;
         self.respond(now, sid, txn, &Response::Registered { expires_at });
     }
 
+    /// The entry of a client registered through us, as we publish it to its homes.
+    fn own_entry(&self, record: Vec<u8>, online: bool, last_seen: u64) -> Entry {
+        Entry {
+            record,
+            name: None,
+            online,
+            last_seen,
+            via: self.me,
+            stale: false,
+        }
+    }
+
     /// A registered client left: its homes learn it is offline and when it was last seen.
     fn publish_offline(&mut self, now: Instant, user: UserId) {
-        let Some(mut e) = self.published.remove(&user) else {
+        let Some((record, _)) = self.published.remove(&user) else {
             return;
         };
-        e.online = false;
-        e.last_seen = self.unix(now);
-        for h in user_homes(&user, &self.mesh.member_ids()) {
+        let e = self.own_entry(record, false, self.unix(now));
+        for h in user_homes(&user, &self.live_members()) {
             self.send_or_local(
                 now,
                 h,
@@ -864,8 +961,9 @@ impl Supernode {
     }
 
     /// Stores an entry replicated to us. Verifies the user's signature: homes never trust the
-    /// forwarding supernode for who the user is.
-    fn store(&mut self, now: Instant, user: UserId, entry: Entry) -> Response {
+    /// forwarding supernode for who the user is, nor for where the user is connected (the
+    /// record names that supernode), nor for a name (names come from claims, not entries).
+    fn store(&mut self, now: Instant, user: UserId, mut entry: Entry) -> Response {
         let check = Check {
             now: Timestamp(self.unix(now)),
             expected_signer: Some(&user),
@@ -886,6 +984,14 @@ impl Supernode {
                 };
             }
         };
+        if rec.payload.supernode != entry.via {
+            self.counters.refuse("store refused: via");
+            return Response::Error {
+                code: 403,
+                reason: "bad record: names another supernode than the entry".into(),
+            };
+        }
+        entry.name = None;
         match self.dir.store(user, entry, rec.seq) {
             Ok(Some(change)) => {
                 self.push_presence(
@@ -898,10 +1004,16 @@ impl Supernode {
                 Response::Ok
             }
             Ok(None) => Response::Ok,
-            Err(e) => Response::Error {
-                code: 409,
-                reason: e.to_string(),
-            },
+            Err(e) => {
+                self.counters.refuse(match e {
+                    crate::directory::StoreError::Stale => "store refused: stale",
+                    crate::directory::StoreError::Full => "store refused: full",
+                });
+                Response::Error {
+                    code: 409,
+                    reason: e.to_string(),
+                }
+            }
         }
     }
 
@@ -983,7 +1095,7 @@ impl Supernode {
         name: Option<String>,
         route: Option<(UserId, Vec<u8>)>,
     ) {
-        let homes = user_homes(&user, &self.mesh.member_ids());
+        let homes = user_homes(&user, &self.live_members());
         if homes.contains(&self.me)
             && let Some(e) = self.local_entry(&user)
         {
@@ -1057,7 +1169,7 @@ impl Supernode {
         let Ok(name) = normalize_name(name) else {
             return self.error(now, client, txn, 400, "invalid name");
         };
-        let homes = name_homes(&name, &self.mesh.member_ids());
+        let homes = name_homes(&name, &self.live_members());
         if homes.contains(&self.me) {
             let now_ts = Timestamp(self.unix(now));
             if let Some(holder) = self
@@ -1149,6 +1261,23 @@ impl Supernode {
     fn on_answer(&mut self, now: Instant, cont: Cont, resp: Option<Response>) {
         match cont {
             Cont::Fire => {}
+            Cont::Watch { client, txn } => {
+                let Some(left) = self.watch_waits.get_mut(&(client, txn)) else {
+                    return; // already answered
+                };
+                *left -= 1;
+                if matches!(resp, Some(Response::Ok)) || *left == 0 {
+                    self.watch_waits.remove(&(client, txn));
+                    let resp = match resp {
+                        Some(Response::Ok) => Response::Ok,
+                        _ => Response::Error {
+                            code: 503,
+                            reason: "no home supernode took the watch".into(),
+                        },
+                    };
+                    self.respond(now, client, txn, &resp);
+                }
+            }
             Cont::Lookup {
                 client,
                 txn,
@@ -1157,11 +1286,23 @@ impl Supernode {
                 name,
                 route,
             } => match resp {
-                Some(Response::Entry(e)) => {
+                Some(Response::Entry(e)) if e.signer() == Some(user) => {
                     self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route)
                 }
+                // A home that hands out an entry the user did not sign (for where it is
+                // connected) is lying or broken: ask the next one.
+                Some(Response::Entry(_)) => {
+                    self.counters.refuse("bad entry from a home");
+                    self.lookup_next(now, client, txn, user, rest, name, route)
+                }
                 // Not there, or that home is gone: ask the next one.
-                _ => self.lookup_next(now, client, txn, user, rest, name, route),
+                Some(Response::NotFound | Response::Error { .. }) | None => {
+                    self.lookup_next(now, client, txn, user, rest, name, route)
+                }
+                Some(_) => {
+                    self.counters.refuse("unexpected answer");
+                    self.lookup_next(now, client, txn, user, rest, name, route)
+                }
             },
             Cont::LookupName {
                 client,
@@ -1172,7 +1313,12 @@ impl Supernode {
                 Some(Response::Holder(Some(holder))) => {
                     self.lookup(now, client, txn, holder, Some(name), None)
                 }
-                _ => self.lookup_name_next(now, client, txn, name, rest),
+                Some(Response::Holder(None) | Response::NotFound | Response::Error { .. })
+                | None => self.lookup_name_next(now, client, txn, name, rest),
+                Some(_) => {
+                    self.counters.refuse("unexpected answer");
+                    self.lookup_name_next(now, client, txn, name, rest)
+                }
             },
             Cont::Claim { client, txn } | Cont::Forward { client, txn } => {
                 let resp = resp.unwrap_or(Response::Error {
@@ -1218,7 +1364,7 @@ impl Supernode {
             }
         };
         self.counters.claims += 1;
-        let homes = name_homes(&rec.payload.name, &self.mesh.member_ids());
+        let homes = name_homes(&rec.payload.name, &self.live_members());
         match homes.first().copied() {
             Some(h) if h == self.me => {
                 let resp = self.order_claim(now, &claim);
@@ -1244,16 +1390,19 @@ impl Supernode {
         let rec = match verify_record::<NameClaim>(claim, &Check::at(now_ts)) {
             Ok(r) => r,
             Err(e) => {
-                return Response::Error {
-                    code: 403,
-                    reason: format!("claim refused: {}", e.code()),
-                };
+                let reason = format!("claim refused: {}", e.code());
+                self.counters.refuse(&reason);
+                return Response::Error { code: 403, reason };
             }
         };
         let name = rec.payload.name.clone();
         let held = self.dir.name(&name).map(|n| n.held.clone());
         if let Err(why) = admit_claim(&name, held.as_ref(), &rec, now_ts) {
-            self.counters.refuse("claim taken");
+            self.counters.refuse(match why {
+                ClaimRefusal::Taken { .. } => "claim taken",
+                ClaimRefusal::Stale { .. } => "claim stale",
+                ClaimRefusal::BadName(_) | ClaimRefusal::OtherName => "claim bad name",
+            });
             return Response::Error {
                 code: 409,
                 reason: why.to_string(),
@@ -1265,7 +1414,7 @@ impl Supernode {
             received_at: now_ts,
         };
         self.store_claim(now, claim, stamp);
-        for h in name_homes(&name, &self.mesh.member_ids()) {
+        for h in name_homes(&name, &self.live_members()) {
             if h != self.me {
                 let req = Request::PClaimStore {
                     claim: claim.to_vec(),
@@ -1285,7 +1434,7 @@ impl Supernode {
             self.counters.refuse("bad stored claim");
             return;
         };
-        let homes = name_homes(&rec.payload.name, &self.mesh.member_ids());
+        let homes = name_homes(&rec.payload.name, &self.live_members());
         let name = Name {
             held: HeldClaim::new(&rec, stamp),
             record: claim.to_vec(),
@@ -1328,9 +1477,21 @@ impl Supernode {
         match ev {
             MeshEvent::Up(m) => {
                 tracing::info!("supernode {} joined ({})", m.id, m.addr);
+                // It counts once it proves its key: at once if a session with it is up, else
+                // when the session we open now is.
+                match self.peers.get(&m.id) {
+                    Some(sid) if self.ep.is_established(*sid) => {
+                        self.verified.insert(m.id);
+                    }
+                    Some(_) => {}
+                    None => {
+                        let _ = self.peer_session(now, &m);
+                    }
+                }
             }
             MeshEvent::Down(m) => {
                 tracing::info!("supernode {} is gone", m.id);
+                self.verified.remove(&m.id);
                 if let Some(sid) = self.peers.remove(&m.id) {
                     self.ep.close(now, sid);
                 }
@@ -1372,7 +1533,7 @@ impl Supernode {
     /// After a membership change: push entries and names to homes that gained them, drop what
     /// we no longer home, and re-register our clients' watches where the homes moved.
     fn rehome(&mut self, now: Instant) {
-        let members = self.mesh.member_ids();
+        let members = self.live_members();
         if members == self.last_members {
             return;
         }
