@@ -321,9 +321,13 @@ pub struct PhaseReport {
     pub offered_rate: Option<f64>,
     /// Request to valid answer.
     pub latency_us: Latency,
-    /// This process's CPU time in the window, and as a share of one core.
+    /// This process's CPU time in the window, and as a share of one core (near 1 always: the
+    /// loop never sleeps).
     pub gen_cpu_s: f64,
     pub gen_util: f64,
+    /// Share of the window the generator spent working rather than polling empty sockets:
+    /// near 1 means the generator, not the server, set the pace.
+    pub gen_busy: f64,
     /// The server processes' CPU time in the window (their sum), and as a share of one core.
     pub server_cpu_s: Option<f64>,
     pub server_util: Option<f64>,
@@ -738,6 +742,11 @@ struct Engine {
     /// Session-layer counters of clients that are gone, so totals survive them.
     gone_retransmits: u64,
     gone_cookies: u64,
+    /// Time spent in loop turns that found nothing to do (no datagram, no event, nothing
+    /// sent).
+    idle: Duration,
+    /// Work seen in the current turn.
+    worked: bool,
 }
 
 impl Engine {
@@ -798,6 +807,8 @@ impl Engine {
             stats: NetStats::default(),
             gone_retransmits: 0,
             gone_cookies: 0,
+            idle: Duration::ZERO,
+            worked: false,
         })
     }
 
@@ -947,6 +958,7 @@ impl Engine {
     fn flush(&mut self) {
         for s in &mut self.socks {
             if !s.tx.is_empty() {
+                self.worked = true;
                 let done = s.tx.flush(&s.sock);
                 self.stats.send_dropped += done.dropped as u64;
             }
@@ -961,6 +973,7 @@ impl Engine {
                     Ok(n) => n,
                     Err(_) => break,
                 };
+                self.worked = true;
                 // Slots are looked up first, so the batch is not borrowed while clients run.
                 let mut todo: Vec<(usize, usize)> = Vec::with_capacity(n);
                 for (k, d) in self.rx.iter().enumerate() {
@@ -1097,8 +1110,14 @@ trait Workload {
 
 /// Runs the engine and `w` until `w` is finished.
 fn drive(e: &mut Engine, w: &mut impl Workload) {
+    let mut last = Instant::now();
     loop {
         let now = Instant::now();
+        if !e.worked {
+            e.idle += now.duration_since(last);
+        }
+        e.worked = !e.events.is_empty();
+        last = now;
         e.poll_net(now);
         e.run_timers(now);
         while let Some((slot, ev)) = e.events.pop_front() {
@@ -1128,6 +1147,7 @@ struct Meter {
     cpu0: Option<CpuMark>,
     cpu1: Option<CpuMark>,
     retx0: (u64, u64),
+    idle0: Duration,
 }
 
 impl Meter {
@@ -1141,6 +1161,7 @@ impl Meter {
             cpu0: None,
             cpu1: None,
             retx0: (0, 0),
+            idle0: Duration::ZERO,
         }
     }
 
@@ -1181,9 +1202,13 @@ impl Meter {
         if self.cpu0.is_none() && now >= self.start {
             self.cpu0 = Some(CpuMark::take(pids));
             self.retx0 = e.session_totals();
+            self.idle0 = e.idle;
         }
         if self.cpu1.is_none() && now >= self.end {
             self.cpu1 = Some(CpuMark::take(pids));
+            let idle = e.idle.saturating_sub(self.idle0).as_secs_f64();
+            let secs = now.duration_since(self.start).as_secs_f64().max(1e-9);
+            self.r.gen_busy = (1.0 - idle / secs).max(0.0);
             let (r, k) = e.session_totals();
             self.r.retransmits = r.saturating_sub(self.retx0.0);
             self.r.cookies = k.saturating_sub(self.retx0.1);

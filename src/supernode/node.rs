@@ -836,16 +836,20 @@ impl Supernode {
                 order,
                 received_at,
             } => {
-                self.store_claim(
-                    now,
-                    &claim,
-                    ClaimStamp {
-                        orderer,
-                        order,
-                        received_at: Timestamp(received_at),
-                    },
-                );
-                self.respond(now, sid, txn, &Response::Ok);
+                let stamp = ClaimStamp {
+                    orderer,
+                    order,
+                    received_at: Timestamp(received_at),
+                };
+                let resp = if self.store_claim(now, &claim, stamp) {
+                    Response::Ok
+                } else {
+                    Response::Error {
+                        code: 403,
+                        reason: "bad claim record".into(),
+                    }
+                };
+                self.respond(now, sid, txn, &resp);
             }
         }
     }
@@ -1428,11 +1432,12 @@ impl Supernode {
         Response::Claimed { name }
     }
 
-    fn store_claim(&mut self, now: Instant, claim: &[u8], stamp: ClaimStamp) {
+    /// Keeps a stamped claim by the replicas' rule; `false` (counted) if the record is bad.
+    fn store_claim(&mut self, now: Instant, claim: &[u8], stamp: ClaimStamp) -> bool {
         let now_ts = Timestamp(self.unix(now));
         let Ok(rec) = verify_record::<NameClaim>(claim, &Check::at(now_ts)) else {
             self.counters.refuse("bad stored claim");
-            return;
+            return false;
         };
         let homes = name_homes(&rec.payload.name, &self.live_members());
         let name = Name {
@@ -1440,6 +1445,7 @@ impl Supernode {
             record: claim.to_vec(),
         };
         self.dir.merge_name(name, &homes, now_ts);
+        true
     }
 
     // ------------------------------------------------------------------ relays
