@@ -528,7 +528,7 @@ fn mutate_inside(
                 received_at,
             },
             Request::PStore { user, mut entry } => {
-                entry.record = m(&entry.record);
+                entry.record = m(&entry.record).into();
                 Request::PStore { user, entry }
             }
             _ => return None,
@@ -536,7 +536,7 @@ fn mutate_inside(
         return Some(signal::encode(&req));
     }
     if let Ok(Response::Entry(mut e)) = signal::decode::<Response>(seed) {
-        e.record = m(&e.record);
+        e.record = m(&e.record).into();
         return Some(signal::encode(&Response::Entry(e)));
     }
     if let Ok(Message::Swim(d)) = signal::decode::<Message>(seed) {

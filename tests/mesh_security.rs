@@ -100,7 +100,7 @@ fn forged_replayed_expired_and_misdirected_registrations_are_refused() {
     };
     let mut forged = registration(&mallory, 5, sn0, now, 3600);
     *forged.last_mut().unwrap() ^= 0x40;
-    let mut victims_key_garbage_sig = looked_up.clone();
+    let mut victims_key_garbage_sig = looked_up.to_vec();
     let n = victims_key_garbage_sig.len();
     victims_key_garbage_sig[n - 64..].fill(0x11);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -154,7 +154,7 @@ fn forged_replayed_expired_and_misdirected_registrations_are_refused() {
         ),
         (
             "the victim's record, replayed by another key",
-            looked_up,
+            looked_up.to_vec(),
             403,
             "registration refused: wrong_key",
         ),
@@ -251,7 +251,7 @@ fn forged_replayed_expired_and_misdirected_registrations_are_refused() {
         .lookup(checker, Target::Id(m_id))
         .unwrap()
         .expect("mallory found");
-    assert_eq!(e.record, r101);
+    assert_eq!(*e.record, *r101);
     assert_service(&mut w, &sns, 0, "after the registration attacks");
 }
 
@@ -841,7 +841,9 @@ fn wrong_roles_and_forged_replication_are_refused() {
     w.run(Duration::from_secs(6));
     assert_eq!(w.sn(0).members().len(), 4);
     let mut forged = entry.clone();
-    *forged.record.last_mut().unwrap() ^= 1;
+    let mut bytes = forged.record.to_vec();
+    *bytes.last_mut().unwrap() ^= 1;
+    forged.record = bytes.into();
     let mut elsewhere = entry.clone();
     elsewhere.via = mallory.id();
     let mut named = entry.clone();
@@ -959,7 +961,7 @@ fn a_lying_home_cannot_hand_out_a_forged_entry() {
     });
     let (sid, txn) = fetch.expect("the lookup reached Mallory, the first home");
     let lie = voxmesh::signal::Entry {
-        record: registration(&mallory, 1, mallory.id(), w.unix(), 3600),
+        record: registration(&mallory, 1, mallory.id(), w.unix(), 3600).into(),
         name: Some("victim".into()),
         online: true,
         last_seen: w.unix(),
@@ -1597,7 +1599,7 @@ fn malformed_and_wrong_role_messages_against_the_real_supernode() {
         );
     }
     let entry = Entry {
-        record: vec![1; 100],
+        record: vec![1; 100].into(),
         name: None,
         online: true,
         last_seen: 0,

@@ -344,7 +344,7 @@ fn replay_window_refuses_replays_and_accepts_reordering() {
     );
     sim.record = true;
     sim.sent.clear();
-    for i in 0..2100u32 {
+    for i in 0..700u32 {
         let now = sim.now;
         sim.nodes[client].ep.send(now, s, &i.to_be_bytes()).unwrap();
         sim.drain(client);
@@ -355,27 +355,31 @@ fn replay_window_refuses_replays_and_accepts_reordering() {
         .filter(|p| p.from == addr(CLIENT))
         .map(|p| p.data.clone())
         .collect();
-    assert_eq!(frames.len(), 2100);
+    assert_eq!(frames.len(), 700);
     let refused = |sim: &Sim, r| sim.nodes[server].ep.counters().refused(r);
     let messages = |sim: &Sim| sim.count(server, |e| matches!(e, Event::Message { .. }));
+    // The indices below straddle the window's edge.
+    assert!(
+        699 - 200 < voxmesh::session::REPLAY_WINDOW && 699 - 10 >= voxmesh::session::REPLAY_WINDOW
+    );
     // Newest first, then a few older ones: reordering within the window is fine.
-    sim.deliver(server, addr(CLIENT), &frames[2099]);
-    sim.deliver(server, addr(CLIENT), &frames[2000]);
-    sim.deliver(server, addr(CLIENT), &frames[100]);
+    sim.deliver(server, addr(CLIENT), &frames[699]);
+    sim.deliver(server, addr(CLIENT), &frames[600]);
+    sim.deliver(server, addr(CLIENT), &frames[200]);
     assert_eq!(messages(&sim), 3);
     // A replay.
-    sim.deliver(server, addr(CLIENT), &frames[2000]);
+    sim.deliver(server, addr(CLIENT), &frames[600]);
     assert_eq!(refused(&sim, Refusal::Replayed), 1);
-    // Older than the window (2099 - 10 >= 2048 nonces back).
+    // Older than the window (699 - 10 >= 512 nonces back, the window).
     sim.deliver(server, addr(CLIENT), &frames[10]);
     assert_eq!(refused(&sim, Refusal::TooOld), 1);
     assert_eq!(messages(&sim), 3);
     // A forged frame with a fresh nonce does not authenticate, and does not move the window.
-    let mut forged = frames[2099].clone();
+    let mut forged = frames[699].clone();
     forged[5..13].copy_from_slice(&1_000_000u64.to_be_bytes());
     sim.deliver(server, addr(CLIENT), &forged);
     assert_eq!(refused(&sim, Refusal::BadAuth), 1);
-    sim.deliver(server, addr(CLIENT), &frames[1500]);
+    sim.deliver(server, addr(CLIENT), &frames[500]);
     assert_eq!(messages(&sim), 4);
 }
 

@@ -594,7 +594,9 @@ impl Agent {
                     self.standby = None;
                 }
             }
-            Event::Closed { session, reason } => {
+            Event::Closed {
+                session, reason, ..
+            } => {
                 if self.primary.is_some_and(|p| p.session == session) {
                     self.fail_over(now, &reason.to_string());
                 } else if self.standby.is_some_and(|s| s.session == session) {

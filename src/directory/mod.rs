@@ -293,7 +293,7 @@ mod tests {
 
     fn entry(online: bool, via: u8) -> Entry {
         Entry {
-            record: vec![1],
+            record: vec![1].into(),
             name: None,
             online,
             last_seen: 10,

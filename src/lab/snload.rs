@@ -432,7 +432,7 @@ fn crypto(args: &CryptoArgs) -> anyhow::Result<CryptoReport> {
         .map(|i| {
             let id = Identity::generate();
             let frame = initiation_frame(&id, &key, i as u32 + 1);
-            let record = registration_record(&id, node.id(), now);
+            let record = registration_record(&id, 1, node.id(), now);
             (frame, record, id.id())
         })
         .collect();
@@ -503,12 +503,12 @@ fn check_record(record: &[u8], id: &UserId, now: Timestamp) -> anyhow::Result<()
 /// Lifetime of the registration records the generator signs.
 const RECORD_LIFETIME: u64 = 24 * 3600;
 
-fn registration_record(id: &Identity, node: UserId, now: Timestamp) -> Vec<u8> {
+fn registration_record(id: &Identity, seq: u64, node: UserId, now: Timestamp) -> Vec<u8> {
     let payload = Registration {
         supernode: node,
         addrs: Vec::new(),
     };
-    sign_record(id, 1, now, now.plus(RECORD_LIFETIME), &payload).expect("a small record signs")
+    sign_record(id, seq, now, now.plus(RECORD_LIFETIME), &payload).expect("a small record signs")
 }
 
 // ---------------------------------------------------------------------------------- echo server
@@ -677,6 +677,11 @@ struct Client {
     node: usize,
     sid: Option<SessionId>,
     user: UserId,
+    /// Its identity's seed, to sign a new record when it registers again (a supernode refuses
+    /// a replayed one, as it should).
+    seed: [u8; 32],
+    /// The sequence number of `record`.
+    seq: u64,
     record: Vec<u8>,
     expires_at: u64,
     /// When its current handshake (or registration) began.
@@ -692,16 +697,19 @@ struct Client {
 /// A client not yet attached: its identity and signed record.
 struct Made {
     identity: Identity,
+    seed: [u8; 32],
     record: Vec<u8>,
     expires_at: u64,
 }
 
 fn make_user(node: UserId) -> Made {
-    let identity = Identity::generate();
+    let seed = rand::random::<[u8; 32]>();
+    let identity = Identity::from_seed(&seed);
     let now = Timestamp::now();
-    let record = registration_record(&identity, node, now);
+    let record = registration_record(&identity, 1, node, now);
     Made {
         identity,
+        seed,
         record,
         expires_at: now.plus(RECORD_LIFETIME).0,
     }
@@ -830,6 +838,8 @@ impl Engine {
             node,
             sid: None,
             user: made.identity.id(),
+            seed: made.seed,
+            seq: 1,
             record: made.record,
             expires_at: made.expires_at,
             since: now,
@@ -1185,7 +1195,8 @@ impl Meter {
         self.r.answered += 1;
         if valid {
             self.r.valid += 1;
-            self.lat.push(now.saturating_duration_since(sent).as_nanos() as u64);
+            self.lat
+                .push(now.saturating_duration_since(sent).as_nanos() as u64);
         } else {
             self.r.invalid += 1;
         }
@@ -1648,7 +1659,7 @@ impl Requests {
 }
 
 fn entry_ok(e: &Entry, target: &Client, node: UserId) -> bool {
-    e.record == target.record && e.online && !e.stale && e.via == node && e.name.is_none()
+    *e.record == *target.record && e.online && !e.stale && e.via == node && e.name.is_none()
 }
 
 fn route_payload(salt: &[u8; 8], seq: u64) -> Vec<u8> {
@@ -1724,9 +1735,7 @@ impl Workload for Requests {
             return;
         }
         match self.pace {
-            Pace::Closed(w) => {
-                while self.in_flight < w && self.issue(e, now) {}
-            }
+            Pace::Closed(w) => while self.in_flight < w && self.issue(e, now) {},
             Pace::Open(rate) => {
                 let due = (now.duration_since(self.begun).as_secs_f64() * rate) as u64 + 1;
                 while self.issued < due {
@@ -1953,7 +1962,17 @@ impl Workload for Presence {
             match ev {
                 Event::Connected { .. } => {
                     self.users[k].connecting = false;
+                    let Some(node) = e.client(slot).map(|c| c.node) else {
+                        return;
+                    };
+                    let node_id = e.nodes[node].0.id;
                     let Some(c) = e.client(slot) else { return };
+                    // A new registration is a new signed record, as the agent makes it.
+                    let signed = Timestamp::now();
+                    c.seq += 1;
+                    c.record =
+                        registration_record(&Identity::from_seed(&c.seed), c.seq, node_id, signed);
+                    c.expires_at = signed.plus(RECORD_LIFETIME).0;
                     let req = Request::CRegister {
                         record: c.record.clone(),
                     };
@@ -1987,8 +2006,7 @@ impl Workload for Presence {
         }
         if let Some(&k) = self.by_watcher.get(&slot) {
             if let Event::Message { body, .. } = &ev
-                && let Ok(Message::Presence { user, online, .. }) =
-                    signal::decode::<Message>(body)
+                && let Ok(Message::Presence { user, online, .. }) = signal::decode::<Message>(body)
             {
                 let u = &mut self.users[k];
                 let watched = e.client(u.slot).map(|c| c.user);
@@ -2000,8 +2018,10 @@ impl Workload for Presence {
                     Some((state, at)) if state == online => {
                         if self.window.0 <= at && at < self.window.1 {
                             self.seen += 1;
-                            self.lat
-                                .push((online, now.saturating_duration_since(at).as_nanos() as u64));
+                            self.lat.push((
+                                online,
+                                now.saturating_duration_since(at).as_nanos() as u64,
+                            ));
                         }
                         u.changed = None;
                         u.next = now + self.pause;
@@ -2189,8 +2209,18 @@ fn presence(args: &PresenceArgs) -> anyhow::Result<PresenceReport> {
     )
     .report();
     let all: Vec<u64> = p.lat.iter().map(|(_, ns)| *ns).collect();
-    let off: Vec<u64> = p.lat.iter().filter(|(o, _)| !o).map(|(_, ns)| *ns).collect();
-    let on: Vec<u64> = p.lat.iter().filter(|(o, _)| *o).map(|(_, ns)| *ns).collect();
+    let off: Vec<u64> = p
+        .lat
+        .iter()
+        .filter(|(o, _)| !o)
+        .map(|(_, ns)| *ns)
+        .collect();
+    let on: Vec<u64> = p
+        .lat
+        .iter()
+        .filter(|(o, _)| *o)
+        .map(|(_, ns)| *ns)
+        .collect();
     Ok(PresenceReport {
         nodes: n,
         users: args.users,

@@ -275,8 +275,8 @@ impl Local {
         if !wrote {
             return Err((HandshakeCryptoError::Decrypt, false));
         }
-        let transport = TransportKeys::split(&mut hs, false)
-            .ok_or((HandshakeCryptoError::Malformed, false))?;
+        let transport =
+            TransportKeys::split(&mut hs, false).ok_or((HandshakeCryptoError::Malformed, false))?;
         Ok(Responded { transport, peer })
     }
 }

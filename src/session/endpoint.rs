@@ -91,9 +91,11 @@ pub enum Event {
     },
     /// An unreliable message from the peer ([`Endpoint::send`]).
     Message { session: SessionId, body: Vec<u8> },
-    /// The session is gone.
+    /// The session is gone. `peer` is who it authenticated, so the application needs no map of
+    /// its own from sessions to peers.
     Closed {
         session: SessionId,
+        peer: Option<UserId>,
         reason: CloseReason,
     },
 }
@@ -927,6 +929,7 @@ impl Endpoint {
         {
             self.io.event(Event::Closed {
                 session: s.id,
+                peer: s.peer.map(|p| p.id),
                 reason,
             });
         }

@@ -10,7 +10,7 @@
 //! - [`wire`]: frame layouts (first byte 4..=15).
 //! - DoS protection (module `cookie`, private): mac1/mac2, stateless cookies, rate limits, as
 //!   WireGuard does; tuned by [`RateLimits`].
-//! - [`ReplayWindow`]: the 2048-nonce sliding window.
+//! - [`ReplayWindow`]: the 512-nonce sliding window.
 //! - [`Counters`] and [`Refusal`]: everything refused, by reason.
 
 mod cookie;

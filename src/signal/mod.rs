@@ -74,8 +74,10 @@ impl RecordPayload for Registration {
 /// A directory entry, as homes store and serve it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The user's signed registration record: anyone can verify it.
-    pub record: Vec<u8>,
+    /// The user's signed registration record: anyone can verify it. Shared, not copied: the
+    /// supernode a user registers through keeps it for the offline notice, and as one of the
+    /// user's homes stores the same bytes.
+    pub record: std::sync::Arc<[u8]>,
     /// The held name, if any.
     pub name: Option<String>,
     pub online: bool,

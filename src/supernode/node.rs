@@ -191,8 +191,9 @@ pub struct Supernode {
     /// A session to each supernode we talk to (ours or theirs).
     peers: HashMap<UserId, SessionId>,
     /// Clients registered here: user -> session.
+    /// (A session's user is what it authenticated: [`Endpoint::peer_id`], or the `peer` of its
+    /// `Closed` event, so no reverse map is kept.)
     clients: HashMap<UserId, SessionId>,
-    client_of: HashMap<SessionId, UserId>,
     /// Clients using us as their standby: session -> their primary supernode.
     standby: HashMap<SessionId, UserId>,
     /// watched user -> our clients watching it (by session)
@@ -212,7 +213,7 @@ pub struct Supernode {
     /// The record each client registered here published (to publish it offline), with its
     /// sequence number (a replay of it, or of anything older, is refused). The rest of the
     /// entry is ours ([`Supernode::own_entry`]), so only the record is kept.
-    published: HashMap<UserId, (Vec<u8>, u64)>,
+    published: HashMap<UserId, (std::sync::Arc<[u8]>, u64)>,
     /// Members that proved their key to us in a session (we reached them with the key SWIM
     /// gave, or their SWIM traffic came through a session they authenticated). Only these home
     /// anything or are listed: SWIM gossip can name members that do not exist (anyone in the
@@ -256,7 +257,6 @@ impl Supernode {
             roles: HashMap::new(),
             peers: HashMap::new(),
             clients: HashMap::new(),
-            client_of: HashMap::new(),
             standby: HashMap::new(),
             local_watch: HashMap::new(),
             watch_count: HashMap::new(),
@@ -533,8 +533,8 @@ impl Supernode {
                     self.drain_peer_queue(now, peer.id);
                 }
             }
-            Event::HandshakeFailed { session, .. } => self.forget_session(now, session),
-            Event::Closed { session, .. } => self.forget_session(now, session),
+            Event::HandshakeFailed { session, .. } => self.forget_session(now, session, None),
+            Event::Closed { session, peer, .. } => self.forget_session(now, session, peer),
             Event::Request { session, txn, body } => match signal::decode::<Request>(&body) {
                 Ok(req) => self.on_request(now, session, txn, req),
                 Err(e) => {
@@ -578,11 +578,12 @@ impl Supernode {
         self.ep.peer_id(sid)
     }
 
-    fn forget_session(&mut self, now: Instant, sid: SessionId) {
+    /// Session `sid` (authenticated as `peer`, if it got that far) is gone.
+    fn forget_session(&mut self, now: Instant, sid: SessionId, peer: Option<UserId>) {
         self.roles.remove(&sid);
         self.peers.retain(|_, s| *s != sid);
         self.standby.remove(&sid);
-        if let Some(user) = self.client_of.remove(&sid)
+        if let Some(user) = peer
             && self.clients.get(&user) == Some(&sid)
         {
             self.clients.remove(&user);
@@ -682,7 +683,7 @@ impl Supernode {
         match req {
             Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
             Request::CRefresh => {
-                if self.client_of.get(&sid) == Some(&peer) {
+                if self.clients.get(&peer) == Some(&sid) {
                     self.counters.refreshes += 1;
                     self.respond(now, sid, txn, &Response::Ok);
                 } else {
@@ -747,7 +748,7 @@ impl Supernode {
             }
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
             Request::CRoute { to, payload } => {
-                if self.client_of.get(&sid) != Some(&peer) {
+                if self.clients.get(&peer) != Some(&sid) {
                     return self.error(now, sid, txn, 403, "register before routing");
                 }
                 self.route(now, sid, txn, peer, to, payload);
@@ -909,16 +910,11 @@ impl Supernode {
             return self.error(now, sid, txn, 400, "registration names another supernode");
         }
         // A newer session replaces an older one (a restarted client).
-        if let Some(old) = self.clients.insert(peer, sid)
-            && old != sid
-        {
-            self.client_of.remove(&old);
-        }
-        self.client_of.insert(sid, peer);
+        self.clients.insert(peer, sid);
         self.roles.insert(sid, Role::Client);
         self.standby.remove(&sid);
         self.counters.registrations += 1;
-        let entry = self.own_entry(record.to_vec(), true, self.unix(now));
+        let entry = self.own_entry(record.into(), true, self.unix(now));
         for h in user_homes(&peer, &self.live_members()) {
             self.send_or_local(
                 now,
@@ -935,7 +931,7 @@ impl Supernode {
     }
 
     /// The entry of a client registered through us, as we publish it to its homes.
-    fn own_entry(&self, record: Vec<u8>, online: bool, last_seen: u64) -> Entry {
+    fn own_entry(&self, record: std::sync::Arc<[u8]>, online: bool, last_seen: u64) -> Entry {
         Entry {
             record,
             name: None,
