@@ -297,7 +297,8 @@ struct Session {
     /// Requests from the peer; allocated while there are any (most of the time a session has
     /// nothing unanswered and no answer cached, and then holds no memory for them).
     inbound: Option<Box<Inbound>>,
-    queued: VecDeque<Vec<u8>>,
+    /// Messages sent before the handshake finished; boxed, as nearly every session is past it.
+    queued: Option<Box<VecDeque<Vec<u8>>>>,
     /// The deadline this session is filed under in the timer heap.
     scheduled: Option<Instant>,
     closing: Option<CloseReason>,
@@ -321,7 +322,7 @@ impl Session {
             ping: None,
             out: BTreeMap::new(),
             inbound: None,
-            queued: VecDeque::new(),
+            queued: None,
             scheduled: None,
             closing: None,
         }
@@ -766,10 +767,11 @@ impl Endpoint {
         if matches!(s.stage, Stage::Established) {
             self.io.seal(c, s, now, inner::MESSAGE, None, body);
         } else {
-            if s.queued.len() >= c.max_queued {
+            let queued = s.queued.get_or_insert_with(Default::default);
+            if queued.len() >= c.max_queued {
                 return Err(SendError::QueueFull);
             }
-            s.queued.push_back(body.to_vec());
+            queued.push_back(body.to_vec());
         }
         self.after(session.0);
         Ok(())
@@ -1364,8 +1366,10 @@ fn flush_queued(io: &mut Io, c: &Config, s: &mut Session, now: Instant) {
         send_request(io, c, s, now, &txn, &mut o);
         s.out.insert(txn, o);
     }
-    while let Some(body) = s.queued.pop_front() {
-        io.seal(c, s, now, inner::MESSAGE, None, &body);
+    if let Some(queued) = s.queued.take() {
+        for body in *queued {
+            io.seal(c, s, now, inner::MESSAGE, None, &body);
+        }
     }
 }
 

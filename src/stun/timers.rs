@@ -16,20 +16,31 @@ pub const RFC8489_RC: u32 = 7;
 /// RFC 8489's Rm: the final wait, in multiples of the initial RTO.
 pub const RFC8489_RM: u32 = 16;
 
-/// Smoothed RTT estimator (RFC 6298 §2 with alpha 1/8, beta 1/4).
+/// Smoothed RTT estimator (RFC 6298 §2 with alpha 1/8, beta 1/4). Kept in whole microseconds
+/// (24 bytes instead of 56: a supernode holds one per connected client); RTTs above
+/// `u32::MAX` µs (71 minutes) saturate.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    min: Option<Duration>,
+    srtt: Option<u32>,
+    rttvar: u32,
+    min: Option<u32>,
     samples: u32,
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+fn duration(us: u32) -> Duration {
+    Duration::from_micros(us as u64)
 }
 
 impl RttEstimator {
     /// Feeds one measured round trip. Callers take samples only from unambiguous exchanges
     /// (Karn's rule): a response matched to one specific transmission.
     pub fn sample(&mut self, rtt: Duration) {
-        self.samples += 1;
+        let rtt = micros(rtt);
+        self.samples = self.samples.saturating_add(1);
         self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
         match self.srtt {
             None => {
@@ -37,19 +48,19 @@ impl RttEstimator {
                 self.rttvar = rtt / 2;
             }
             Some(srtt) => {
-                let diff = srtt.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
+                let diff = srtt.abs_diff(rtt) as u64;
+                self.rttvar = ((self.rttvar as u64 * 3 + diff) / 4) as u32;
+                self.srtt = Some(((srtt as u64 * 7 + rtt as u64) / 8) as u32);
             }
         }
     }
 
     pub fn srtt(&self) -> Option<Duration> {
-        self.srtt
+        self.srtt.map(duration)
     }
 
     pub fn min_rtt(&self) -> Option<Duration> {
-        self.min
+        self.min.map(duration)
     }
 
     pub fn samples(&self) -> u32 {
@@ -60,7 +71,7 @@ impl RttEstimator {
     pub fn rto(&self, floor: Duration, initial: Duration) -> Duration {
         match self.srtt {
             None => initial,
-            Some(srtt) => (srtt + self.rttvar * 4).max(floor),
+            Some(srtt) => (duration(srtt) + duration(self.rttvar) * 4).max(floor),
         }
     }
 }

@@ -177,6 +177,16 @@ enum Cont {
     Fire,
 }
 
+/// A client registered through us: its session, and the record it published (kept to publish
+/// it offline when the session ends) with its sequence number (a replay of it, or of anything
+/// older, is refused). The rest of the entry is ours ([`Supernode::own_entry`]). One map for
+/// both: a supernode holds one of these per connected client.
+struct Registered {
+    session: SessionId,
+    record: std::sync::Arc<[u8]>,
+    seq: u64,
+}
+
 /// The supernode core.
 pub struct Supernode {
     me: UserId,
@@ -193,7 +203,7 @@ pub struct Supernode {
     /// Clients registered here: user -> session.
     /// (A session's user is what it authenticated: [`Endpoint::peer_id`], or the `peer` of its
     /// `Closed` event, so no reverse map is kept.)
-    clients: HashMap<UserId, SessionId>,
+    clients: HashMap<UserId, Registered>,
     /// Clients using us as their standby: session -> their primary supernode.
     standby: HashMap<SessionId, UserId>,
     /// watched user -> our clients watching it (by session)
@@ -210,10 +220,6 @@ pub struct Supernode {
     /// The last presence state our watching clients heard, per watched user (dedupes the homes'
     /// identical pushes).
     last_presence: HashMap<UserId, (bool, bool)>,
-    /// The record each client registered here published (to publish it offline), with its
-    /// sequence number (a replay of it, or of anything older, is refused). The rest of the
-    /// entry is ours ([`Supernode::own_entry`]), so only the record is kept.
-    published: HashMap<UserId, (std::sync::Arc<[u8]>, u64)>,
     /// Members that proved their key to us in a session (we reached them with the key SWIM
     /// gave, or their SWIM traffic came through a session they authenticated). Only these home
     /// anything or are listed: SWIM gossip can name members that do not exist (anyone in the
@@ -266,7 +272,6 @@ impl Supernode {
             relay_of: HashMap::new(),
             watch_waits: HashMap::new(),
             last_presence: HashMap::new(),
-            published: HashMap::new(),
             verified: HashSet::new(),
             last_members: vec![me],
             counters: NodeCounters::default(),
@@ -584,10 +589,10 @@ impl Supernode {
         self.peers.retain(|_, s| *s != sid);
         self.standby.remove(&sid);
         if let Some(user) = peer
-            && self.clients.get(&user) == Some(&sid)
+            && self.clients.get(&user).is_some_and(|c| c.session == sid)
+            && let Some(gone) = self.clients.remove(&user)
         {
-            self.clients.remove(&user);
-            self.publish_offline(now, user);
+            self.publish_offline(now, user, gone.record);
         }
         // A relay that reconnected already replaced this session's entry: keep that one.
         if let Some(relay) = self.relay_of.remove(&sid)
@@ -683,7 +688,7 @@ impl Supernode {
         match req {
             Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
             Request::CRefresh => {
-                if self.clients.get(&peer) == Some(&sid) {
+                if self.clients.get(&peer).is_some_and(|c| c.session == sid) {
                     self.counters.refreshes += 1;
                     self.respond(now, sid, txn, &Response::Ok);
                 } else {
@@ -748,7 +753,7 @@ impl Supernode {
             }
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
             Request::CRoute { to, payload } => {
-                if self.clients.get(&peer) != Some(&sid) {
+                if !self.clients.get(&peer).is_some_and(|c| c.session == sid) {
                     return self.error(now, sid, txn, 403, "register before routing");
                 }
                 self.route(now, sid, txn, peer, to, payload);
@@ -888,7 +893,7 @@ impl Supernode {
         // before it, is refused. The agent signs a new record for every registration.
         let newer_than = [
             self.dir.get(&peer).map(|s| s.seq),
-            self.published.get(&peer).map(|(_, seq)| *seq),
+            self.clients.get(&peer).map(|c| c.seq),
         ]
         .into_iter()
         .flatten()
@@ -909,8 +914,6 @@ impl Supernode {
         if rec.payload.supernode != self.me {
             return self.error(now, sid, txn, 400, "registration names another supernode");
         }
-        // A newer session replaces an older one (a restarted client).
-        self.clients.insert(peer, sid);
         self.roles.insert(sid, Role::Client);
         self.standby.remove(&sid);
         self.counters.registrations += 1;
@@ -925,7 +928,15 @@ impl Supernode {
                 },
             );
         }
-        self.published.insert(peer, (entry.record, rec.seq));
+        // A newer session replaces an older one (a restarted client).
+        self.clients.insert(
+            peer,
+            Registered {
+                session: sid,
+                record: entry.record,
+                seq: rec.seq,
+            },
+        );
         let expires_at = rec.expires_at.0;
         self.respond(now, sid, txn, &Response::Registered { expires_at });
     }
@@ -943,10 +954,7 @@ impl Supernode {
     }
 
     /// A registered client left: its homes learn it is offline and when it was last seen.
-    fn publish_offline(&mut self, now: Instant, user: UserId) {
-        let Some((record, _)) = self.published.remove(&user) else {
-            return;
-        };
+    fn publish_offline(&mut self, now: Instant, user: UserId, record: std::sync::Arc<[u8]>) {
         let e = self.own_entry(record, false, self.unix(now));
         for h in user_homes(&user, &self.live_members()) {
             self.send_or_local(
@@ -1218,7 +1226,7 @@ impl Supernode {
         payload: Vec<u8>,
     ) {
         self.counters.routed += 1;
-        if let Some(&dst) = self.clients.get(&to) {
+        if let Some(dst) = self.clients.get(&to).map(|c| c.session) {
             return self.deliver_to(now, dst, client, txn, from, payload);
         }
         self.lookup(now, client, txn, to, None, Some((from, payload)));
@@ -1234,7 +1242,7 @@ impl Supernode {
         to: UserId,
         payload: Vec<u8>,
     ) {
-        match self.clients.get(&to).copied() {
+        match self.clients.get(&to).map(|c| c.session) {
             Some(dst) => self.deliver_to(now, dst, asker, txn, from, payload),
             None => self.error(now, asker, txn, 410, "user not connected here"),
         }
