@@ -614,7 +614,7 @@ impl Fuzz {
                     Ok(_) => "answered".to_string(),
                     Err(e) => panic!("undecodable answer {e} to {}", hex(&body)),
                 };
-                return (verdict, body);
+                (verdict, body)
             }
             Route::ClientMessage | Route::MemberMessage => {
                 let (att, s) = if route == Route::ClientMessage {
@@ -648,7 +648,7 @@ impl Fuzz {
                         ),
                     }
                 };
-                return (verdict, body);
+                (verdict, body)
             }
             Route::ResponseToSupernode => {
                 let by_name = rng.random_bool(0.3);
@@ -699,10 +699,10 @@ impl Fuzz {
                     Response::Error { .. } => "lookup_answered_error",
                     _ => "lookup_answered_other",
                 };
-                return (
+                (
                     format!("{verdict}{}", if counted { "_counted" } else { "" }),
                     body,
-                );
+                )
             }
             Route::AgentMessage => {
                 let body = self.body(rng, &messages, t);
@@ -722,7 +722,7 @@ impl Fuzz {
                         }
                     }
                 };
-                return (verdict, body);
+                (verdict, body)
             }
             Route::AgentRequest => {
                 let body = self.body(rng, &messages, t);
@@ -737,7 +737,7 @@ impl Fuzz {
                     }
                     other => panic!("agent answered {other:?}"),
                 };
-                return (verdict, body);
+                (verdict, body)
             }
             Route::AgentResponse => {
                 let now = self.w.now;
@@ -811,10 +811,10 @@ impl Fuzz {
                     AgentEvent::Routed { result: Err(_), .. } => "routed_err",
                     _ => "error_event",
                 };
-                return (
+                (
                     format!("{kind}{}", if counted { "_counted" } else { "" }),
                     body,
-                );
+                )
             }
         }
     }

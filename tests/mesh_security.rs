@@ -305,9 +305,7 @@ fn wrong_keys_and_unbound_noise_keys_fail_cleanly_end_to_end() {
 
     // 1. Not bound: the binding was made by another identity.
     let other = w.fresh_identity();
-    let unbound = w
-        .fresh_identity()
-        .with_binding_for_tests(other.binding().clone());
+    let unbound = w.fresh_identity().with_binding_for_tests(*other.binding());
     let unbound_id = unbound.id();
     let c_unbound = w.add_client_with(unbound, vec![(k0, a0)], true);
     // 2. The right Noise key under another identity's ID.

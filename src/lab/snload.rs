@@ -536,8 +536,10 @@ fn echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
         // As supernoded wires it: same channel bound, same sockets.
         let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(8192);
         server.set_frame_sink(frames_tx.clone());
-        let mut sockets = NodeSockets::default();
-        sockets.v4 = server.primary_sockets().into_iter().next();
+        let sockets = NodeSockets {
+            v4: server.primary_sockets().into_iter().next(),
+            ..NodeSockets::default()
+        };
         let addr = server.configs()[0].primary;
         let echo = tokio::spawn(run_echo(
             frames_tx,
@@ -2100,17 +2102,14 @@ struct AskAll {
 impl Workload for AskAll {
     fn event(&mut self, _: &mut Engine, _: Instant, _: usize, ev: Event) {
         match ev {
-            Event::Response { txn, body, .. } => {
+            Event::Response { txn, body, .. }
                 if self.pending.remove(&txn).is_some()
-                    && !matches!(signal::decode::<Response>(&body), Ok(Response::Ok))
-                {
-                    self.bad += 1;
-                }
+                    && !matches!(signal::decode::<Response>(&body), Ok(Response::Ok)) =>
+            {
+                self.bad += 1;
             }
-            Event::TransactionFailed { txn, .. } => {
-                if self.pending.remove(&txn).is_some() {
-                    self.bad += 1;
-                }
+            Event::TransactionFailed { txn, .. } if self.pending.remove(&txn).is_some() => {
+                self.bad += 1;
             }
             _ => {}
         }

@@ -753,7 +753,7 @@ impl Supernode {
             }
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
             Request::CRoute { to, payload } => {
-                if !self.clients.get(&peer).is_some_and(|c| c.session == sid) {
+                if self.clients.get(&peer).is_none_or(|c| c.session != sid) {
                     return self.error(now, sid, txn, 403, "register before routing");
                 }
                 self.route(now, sid, txn, peer, to, payload);

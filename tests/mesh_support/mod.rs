@@ -108,6 +108,12 @@ pub enum Answer {
     Manual,
 }
 
+/// Which requests an attacker holds for the test to answer.
+pub type HoldRule = Box<dyn Fn(&Request) -> bool>;
+
+/// A datagram on the simulated wire: (due, sequence, to node, from, bytes).
+type InFlight = (Instant, u64, usize, SocketAddr, Vec<u8>);
+
 /// A bare endpoint driven by the test.
 pub struct Attacker {
     pub identity: Identity,
@@ -124,7 +130,7 @@ pub struct Attacker {
     /// SWIM datagrams our mesh refused (a supernode told the truth about who it is).
     pub swim_refused: u64,
     /// Requests that wait for the test whatever [`Attacker::answer`] says.
-    pub hold: Option<Box<dyn Fn(&Request) -> bool>>,
+    pub hold: Option<HoldRule>,
     /// The first SWIM datagrams received (seeds for fuzzing).
     pub swim_seen: Vec<Vec<u8>>,
 }
@@ -286,7 +292,7 @@ pub struct World {
     pub start: Instant,
     pub nodes: Vec<(SocketAddr, Node, bool)>,
     index: HashMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     pub events: HashMap<usize, Vec<AgentEvent>>,
     next_identity: u64,
