@@ -295,15 +295,27 @@ impl Identity {
                 .create(dir)
                 .map_err(create)?;
         }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create)?;
-        f.write_all(self.key_file_text().as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(create)
+        // Written whole under a private name, then linked into place: `link` fails if the
+        // path exists, so a process racing us to create it reads either no file or a complete
+        // one, never a half-written key.
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+            std::process::id()
+        ));
+        let _ = fs::remove_file(&tmp); // left by a crashed process that had our PID
+        let written = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(self.key_file_text().as_bytes())?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        written.map_err(create)
     }
 
     /// Loads the key file at `path`, creating it with a new identity if it does not exist. The

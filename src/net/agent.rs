@@ -49,13 +49,7 @@ pub async fn run_agent(
                 return Ok(agent);
             }
         }
-        let deadline = agent.poll_timeout().map(tokio::time::Instant::from_std);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = super::sleep_until(agent.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
                 agent.close(Instant::now());
@@ -231,7 +225,8 @@ pub fn write_host_cache(path: &Path, nodes: &[(NodeKey, SocketAddr)]) -> io::Res
         std::fs::create_dir_all(dir)?;
     }
     let text: String = nodes.iter().map(|(k, a)| format!("{k}@{a}\n")).collect();
-    let tmp = path.with_extension("tmp");
+    // A private temporary name: several processes may share one cache file.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     std::fs::write(&tmp, text)?;
     std::fs::rename(tmp, path)
 }

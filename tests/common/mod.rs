@@ -43,7 +43,7 @@ pub fn start_supernoded(lab: &Lab) -> Proc {
             &format!("[2001:db8::2]:{SUPERNODE_ALT_PORT}"),
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn supernoded");
     // It prints one JSON line once every socket is bound: that is readiness.
@@ -51,10 +51,14 @@ pub fn start_supernoded(lab: &Lab) -> Proc {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(
-        line.contains("\"listening\""),
-        "supernoded did not start: {line}"
-    );
+    if !line.contains("\"listening\"") {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("supernoded did not start: {line}{err}");
+    }
+    // Its log is not needed once it runs; drained so a full pipe never blocks it.
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     Proc {
         child,
         name: "supernoded",
