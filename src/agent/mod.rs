@@ -145,7 +145,7 @@ pub struct Agent {
     identity: Identity,
     config: AgentConfig,
     ep: Endpoint,
-    clock: (Instant, u64),
+    clock: crate::identity::UnixClock,
     primary: Option<Link>,
     standby: Option<Link>,
     /// Host cache: every supernode we know, in preference order.
@@ -189,7 +189,7 @@ impl Agent {
         let mut a = Agent {
             identity,
             ep,
-            clock: (now, unix_now),
+            clock: crate::identity::UnixClock::new(now, unix_now),
             primary: None,
             standby: None,
             known,
@@ -246,7 +246,7 @@ impl Agent {
     }
 
     fn unix(&self, now: Instant) -> u64 {
-        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+        self.clock.at(now)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -476,27 +476,27 @@ fn build_play(
     config: cpal::StreamConfig,
     shared: Arc<Shared<PlayState>>,
 ) -> Result<cpal::Stream> {
-    let r = match c.sample_format() {
+    let format = c.sample_format();
+    with_device_period_fallback(config, |config| match format {
         cpal::SampleFormat::F32 => play_stream::<f32>(d, config, shared.clone()),
         cpal::SampleFormat::I16 => play_stream::<i16>(d, config, shared.clone()),
         _ => play_stream::<i32>(d, config, shared.clone()),
-    };
-    match r {
-        Ok(s) => Ok(s),
-        // Some hardware refuses our period; let it choose.
-        Err(_) => {
-            let config = cpal::StreamConfig {
-                buffer_size: cpal::BufferSize::Default,
-                ..config
-            };
-            match c.sample_format() {
-                cpal::SampleFormat::F32 => play_stream::<f32>(d, config, shared),
-                cpal::SampleFormat::I16 => play_stream::<i16>(d, config, shared),
-                _ => play_stream::<i32>(d, config, shared),
-            }
-        }
-    }
+    })
     .map_err(|e| Error::Device(format!("cannot open '{}' for playback: {e}", pcm_name(d))))
+}
+
+/// Opens a stream with our period, and if the device refuses it (some hardware does), with
+/// the period the device chooses.
+fn with_device_period_fallback(
+    config: cpal::StreamConfig,
+    mut open: impl FnMut(cpal::StreamConfig) -> std::result::Result<cpal::Stream, cpal::Error>,
+) -> std::result::Result<cpal::Stream, cpal::Error> {
+    open(config).or_else(|_| {
+        open(cpal::StreamConfig {
+            buffer_size: cpal::BufferSize::Default,
+            ..config
+        })
+    })
 }
 
 fn play_stream<T>(
@@ -681,25 +681,12 @@ fn build_capture(
     config: cpal::StreamConfig,
     shared: Arc<Shared<CaptureState>>,
 ) -> Result<cpal::Stream> {
-    let r = match c.sample_format() {
+    let format = c.sample_format();
+    with_device_period_fallback(config, |config| match format {
         cpal::SampleFormat::F32 => capture_stream::<f32>(d, config, shared.clone()),
         cpal::SampleFormat::I16 => capture_stream::<i16>(d, config, shared.clone()),
         _ => capture_stream::<i32>(d, config, shared.clone()),
-    };
-    match r {
-        Ok(s) => Ok(s),
-        Err(_) => {
-            let config = cpal::StreamConfig {
-                buffer_size: cpal::BufferSize::Default,
-                ..config
-            };
-            match c.sample_format() {
-                cpal::SampleFormat::F32 => capture_stream::<f32>(d, config, shared),
-                cpal::SampleFormat::I16 => capture_stream::<i16>(d, config, shared),
-                _ => capture_stream::<i32>(d, config, shared),
-            }
-        }
-    }
+    })
     .map_err(|e| Error::Device(format!("cannot open '{}' for capture: {e}", pcm_name(d))))
 }
 

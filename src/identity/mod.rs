@@ -36,5 +36,6 @@ pub use name::{
 };
 pub use record::{
     Check, MAX_RECORD_LEN, RECORD_VERSION, Record, RecordError, RecordKind, RecordPayload,
-    RecordPolicy, SignError, Timestamp, sign_raw, sign_record, verify_raw, verify_record,
+    RecordPolicy, SignError, Timestamp, UnixClock, sign_raw, sign_record, verify_raw,
+    verify_record,
 };

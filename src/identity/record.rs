@@ -58,6 +58,25 @@ impl Timestamp {
     }
 }
 
+/// Unix time for a sans-IO core: told the Unix time once, with the monotonic instant it
+/// corresponds to, it counts on from there, so simulated time moves both clocks together.
+#[derive(Clone, Copy, Debug)]
+pub struct UnixClock {
+    start: std::time::Instant,
+    unix: u64,
+}
+
+impl UnixClock {
+    pub fn new(start: std::time::Instant, unix: u64) -> UnixClock {
+        UnixClock { start, unix }
+    }
+
+    /// Unix seconds at `now`.
+    pub fn at(&self, now: std::time::Instant) -> u64 {
+        self.unix + now.saturating_duration_since(self.start).as_secs()
+    }
+}
+
 /// What a record is about. The discriminant is the wire value; the name is part of the
 /// signature's domain string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

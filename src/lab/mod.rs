@@ -5,6 +5,7 @@
 pub mod demo;
 mod harness;
 pub mod netem;
+mod poller;
 pub mod snload;
 pub mod stunload;
 pub mod turnload;

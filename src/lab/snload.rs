@@ -57,12 +57,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
+use super::poller::Poller;
 use crate::identity::{BootstrapEntry, Identity, NodeKey, RecordPolicy, Timestamp, UserId};
 use crate::identity::{Check, sign_record, verify_record};
 use crate::net::batch::{RecvBatch, SendBatch};
@@ -239,24 +240,7 @@ pub struct PresenceArgs {
 const MAX_DURATION: Duration = Duration::from_secs(3600);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let n: f64 = s[..end]
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 5s, 500ms or 250us"))?;
-    let scale = match &s[end..] {
-        "us" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "" if n == 0.0 => 0.0,
-        _ => return Err(format!("'{s}': say us, ms or s")),
-    };
-    let d = Duration::try_from_secs_f64(n * scale).map_err(|e| format!("'{s}': {e}"))?;
-    if d > MAX_DURATION {
-        return Err(format!("'{s}' is longer than {MAX_DURATION:?}"));
-    }
-    Ok(d)
+    super::poller::parse_duration_at_most(s, MAX_DURATION)
 }
 
 /// Runs `voxlab sn-load` and prints its report as one JSON line.
@@ -620,57 +604,6 @@ struct Sock {
     demux: HashMap<u32, usize>,
 }
 
-/// An epoll set over the sockets, level-triggered, polled with a zero timeout.
-struct Poller {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Poller {
-    fn new(socks: &[Sock]) -> anyhow::Result<Poller> {
-        // SAFETY: plain system call; the result is checked before use.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        ensure!(
-            raw >= 0,
-            "epoll_create1: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        for (i, s) in socks.iter().enumerate() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: both descriptors are open; `ev` lives across the call.
-            let rc =
-                unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, s.sock.as_raw_fd(), &mut ev) };
-            ensure!(rc == 0, "epoll_ctl: {}", std::io::Error::last_os_error());
-        }
-        Ok(Poller {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; socks.len().max(1)],
-        })
-    }
-
-    /// Indexes of the sockets with datagrams waiting, without blocking.
-    fn ready(&mut self) -> Vec<usize> {
-        // SAFETY: `events` has room for `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                0,
-            )
-        };
-        self.events[..n.max(0) as usize]
-            .iter()
-            .map(|e| e.u64 as usize)
-            .collect()
-    }
-}
-
 /// A simulated client.
 struct Client {
     ep: Endpoint,
@@ -795,7 +728,7 @@ impl Engine {
                 demux: HashMap::new(),
             });
         }
-        let poller = Poller::new(&socks)?;
+        let poller = Poller::new(socks.iter().map(|s| s.sock.as_raw_fd()), socks.len())?;
         let mut config = session::Config::client();
         // Clients never answer handshakes: no rate-limit tables.
         config.rate.buckets = 1;
@@ -979,7 +912,8 @@ impl Engine {
 
     /// Receives what is waiting and hands it to the clients (or the echo ledger).
     fn poll_net(&mut self, now: Instant) {
-        for i in self.poller.ready() {
+        let ready: Vec<usize> = self.poller.ready().collect();
+        for i in ready {
             for _ in 0..DRAIN_ROUNDS {
                 let n = match self.rx.try_recv(&self.socks[i].sock) {
                     Ok(n) => n,

@@ -31,12 +31,13 @@
 //! it) dropped.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
+use super::poller::Poller;
 use crate::net::batch::{BATCH, RecvBatch, SendBatch};
 use crate::stun::{Class, IntegrityCheck, Message, MessageBuilder, TransactionId, method};
 
@@ -90,24 +91,7 @@ const DRAIN_ROUNDS: usize = 4;
 const ROUND: u64 = BATCH as u64;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let n: f64 = s[..end]
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 5s, 500ms or 250us"))?;
-    let scale = match &s[end..] {
-        "us" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "" if n == 0.0 => 0.0,
-        _ => return Err(format!("'{s}': say us, ms or s")),
-    };
-    let d = Duration::try_from_secs_f64(n * scale).map_err(|e| format!("'{s}': {e}"))?;
-    if d > MAX_DURATION {
-        return Err(format!("'{s}' is longer than {MAX_DURATION:?}"));
-    }
-    Ok(d)
+    super::poller::parse_duration_at_most(s, MAX_DURATION)
 }
 
 /// What one run observed. Counts are requests; rates are per second of the send window.
@@ -391,56 +375,6 @@ struct Client {
     tx: SendBatch,
 }
 
-/// An epoll set over the client sockets, level-triggered, polled with a zero timeout.
-struct Poller {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Poller {
-    fn new(clients: &[Client]) -> anyhow::Result<Poller> {
-        // SAFETY: plain system call; the result is checked before use.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        ensure!(
-            raw >= 0,
-            "epoll_create1: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        for (i, c) in clients.iter().enumerate() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: both descriptors are open; `ev` lives across the call.
-            let rc =
-                unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, c.sock.as_raw_fd(), &mut ev) };
-            ensure!(rc == 0, "epoll_ctl: {}", std::io::Error::last_os_error());
-        }
-        Ok(Poller {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; clients.len()],
-        })
-    }
-
-    /// Indexes of the sockets with datagrams waiting, without blocking.
-    fn ready(&mut self) -> impl Iterator<Item = usize> + '_ {
-        // SAFETY: `events` has room for `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                0,
-            )
-        };
-        self.events[..n.max(0) as usize]
-            .iter()
-            .map(|e| e.u64 as usize)
-    }
-}
-
 /// Runs the generator and prints its [`Report`] as one JSON line.
 pub fn run(args: StunLoadArgs) -> anyhow::Result<()> {
     let report = generate(&args)?;
@@ -486,7 +420,7 @@ pub fn generate(args: &StunLoadArgs) -> anyhow::Result<Report> {
             tx: SendBatch::default(),
         });
     }
-    let mut poller = Poller::new(&clients)?;
+    let mut poller = Poller::new(clients.iter().map(|c| c.sock.as_raw_fd()), clients.len())?;
     let mut rx = RecvBatch::default();
     let mut ledger = Ledger::new(clients.len(), rand::random());
     let rate = (args.rate > 0).then_some(args.rate);

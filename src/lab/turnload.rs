@@ -42,12 +42,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
+use super::poller::Poller;
 use crate::net::batch::{BATCH, RecvBatch, SendBatch};
 use crate::stun::{
     Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method,
@@ -168,24 +169,7 @@ const ROUND: u64 = BATCH as u64;
 const EVENTS: usize = 1024;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let n: f64 = s[..end]
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 5s, 500ms or 250us"))?;
-    let scale = match &s[end..] {
-        "us" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "" if n == 0.0 => 0.0,
-        _ => return Err(format!("'{s}': say us, ms or s")),
-    };
-    let d = Duration::try_from_secs_f64(n * scale).map_err(|e| format!("'{s}': {e}"))?;
-    if d > MAX_DURATION {
-        return Err(format!("'{s}' is longer than {MAX_DURATION:?}"));
-    }
-    Ok(d)
+    super::poller::parse_duration_at_most(s, MAX_DURATION)
 }
 
 /// Lab and loopback only: TEST-NET-2, where `scripts/lab` lives, or 127.0.0.0/8.
@@ -866,55 +850,6 @@ impl Watch {
 
 // ------------------------------------------------------------------------------- driver
 
-/// An epoll set over every socket, level-triggered, polled with a zero timeout.
-struct Poller {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
-}
-
-impl Poller {
-    fn new(socks: impl Iterator<Item = i32>) -> anyhow::Result<Poller> {
-        // SAFETY: plain system call; the result is checked before use.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        ensure!(
-            raw >= 0,
-            "epoll_create1: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        for (i, s) in socks.enumerate() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: both descriptors are open; `ev` lives across the call.
-            let rc = unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, s, &mut ev) };
-            ensure!(rc == 0, "epoll_ctl: {}", std::io::Error::last_os_error());
-        }
-        Ok(Poller {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
-        })
-    }
-
-    /// Indexes of the sockets with datagrams waiting, without blocking.
-    fn ready(&mut self) -> impl Iterator<Item = usize> + '_ {
-        // SAFETY: `events` has room for `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                0,
-            )
-        };
-        self.events[..n.max(0) as usize]
-            .iter()
-            .map(|e| e.u64 as usize)
-    }
-}
-
 /// The sockets and addresses of a run, and what is known about each allocation.
 struct Rig {
     clients: Vec<UdpSocket>,
@@ -1089,7 +1024,10 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
         .map(UdpSocket::local_addr)
         .collect::<Result<_, _>>()?;
     let peer_of: Vec<usize> = (0..n).map(|a| a * args.peer_sockets / n).collect();
-    let mut poller = Poller::new(clients.iter().chain(peers.iter()).map(|s| s.as_raw_fd()))?;
+    let mut poller = Poller::new(
+        clients.iter().chain(peers.iter()).map(|s| s.as_raw_fd()),
+        EVENTS,
+    )?;
     let salt: [u8; 4] = rand::random();
     let mut rig = Rig {
         clients,

@@ -17,3 +17,12 @@ pub use metrics::serve_metrics;
 pub use probe::{ProbeError, local_ip_for, run_probe};
 pub use shutdown::{Shutdown, ShutdownSignal, signal_shutdown};
 pub use socket::{bind_udp, bind_udp_std};
+
+/// Sleeps until a sans-IO core's next deadline (`poll_timeout`), or forever when it has none:
+/// the timer arm of every driver's `select!`.
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -113,20 +113,13 @@ pub async fn run_probe(
             stage = probe.stage();
             on_stage(stage);
         }
-        let deadline = probe.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = probe.poll_timeout();
         tokio::select! {
             got = rx.recv() => match got {
                 Some((i, from, data)) => probe.handle_input(Instant::now(), i, from, &data),
                 None => probe.handle_timeout(Instant::now()),
             },
-            _ = sleep_until(deadline) => probe.handle_timeout(Instant::now()),
+            _ = super::sleep_until(deadline) => probe.handle_timeout(Instant::now()),
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

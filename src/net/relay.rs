@@ -299,12 +299,7 @@ pub async fn serve_relay(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 let deadline = shared.core.borrow().poll_timeout();
-                let sleep = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let sleep = super::sleep_until(deadline);
                 let draining = shared.core.borrow().draining().is_some();
                 tokio::select! {
                     _ = sleep => {}
@@ -352,91 +347,95 @@ pub async fn serve_relay(
 
 /// Renders the core's counters and the driver's gauges as Prometheus text.
 fn render_metrics(shared: &Shared) -> String {
-    use std::fmt::Write;
+    use super::metrics::write_family;
     let core = shared.core.borrow();
     let c = core.counters();
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# TYPE voxmesh_turn_allocations gauge\nvoxmesh_turn_allocations {}",
-        core.allocations()
+    let one = |v: u64| [("", v)];
+    let gauge = "gauge";
+    let counter = "counter";
+    write_family(
+        &mut s,
+        "voxmesh_turn_allocations",
+        gauge,
+        None,
+        one(core.allocations() as u64),
     );
-    let _ = writeln!(
-        s,
-        "# TYPE voxmesh_turn_relayed_sockets gauge\nvoxmesh_turn_relayed_sockets {}",
-        shared.relays.borrow().iter().flatten().count()
+    let sockets = shared.relays.borrow().iter().flatten().count() as u64;
+    write_family(
+        &mut s,
+        "voxmesh_turn_relayed_sockets",
+        gauge,
+        None,
+        one(sockets),
     );
-    let _ = writeln!(
-        s,
-        "# TYPE voxmesh_turn_allocations_total counter\nvoxmesh_turn_allocations_total {}",
-        c.allocations_total
+    write_family(
+        &mut s,
+        "voxmesh_turn_allocations_total",
+        counter,
+        None,
+        one(c.allocations_total),
     );
-    let _ = writeln!(s, "# TYPE voxmesh_turn_packets_total counter");
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_packets_total{{direction=\"to_peer\"}} {}",
-        c.to_peer_packets
+    write_family(
+        &mut s,
+        "voxmesh_turn_packets_total",
+        counter,
+        Some("direction"),
+        [
+            ("to_peer", c.to_peer_packets),
+            ("to_client", c.to_client_packets),
+            ("internal", c.internal_packets),
+        ],
     );
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_packets_total{{direction=\"to_client\"}} {}",
-        c.to_client_packets
+    write_family(
+        &mut s,
+        "voxmesh_turn_bytes_total",
+        counter,
+        Some("direction"),
+        [
+            ("to_peer", c.to_peer_bytes),
+            ("to_client", c.to_client_bytes),
+        ],
     );
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_packets_total{{direction=\"internal\"}} {}",
-        c.internal_packets
+    write_family(
+        &mut s,
+        "voxmesh_turn_auth_total",
+        counter,
+        Some("result"),
+        [
+            ("challenge", c.auth_challenges),
+            ("failure", c.auth_failures),
+            ("stale_nonce", c.auth_stale_nonce),
+            ("rate_limited", c.auth_rate_limited),
+        ],
     );
-    let _ = writeln!(s, "# TYPE voxmesh_turn_bytes_total counter");
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_bytes_total{{direction=\"to_peer\"}} {}",
-        c.to_peer_bytes
-    );
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_bytes_total{{direction=\"to_client\"}} {}",
-        c.to_client_bytes
-    );
-    let _ = writeln!(s, "# TYPE voxmesh_turn_auth_total counter");
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_auth_total{{result=\"challenge\"}} {}",
-        c.auth_challenges
-    );
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_auth_total{{result=\"failure\"}} {}",
-        c.auth_failures
-    );
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_auth_total{{result=\"stale_nonce\"}} {}",
-        c.auth_stale_nonce
-    );
-    let _ = writeln!(
-        s,
-        "voxmesh_turn_auth_total{{result=\"rate_limited\"}} {}",
-        c.auth_rate_limited
-    );
-    let _ = writeln!(s, "# TYPE voxmesh_turn_dropped_total counter");
-    let mut drops: Vec<_> = c.drops.iter().collect();
-    drops.sort();
-    for (why, n) in drops {
-        let _ = writeln!(s, "voxmesh_turn_dropped_total{{reason=\"{why}\"}} {n}");
+    // Labelled by reason or code, sorted so scrapes compare line by line.
+    fn sorted<K: Ord + Copy>(m: &std::collections::HashMap<K, u64>) -> Vec<(K, u64)> {
+        let mut v: Vec<_> = m.iter().map(|(k, n)| (*k, *n)).collect();
+        v.sort();
+        v
     }
-    let _ = writeln!(s, "# TYPE voxmesh_turn_peer_refused_total counter");
-    let mut refusals: Vec<_> = c.peer_refusals.iter().collect();
-    refusals.sort();
-    for (why, n) in refusals {
-        let _ = writeln!(s, "voxmesh_turn_peer_refused_total{{reason=\"{why}\"}} {n}");
-    }
-    let _ = writeln!(s, "# TYPE voxmesh_turn_errors_total counter");
-    let mut errors: Vec<_> = c.errors.iter().collect();
-    errors.sort();
-    for (code, n) in errors {
-        let _ = writeln!(s, "voxmesh_turn_errors_total{{code=\"{code}\"}} {n}");
-    }
+    write_family(
+        &mut s,
+        "voxmesh_turn_dropped_total",
+        counter,
+        Some("reason"),
+        sorted(&c.drops),
+    );
+    write_family(
+        &mut s,
+        "voxmesh_turn_peer_refused_total",
+        counter,
+        Some("reason"),
+        sorted(&c.peer_refusals),
+    );
+    write_family(
+        &mut s,
+        "voxmesh_turn_errors_total",
+        counter,
+        Some("code"),
+        sorted(&c.errors),
+    );
     s
 }
 

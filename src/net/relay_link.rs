@@ -34,13 +34,7 @@ pub async fn run_relay_link(
         while let Some(t) = link.poll_transmit() {
             let _ = socket.send_to(&t.data, t.to).await;
         }
-        let deadline = link.poll_timeout().map(tokio::time::Instant::from_std);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = super::sleep_until(link.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
                 link.close(Instant::now());

@@ -249,13 +249,7 @@ async fn drive(
                 }
             }
         }
-        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = super::sleep_until(core.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = sleep => core.handle_timeout(Instant::now()),

@@ -196,7 +196,7 @@ pub struct Supernode {
     mesh: Mesh,
     dir: Directory,
     /// Monotonic instant and the Unix time it corresponds to.
-    clock: (Instant, u64),
+    clock: crate::identity::UnixClock,
     roles: HashMap<SessionId, Role>,
     /// A session to each supernode we talk to (ours or theirs).
     peers: HashMap<UserId, SessionId>,
@@ -259,7 +259,7 @@ impl Supernode {
             config,
             ep,
             mesh,
-            clock: (now, unix_now),
+            clock: crate::identity::UnixClock::new(now, unix_now),
             roles: HashMap::new(),
             peers: HashMap::new(),
             clients: HashMap::new(),
@@ -368,7 +368,7 @@ impl Supernode {
     }
 
     fn unix(&self, now: Instant) -> u64 {
-        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+        self.clock.at(now)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
