@@ -306,6 +306,9 @@ fn setup() -> Fuzz {
         Request::CStandby {
             primary: sns[1].0.id,
         },
+        Request::CStandbyIs {
+            standby: sns[2].0.id,
+        },
         Request::CMembers,
         Request::PStore {
             user: honest_id,
@@ -398,6 +401,9 @@ fn setup() -> Fuzz {
         },
         Message::PrimaryLost {
             primary: sns[0].0.id,
+        },
+        Message::StandbyLost {
+            standby: sns[1].0.id,
         },
         Message::RLoad { allocations: 5 },
         Message::Deliver {

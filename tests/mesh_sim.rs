@@ -39,6 +39,11 @@ struct World {
     queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     events: HashMap<usize, Vec<AgentEvent>>,
+    /// One-way faults: datagrams from node `.0` to node `.1` are dropped, the next `n` of them
+    /// (`Some(n)`) or all (`None`).
+    faults: HashMap<(usize, usize), Option<u32>>,
+    /// Datagrams dropped by `faults`.
+    dropped: u32,
 }
 
 impl World {
@@ -49,7 +54,34 @@ impl World {
             queue: BinaryHeap::new(),
             seq: 0,
             events: HashMap::new(),
+            faults: HashMap::new(),
+            dropped: 0,
         }
+    }
+
+    /// Drops every datagram from `from` to `to` from now on.
+    fn cut(&mut self, from: usize, to: usize) {
+        self.faults.insert((from, to), None);
+    }
+
+    /// Drops the next `n` datagrams from `from` to `to`.
+    fn lose_next(&mut self, from: usize, to: usize, n: u32) {
+        self.faults.insert((from, to), Some(n));
+    }
+
+    /// Whether a datagram from `from` to `to` is lost to a fault (counting it down).
+    fn faulty(&mut self, from: usize, to: usize) -> bool {
+        let lost = match self.faults.get_mut(&(from, to)) {
+            None => false,
+            Some(None) => true,
+            Some(Some(0)) => false,
+            Some(Some(n)) => {
+                *n -= 1;
+                true
+            }
+        };
+        self.dropped += lost as u32;
+        lost
     }
 
     fn add_supernode(
@@ -74,14 +106,18 @@ impl World {
     }
 
     fn add_client(&mut self, supernodes: Vec<(NodeKey, SocketAddr)>, register: bool) -> usize {
-        let i = self.nodes.len();
-        let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1)
-            .parse()
-            .unwrap();
         let mut cfg = AgentConfig::new(supernodes);
         cfg.session = fast_session(false);
         cfg.register = register;
         cfg.refresh_interval = Duration::from_secs(3);
+        self.add_client_with(cfg)
+    }
+
+    fn add_client_with(&mut self, cfg: AgentConfig) -> usize {
+        let i = self.nodes.len();
+        let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1)
+            .parse()
+            .unwrap();
         let a = Agent::new(
             Identity::generate(),
             cfg,
@@ -124,6 +160,9 @@ impl World {
                     continue;
                 }
                 if let Some(j) = self.nodes.iter().position(|(a, _, _)| *a == t.to) {
+                    if self.faulty(i, j) {
+                        continue;
+                    }
                     self.seq += 1;
                     self.queue
                         .push(Reverse((self.now + LATENCY, self.seq, j, from, t.data)));
@@ -192,6 +231,34 @@ impl World {
 
     fn take_events(&mut self, i: usize) -> Vec<AgentEvent> {
         self.events.remove(&i).unwrap_or_default()
+    }
+
+    /// The node index of supernode `id`.
+    fn sn_index(&self, id: UserId) -> usize {
+        (0..self.nodes.len())
+            .find(|i| matches!(&self.nodes[*i].1, Node::Sn(s) if s.id() == id))
+            .expect("a supernode")
+    }
+
+    /// Runs in steps of `step` until `cond` holds (returning how long that took), for at most
+    /// `limit`; after every step, checks that client `c` is never stranded (registered, or
+    /// connecting, or with a retry scheduled).
+    fn run_until(
+        &mut self,
+        c: usize,
+        limit: Duration,
+        mut cond: impl FnMut(&mut World) -> bool,
+    ) -> Option<Duration> {
+        let step = Duration::from_millis(50);
+        let t0 = self.now;
+        while self.now - t0 < limit {
+            self.run(step);
+            assert!(self.agent(c).is_recovering(), "client {c} stranded");
+            if cond(self) {
+                return Some(self.now - t0);
+            }
+        }
+        None
     }
 }
 
@@ -437,4 +504,166 @@ fn two_simultaneous_claims_one_winner() {
     )
     .unwrap();
     assert_eq!(rec.id, winner);
+}
+
+// ---------------------------------------------------------------------------------- failover
+//
+// Each test gives the client session timers far longer than the test runs (keepalives, refresh,
+// idle timeout), so that only the path under test can explain what the client does: a notice
+// from a supernode, or a failed request. The supernodes' SWIM declares a dead member down within
+// about `probe_period + suspect_to_down` (1 s + 3 s by default); waits are that plus margins.
+
+/// How long the mesh may take to declare a dead supernode down and a notice to reach a client,
+/// with margin: SWIM's probe period and suspicion timeout (1 s + 3 s), one probe round trip
+/// more, and a few retransmissions of the notice.
+const DETECT: Duration = Duration::from_secs(8);
+
+/// A client whose own liveness checks never fire during a test.
+fn patient_client(w: &mut World, sns: &[(NodeKey, SocketAddr)]) -> usize {
+    let mut cfg = AgentConfig::new(sns.to_vec());
+    cfg.session = session::Config {
+        accept: false,
+        keepalive_interval: Duration::from_secs(600),
+        idle_timeout: Duration::from_secs(1800),
+        ..session::Config::default()
+    };
+    cfg.refresh_interval = Duration::from_secs(600);
+    let c = w.add_client_with(cfg);
+    let t = w.run_until(c, Duration::from_secs(5), |w| {
+        let a = w.agent(c);
+        a.is_registered() && a.standby_node().is_some()
+    });
+    assert!(t.is_some(), "registered with a standby");
+    // The standby session is up and both supernodes were told about each other.
+    w.run(Duration::from_millis(200));
+    c
+}
+
+#[test]
+fn standby_dead_before_the_primary_is_replaced_then_the_primary_fails_over() {
+    let (mut w, sns) = mesh(5);
+    let c = patient_client(&mut w, &sns);
+    let p = w.agent(c).primary().unwrap().0;
+    let s = w.agent(c).standby_node().unwrap();
+    w.kill(w.sn_index(s));
+    // The primary hears from SWIM that the standby is dead and tells the client, which opens
+    // another standby, not on a dead node.
+    let took = w.run_until(c, DETECT, |w| {
+        w.agent(c).standby_node().is_some_and(|n| n != s)
+    });
+    assert!(took.is_some(), "a new standby after the old one died");
+    assert!(w.agent(c).is_demoted(&s), "the dead standby is demoted");
+    let s2 = w.agent(c).standby_node().unwrap();
+    assert!(s2 != p && s2 != s);
+    // Let the new standby learn who the primary is, then kill the primary: the new standby
+    // tells the client, which registers through it.
+    w.run(Duration::from_millis(500));
+    w.take_events(c);
+    w.kill(w.sn_index(p));
+    let took = w.run_until(c, DETECT, |w| w.agent(c).primary().map(|x| x.0) == Some(s2));
+    assert!(took.is_some(), "registered through the new standby");
+    let ev = w.take_events(c);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, AgentEvent::Registered { supernode, failover: true, .. } if *supernode == s2)),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_failover_registration_that_fails_fails_over_again() {
+    // The standby is alive for the mesh, but nothing it sends reaches the client (a one-way path
+    // failure): its notice is lost and the failover registration on it gets no answer. The
+    // client must not stay stuck (the old latch): it demotes the standby and registers through
+    // a third supernode.
+    // Keepalives never fire (so the idle standby session stays up); the refresh, every 2 s, is
+    // what tells the client its primary is gone.
+    let (mut w, sns) = mesh(5);
+    let mut cfg = AgentConfig::new(sns.to_vec());
+    cfg.session = session::Config {
+        accept: false,
+        keepalive_interval: Duration::from_secs(600),
+        idle_timeout: Duration::from_secs(1800),
+        ..session::Config::default()
+    };
+    cfg.refresh_interval = Duration::from_secs(2);
+    let timeout = cfg.session.transaction_timeout;
+    let c = w.add_client_with(cfg);
+    assert!(
+        w.run_until(c, Duration::from_secs(5), |w| w
+            .agent(c)
+            .standby_node()
+            .is_some())
+            .is_some()
+    );
+    w.run(Duration::from_millis(200));
+    let p = w.agent(c).primary().unwrap().0;
+    let s = w.agent(c).standby_node().unwrap();
+    let si = w.sn_index(s);
+    w.cut(si, c);
+    w.kill(w.sn_index(p));
+    // The client notices the primary's death by itself (a refresh unanswered: 2 s + the
+    // transaction timeout), registers on the standby (no answer: one more transaction
+    // timeout), then on a third supernode (a handshake and a registration); margin 5 s.
+    let limit = Duration::from_secs(2) + timeout * 2 + Duration::from_secs(5);
+    let took = w.run_until(c, limit, |w| {
+        w.agent(c).primary().is_some_and(|(n, _)| n != p && n != s)
+    });
+    assert!(took.is_some(), "registered through a third supernode");
+    assert!(
+        w.agent(c).is_demoted(&s),
+        "the unanswering standby is demoted"
+    );
+    assert!(w.dropped > 0, "the fault dropped the standby's traffic");
+    let ev = w.take_events(c);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, AgentEvent::Error { message } if message.starts_with("registration failed"))),
+        "the failed failover registration is reported: {ev:?}"
+    );
+}
+
+#[test]
+fn a_lost_primary_lost_notice_is_sent_again() {
+    let (mut w, sns) = mesh(5);
+    let c = patient_client(&mut w, &sns);
+    let p = w.agent(c).primary().unwrap().0;
+    let s = w.agent(c).standby_node().unwrap();
+    // The standby's session is idle (it is the responder: it sends no keepalives), so the next
+    // two datagrams from it to the client are its notice and the notice's first retransmission.
+    w.lose_next(w.sn_index(s), c, 2);
+    w.kill(w.sn_index(p));
+    let took = w.run_until(c, DETECT, |w| w.agent(c).primary().map(|x| x.0) == Some(s));
+    assert!(
+        took.is_some(),
+        "registered through the standby after a retransmitted notice"
+    );
+    assert_eq!(w.dropped, 2, "both lost notices were sent");
+}
+
+#[test]
+fn every_standby_candidate_dead_but_one() {
+    let (mut w, sns) = mesh(5);
+    let c = patient_client(&mut w, &sns);
+    let p = w.agent(c).primary().unwrap().0;
+    // Every supernode but the primary and one other dies at once; the standby is among them.
+    let s = w.agent(c).standby_node().unwrap();
+    let survivor = sns
+        .iter()
+        .map(|(k, _)| k.id)
+        .find(|id| *id != p && *id != s)
+        .unwrap();
+    for (k, _) in &sns {
+        if k.id != p && k.id != survivor {
+            w.kill(w.sn_index(k.id));
+        }
+    }
+    let took = w.run_until(c, DETECT, |w| w.agent(c).standby_node() == Some(survivor));
+    assert!(took.is_some(), "the one live candidate becomes the standby");
+    w.run(Duration::from_millis(500));
+    w.kill(w.sn_index(p));
+    let took = w.run_until(c, DETECT, |w| {
+        w.agent(c).primary().map(|x| x.0) == Some(survivor)
+    });
+    assert!(took.is_some(), "registered through the last live supernode");
 }

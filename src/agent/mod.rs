@@ -3,11 +3,20 @@
 //! a [`crate::session::Endpoint`]; `answer` and `dial` drive it (see [`crate::net::agent`]).
 //!
 //! Failover: the agent registers through its primary supernode and opens a standby session with
-//! another, telling it which supernode is primary. When SWIM declares the primary dead, the
-//! standby tells us at once ([`Message::PrimaryLost`]); the agent also notices by itself when
-//! the primary's session closes or a request to it fails. Either way it registers through the
-//! standby (already connected: one round trip), which becomes the primary, and opens a new
-//! standby. If both are gone it walks its host cache.
+//! another (picked by rendezvous hashing over the live members, so one supernode's clients spread
+//! their standbys over the mesh), telling each about the other. When SWIM declares the primary
+//! dead, the standby tells us ([`Message::PrimaryLost`]); when it declares the standby dead, the
+//! primary does ([`Message::StandbyLost`]); both notices are requests, retransmitted until we
+//! acknowledge them or the session dies. The agent also notices by itself when a session closes
+//! (keepalives unanswered, TCP stream gone) or a request fails. On losing the primary it
+//! registers through the standby (already connected: one round trip) if the standby is still
+//! plausibly alive (not demoted, and listed by the mesh), else walks its host cache.
+//!
+//! A supernode that fails us in any way (session closed, handshake failed, registration refused
+//! or unanswered, the mesh says it is down) is *demoted*: it is not picked again, as primary or
+//! standby, while any other candidate is left, and is forgiven once it answers a handshake.
+//! Nothing latches: every loss of the primary starts a new attempt, and when no supernode is
+//! connected a retry timer is always armed (see [`Agent::is_recovering`]).
 
 pub mod relay;
 
@@ -75,6 +84,11 @@ pub enum AgentEvent {
         addr: SocketAddr,
         failover: bool,
     },
+    /// A warm standby is ready on `supernode` (it acknowledged knowing our primary), or, with
+    /// `None`, the standby was lost (a new one is being set up when a candidate is left).
+    Standby {
+        supernode: Option<UserId>,
+    },
     Presence {
         user: UserId,
         online: bool,
@@ -124,7 +138,10 @@ enum Pending {
     /// A fresh record before the registered one expires (same session, same supernode).
     Renew,
     Refresh,
+    /// On the standby's session: who our primary is.
     Standby,
+    /// On the primary's session: who our standby is.
+    StandbyIs,
     Members,
     Watch,
     Lookup(Target),
@@ -155,12 +172,21 @@ pub struct Agent {
     registered: bool,
     seq: u64,
     watches: HashSet<UserId>,
-    pending: HashMap<TransactionId, Pending>,
+    /// Our outstanding requests, with the session each went out on: an answer that arrives
+    /// after that session stopped being our primary (or standby) is about the past and ignored.
+    pending: HashMap<TransactionId, (SessionId, Pending)>,
     /// Requests asked before any session was up, sent once one is.
     queued: VecDeque<(Request, Pending)>,
     next_refresh: Option<Instant>,
     events: VecDeque<AgentEvent>,
-    failing_over: bool,
+    /// The primary was lost since the last registration: the next one is a failover (this only
+    /// labels [`AgentEvent::Registered`]; it gates nothing, so it cannot latch).
+    after_loss: bool,
+    /// Supernodes demoted (see the module doc), with when.
+    dead: HashMap<UserId, Instant>,
+    /// The mesh's members as our primary last listed them (`None` before the first list): a
+    /// standby the mesh no longer lists is not promoted.
+    members: Option<HashSet<UserId>>,
     /// Supernode addresses reached over TCP (UDP went unanswered).
     stream: HashSet<SocketAddr>,
     refreshes: u64,
@@ -202,7 +228,9 @@ impl Agent {
             queued: VecDeque::new(),
             next_refresh: None,
             events: VecDeque::new(),
-            failing_over: false,
+            after_loss: false,
+            dead: HashMap::new(),
+            members: None,
             stream: HashSet::new(),
             refreshes: 0,
             attempt: None,
@@ -233,6 +261,18 @@ impl Agent {
 
     pub fn is_registered(&self) -> bool {
         self.registered
+    }
+
+    /// Whether the agent is doing something about being offline: registered, or a session to a
+    /// supernode is being set up or registered on, or a retry is scheduled. Always true while it
+    /// should stay registered (the failover paths keep this invariant; tests check it).
+    pub fn is_recovering(&self) -> bool {
+        self.registered || self.primary.is_some() || self.retry_at.is_some()
+    }
+
+    /// Whether `node` is demoted (believed dead).
+    pub fn is_demoted(&self, node: &UserId) -> bool {
+        self.dead.contains_key(node)
     }
 
     /// What the agent refused, by reason.
@@ -345,10 +385,8 @@ impl Agent {
             .is_some_and(|p| p.addr == addr && self.ep.is_established(p.session))
         {
             self.fail_over(now, "the TCP connection to the supernode closed");
-        } else if let Some(s) = self.standby.filter(|s| s.addr == addr) {
-            self.ep.close(now, s.session);
-            self.standby = None;
-            self.open_standby(now);
+        } else if self.standby.is_some_and(|s| s.addr == addr) {
+            self.drop_standby(now, "its TCP connection closed");
         }
         self.pump(now);
     }
@@ -419,20 +457,26 @@ impl Agent {
         self.pump(now);
     }
 
+    /// Sends `req` on `sid`; a request that cannot even be sent (its session just went away, or
+    /// is full) fails at once, exactly as one that got no answer.
     fn request_on(&mut self, now: Instant, sid: SessionId, req: &Request, p: Pending) {
         match self.ep.request(now, sid, &signal::encode(req)) {
             Ok(txn) => {
-                self.pending.insert(txn, p);
+                self.pending.insert(txn, (sid, p));
             }
-            Err(e) => self.events.push_back(AgentEvent::Error {
-                message: format!("cannot send: {e}"),
-            }),
+            Err(e) => {
+                tracing::debug!("cannot send on session {sid:?}: {e}");
+                self.on_response(now, sid, p, None);
+            }
         }
     }
 
     // ------------------------------------------------------------------ connection management
 
-    /// Opens a session to the next supernode in the host cache as the primary candidate.
+    /// Opens a session to the next supernode in the host cache as the primary candidate:
+    /// supernodes not demoted first, in host-cache order from where the last attempt left off;
+    /// if every one is demoted, the next one anyway (one of them may be back). If no session can
+    /// be opened at all, a retry is scheduled: the agent never sits without a way back.
     fn connect_next(&mut self, now: Instant) {
         if self.known.is_empty() {
             self.events.push_back(AgentEvent::Error {
@@ -440,12 +484,19 @@ impl Agent {
             });
             return;
         }
-        for _ in 0..self.known.len() {
-            let (key, addr) = self.known[self.next_try % self.known.len()];
-            self.next_try += 1;
-            if self.standby.is_some_and(|s| s.node == key.id) {
-                continue;
-            }
+        let n = self.known.len();
+        let order: Vec<usize> = (0..n).map(|k| (self.next_try + k) % n).collect();
+        let standby = self.standby.map(|s| s.node);
+        let usable = |i: &usize| Some(self.known[*i].0.id) != standby;
+        let alive: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|i| usable(i) && !self.dead.contains_key(&self.known[*i].0.id))
+            .collect();
+        let rest: Vec<usize> = order.iter().copied().filter(|i| usable(i)).collect();
+        for i in alive.into_iter().chain(rest) {
+            let (key, addr) = self.known[i];
+            self.next_try = i + 1;
             if let Ok(session) = self.ep.connect(now, addr, &key) {
                 self.primary = Some(Link {
                     node: key.id,
@@ -458,14 +509,43 @@ impl Agent {
                 return;
             }
         }
+        self.retry_at = Some(now + RETRY_FIRST);
     }
 
+    /// Opens a standby session if we have none: with the best-ranked supernode (rendezvous
+    /// hashing of our ID, so clients of one supernode spread their standbys) among those the
+    /// mesh lists and we have not demoted; failing that, any not demoted. None left: no standby
+    /// until the next member list.
     fn open_standby(&mut self, now: Instant) {
         if !self.config.standby || self.standby.is_some() {
             return;
         }
         let Some(p) = self.primary else { return };
-        let Some(&(key, addr)) = self.known.iter().find(|(k, _)| k.id != p.node) else {
+        let candidates: Vec<UserId> = self
+            .known
+            .iter()
+            .map(|(k, _)| k.id)
+            .filter(|id| *id != p.node && !self.dead.contains_key(id))
+            .collect();
+        let listed: Vec<UserId> = match &self.members {
+            Some(m) => candidates
+                .iter()
+                .copied()
+                .filter(|id| m.contains(id))
+                .collect(),
+            None => candidates.clone(),
+        };
+        let pool = if listed.is_empty() {
+            &candidates
+        } else {
+            &listed
+        };
+        let mut key = b"voxmesh/v1/standby\0".to_vec();
+        key.extend_from_slice(self.identity.id().as_bytes());
+        let Some(best) = crate::directory::homes(&key, pool, 1).first().copied() else {
+            return;
+        };
+        let Some(&(key, addr)) = self.known.iter().find(|(k, _)| k.id == best) else {
             return;
         };
         if self.stream.contains(&p.addr) {
@@ -479,6 +559,66 @@ impl Agent {
                 session,
             });
         }
+    }
+
+    /// Closes the standby session, demotes its supernode and opens another standby: once a fresh
+    /// member list is in when we have a primary to ask (supernodes that died with the standby
+    /// must not be picked in its place), else at once.
+    fn drop_standby(&mut self, now: Instant, why: &str) {
+        self.lose_standby(now, why);
+        match self.primary.filter(|_| self.registered) {
+            Some(p) => self.request_on(now, p.session, &Request::CMembers, Pending::Members),
+            None => self.open_standby(now),
+        }
+    }
+
+    /// Closes the standby session and demotes its supernode.
+    fn lose_standby(&mut self, now: Instant, why: &str) {
+        if let Some(s) = self.standby.take() {
+            tracing::info!("standby supernode lost ({why})");
+            self.ep.close(now, s.session);
+            self.demote(now, s.node);
+            self.events
+                .push_back(AgentEvent::Standby { supernode: None });
+        }
+    }
+
+    /// Marks `node` as believed dead and moves it to the back of the host cache.
+    fn demote(&mut self, now: Instant, node: UserId) {
+        self.dead.insert(node, now);
+        if let Some(i) = self.known.iter().position(|(k, _)| k.id == node) {
+            let e = self.known.remove(i);
+            self.known.push(e);
+        }
+    }
+
+    /// Whether a standby on `node` may be promoted: not demoted, and still a member as far as
+    /// the mesh told us.
+    fn plausible(&self, node: &UserId) -> bool {
+        !self.dead.contains_key(node) && self.members.as_ref().is_none_or(|m| m.contains(node))
+    }
+
+    /// Tells the standby who our primary is, and the primary who our standby is (so each can
+    /// warn us when the mesh declares the other dead).
+    fn announce_standby(&mut self, now: Instant) {
+        let (Some(p), Some(s)) = (self.primary, self.standby) else {
+            return;
+        };
+        if !self.registered || !self.ep.is_established(s.session) {
+            return;
+        }
+        self.request_on(
+            now,
+            s.session,
+            &Request::CStandby { primary: p.node },
+            Pending::Standby,
+        );
+        self.request_on(
+            now,
+            p.session,
+            &Request::CStandbyIs { standby: s.node },
+            Pending::StandbyIs,
+        );
     }
 
     /// A fresh registration record naming `supernode`.
@@ -512,36 +652,36 @@ impl Agent {
         }
     }
 
-    /// The primary is gone: promote the standby (or reconnect from the host cache).
+    /// The primary is gone (or failed us): demote it, then promote the standby if it is still
+    /// plausible (registering on it if its session is up, or as soon as its handshake ends), or
+    /// reconnect from the host cache. Runs in full every time it is called: a failover that
+    /// fails simply fails over again, to the next candidate.
     fn fail_over(&mut self, now: Instant, why: &str) {
-        if self.failing_over {
-            return;
-        }
         let old = self.primary.take();
         self.registered = false;
         self.next_refresh = None;
+        self.renew_at = None;
+        self.attempt = None;
+        self.after_loss = true;
         if let Some(o) = old {
             self.ep.close(now, o.session);
-            // A dead supernode goes to the back of the host cache.
-            if let Some(i) = self.known.iter().position(|(k, _)| k.id == o.node) {
-                let e = self.known.remove(i);
-                self.known.push(e);
-            }
+            self.demote(now, o.node);
         }
         tracing::info!("primary supernode lost ({why}); failing over");
         match self.standby.take() {
-            Some(s) if self.ep.is_established(s.session) => {
+            Some(s) if self.plausible(&s.node) => {
                 self.primary = Some(s);
-                self.failing_over = true;
-                self.register_on(now, s, true);
-            }
-            other => {
-                if let Some(s) = other {
-                    self.ep.close(now, s.session);
+                if self.ep.is_established(s.session) {
+                    self.register_on(now, s, true);
+                } else if !self.stream.contains(&s.addr) {
+                    self.attempt = Some((s.session, now + self.config.udp_patience));
                 }
-                self.failing_over = true;
+            }
+            Some(s) => {
+                self.ep.close(now, s.session);
                 self.connect_next(now);
             }
+            None => self.connect_next(now),
         }
     }
 
@@ -553,33 +693,28 @@ impl Agent {
 
     fn on_event(&mut self, now: Instant, ev: Event) {
         match ev {
-            Event::Connected { session, .. } => {
-                if self.primary.is_some_and(|p| p.session == session) {
-                    let p = self.primary.expect("checked");
+            Event::Connected { session, peer } => {
+                // It answered: forgiven.
+                self.dead.remove(&peer.id);
+                if let Some(p) = self.primary.filter(|p| p.session == session) {
                     self.failed_handshakes = 0;
                     if self.config.register {
-                        self.register_on(now, p, self.failing_over);
+                        self.register_on(now, p, self.after_loss);
                     } else {
                         self.flush_queue(now);
                     }
-                } else if let Some(s) = self.standby.filter(|s| s.session == session)
-                    && let Some(p) = self.primary
-                {
-                    self.request_on(
-                        now,
-                        s.session,
-                        &Request::CStandby { primary: p.node },
-                        Pending::Standby,
-                    );
+                } else if self.standby.is_some_and(|s| s.session == session) {
+                    self.announce_standby(now);
                 }
             }
             Event::HandshakeFailed { session, error } => {
-                if self.primary.is_some_and(|p| p.session == session) {
+                if let Some(p) = self.primary.filter(|p| p.session == session) {
                     self.events.push_back(AgentEvent::Error {
                         message: format!("supernode unreachable: {error}"),
                     });
                     self.primary = None;
-                    self.failing_over = true;
+                    self.attempt = None;
+                    self.demote(now, p.node);
                     self.failed_handshakes += 1;
                     let tried = self.known.len().max(1) as u32;
                     if self.failed_handshakes % tried == 0 {
@@ -591,7 +726,7 @@ impl Agent {
                         self.connect_next(now);
                     }
                 } else if self.standby.is_some_and(|s| s.session == session) {
-                    self.standby = None;
+                    self.drop_standby(now, "its handshake failed");
                 }
             }
             Event::Closed {
@@ -600,12 +735,14 @@ impl Agent {
                 if self.primary.is_some_and(|p| p.session == session) {
                     self.fail_over(now, &reason.to_string());
                 } else if self.standby.is_some_and(|s| s.session == session) {
-                    self.standby = None;
-                    self.open_standby(now);
+                    self.drop_standby(now, &reason.to_string());
                 }
             }
             Event::Request { session, txn, body } => {
                 // Supernodes ask us one thing: to take a routed payload (and acknowledge it).
+                // Supernodes ask us three things: to take a routed payload, and to hear that our
+                // primary or our standby is dead. Each is acknowledged (a duplicate too: the
+                // session layer answers retransmissions from its cache).
                 match signal::decode::<Message>(&body) {
                     Ok(Message::Deliver { from, payload }) => {
                         let _ = self
@@ -613,6 +750,26 @@ impl Agent {
                             .respond(now, session, txn, &signal::encode(&Response::Ok));
                         self.events
                             .push_back(AgentEvent::Delivered { from, payload });
+                    }
+                    Ok(Message::PrimaryLost { primary }) => {
+                        let _ = self
+                            .ep
+                            .respond(now, session, txn, &signal::encode(&Response::Ok));
+                        if self.standby.is_some_and(|s| s.session == session)
+                            && self.primary.is_some_and(|p| p.node == primary)
+                        {
+                            self.fail_over(now, "the standby reports the primary dead");
+                        }
+                    }
+                    Ok(Message::StandbyLost { standby }) => {
+                        let _ = self
+                            .ep
+                            .respond(now, session, txn, &signal::encode(&Response::Ok));
+                        if self.primary.is_some_and(|p| p.session == session)
+                            && self.standby.is_some_and(|s| s.node == standby)
+                        {
+                            self.drop_standby(now, "the primary reports it dead");
+                        }
                     }
                     _ => {
                         self.counters.refuse("unexpected request");
@@ -624,7 +781,7 @@ impl Agent {
                     }
                 }
             }
-            Event::Message { session, body } => match signal::decode::<Message>(&body) {
+            Event::Message { body, .. } => match signal::decode::<Message>(&body) {
                 Ok(Message::Presence {
                     user,
                     online,
@@ -638,17 +795,11 @@ impl Agent {
                         stale,
                     });
                 }
-                Ok(Message::PrimaryLost { primary })
-                    if self.standby.is_some_and(|s| s.session == session)
-                        && self.primary.is_some_and(|p| p.node == primary) =>
-                {
-                    self.fail_over(now, "the standby reports the primary dead");
-                }
                 Ok(_) => self.counters.refuse("unexpected message"),
                 Err(_) => self.counters.refuse("malformed message"),
             },
             Event::Response { txn, body, .. } => {
-                if let Some(p) = self.pending.remove(&txn) {
+                if let Some((sid, p)) = self.pending.remove(&txn) {
                     let resp = match signal::decode::<Response>(&body) {
                         Ok(r) => {
                             if !answers(&p, &r) {
@@ -664,13 +815,12 @@ impl Agent {
                             }
                         }
                     };
-                    self.on_response(now, p, Some(resp));
+                    self.on_response(now, sid, p, Some(resp));
                 }
             }
-            Event::TransactionFailed { txn, error, .. } => {
-                if let Some(p) = self.pending.remove(&txn) {
-                    let _ = error;
-                    self.on_response(now, p, None);
+            Event::TransactionFailed { txn, .. } => {
+                if let Some((sid, p)) = self.pending.remove(&txn) {
+                    self.on_response(now, sid, p, None);
                 }
             }
         }
@@ -683,17 +833,38 @@ impl Agent {
         }
     }
 
-    fn on_response(&mut self, now: Instant, p: Pending, resp: Option<Response>) {
+    fn on_response(&mut self, now: Instant, sid: SessionId, p: Pending, resp: Option<Response>) {
         let err = |r: &Option<Response>| match r {
             Some(Response::Error { code, reason }) => format!("{code} {reason}"),
             None => "no answer from the supernode".to_string(),
             Some(other) => format!("unexpected answer {other:?}"),
         };
+        let on_primary = self.primary.is_some_and(|l| l.session == sid);
+        let on_standby = self.standby.is_some_and(|l| l.session == sid);
         match p {
+            // Connection management answers from a session that is no longer ours (closed by a
+            // failover, which fails its outstanding requests) are about the past.
+            Pending::Register { .. } | Pending::Renew | Pending::Refresh | Pending::Members
+                if !on_primary => {}
+            Pending::Standby if !on_standby => {}
+            Pending::StandbyIs => {}
+            // A lookup or relay request that went down with a session we closed: ask again on
+            // the next primary (both are safe to repeat). Claims and routed payloads fail to the
+            // caller instead: repeating them is the caller's decision.
+            Pending::Lookup(_) | Pending::Relays if resp.is_none() && !on_primary => {
+                let req = match &p {
+                    Pending::Lookup(t) => Request::CLookup(t.clone()),
+                    _ => Request::CRelays,
+                };
+                self.queued.push_back((req, p));
+                if self.registered || !self.config.register {
+                    self.flush_queue(now);
+                }
+            }
             Pending::Register { failover } => match resp {
                 Some(Response::Registered { .. }) => {
                     self.registered = true;
-                    self.failing_over = false;
+                    self.after_loss = false;
                     let l = self.primary.expect("registering on a primary");
                     self.next_refresh = Some(now + self.config.refresh_interval);
                     self.renew_at = Some(now + self.config.record_lifetime / 2);
@@ -708,16 +879,7 @@ impl Agent {
                     self.request_on(now, l.session, &Request::CMembers, Pending::Members);
                     self.flush_queue(now);
                     // A standby whose primary was the dead one must learn the new primary.
-                    if let Some(s) = self.standby
-                        && self.ep.is_established(s.session)
-                    {
-                        self.request_on(
-                            now,
-                            s.session,
-                            &Request::CStandby { primary: l.node },
-                            Pending::Standby,
-                        );
-                    }
+                    self.announce_standby(now);
                     self.open_standby(now);
                 }
                 other => {
@@ -746,21 +908,24 @@ impl Agent {
             Pending::Members => {
                 if let Some(Response::Members(list)) = resp {
                     self.merge_members(&list);
+                    self.members = Some(list.iter().map(|n| n.key.id).collect());
                     // A standby the mesh no longer lists is dead: replace it.
-                    if let Some(s) = self.standby
-                        && !list.iter().any(|n| n.key.id == s.node)
-                    {
-                        self.ep.close(now, s.session);
-                        self.standby = None;
-                        if let Some(i) = self.known.iter().position(|(k, _)| k.id == s.node) {
-                            let e = self.known.remove(i);
-                            self.known.push(e);
-                        }
+                    if self.standby.is_some_and(|s| !self.plausible(&s.node)) {
+                        self.lose_standby(now, "the mesh no longer lists it");
                     }
                     self.open_standby(now);
                 }
             }
-            Pending::Standby | Pending::Watch => {}
+            Pending::Standby => {
+                // The standby did not take it (or did not answer): it cannot be relied on.
+                if matches!(resp, Some(Response::Ok)) {
+                    let supernode = self.standby.map(|s| s.node);
+                    self.events.push_back(AgentEvent::Standby { supernode });
+                } else {
+                    self.drop_standby(now, "it did not acknowledge being our standby");
+                }
+            }
+            Pending::Watch => {}
             Pending::Lookup(target) => {
                 let result = match resp {
                     // The entry must carry the user's own signature (a name lookup: anyone's,

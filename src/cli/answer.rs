@@ -18,6 +18,7 @@ use crate::signal::Target;
 const EXIT_CODES: &str = "\
 Events (one JSON object per line on stdout):
   {\"event\":\"registered\",\"supernode\":\"vx1...\",\"addr\":\"HOST:PORT\",\"failover\":false,\"user\":\"vx1...\"}
+  {\"event\":\"standby\",\"supernode\":\"vx1...\"}     (a warm standby is ready; null: lost it)
   {\"event\":\"presence\",\"user\":\"vx1...\",\"online\":true,\"last_seen\":1790000000,\"stale\":false}
   {\"event\":\"claimed\",\"name\":\"alice\"}
   {\"event\":\"message\",\"from\":\"vx1...\",\"payload\":\"<base64>\"}
@@ -101,6 +102,9 @@ fn event_json(ev: &AgentEvent, me: &str) -> Option<serde_json::Value> {
             stale,
         } => {
             json!({"event": "presence", "user": user.to_string(), "online": online, "last_seen": last_seen, "stale": stale})
+        }
+        AgentEvent::Standby { supernode } => {
+            json!({"event": "standby", "supernode": supernode.map(|s| s.to_string())})
         }
         AgentEvent::Claimed { name } => json!({"event": "claimed", "name": name}),
         AgentEvent::Delivered { from, payload } => json!({

@@ -217,6 +217,13 @@ pub enum Request {
         secret: Vec<u8>,
         load: u32,
     },
+
+    /// On the primary's session: this supernode is my warm standby. When the mesh declares it
+    /// dead, the primary tells the client ([`Message::StandbyLost`]) so a new standby is ready
+    /// before the primary fails too. (Appended last: variant indexes are the wire format.)
+    CStandbyIs {
+        standby: UserId,
+    },
 }
 
 /// Responses (one per request).
@@ -255,12 +262,16 @@ pub enum Message {
         last_seen: u64,
         stale: bool,
     },
-    /// To a client's standby supernode's clients: your primary supernode is gone.
+    /// Standby supernode → client, as a request (retransmitted until acknowledged or the
+    /// session dies): the mesh declared your primary supernode dead; register through me.
     PrimaryLost { primary: UserId },
     /// A relay's current load, relay → supernode.
     RLoad { allocations: u32 },
     /// A routed payload, supernode → client (also sent as a request for the ack).
     Deliver { from: UserId, payload: Vec<u8> },
+    /// Primary supernode → client, as a request like [`Message::PrimaryLost`]: the mesh declared
+    /// your standby supernode dead; open another.
+    StandbyLost { standby: UserId },
 }
 
 #[cfg(test)]

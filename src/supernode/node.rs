@@ -175,6 +175,9 @@ enum Cont {
     },
     /// Nothing waits on this (replication, unwatching).
     Fire,
+    /// A failover notice to a client ([`Message::PrimaryLost`], [`Message::StandbyLost`]): sent
+    /// again when unanswered, until the client acknowledges or its session dies.
+    Notice { client: SessionId, body: Vec<u8> },
 }
 
 /// A client registered through us: its session, and the record it published (kept to publish
@@ -183,8 +186,17 @@ enum Cont {
 /// both: a supernode holds one of these per connected client.
 struct Registered {
     session: SessionId,
+    /// The client's standby supernode ([`standby_tag`] of its ID; 0: none told), to warn the
+    /// client when the mesh declares it dead. A tag, not the ID, keeps this entry at 32 bytes;
+    /// a collision only sends a notice the client checks against the full ID and ignores.
+    standby: u32,
     record: std::sync::Arc<[u8]>,
     seq: u64,
+}
+
+/// A client's standby supernode as [`Registered`] keeps it: never 0 (0 means none).
+fn standby_tag(id: &UserId) -> u32 {
+    u32::from_le_bytes(id.as_bytes()[..4].try_into().expect("4 bytes")) | 1
 }
 
 /// The supernode core.
@@ -768,6 +780,13 @@ impl Supernode {
                 let m = self.members();
                 self.respond(now, sid, txn, &Response::Members(m));
             }
+            Request::CStandbyIs { standby } => match self.clients.get_mut(&peer) {
+                Some(c) if c.session == sid => {
+                    c.standby = standby_tag(&standby);
+                    self.respond(now, sid, txn, &Response::Ok);
+                }
+                _ => self.error(now, sid, txn, 403, "not registered here"),
+            },
             Request::RHello {
                 udp,
                 tcp,
@@ -933,6 +952,7 @@ impl Supernode {
             peer,
             Registered {
                 session: sid,
+                standby: 0,
                 record: entry.record,
                 seq: rec.seq,
             },
@@ -1266,9 +1286,22 @@ impl Supernode {
         }
     }
 
+    /// Sends a failover notice to a client as a request, so it is retransmitted until the client
+    /// acknowledges it (see [`Cont::Notice`]).
+    fn notify(&mut self, now: Instant, client: SessionId, body: Vec<u8>) {
+        if let Ok(t) = self.ep.request(now, client, &body) {
+            self.conts.insert(t, Cont::Notice { client, body });
+        }
+    }
+
     fn on_answer(&mut self, now: Instant, cont: Cont, resp: Option<Response>) {
         match cont {
             Cont::Fire => {}
+            Cont::Notice { client, body } => {
+                if resp.is_none() && self.ep.is_established(client) {
+                    self.notify(now, client, body);
+                }
+            }
             Cont::Watch { client, txn } => {
                 let Some(left) = self.watch_waits.get_mut(&(client, txn)) else {
                     return; // already answered
@@ -1533,7 +1566,20 @@ impl Supernode {
                     .collect();
                 let msg = signal::encode(&Message::PrimaryLost { primary: m.id });
                 for sid in lost {
-                    let _ = self.ep.send(now, sid, &msg);
+                    self.notify(now, sid, msg.clone());
+                }
+                // Clients registered here whose standby it was: open another now, before we
+                // fail too.
+                let tag = standby_tag(&m.id);
+                let orphans: Vec<SessionId> = self
+                    .clients
+                    .values()
+                    .filter(|c| c.standby == tag)
+                    .map(|c| c.session)
+                    .collect();
+                let msg = signal::encode(&Message::StandbyLost { standby: m.id });
+                for sid in orphans {
+                    self.notify(now, sid, msg.clone());
                 }
             }
         }

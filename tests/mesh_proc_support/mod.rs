@@ -178,9 +178,14 @@ pub struct Client {
     pub commands: mpsc::Sender<AgentCommand>,
     pub events: std::sync::mpsc::Receiver<AgentEvent>,
     pub stop: ShutdownSignal,
+    /// Fired to make the client vanish: its agent is dropped mid-flight, sending nothing more
+    /// (no polite close), as a SIGKILLed process would.
+    vanish: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The supernode of the latest registration.
     pub registered: Option<UserId>,
+    /// The client's warm standby, as its latest `Standby` event said.
+    pub standby: Option<UserId>,
     pub seen: Vec<AgentEvent>,
 }
 
@@ -192,6 +197,7 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = std::sync::mpsc::channel();
         let (stop, shutdown) = ShutdownSignal::new();
+        let (vanish, vanished) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let err_tx = ev_tx.clone();
             let bind: SocketAddr = match &place {
@@ -219,7 +225,10 @@ impl Client {
                             }
                         }
                     });
-                    let _ = run_agent(agent, socket, cmd_rx, tx, shutdown).await;
+                    tokio::select! {
+                        _ = run_agent(agent, socket, cmd_rx, tx, shutdown) => {}
+                        _ = vanished => {}
+                    }
                     forward.abort();
                     Ok::<_, std::io::Error>(())
                 })
@@ -240,19 +249,37 @@ impl Client {
             commands: cmd_tx,
             events: ev_rx,
             stop,
+            vanish: Some(vanish),
             thread: Some(thread),
             registered: None,
+            standby: None,
             seen: Vec::new(),
+        }
+    }
+
+    /// Notes what an event says about the client's supernodes.
+    fn note(&mut self, ev: &AgentEvent) {
+        match ev {
+            AgentEvent::Registered { supernode, .. } => self.registered = Some(*supernode),
+            AgentEvent::Standby { supernode } => self.standby = *supernode,
+            _ => {}
         }
     }
 
     pub fn drain(&mut self) {
         while let Ok(ev) = self.events.try_recv() {
-            if let AgentEvent::Registered { supernode, .. } = &ev {
-                self.registered = Some(*supernode);
-            }
+            self.note(&ev);
             self.seen.push(ev);
         }
+    }
+
+    /// The client disappears without a word (as if SIGKILLed): its supernode only learns of
+    /// it from the session's idle timeout.
+    pub fn vanish(&mut self) {
+        if let Some(v) = self.vanish.take() {
+            let _ = v.send(());
+        }
+        self.kill();
     }
 
     /// Stops the agent and waits for its thread.
@@ -326,8 +353,10 @@ pub fn lookups(
                     } => {
                         got.insert(u, result.ok().flatten());
                     }
-                    AgentEvent::Registered { supernode, .. } => c.registered = Some(supernode),
-                    other => c.seen.push(other),
+                    other => {
+                        c.note(&other);
+                        c.seen.push(other);
+                    }
                 }
             }
         }
@@ -450,15 +479,72 @@ pub fn presence(clients: &mut [Client], watched: &[usize], settle: Duration) -> 
     t.elapsed()
 }
 
-/// SIGKILLs supernodes 0, 2 and 4 in turn (down to two). Each time a client registered through
-/// the victim dies with it; within 10 s every other client is registered again through a live
-/// supernode, then (within 10 s more) every record — the departed clients' too — is homed on
-/// min(3, live) supernodes, sampled lookups all succeed, and the lost client's entry is still
-/// served, marked stale. `gone`: clients already stopped.
+/// The order in which supernodes die so that standbys die first: the first victim is the
+/// supernode most clients keep as their standby; each next one is the supernode most of the
+/// previous victim's standby clients were registered through (they had to replace their standby
+/// before their primary died: the path that once left clients stranded). `n` victims.
+pub fn standbys_first(
+    sns: &[Sn],
+    clients: &[Client],
+    gone: &HashSet<usize>,
+    n: usize,
+) -> Vec<usize> {
+    let index = |id: UserId| sns.iter().position(|s| s.key.id == id);
+    let live: Vec<&Client> = clients
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone.contains(i))
+        .map(|(_, c)| c)
+        .collect();
+    let most = |ids: Vec<UserId>, not: &[usize]| -> Option<usize> {
+        let mut count: HashMap<usize, usize> = HashMap::new();
+        for i in ids
+            .into_iter()
+            .filter_map(index)
+            .filter(|i| !not.contains(i))
+        {
+            *count.entry(i).or_default() += 1;
+        }
+        count
+            .into_iter()
+            .max_by_key(|(i, c)| (*c, usize::MAX - i))
+            .map(|(i, _)| i)
+    };
+    let mut order: Vec<usize> = Vec::new();
+    let first = most(live.iter().filter_map(|c| c.standby).collect(), &order).unwrap_or(0);
+    order.push(first);
+    while order.len() < n {
+        let prev = sns[*order.last().unwrap()].key.id;
+        let next = most(
+            live.iter()
+                .filter(|c| c.standby == Some(prev))
+                .filter_map(|c| c.registered)
+                .collect(),
+            &order,
+        )
+        .or_else(|| (0..sns.len()).find(|i| !order.contains(i)))
+        .unwrap();
+        order.push(next);
+    }
+    order
+}
+
+/// SIGKILLs supernodes in an order where standbys die first ([`standbys_first`]), down to two.
+/// Each time a client registered through the victim vanishes with it (no goodbye); within 10 s
+/// every other client is registered again through a live supernode, then (within 10 s more)
+/// every record — the departed clients' too — is homed on min(3, live) supernodes, sampled
+/// lookups all succeed, and the lost client's entry is still served, marked stale. `gone`:
+/// clients already stopped.
 pub fn kill_down_to_two(sns: &mut [Sn], clients: &mut [Client], gone: &mut HashSet<usize>) {
     let ids: Vec<UserId> = clients.iter().map(|c| c.id).collect();
     let mut alive: Vec<usize> = (0..sns.len()).collect();
-    for victim in [0usize, 2, 4] {
+    for c in clients.iter_mut() {
+        c.drain();
+    }
+    let victims = standbys_first(sns, clients, gone, sns.len() - 2);
+    let standbys: usize = clients.iter().filter(|c| c.standby.is_some()).count();
+    eprintln!("KILL ORDER {victims:?} ({standbys} clients reported a standby)");
+    for victim in victims {
         let victim_id = sns[victim].key.id;
         // One client registered through the victim dies with it: its entry must stay findable,
         // marked stale.
@@ -466,7 +552,7 @@ pub fn kill_down_to_two(sns: &mut [Sn], clients: &mut [Client], gone: &mut HashS
             .find(|i| !gone.contains(i) && clients[*i].registered == Some(victim_id))
             .expect("the victim has clients");
         sns[victim].kill();
-        clients[lost].kill();
+        clients[lost].vanish();
         gone.insert(lost);
         alive.retain(|s| *s != victim);
         let t = Instant::now();
