@@ -611,6 +611,60 @@ mod tests {
     use super::*;
     use snow::params::CipherChoice;
 
+    /// Two ends of one direction, both at `epoch` (the keys are arbitrary: any key can be the
+    /// one an epoch starts from).
+    fn pair_at(epoch: u16) -> (TransportKeys, TransportKeys) {
+        let keys = |send: u8, recv: u8| TransportKeys {
+            send: ChaCha20Poly1305::new(Key::from_slice(&[send; 32])),
+            recv: ChaCha20Poly1305::new(Key::from_slice(&[recv; 32])),
+            send_epoch: epoch,
+            recv_epoch: epoch,
+            sent_in_epoch: 0,
+            rekey_at: None,
+            previous: None,
+        };
+        (keys(1, 2), keys(2, 1))
+    }
+
+    /// The 16-bit epoch wraps after 65,535: a key per frame across the wrap, each frame opened
+    /// in turn, and one frame of epoch 65,535 reordered after epoch 0's.
+    #[test]
+    fn epochs_wrap_around() {
+        let c = Config {
+            rekey_messages: 1,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair_at(u16::MAX - 10);
+        let now = Instant::now();
+        let (mut out, mut plain) = ([0u8; 64], [0u8; 64]);
+        let mut held = None;
+        for n in 1000..1030u64 {
+            let (field, len, rekeyed) = a.seal(now, &c, n, &n.to_be_bytes(), &mut out).unwrap();
+            let (epoch, counter) = wire::split_nonce_field(field);
+            assert_eq!(counter, n);
+            assert_eq!(
+                rekeyed,
+                n > 1000,
+                "a new key for every frame after the first"
+            );
+            assert_eq!(epoch, (u16::MAX - 10).wrapping_add((n - 1000) as u16));
+            if epoch == u16::MAX {
+                held = Some((field, out[..len].to_vec()));
+                continue;
+            }
+            let (got, _) = b.open(now, &c, field, &out[..len], &mut plain).unwrap();
+            assert_eq!(&plain[..got], &n.to_be_bytes());
+            if epoch == 0
+                && let Some((f, sealed)) = held.take()
+            {
+                assert_eq!(b.epochs().previous, Some(u16::MAX));
+                assert!(b.open(now, &c, f, &sealed, &mut plain).is_ok());
+            }
+        }
+        assert!(held.is_none());
+        assert_eq!(b.epochs().recv, 18);
+    }
+
     /// Our REKEY is Noise's: the key `snow` derives with `Cipher::rekey` (Noise §4.2) seals the
     /// same bytes as ours, for a few generations.
     #[test]
