@@ -1,5 +1,6 @@
-//! Identity keys: key files (creation, permissions, corruption), default paths, the text forms
-//! of IDs and keys (round trips, typo detection), bootstrap entries, and the Noise binding.
+//! Identity keys: key files (creation, permissions, corruption, the one-process lock), default
+//! paths, the text forms of IDs and keys (round trips, typo detection), bootstrap entries, and
+//! the Noise binding.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -49,6 +50,81 @@ fn key_file_is_created_on_first_use_with_private_permissions() {
         Err(KeyFileError::Create { .. })
     ));
     fs::remove_dir_all(dir).unwrap();
+}
+
+/// The lock is on the file, not the path: a second lock through the same path, a relative
+/// path or a symlink is refused, naming the holder (this process: `flock` locks belong to open
+/// files, so one process conflicts with itself too); dropping the lock frees it. The refusal
+/// leaves the file alone, and a corrupt file that is locked still reports the corruption once
+/// free.
+#[test]
+fn a_locked_identity_is_refused_through_every_path_until_released() {
+    let dir = scratch_dir();
+    let path = dir.join("voxmesh/identity");
+    let (a, created, lock) = Identity::load_or_create_locked(&path).unwrap();
+    assert!(created);
+    assert_eq!(lock.path(), path);
+    assert_eq!(mode(&path), 0o600);
+    let link = dir.join("alias");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let dotted = dir.join("voxmesh/../voxmesh/identity");
+    for other in [&path, &link, &dotted] {
+        match Identity::load_or_create_locked(other) {
+            Err(e @ KeyFileError::InUse { .. }) => {
+                let KeyFileError::InUse { path: named, pid } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(named, other);
+                assert_eq!(*pid, Some(std::process::id()), "{e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&other.display().to_string())
+                        && msg.contains(&format!("process {}", std::process::id())),
+                    "{msg}"
+                );
+            }
+            r => panic!("{}: {r:?}", other.display()),
+        }
+    }
+    // Reading without the lock (what `dial` does) is never blocked.
+    assert_eq!(Identity::load(&path).unwrap().id(), a.id());
+    drop(lock);
+    let (b, created, _lock) = Identity::load_or_create_locked(&link).unwrap();
+    assert!(!created);
+    assert_eq!(a.id(), b.id());
+}
+
+/// Processes racing to create one key: one file, one identity, every locker gets it in turn.
+#[test]
+fn racing_lockers_share_one_created_key() {
+    let dir = scratch_dir();
+    let path = dir.join("identity");
+    // Each holds the lock only to read the key; a bound in case one never lets go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ids: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    loop {
+                        match Identity::load_or_create_locked(&path) {
+                            Ok((id, created, lock)) => {
+                                drop(lock);
+                                return (id.id(), created);
+                            }
+                            Err(KeyFileError::InUse { .. }) => {
+                                assert!(std::time::Instant::now() < deadline, "lock never freed");
+                                std::thread::yield_now()
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(ids.iter().filter(|(_, c)| *c).count(), 1, "{ids:?}");
+    assert!(ids.iter().all(|(id, _)| *id == ids[0].0));
 }
 
 #[test]

@@ -2,9 +2,11 @@
 //!
 //! Seeds are real frames recorded from a clean exchange: initiations (with and without mac2),
 //! handshake answers, cookie replies, and transport frames carrying pings, pongs, requests,
-//! responses and messages. Each case takes a seed and applies one to four mutations (bit flips,
-//! byte replacement, truncation, extension, splices from other seeds, a new type byte, a live
-//! session index written into the index field, a new nonce, zeroed ranges, oversizing), then
+//! responses and messages, sealed in several key epochs. Every endpoint rekeys every 16 frames,
+//! so the legitimate session moves through hundreds of epochs during the run. Each case takes a
+//! seed and applies one to four mutations (bit flips, byte replacement, truncation, extension,
+//! splices from other seeds, a new type byte, a live session index written into the index
+//! field, a new nonce, an epoch near the live ones, zeroed ranges, oversizing), then
 //! hands it to the server or the client endpoint from the legitimate peer's address or an
 //! attacker's. One case in five instead sends a mutated *inner* message through a real,
 //! authenticated session (content a malicious but authenticated peer could send).
@@ -15,7 +17,8 @@
 //!   accepted (a duplicate initiation answered from the cache, a cookie, a valid inner message);
 //! - nothing sent to the attacker's address is larger than what it sent (no amplification);
 //! - every so often, and at the end, the legitimate session still answers requests and a new
-//!   client can still connect.
+//!   client can still connect;
+//! - the run crossed many epochs, and frames of erased and of too-distant epochs were refused.
 //!
 //! `VOXMESH_FUZZ_CASES` sets the number of cases (default 20,000: a few seconds in a debug
 //! build), `VOXMESH_FUZZ_SEED` the seed, `VOXMESH_FUZZ_REPORT` a file for the JSON summary
@@ -32,6 +35,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use session_support::*;
 use voxmesh::identity::NodeKey;
+use voxmesh::session::defaults::MAX_EPOCH_SKIP;
 use voxmesh::session::wire::{self, inner};
 use voxmesh::session::{Config, Counters, Event, RateLimits, Refusal, SessionId};
 
@@ -41,6 +45,8 @@ const SERVER: &str = "198.51.100.1:7000";
 const CLIENT: &str = "203.0.113.5:40000";
 /// Behind the same NAT as `CLIENT`, so its handshake needs a cookie (seeding cookie frames).
 const CLIENT2: &str = "203.0.113.5:40001";
+/// Frames per key: small, so that seeds span epochs and the run crosses hundreds of them.
+const REKEY_MESSAGES: u64 = 16;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -72,11 +78,16 @@ fn world(seed: u64) -> World {
             source_rate: 0.01,
             ..RateLimits::default()
         },
+        rekey_messages: REKEY_MESSAGES,
         ..Config::default()
     };
+    let client_cfg = Config {
+        rekey_messages: REKEY_MESSAGES,
+        ..Config::client()
+    };
     let server = sim.add(cfg, &identity(1), SERVER);
-    let client = sim.add(Config::client(), &identity(2), CLIENT);
-    let client2 = sim.add(Config::client(), &identity(3), CLIENT2);
+    let client = sim.add(client_cfg.clone(), &identity(2), CLIENT);
+    let client2 = sim.add(client_cfg, &identity(3), CLIENT2);
     sim.nodes[server].auto_answer = Some(echo);
     sim.record = true;
     let session = sim.connect(client, server);
@@ -86,10 +97,15 @@ fn world(seed: u64) -> World {
         .ep
         .request(now, session, b"seed request")
         .unwrap();
-    sim.nodes[client]
-        .ep
-        .send(now, session, b"seed message")
-        .unwrap();
+    // Enough messages each way that the seeds hold frames of several epochs.
+    let srv = sim.connected_sessions(server)[0];
+    for _ in 0..3 * REKEY_MESSAGES {
+        sim.nodes[client]
+            .ep
+            .send(now, session, b"seed message")
+            .unwrap();
+        sim.nodes[server].ep.send(now, srv, b"seed push").unwrap();
+    }
     sim.nodes[client2].ep.request(now, s2, &[7; 300]).unwrap();
     sim.run_for(Duration::from_secs(25));
     let seeds: Vec<Vec<u8>> = sim.sent.iter().map(|p| p.data.clone()).collect();
@@ -139,11 +155,17 @@ fn mac1(key: &NodeKey, msg: &[u8]) -> [u8; 16] {
     m.finalize().into_bytes()[..16].try_into().unwrap()
 }
 
-fn mutate(rng: &mut SmallRng, seeds: &[Vec<u8>], live: &[u32], max_frame: usize) -> Vec<u8> {
+fn mutate(
+    rng: &mut SmallRng,
+    seeds: &[Vec<u8>],
+    live: &[u32],
+    epochs: &[u16],
+    max_frame: usize,
+) -> Vec<u8> {
     let mut b = seeds[rng.random_range(0..seeds.len())].clone();
     for _ in 0..rng.random_range(1..=4) {
         let len = b.len();
-        match rng.random_range(0..12) {
+        match rng.random_range(0..13) {
             0 if len > 0 => {
                 let i = rng.random_range(0..len);
                 b[i] ^= 1 << rng.random_range(0..8);
@@ -188,6 +210,17 @@ fn mutate(rng: &mut SmallRng, seeds: &[Vec<u8>], live: &[u32], max_frame: usize)
                 b[i..j].fill(0);
             }
             9 => b.resize(max_frame + rng.random_range(1..100), 0x41),
+            12 if len >= 13 && !epochs.is_empty() => {
+                // An epoch around a live one: the previous, current, next few, just beyond the
+                // skip limit, or long gone; the counter is kept.
+                let base = epochs[rng.random_range(0..epochs.len())];
+                let offset = rng.random_range(-3..=i32::from(MAX_EPOCH_SKIP) + 2);
+                let epoch = base.wrapping_add_signed(offset as i16);
+                let (_, counter) = wire::split_nonce_field(u64::from_be_bytes(
+                    b[5..13].try_into().expect("8 bytes"),
+                ));
+                b[5..13].copy_from_slice(&wire::nonce_field(epoch, counter).to_be_bytes());
+            }
             10 => {
                 b = (0..rng.random_range(0..300))
                     .map(|_| rng.random())
@@ -263,6 +296,20 @@ fn accepted_kind(before: &Counters, after: &Counters) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// The epochs the legitimate session's keys are at, on both sides.
+fn live_epochs(w: &World) -> Vec<u16> {
+    let mut v = Vec::new();
+    if let Some(k) = w.sim.nodes[w.client].ep.key_epochs(w.session) {
+        v.extend([k.send, k.recv]);
+    }
+    for s in w.sim.connected_sessions(w.server) {
+        if let Some(k) = w.sim.nodes[w.server].ep.key_epochs(s) {
+            v.extend([k.send, k.recv]);
+        }
+    }
+    v
 }
 
 fn health_check(w: &mut World) {
@@ -345,7 +392,8 @@ fn fuzz_session_endpoint() {
             continue;
         }
         t.outer += 1;
-        let mut frame = mutate(&mut rng, &w.seeds, &w.live, max_frame);
+        let epochs = live_epochs(&w);
+        let mut frame = mutate(&mut rng, &w.seeds, &w.live, &epochs, max_frame);
         if frame.len() == wire::INIT_LEN && frame[0] == wire::HANDSHAKE_INIT && rng.random_bool(0.5)
         {
             // Past mac1, into the rate limits and the Noise layer.
@@ -419,6 +467,15 @@ fn fuzz_session_endpoint() {
 
     let secs = started.elapsed().as_secs_f64();
     let server_counters = w.sim.nodes[w.server].ep.counters().clone();
+    // The run crossed epochs (the client's inner cases alone seal thousands of frames), and
+    // the epoch field was exercised: stale and too-distant epochs were refused.
+    let client_epochs = w.sim.nodes[w.client].ep.key_epochs(w.session).unwrap();
+    if cases >= DEFAULT_CASES {
+        assert!(client_epochs.send >= 100, "{client_epochs:?}");
+        for r in ["stale_epoch", "future_epoch"] {
+            assert!(t.refused.get(r).is_some_and(|n| *n > 0), "no {r} refusal");
+        }
+    }
     let json = serde_json::json!({
         "cases": t.cases,
         "seed": seed,
@@ -433,6 +490,8 @@ fn fuzz_session_endpoint() {
         "health_checks_passed": t.health_checks,
         "server_sessions_at_end": w.sim.nodes[w.server].ep.session_count(),
         "server_handshakes_answered": server_counters.handshakes_answered,
+        "client_send_epochs": client_epochs.send,
+        "server_peer_rekeys": server_counters.peer_rekeys,
         "panics": 0,
     });
     let text = serde_json::to_string_pretty(&json).unwrap();

@@ -603,3 +603,167 @@ fn pure_responder_crypto_does_the_handshake_work() {
         Err(HandshakeCryptoError::Malformed)
     );
 }
+
+/// The epoch and counter in a captured transport frame's header.
+fn epoch_and_counter(frame: &[u8]) -> (u16, u64) {
+    wire::split_nonce_field(u64::from_be_bytes(frame[5..13].try_into().unwrap()))
+}
+
+/// Frames reordered around a key change, lost epochs, replays across epochs, erased keys and
+/// forged epochs, on captured frames delivered by hand: the sender (rekeying every 10 frames)
+/// sealed 40 messages in epochs 0 to 4; the receiver sees them out of order.
+#[test]
+fn rekey_reordering_replays_and_erased_keys() {
+    use voxmesh::session::KeyEpochs;
+    let overlap = Duration::from_millis(500);
+    let cfg = Config {
+        rekey_messages: 10,
+        rekey_overlap: overlap,
+        ..Config::default()
+    };
+    let (mut sim, server) = server_sim(32, cfg.clone());
+    let client = sim.add(
+        Config {
+            accept: false,
+            ..cfg
+        },
+        &identity(2),
+        CLIENT,
+    );
+    let s = sim.connect(client, server);
+    sim.run_for(Duration::from_millis(100));
+    let srv = sim.connected_sessions(server)[0];
+    // Capture the client's next frames instead of delivering them.
+    sim.links.insert(
+        (addr(CLIENT), addr(SERVER)),
+        Link {
+            down: true,
+            ..Link::default()
+        },
+    );
+    sim.record = true;
+    sim.sent.clear();
+    for i in 0..40u32 {
+        let now = sim.now;
+        sim.nodes[client].ep.send(now, s, &i.to_be_bytes()).unwrap();
+        sim.drain(client);
+    }
+    let frames: Vec<Vec<u8>> = sim
+        .sent
+        .iter()
+        .filter(|p| p.from == addr(CLIENT))
+        .map(|p| p.data.clone())
+        .collect();
+    assert_eq!(frames.len(), 40);
+    // By epoch: the confirmation ping was frame 0 of epoch 0, so epoch 0 holds counters 1..=9
+    // here, epochs 1 to 3 ten frames each, epoch 4 the last one. The header says so.
+    let of_epoch = |e: u16| -> Vec<Vec<u8>> {
+        frames
+            .iter()
+            .filter(|f| epoch_and_counter(f).0 == e)
+            .cloned()
+            .collect()
+    };
+    let sizes: Vec<usize> = (0..=4).map(|e| of_epoch(e).len()).collect();
+    assert_eq!(sizes, vec![9, 10, 10, 10, 1]);
+    let counters: Vec<u64> = frames.iter().map(|f| epoch_and_counter(f).1).collect();
+    assert_eq!(
+        counters,
+        (1..=40).collect::<Vec<u64>>(),
+        "the counter runs on across epochs"
+    );
+    let (e0, e1, e2, e3, e4) = (
+        of_epoch(0),
+        of_epoch(1),
+        of_epoch(2),
+        of_epoch(3),
+        of_epoch(4),
+    );
+    let refused = |sim: &Sim, r| sim.nodes[server].ep.counters().refused(r);
+    let messages = |sim: &Sim| sim.count(server, |e| matches!(e, Event::Message { .. }));
+    let epochs = |sim: &Sim| sim.nodes[server].ep.key_epochs(srv).unwrap();
+    let deliver = |sim: &mut Sim, f: &[u8]| sim.deliver(server, addr(CLIENT), f);
+
+    // The first frame of epoch 1 overtakes the end of epoch 0: the receiver moves to epoch 1
+    // and still opens epoch 0's late frames (one of which is lost for now).
+    deliver(&mut sim, &e1[0]);
+    assert_eq!(
+        epochs(&sim),
+        KeyEpochs {
+            send: 0,
+            recv: 1,
+            previous: Some(0)
+        }
+    );
+    for (i, f) in e0.iter().enumerate().rev() {
+        if i != 4 {
+            deliver(&mut sim, f);
+        }
+    }
+    assert_eq!(messages(&sim), 9);
+    // Replays in either epoch are refused: one window covers both.
+    deliver(&mut sim, &e1[0]);
+    deliver(&mut sim, &e0[2]);
+    assert_eq!(refused(&sim, Refusal::Replayed), 2);
+    assert_eq!(messages(&sim), 9);
+
+    // The overlap ends with no traffic at all: the timer erases epoch 0's key.
+    sim.run_for(overlap + Duration::from_millis(1));
+    assert_eq!(epochs(&sim).previous, None);
+    // A frame sealed under the erased key — never delivered, inside the replay window — is
+    // refused and counted, and so is a replay of one that was delivered.
+    deliver(&mut sim, &e0[4]);
+    deliver(&mut sim, &e0[2]);
+    assert_eq!(refused(&sim, Refusal::StaleEpoch), 2);
+    assert_eq!(messages(&sim), 9);
+
+    // Epoch 2 is lost entirely (but for one frame that is late): the receiver derives two
+    // epochs ahead from epoch 3's first frame, then opens the late epoch 2 frame as the
+    // previous one; epoch 1's key is gone.
+    for f in &e1[1..9] {
+        deliver(&mut sim, f);
+    }
+    deliver(&mut sim, &e3[0]);
+    assert_eq!(
+        epochs(&sim),
+        KeyEpochs {
+            send: 0,
+            recv: 3,
+            previous: Some(2)
+        }
+    );
+    deliver(&mut sim, &e2[5]);
+    assert_eq!(messages(&sim), 9 + 8 + 1 + 1);
+    deliver(&mut sim, &e1[9]);
+    assert_eq!(refused(&sim, Refusal::StaleEpoch), 3);
+
+    // Forged epochs: a real frame relabelled with the next epoch does not authenticate and does
+    // not move the receiver; one beyond the skip limit is refused before any work.
+    let mut relabelled = e3[1].clone();
+    let (_, n) = epoch_and_counter(&relabelled);
+    relabelled[5..13].copy_from_slice(&wire::nonce_field(4, n).to_be_bytes());
+    deliver(&mut sim, &relabelled);
+    assert_eq!(refused(&sim, Refusal::BadAuth), 1);
+    assert_eq!(epochs(&sim).recv, 3);
+    let mut far = e3[1].clone();
+    let ahead = 3 + voxmesh::session::defaults::MAX_EPOCH_SKIP + 1;
+    far[5..13].copy_from_slice(&wire::nonce_field(ahead, n).to_be_bytes());
+    deliver(&mut sim, &far);
+    assert_eq!(refused(&sim, Refusal::FutureEpoch), 1);
+    // The genuine frame still opens, and so does the next epoch.
+    deliver(&mut sim, &e3[1]);
+    deliver(&mut sim, &e4[0]);
+    assert_eq!(epochs(&sim).recv, 4);
+    assert_eq!(messages(&sim), 21);
+
+    // And the session carries on in both directions.
+    sim.links.clear();
+    let now = sim.now;
+    sim.nodes[client]
+        .ep
+        .request(now, s, b"still here?")
+        .unwrap();
+    assert!(sim.drive_until(Duration::from_secs(5), |sim| {
+        sim.count(client, |e| matches!(e, Event::Response { .. })) == 1
+    }));
+}

@@ -84,6 +84,7 @@ fn debian_stun_client_gets_its_mapped_address_and_finds_no_nat() {
 
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_supernoded"))
         .args([
+            "--stun-only",
             "--listen",
             "127.0.0.1:0",
             "--alt-addr",

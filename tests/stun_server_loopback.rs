@@ -384,12 +384,21 @@ struct Daemon {
     child: Option<Child>,
     line: serde_json::Value,
     stderr: mpsc::Receiver<String>,
+    /// Its key file and control socket: every process its own identity.
+    _dir: tempfile::TempDir,
 }
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
         let mut child = supernoded()
             .args(args)
+            .arg("--identity")
+            .arg(dir.path().join("sn.key"))
+            .arg("--control")
+            .arg(dir.path().join("sn.sock"))
+            .arg("--host-cache")
+            .arg(dir.path().join("sn.hosts"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -426,6 +435,7 @@ impl Daemon {
             child: Some(child),
             line,
             stderr: err_rx,
+            _dir: dir,
         }
     }
 

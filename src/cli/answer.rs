@@ -9,7 +9,10 @@ use clap::Parser;
 use serde_json::json;
 
 use super::client::{DirectoryArgs, start_agent};
-use super::{EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, report_error, runtime};
+use super::{
+    EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
+    report_error, runtime,
+};
 use crate::agent::{AgentConfig, AgentEvent};
 use crate::net::agent::{AgentCommand, write_host_cache};
 use crate::net::signal_shutdown;
@@ -25,9 +28,14 @@ Events (one JSON object per line on stdout):
   {\"event\":\"error\",\"message\":\"...\"}
 
 Exit status:
-  0  stopped by SIGTERM or SIGINT
-  1  runtime failure
-  2  bad flags or arguments (also: no supernode given or cached)
+  0   stopped by SIGTERM or SIGINT
+  1   runtime failure
+  2   bad flags or arguments (also: no supernode given or cached)
+  10  the identity is in use: another process holds its key file (the message names the file
+      and that process); every process needs its own --identity
+
+The identity's key file stays locked while answer runs, so a second answer (or supernoded)
+cannot run as the same user; `dial --lookup` can, since it only reads the key.
 
 Examples:
   answer --supernode vxk1...@198.51.100.1:3478 --name alice --watch bob
@@ -73,6 +81,8 @@ pub fn main() -> ExitCode {
             &e,
             if is_usage(&e) {
                 EXIT_USAGE
+            } else if is_identity_in_use(&e) {
+                EXIT_IDENTITY_IN_USE
             } else {
                 EXIT_FAILURE
             },
@@ -121,7 +131,8 @@ fn event_json(ev: &AgentEvent, me: &str) -> Option<serde_json::Value> {
 fn run(args: Args) -> anyhow::Result<()> {
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
-        let identity = args.directory.load_identity()?;
+        // Held until this block ends, i.e. for as long as we are online as this identity.
+        let (identity, _lock) = args.directory.load_identity_locked()?;
         let me = identity.id().to_string();
         // Resolve --watch targets before going online, so typos fail fast.
         let targets: Vec<Target> = args.watch.iter().map(|w| args.directory.target(w)).collect::<anyhow::Result<_>>()?;

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use super::usage;
 use crate::agent::{Agent, AgentConfig, AgentEvent};
 use crate::identity::{
-    BootstrapEntry, Contacts, Identity, NodeKey, Target as ContactTarget, default_key_path,
+    BootstrapEntry, Contacts, Identity, IdentityLock, NodeKey, Target as ContactTarget,
+    default_key_path,
 };
 use crate::net::agent::{AgentCommand, read_host_cache, resolve_bootstrap, run_agent};
 use crate::net::{Shutdown, ShutdownSignal};
@@ -59,7 +60,21 @@ impl DirectoryArgs {
         Ok(self.host_cache.clone().unwrap_or(self.dir()?.join("hosts")))
     }
 
-    /// Loads (or creates) the identity.
+    /// Loads (or creates) the identity and locks it for as long as the lock lives: for a
+    /// program that runs as the identity (`answer`). A second one on the same key file fails
+    /// with [`crate::identity::KeyFileError::InUse`].
+    pub fn load_identity_locked(&self) -> anyhow::Result<(Identity, IdentityLock)> {
+        let path = self.identity_path()?;
+        // Every key file error names the file already: no context needed.
+        let (id, created, lock) = Identity::load_or_create_locked(&path)?;
+        if created {
+            tracing::info!("created identity {} in {}", id.id(), path.display());
+        }
+        Ok((id, lock))
+    }
+
+    /// Loads (or creates) the identity without locking it: for `dial`, which only looks up and
+    /// never registers, so it may run beside an `answer` of the same identity.
     pub fn load_identity(&self) -> anyhow::Result<Identity> {
         let path = self.identity_path()?;
         let (id, created) = Identity::load_or_create(&path)

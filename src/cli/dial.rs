@@ -33,6 +33,10 @@ Exit status:
   4  no such user or name
   5  no supernode answered
 
+dial does not lock its identity (answer and supernoded do, and exit 10 when another process
+holds it): a lookup only reads the key and never registers, so it runs beside an answer of the
+same identity.
+
 Examples:
   dial --supernode vxk1...@198.51.100.1:3478 --lookup alice
   dial -s vxk1...@sn.example.org:3478 --lookup vx1wedzd8kmzcu4m0lxn7e0wz5rke9u8eef2khqwu | jq .online";
@@ -105,6 +109,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
         let target = args.directory.target(&args.user)?;
+        // Not locked: a lookup-only agent never registers, so an `answer` running as this
+        // identity keeps its registration (the supernode drops a registration only with the
+        // session that made it).
         let identity = args.directory.load_identity()?;
         let mut config = AgentConfig::new(Vec::new());
         config.register = false;

@@ -2,7 +2,8 @@
 //! completions and man pages come from one definition (see [`commands`] and `voxlab gen-docs`).
 //!
 //! Exit codes shared by every program: 0 success, 1 a runtime failure, 2 bad usage (clap's
-//! own). Programs add their own above 2 and list them in `--help`.
+//! own), and [`EXIT_IDENTITY_IN_USE`] (10) in every program that runs as an identity. Programs
+//! add their own from 3 to 9 and list them in `--help`.
 
 pub mod answer;
 pub mod client;
@@ -24,6 +25,21 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Bad flags or arguments (clap's code).
 pub const EXIT_USAGE: u8 = 2;
+
+/// The identity key file is locked by another running process (see
+/// [`crate::identity::IdentityLock`]): the same code in every program that locks its identity
+/// (`supernoded`, `answer`, `relayd --supernode`), above the range programs use for their own.
+pub const EXIT_IDENTITY_IN_USE: u8 = 10;
+
+/// Whether `err` (or any cause) is an identity held by another process.
+pub fn is_identity_in_use(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::identity::KeyFileError>(),
+            Some(crate::identity::KeyFileError::InUse { .. })
+        )
+    })
+}
 
 /// Arguments that parse but contradict each other, or miss something required: exit 2, like
 /// clap's own usage errors.

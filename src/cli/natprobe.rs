@@ -111,7 +111,7 @@ pub fn main() -> ExitCode {
                 || e.chain().any(|c| {
                     matches!(
                         c.downcast_ref::<ProbeError>(),
-                        Some(ProbeError::MixedFamilies(..))
+                        Some(ProbeError::MixedFamilies(..) | ProbeError::NoServers)
                     )
                 });
             report_error("natprobe", &e, if usage { EXIT_USAGE } else { EXIT_LOCAL })

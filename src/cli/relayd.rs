@@ -11,13 +11,14 @@ use anyhow::Context;
 use clap::Parser;
 
 use super::{
-    EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime, usage,
+    EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
+    print_stdout, report_error, runtime, usage,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::relay::{RelayLink, RelayLinkConfig};
-use crate::identity::{BootstrapEntry, Identity, default_key_path};
+use crate::identity::{BootstrapEntry, Identity, IdentityLock, KeyFileError, default_key_path};
 use crate::net::agent::resolve_bootstrap;
 use crate::net::relay::{
     BoundListener, Listen, RelayOptions, bind_listeners, serve_relay, tls_config,
@@ -37,6 +38,8 @@ Exit status:
   1  runtime failure
   2  bad flags or arguments (also: no credentials configured)
   4  cannot bind a socket, or read the certificate, key, users or secrets file
+  10 the identity is in use (with --supernode): another process holds the --identity key file
+     (the message names the file and that process); give each relay its own --identity
 
 Signals:
   SIGTERM, SIGINT  drain: new allocations get 300 ALTERNATE-SERVER (with --alternate-server) or
@@ -191,6 +194,8 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = if is_usage(&e) {
                 EXIT_USAGE
+            } else if is_identity_in_use(&e) {
+                EXIT_IDENTITY_IN_USE
             } else if e.chain().any(|c| c.downcast_ref::<SetupError>().is_some()) {
                 EXIT_SETUP
             } else {
@@ -406,9 +411,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(serve_metrics(listener, render, shutdown.clone()));
             metrics_text = Some(text);
         }
-        let link = match args.supernode.is_empty() {
-            true => None,
-            false => Some(relay_link(&args, &advertised).await?),
+        // The identity's lock is held until this block ends: for as long as we relay.
+        let (link, _identity_lock) = match args.supernode.is_empty() {
+            true => (None, None),
+            false => {
+                let (link, lock) = relay_link(&args, &advertised).await?;
+                (Some(link), Some(lock))
+            }
         };
         let relay_id = link.as_ref().map(|l| l.id().to_string());
         let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr, "relay": relay_id});
@@ -525,16 +534,25 @@ fn advertised_addrs(
     Ok(out)
 }
 
-/// The link to the --supernode entries, with this relay's identity.
-async fn relay_link(args: &Args, advertised: &Advertised) -> anyhow::Result<RelayLink> {
+/// The link to the --supernode entries, with this relay's identity (locked: the lock must live
+/// as long as the link).
+async fn relay_link(
+    args: &Args,
+    advertised: &Advertised,
+) -> anyhow::Result<(RelayLink, IdentityLock)> {
     let key_path = match &args.identity {
         Some(p) => p.clone(),
         None => default_key_path()
             .map_err(|e| usage(format!("{e}")))?
             .with_file_name("relay.key"),
     };
-    let (identity, created) = Identity::load_or_create(&key_path)
-        .map_err(|e| setup(format!("identity {}: {e}", key_path.display())))?;
+    let (identity, created, lock) = Identity::load_or_create_locked(&key_path).map_err(|e| {
+        match e {
+            // Its own exit code; the message already names the file.
+            e @ KeyFileError::InUse { .. } => anyhow::Error::new(e),
+            e => setup(format!("identity {}: {e}", key_path.display())),
+        }
+    })?;
     if created {
         tracing::info!(
             "created relay identity {} in {}",
@@ -551,5 +569,8 @@ async fn relay_link(args: &Args, advertised: &Advertised) -> anyhow::Result<Rela
     config.tls = advertised.tls.clone();
     config.realm = args.realm.clone();
     let unix_seed: [u8; 32] = rand::random();
-    Ok(RelayLink::new(&identity, config, Instant::now(), unix_seed))
+    Ok((
+        RelayLink::new(&identity, config, Instant::now(), unix_seed),
+        lock,
+    ))
 }

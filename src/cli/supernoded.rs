@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use super::{
-    EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime, usage,
+    EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
+    print_stdout, report_error, runtime, usage,
 };
 use crate::identity::{BootstrapEntry, Identity, default_key_path};
 use crate::net::agent::{read_host_cache, resolve_bootstrap};
@@ -25,10 +26,15 @@ pub const EXIT_BIND: u8 = 4;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  stopped cleanly (SIGTERM or SIGINT)
-  1  runtime failure
-  2  bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
-  4  cannot bind a listening socket
+  0   stopped cleanly (SIGTERM or SIGINT)
+  1   runtime failure
+  2   bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
+  4   cannot bind a listening socket
+  10  the identity is in use: another process holds the key file (the message names the file
+      and that process); give each supernode its own --identity
+
+The key file stays locked while supernoded runs (an advisory flock, released when the process
+ends however it ends), so two supernodes can never share a node key.
 
 On start it prints one JSON line on stdout naming what it listens on and the entry others
 bootstrap from, e.g.
@@ -182,6 +188,8 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = if is_usage(&e) {
                 EXIT_USAGE
+            } else if is_identity_in_use(&e) {
+                EXIT_IDENTITY_IN_USE
             } else if e.chain().any(|c| {
                 c.downcast_ref::<crate::supernode::StunServerError>()
                     .is_some()
@@ -328,6 +336,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         let mut node_entry = None;
         let mut node_task = None;
+        // The identity's lock, held until this block ends: for as long as we run as the node.
+        let mut _identity_lock = None;
         if !args.stun_only {
             let bound = server.configs();
             let advertise = match args.advertise {
@@ -342,7 +352,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 Some(p) => p.clone(),
                 None => default_key_path()?.with_file_name("supernode.key"),
             };
-            let (identity, created) = Identity::load_or_create(&key_path).with_context(|| format!("identity {}", key_path.display()))?;
+            // Every key file error names the file already: no context needed.
+            let (identity, created, lock) = Identity::load_or_create_locked(&key_path)?;
+            _identity_lock = Some(lock);
             if created {
                 tracing::info!("created supernode identity {} in {}", identity.id(), key_path.display());
             }

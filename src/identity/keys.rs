@@ -226,6 +226,12 @@ impl Identity {
             path: path.to_owned(),
             source: e,
         })?;
+        Identity::read_open(&file, path)
+    }
+
+    /// Reads an open key file (`path` names it in errors): checks its type, mode and size, then
+    /// parses it.
+    pub(super) fn read_open(file: &fs::File, path: &Path) -> Result<Identity, KeyFileError> {
         let meta = file.metadata().map_err(|e| KeyFileError::Read {
             path: path.to_owned(),
             source: e,
@@ -249,7 +255,7 @@ impl Identity {
             });
         }
         let mut text = String::new();
-        io::Read::read_to_string(&mut &file, &mut text).map_err(|e| match e.kind() {
+        io::Read::read_to_string(&mut &*file, &mut text).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => KeyFileError::Corrupt {
                 path: path.to_owned(),
                 reason: "not UTF-8 text".into(),
@@ -297,11 +303,14 @@ impl Identity {
         }
         // Written whole under a private name, then linked into place: `link` fails if the
         // path exists, so a process racing us to create it reads either no file or a complete
-        // one, never a half-written key.
+        // one, never a half-written key. The name is private to this call (process ID and a
+        // counter), so threads of one process racing each other do not share it either.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = path.with_file_name(format!(
-            ".{}.{}.tmp",
+            ".{}.{}.{}.tmp",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-            std::process::id()
+            std::process::id(),
+            CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = fs::remove_file(&tmp); // left by a crashed process that had our PID
         let written = (|| {
@@ -392,4 +401,16 @@ pub enum KeyFileError {
     /// The file or its directory could not be created.
     #[error("cannot create identity key file {}: {source}", path.display())]
     Create { path: PathBuf, source: io::Error },
+    /// Another process runs as this identity and holds its lock (see [`crate::identity::IdentityLock`]); `pid`
+    /// is that process when it could be found. Two processes with one identity are one node
+    /// twice: stop the other one, or give this one a key file of its own (`--identity PATH`).
+    #[error(
+        "identity key file {} is in use by {}: two processes must not share an identity; stop that process or give this one its own key file with --identity PATH",
+        path.display(),
+        match pid { Some(p) => format!("process {p}"), None => "another process".into() }
+    )]
+    InUse { path: PathBuf, pid: Option<u32> },
+    /// The file system refused the lock itself (not because another process holds it).
+    #[error("cannot lock identity key file {}: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
 }

@@ -1,7 +1,8 @@
 //! Identity: keys, user IDs, signed records, name claims, key and contacts files (DESIGN.md §4).
 //!
 //! - [`Identity`]: the local Ed25519 key pair, the Noise static key derived from it and the
-//!   [`Binding`] that ties them; loaded from or created in a 0600 key file ([`default_key_path`]).
+//!   [`Binding`] that ties them; loaded from or created in a 0600 key file ([`default_key_path`]),
+//!   locked by the process that runs as it ([`IdentityLock`]: one process per identity).
 //! - [`UserId`]: 160 bits of SHA-256 over the public key, printed as `vx1...` (Bech32m, so typos
 //!   are caught: [`text`]). [`PublicKey`] (`vxpk1...`) and [`NodeKey`] (`vxk1...`, what a
 //!   bootstrap entry `KEY@HOST:PORT` carries: [`BootstrapEntry`]) have text forms too.
@@ -17,6 +18,7 @@
 mod contacts;
 mod id;
 mod keys;
+mod lock;
 pub mod name;
 mod record;
 pub mod text;
@@ -30,6 +32,7 @@ pub use keys::{
     BINDING_DOMAIN, BINDING_LEN, Binding, BindingError, Identity, KEY_FILE_NAME, KeyFileError,
     SECRET_PREFIX, default_key_path, key_path_from,
 };
+pub use lock::IdentityLock;
 pub use name::{
     Admission, ClaimRefusal, ClaimStamp, HeldClaim, NameClaim, NameError, admit_claim, name_key,
     normalize_name, winner,

@@ -118,6 +118,8 @@ pub fn run() -> anyhow::Result<bool> {
     let mut sn = lab
         .command(&lab.server_ns(), &supernoded)
         .args([
+            // STUN is all the demo needs; the directory would need an identity of its own.
+            "--stun-only",
             "--listen",
             "198.51.100.1:3478",
             "--alt-addr",

@@ -152,7 +152,7 @@ impl FromStr for Spec {
     }
 }
 
-const DUR_HELP: &str = "a duration like 75ms, 500us or 1.5s";
+const DUR_HELP: &str = "a duration like 75ms, 500us or 1.5s, at most 3600s";
 const P_HELP: &str = "a probability in 0..1 or a percentage like 20%";
 const RATE_HELP: &str = "a positive rate like 10mbit, 800kbit, 1gbit or bits per second";
 
@@ -165,6 +165,10 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
     n.is_finite().then_some((n, &s[end..]))
 }
 
+/// Longest delay or jitter: far beyond any path worth emulating, and small enough that
+/// `now + delay + jitter` can never overflow an `Instant`.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = split_number(s)?;
     let scale = match unit {
@@ -175,7 +179,10 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "" if n == 0.0 => 0.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(n * scale))
+    // `try_`: a number too large for a Duration is a bad value, not a panic.
+    Duration::try_from_secs_f64(n * scale)
+        .ok()
+        .filter(|d| *d <= MAX_DELAY)
 }
 
 fn parse_probability(s: &str) -> Option<f64> {
@@ -1055,6 +1062,34 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(&input.parse::<Spec>(), want, "input {input:?}");
         }
+    }
+
+    /// `delay=99999999999999999999999s` panicked in `Duration::from_secs_f64` (overflow); a
+    /// delay that parses but would overflow `Instant` arithmetic later is refused too.
+    #[test]
+    fn overflowing_duration_is_a_bad_value_not_a_panic() {
+        for (key, value) in [
+            ("delay", "99999999999999999999999s"),
+            ("jitter", "99999999999999999999999s"),
+            ("delay", "1e400s"),
+            ("delay", "3600.001s"),
+            ("jitter", "18446744073709551616s"),
+        ] {
+            let input = format!("{key}={value}");
+            assert_eq!(
+                input.parse::<Spec>(),
+                Err(SpecError::BadValue {
+                    key: key.into(),
+                    value: value.into(),
+                    why: DUR_HELP,
+                }),
+                "input {input:?}"
+            );
+        }
+        assert_eq!(
+            "delay=3600s".parse::<Spec>().map(|s| s.delay),
+            Ok(MAX_DELAY)
+        );
     }
 
     #[test]

@@ -80,3 +80,22 @@ pub(crate) fn parse_duration_at_most(s: &str, max: Duration) -> Result<Duration,
     }
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The netem SPEC parser panicked on `delay=99999999999999999999999s`; this parser, shared
+    /// by the load generators' duration flags, must refuse such a value the same way.
+    #[test]
+    fn overflowing_duration_is_an_error_not_a_panic() {
+        let max = Duration::from_secs(3600);
+        for s in ["99999999999999999999999s", "18446744073709551616s", "3601s"] {
+            assert!(parse_duration_at_most(s, max).is_err(), "{s}");
+        }
+        assert_eq!(
+            parse_duration_at_most("250ms", max),
+            Ok(Duration::from_millis(250))
+        );
+    }
+}

@@ -13,6 +13,9 @@ use crate::nat::{Probe, ProbeConfig, Report, Stage};
 /// Why a probe could not run (the network's answers, or their absence, are never an error).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The configuration names no server: give at least one (`--server HOST[:PORT]`).
+    #[error("no STUN server to probe: give at least one")]
+    NoServers,
     /// `--server` addresses must share one address family: the probe uses one local address.
     #[error("servers mix IPv4 and IPv6 ({0} and {1}); probe one family at a time")]
     MixedFamilies(SocketAddr, SocketAddr),
@@ -48,7 +51,9 @@ pub async fn run_probe(
     config: ProbeConfig,
     mut on_stage: impl FnMut(Stage),
 ) -> Result<Report, ProbeError> {
-    let first = config.servers[0];
+    let Some(&first) = config.servers.first() else {
+        return Err(ProbeError::NoServers);
+    };
     if let Some(other) = config
         .servers
         .iter()
@@ -121,5 +126,27 @@ pub async fn run_probe(
             },
             _ = super::sleep_until(deadline) => probe.handle_timeout(Instant::now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::Timing;
+
+    /// `run_probe` indexed `servers[0]` and panicked on an empty list.
+    #[test]
+    fn run_probe_with_no_servers_returns_an_error_instead_of_panicking() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = ProbeConfig {
+            servers: Vec::new(),
+            lifetime: false,
+            timing: Timing::default(),
+        };
+        let r = rt.block_on(run_probe(config, |_| {}));
+        assert!(matches!(r, Err(ProbeError::NoServers)), "{r:?}");
     }
 }

@@ -45,6 +45,13 @@ pub enum Refusal {
     NonceLimit,
     /// A transport frame that does not authenticate.
     BadAuth,
+    /// A transport frame sealed in an epoch whose key is gone: older than the previous epoch,
+    /// or the previous one after its overlap (`Config::rekey_overlap`). Late frames after a
+    /// rekey land here, and so does any replay of an old epoch's frames.
+    StaleEpoch,
+    /// A transport frame sealed in an epoch more than `MAX_EPOCH_SKIP` ahead of the latest
+    /// received: not from the peer (its epochs advance one at a time).
+    FutureEpoch,
     /// A transport frame whose decrypted content is malformed.
     MalformedPayload,
     /// A new request while the peer already has `max_unanswered` unanswered.
@@ -52,7 +59,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 22] = [
+    pub const ALL: [Refusal; 24] = [
         Refusal::Oversized,
         Refusal::NotSessionFrame,
         Refusal::UnknownType,
@@ -73,6 +80,8 @@ impl Refusal {
         Refusal::TooOld,
         Refusal::NonceLimit,
         Refusal::BadAuth,
+        Refusal::StaleEpoch,
+        Refusal::FutureEpoch,
         Refusal::MalformedPayload,
         Refusal::TooManyUnanswered,
     ];
@@ -100,6 +109,8 @@ impl Refusal {
             Refusal::TooOld => "too_old",
             Refusal::NonceLimit => "nonce_limit",
             Refusal::BadAuth => "bad_auth",
+            Refusal::StaleEpoch => "stale_epoch",
+            Refusal::FutureEpoch => "future_epoch",
             Refusal::MalformedPayload => "malformed_payload",
             Refusal::TooManyUnanswered => "too_many_unanswered",
         }
@@ -148,6 +159,10 @@ pub struct Counters {
     pub sessions_closed: u64,
     /// A session's peer address changed (NAT rebinding) on an authenticated frame.
     pub address_changes: u64,
+    /// Our send key moved to the next epoch.
+    pub rekeys: u64,
+    /// A peer's frame of a later epoch authenticated: we moved to its new key.
+    pub peer_rekeys: u64,
     /// Events or transmits dropped because the driver did not drain the queues.
     pub queue_overflows: u64,
 }
@@ -190,6 +205,8 @@ impl Counters {
             ("pings_sent", self.pings_sent),
             ("sessions_closed", self.sessions_closed),
             ("address_changes", self.address_changes),
+            ("rekeys", self.rekeys),
+            ("peer_rekeys", self.peer_rekeys),
             ("queue_overflows", self.queue_overflows),
         ];
         named.into_iter().map(|(k, v)| (k.to_string(), v)).chain(

@@ -39,8 +39,10 @@
 //! sessions per second through the [`Endpoint`](super::Endpoint)" against this crypto limit. The
 //! static key's public half is computed once, not per handshake (a resolver that caches it).
 
+use std::time::Instant;
+
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use curve25519_dalek::MontgomeryPoint;
 use snow::params::{DHChoice, NoiseParams};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
@@ -49,6 +51,7 @@ use snow::{Builder, HandshakeState};
 use zeroize::Zeroizing;
 
 use super::cookie::{MacKeys, mac, mac_eq};
+use super::defaults::{Config, MAX_EPOCH_SKIP};
 use super::wire::{self, INIT_LEN, INIT_MAC1, INIT_MAC2, INIT_NOISE, NOISE1_LEN, NOISE2_LEN};
 use crate::identity::{BINDING_LEN, Binding, BindingError, Identity, NodeKey, UserId};
 
@@ -286,17 +289,89 @@ pub(crate) struct Responded {
     pub peer: Binding,
 }
 
-/// A session's transport keys (Noise's `Split()`): one ChaCha20-Poly1305 key each way.
+/// A session's transport keys: Noise's `Split()` gives one ChaCha20-Poly1305 key each way, and
+/// each way then changes its key every epoch (see "Rekeying" below).
 ///
 /// Frames are encrypted exactly as Noise's transport messages (ChaChaPoly: a 96-bit nonce of
-/// four zero bytes and the 64-bit counter little-endian, no associated data, the tag after the
-/// ciphertext), so what goes on the wire is what `snow`'s transport state would send. Holding
-/// the two keys and nothing else costs 64 bytes per session; `snow`'s stateless transport
-/// state costs over 200 (two boxed ciphers, the pattern, the remote key), which at a
+/// four zero bytes and the 64-bit nonce little-endian, no associated data, the tag after the
+/// ciphertext). The 64-bit nonce is the frame's whole epoch-and-counter field
+/// ([`wire::nonce_field`]), unique per direction for the life of the session. Holding bare
+/// keys costs 32 bytes each (96 bytes in all with the epoch state); `snow`'s stateless
+/// transport state costs over 200 (two boxed ciphers, the pattern, the remote key), which at a
 /// supernode's hundreds of thousands of sessions is real memory.
+///
+/// # Rekeying
+///
+/// Each direction's key changes by Noise's `REKEY()` (Noise §4.2, §11.3: the old key encrypts
+/// 32 zero bytes under nonce 2^64 - 1; the first 32 bytes of the result are the new key), so both
+/// ends derive every epoch's key from the handshake's, with no message and no round trip, and no
+/// epoch's key reveals an earlier one. The sender moves to the next epoch on its own schedule
+/// ([`Config::rekey_interval`], [`Config::rekey_messages`]) and says which epoch sealed a frame
+/// in its header; the receiver follows when a frame of a later epoch authenticates, and keeps
+/// the previous epoch's key for [`Config::rekey_overlap`] so that frames reordered around the
+/// switch still open. A key that is replaced or expires is erased (the cipher zeroizes its key
+/// when dropped, and a replaced key is dropped where it lies), so after the overlap no key that
+/// could open an older epoch's frames is left: such a frame is refused as
+/// [`Refusal::StaleEpoch`](super::Refusal). (As everywhere in Rust, a key passing through a
+/// temporary while it is derived may leave a copy on the stack until that is reused.)
+///
+/// Why derive instead of a new handshake inside the session (WireGuard's way): a handshake
+/// would add DH work and a round trip per session per interval — a supernode with 100,000
+/// sessions would run over 800 handshakes a second just to rekey — and a state machine for
+/// handshakes crossing on a live session. What derivation gives up is post-compromise
+/// security: whoever steals a current key can follow the derivation forward, until the session
+/// ends; sessions are re-established after every failover, restart or idle period anyway.
 pub(crate) struct TransportKeys {
     send: ChaCha20Poly1305,
+    /// The key of the latest epoch received.
     recv: ChaCha20Poly1305,
+    send_epoch: u16,
+    recv_epoch: u16,
+    /// Frames sealed with the current send key.
+    sent_in_epoch: u32,
+    /// When the send key must change; set by the first frame sealed with it.
+    rekey_at: Option<Instant>,
+    /// The previous receive epoch's key, during the overlap. Boxed: a session holds one for a
+    /// few seconds per interval, so inline room for it (48 bytes) would mostly be wasted.
+    previous: Option<Box<Previous>>,
+}
+
+/// A receive key kept after the peer moved on, and until when.
+struct Previous {
+    key: ChaCha20Poly1305,
+    until: Instant,
+}
+
+/// Which keys a session holds: for tests and diagnostics (a rekey is invisible otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyEpochs {
+    /// The epoch our next frame is sealed in.
+    pub send: u16,
+    /// The latest epoch received from the peer.
+    pub recv: u16,
+    /// The previous receive epoch, while its key is still held (the overlap).
+    pub previous: Option<u16>,
+}
+
+/// Why a transport frame was not opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    /// Sealed in an epoch whose key is gone (older than the overlap allows).
+    StaleEpoch,
+    /// Sealed in an epoch further ahead than [`MAX_EPOCH_SKIP`].
+    FutureEpoch,
+    /// Does not authenticate under the key of its epoch.
+    BadAuth,
+}
+
+/// Noise's `REKEY(k)` for ChaChaPoly (Noise §4.2): `ENCRYPT(k, 2^64 - 1, "", zeros(32))`, first
+/// 32 bytes. Nonce 2^64 - 1 is never used for a frame, so this output never appears on the wire.
+fn next_key(k: &ChaCha20Poly1305) -> ChaCha20Poly1305 {
+    let mut buf = Zeroizing::new([0u8; 32]);
+    let _tag = k
+        .encrypt_in_place_detached(&TransportKeys::nonce(u64::MAX), &[], &mut buf[..])
+        .expect("32 bytes are within ChaCha20-Poly1305's message limit");
+    ChaCha20Poly1305::new(Key::from_slice(&buf[..]))
 }
 
 impl TransportKeys {
@@ -307,10 +382,16 @@ impl TransportKeys {
         }
         // The initiator sends with the first key, the responder with the second (Noise §5.3).
         let (k1, k2) = hs.dangerously_get_raw_split();
+        let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
         let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
         Some(TransportKeys {
-            send: ChaCha20Poly1305::new(&send.into()),
-            recv: ChaCha20Poly1305::new(&recv.into()),
+            send: ChaCha20Poly1305::new(Key::from_slice(&send[..])),
+            recv: ChaCha20Poly1305::new(Key::from_slice(&recv[..])),
+            send_epoch: 0,
+            recv_epoch: 0,
+            sent_in_epoch: 0,
+            rekey_at: None,
+            previous: None,
         })
     }
 
@@ -320,35 +401,154 @@ impl TransportKeys {
         b.into()
     }
 
-    /// Encrypts `plain` with nonce `n` into `out` (ciphertext, then tag); returns the length
-    /// written. `None` if `out` is too short or `n` is the one nonce Noise reserves (2^64 - 1).
-    pub fn seal(&self, n: u64, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+    pub fn epochs(&self) -> KeyEpochs {
+        KeyEpochs {
+            send: self.send_epoch,
+            recv: self.recv_epoch,
+            previous: self
+                .previous
+                .as_ref()
+                .map(|_| self.recv_epoch.wrapping_sub(1)),
+        }
+    }
+
+    /// When [`TransportKeys::expire`] has a key to erase.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.previous.as_ref().map(|p| p.until)
+    }
+
+    /// Erases the previous epoch's receive key once its overlap is over.
+    pub fn expire(&mut self, now: Instant) {
+        if self.previous.as_ref().is_some_and(|p| now >= p.until) {
+            self.previous = None;
+        }
+    }
+
+    /// Moves the send side to the next epoch if its key has served its time or its frames.
+    /// Returns whether it did.
+    fn rekey_if_due(&mut self, now: Instant, c: &Config) -> bool {
+        let due = *self.rekey_at.get_or_insert(now + c.rekey_interval);
+        if now < due && u64::from(self.sent_in_epoch) < c.rekey_messages {
+            return false;
+        }
+        self.send = next_key(&self.send);
+        self.send_epoch = self.send_epoch.wrapping_add(1);
+        self.sent_in_epoch = 0;
+        self.rekey_at = Some(now + c.rekey_interval);
+        true
+    }
+
+    /// Encrypts `plain` as the frame with counter `counter` into `out` (ciphertext, then tag),
+    /// first moving to the next epoch if due. Returns the header's epoch-and-counter field, the
+    /// length written, and whether the epoch changed. `None` if `out` is too short or the
+    /// counter does not fit its field.
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        c: &Config,
+        counter: u64,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Option<(u64, usize, bool)> {
         let len = plain.len() + wire::TAG;
-        if n == u64::MAX || out.len() < len {
+        if counter > wire::COUNTER_MAX || out.len() < len {
             return None;
         }
+        let rekeyed = self.rekey_if_due(now, c);
+        let field = wire::nonce_field(self.send_epoch, counter);
         out[..plain.len()].copy_from_slice(plain);
         let tag = self
             .send
-            .encrypt_in_place_detached(&Self::nonce(n), &[], &mut out[..plain.len()])
+            .encrypt_in_place_detached(&Self::nonce(field), &[], &mut out[..plain.len()])
             .ok()?;
         out[plain.len()..len].copy_from_slice(&tag);
-        Some(len)
+        self.sent_in_epoch = self.sent_in_epoch.saturating_add(1);
+        Some((field, len, rekeyed))
     }
 
-    /// Decrypts `sealed` (ciphertext and tag) with nonce `n` into `out`; returns the plaintext
-    /// length. `None` if it does not authenticate (or is malformed).
-    pub fn open(&self, n: u64, sealed: &[u8], out: &mut [u8]) -> Option<usize> {
-        let len = sealed.len().checked_sub(wire::TAG)?;
-        if n == u64::MAX || out.len() < len {
-            return None;
+    /// Whether a frame of `epoch` could be opened now, before any work on it: the current or
+    /// (during the overlap) the previous epoch, or up to [`MAX_EPOCH_SKIP`] ahead.
+    pub fn check_epoch(&self, now: Instant, epoch: u16) -> Result<(), OpenError> {
+        match epoch.wrapping_sub(self.recv_epoch) as i16 {
+            0 => Ok(()),
+            -1 if self.previous_held(now) => Ok(()),
+            d if d < 0 => Err(OpenError::StaleEpoch),
+            d if d as u16 <= MAX_EPOCH_SKIP => Ok(()),
+            _ => Err(OpenError::FutureEpoch),
         }
-        out[..len].copy_from_slice(&sealed[..len]);
-        let tag = Tag::from_slice(&sealed[len..]);
-        self.recv
-            .decrypt_in_place_detached(&Self::nonce(n), &[], &mut out[..len], tag)
-            .ok()?;
-        Some(len)
+    }
+
+    fn previous_held(&self, now: Instant) -> bool {
+        self.previous.as_ref().is_some_and(|p| now < p.until)
+    }
+
+    /// Decrypts `sealed` (ciphertext and tag) of the frame whose header field is `field` into
+    /// `out`; returns the plaintext length and whether the peer moved to a later epoch. A later
+    /// epoch's key is derived, tried, and kept only if the frame authenticates (so forged
+    /// frames cannot move us), the key before it then kept for `Config::rekey_overlap`.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        c: &Config,
+        field: u64,
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, bool), OpenError> {
+        let (epoch, _) = wire::split_nonce_field(field);
+        self.check_epoch(now, epoch)?;
+        let len = sealed
+            .len()
+            .checked_sub(wire::TAG)
+            .ok_or(OpenError::BadAuth)?;
+        if field == u64::MAX || out.len() < len {
+            return Err(OpenError::BadAuth);
+        }
+        let decrypt = |key: &ChaCha20Poly1305, out: &mut [u8]| {
+            out[..len].copy_from_slice(&sealed[..len]);
+            let tag = Tag::from_slice(&sealed[len..]);
+            key.decrypt_in_place_detached(&Self::nonce(field), &[], &mut out[..len], tag)
+                .is_ok()
+        };
+        let ahead = epoch.wrapping_sub(self.recv_epoch);
+        let known = match ahead {
+            0 => Some(&self.recv),
+            u16::MAX => self.previous.as_ref().map(|p| &p.key),
+            _ => None,
+        };
+        if let Some(key) = known {
+            return if decrypt(key, out) {
+                Ok((len, false))
+            } else {
+                Err(OpenError::BadAuth)
+            };
+        }
+        // A later epoch: derive its key, and the one before it, from the current one.
+        let mut before: Option<ChaCha20Poly1305> = None;
+        let mut key = next_key(&self.recv);
+        for _ in 1..ahead {
+            let next = next_key(&key);
+            before = Some(key);
+            key = next;
+        }
+        if !decrypt(&key, out) {
+            return Err(OpenError::BadAuth);
+        }
+        // Authenticated: the peer has moved on. Keep its previous epoch's key for the overlap:
+        // our current one, or the derived `before` when it skipped an epoch. Whatever that
+        // replaces is dropped, and so erased.
+        let previous = match before {
+            Some(b) => {
+                self.recv = key;
+                b
+            }
+            None => std::mem::replace(&mut self.recv, key),
+        };
+        self.previous = Some(Box::new(Previous {
+            key: previous,
+            until: now + c.rekey_overlap,
+        }));
+        self.recv_epoch = epoch;
+        Ok((len, true))
     }
 }
 
@@ -403,5 +603,90 @@ impl ResponderCrypto {
             .respond(&init_frame[INIT_NOISE..INIT_MAC1], out)
             .map(|r| r.peer.identity.id())
             .map_err(|(e, _)| e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snow::params::CipherChoice;
+
+    /// Two ends of one direction, both at `epoch` (the keys are arbitrary: any key can be the
+    /// one an epoch starts from).
+    fn pair_at(epoch: u16) -> (TransportKeys, TransportKeys) {
+        let keys = |send: u8, recv: u8| TransportKeys {
+            send: ChaCha20Poly1305::new(Key::from_slice(&[send; 32])),
+            recv: ChaCha20Poly1305::new(Key::from_slice(&[recv; 32])),
+            send_epoch: epoch,
+            recv_epoch: epoch,
+            sent_in_epoch: 0,
+            rekey_at: None,
+            previous: None,
+        };
+        (keys(1, 2), keys(2, 1))
+    }
+
+    /// The 16-bit epoch wraps after 65,535: a key per frame across the wrap, each frame opened
+    /// in turn, and one frame of epoch 65,535 reordered after epoch 0's.
+    #[test]
+    fn epochs_wrap_around() {
+        let c = Config {
+            rekey_messages: 1,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair_at(u16::MAX - 10);
+        let now = Instant::now();
+        let (mut out, mut plain) = ([0u8; 64], [0u8; 64]);
+        let mut held = None;
+        for n in 1000..1030u64 {
+            let (field, len, rekeyed) = a.seal(now, &c, n, &n.to_be_bytes(), &mut out).unwrap();
+            let (epoch, counter) = wire::split_nonce_field(field);
+            assert_eq!(counter, n);
+            assert_eq!(
+                rekeyed,
+                n > 1000,
+                "a new key for every frame after the first"
+            );
+            assert_eq!(epoch, (u16::MAX - 10).wrapping_add((n - 1000) as u16));
+            if epoch == u16::MAX {
+                held = Some((field, out[..len].to_vec()));
+                continue;
+            }
+            let (got, _) = b.open(now, &c, field, &out[..len], &mut plain).unwrap();
+            assert_eq!(&plain[..got], &n.to_be_bytes());
+            if epoch == 0
+                && let Some((f, sealed)) = held.take()
+            {
+                assert_eq!(b.epochs().previous, Some(u16::MAX));
+                assert!(b.open(now, &c, f, &sealed, &mut plain).is_ok());
+            }
+        }
+        assert!(held.is_none());
+        assert_eq!(b.epochs().recv, 18);
+    }
+
+    /// Our REKEY is Noise's: the key `snow` derives with `Cipher::rekey` (Noise §4.2) seals the
+    /// same bytes as ours, for a few generations.
+    #[test]
+    fn rekey_matches_noise_rekey_in_snow() {
+        let key = [7u8; 32];
+        let mut theirs = DefaultResolver
+            .resolve_cipher(&CipherChoice::ChaChaPoly)
+            .unwrap();
+        theirs.set(&key);
+        let mut ours = ChaCha20Poly1305::new(Key::from_slice(&key));
+        let plain = b"voxmesh epoch test";
+        for generation in 0..4 {
+            let mut a = [0u8; 18 + 16];
+            theirs.encrypt(42, &[], plain, &mut a);
+            let mut b = *plain;
+            let tag = ours
+                .encrypt_in_place_detached(&TransportKeys::nonce(42), &[], &mut b)
+                .unwrap();
+            assert_eq!(&a[..18], &b[..], "generation {generation}");
+            assert_eq!(&a[18..], &tag[..], "generation {generation}");
+            theirs.rekey();
+            ours = next_key(&ours);
+        }
     }
 }

@@ -25,12 +25,36 @@
 //! (seconds, not a keepalive period, once a ping is out). Either side closes a session that has
 //! received nothing for [`Config::idle_timeout`] (three keepalive intervals and a margin).
 //!
+//! **Rekeying.** Each direction's key changes every epoch (see `crypto::TransportKeys`): the
+//! sender moves on at its first frame after [`Config::rekey_interval`] (120 s, WireGuard's
+//! REKEY_AFTER_TIME) or after [`Config::rekey_messages`] frames (2^20) with one key, whichever
+//! comes first. The interval bounds how much recorded traffic one stolen key opens: at most
+//! 120 s plus a keepalive interval (both ends send at least once per keepalive interval, the
+//! initiator a ping and the responder its pong, and the rekey happens at a send). The message
+//! limit bounds the same for a busy session: at 2^20 frames (1.2 GB at the largest frame) the
+//! two limits meet at about 8,700 frames a second, so above that rate a key covers less than
+//! 120 s and never more than 2^20 frames. Both are far below ChaCha20-Poly1305's own per-key
+//! limits (RFC 9001 §6.6 and Appendix B: none below 2^62 frames for confidentiality) and below
+//! WireGuard's 2^60 nonce guard, which is about nonce space, not exposure; a key change costs one
+//! ChaCha20 block per direction and no message, so being strict costs nothing. After a
+//! receiver moves to a new epoch it keeps the previous key for [`Config::rekey_overlap`] (5 s):
+//! frames sealed before the switch can only arrive later by reordering or queueing (a
+//! retransmission is sealed anew), which on a real path is milliseconds; 5 s is more than QUIC's
+//! three probe timeouts (RFC 9001 §6.5) at our longest RTO, and far less than an interval, so at
+//! most two receive keys exist at once. A receiver follows at most [`MAX_EPOCH_SKIP`] epochs
+//! ahead in one step: by time a sender can only be one ahead (a receiver that heard nothing for
+//! a whole interval closed the session at [`Config::idle_timeout`]); skipping needs every frame
+//! of an epoch lost, and the bound caps the derivation work a forged frame can cause.
+//!
 //! **Responder protection.** Handshakes are the expensive thing a stranger can make us do, so
 //! they are rate limited per source and overall ([`RateLimits`]); when a limit is hit, the
 //! responder answers with a stateless cookie instead of doing the work, and only initiators that
 //! prove their address with it get further (see `session/cookie.rs`). Every table is bounded.
 
 use std::time::Duration;
+
+/// Most epochs a receiver moves ahead for one frame (see the module docs on rekeying).
+pub const MAX_EPOCH_SKIP: u16 = 4;
 
 /// Rate limits on handshakes a responder performs. Rates are per second, bursts in handshakes.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,9 +134,17 @@ pub struct Config {
     pub max_cached_responses: usize,
     /// Messages queued on a session whose handshake is still running.
     pub max_queued: usize,
-    /// Sending stops (and the session closes) when the nonce reaches this. Noise allows
-    /// 2^64 - 1 nonces; the margin keeps us far from the edge.
+    /// Sending stops (and the session closes) when the frame counter reaches this. The
+    /// counter has 48 bits (`wire::COUNTER_MAX`); the margin keeps us far from the edge.
     pub nonce_limit: u64,
+    /// A sender moves to the next key at its first frame this long after the current key's
+    /// first frame.
+    pub rekey_interval: Duration,
+    /// ... or after this many frames with one key, whichever comes first.
+    pub rekey_messages: u64,
+    /// A receiver keeps the previous epoch's key this long after the first frame of the next
+    /// epoch, for frames reordered around the switch; then the key is erased.
+    pub rekey_overlap: Duration,
     /// How often the cookie secret changes. A cookie is valid for up to twice this.
     pub cookie_rotation: Duration,
 
@@ -144,7 +176,10 @@ impl Default for Config {
             max_unanswered: 64,
             max_cached_responses: 256,
             max_queued: 32,
-            nonce_limit: u64::MAX - (1 << 16),
+            nonce_limit: super::wire::COUNTER_MAX + 1 - (1 << 16),
+            rekey_interval: Duration::from_secs(120),
+            rekey_messages: 1 << 20,
+            rekey_overlap: Duration::from_secs(5),
             cookie_rotation: Duration::from_secs(120),
             rate: RateLimits::default(),
         }
@@ -192,5 +227,17 @@ mod tests {
         let fail = (1.0f64 - 0.7 * 0.7).powi(sends);
         assert!(fail < 1.0 / 3000.0, "{fail}");
         assert!(c.max_body() >= 1150);
+        // Rekeying: the overlap covers three of our longest RTOs (RFC 9001 §6.5's three PTOs)
+        // and is a small part of an interval, so at most two receive keys are ever held; a
+        // sender cannot get two epochs ahead by time alone, since a receiver that heard nothing
+        // for an interval has closed the session; the limits meet near 8,700 frames a second.
+        assert!(c.rekey_overlap >= c.rto_max * 3);
+        assert!(c.rekey_overlap * 10 <= c.rekey_interval);
+        assert!(c.idle_timeout < c.rekey_interval);
+        assert!(c.keepalive_interval < c.rekey_interval);
+        let meet = c.rekey_messages as f64 / c.rekey_interval.as_secs_f64();
+        assert!((8_000.0..9_000.0).contains(&meet), "{meet}");
+        assert!(c.rekey_messages < u64::from(u32::MAX));
+        assert!(c.nonce_limit <= super::super::wire::COUNTER_MAX);
     }
 }

@@ -12,7 +12,7 @@ use snow::HandshakeState;
 
 use super::cookie::{CookieJar, MacKeys, RateLimiter, mac, open_cookie, seal_cookie};
 use super::counters::{Counters, Refusal};
-use super::crypto::{HandshakeCryptoError, Local, TransportKeys};
+use super::crypto::{HandshakeCryptoError, KeyEpochs, Local, OpenError, TransportKeys};
 use super::defaults::Config;
 use super::replay::{ReplayError, ReplayWindow};
 use super::wire::{self, inner, u32_at, u64_at};
@@ -378,6 +378,10 @@ impl Session {
                 if let Some(&(e, _)) = self.inbound.as_ref().and_then(|i| i.order.front()) {
                     t = t.min(e);
                 }
+                // The end of a rekey overlap, when the previous key is erased.
+                if let Some(e) = self.transport.as_ref().and_then(|k| k.next_deadline()) {
+                    t = t.min(e);
+                }
                 Some(t)
             }
         }
@@ -434,10 +438,11 @@ impl Io {
         txn: Option<&TransactionId>,
         body: &[u8],
     ) -> bool {
-        let Some(keys) = s.transport.as_ref() else {
+        let Some(keys) = s.transport.as_mut() else {
             return false;
         };
-        if s.send_nonce >= c.nonce_limit {
+        // (A limit configured beyond the counter's 48 bits is held to them.)
+        if s.send_nonce >= c.nonce_limit.min(wire::COUNTER_MAX) {
             s.closing.get_or_insert(CloseReason::NonceExhausted);
             return false;
         }
@@ -453,9 +458,20 @@ impl Io {
         buf.resize(wire::TRANSPORT_HEADER + self.scratch.len() + wire::TAG, 0);
         buf[0] = wire::TRANSPORT;
         buf[1..5].copy_from_slice(&s.remote_idx.to_be_bytes());
-        buf[5..13].copy_from_slice(&nonce.to_be_bytes());
-        match keys.seal(nonce, &self.scratch, &mut buf[wire::TRANSPORT_HEADER..]) {
-            Some(n) => buf.truncate(wire::TRANSPORT_HEADER + n),
+        match keys.seal(
+            now,
+            c,
+            nonce,
+            &self.scratch,
+            &mut buf[wire::TRANSPORT_HEADER..],
+        ) {
+            Some((field, n, rekeyed)) => {
+                buf[5..13].copy_from_slice(&field.to_be_bytes());
+                buf.truncate(wire::TRANSPORT_HEADER + n);
+                if rekeyed {
+                    self.counters.rekeys += 1;
+                }
+            }
             None => return false,
         }
         s.last_send = now;
@@ -593,6 +609,15 @@ impl Endpoint {
     /// The smoothed round-trip time of a session, once measured.
     pub fn rtt(&self, session: SessionId) -> Option<Duration> {
         self.sessions.get(&session.0).and_then(|s| s.rtt.srtt())
+    }
+
+    /// Which epochs' keys a session holds (see [`super::crypto::TransportKeys`]): for tests and
+    /// diagnostics, since a rekey is otherwise invisible.
+    pub fn key_epochs(&self, session: SessionId) -> Option<KeyEpochs> {
+        self.sessions
+            .get(&session.0)
+            .and_then(|s| s.transport.as_ref())
+            .map(|k| k.epochs())
     }
 
     /// Established sessions with the peer `id`.
@@ -1186,15 +1211,21 @@ impl Endpoint {
             return self.io.counters.refuse(Refusal::Malformed);
         }
         let idx = u32_at(frame, 1);
-        let nonce = u64_at(frame, 5);
+        let field = u64_at(frame, 5);
+        let (epoch, nonce) = wire::split_nonce_field(field);
         let Some(s) = self.sessions.get_mut(&idx) else {
             return self.io.counters.refuse(Refusal::UnknownSession);
         };
-        let Some(keys) = s.transport.as_ref() else {
+        let Some(keys) = s.transport.as_mut() else {
             return self.io.counters.refuse(Refusal::WrongStage);
         };
         if nonce >= c.nonce_limit {
             return self.io.counters.refuse(Refusal::NonceLimit);
+        }
+        // Cheap checks first: do we hold (or may we derive) the epoch's key, is it a replay.
+        // The counter runs on across epochs, so one window covers them all.
+        if let Err(e) = keys.check_epoch(now, epoch) {
+            return self.io.counters.refuse(open_refusal(e));
         }
         match s.replay.check(nonce) {
             Ok(()) => {}
@@ -1203,12 +1234,16 @@ impl Endpoint {
         }
         let mut plain = std::mem::take(&mut self.io.scratch);
         plain.resize(frame.len() - wire::TRANSPORT_HEADER - wire::TAG, 0);
-        let ok = keys
-            .open(nonce, &frame[wire::TRANSPORT_HEADER..], &mut plain)
-            .is_some();
-        if !ok {
-            self.io.scratch = plain;
-            return self.io.counters.refuse(Refusal::BadAuth);
+        match keys.open(now, c, field, &frame[wire::TRANSPORT_HEADER..], &mut plain) {
+            Ok((_, moved)) => {
+                if moved {
+                    self.io.counters.peer_rekeys += 1;
+                }
+            }
+            Err(e) => {
+                self.io.scratch = plain;
+                return self.io.counters.refuse(open_refusal(e));
+            }
         }
         s.replay.insert(nonce);
         s.last_recv = now;
@@ -1281,6 +1316,9 @@ impl Endpoint {
                 }
             }
             Stage::Established => {
+                if let Some(keys) = s.transport.as_mut() {
+                    keys.expire(now);
+                }
                 if now >= s.last_recv + c.idle_timeout {
                     s.closing = Some(CloseReason::IdleTimeout);
                     return self.after(idx);
@@ -1332,6 +1370,15 @@ impl Endpoint {
             }
         }
         self.after(idx);
+    }
+}
+
+/// The refusal for a transport frame that did not open.
+fn open_refusal(e: OpenError) -> Refusal {
+    match e {
+        OpenError::StaleEpoch => Refusal::StaleEpoch,
+        OpenError::FutureEpoch => Refusal::FutureEpoch,
+        OpenError::BadAuth => Refusal::BadAuth,
     }
 }
 

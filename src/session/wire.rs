@@ -6,15 +6,26 @@
 //! HANDSHAKE_INIT  4 | ver | sender idx (4) | Noise IK msg 1 (193) | mac1 (16) | mac2 (16)  = 231
 //! HANDSHAKE_RESP  5 | ver | sender idx (4) | receiver idx (4) | Noise IK msg 2 (146)      = 156
 //! COOKIE_REPLY    6 | ver | receiver idx (4) | nonce (24) | sealed cookie (16 + 16)       =  62
-//! TRANSPORT       7 | receiver idx (4) | counter (8) | ciphertext (inner + 16)           >= 29
+//! TRANSPORT       7 | receiver idx (4) | epoch (2) | counter (6) | ciphertext (inner + 16) >= 29
 //! ```
 //!
 //! Indices are chosen at random by the side that receives with them, so a session survives the
 //! peer's address changing (NAT rebinding) and an off-path attacker must guess 32 bits to aim a
-//! packet at a session. The counter is the Noise nonce, explicit because UDP loses and reorders
-//! (the receiver checks it against a replay window before decrypting). The response is smaller
-//! than the initiation and the cookie reply smaller still: nothing a spoofed source sends us is
-//! answered with more bytes than it sent.
+//! packet at a session. The response is smaller than the initiation and the cookie reply
+//! smaller still: nothing a spoofed source sends us is answered with more bytes than it sent.
+//!
+//! A transport frame's 8-byte epoch-and-counter field ([`nonce_field`]) is explicit because UDP
+//! loses and reorders. The epoch (16 bits, wrapping) names the key that sealed the frame: each
+//! direction changes its key every epoch (see `crypto::TransportKeys`), so the receiver picks
+//! the key from the header, and frames reordered around a key change still open. The counter
+//! (48 bits) runs on across epochs, never reset, so one replay window covers every epoch (the
+//! receiver checks it before decrypting). The whole field, read as a big-endian u64, is the
+//! Noise nonce, so no (key, nonce) pair ever repeats. 2^48 frames is 9 years at a million a
+//! second; `Config::nonce_limit` closes a session well before the counter could wrap.
+//!
+//! [`VERSION`] 2 is the layout above with epochs; version 1 had one key per session, so a
+//! version 1 peer would fail at the first key change. Handshakes carry the version, and one of
+//! another version is refused before any work.
 //!
 //! Inside a transport frame's ciphertext, the first byte says what it carries:
 //!
@@ -30,7 +41,9 @@ pub const COOKIE_REPLY: u8 = 6;
 pub const TRANSPORT: u8 = 7;
 /// Frame types that are ours (DESIGN.md §3). 8..=15 are reserved for later use.
 pub const FRAME_TYPES: std::ops::RangeInclusive<u8> = 4..=15;
-pub const VERSION: u8 = 1;
+/// Wire version, in every handshake frame (and so, implicitly, of the transport frames of the
+/// session it opens). 2: keys change per epoch, named in the transport header.
+pub const VERSION: u8 = 2;
 
 pub const TAG: usize = 16;
 pub const DH: usize = 32;
@@ -56,6 +69,21 @@ pub const COOKIE_SEALED: usize = COOKIE_NONCE + 24;
 pub const COOKIE_LEN: usize = COOKIE_SEALED + MAC + TAG;
 
 pub const TRANSPORT_HEADER: usize = 13;
+/// Bits of the frame counter in a transport header's epoch-and-counter field.
+pub const COUNTER_BITS: u32 = 48;
+/// The largest frame counter.
+pub const COUNTER_MAX: u64 = (1 << COUNTER_BITS) - 1;
+
+/// A transport header's epoch-and-counter field (bytes 5..13, big-endian): the epoch in the top
+/// 16 bits, the counter (at most [`COUNTER_MAX`]) below. It is also the frame's Noise nonce.
+pub fn nonce_field(epoch: u16, counter: u64) -> u64 {
+    (u64::from(epoch) << COUNTER_BITS) | (counter & COUNTER_MAX)
+}
+
+/// The epoch and counter of a transport header's field.
+pub fn split_nonce_field(field: u64) -> (u16, u64) {
+    ((field >> COUNTER_BITS) as u16, field & COUNTER_MAX)
+}
 /// The largest inner header (kind and transaction ID).
 pub const INNER_MAX_HEADER: usize = 1 + 12;
 
@@ -92,6 +120,17 @@ pub fn is_session_frame(datagram: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonce_field_layout() {
+        assert_eq!(nonce_field(0, 5), 5);
+        assert_eq!(nonce_field(1, 0).to_be_bytes(), [0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            split_nonce_field(nonce_field(0xbeef, COUNTER_MAX)),
+            (0xbeef, COUNTER_MAX)
+        );
+        assert_eq!(split_nonce_field(u64::MAX), (u16::MAX, COUNTER_MAX));
+    }
 
     #[test]
     fn lengths_and_no_amplification() {

@@ -28,11 +28,13 @@ pub const SUPERNODE_ALT_PORT: u16 = 3479;
 pub const COTURN_PORT: u16 = 3480;
 pub const COTURN_ALT_PORT: u16 = 3481;
 
-/// `supernoded` in the lab's server namespace on both addresses and families (RFC 5780).
+/// `supernoded` in the lab's server namespace on both addresses and families (RFC 5780), STUN
+/// only (no identity, so parallel tests never contend for one).
 pub fn start_supernoded(lab: &Lab) -> Proc {
     let mut child = lab
         .command(&lab.server_ns(), env!("CARGO_BIN_EXE_supernoded"))
         .args([
+            "--stun-only",
             "--listen",
             &format!("198.51.100.1:{SUPERNODE_PORT}"),
             "--alt-addr",
