@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod audio;
+pub mod call;
 pub mod cli;
 pub mod directory;
 pub mod identity;

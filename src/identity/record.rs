@@ -90,6 +90,8 @@ pub enum RecordKind {
     Presence = 3,
     /// A supernode's membership entry (address, node key) for the mesh.
     Membership = 4,
+    /// A call signalling message, end to end between two users ([`crate::call::message`]).
+    CallSignal = 5,
 }
 
 impl RecordKind {
@@ -99,6 +101,7 @@ impl RecordKind {
             2 => RecordKind::NameClaim,
             3 => RecordKind::Presence,
             4 => RecordKind::Membership,
+            5 => RecordKind::CallSignal,
             _ => return None,
         })
     }
@@ -110,6 +113,7 @@ impl RecordKind {
             RecordKind::NameClaim => b"voxmesh/v1/record/name-claim\0",
             RecordKind::Presence => b"voxmesh/v1/record/presence\0",
             RecordKind::Membership => b"voxmesh/v1/record/membership\0",
+            RecordKind::CallSignal => b"voxmesh/v1/record/call-signal\0",
         }
     }
 }

@@ -1,0 +1,8 @@
+//! Calls: signalling between two users' clients, end-to-end keys, connectivity and call state.
+//! Sans-IO, like every core: the client driver feeds it routed messages and datagrams.
+//!
+//! - [`message`]: the call message set, signed end to end.
+//! - [`e2e`]: the Noise XX key exchange for media keys and the short authentication string.
+
+pub mod e2e;
+pub mod message;
