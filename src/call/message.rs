@@ -155,7 +155,7 @@ pub struct IceCredentials {
 }
 
 /// A candidate as signalling carries it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WireCandidate {
     pub kind: CandidateKind,
     pub addr: SocketAddr,

@@ -3,6 +3,8 @@
 //!
 //! - [`message`]: the call message set, signed end to end.
 //! - [`e2e`]: the Noise XX key exchange for media keys and the short authentication string.
+//! - [`phone`]: the calls of one user: call states, timers, glare, busy, privacy of addresses.
 
 pub mod e2e;
 pub mod message;
+pub mod phone;

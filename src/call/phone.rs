@@ -1,0 +1,1446 @@
+//! The calls of one user, as a sans-IO state machine: placing and taking calls, ringing, accept,
+//! reject, busy, cancel, bye, hold, glare and call waiting, with the end-to-end key exchange
+//! and candidate exchange riding the call messages ([`super::message`]).
+//!
+//! # How it is driven
+//!
+//! The client driver routes what [`Phone::poll_signal`] gives through the directory agent
+//! (`route`), feeds back each route's outcome ([`Phone::handle_route_result`]: the callee's
+//! ringing rides the end-to-end delivery acknowledgement, so an invite's outcome usually carries
+//! it), and hands every delivered payload to [`Phone::handle_signal`], whose return value is the
+//! reply to put on that delivery's acknowledgement. The user's side calls [`Phone::dial`],
+//! [`Phone::accept`], [`Phone::reject`], [`Phone::hangup`], [`Phone::hold`], [`Phone::resume`]
+//! and [`Phone::add_local_candidate`]. Then drain [`Phone::poll_signal`] and
+//! [`Phone::poll_event`], and call [`Phone::handle_timeout`] at [`Phone::poll_timeout`]. Time
+//! only moves forward.
+//!
+//! # Replays and duplicates
+//!
+//! Every message is signed, addressed to us and short-lived ([`super::message::verify`]). An
+//! invite's call ID is remembered for as long as an invite could still verify
+//! ([`PhoneConfig::replay_window`]), so a replayed invite rings nobody; a duplicate (the caller
+//! retrying after a lost acknowledgement) gets the same ringing back. Within a call, each
+//! message must carry a sequence number above the last one from that peer.
+//!
+//! # Privacy
+//!
+//! A caller who is not in the callee's contacts gets none of the callee's addresses before the
+//! callee accepts: the ringing carries only relayed candidates, and host and server-reflexive
+//! ones follow the accept. Contacts get everything at ringing, for the fastest setup.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::e2e::{Handshake, MediaKeys};
+use super::message::{
+    self, Body, CALL_VERSION, CallId, CandidateKind, IceCredentials, MediaParams, Offer, Signal,
+    SignalError, WireCandidate,
+};
+use crate::identity::{Identity, UnixClock, UserId};
+
+/// Settings of the call layer. Every timer of it lives here, with how they relate.
+#[derive(Clone, Debug)]
+pub struct PhoneConfig {
+    /// Calls at once; beyond it, callers get busy.
+    pub max_calls: usize,
+    /// How long a call may ring before the caller gives up ("no answer"). The callee stops
+    /// ringing [`PhoneConfig::ring_grace`] later, so the caller's cancel normally ends it first.
+    pub ring_timeout: Duration,
+    pub ring_grace: Duration,
+    /// How long the caller waits for a ringing after its invite was delivered before it calls
+    /// the callee unresponsive (the ringing normally rides the delivery's acknowledgement).
+    pub invite_timeout: Duration,
+    /// Sends of a message whose routing failed for a passing reason (no answer from the mesh);
+    /// "unknown user" and "offline" are final.
+    pub signal_attempts: u32,
+    /// How long an ended call is remembered, to answer its duplicates.
+    pub linger: Duration,
+    /// How long an invite's call ID is remembered: as long as an invite can verify (its
+    /// lifetime plus the allowed clock skew into the future).
+    pub replay_window: Duration,
+    /// Most call IDs remembered; beyond it, new invites are refused as busy.
+    pub max_remembered: usize,
+    /// Users whose calls get all our candidates at ringing.
+    pub contacts: HashSet<UserId>,
+    pub media: MediaParams,
+}
+
+impl Default for PhoneConfig {
+    fn default() -> Self {
+        PhoneConfig {
+            max_calls: 1,
+            ring_timeout: Duration::from_secs(60),
+            ring_grace: Duration::from_secs(5),
+            invite_timeout: Duration::from_secs(10),
+            signal_attempts: 3,
+            linger: Duration::from_secs(30),
+            replay_window: Duration::from_secs(message::SIGNAL_LIFETIME + 120),
+            max_remembered: 4096,
+            contacts: HashSet::new(),
+            media: MediaParams::default(),
+        }
+    }
+}
+
+/// Why a call ended. The CLI maps each to an exit status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// We hung up an answered call.
+    HungUp,
+    /// The peer hung up an answered call.
+    PeerHungUp,
+    /// The callee declined.
+    Rejected(String),
+    /// The callee is in as many calls as it takes.
+    Busy,
+    /// Nobody picked up within the ring timeout.
+    NoAnswer,
+    /// The directory knows no such user.
+    UnknownUser,
+    /// The user is not online.
+    Offline,
+    /// The call could not be signalled, or no media path works.
+    NoPath(String),
+    /// We cancelled before an answer (caller), or the caller cancelled (callee).
+    Cancelled,
+    /// We declined an incoming call.
+    Declined,
+    /// The call was replaced by the peer's simultaneous call to us (glare).
+    Replaced(CallId),
+}
+
+impl EndReason {
+    /// A short stable name for events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EndReason::HungUp => "hangup",
+            EndReason::PeerHungUp => "remote-hangup",
+            EndReason::Rejected(_) => "rejected",
+            EndReason::Busy => "busy",
+            EndReason::NoAnswer => "no-answer",
+            EndReason::UnknownUser => "unknown-user",
+            EndReason::Offline => "offline",
+            EndReason::NoPath(_) => "no-path",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Declined => "declined",
+            EndReason::Replaced(_) => "replaced",
+        }
+    }
+}
+
+/// What the phone reports.
+#[derive(Debug)]
+pub enum PhoneEvent {
+    /// A call is ringing here: accept or reject it.
+    Incoming {
+        call: CallId,
+        from: UserId,
+    },
+    /// Our call rings at the callee.
+    Ringing {
+        call: CallId,
+    },
+    /// The call's media keys are agreed (both sides hold the same; compare `keys.sas`).
+    Keys {
+        call: CallId,
+        keys: MediaKeys,
+    },
+    /// The peer's ICE credentials and first candidates.
+    RemoteOffer {
+        call: CallId,
+        credentials: IceCredentials,
+        candidates: Vec<WireCandidate>,
+        media: MediaParams,
+    },
+    /// More of the peer's candidates (trickled).
+    RemoteCandidates {
+        call: CallId,
+        candidates: Vec<WireCandidate>,
+    },
+    /// The peer restarted ICE.
+    RemoteRestart {
+        call: CallId,
+        credentials: IceCredentials,
+        candidates: Vec<WireCandidate>,
+    },
+    /// The call was answered (at the caller: the callee accepted; at the callee: we did).
+    Answered {
+        call: CallId,
+    },
+    /// The peer put the call on hold, or resumed it.
+    Held {
+        call: CallId,
+        held: bool,
+    },
+    Ended {
+        call: CallId,
+        reason: EndReason,
+    },
+}
+
+/// A call message to route to a user. `tag` comes back with the route's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: UserId,
+    pub payload: Vec<u8>,
+    pub tag: u64,
+}
+
+/// How routing a message failed (the supernode's code and reason).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteError {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Refusals, by reason (for logs, status and tests).
+#[derive(Clone, Debug, Default)]
+pub struct PhoneCounters {
+    pub refused: HashMap<&'static str, u64>,
+}
+
+impl PhoneCounters {
+    fn refuse(&mut self, why: &'static str) {
+        *self.refused.entry(why).or_default() += 1;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Caller: invite sent, no ringing yet.
+    Inviting,
+    /// Ringing (either side).
+    Ringing,
+    /// Answered.
+    Active,
+    /// Over; kept until `linger` passes.
+    Ended,
+}
+
+struct Call {
+    id: CallId,
+    peer: UserId,
+    outgoing: bool,
+    stage: Stage,
+    /// The key exchange in progress (caller: after the invite; callee: after the ringing).
+    handshake: Option<Handshake>,
+    keys_done: bool,
+    local: IceCredentials,
+    /// Sequence numbers of the peer's latest messages in this call (duplicates are dropped;
+    /// messages may arrive out of order, since each is routed on its own).
+    peer_seqs: VecDeque<u64>,
+    /// The peer has our opening message (caller: the invite's delivery was acknowledged;
+    /// callee: the ringing is made), so candidates found later can be trickled: sent before,
+    /// they could overtake it and reach a peer that does not know the call yet.
+    opened: bool,
+    /// Callee: our ringing reply, returned again for a duplicate invite.
+    ringing_reply: Option<Vec<u8>>,
+    /// Whether the peer may have all our candidates (a contact, or the call is answered).
+    reveal_all: bool,
+    /// Local candidates already sent to the peer.
+    sent: HashSet<WireCandidate>,
+    /// When the current stage times out.
+    deadline: Option<Instant>,
+    held: bool,
+}
+
+/// Sequence numbers remembered per call for duplicate detection.
+const PEER_SEQS: usize = 128;
+
+struct InFlight {
+    call: CallId,
+    to: UserId,
+    payload: Vec<u8>,
+    name: &'static str,
+    attempts: u32,
+}
+
+/// The calls of one user.
+pub struct Phone {
+    identity: Identity,
+    config: PhoneConfig,
+    clock: UnixClock,
+    rng: StdRng,
+    seq: u64,
+    next_tag: u64,
+    calls: HashMap<CallId, Call>,
+    /// Call IDs of invites seen, with when they may be forgotten.
+    remembered: HashMap<CallId, Instant>,
+    local_candidates: Vec<WireCandidate>,
+    in_flight: HashMap<u64, InFlight>,
+    signals: VecDeque<Outgoing>,
+    events: VecDeque<PhoneEvent>,
+    counters: PhoneCounters,
+}
+
+impl Phone {
+    pub fn new(
+        identity: Identity,
+        config: PhoneConfig,
+        now: Instant,
+        unix_now: u64,
+        seed: [u8; 32],
+    ) -> Phone {
+        Phone {
+            identity,
+            config,
+            clock: UnixClock::new(now, unix_now),
+            rng: StdRng::from_seed(seed),
+            // Sequence numbers must grow across restarts: start from the clock.
+            seq: unix_now * 1000,
+            next_tag: 1,
+            calls: HashMap::new(),
+            remembered: HashMap::new(),
+            local_candidates: Vec::new(),
+            in_flight: HashMap::new(),
+            signals: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: PhoneCounters::default(),
+        }
+    }
+
+    pub fn id(&self) -> UserId {
+        self.identity.id()
+    }
+
+    pub fn counters(&self) -> &PhoneCounters {
+        &self.counters
+    }
+
+    /// Calls not yet ended.
+    pub fn live_calls(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.stage != Stage::Ended)
+            .count()
+    }
+
+    /// Our ICE credentials for `call`.
+    pub fn local_credentials(&self, call: &CallId) -> Option<&IceCredentials> {
+        self.calls.get(call).map(|c| &c.local)
+    }
+
+    /// The peer of `call`, and whether we placed it.
+    pub fn peer(&self, call: &CallId) -> Option<(UserId, bool)> {
+        self.calls.get(call).map(|c| (c.peer, c.outgoing))
+    }
+
+    /// Whether the peer may learn our direct (host, server-reflexive) addresses yet.
+    pub fn reveals_all(&self, call: &CallId) -> bool {
+        self.calls.get(call).is_some_and(|c| c.reveal_all)
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    #[must_use]
+    pub fn poll_signal(&mut self) -> Option<Outgoing> {
+        self.signals.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<PhoneEvent> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let calls = self.calls.values().filter_map(|c| c.deadline);
+        let memory = self.remembered.values().copied();
+        calls.chain(memory).min()
+    }
+
+    // ------------------------------------------------------------------ user actions
+
+    /// Calls `to`; returns the new call's ID.
+    pub fn dial(&mut self, now: Instant, to: UserId) -> Result<CallId, String> {
+        if to == self.identity.id() {
+            return Err("cannot call yourself".into());
+        }
+        let id = CallId(self.rng.random());
+        let (hs, noise) =
+            Handshake::initiate(&self.identity, &id, &to).map_err(|e| e.to_string())?;
+        let local = self.credentials();
+        let mut call = Call {
+            id,
+            peer: to,
+            outgoing: true,
+            stage: Stage::Inviting,
+            handshake: Some(hs),
+            keys_done: false,
+            local: local.clone(),
+            peer_seqs: VecDeque::new(),
+            opened: false,
+            ringing_reply: None,
+            // The callee learns everything of ours: we chose to call it.
+            reveal_all: true,
+            sent: HashSet::new(),
+            deadline: Some(now + self.config.ring_timeout),
+            held: false,
+        };
+        let candidates = self.take_candidates(&mut call);
+        self.remembered.insert(id, now + self.config.replay_window);
+        self.calls.insert(id, call);
+        let body = Body::Invite(Offer {
+            noise,
+            credentials: local,
+            candidates,
+            media: self.config.media,
+        });
+        self.send(now, id, body);
+        Ok(id)
+    }
+
+    /// Answers a ringing incoming call.
+    pub fn accept(&mut self, now: Instant, call: CallId) -> Result<(), String> {
+        let c = self.calls.get_mut(&call).ok_or("no such call")?;
+        if c.outgoing || c.stage != Stage::Ringing {
+            return Err("the call is not ringing here".into());
+        }
+        c.stage = Stage::Active;
+        c.deadline = None;
+        c.reveal_all = true;
+        self.send(now, call, Body::Accept);
+        // What privacy held back until now.
+        self.trickle(now, call);
+        self.events.push_back(PhoneEvent::Answered { call });
+        Ok(())
+    }
+
+    /// Declines a ringing incoming call.
+    pub fn reject(&mut self, now: Instant, call: CallId, reason: &str) -> Result<(), String> {
+        let c = self.calls.get(&call).ok_or("no such call")?;
+        if c.outgoing || c.stage != Stage::Ringing {
+            return Err("the call is not ringing here".into());
+        }
+        self.send(
+            now,
+            call,
+            Body::Reject {
+                reason: reason.into(),
+            },
+        );
+        self.end(now, call, EndReason::Declined);
+        Ok(())
+    }
+
+    /// Hangs up (cancels a call not yet answered).
+    pub fn hangup(&mut self, now: Instant, call: CallId) -> Result<(), String> {
+        let c = self.calls.get(&call).ok_or("no such call")?;
+        match (c.stage, c.outgoing) {
+            (Stage::Ended, _) => return Err("the call has ended".into()),
+            (Stage::Active, _) => {
+                self.send(
+                    now,
+                    call,
+                    Body::Bye {
+                        reason: "hangup".into(),
+                    },
+                );
+                self.end(now, call, EndReason::HungUp);
+            }
+            (_, true) => {
+                self.send(now, call, Body::Cancel);
+                self.end(now, call, EndReason::Cancelled);
+            }
+            (_, false) => {
+                self.send(
+                    now,
+                    call,
+                    Body::Reject {
+                        reason: "declined".into(),
+                    },
+                );
+                self.end(now, call, EndReason::Declined);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends an answered call for a reason of ours (no media path, for example), telling the peer.
+    pub fn fail(&mut self, now: Instant, call: CallId, why: &str) {
+        if self
+            .calls
+            .get(&call)
+            .is_some_and(|c| c.stage != Stage::Ended)
+        {
+            self.send(now, call, Body::Bye { reason: why.into() });
+            self.end(now, call, EndReason::NoPath(why.into()));
+        }
+    }
+
+    pub fn hold(&mut self, now: Instant, call: CallId) -> Result<(), String> {
+        self.set_hold(now, call, true)
+    }
+
+    pub fn resume(&mut self, now: Instant, call: CallId) -> Result<(), String> {
+        self.set_hold(now, call, false)
+    }
+
+    fn set_hold(&mut self, now: Instant, call: CallId, hold: bool) -> Result<(), String> {
+        let c = self.calls.get(&call).ok_or("no such call")?;
+        if c.stage != Stage::Active {
+            return Err("the call is not answered".into());
+        }
+        self.send(now, call, if hold { Body::Hold } else { Body::Resume });
+        Ok(())
+    }
+
+    /// An ICE restart of ours (new credentials, current candidates): tells the peer.
+    pub fn restart(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        generation: u32,
+    ) -> Result<IceCredentials, String> {
+        let credentials = self.credentials();
+        let c = self.calls.get_mut(&call).ok_or("no such call")?;
+        c.local = credentials.clone();
+        c.sent.clear();
+        let mut c = self.calls.remove(&call).expect("present");
+        let candidates = self.take_candidates(&mut c);
+        self.calls.insert(call, c);
+        self.send(
+            now,
+            call,
+            Body::Restart {
+                ice: generation,
+                credentials: credentials.clone(),
+                candidates,
+            },
+        );
+        Ok(credentials)
+    }
+
+    /// A candidate of ours (gathered on the call socket, shared by every call): trickled to the
+    /// peer of every live call that may have it.
+    pub fn add_local_candidate(&mut self, now: Instant, cand: WireCandidate) {
+        if self.local_candidates.contains(&cand) {
+            return;
+        }
+        self.local_candidates.push(cand);
+        let ids: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.stage != Stage::Ended)
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            self.trickle(now, id);
+        }
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// A payload delivered to us by the directory from `from` (the routing layer's claim; the
+    /// signature decides). Returns the reply to put on the delivery's acknowledgement.
+    pub fn handle_signal(&mut self, now: Instant, from: UserId, payload: &[u8]) -> Option<Vec<u8>> {
+        let v = match message::verify(payload, &self.identity.id(), self.clock.at(now)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.counters.refuse(match e {
+                    SignalError::Misdirected(_) => "misdirected",
+                    SignalError::Version(_) => "version",
+                    SignalError::Record(_) => "bad record",
+                });
+                tracing::debug!("call message refused: {e}");
+                return None;
+            }
+        };
+        if v.from != from {
+            // A routed payload whose signer is not who the mesh says sent it: a relay of someone
+            // else's message. The signer is what counts; note it.
+            self.counters.refuse("sender mismatch");
+            return None;
+        }
+        let call = v.signal.call;
+        if let Body::Invite(offer) = v.signal.body {
+            return self.on_invite(now, from, v.seq, call, offer);
+        }
+        let Some(c) = self.calls.get_mut(&call) else {
+            self.counters.refuse("unknown call");
+            return None;
+        };
+        if c.peer != from {
+            self.counters.refuse("not the peer");
+            return None;
+        }
+        if c.peer_seqs.contains(&v.seq) {
+            self.counters.refuse("duplicate");
+            return None;
+        }
+        if c.peer_seqs.len() == PEER_SEQS {
+            c.peer_seqs.pop_front();
+        }
+        c.peer_seqs.push_back(v.seq);
+        self.on_call_message(now, call, v.signal.body);
+        None
+    }
+
+    /// The outcome of routing message `tag`: delivered (with the reply that rode the
+    /// acknowledgement, if any), or failed.
+    pub fn handle_route_result(
+        &mut self,
+        now: Instant,
+        tag: u64,
+        result: Result<Option<Vec<u8>>, RouteError>,
+    ) {
+        let Some(f) = self.in_flight.remove(&tag) else {
+            return;
+        };
+        match result {
+            Ok(reply) => {
+                if let Some(reply) = reply {
+                    self.handle_signal(now, f.to, &reply);
+                }
+                if f.name == "invite"
+                    && let Some(c) = self.calls.get_mut(&f.call)
+                    && c.stage != Stage::Ended
+                {
+                    c.opened = true;
+                    if c.stage == Stage::Inviting {
+                        // Delivered; the ringing should have ridden the acknowledgement.
+                        let limit = now + self.config.invite_timeout;
+                        c.deadline = Some(c.deadline.map_or(limit, |d| d.min(limit)));
+                    }
+                    self.trickle(now, f.call);
+                }
+            }
+            Err(e) => {
+                let ended = self
+                    .calls
+                    .get(&f.call)
+                    .is_none_or(|c| c.stage == Stage::Ended);
+                let final_reason = match e.code {
+                    404 => Some(EndReason::UnknownUser),
+                    410 => Some(EndReason::Offline),
+                    400 | 403 => Some(EndReason::NoPath(format!("{} {}", e.code, e.reason))),
+                    _ => None,
+                };
+                match final_reason {
+                    Some(reason) if !ended => self.end(now, f.call, reason),
+                    Some(_) => {}
+                    None if f.attempts < self.config.signal_attempts => {
+                        // A passing failure (no answer through the mesh): send it again.
+                        let tag = self.next_tag();
+                        self.signals.push_back(Outgoing {
+                            to: f.to,
+                            payload: f.payload.clone(),
+                            tag,
+                        });
+                        self.in_flight.insert(
+                            tag,
+                            InFlight {
+                                attempts: f.attempts + 1,
+                                ..f
+                            },
+                        );
+                    }
+                    None if !ended => self.end(
+                        now,
+                        f.call,
+                        EndReason::NoPath(format!("cannot signal: {} {}", e.code, e.reason)),
+                    ),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.remembered.retain(|_, t| *t > now);
+        let due: Vec<(CallId, Stage, bool)> = self
+            .calls
+            .values()
+            .filter(|c| c.deadline.is_some_and(|d| d <= now))
+            .map(|c| (c.id, c.stage, c.outgoing))
+            .collect();
+        for (id, stage, outgoing) in due {
+            match (stage, outgoing) {
+                (Stage::Ended, _) => {
+                    self.calls.remove(&id);
+                }
+                (Stage::Inviting | Stage::Ringing, true) => {
+                    self.send(now, id, Body::Cancel);
+                    self.end(now, id, EndReason::NoAnswer);
+                }
+                (Stage::Ringing, false) => {
+                    self.send(
+                        now,
+                        id,
+                        Body::Reject {
+                            reason: "no answer".into(),
+                        },
+                    );
+                    self.end(now, id, EndReason::NoAnswer);
+                }
+                _ => {
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.deadline = None;
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn on_invite(
+        &mut self,
+        now: Instant,
+        from: UserId,
+        seq: u64,
+        call: CallId,
+        offer: Offer,
+    ) -> Option<Vec<u8>> {
+        if let Some(c) = self.calls.get(&call) {
+            // The caller sent the invite again (its acknowledgement was lost): the same answer.
+            if c.peer == from && !c.outgoing && c.stage != Stage::Ended {
+                self.counters.refuse("duplicate");
+                return c.ringing_reply.clone();
+            }
+            self.counters.refuse("replay");
+            return None;
+        }
+        if self.remembered.contains_key(&call) {
+            self.counters.refuse("replay");
+            return None;
+        }
+        if self.remembered.len() >= self.config.max_remembered {
+            self.counters.refuse("too many calls");
+            return self.reply(now, call, from, Body::Busy);
+        }
+        self.remembered
+            .insert(call, now + self.config.replay_window);
+        // Glare: we are calling them while they call us. Both ends keep the call with the lower
+        // ID; the side whose own call loses takes the peer's call as the answer to its dial.
+        let ours: Option<CallId> = self
+            .calls
+            .values()
+            .find(|c| {
+                c.outgoing && c.peer == from && matches!(c.stage, Stage::Inviting | Stage::Ringing)
+            })
+            .map(|c| c.id);
+        if let Some(ours) = ours {
+            if ours < call {
+                self.counters.refuse("glare");
+                return self.reply(
+                    now,
+                    call,
+                    from,
+                    Body::Reject {
+                        reason: "glare".into(),
+                    },
+                );
+            }
+            // Theirs wins: drop ours quietly (they drop our invite the same way).
+            self.end(now, ours, EndReason::Replaced(call));
+        } else if self.live_calls() >= self.config.max_calls {
+            return self.reply(now, call, from, Body::Busy);
+        }
+        let (hs, noise) = match Handshake::respond(&self.identity, &call, &from, &offer.noise) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("invite refused: {e}");
+                self.counters.refuse("key exchange");
+                return None;
+            }
+        };
+        let local = self.credentials();
+        let mut c = Call {
+            id: call,
+            peer: from,
+            outgoing: false,
+            stage: Stage::Ringing,
+            handshake: Some(hs),
+            keys_done: false,
+            local: local.clone(),
+            peer_seqs: VecDeque::from([seq]),
+            opened: true,
+            ringing_reply: None,
+            reveal_all: self.config.contacts.contains(&from),
+            sent: HashSet::new(),
+            deadline: Some(now + self.config.ring_timeout + self.config.ring_grace),
+            held: false,
+        };
+        let candidates = self.take_candidates(&mut c);
+        self.calls.insert(call, c);
+        self.events.push_back(PhoneEvent::Incoming { call, from });
+        self.events.push_back(PhoneEvent::RemoteOffer {
+            call,
+            credentials: offer.credentials,
+            candidates: offer.candidates,
+            media: offer.media,
+        });
+        let ringing = Body::Ringing(Offer {
+            noise,
+            credentials: local,
+            candidates,
+            media: self.config.media,
+        });
+        let reply = self.signed(now, call, from, ringing)?;
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.ringing_reply = Some(reply.clone());
+        }
+        if ours.is_some() {
+            // We were dialling them: this call is the answer to our dial.
+            let _ = self.accept(now, call);
+        }
+        Some(reply)
+    }
+
+    fn on_call_message(&mut self, now: Instant, call: CallId, body: Body) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let (stage, outgoing) = (c.stage, c.outgoing);
+        if stage == Stage::Ended {
+            self.counters.refuse("ended call");
+            return;
+        }
+        match body {
+            Body::Ringing(offer) if outgoing && stage == Stage::Inviting => {
+                c.stage = Stage::Ringing;
+                c.deadline = c.deadline.map(|_| now + self.config.ring_timeout);
+                let hs = c
+                    .handshake
+                    .take()
+                    .expect("caller keeps its handshake until ringing");
+                match hs.finish_initiator(&self.identity, &offer.noise) {
+                    Ok((msg3, keys)) => {
+                        c.keys_done = true;
+                        self.events.push_back(PhoneEvent::Ringing { call });
+                        self.events.push_back(PhoneEvent::Keys { call, keys });
+                        self.events.push_back(PhoneEvent::RemoteOffer {
+                            call,
+                            credentials: offer.credentials,
+                            candidates: offer.candidates,
+                            media: offer.media,
+                        });
+                        self.send(now, call, Body::Confirm { noise: msg3 });
+                    }
+                    Err(e) => {
+                        self.counters.refuse("key exchange");
+                        self.send(now, call, Body::Cancel);
+                        self.end(now, call, EndReason::NoPath(format!("key exchange: {e}")));
+                    }
+                }
+            }
+            Body::Confirm { noise } if !outgoing && !c.keys_done => {
+                let Some(hs) = c.handshake.take() else { return };
+                match hs.finish_responder(&noise) {
+                    Ok(keys) => {
+                        c.keys_done = true;
+                        self.events.push_back(PhoneEvent::Keys { call, keys });
+                    }
+                    Err(e) => {
+                        self.counters.refuse("key exchange");
+                        self.send(
+                            now,
+                            call,
+                            Body::Reject {
+                                reason: "key exchange failed".into(),
+                            },
+                        );
+                        self.end(now, call, EndReason::NoPath(format!("key exchange: {e}")));
+                    }
+                }
+            }
+            Body::Accept if outgoing && matches!(stage, Stage::Inviting | Stage::Ringing) => {
+                c.stage = Stage::Active;
+                c.deadline = None;
+                self.events.push_back(PhoneEvent::Answered { call });
+            }
+            Body::Reject { reason } if outgoing => {
+                let r = if reason == "glare" {
+                    // Our call lost the glare tie-break: the peer's call (already ringing here)
+                    // replaces it; nothing to report but the replacement.
+                    return;
+                } else if reason == "no answer" {
+                    EndReason::NoAnswer
+                } else {
+                    EndReason::Rejected(reason)
+                };
+                self.end(now, call, r);
+            }
+            Body::Busy if outgoing => self.end(now, call, EndReason::Busy),
+            Body::Cancel if !outgoing => self.end(now, call, EndReason::Cancelled),
+            Body::Bye { .. } => self.end(now, call, EndReason::PeerHungUp),
+            Body::Reject { .. } if !outgoing => self.end(now, call, EndReason::PeerHungUp),
+            Body::Hold | Body::Resume if stage == Stage::Active => {
+                let held = matches!(body, Body::Hold);
+                c.held = held;
+                self.events.push_back(PhoneEvent::Held { call, held });
+            }
+            Body::Candidates { candidates, .. } => {
+                self.events
+                    .push_back(PhoneEvent::RemoteCandidates { call, candidates });
+            }
+            Body::Restart {
+                credentials,
+                candidates,
+                ..
+            } => {
+                self.events.push_back(PhoneEvent::RemoteRestart {
+                    call,
+                    credentials,
+                    candidates,
+                });
+            }
+            other => {
+                tracing::debug!("call {call}: unexpected {} here", other.name());
+                self.counters.refuse("out of order");
+            }
+        }
+    }
+
+    fn end(&mut self, now: Instant, call: CallId, reason: EndReason) {
+        if let Some(c) = self.calls.get_mut(&call)
+            && c.stage != Stage::Ended
+        {
+            c.stage = Stage::Ended;
+            c.handshake = None;
+            c.deadline = Some(now + self.config.linger);
+            self.events.push_back(PhoneEvent::Ended { call, reason });
+        }
+    }
+
+    /// Fresh ICE credentials: a 4-character ufrag and a 22-character password from the
+    /// ICE-char set (RFC 8445 §5.3: at least 24 and 128 bits of randomness).
+    fn credentials(&mut self) -> IceCredentials {
+        const ICE_CHARS: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut pick = |n: usize| -> String {
+            (0..n)
+                .map(|_| ICE_CHARS[self.rng.random_range(0..ICE_CHARS.len())] as char)
+                .collect()
+        };
+        IceCredentials {
+            ufrag: pick(4),
+            pwd: pick(22),
+        }
+    }
+
+    /// The local candidates `call`'s peer may have and has not had, marked as sent.
+    fn take_candidates(&self, c: &mut Call) -> Vec<WireCandidate> {
+        let fresh: Vec<WireCandidate> = self
+            .local_candidates
+            .iter()
+            .filter(|x| c.reveal_all || x.kind == CandidateKind::Relayed)
+            .filter(|x| !c.sent.contains(x))
+            .copied()
+            .collect();
+        c.sent.extend(fresh.iter().copied());
+        fresh
+    }
+
+    /// Sends what the peer of `call` may have of our candidates and has not had.
+    fn trickle(&mut self, now: Instant, call: CallId) {
+        let Some(mut c) = self.calls.remove(&call) else {
+            return;
+        };
+        let fresh = if c.opened {
+            self.take_candidates(&mut c)
+        } else {
+            Vec::new()
+        };
+        self.calls.insert(call, c);
+        if !fresh.is_empty() {
+            self.send(
+                now,
+                call,
+                Body::Candidates {
+                    ice: 0,
+                    candidates: fresh,
+                },
+            );
+        }
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    /// Signs a message of `call` to `to`.
+    fn signed(&mut self, now: Instant, call: CallId, to: UserId, body: Body) -> Option<Vec<u8>> {
+        self.seq += 1;
+        let signal = Signal {
+            version: CALL_VERSION,
+            call,
+            to,
+            body,
+        };
+        match message::sign(&self.identity, self.seq, self.clock.at(now), &signal) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!("cannot sign a call message: {e}");
+                None
+            }
+        }
+    }
+
+    /// A message returned as the reply on a delivery's acknowledgement.
+    fn reply(&mut self, now: Instant, call: CallId, to: UserId, body: Body) -> Option<Vec<u8>> {
+        self.signed(now, call, to, body)
+    }
+
+    /// Queues a message of `call` for routing to its peer.
+    fn send(&mut self, now: Instant, call: CallId, body: Body) {
+        let Some(to) = self.calls.get(&call).map(|c| c.peer) else {
+            return;
+        };
+        let name = body.name();
+        let Some(payload) = self.signed(now, call, to, body) else {
+            return;
+        };
+        let tag = self.next_tag();
+        self.signals.push_back(Outgoing {
+            to,
+            payload: payload.clone(),
+            tag,
+        });
+        self.in_flight.insert(
+            tag,
+            InFlight {
+                call,
+                to,
+                payload,
+                name,
+                attempts: 1,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_800_000_000;
+
+    fn ident(n: u8) -> Identity {
+        Identity::from_seed(&[n; 32])
+    }
+
+    /// Two or more phones and an in-memory router: messages are delivered in order, each
+    /// acknowledgement carrying the callee's reply. `down` users are offline (410).
+    struct Net {
+        now: Instant,
+        phones: Vec<Phone>,
+        events: Vec<Vec<PhoneEvent>>,
+        offline: HashSet<UserId>,
+        /// Routes that fail once with 504 before going through.
+        flaky: u32,
+        /// Every payload routed, for capture checks.
+        wire: Vec<(UserId, UserId, Vec<u8>)>,
+    }
+
+    impl Net {
+        fn new(n: u8, config: impl Fn(usize) -> PhoneConfig) -> Net {
+            let now = Instant::now();
+            let phones = (0..n)
+                .map(|i| Phone::new(ident(i + 1), config(i as usize), now, T0, [i + 1; 32]))
+                .collect();
+            Net {
+                now,
+                phones,
+                events: (0..n).map(|_| Vec::new()).collect(),
+                offline: HashSet::new(),
+                flaky: 0,
+                wire: Vec::new(),
+            }
+        }
+
+        fn id(&self, i: usize) -> UserId {
+            self.phones[i].id()
+        }
+
+        fn index(&self, id: UserId) -> Option<usize> {
+            self.phones.iter().position(|p| p.id() == id)
+        }
+
+        /// Routes every queued message until nothing moves.
+        fn settle(&mut self) {
+            for _ in 0..1000 {
+                let mut moved = false;
+                for i in 0..self.phones.len() {
+                    while let Some(out) = self.phones[i].poll_signal() {
+                        moved = true;
+                        let from = self.id(i);
+                        self.wire.push((from, out.to, out.payload.clone()));
+                        let now = self.now;
+                        let result = if self.flaky > 0 {
+                            self.flaky -= 1;
+                            Err(RouteError {
+                                code: 504,
+                                reason: "no answer".into(),
+                            })
+                        } else {
+                            match self.index(out.to) {
+                                None => Err(RouteError {
+                                    code: 404,
+                                    reason: "unknown user".into(),
+                                }),
+                                Some(_) if self.offline.contains(&out.to) => Err(RouteError {
+                                    code: 410,
+                                    reason: "user offline".into(),
+                                }),
+                                Some(j) => {
+                                    let reply =
+                                        self.phones[j].handle_signal(now, from, &out.payload);
+                                    if let Some(r) = &reply {
+                                        self.wire.push((out.to, from, r.clone()));
+                                    }
+                                    Ok(reply)
+                                }
+                            }
+                        };
+                        self.phones[i].handle_route_result(now, out.tag, result);
+                    }
+                    while let Some(ev) = self.phones[i].poll_event() {
+                        moved = true;
+                        self.events[i].push(ev);
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("signalling did not settle");
+        }
+
+        fn advance(&mut self, d: Duration) {
+            let end = self.now + d;
+            loop {
+                let next = self.phones.iter().filter_map(|p| p.poll_timeout()).min();
+                match next {
+                    Some(t) if t <= end => {
+                        self.now = self.now.max(t);
+                        let now = self.now;
+                        for p in &mut self.phones {
+                            p.handle_timeout(now);
+                        }
+                        self.settle();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = end;
+        }
+
+        fn take(&mut self, i: usize) -> Vec<PhoneEvent> {
+            std::mem::take(&mut self.events[i])
+        }
+    }
+
+    fn ended(evs: &[PhoneEvent]) -> Option<EndReason> {
+        evs.iter().find_map(|e| match e {
+            PhoneEvent::Ended { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    fn sas(evs: &[PhoneEvent]) -> Option<String> {
+        evs.iter().find_map(|e| match e {
+            PhoneEvent::Keys { keys, .. } => Some(keys.sas.clone()),
+            _ => None,
+        })
+    }
+
+    fn incoming(evs: &[PhoneEvent]) -> Option<CallId> {
+        evs.iter().find_map(|e| match e {
+            PhoneEvent::Incoming { call, .. } => Some(*call),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_call_rings_connects_with_matching_keys_and_ends() {
+        let mut n = Net::new(2, |_| PhoneConfig::default());
+        let (now, bob) = (n.now, n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        let (a, b) = (n.take(0), n.take(1));
+        assert!(
+            matches!(a[0], PhoneEvent::Ringing { call: c } if c == call),
+            "{a:?}"
+        );
+        assert_eq!(incoming(&b), Some(call));
+        // Both hold keys while it rings, and they agree.
+        let (sa, sb) = (sas(&a).unwrap(), sas(&b).unwrap());
+        assert_eq!(sa, sb);
+        n.phones[1].accept(now, call).unwrap();
+        n.settle();
+        assert!(
+            n.take(0)
+                .iter()
+                .any(|e| matches!(e, PhoneEvent::Answered { .. }))
+        );
+        n.phones[0].hangup(now, call).unwrap();
+        n.settle();
+        assert_eq!(ended(&n.take(0)), Some(EndReason::HungUp));
+        assert_eq!(ended(&n.take(1)), Some(EndReason::PeerHungUp));
+        assert_eq!(n.phones[0].live_calls() + n.phones[1].live_calls(), 0);
+        // Ended calls are forgotten after the linger time.
+        n.advance(PhoneConfig::default().linger + Duration::from_secs(1));
+        assert!(n.phones[0].calls.is_empty() && n.phones[1].calls.is_empty());
+    }
+
+    #[test]
+    fn reject_busy_cancel_no_answer_unknown_and_offline() {
+        let mut n = Net::new(4, |_| PhoneConfig::default());
+        let now = n.now;
+        let (bob, carol, dave) = (n.id(1), n.id(2), n.id(3));
+        // Reject.
+        let c = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        n.phones[1].reject(now, c, "not now").unwrap();
+        n.settle();
+        assert_eq!(
+            ended(&n.take(0)),
+            Some(EndReason::Rejected("not now".into()))
+        );
+        assert_eq!(ended(&n.take(1)), Some(EndReason::Declined));
+        // Busy: Carol is in a call with Bob; Alice calls Carol.
+        let c1 = n.phones[1].dial(now, carol).unwrap();
+        n.settle();
+        n.phones[2].accept(now, c1).unwrap();
+        n.settle();
+        n.take(1);
+        n.take(2);
+        n.phones[0].dial(now, carol).unwrap();
+        n.settle();
+        assert_eq!(ended(&n.take(0)), Some(EndReason::Busy));
+        assert!(incoming(&n.take(2)).is_none(), "no ringing while busy");
+        // Cancel.
+        let c = n.phones[0].dial(now, dave).unwrap();
+        n.settle();
+        n.phones[0].hangup(now, c).unwrap();
+        n.settle();
+        assert_eq!(ended(&n.take(0)), Some(EndReason::Cancelled));
+        assert_eq!(ended(&n.take(3)), Some(EndReason::Cancelled));
+        // No answer: the caller gives up after the ring timeout; the callee stops ringing.
+        n.phones[0].dial(now, dave).unwrap();
+        n.settle();
+        n.advance(PhoneConfig::default().ring_timeout + Duration::from_millis(1));
+        assert_eq!(ended(&n.take(0)), Some(EndReason::NoAnswer));
+        assert_eq!(ended(&n.take(3)), Some(EndReason::Cancelled));
+        // Unknown and offline users.
+        n.phones[0].dial(now, ident(99).id()).unwrap();
+        n.settle();
+        assert_eq!(ended(&n.take(0)), Some(EndReason::UnknownUser));
+        n.offline.insert(dave);
+        n.phones[0].dial(now, dave).unwrap();
+        n.settle();
+        assert_eq!(ended(&n.take(0)), Some(EndReason::Offline));
+    }
+
+    #[test]
+    fn a_passing_routing_failure_is_retried() {
+        let mut n = Net::new(2, |_| PhoneConfig::default());
+        n.flaky = 2;
+        let now = n.now;
+        let bob = n.id(1);
+        let call = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        assert!(
+            n.take(0)
+                .iter()
+                .any(|e| matches!(e, PhoneEvent::Ringing { call: c } if *c == call))
+        );
+        // More failures than attempts: the call ends with no path.
+        n.flaky = 10;
+        let bob = n.id(1);
+        n.phones[0].hangup(now, call).unwrap();
+        n.settle();
+        n.take(0);
+        n.flaky = 10;
+        let _ = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        assert!(matches!(ended(&n.take(0)), Some(EndReason::NoPath(_))));
+    }
+
+    #[test]
+    fn replayed_forged_and_misdirected_invites_ring_nobody() {
+        let mut n = Net::new(3, |_| PhoneConfig::default());
+        let now = n.now;
+        let bob = n.id(1);
+        let call = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        let invite = n.wire[0].2.clone();
+        n.phones[1].hangup(now, call).unwrap();
+        n.settle();
+        n.take(1);
+        // Replayed after the call ended: refused, no ringing.
+        let alice = n.id(0);
+        assert!(n.phones[1].handle_signal(now, alice, &invite).is_none());
+        assert!(incoming(&n.take(1)).is_none());
+        assert_eq!(n.phones[1].counters().refused.get("replay"), Some(&1));
+        // To Carol (it names Bob): refused.
+        assert!(n.phones[2].handle_signal(now, alice, &invite).is_none());
+        assert_eq!(n.phones[2].counters().refused.get("misdirected"), Some(&1));
+        // Tampered: refused.
+        let mut bad = invite.clone();
+        let k = bad.len() / 2;
+        bad[k] ^= 1;
+        let fresh = Phone::new(ident(2), PhoneConfig::default(), now, T0, [9; 32]);
+        let mut fresh = fresh;
+        assert!(fresh.handle_signal(now, alice, &bad).is_none());
+        assert_eq!(fresh.counters().refused.get("bad record"), Some(&1));
+        // Replayed to a restarted callee after it expired: refused as expired.
+        let later = now + Duration::from_secs(message::SIGNAL_LIFETIME + 1);
+        assert!(fresh.handle_signal(later, alice, &invite).is_none());
+        assert_eq!(fresh.counters().refused.get("bad record"), Some(&2));
+        // A message signed by Alice but routed as from Carol is refused.
+        assert!(fresh.handle_signal(now, n.id(2), &invite).is_none());
+        assert_eq!(fresh.counters().refused.get("sender mismatch"), Some(&1));
+    }
+
+    #[test]
+    fn a_duplicate_invite_gets_the_same_ringing() {
+        let mut n = Net::new(2, |_| PhoneConfig::default());
+        let now = n.now;
+        let (alice, bob) = (n.id(0), n.id(1));
+        n.phones[0].dial(now, bob).unwrap();
+        let out = n.phones[0].poll_signal().unwrap();
+        let r1 = n.phones[1].handle_signal(now, alice, &out.payload).unwrap();
+        let r2 = n.phones[1].handle_signal(now, alice, &out.payload).unwrap();
+        assert_eq!(r1, r2);
+        assert_eq!(n.phones[1].live_calls(), 1);
+    }
+
+    #[test]
+    fn glare_leaves_one_answered_call() {
+        let mut n = Net::new(2, |_| PhoneConfig::default());
+        let now = n.now;
+        let (alice, bob) = (n.id(0), n.id(1));
+        let ca = n.phones[0].dial(now, bob).unwrap();
+        let cb = n.phones[1].dial(now, alice).unwrap();
+        // Both invites cross before either is delivered.
+        let oa = n.phones[0].poll_signal().unwrap();
+        let ob = n.phones[1].poll_signal().unwrap();
+        let ra = n.phones[1].handle_signal(now, alice, &oa.payload);
+        let rb = n.phones[0].handle_signal(now, bob, &ob.payload);
+        n.phones[0].handle_route_result(now, oa.tag, Ok(ra));
+        n.phones[1].handle_route_result(now, ob.tag, Ok(rb));
+        n.settle();
+        let winner = ca.min(cb);
+        let loser = ca.max(cb);
+        for i in 0..2 {
+            let evs = n.take(i);
+            assert!(
+                evs.iter()
+                    .any(|e| matches!(e, PhoneEvent::Answered { call } if *call == winner)),
+                "phone {i}: {evs:?}"
+            );
+            assert_eq!(n.phones[i].live_calls(), 1, "phone {i}");
+            assert!(
+                n.phones[i]
+                    .calls
+                    .get(&loser)
+                    .is_none_or(|c| c.stage == Stage::Ended),
+                "phone {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn call_waiting_rings_a_second_call_when_allowed() {
+        let mut n = Net::new(3, |i| PhoneConfig {
+            max_calls: if i == 2 { 2 } else { 1 },
+            ..PhoneConfig::default()
+        });
+        let now = n.now;
+        let carol = n.id(2);
+        let c1 = n.phones[0].dial(now, carol).unwrap();
+        n.settle();
+        n.phones[2].accept(now, c1).unwrap();
+        n.settle();
+        n.take(2);
+        let c2 = n.phones[1].dial(now, carol).unwrap();
+        n.settle();
+        assert_eq!(incoming(&n.take(2)), Some(c2), "the second call rings");
+        assert_eq!(n.phones[2].live_calls(), 2);
+    }
+
+    fn cand(kind: CandidateKind, addr: &str) -> WireCandidate {
+        WireCandidate {
+            kind,
+            addr: addr.parse().unwrap(),
+            priority: 1,
+            foundation: 1,
+        }
+    }
+
+    /// The candidates Bob's messages carried to Alice, in order, by kind.
+    fn revealed(n: &Net, from: UserId, to: UserId) -> Vec<(usize, CandidateKind)> {
+        let mut out = Vec::new();
+        for (i, (f, t, payload)) in n.wire.iter().enumerate() {
+            if *f != from || *t != to {
+                continue;
+            }
+            let v = message::verify(payload, t, T0).unwrap();
+            let list = match v.signal.body {
+                Body::Ringing(o) | Body::Invite(o) => o.candidates,
+                Body::Candidates { candidates, .. } => candidates,
+                _ => continue,
+            };
+            out.extend(list.iter().map(|c| (i, c.kind)));
+        }
+        out
+    }
+
+    #[test]
+    fn a_stranger_learns_no_callee_address_before_accept_a_contact_at_once() {
+        for contact in [false, true] {
+            let mut n = Net::new(2, |i| {
+                let mut c = PhoneConfig::default();
+                if i == 1 && contact {
+                    c.contacts.insert(ident(1).id());
+                }
+                c
+            });
+            let now = n.now;
+            let (alice, bob) = (n.id(0), n.id(1));
+            for c in [
+                cand(CandidateKind::Host, "10.0.0.2:5000"),
+                cand(CandidateKind::ServerReflexive, "203.0.113.7:6000"),
+            ] {
+                n.phones[1].add_local_candidate(now, c);
+            }
+            let call = n.phones[0].dial(now, bob).unwrap();
+            n.settle();
+            // Relayed candidate found while ringing.
+            n.phones[1]
+                .add_local_candidate(now, cand(CandidateKind::Relayed, "198.51.100.1:50000"));
+            n.settle();
+            let before = revealed(&n, bob, alice);
+            // The accept is sent by handle_signal's caller order: everything up to here is
+            // before the accept.
+            let direct_before = before
+                .iter()
+                .filter(|(_, k)| *k != CandidateKind::Relayed)
+                .count();
+            assert_eq!(
+                direct_before,
+                if contact { 2 } else { 0 },
+                "contact={contact}: {before:?}"
+            );
+            assert!(before.iter().any(|(_, k)| *k == CandidateKind::Relayed));
+            n.phones[1].accept(now, call).unwrap();
+            n.settle();
+            let after = revealed(&n, bob, alice);
+            assert_eq!(
+                after
+                    .iter()
+                    .filter(|(_, k)| *k != CandidateKind::Relayed)
+                    .count(),
+                2,
+                "after accept every candidate is known: {after:?}"
+            );
+        }
+    }
+}
