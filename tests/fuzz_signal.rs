@@ -359,6 +359,7 @@ fn setup() -> Fuzz {
         },
         Response::Holder(Some(honest_id)),
         Response::Routed,
+        Response::Reply(b"ringing".to_vec()),
         Response::Relays(vec![offer]),
         Response::Members(vec![
             node.clone(),
@@ -758,7 +759,9 @@ impl Fuzz {
                         .lookup(now, Target::Name("alice".into())),
                     2 => self.w.agent(agent).claim(now, "alice").unwrap(),
                     3 => self.w.agent(agent).relays(now),
-                    _ => self.w.agent(agent).route(now, honest, b"ring".to_vec()),
+                    _ => {
+                        self.w.agent(agent).route(now, honest, b"ring".to_vec());
+                    }
                 }
                 let fs = self.fake_sn;
                 let got = self.w.run_until(Duration::from_secs(2), |w| {

@@ -102,13 +102,20 @@ pub enum AgentEvent {
     Claimed {
         name: String,
     },
+    /// The outcome of [`Agent::route`] number `id`: delivered and acknowledged by the
+    /// recipient's client, with the reply it put on the acknowledgement (if any), or failed
+    /// ("CODE reason": 404 unknown user, 410 offline, 503/504 no way through for now).
     Routed {
         to: UserId,
-        result: Result<(), String>,
+        id: u64,
+        result: Result<Option<Vec<u8>>, String>,
     },
+    /// A payload routed to us. Acknowledge it with [`Agent::acknowledge`] (optionally with a
+    /// reply that travels back on the acknowledgement), promptly: the sender waits for it.
     Delivered {
         from: UserId,
         payload: Vec<u8>,
+        id: u64,
     },
     Relays(Result<Vec<RelayOffer>, String>),
     /// Something failed that the agent will retry or cannot fix (a message for the user).
@@ -146,7 +153,7 @@ enum Pending {
     Watch,
     Lookup(Target),
     Claim(String),
-    Route(UserId),
+    Route(UserId, u64),
     Relays,
 }
 
@@ -156,6 +163,10 @@ struct Link {
     addr: SocketAddr,
     session: SessionId,
 }
+
+/// Deliveries kept waiting for the application's acknowledgement, at most (the oldest is
+/// dropped beyond it; its sender then sees no acknowledgement).
+const MAX_UNACKED: usize = 256;
 
 /// The directory client.
 pub struct Agent {
@@ -187,6 +198,11 @@ pub struct Agent {
     /// The mesh's members as our primary last listed them (`None` before the first list): a
     /// standby the mesh no longer lists is not promoted.
     members: Option<HashSet<UserId>>,
+    /// Number of the last [`Agent::route`].
+    next_route: u64,
+    /// Deliveries awaiting [`Agent::acknowledge`]: number -> the request to answer.
+    deliveries: HashMap<u64, (SessionId, TransactionId)>,
+    next_delivery: u64,
     /// Supernode addresses reached over TCP (UDP went unanswered).
     stream: HashSet<SocketAddr>,
     refreshes: u64,
@@ -231,6 +247,9 @@ impl Agent {
             after_loss: false,
             dead: HashMap::new(),
             members: None,
+            next_route: 0,
+            deliveries: HashMap::new(),
+            next_delivery: 0,
             stream: HashSet::new(),
             refreshes: 0,
             attempt: None,
@@ -437,8 +456,35 @@ impl Agent {
     }
 
     /// Sends `payload` to `to`'s client through the supernodes.
-    pub fn route(&mut self, now: Instant, to: UserId, payload: Vec<u8>) {
-        self.ask(now, Request::CRoute { to, payload }, Pending::Route(to));
+    /// Sends `payload` to `to`'s client through the supernodes; returns the number its
+    /// [`AgentEvent::Routed`] outcome will carry.
+    pub fn route(&mut self, now: Instant, to: UserId, payload: Vec<u8>) -> u64 {
+        self.next_route += 1;
+        let id = self.next_route;
+        self.ask(now, Request::CRoute { to, payload }, Pending::Route(to, id));
+        id
+    }
+
+    /// Acknowledges delivery `id` ([`AgentEvent::Delivered`]), with a reply for the sender or
+    /// none. Unknown or already acknowledged deliveries are ignored.
+    pub fn acknowledge(&mut self, now: Instant, id: u64, reply: Option<Vec<u8>>) {
+        let Some((session, txn)) = self.deliveries.remove(&id) else {
+            return;
+        };
+        let resp = match reply {
+            Some(r) => Response::Reply(r),
+            None => Response::Ok,
+        };
+        if self
+            .ep
+            .respond(now, session, txn, &signal::encode(&resp))
+            .is_err()
+        {
+            // Too big for one frame, or the session is gone: a plain acknowledgement at least.
+            let _ = self
+                .ep
+                .respond(now, session, txn, &signal::encode(&Response::Ok));
+        }
     }
 
     /// Asks for relay candidates with credentials.
@@ -739,17 +785,21 @@ impl Agent {
                 }
             }
             Event::Request { session, txn, body } => {
-                // Supernodes ask us one thing: to take a routed payload (and acknowledge it).
                 // Supernodes ask us three things: to take a routed payload, and to hear that our
                 // primary or our standby is dead. Each is acknowledged (a duplicate too: the
                 // session layer answers retransmissions from its cache).
                 match signal::decode::<Message>(&body) {
                     Ok(Message::Deliver { from, payload }) => {
-                        let _ = self
-                            .ep
-                            .respond(now, session, txn, &signal::encode(&Response::Ok));
+                        if self.deliveries.len() >= MAX_UNACKED
+                            && let Some(oldest) = self.deliveries.keys().min().copied()
+                        {
+                            self.deliveries.remove(&oldest);
+                        }
+                        self.next_delivery += 1;
+                        let id = self.next_delivery;
+                        self.deliveries.insert(id, (session, txn));
                         self.events
-                            .push_back(AgentEvent::Delivered { from, payload });
+                            .push_back(AgentEvent::Delivered { from, payload, id });
                     }
                     Ok(Message::PrimaryLost { primary }) => {
                         let _ = self
@@ -836,7 +886,7 @@ impl Agent {
     fn on_response(&mut self, now: Instant, sid: SessionId, p: Pending, resp: Option<Response>) {
         let err = |r: &Option<Response>| match r {
             Some(Response::Error { code, reason }) => format!("{code} {reason}"),
-            None => "no answer from the supernode".to_string(),
+            None => "504 no answer from the supernode".to_string(),
             Some(other) => format!("unexpected answer {other:?}"),
         };
         let on_primary = self.primary.is_some_and(|l| l.session == sid);
@@ -951,12 +1001,13 @@ impl Agent {
                     message: format!("claim of '{name}' refused: {}", err(&other)),
                 }),
             },
-            Pending::Route(to) => {
+            Pending::Route(to, id) => {
                 let result = match resp {
-                    Some(Response::Routed) => Ok(()),
+                    Some(Response::Routed) => Ok(None),
+                    Some(Response::Reply(r)) => Ok(Some(r)),
                     other => Err(err(&other)),
                 };
-                self.events.push_back(AgentEvent::Routed { to, result });
+                self.events.push_back(AgentEvent::Routed { to, id, result });
             }
             Pending::Relays => {
                 let result = match resp {
@@ -994,7 +1045,7 @@ fn answers(p: &Pending, resp: &Response) -> bool {
             | (Pending::Members, Response::Members(_))
             | (Pending::Lookup(_), Response::Entry(_) | Response::NotFound)
             | (Pending::Claim(_), Response::Claimed { .. })
-            | (Pending::Route(_), Response::Routed)
+            | (Pending::Route(..), Response::Routed | Response::Reply(_))
             | (Pending::Relays, Response::Relays(_))
     )
 }

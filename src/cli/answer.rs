@@ -117,7 +117,7 @@ fn event_json(ev: &AgentEvent, me: &str) -> Option<serde_json::Value> {
             json!({"event": "standby", "supernode": supernode.map(|s| s.to_string())})
         }
         AgentEvent::Claimed { name } => json!({"event": "claimed", "name": name}),
-        AgentEvent::Delivered { from, payload } => json!({
+        AgentEvent::Delivered { from, payload, .. } => json!({
             "event": "message", "from": from.to_string(),
             "payload": base64::engine::general_purpose::STANDARD.encode(payload)
         }),
@@ -160,6 +160,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
                 ev = running.events.recv() => {
                     let Some(ev) = ev else { break };
+                    if let AgentEvent::Delivered { id, .. } = &ev {
+                        running.commands.send(AgentCommand::Acknowledge(*id, None)).await.ok();
+                    }
                     if let AgentEvent::Lookup { target: Target::Name(n), result } = &ev {
                         match result {
                             Ok(Some(entry)) => {

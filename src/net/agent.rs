@@ -20,6 +20,8 @@ pub enum AgentCommand {
     Watch(UserId),
     Claim(String),
     Route(UserId, Vec<u8>),
+    /// Acknowledge a delivery (its number), with an optional reply for the sender.
+    Acknowledge(u64, Option<Vec<u8>>),
     Relays,
 }
 
@@ -90,7 +92,10 @@ pub async fn run_agent(
                                 let _ = events.send(AgentEvent::Error { message: format!("cannot claim '{n}': {e}") }).await;
                             }
                         }
-                        AgentCommand::Route(to, p) => agent.route(now, to, p),
+                        AgentCommand::Route(to, p) => {
+                            agent.route(now, to, p);
+                        }
+                        AgentCommand::Acknowledge(id, reply) => agent.acknowledge(now, id, reply),
                         AgentCommand::Relays => agent.relays(now),
                     }
                 }

@@ -248,6 +248,9 @@ pub enum Response {
         code: u16,
         reason: String,
     },
+    /// A client's acknowledgement of a routed payload, with a reply for the sender (the callee's
+    /// ringing rides it). Supernodes pass it back unread. (Appended last: the wire format.)
+    Reply(Vec<u8>),
 }
 
 /// Unreliable messages.

@@ -524,6 +524,10 @@ impl World {
             }
             if let Node::Client(a) = &mut self.nodes[i].1 {
                 while let Some(ev) = a.poll_event() {
+                    // Clients acknowledge deliveries at once (no reply).
+                    if let AgentEvent::Delivered { id, .. } = &ev {
+                        a.acknowledge(now, *id, None);
+                    }
                     self.events.entry(i).or_default().push(ev);
                 }
             }
