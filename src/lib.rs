@@ -12,6 +12,7 @@
 //!   contacts files.
 //! - [`session`]: the authenticated, encrypted client-supernode channel (Noise IK) as a sans-IO
 //!   endpoint: handshakes, transactions, keepalives, replay window, cookies and rate limits.
+//! - [`call`]: calls; for now connectivity (ICE, RFC 8445) as a sans-IO agent.
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
 //! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
 //! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod audio;
+pub mod call;
 pub mod cli;
 pub mod directory;
 pub mod identity;
