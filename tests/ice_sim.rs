@@ -1216,6 +1216,10 @@ fn controlled_side_nat_rebinding_recovers_in_band() {
     call.assert_same_path();
     assert_ne!(call.selected()[0].remote, before[0].remote);
     call.assert_media_flows(Duration::from_secs(1));
+    println!(
+        "controlling side moved to the rebound peer after {} ms",
+        (moved - t).as_millis()
+    );
     assert!(moved - t <= Duration::from_secs(1), "{:?}", moved - t);
 }
 

@@ -26,15 +26,15 @@ impl IceAgent {
         {
             return Err(Refusal::UnknownUfrag);
         }
-        let (gen_id, pwd) = (sess.id, sess.local.pwd.clone());
-        let current = gen_id == self.sess.id;
+        let (sess_id, pwd) = (sess.id, sess.local.pwd.clone());
+        let current = sess_id == self.sess.id;
         let known = self
             .remotes
             .iter()
-            .any(|r| r.sess == gen_id && r.cand.addr == from);
+            .any(|r| r.sess == sess_id && r.cand.addr == from);
         if current
             && !known
-            && self.remotes.iter().filter(|r| r.sess == gen_id).count()
+            && self.remotes.iter().filter(|r| r.sess == sess_id).count()
                 >= self.timing.max_remote_candidates
         {
             return Err(Refusal::TooManyCandidates);
@@ -63,7 +63,7 @@ impl IceAgent {
         let r = match self
             .remotes
             .iter()
-            .position(|r| r.sess == gen_id && r.cand.addr == from)
+            .position(|r| r.sess == sess_id && r.cand.addr == from)
         {
             Some(r) => r,
             None => {
@@ -79,7 +79,7 @@ impl IceAgent {
                         priority: req.priority,
                         foundation,
                     },
-                    sess: gen_id,
+                    sess: sess_id,
                 });
                 self.remotes.len() - 1
             }
@@ -564,12 +564,12 @@ impl IceAgent {
                 .expect("non-empty");
             self.txns.remove(oldest);
         }
-        let gen_id = p.sess;
+        let sess_id = p.sess;
         self.txns.push(Txn {
             id: tid,
             pair: id,
             kind,
-            sess: gen_id,
+            sess: sess_id,
             controlling: self.controlling,
             bytes,
             sent: now,
