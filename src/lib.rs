@@ -12,6 +12,7 @@
 //!   contacts files.
 //! - [`session`]: the authenticated, encrypted client-supernode channel (Noise IK) as a sans-IO
 //!   endpoint: handshakes, transactions, keepalives, replay window, cookies and rate limits.
+//! - [`call`]: calls: signalling, end-to-end keys, call state, connectivity (ICE, RFC 8445).
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
 //! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
 //! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).

@@ -24,10 +24,9 @@
 //!
 //! Variant order is the wire format (postcard enum indexes): add new variants at the end.
 
-use std::net::SocketAddr;
-
 use serde::{Deserialize, Serialize};
 
+pub use super::ice::{Candidate, CandidateKind};
 use crate::identity::{
     Check, Identity, Record, RecordError, RecordKind, RecordPayload, SignError, Timestamp, UserId,
     sign_record, verify_record,
@@ -105,13 +104,13 @@ pub enum Body {
     /// Either way: more of the sender's candidates (trickle ICE), for ICE generation `ice`.
     Candidates {
         ice: u32,
-        candidates: Vec<WireCandidate>,
+        candidates: Vec<Candidate>,
     },
     /// Either way: an ICE restart with new credentials (a NAT rebinding or address change).
     Restart {
         ice: u32,
         credentials: IceCredentials,
-        candidates: Vec<WireCandidate>,
+        candidates: Vec<Candidate>,
     },
 }
 
@@ -142,7 +141,7 @@ pub struct Offer {
     /// Noise XX message 1 (invite) or 2 (ringing).
     pub noise: Vec<u8>,
     pub credentials: IceCredentials,
-    pub candidates: Vec<WireCandidate>,
+    pub candidates: Vec<Candidate>,
     pub media: MediaParams,
 }
 
@@ -152,25 +151,6 @@ pub struct Offer {
 pub struct IceCredentials {
     pub ufrag: String,
     pub pwd: String,
-}
-
-/// A candidate as signalling carries it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct WireCandidate {
-    pub kind: CandidateKind,
-    pub addr: SocketAddr,
-    /// RFC 8445 §5.1.2 priority.
-    pub priority: u32,
-    /// Candidates sharing a foundation share a base and server (RFC 8445 §5.1.1.3).
-    pub foundation: u32,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CandidateKind {
-    Host,
-    ServerReflexive,
-    PeerReflexive,
-    Relayed,
 }
 
 /// What the sender's media will be.
@@ -280,7 +260,7 @@ mod tests {
                     ufrag: "abcd".into(),
                     pwd: "0123456789abcdefghijkl".into(),
                 },
-                candidates: vec![WireCandidate {
+                candidates: vec![Candidate {
                     kind: CandidateKind::Host,
                     addr: "10.0.0.2:5000".parse().unwrap(),
                     priority: 2_130_706_431,

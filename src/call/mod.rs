@@ -4,7 +4,10 @@
 //! - [`message`]: the call message set, signed end to end.
 //! - [`e2e`]: the Noise XX key exchange for media keys and the short authentication string.
 //! - [`phone`]: the calls of one user: call states, timers, glare, busy, privacy of addresses.
+//! - [`ice`]: candidates, connectivity checks, nomination, relay fallback, consent freshness,
+//!   ICE restart (RFC 8445, RFC 7675) as a sans-IO state machine.
 
 pub mod e2e;
+pub mod ice;
 pub mod message;
 pub mod phone;

@@ -36,8 +36,8 @@ use rand::{Rng, SeedableRng};
 
 use super::e2e::{Handshake, MediaKeys};
 use super::message::{
-    self, Body, CALL_VERSION, CallId, CandidateKind, IceCredentials, MediaParams, Offer, Signal,
-    SignalError, WireCandidate,
+    self, Body, CALL_VERSION, CallId, Candidate, CandidateKind, IceCredentials, MediaParams, Offer,
+    Signal, SignalError,
 };
 use crate::identity::{Identity, UnixClock, UserId};
 
@@ -152,19 +152,19 @@ pub enum PhoneEvent {
     RemoteOffer {
         call: CallId,
         credentials: IceCredentials,
-        candidates: Vec<WireCandidate>,
+        candidates: Vec<Candidate>,
         media: MediaParams,
     },
     /// More of the peer's candidates (trickled).
     RemoteCandidates {
         call: CallId,
-        candidates: Vec<WireCandidate>,
+        candidates: Vec<Candidate>,
     },
     /// The peer restarted ICE.
     RemoteRestart {
         call: CallId,
         credentials: IceCredentials,
-        candidates: Vec<WireCandidate>,
+        candidates: Vec<Candidate>,
     },
     /// The call was answered (at the caller: the callee accepted; at the callee: we did).
     Answered {
@@ -241,7 +241,7 @@ struct Call {
     /// Whether the peer may have all our candidates (a contact, or the call is answered).
     reveal_all: bool,
     /// Local candidates already sent to the peer.
-    sent: HashSet<WireCandidate>,
+    sent: HashSet<Candidate>,
     /// When the current stage times out.
     deadline: Option<Instant>,
     held: bool,
@@ -269,7 +269,7 @@ pub struct Phone {
     calls: HashMap<CallId, Call>,
     /// Call IDs of invites seen, with when they may be forgotten.
     remembered: HashMap<CallId, Instant>,
-    local_candidates: Vec<WireCandidate>,
+    local_candidates: Vec<Candidate>,
     in_flight: HashMap<u64, InFlight>,
     signals: VecDeque<Outgoing>,
     events: VecDeque<PhoneEvent>,
@@ -516,7 +516,7 @@ impl Phone {
 
     /// A candidate of ours (gathered on the call socket, shared by every call): trickled to the
     /// peer of every live call that may have it.
-    pub fn add_local_candidate(&mut self, now: Instant, cand: WireCandidate) {
+    pub fn add_local_candidate(&mut self, now: Instant, cand: Candidate) {
         if self.local_candidates.contains(&cand) {
             return;
         }
@@ -924,8 +924,8 @@ impl Phone {
     }
 
     /// The local candidates `call`'s peer may have and has not had, marked as sent.
-    fn take_candidates(&self, c: &mut Call) -> Vec<WireCandidate> {
-        let fresh: Vec<WireCandidate> = self
+    fn take_candidates(&self, c: &mut Call) -> Vec<Candidate> {
+        let fresh: Vec<Candidate> = self
             .local_candidates
             .iter()
             .filter(|x| c.reveal_all || x.kind == CandidateKind::Relayed)
@@ -1366,8 +1366,8 @@ mod tests {
         assert_eq!(n.phones[2].live_calls(), 2);
     }
 
-    fn cand(kind: CandidateKind, addr: &str) -> WireCandidate {
-        WireCandidate {
+    fn cand(kind: CandidateKind, addr: &str) -> Candidate {
+        Candidate {
             kind,
             addr: addr.parse().unwrap(),
             priority: 1,

@@ -46,6 +46,11 @@ use rand::{Rng, SeedableRng};
 use voxmesh::nat::{Probe, ProbeConfig, Report, Stage};
 use voxmesh::supernode::{BindingConfig, BindingCounters, BindingService, Via};
 
+/// A world of several hosts behind their own NATs, with a STUN server and a TURN relay (used by
+/// the ICE simulations; natprobe's single-client `Sim` below predates it).
+#[allow(dead_code)]
+pub mod world;
+
 /// The client's address behind a NAT.
 pub const CLIENT_LAN: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 /// The NAT's WAN address, and the client's own address when it is not translated.
@@ -208,7 +213,7 @@ struct Binding {
 }
 
 /// What the NAT did with an outbound packet.
-enum Outbound {
+pub enum Outbound {
     Drop,
     /// Out on the WAN, with this source.
     Wan(SocketAddr),
@@ -231,6 +236,8 @@ pub struct NatDrops {
 #[derive(Debug)]
 pub struct Nat {
     config: NatConfig,
+    /// The box's WAN address (the client's own when it does not translate).
+    wan: IpAddr,
     bindings: Vec<Binding>,
     /// Per-box address-dependent filter state: remote IP -> expiry.
     box_permits: BTreeMap<IpAddr, Duration>,
@@ -241,8 +248,14 @@ pub struct Nat {
 
 impl Nat {
     fn new(config: NatConfig) -> Self {
+        Self::with_wan(config, WAN)
+    }
+
+    /// A NAT (or untranslated host) whose WAN address is `wan`, for worlds with several boxes.
+    pub fn with_wan(config: NatConfig, wan: IpAddr) -> Self {
         Nat {
             config,
+            wan,
             bindings: Vec::new(),
             box_permits: BTreeMap::new(),
             history: Vec::new(),
@@ -310,7 +323,7 @@ impl Nat {
             }
         };
         self.history
-            .push((internal, key, SocketAddr::new(WAN, port)));
+            .push((internal, key, SocketAddr::new(self.wan, port)));
         self.bindings.push(Binding {
             internal,
             key,
@@ -321,7 +334,16 @@ impl Nat {
         self.bindings.len() - 1
     }
 
-    fn outbound(
+    /// The box's WAN address.
+    pub fn wan(&self) -> IpAddr {
+        self.wan
+    }
+
+    pub fn config(&self) -> NatConfig {
+        self.config
+    }
+
+    pub fn outbound(
         &mut self,
         now: Duration,
         src: SocketAddr,
@@ -333,7 +355,7 @@ impl Nat {
             return Outbound::Drop;
         }
         self.expire(now);
-        if dst.ip() == WAN {
+        if dst.ip() == self.wan {
             if !self.config.translate {
                 // A host sending to its own address: the kernel loops it back.
                 return Outbound::Lan { to: dst, from: src };
@@ -348,7 +370,7 @@ impl Nat {
             };
             let to = target.internal;
             let i = self.bind(now, src, dst, rng);
-            let from = SocketAddr::new(WAN, self.bindings[i].port);
+            let from = SocketAddr::new(self.wan, self.bindings[i].port);
             return Outbound::Lan { to, from };
         }
         let i = self.bind(now, src, dst, rng);
@@ -359,11 +381,16 @@ impl Nat {
             None => b.permits.push((dst, expires)),
         }
         self.box_permits.insert(dst.ip(), expires);
-        Outbound::Wan(SocketAddr::new(WAN, b.port))
+        Outbound::Wan(SocketAddr::new(self.wan, b.port))
     }
 
     /// The internal endpoint an inbound packet from `src` to `dst` reaches, if any.
-    fn inbound(&mut self, now: Duration, src: SocketAddr, dst: SocketAddr) -> Option<SocketAddr> {
+    pub fn inbound(
+        &mut self,
+        now: Duration,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<SocketAddr> {
         if self.config.blocked {
             self.drops.blocked += 1;
             return None;

@@ -1,0 +1,296 @@
+//! The agent against itself, in memory: API edge cases, restarts, forgeries.
+
+use super::*;
+use crate::call::ice::types::ChangeReason;
+use crate::call::ice::wire::{CheckRequest, RoleAttr};
+
+fn agent(controlling: bool, seed: u8) -> IceAgent {
+    IceAgent::new(IceConfig {
+        controlling,
+        seed: [seed; 32],
+        timing: Timing::default(),
+    })
+    .unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Moves every transmit between two agents on the same LAN (no delay) until both are
+/// quiet, then advances the clock to the next timer; `steps` rounds.
+fn exchange(a: &mut IceAgent, b: &mut IceAgent, now: &mut Instant, steps: usize) {
+    for _ in 0..steps {
+        loop {
+            let mut moved = false;
+            for dir in 0..2 {
+                let (from, to) = if dir == 0 {
+                    (&mut *a, &mut *b)
+                } else {
+                    (&mut *b, &mut *a)
+                };
+                while let Some(t) = from.poll_transmit() {
+                    moved = true;
+                    let src = t.route.local();
+                    let route = Route::Direct(t.to);
+                    let _ = to.handle_input(*now, route, src, &t.data);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        let next = [a.poll_timeout(), b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next else { break };
+        *now = next.max(*now);
+        a.handle_timeout(*now);
+        b.handle_timeout(*now);
+    }
+}
+
+#[test]
+fn remote_candidates_are_validated_and_bounded() {
+    let mut a = agent(true, 1);
+    let now = Instant::now();
+    let cand = |a: &str| Candidate {
+        kind: CandidateKind::Host,
+        addr: addr(a),
+        priority: priority(CandidateKind::Host, 65535),
+        foundation: 1,
+    };
+    for bad in [
+        "0.0.0.0:5",
+        "224.0.0.1:5",
+        "255.255.255.255:5",
+        "192.0.2.1:0",
+        "[::]:5",
+    ] {
+        assert_eq!(
+            a.add_remote_candidate(now, cand(bad)),
+            Err(CandidateError::BadAddress),
+            "{bad}"
+        );
+    }
+    let max = Timing::default().max_remote_candidates;
+    for i in 0..max {
+        a.add_remote_candidate(now, cand(&format!("192.0.2.{}:9", i + 1)))
+            .unwrap();
+    }
+    // A duplicate is fine; one more is not.
+    a.add_remote_candidate(now, cand("192.0.2.1:9")).unwrap();
+    assert_eq!(
+        a.add_remote_candidate(now, cand("198.51.100.1:9")),
+        Err(CandidateError::TooMany)
+    );
+}
+
+#[test]
+fn local_candidates_that_add_nothing_are_not_signalled() {
+    let mut a = agent(true, 2);
+    let now = Instant::now();
+    let host = addr("192.0.2.1:4000");
+    // A server-reflexive candidate needs its base, and must differ from it.
+    let srflx = LocalCandidate::ServerReflexive {
+        addr: addr("203.0.113.9:4000"),
+        base: host,
+    };
+    assert_eq!(a.add_local_candidate(now, srflx), None);
+    let h = a
+        .add_local_candidate(now, LocalCandidate::Host(host))
+        .unwrap();
+    assert_eq!(h.kind, CandidateKind::Host);
+    assert_eq!(a.add_local_candidate(now, LocalCandidate::Host(host)), None);
+    let same = LocalCandidate::ServerReflexive {
+        addr: host,
+        base: host,
+    };
+    assert_eq!(a.add_local_candidate(now, same), None);
+    let s = a.add_local_candidate(now, srflx).unwrap();
+    assert!(s.priority < h.priority);
+    assert_eq!(a.local_candidates().len(), 2);
+}
+
+#[test]
+fn credentials_are_checked_and_a_change_restarts() {
+    let mut a = agent(false, 3);
+    let now = Instant::now();
+    let bad = Credentials {
+        ufrag: "ab".into(),
+        pwd: "short".into(),
+    };
+    assert_eq!(a.set_remote_credentials(now, bad), Err(BadCredentials));
+    let mut rng = StdRng::seed_from_u64(9);
+    let first = Credentials::random(&mut rng);
+    let ours = a.local_credentials().clone();
+    assert_eq!(a.set_remote_credentials(now, first.clone()), Ok(None));
+    assert_eq!(a.set_remote_credentials(now, first), Ok(None), "same again");
+    let second = Credentials::random(&mut rng);
+    let restarted = a.set_remote_credentials(now, second).unwrap();
+    let new = restarted.expect("the peer restarted, so did we");
+    assert_ne!(new, ours);
+    assert_eq!(a.local_credentials(), &new);
+}
+
+#[test]
+fn requests_are_answered_before_the_peers_credentials_arrive() {
+    let mut now = Instant::now();
+    let (mut a, mut b) = (agent(true, 4), agent(false, 5));
+    let (ha, hb) = (addr("192.0.2.1:1000"), addr("192.0.2.2:2000"));
+    let ca = a
+        .add_local_candidate(now, LocalCandidate::Host(ha))
+        .unwrap();
+    let _ = b
+        .add_local_candidate(now, LocalCandidate::Host(hb))
+        .unwrap();
+    // B knows A (credentials and candidate); A knows nothing of B yet, as if signalling
+    // were still in flight. A answers B's checks (it knows its own password) but cannot
+    // check back.
+    b.set_remote_credentials(now, a.local_credentials().clone())
+        .unwrap();
+    b.add_remote_candidate(now, ca).unwrap();
+    exchange(&mut a, &mut b, &mut now, 5);
+    assert!(a.counters().requests_answered >= 1);
+    assert_eq!(a.counters().checks_sent, 0);
+    assert!(b.counters().responses_received >= 1);
+    assert!(a.selected().is_none() && b.selected().is_none());
+    // B's credentials arrive; the check A owed goes out.
+    a.set_remote_credentials(now, b.local_credentials().clone())
+        .unwrap();
+    exchange(&mut a, &mut b, &mut now, 20);
+    // A learned B as peer-reflexive from B's check, answered it, checked back, nominated.
+    assert_eq!(a.counters().prflx_learned, 1);
+    let (pa, pb) = (a.selected().unwrap(), b.selected().unwrap());
+    assert_eq!((pa.remote, pb.remote), (hb, ha));
+    assert_eq!(pa.remote_kind, CandidateKind::PeerReflexive);
+    assert!(!pa.relayed && !pb.relayed);
+    let connected = |x: &mut IceAgent| {
+        std::iter::from_fn(|| x.poll_event()).any(|e| matches!(e, Event::Connected(_)))
+    };
+    assert!(connected(&mut a) && connected(&mut b));
+}
+
+/// Two agents on one LAN, connected.
+fn connected_pair(now: &mut Instant, timing: Timing) -> (IceAgent, IceAgent) {
+    let mk = |controlling, seed| {
+        IceAgent::new(IceConfig {
+            controlling,
+            seed: [seed; 32],
+            timing: timing.clone(),
+        })
+        .unwrap()
+    };
+    let (mut a, mut b) = (mk(true, 10), mk(false, 11));
+    let ca = a
+        .add_local_candidate(*now, LocalCandidate::Host(addr("192.0.2.1:1000")))
+        .unwrap();
+    let cb = b
+        .add_local_candidate(*now, LocalCandidate::Host(addr("192.0.2.2:2000")))
+        .unwrap();
+    a.set_remote_credentials(*now, b.local_credentials().clone())
+        .unwrap();
+    b.set_remote_credentials(*now, a.local_credentials().clone())
+        .unwrap();
+    a.add_remote_candidate(*now, cb).unwrap();
+    b.add_remote_candidate(*now, ca).unwrap();
+    exchange(&mut a, &mut b, now, 20);
+    assert!(a.selected().is_some() && b.selected().is_some());
+    while a.poll_event().is_some() || b.poll_event().is_some() {}
+    (a, b)
+}
+
+#[test]
+fn media_stays_on_the_old_path_until_a_restart_selects_a_new_one() {
+    let mut now = Instant::now();
+    let (mut a, mut b) = connected_pair(&mut now, Timing::fast_consent());
+    let before = a.selected().unwrap();
+    // Two restarts before the peer hears of either: the old path keeps its consent on the
+    // credentials of its own session.
+    let _ = a.restart(now);
+    let second = a.restart(now);
+    let end = now + Duration::from_secs(3);
+    while now < end {
+        exchange(&mut a, &mut b, &mut now, 1);
+    }
+    assert_eq!(a.selected(), Some(before));
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::ConsentLost { .. })),
+        "{events:?}"
+    );
+    // The peer learns our new credentials, restarts too, and answers with its own.
+    let theirs = b
+        .set_remote_credentials(now, second)
+        .unwrap()
+        .expect("the peer restarts");
+    for c in b.local_candidates() {
+        // Candidates are signalled again with the new credentials.
+        a.add_remote_candidate(now, c).unwrap();
+    }
+    a.set_remote_credentials(now, theirs).unwrap();
+    for c in a.local_candidates() {
+        b.add_remote_candidate(now, c).unwrap();
+    }
+    exchange(&mut a, &mut b, &mut now, 20);
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::PathChanged {
+                reason: ChangeReason::Restart,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(a.selected().unwrap().remote, before.remote);
+    assert!(a.prev.is_none(), "the old session is over");
+}
+
+#[test]
+fn nothing_unauthenticated_is_ever_answered() {
+    // An agent with a socket and credentials but no peer: any transmit would be an answer.
+    let mut a = agent(false, 6);
+    let now = Instant::now();
+    let host = addr("192.0.2.1:1000");
+    let _ = a.add_local_candidate(now, LocalCandidate::Host(host));
+    let ufrag = a.local_credentials().ufrag.clone();
+    let mut rng = StdRng::seed_from_u64(77);
+    let from = addr("198.51.100.66:9");
+    let mut refused = 0;
+    for i in 0..2000 {
+        let tid = TransactionId(rng.random());
+        let pwd = if i % 3 == 0 {
+            "guess-guess-guess-guess"
+        } else {
+            "other"
+        };
+        let mut bytes = wire::check_request(&CheckRequest {
+            id: tid,
+            remote_ufrag: &ufrag,
+            remote_pwd: pwd,
+            local_ufrag: "evil",
+            priority: rng.random(),
+            role: RoleAttr::Controlling(rng.random()),
+            nominate: Some(1),
+        });
+        // Flip a few random bytes in some of them.
+        for _ in 0..(i % 4) {
+            let k = rng.random_range(0..bytes.len());
+            bytes[k] ^= rng.random::<u8>() | 1;
+        }
+        match a.handle_input(now, Route::Direct(host), from, &bytes) {
+            Inbound::Refused(_) => refused += 1,
+            Inbound::NotIce => {}
+            Inbound::Consumed => panic!("accepted a forgery: {bytes:?}"),
+        }
+        assert!(a.poll_transmit().is_none(), "answered a forgery");
+    }
+    assert!(refused > 1500, "{refused}");
+    assert_eq!(a.counters().refused_total(), refused);
+    assert_eq!(a.counters().requests_answered, 0);
+}
