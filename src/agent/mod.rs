@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// How long a handshake over UDP may go unanswered before the agent tries TCP instead (a
     /// network that blocks UDP; the session is the same, framed on a stream).
     pub udp_patience: Duration,
+    /// How long a standby handshake may go unanswered before that supernode is demoted and
+    /// another is tried. A standby is not urgent, but while we wait on a dead one we have none:
+    /// the session layer's own handshake timeout (20 s) is far too patient for that.
+    pub standby_patience: Duration,
 }
 
 impl AgentConfig {
@@ -64,6 +68,7 @@ impl AgentConfig {
             register: true,
             standby: true,
             udp_patience: Duration::from_secs(2),
+            standby_patience: Duration::from_secs(3),
         }
     }
 }
@@ -208,6 +213,8 @@ pub struct Agent {
     refreshes: u64,
     /// The primary's handshake over UDP, and when to give up on UDP for it.
     attempt: Option<(SessionId, Instant)>,
+    /// The standby session being opened and when we give up on it.
+    standby_attempt: Option<(SessionId, Instant)>,
     /// When to sign a fresh registration record: half way through the current one's life, so
     /// homes never hold an expired record of a connected user (they could not re-home it).
     renew_at: Option<Instant>,
@@ -253,6 +260,7 @@ impl Agent {
             stream: HashSet::new(),
             refreshes: 0,
             attempt: None,
+            standby_attempt: None,
             renew_at: None,
             failed_handshakes: 0,
             retry_at: None,
@@ -330,6 +338,7 @@ impl Agent {
             self.ep.poll_timeout(),
             self.next_refresh,
             self.attempt.map(|(_, t)| t),
+            self.standby_attempt.map(|(_, t)| t),
             self.retry_at,
         ]
         .into_iter()
@@ -339,6 +348,17 @@ impl Agent {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
+        if let Some((sid, t)) = self.standby_attempt
+            && t <= now
+        {
+            self.standby_attempt = None;
+            if self
+                .standby
+                .is_some_and(|s| s.session == sid && !self.ep.is_established(sid))
+            {
+                self.drop_standby(now, "no handshake answer");
+            }
+        }
         if let Some((sid, t)) = self.attempt
             && t <= now
         {
@@ -604,6 +624,7 @@ impl Agent {
                 addr,
                 session,
             });
+            self.standby_attempt = Some((session, now + self.config.standby_patience));
         }
     }
 
@@ -963,6 +984,12 @@ impl Agent {
                     if self.standby.is_some_and(|s| !self.plausible(&s.node)) {
                         self.lose_standby(now, "the mesh no longer lists it");
                     }
+                    self.open_standby(now);
+                } else if resp.is_none() {
+                    // The primary did not answer at all: as telling as an unanswered refresh.
+                    self.fail_over(now, "the primary did not answer");
+                } else {
+                    // Refused: pick from the list we have rather than sit without a standby.
                     self.open_standby(now);
                 }
             }
