@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use super::ice::{Candidate, CandidateKind};
+pub use super::ice::{Candidate, CandidateKind, Credentials};
 use crate::identity::{
     Check, Identity, Record, RecordError, RecordKind, RecordPayload, SignError, Timestamp, UserId,
     sign_record, verify_record,
@@ -109,7 +109,7 @@ pub enum Body {
     /// Either way: an ICE restart with new credentials (a NAT rebinding or address change).
     Restart {
         ice: u32,
-        credentials: IceCredentials,
+        credentials: Credentials,
         candidates: Vec<Candidate>,
     },
 }
@@ -140,17 +140,9 @@ impl Body {
 pub struct Offer {
     /// Noise XX message 1 (invite) or 2 (ringing).
     pub noise: Vec<u8>,
-    pub credentials: IceCredentials,
+    pub credentials: Credentials,
     pub candidates: Vec<Candidate>,
     pub media: MediaParams,
-}
-
-/// ICE short-term credentials (RFC 8445 §5.3): the username fragment and password the peer's
-/// connectivity checks must carry.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct IceCredentials {
-    pub ufrag: String,
-    pub pwd: String,
 }
 
 /// What the sender's media will be.
@@ -256,7 +248,7 @@ mod tests {
             to,
             body: Body::Invite(Offer {
                 noise: vec![1; 32],
-                credentials: IceCredentials {
+                credentials: Credentials {
                     ufrag: "abcd".into(),
                     pwd: "0123456789abcdefghijkl".into(),
                 },

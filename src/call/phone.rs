@@ -35,9 +35,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::e2e::{Handshake, MediaKeys};
+use super::ice::{
+    self, ChangeReason, Credentials, IceAgent, IceConfig, Inbound, LocalCandidate, PathInfo, Route,
+    Timing, Transmit,
+};
 use super::message::{
-    self, Body, CALL_VERSION, CallId, Candidate, CandidateKind, IceCredentials, MediaParams, Offer,
-    Signal, SignalError,
+    self, Body, CALL_VERSION, CallId, Candidate, MediaParams, Offer, Signal, SignalError,
 };
 use crate::identity::{Identity, UnixClock, UserId};
 
@@ -66,6 +69,31 @@ pub struct PhoneConfig {
     /// Users whose calls get all our candidates at ringing.
     pub contacts: HashSet<UserId>,
     pub media: MediaParams,
+    /// The ICE agents' timers ([`PhoneConfig::ice_timing`] by default).
+    pub ice: Timing,
+    /// How long an answered call may go without a working path (never found one, or lost it
+    /// and found none) before it ends with "no path". Longer than the consent timeout plus an
+    /// ICE restart's round trips, shorter than a user's patience.
+    pub path_timeout: Duration,
+    /// How long a lost path waits for ICE to find another on its own (a standby pair, a
+    /// renomination after a NAT rebinding) before the phone restarts ICE.
+    pub restart_after: Duration,
+}
+
+impl PhoneConfig {
+    /// ICE timers for calls: RFC 8445 pacing and retransmission as the agent's defaults, and
+    /// consent checked every second (±20 %), every 200 ms once one goes unanswered, lost after
+    /// 3 s of silence. RFC 7675's 5 s / 30 s would leave a call whose relay died silent for
+    /// half a minute; 3 s lets a dead path be replaced (standby pair, ICE restart) well within
+    /// the 10 s a user waits. Traffic: one ~100-byte check and answer per second each way.
+    pub fn ice_timing() -> Timing {
+        Timing {
+            consent_interval: Duration::from_secs(1),
+            consent_retry: Duration::from_millis(200),
+            consent_timeout: Duration::from_secs(3),
+            ..Timing::default()
+        }
+    }
 }
 
 impl Default for PhoneConfig {
@@ -81,6 +109,9 @@ impl Default for PhoneConfig {
             max_remembered: 4096,
             contacts: HashSet::new(),
             media: MediaParams::default(),
+            ice: PhoneConfig::ice_timing(),
+            path_timeout: Duration::from_secs(8),
+            restart_after: Duration::from_secs(1),
         }
     }
 }
@@ -148,23 +179,25 @@ pub enum PhoneEvent {
         call: CallId,
         keys: MediaKeys,
     },
-    /// The peer's ICE credentials and first candidates.
-    RemoteOffer {
+    /// The call's path: the first one found (`reason` None), or a change.
+    Path {
         call: CallId,
-        credentials: IceCredentials,
-        candidates: Vec<Candidate>,
-        media: MediaParams,
+        path: PathInfo,
+        reason: Option<ChangeReason>,
     },
-    /// More of the peer's candidates (trickled).
-    RemoteCandidates {
+    /// The call has no working path at the moment (ICE looks for another).
+    PathLost {
         call: CallId,
-        candidates: Vec<Candidate>,
     },
-    /// The peer restarted ICE.
-    RemoteRestart {
+    /// Checks through the relay allocation `relayed` go to `peer`: install a TURN permission.
+    RelayPermission {
+        relayed: std::net::SocketAddr,
+        peer: std::net::IpAddr,
+    },
+    /// We restarted ICE on `call` (our mapping may have changed): gather server-reflexive
+    /// candidates again and add them.
+    Restarted {
         call: CallId,
-        credentials: IceCredentials,
-        candidates: Vec<Candidate>,
     },
     /// The call was answered (at the caller: the callee accepted; at the callee: we did).
     Answered {
@@ -228,7 +261,10 @@ struct Call {
     /// The key exchange in progress (caller: after the invite; callee: after the ringing).
     handshake: Option<Handshake>,
     keys_done: bool,
-    local: IceCredentials,
+    /// The call's connectivity: controlling at the caller.
+    ice: IceAgent,
+    /// Our candidates the ICE agent accepted and the peer has not had.
+    pending: Vec<Candidate>,
     /// Sequence numbers of the peer's latest messages in this call (duplicates are dropped;
     /// messages may arrive out of order, since each is routed on its own).
     peer_seqs: VecDeque<u64>,
@@ -240,11 +276,29 @@ struct Call {
     ringing_reply: Option<Vec<u8>>,
     /// Whether the peer may have all our candidates (a contact, or the call is answered).
     reveal_all: bool,
-    /// Local candidates already sent to the peer.
-    sent: HashSet<Candidate>,
     /// When the current stage times out.
     deadline: Option<Instant>,
+    /// Since when an answered call has had no path (None: it has one).
+    pathless_since: Option<Instant>,
+    /// Whether the phone already restarted ICE for the current loss of path.
+    restarted: bool,
     held: bool,
+}
+
+impl Call {
+    /// Adds a gathered candidate to the ICE agent if the peer may learn it now; what the agent
+    /// accepts waits in `pending` for signalling.
+    fn offer(&mut self, now: Instant, lc: LocalCandidate) {
+        let hidden = !self.reveal_all && !matches!(lc, LocalCandidate::Relayed(_));
+        if !hidden && let Some(c) = self.ice.add_local_candidate(now, lc) {
+            self.pending.push(c);
+        }
+    }
+
+    /// Drains `pending` (marking it signalled).
+    fn take_pending(&mut self) -> Vec<Candidate> {
+        std::mem::take(&mut self.pending)
+    }
 }
 
 /// Sequence numbers remembered per call for duplicate detection.
@@ -269,7 +323,8 @@ pub struct Phone {
     calls: HashMap<CallId, Call>,
     /// Call IDs of invites seen, with when they may be forgotten.
     remembered: HashMap<CallId, Instant>,
-    local_candidates: Vec<Candidate>,
+    /// Everything gathered on the call socket (shared by all calls).
+    gathered: Vec<LocalCandidate>,
     in_flight: HashMap<u64, InFlight>,
     signals: VecDeque<Outgoing>,
     events: VecDeque<PhoneEvent>,
@@ -294,7 +349,7 @@ impl Phone {
             next_tag: 1,
             calls: HashMap::new(),
             remembered: HashMap::new(),
-            local_candidates: Vec::new(),
+            gathered: Vec::new(),
             in_flight: HashMap::new(),
             signals: VecDeque::new(),
             events: VecDeque::new(),
@@ -319,8 +374,13 @@ impl Phone {
     }
 
     /// Our ICE credentials for `call`.
-    pub fn local_credentials(&self, call: &CallId) -> Option<&IceCredentials> {
-        self.calls.get(call).map(|c| &c.local)
+    pub fn local_credentials(&self, call: &CallId) -> Option<&Credentials> {
+        self.calls.get(call).map(|c| c.ice.local_credentials())
+    }
+
+    /// The call's ICE agent (its selected path, counters).
+    pub fn ice(&self, call: &CallId) -> Option<&IceAgent> {
+        self.calls.get(call).map(|c| &c.ice)
     }
 
     /// The peer of `call`, and whether we placed it.
@@ -345,11 +405,36 @@ impl Phone {
         self.events.pop_front()
     }
 
+    /// The next datagram for the network (checks and consent of every call's ICE agent):
+    /// send it from the socket, or through the relay allocation, as its route says.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.calls
+            .values_mut()
+            .filter(|c| c.stage != Stage::Ended)
+            .find_map(|c| c.ice.poll_transmit())
+    }
+
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let calls = self.calls.values().filter_map(|c| c.deadline);
-        let memory = self.remembered.values().copied();
-        calls.chain(memory).min()
+        let calls = self.calls.values().flat_map(|c| {
+            [
+                c.deadline,
+                c.pathless_since
+                    .filter(|_| c.stage == Stage::Active)
+                    .map(|t| {
+                        t + if c.restarted {
+                            self.config.path_timeout
+                        } else {
+                            self.config.restart_after
+                        }
+                    }),
+                // An ended call's agent is idle: nothing of it is sent any more.
+                c.ice.poll_timeout().filter(|_| c.stage != Stage::Ended),
+            ]
+        });
+        let memory = self.remembered.values().copied().map(Some);
+        calls.chain(memory).flatten().min()
     }
 
     // ------------------------------------------------------------------ user actions
@@ -362,35 +447,61 @@ impl Phone {
         let id = CallId(self.rng.random());
         let (hs, noise) =
             Handshake::initiate(&self.identity, &id, &to).map_err(|e| e.to_string())?;
-        let local = self.credentials();
-        let mut call = Call {
-            id,
-            peer: to,
-            outgoing: true,
-            stage: Stage::Inviting,
-            handshake: Some(hs),
-            keys_done: false,
-            local: local.clone(),
-            peer_seqs: VecDeque::new(),
-            opened: false,
-            ringing_reply: None,
-            // The callee learns everything of ours: we chose to call it.
-            reveal_all: true,
-            sent: HashSet::new(),
-            deadline: Some(now + self.config.ring_timeout),
-            held: false,
-        };
-        let candidates = self.take_candidates(&mut call);
-        self.remembered.insert(id, now + self.config.replay_window);
-        self.calls.insert(id, call);
+        let mut call = self.new_call(id, to, true, Some(hs))?;
+        call.deadline = Some(now + self.config.ring_timeout);
+        for lc in self.gathered.clone() {
+            call.offer(now, lc);
+        }
         let body = Body::Invite(Offer {
             noise,
-            credentials: local,
-            candidates,
+            credentials: call.ice.local_credentials().clone(),
+            candidates: call.take_pending(),
             media: self.config.media,
         });
+        self.remembered.insert(id, now + self.config.replay_window);
+        self.calls.insert(id, call);
         self.send(now, id, body);
         Ok(id)
+    }
+
+    /// A call record with a fresh ICE agent.
+    fn new_call(
+        &mut self,
+        id: CallId,
+        peer: UserId,
+        outgoing: bool,
+        handshake: Option<Handshake>,
+    ) -> Result<Call, String> {
+        let ice = IceAgent::new(IceConfig {
+            controlling: outgoing,
+            seed: self.rng.random(),
+            timing: self.config.ice.clone(),
+        })
+        .map_err(|e| format!("ICE settings: {e}"))?;
+        Ok(Call {
+            id,
+            peer,
+            outgoing,
+            stage: if outgoing {
+                Stage::Inviting
+            } else {
+                Stage::Ringing
+            },
+            handshake,
+            keys_done: false,
+            ice,
+            pending: Vec::new(),
+            peer_seqs: VecDeque::new(),
+            opened: !outgoing,
+            ringing_reply: None,
+            // The callee learns everything of ours: we chose to call it. A callee reveals its
+            // addresses at once only to a contact.
+            reveal_all: outgoing || self.config.contacts.contains(&peer),
+            deadline: None,
+            pathless_since: None,
+            restarted: false,
+            held: false,
+        })
     }
 
     /// Answers a ringing incoming call.
@@ -402,10 +513,17 @@ impl Phone {
         c.stage = Stage::Active;
         c.deadline = None;
         c.reveal_all = true;
-        self.send(now, call, Body::Accept);
+        if c.ice.selected().is_none() {
+            c.pathless_since = Some(now);
+        }
         // What privacy held back until now.
+        for lc in self.gathered.clone() {
+            c.offer(now, lc);
+        }
+        self.send(now, call, Body::Accept);
         self.trickle(now, call);
         self.events.push_back(PhoneEvent::Answered { call });
+        self.pump_ice(now);
         Ok(())
     }
 
@@ -488,39 +606,36 @@ impl Phone {
         Ok(())
     }
 
-    /// An ICE restart of ours (new credentials, current candidates): tells the peer.
-    pub fn restart(
-        &mut self,
-        now: Instant,
-        call: CallId,
-        generation: u32,
-    ) -> Result<IceCredentials, String> {
-        let credentials = self.credentials();
+    /// Restarts ICE on `call` (new credentials; media stays on the current path until a new one
+    /// is selected) and tells the peer.
+    pub fn restart(&mut self, now: Instant, call: CallId) -> Result<(), String> {
         let c = self.calls.get_mut(&call).ok_or("no such call")?;
-        c.local = credentials.clone();
-        c.sent.clear();
-        let mut c = self.calls.remove(&call).expect("present");
-        let candidates = self.take_candidates(&mut c);
-        self.calls.insert(call, c);
+        let credentials = c.ice.restart(now);
+        c.restarted = true;
+        let candidates = c.ice.local_candidates();
+        c.pending.clear();
         self.send(
             now,
             call,
             Body::Restart {
-                ice: generation,
-                credentials: credentials.clone(),
+                ice: 0,
+                credentials,
                 candidates,
             },
         );
-        Ok(credentials)
+        self.events.push_back(PhoneEvent::Restarted { call });
+        self.pump_ice(now);
+        Ok(())
     }
 
-    /// A candidate of ours (gathered on the call socket, shared by every call): trickled to the
-    /// peer of every live call that may have it.
-    pub fn add_local_candidate(&mut self, now: Instant, cand: Candidate) {
-        if self.local_candidates.contains(&cand) {
+    /// A candidate of ours, gathered on the call socket (host addresses, the supernode's view of
+    /// it, a relay allocation): shared by every call, added to each call's ICE agent when its
+    /// peer may learn it, and trickled.
+    pub fn add_local_candidate(&mut self, now: Instant, lc: LocalCandidate) {
+        if self.gathered.contains(&lc) {
             return;
         }
-        self.local_candidates.push(cand);
+        self.gathered.push(lc);
         let ids: Vec<CallId> = self
             .calls
             .values()
@@ -528,11 +643,50 @@ impl Phone {
             .map(|c| c.id)
             .collect();
         for id in ids {
+            if let Some(c) = self.calls.get_mut(&id) {
+                c.offer(now, lc);
+            }
             self.trickle(now, id);
         }
+        self.pump_ice(now);
+    }
+
+    /// A candidate of ours went away (a relay allocation ended).
+    pub fn remove_local_candidate(&mut self, now: Instant, addr: std::net::SocketAddr) {
+        self.gathered.retain(|g| match g {
+            LocalCandidate::Host(a) | LocalCandidate::Relayed(a) => *a != addr,
+            LocalCandidate::ServerReflexive { addr: a, .. } => *a != addr,
+        });
+        for c in self.calls.values_mut() {
+            c.ice.remove_local_candidate(now, addr);
+        }
+        self.pump_ice(now);
     }
 
     // ------------------------------------------------------------------ inputs
+
+    /// A datagram from `from` that arrived along `route` (our socket, or relayed to us by the
+    /// TURN client). Returns whether a call took it (false: not ICE traffic of any call).
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        route: Route,
+        from: std::net::SocketAddr,
+        bytes: &[u8],
+    ) -> bool {
+        let owner = self
+            .calls
+            .values()
+            .find(|c| c.stage != Stage::Ended && c.ice.claims(bytes))
+            .map(|c| c.id);
+        let Some(id) = owner else {
+            return false;
+        };
+        let c = self.calls.get_mut(&id).expect("found");
+        let taken = !matches!(c.ice.handle_input(now, route, from, bytes), Inbound::NotIce);
+        self.pump_ice(now);
+        taken
+    }
 
     /// A payload delivered to us by the directory from `from` (the routing layer's claim; the
     /// signature decides). Returns the reply to put on the delivery's acknowledgement.
@@ -651,6 +805,26 @@ impl Phone {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.remembered.retain(|_, t| *t > now);
+        for c in self.calls.values_mut() {
+            if c.stage != Stage::Ended && c.ice.poll_timeout().is_some_and(|t| t <= now) {
+                c.ice.handle_timeout(now);
+            }
+        }
+        self.pump_ice(now);
+        // Answered calls without a path: restart ICE once, then give up.
+        let pathless: Vec<(CallId, Instant, bool)> = self
+            .calls
+            .values()
+            .filter(|c| c.stage == Stage::Active)
+            .filter_map(|c| c.pathless_since.map(|t| (c.id, t, c.restarted)))
+            .collect();
+        for (id, since, restarted) in pathless {
+            if !restarted && now >= since + self.config.restart_after {
+                let _ = self.restart(now, id);
+            } else if restarted && now >= since + self.config.path_timeout {
+                self.fail(now, id, "no network path to the peer");
+            }
+        }
         let due: Vec<(CallId, Stage, bool)> = self
             .calls
             .values()
@@ -748,32 +922,23 @@ impl Phone {
                 return None;
             }
         };
-        let local = self.credentials();
-        let mut c = Call {
-            id: call,
-            peer: from,
-            outgoing: false,
-            stage: Stage::Ringing,
-            handshake: Some(hs),
-            keys_done: false,
-            local: local.clone(),
-            peer_seqs: VecDeque::from([seq]),
-            opened: true,
-            ringing_reply: None,
-            reveal_all: self.config.contacts.contains(&from),
-            sent: HashSet::new(),
-            deadline: Some(now + self.config.ring_timeout + self.config.ring_grace),
-            held: false,
+        let mut c = match self.new_call(call, from, false, Some(hs)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot take a call: {e}");
+                return None;
+            }
         };
-        let candidates = self.take_candidates(&mut c);
+        c.peer_seqs.push_back(seq);
+        c.deadline = Some(now + self.config.ring_timeout + self.config.ring_grace);
+        for lc in self.gathered.clone() {
+            c.offer(now, lc);
+        }
+        Self::take_offer(now, &mut c, &offer);
+        let local = c.ice.local_credentials().clone();
+        let candidates = c.take_pending();
         self.calls.insert(call, c);
         self.events.push_back(PhoneEvent::Incoming { call, from });
-        self.events.push_back(PhoneEvent::RemoteOffer {
-            call,
-            credentials: offer.credentials,
-            candidates: offer.candidates,
-            media: offer.media,
-        });
         let ringing = Body::Ringing(Offer {
             noise,
             credentials: local,
@@ -788,6 +953,7 @@ impl Phone {
             // We were dialling them: this call is the answer to our dial.
             let _ = self.accept(now, call);
         }
+        self.pump_ice(now);
         Some(reply)
     }
 
@@ -811,14 +977,9 @@ impl Phone {
                 match hs.finish_initiator(&self.identity, &offer.noise) {
                     Ok((msg3, keys)) => {
                         c.keys_done = true;
+                        Self::take_offer(now, c, &offer);
                         self.events.push_back(PhoneEvent::Ringing { call });
                         self.events.push_back(PhoneEvent::Keys { call, keys });
-                        self.events.push_back(PhoneEvent::RemoteOffer {
-                            call,
-                            credentials: offer.credentials,
-                            candidates: offer.candidates,
-                            media: offer.media,
-                        });
                         self.send(now, call, Body::Confirm { noise: msg3 });
                     }
                     Err(e) => {
@@ -851,6 +1012,9 @@ impl Phone {
             Body::Accept if outgoing && matches!(stage, Stage::Inviting | Stage::Ringing) => {
                 c.stage = Stage::Active;
                 c.deadline = None;
+                if c.ice.selected().is_none() {
+                    c.pathless_since = Some(now);
+                }
                 self.events.push_back(PhoneEvent::Answered { call });
             }
             Body::Reject { reason } if outgoing => {
@@ -875,19 +1039,44 @@ impl Phone {
                 self.events.push_back(PhoneEvent::Held { call, held });
             }
             Body::Candidates { candidates, .. } => {
-                self.events
-                    .push_back(PhoneEvent::RemoteCandidates { call, candidates });
+                for cand in candidates {
+                    if c.ice.add_remote_candidate(now, cand).is_err() {
+                        self.counters.refuse("bad candidate");
+                    }
+                }
             }
             Body::Restart {
                 credentials,
-                candidates,
+                candidates: theirs,
                 ..
             } => {
-                self.events.push_back(PhoneEvent::RemoteRestart {
-                    call,
-                    credentials,
-                    candidates,
-                });
+                match c.ice.set_remote_credentials(now, credentials) {
+                    Ok(Some(ours)) => {
+                        // The peer restarted: so did we; tell it our new credentials.
+                        let mine = c.ice.local_candidates();
+                        c.pending.clear();
+                        c.restarted = true;
+                        for cand in theirs {
+                            let _ = c.ice.add_remote_candidate(now, cand);
+                        }
+                        self.send(
+                            now,
+                            call,
+                            Body::Restart {
+                                ice: 0,
+                                credentials: ours,
+                                candidates: mine,
+                            },
+                        );
+                        self.events.push_back(PhoneEvent::Restarted { call });
+                    }
+                    Ok(None) => {
+                        for cand in theirs {
+                            let _ = c.ice.add_remote_candidate(now, cand);
+                        }
+                    }
+                    Err(_) => self.counters.refuse("bad credentials"),
+                }
             }
             other => {
                 tracing::debug!("call {call}: unexpected {} here", other.name());
@@ -902,61 +1091,86 @@ impl Phone {
         {
             c.stage = Stage::Ended;
             c.handshake = None;
+            c.pathless_since = None;
             c.deadline = Some(now + self.config.linger);
             self.events.push_back(PhoneEvent::Ended { call, reason });
         }
     }
 
-    /// Fresh ICE credentials: a 4-character ufrag and a 22-character password from the
-    /// ICE-char set (RFC 8445 §5.3: at least 24 and 128 bits of randomness).
-    fn credentials(&mut self) -> IceCredentials {
-        const ICE_CHARS: &[u8] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut pick = |n: usize| -> String {
-            (0..n)
-                .map(|_| ICE_CHARS[self.rng.random_range(0..ICE_CHARS.len())] as char)
-                .collect()
-        };
-        IceCredentials {
-            ufrag: pick(4),
-            pwd: pick(22),
+    /// The peer's opening (invite or ringing): its ICE credentials and first candidates.
+    fn take_offer(now: Instant, c: &mut Call, offer: &Offer) {
+        if c.ice
+            .set_remote_credentials(now, offer.credentials.clone())
+            .is_err()
+        {
+            tracing::debug!("call {}: the peer's ICE credentials are malformed", c.id);
+        }
+        for cand in &offer.candidates {
+            let _ = c.ice.add_remote_candidate(now, *cand);
         }
     }
 
-    /// The local candidates `call`'s peer may have and has not had, marked as sent.
-    fn take_candidates(&self, c: &mut Call) -> Vec<Candidate> {
-        let fresh: Vec<Candidate> = self
-            .local_candidates
-            .iter()
-            .filter(|x| c.reveal_all || x.kind == CandidateKind::Relayed)
-            .filter(|x| !c.sent.contains(x))
-            .copied()
-            .collect();
-        c.sent.extend(fresh.iter().copied());
-        fresh
+    /// Turns what the calls' ICE agents report into call events and path timers.
+    fn pump_ice(&mut self, now: Instant) {
+        for c in self.calls.values_mut() {
+            while let Some(ev) = c.ice.poll_event() {
+                let call = c.id;
+                match ev {
+                    ice::Event::Connected(path) => {
+                        c.pathless_since = None;
+                        c.restarted = false;
+                        self.events.push_back(PhoneEvent::Path {
+                            call,
+                            path,
+                            reason: None,
+                        });
+                    }
+                    ice::Event::PathChanged { to, reason, .. } => {
+                        c.pathless_since = None;
+                        c.restarted = false;
+                        self.events.push_back(PhoneEvent::Path {
+                            call,
+                            path: to,
+                            reason: Some(reason),
+                        });
+                    }
+                    ice::Event::Disconnected | ice::Event::Failed => {
+                        if c.stage == Stage::Active && c.pathless_since.is_none() {
+                            c.pathless_since = Some(now);
+                        }
+                        self.events.push_back(PhoneEvent::PathLost { call });
+                    }
+                    ice::Event::RelayPermission { relayed, peer } => {
+                        self.events
+                            .push_back(PhoneEvent::RelayPermission { relayed, peer });
+                    }
+                    ice::Event::ConsentLost { .. }
+                    | ice::Event::MappingChanged { .. }
+                    | ice::Event::RoleChanged { .. } => {
+                        tracing::debug!("call {call}: {ev:?}");
+                    }
+                }
+            }
+        }
     }
 
-    /// Sends what the peer of `call` may have of our candidates and has not had.
+    /// Sends the peer our candidates it has not had, once it knows the call.
     fn trickle(&mut self, now: Instant, call: CallId) {
-        let Some(mut c) = self.calls.remove(&call) else {
+        let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
-        let fresh = if c.opened {
-            self.take_candidates(&mut c)
-        } else {
-            Vec::new()
-        };
-        self.calls.insert(call, c);
-        if !fresh.is_empty() {
-            self.send(
-                now,
-                call,
-                Body::Candidates {
-                    ice: 0,
-                    candidates: fresh,
-                },
-            );
+        if !c.opened || c.pending.is_empty() {
+            return;
         }
+        let fresh = c.take_pending();
+        self.send(
+            now,
+            call,
+            Body::Candidates {
+                ice: 0,
+                candidates: fresh,
+            },
+        );
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -1018,6 +1232,8 @@ impl Phone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::message::CandidateKind;
+    use std::net::SocketAddr;
 
     const T0: u64 = 1_800_000_000;
 
@@ -1036,6 +1252,10 @@ mod tests {
         flaky: u32,
         /// Every payload routed, for capture checks.
         wire: Vec<(UserId, UserId, Vec<u8>)>,
+        /// Each phone's socket address, if it has one: datagrams to it are delivered at once.
+        hosts: Vec<Option<SocketAddr>>,
+        /// Datagrams are dropped (a network that broke).
+        cut: bool,
     }
 
     impl Net {
@@ -1051,7 +1271,19 @@ mod tests {
                 offline: HashSet::new(),
                 flaky: 0,
                 wire: Vec::new(),
+                hosts: vec![None; n as usize],
+                cut: false,
             }
+        }
+
+        /// Gives every phone a socket (a host candidate) on one shared network.
+        fn with_sockets(mut self) -> Net {
+            for i in 0..self.phones.len() {
+                let addr = SocketAddr::from(([10, 9, 0, i as u8 + 1], 4000));
+                self.hosts[i] = Some(addr);
+                self.phones[i].add_local_candidate(self.now, LocalCandidate::Host(addr));
+            }
+            self
         }
 
         fn id(&self, i: usize) -> UserId {
@@ -1103,6 +1335,16 @@ mod tests {
                     while let Some(ev) = self.phones[i].poll_event() {
                         moved = true;
                         self.events[i].push(ev);
+                    }
+                    while let Some(t) = self.phones[i].poll_transmit() {
+                        moved = true;
+                        let j = self.hosts.iter().position(|h| *h == Some(t.to));
+                        if let (Some(j), false) = (j, self.cut) {
+                            let now = self.now;
+                            let from = t.route.local();
+                            let to = Route::Direct(t.to);
+                            self.phones[j].handle_input(now, to, from, &t.data);
+                        }
                     }
                 }
                 if !moved {
@@ -1366,15 +1608,6 @@ mod tests {
         assert_eq!(n.phones[2].live_calls(), 2);
     }
 
-    fn cand(kind: CandidateKind, addr: &str) -> Candidate {
-        Candidate {
-            kind,
-            addr: addr.parse().unwrap(),
-            priority: 1,
-            foundation: 1,
-        }
-    }
-
     /// The candidates Bob's messages carried to Alice, in order, by kind.
     fn revealed(n: &Net, from: UserId, to: UserId) -> Vec<(usize, CandidateKind)> {
         let mut out = Vec::new();
@@ -1405,17 +1638,23 @@ mod tests {
             });
             let now = n.now;
             let (alice, bob) = (n.id(0), n.id(1));
+            let host: std::net::SocketAddr = "10.0.0.2:5000".parse().unwrap();
             for c in [
-                cand(CandidateKind::Host, "10.0.0.2:5000"),
-                cand(CandidateKind::ServerReflexive, "203.0.113.7:6000"),
+                LocalCandidate::Host(host),
+                LocalCandidate::ServerReflexive {
+                    addr: "203.0.113.7:6000".parse().unwrap(),
+                    base: host,
+                },
             ] {
                 n.phones[1].add_local_candidate(now, c);
             }
             let call = n.phones[0].dial(now, bob).unwrap();
             n.settle();
             // Relayed candidate found while ringing.
-            n.phones[1]
-                .add_local_candidate(now, cand(CandidateKind::Relayed, "198.51.100.1:50000"));
+            n.phones[1].add_local_candidate(
+                now,
+                LocalCandidate::Relayed("198.51.100.1:50000".parse().unwrap()),
+            );
             n.settle();
             let before = revealed(&n, bob, alice);
             // The accept is sent by handle_signal's caller order: everything up to here is
@@ -1442,5 +1681,52 @@ mod tests {
                 "after accept every candidate is known: {after:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_answered_call_finds_its_path_and_ends_when_the_network_breaks() {
+        let mut n = Net::new(2, |_| PhoneConfig::default()).with_sockets();
+        let (now, bob) = (n.now, n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        n.phones[1].accept(now, call).unwrap();
+        n.settle();
+        // Checks are paced (Ta): give them the agent's own schedule.
+        n.advance(Duration::from_secs(1));
+        for i in 0..2 {
+            let evs = n.take(i);
+            assert!(
+                evs.iter()
+                    .any(|e| matches!(e, PhoneEvent::Path { call: c, .. } if *c == call)),
+                "phone {i} has a path: {evs:?}"
+            );
+        }
+        // The network breaks: consent lapses, ICE restarts once, then the call ends.
+        n.cut = true;
+        let cfg = PhoneConfig::default();
+        n.advance(
+            cfg.ice.consent_timeout + cfg.restart_after + cfg.path_timeout + Duration::from_secs(2),
+        );
+        // The first phone to give up ends with no-path and says bye over the signalling
+        // (which still works); the other hears the bye.
+        let reasons: Vec<EndReason> = (0..2)
+            .map(|i| {
+                let evs = n.take(i);
+                assert!(
+                    evs.iter().any(|e| matches!(e, PhoneEvent::PathLost { .. })),
+                    "{evs:?}"
+                );
+                assert!(
+                    evs.iter()
+                        .any(|e| matches!(e, PhoneEvent::Restarted { .. })),
+                    "{evs:?}"
+                );
+                ended(&evs).unwrap_or_else(|| panic!("phone {i} ended: {evs:?}"))
+            })
+            .collect();
+        assert!(
+            reasons.iter().any(|r| matches!(r, EndReason::NoPath(_))),
+            "{reasons:?}"
+        );
     }
 }

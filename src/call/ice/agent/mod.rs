@@ -496,6 +496,26 @@ impl IceAgent {
         self.drive(now);
     }
 
+    /// Whether `bytes` is ICE traffic of this agent, for a caller that runs several agents on
+    /// one socket: a check whose USERNAME names our ufrag (of this or the previous session), or
+    /// an answer to one of our transactions. Checks nothing cryptographic ([`Self::handle_input`]
+    /// does); an agent that claims nothing leaves the datagram to the others uncounted.
+    pub fn claims(&self, bytes: &[u8]) -> bool {
+        match wire::parse(bytes) {
+            Ok(Parsed::Request(req)) => {
+                req.local_ufrag == self.sess.local.ufrag
+                    || self
+                        .prev
+                        .as_ref()
+                        .is_some_and(|p| req.local_ufrag == p.local.ufrag)
+            }
+            Ok(Parsed::Response(resp)) => {
+                self.txns.iter().any(|t| t.id == resp.id) || self.finished.contains(&resp.id)
+            }
+            _ => false,
+        }
+    }
+
     /// Handles a STUN datagram that arrived along `route` from `from`.
     pub fn handle_input(
         &mut self,
