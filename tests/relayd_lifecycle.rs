@@ -1,13 +1,15 @@
 //! How relayd starts and stops, against the real binary on loopback:
 //! - `--listen ADDR` (bare) serves UDP and TCP on one port number, and TLS on that same port
 //!   when a certificate is given; port 0 picks one port for both; `udp:`/`tcp:`/`tls:` restrict;
-//!   a port taken for TCP is a setup error (exit 4) naming the address;
+//!   a port taken for TCP is a setup error (exit 4) naming the address; coturn's
+//!   `turnutils_uclient -t` relays through a bare loopback listener without loss;
 //! - SIGTERM: an idle relayd exits at once (within 1 s); a draining one exits as soon as its
 //!   last allocation ends (UDP: Refresh with lifetime 0; TCP: the connection closes), long
 //!   before `--drain`;
 //! - a bad `--allow-peer` block is a usage error (exit 2).
 //!
-//! Loopback only: allocations are made and released, nothing is relayed to a peer.
+//! Loopback only: allocations are made and released; the only data relayed goes between
+//! allocations of the same relay (uclient -y), delivered internally.
 
 mod common;
 
@@ -305,4 +307,60 @@ fn a_draining_relayd_exits_when_its_last_allocation_ends() {
             "{transport}: exited {took:?} after the last allocation, not at once"
         );
     }
+}
+
+/// The acceptance case on loopback: `relayd --listen 127.0.0.1:P` (a bare address) relays
+/// coturn's `turnutils_uclient -t` — TCP to the relay — with no loss. Client-to-client (-y):
+/// the peers are other allocations of the same relay, delivered internally, so nothing leaves
+/// loopback and no peer host is needed. (The lab interop test runs every uclient mode.)
+#[test]
+fn turnutils_uclient_over_tcp_relays_through_a_bare_listen_address() {
+    let test = "turnutils_uclient_over_tcp_relays_through_a_bare_listen_address";
+    if !common::coturn_or_skip(test) {
+        return;
+    }
+    let d = Daemon::start(&["--listen", "127.0.0.1:0"]);
+    let port = d.addr("tcp").port();
+    // uclient starts each client 1-6 s after connecting and sends 200 messages 5 ms apart; it
+    // exits once everything arrived (10 s after its last send at worst): 60 s is a bound, not
+    // an expectation.
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "turnutils_uclient",
+            "-t",
+            "-y",
+            "-m",
+            "4",
+            "-n",
+            "200",
+            "-z",
+            "5",
+        ])
+        .args([
+            "-u",
+            "alice",
+            "-w",
+            "secret",
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let totals = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or_else(|| panic!("uclient printed no totals:\n{text}"));
+    assert!(
+        totals.contains("tot_send_msgs=800,") && totals.contains("tot_recv_msgs=800"),
+        "{totals}\n{text}"
+    );
+    assert!(
+        text.contains("Total lost packets 0 "),
+        "loss through relayd over TCP:\n{text}"
+    );
 }
