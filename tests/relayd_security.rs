@@ -9,15 +9,19 @@
 //! - request errors: 400, 420, 437, 440, 441, 442, 443; attributes appended after
 //!   MESSAGE-INTEGRITY are ignored;
 //! - peers: every block of both IANA special-purpose registries (first and last address, from
-//!   `data/*.csv`), multicast and broadcast, the embedded-IPv4 forms of loopback — and, with
+//!   `data/*.csv`) and the deprecated site-local fec0::/10, multicast and broadcast, the
+//!   embedded-IPv4 forms of loopback and private addresses (IPv4-translated ::ffff:0:a.b.c.d
+//!   included) — and, with
 //!   `--allow-peer 0.0.0.0/0 --allow-peer ::/0`, still the relay itself: loopback, its listening,
 //!   TCP and metrics ports, its relay range, another local service, its own interface addresses;
 //!   while another live allocation's relayed address is a peer (delivered internally);
-//! - quotas: `--user-quota`, `--source-quota`, `--total-quota` (486), and a flood of hundreds of
-//!   allocations from one source (source quota holds, 401s rate-limited, fds and RSS bounded,
-//!   another source served);
+//! - quotas: `--user-quota`, `--source-quota`, `--total-quota` (486, the reason naming the
+//!   quota), and a flood of hundreds of allocations from one source (source quota holds, 401s
+//!   rate-limited, fds and RSS bounded, another source served); a burst of 100 first Allocates
+//!   from one address all answered at once, each 401 of the documented size;
 //! - in the lab: the same refusals and floods against relayd in a network namespace, while a
-//!   client behind a NAT relays real traffic to a real peer.
+//!   client behind a NAT relays real traffic to a real peer; an address the relay's host gains
+//!   while running is refused as its own (and allowed again once removed).
 //!
 //! Loopback relays never send data to a non-loopback peer: permissions for ordinary addresses
 //! are created (that sends nothing) but data only goes to other allocations of the same relay.
