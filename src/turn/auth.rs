@@ -254,8 +254,9 @@ pub const CHALLENGE_RATE: f64 = 20.0;
 /// Challenges one source may draw at once. Every allocation starts with one challenge (its
 /// first Allocate carries no credentials), so this is how many clients behind one address may
 /// connect at the same instant without a retransmission: 128 is twice the default source quota
-/// (64 allocations, each allowed one retry), and `turnutils_uclient -y -m 50` (about 100 first
-/// Allocates in a burst) connects at full speed.
+/// (64 allocations, each allowed one retry); `turnutils_uclient -y -m 50`, 65 first Allocates
+/// within about a second, connects at full speed (the old burst of 40 held three of them
+/// back for a retransmission).
 pub const CHALLENGE_BURST: f64 = 128.0;
 /// The size of a 401 with the default realm (`voxmesh`) and SOFTWARE: header 20, ERROR-CODE
 /// 24, REALM 12, NONCE 36 (32 characters), SOFTWARE 24, FINGERPRINT 8. Each 4 bytes of a
