@@ -1,4 +1,4 @@
-complete -c relayd -s l -l listen -d 'Listen on TRANSPORT:ADDR (udp, tcp or tls; a bare ADDR is UDP). Repeat for several' -r
+complete -c relayd -s l -l listen -d 'Listen on ADDR for every transport, or on TRANSPORT:ADDR for one (repeatable)' -r
 complete -c relayd -l cert -d 'Certificate chain (PEM) for TLS listeners' -r -F
 complete -c relayd -l key -d 'Private key (PEM) for TLS listeners' -r -F
 complete -c relayd -l relay-ip -d 'Address to relay from (one per family); defaults to the listening addresses' -r
@@ -9,14 +9,14 @@ complete -c relayd -l users -d 'Users file: `user:password` lines (or `user:0x<h
 complete -c relayd -l user -d 'A user as USER:PASSWORD (repeatable; for tests and small setups)' -r
 complete -c relayd -l auth-secret -d 'Shared secret for time-limited credentials; repeat to accept previous secrets' -r
 complete -c relayd -l auth-secret-file -d 'File of shared secrets, one per line, current first; re-read on SIGHUP' -r -F
-complete -c relayd -l allow-peer -d 'Allow peers in this block even if it is special-purpose (repeatable)' -r
+complete -c relayd -l allow-peer -d 'Allow peers in this block even if it is special-purpose (repeatable). A bare address is a block of one; a block with host bits set (10.1.2.3/8) is refused as ambiguous' -r
 complete -c relayd -l user-quota -d 'Concurrent allocations per username' -r
 complete -c relayd -l source-quota -d 'Concurrent allocations, and TCP/TLS connections, per client IPv4 address or IPv6 /64' -r
 complete -c relayd -l total-quota -d 'Concurrent allocations, and TCP/TLS connections, in total' -r
 complete -c relayd -l max-bps -d 'Bandwidth cap per allocation in bytes per second (both directions); 0 for none' -r
 complete -c relayd -l alternate-server -d 'While draining, send new allocations here (300 ALTERNATE-SERVER)' -r
 complete -c relayd -l nonce-lifetime -d 'Seconds a nonce stays valid; an older one gets 438 Stale Nonce, with a fresh nonce to retry with' -r
-complete -c relayd -l drain -d 'Seconds to keep relaying after SIGTERM before exiting' -r
+complete -c relayd -l drain -d 'At most this many seconds of relaying for live allocations after SIGTERM (relayd exits as soon as the last one ends, at once when there is none)' -r
 complete -c relayd -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c relayd -l supernode -d 'Authorise this supernode to hand out credentials for this relay, as KEY@HOST:PORT (repeatable). relayd opens a session to it, gives it a secret of its own (rotated hourly) and reports its load; clients then find the relay through the supernode' -r
 complete -c relayd -l identity -d 'This relay\'s key file for --supernode sessions (created on first start, mode 0600; default: relay.key in the voxmesh config directory)' -r -F

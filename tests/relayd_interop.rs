@@ -2,7 +2,9 @@
 //! - coturn's own load client, `turnutils_uclient -m 10 -n 1000`, relays through `relayd` with
 //!   no loss in every mode (default with RTP/RTCP pairs, -c, -s, -t, -S -t, -D, -y), with
 //!   time-limited credentials (-W) and with a users file (-u/-w), beside the same runs against
-//!   coturn's `turnserver` as the baseline;
+//!   coturn's `turnserver` as the baseline. relayd listens with a bare `--listen ADDR` and a
+//!   certificate, so UDP (the default modes), TCP (-t) and TLS (-S -t) all reach it on the one
+//!   port 3478;
 //! - our TURN client relays through coturn's `turnserver`.
 
 mod common;
@@ -156,12 +158,9 @@ fn coturn_uclient_relays_through_relayd_without_loss_in_every_mode() {
     let relayd = start_relayd(
         &lab,
         &[
+            // UDP, TCP and TLS on one port: what a bare address serves.
             "--listen",
-            "udp:198.51.100.1:3478",
-            "--listen",
-            "tcp:198.51.100.1:3478",
-            "--listen",
-            "tls:198.51.100.1:5349",
+            "198.51.100.1:3478",
             "--cert",
             &dir.join("cert.pem").display().to_string(),
             "--key",
@@ -209,7 +208,7 @@ fn coturn_uclient_relays_through_relayd_without_loss_in_every_mode() {
                     *mode,
                     "198.51.100.1",
                     3478u16,
-                    5349u16,
+                    3478u16,
                     vec!["-u", "alice", "-w", "secret"],
                 ),
                 (
@@ -217,7 +216,7 @@ fn coturn_uclient_relays_through_relayd_without_loss_in_every_mode() {
                     *mode,
                     "198.51.100.1",
                     3478,
-                    5349,
+                    3478,
                     vec!["-u", "alice", "-W", "north"],
                 ),
                 (

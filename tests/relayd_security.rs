@@ -9,15 +9,19 @@
 //! - request errors: 400, 420, 437, 440, 441, 442, 443; attributes appended after
 //!   MESSAGE-INTEGRITY are ignored;
 //! - peers: every block of both IANA special-purpose registries (first and last address, from
-//!   `data/*.csv`), multicast and broadcast, the embedded-IPv4 forms of loopback — and, with
+//!   `data/*.csv`) and the deprecated site-local fec0::/10, multicast and broadcast, the
+//!   embedded-IPv4 forms of loopback and private addresses (IPv4-translated ::ffff:0:a.b.c.d
+//!   included) — and, with
 //!   `--allow-peer 0.0.0.0/0 --allow-peer ::/0`, still the relay itself: loopback, its listening,
 //!   TCP and metrics ports, its relay range, another local service, its own interface addresses;
 //!   while another live allocation's relayed address is a peer (delivered internally);
-//! - quotas: `--user-quota`, `--source-quota`, `--total-quota` (486), and a flood of hundreds of
-//!   allocations from one source (source quota holds, 401s rate-limited, fds and RSS bounded,
-//!   another source served);
+//! - quotas: `--user-quota`, `--source-quota`, `--total-quota` (486, the reason naming the
+//!   quota), and a flood of hundreds of allocations from one source (source quota holds, 401s
+//!   rate-limited, fds and RSS bounded, another source served); a burst of 100 first Allocates
+//!   from one address all answered at once, each 401 of the documented size;
 //! - in the lab: the same refusals and floods against relayd in a network namespace, while a
-//!   client behind a NAT relays real traffic to a real peer.
+//!   client behind a NAT relays real traffic to a real peer; an address the relay's host gains
+//!   while running is refused as its own (and allowed again once removed).
 //!
 //! Loopback relays never send data to a non-loopback peer: permissions for ordinary addresses
 //! are created (that sends nothing) but data only goes to other allocations of the same relay.
@@ -33,6 +37,7 @@ use relayd_support::*;
 use voxmesh::lab::{BoxOpts, Lab, LabNat, in_netns};
 use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
 use voxmesh::stun::{MessageBuilder, attr, long_term_key, method};
+use voxmesh::turn::auth::{CHALLENGE_BURST, CHALLENGE_BYTES, CHALLENGE_RATE};
 use voxmesh::turn::{TurnClientConfig, mint_rest_credential, rest_password};
 
 /// A relay port range of its own for each test (tests run in parallel).
@@ -506,7 +511,8 @@ fn promised_reason(ip: IpAddr) -> &'static str {
         let s = v6.segments();
         let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1];
         let compatible = s[..6] == [0; 6];
-        if nat64 || compatible || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0) {
+        let translated = s[..6] == [0, 0, 0, 0, 0xffff, 0];
+        if nat64 || compatible || translated || s[0] == 0x2002 || (s[0] == 0x2001 && s[1] == 0) {
             return "embedded IPv4 address refused";
         }
     }
@@ -546,6 +552,13 @@ fn every_special_purpose_block_multicast_and_embedded_loopback_is_refused() {
         ("6to4 loopback", "2002:7f00:1::1"),
         ("Teredo with a loopback client", "2001:0:808:808::80ff:fffe"),
         ("Teredo with a loopback server", "2001:0:7f00:1::f7f7:f7f7"),
+        ("IPv4-translated (SIIT) loopback", "::ffff:0:127.0.0.1"),
+        ("IPv4-translated (SIIT) private", "::ffff:0:10.1.2.3"),
+        ("deprecated site-local", "fec0::1"),
+        (
+            "deprecated site-local, last",
+            "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ),
     ] {
         targets.push((what.to_string(), ip.parse().unwrap()));
     }
@@ -594,7 +607,7 @@ fn every_special_purpose_block_multicast_and_embedded_loopback_is_refused() {
     assert!(m.get(&refused("multicast")) >= reasons["multicast"] as f64);
     assert!(m.get(&refused("own_host")) >= reasons["the relay itself"] as f64);
     assert!(
-        reasons["embedded IPv4 address refused"] >= 10,
+        reasons["embedded IPv4 address refused"] >= 12,
         "{reasons:?}"
     );
     // Ordinary public peers are accepted (permission only: nothing is ever sent to them), so
@@ -794,7 +807,7 @@ fn user_quota_refuses_with_486_and_others_are_served() {
     }
     let mut third = Raw::bind("127.0.0.1", r.udp);
     let rep = third.call(method::ALLOCATE, ALICE, udp_transport);
-    rep.expect_error(486, "Allocation Quota Reached");
+    rep.expect_error(486, "Allocation Quota Reached (per user)");
     assert!(rep.signed_with(&long_term_key("alice", REALM, "secret")));
     let m = r.wait_metric(&err(486), 1.0);
     assert_eq!(
@@ -820,7 +833,7 @@ fn source_quota_refuses_with_486_and_other_sources_are_served() {
     for creds in [CAROL, as_pair(&rest_user("fresh"))] {
         Raw::bind("127.0.0.1", r.udp)
             .call(method::ALLOCATE, creds, udp_transport)
-            .expect_error(486, "Allocation Quota Reached");
+            .expect_error(486, "Allocation Quota Reached (per source)");
     }
     let m = r.wait_metric(&err(486), 2.0);
     assert_eq!((m.get(&dropped("quota")), m.get(ALLOCATIONS)), (2.0, 2.0));
@@ -888,7 +901,7 @@ fn total_quota_refuses_with_486_while_live_allocations_keep_relaying() {
     let late = rest_user("late");
     let mut d = Raw::bind("127.0.0.4", r.udp);
     d.call(method::ALLOCATE, as_pair(&late), udp_transport)
-        .expect_error(486, "Allocation Quota Reached");
+        .expect_error(486, "Allocation Quota Reached (total)");
     let m = r.wait_metric(&err(486), 1.0);
     assert_eq!((m.get(&dropped("quota")), m.get(ALLOCATIONS)), (1.0, 3.0));
     // The full relay still relays for the allocations it has.
@@ -930,7 +943,7 @@ fn an_allocation_flood_from_one_source_is_bounded() {
         match rep.error() {
             None => granted.push(c),
             Some(_) => {
-                rep.expect_error(486, "Allocation Quota Reached");
+                rep.expect_error(486, "Allocation Quota Reached (per source)");
                 refused += 1;
             }
         }
@@ -982,10 +995,12 @@ fn an_allocation_flood_from_one_source_is_bounded() {
     eprintln!(
         "flood: {answered} of {UNAUTHENTICATED} unauthenticated Allocates answered in {elapsed:.2} s, {limited} rate-limited"
     );
-    // 40 of burst per source address (one spent on the first nonce), 20 per second after that.
-    let allowed = 40 + (20.0 * elapsed).ceil() as usize;
+    // CHALLENGE_BURST (128) per source address (one spent on the first nonce, and refilled
+    // since), CHALLENGE_RATE (20) per second after that.
+    let (burst, rate) = (CHALLENGE_BURST as usize, CHALLENGE_RATE);
+    let allowed = burst + (rate * elapsed).ceil() as usize;
     assert!(
-        answered <= allowed && answered >= 30,
+        answered <= allowed && answered >= burst - 1,
         "{answered} 401s (allowed {allowed})"
     );
     assert_eq!(
@@ -1003,6 +1018,37 @@ fn an_allocation_flood_from_one_source_is_bounded() {
     // Another source address is served normally, its 401 included.
     Raw::bind("127.0.0.2", r.udp).learn_nonce();
     assert_serving(&r, "127.0.0.2");
+}
+
+/// 100 clients behind one address start at the same instant: each first Allocate, sent once,
+/// gets its 401 (none is left to a retransmission by the rate limiter), and the 401 is the
+/// size the documented bound on reflected bytes is computed from.
+#[test]
+fn a_burst_of_100_first_allocates_from_one_address_is_answered_at_once() {
+    let r = Relayd::start(ports(13), &[]);
+    let clients: Vec<Raw> = (0..100).map(|_| Raw::bind("127.0.0.1", r.udp)).collect();
+    let requests: Vec<Vec<u8>> = clients
+        .iter()
+        .map(|c| {
+            let q = request(method::ALLOCATE, udp_transport);
+            c.send(&q);
+            q
+        })
+        .collect();
+    for (i, (c, q)) in clients.iter().zip(&requests).enumerate() {
+        let rep = c
+            .reply_to(q, WAIT)
+            .unwrap_or_else(|| panic!("client {i}: no answer to its only Allocate"));
+        rep.expect_error(401, "Unauthenticated");
+        assert_eq!(
+            rep.bytes.len() as u64,
+            CHALLENGE_BYTES,
+            "the documented 401 size"
+        );
+    }
+    let m = r.wait_metric(CHALLENGE, 100.0);
+    assert_eq!((m.get(CHALLENGE), m.get(RATE_LIMITED)), (100.0, 0.0));
+    assert_serving(&r, "127.0.0.1");
 }
 
 // ---------------------------------------------------------------- the lab
@@ -1093,12 +1139,13 @@ fn refusals_and_floods_leave_real_relaying_intact_in_the_lab() {
             rep.expect_success();
             extra.push(c);
         } else {
-            rep.expect_error(486, "Allocation Quota Reached");
+            rep.expect_error(486, "Allocation Quota Reached (per source)");
         }
     }
-    // Unauthenticated flood and garbage from the attacker's host.
+    // Unauthenticated flood and garbage from the attacker's host: 110 more than the limiter's
+    // burst.
     let flood = raw();
-    for _ in 0..150 {
+    for _ in 0..CHALLENGE_BURST as usize + 110 {
         flood.send(&request(method::ALLOCATE, udp_transport));
     }
     let valid = a.signed(method::CREATE_PERMISSION, ALICE, |b| {
@@ -1202,5 +1249,97 @@ fn refusals_and_floods_leave_real_relaying_intact_in_the_lab() {
     assert!(show(&dropped("no_permission")) >= 20.0);
     assert!(show(&dropped("peer_refused")) >= 2.0);
     let mut relay = relay;
+    assert!(relay.child.try_wait().unwrap().is_none(), "relayd died");
+}
+
+/// The relay host itself is never a peer, and that includes addresses it gains while running:
+/// the kernel's address notifications make relayd read its addresses again, so an address added
+/// to the relay's host is refused from then on (permissions and data alike), and allowed again
+/// once removed. SIGHUP re-reads them too.
+#[test]
+fn addresses_the_relay_host_gains_while_running_are_refused() {
+    let test = "addresses_the_relay_host_gains_while_running_are_refused";
+    if !Lab::ready_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let client = lab.add(1, &BoxOpts::new(LabNat::None)).unwrap();
+    let mut relay = common::start_relayd(
+        &lab,
+        &[
+            "--listen",
+            "udp:198.51.100.1:3478",
+            "--relay-ip",
+            "198.51.100.1",
+            "--relay-ports",
+            "50000-50999",
+            "--user",
+            "alice:secret",
+            "--realm",
+            REALM,
+            "--allow-peer",
+            "198.51.100.0/24",
+            "--metrics",
+            "127.0.0.1:9479",
+            "-q",
+        ],
+    );
+    let srv = lab.server_ns();
+    let connect = || in_netns(&srv, || TcpStream::connect("127.0.0.1:9479"));
+    let server = sa("198.51.100.1:3478");
+    let ns = &client.hosts[0].ns;
+    let mut a = Raw::from_socket(lab.udp_socket(ns, sa("0.0.0.0:0")).unwrap(), server);
+    a.allocate(ALICE, false);
+    // An address in the allowed block that nothing in the lab holds: an ordinary peer.
+    let gained = sa("198.51.100.77:9");
+    a.permit(ALICE, gained).expect_success();
+    let ip = |verb: &str| {
+        let st = lab
+            .command(&srv, "ip")
+            .args(["addr", verb, "198.51.100.77/32", "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip addr {verb} in {srv}");
+    };
+    let until = |what: &str, want_refused: bool, a: &mut Raw| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let rep = a.permit(ALICE, gained);
+            match rep.error() {
+                Some((403, r)) if want_refused => {
+                    assert!(r.contains("the relay itself"), "{r}");
+                    return;
+                }
+                None if !want_refused => return,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    ip("add");
+    until("refused once the host holds it", true, &mut a);
+    // The permission granted before still exists, but data to the host's own address is
+    // dropped on the data path too.
+    a.send_indication(gained, b"to the relay host");
+    let own = refused("own_host");
+    let m = wait_until(connect, "data to the gained address dropped", |m| {
+        m.get(&own) >= 2.0
+    });
+    assert_eq!(
+        m.get(&own),
+        2.0,
+        "one permission refused, one datagram dropped"
+    );
+    // SIGHUP re-reads them as well: still the host's own.
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(
+        unsafe { libc::kill(relay.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    a.permit(ALICE, gained)
+        .expect_error(403, "the relay itself");
+    ip("del");
+    until("allowed again once the host gave it up", false, &mut a);
     assert!(relay.child.try_wait().unwrap().is_none(), "relayd died");
 }

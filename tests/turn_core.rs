@@ -527,6 +527,188 @@ fn unauthenticated_floods_are_rate_limited_per_source() {
     allocated(&mut w, "alice", "secret", "198.51.100.61:4000");
 }
 
+/// The reason phrase of a 486 names the quota that was hit, so a client (or its operator)
+/// knows whether releasing one of its own allocations would help.
+#[test]
+fn quota_refusals_name_the_quota() {
+    let failed = |w: &mut World, user: &str, pass: &str, from: &str| -> (u16, String) {
+        let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), user, pass));
+        c.allocate(w.now);
+        w.pump(&mut c, World::client_addr(from));
+        match events(&mut c).as_slice() {
+            [TurnEvent::Failed { code, reason, .. }] => (*code, reason.clone()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    };
+    let user_hit = (486, "Allocation Quota Reached (per user)".to_string());
+    let source_hit = (486, "Allocation Quota Reached (per source)".to_string());
+    let total_hit = (486, "Allocation Quota Reached (total)".to_string());
+
+    // The test's limiter (burst 5) would silence the sixth challenge from one address.
+    let config = || TurnConfig {
+        auth_rate: TurnConfig::default().auth_rate,
+        ..config()
+    };
+    // Per user (3): alice from three addresses, then a fourth.
+    let mut w = World::new(config());
+    for i in 0..3 {
+        allocated(
+            &mut w,
+            "alice",
+            "secret",
+            &format!("198.51.100.40:{}", 4000 + i),
+        );
+    }
+    assert_eq!(
+        failed(&mut w, "alice", "secret", "198.51.100.41:4000"),
+        user_hit
+    );
+
+    // Per source (5): fresh time-limited users from one address.
+    let mut w = World::new(config());
+    let rest = |i: u32| mint_rest_credential(b"current", &format!("q{i}"), 2_000_000);
+    for i in 0..5 {
+        let (u, p) = rest(i);
+        allocated(&mut w, &u, &p, &format!("198.51.100.42:{}", 4000 + i));
+    }
+    let (u, p) = rest(5);
+    assert_eq!(failed(&mut w, &u, &p, "198.51.100.42:4999"), source_hit);
+
+    // In total (2): two users from two addresses, then a third from a third.
+    let mut cfg = config();
+    cfg.total_quota = 2;
+    let mut w = World::new(cfg);
+    allocated(&mut w, "alice", "secret", "198.51.100.43:4000");
+    allocated(&mut w, "bob", "hunter2", "198.51.100.44:4000");
+    let (u, p) = rest(9);
+    assert_eq!(failed(&mut w, &u, &p, "198.51.100.45:4000"), total_hit);
+    assert_eq!(w.server.counters().drops.get("quota"), Some(&1));
+    assert_eq!(w.server.counters().errors.get(&486), Some(&1));
+}
+
+/// Every allocation starts with one 401 (its first Allocate has no credentials): with the
+/// default limiter, 100 clients behind one address connecting at the same instant all get
+/// their challenge at once, and none has to wait for a retransmission.
+#[test]
+fn a_burst_of_100_first_allocates_from_one_address_is_answered() {
+    let mut cfg = config();
+    cfg.auth_rate = TurnConfig::default().auth_rate;
+    let mut w = World::new(cfg);
+    let mut out = Vec::new();
+    let mut answered = 0;
+    for i in 0..100 {
+        let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), "alice", "secret"));
+        c.allocate(w.now);
+        let msg = c.poll_transmit().unwrap();
+        let from = World::client_addr(&format!("198.51.100.62:{}", 10_000 + i));
+        if let ClientAction::ToClient { to, len } =
+            w.server.handle_client(w.now, from, &msg, &mut out)
+        {
+            assert_eq!(to, from);
+            assert!(c.handle_input(w.now, &out[..len]).is_none());
+            // The client took the challenge: its next message is the signed Allocate, not a
+            // retransmission of the first.
+            let next = c.poll_transmit().expect("a signed Allocate");
+            assert_ne!(next, msg);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 100);
+    assert_eq!(w.server.counters().auth_rate_limited, 0);
+}
+
+/// What one spoofed source can make the relay send toward the address it forges: bare 20-byte
+/// Allocates, 1,000 a second for 10 s. The 401s total at most the burst plus the refill, and no
+/// one-second window carries more than (burst + rate) × the 401's size; after the burst the
+/// sustained figure is the documented MAX_CHALLENGE_BYTES_PER_SECOND (2,480 B/s).
+#[test]
+fn a_spoofed_source_draws_a_bounded_number_of_401_bytes_per_second() {
+    use voxmesh::stun::{Class, MessageBuilder, TransactionId, method};
+    use voxmesh::turn::auth::{
+        CHALLENGE_BURST, CHALLENGE_BYTES, CHALLENGE_RATE, MAX_CHALLENGE_BYTES_PER_SECOND,
+    };
+    // The default realm and SOFTWARE, as a relayd started without --realm answers.
+    let cfg = TurnConfig {
+        relay_ips: vec![RELAY_V4.parse().unwrap()],
+        ..TurnConfig::default()
+    };
+    let mut w = World::new(cfg);
+    w.server.set_credentials(Credentials::new("voxmesh"));
+    let victim = World::client_addr("198.51.100.63:53");
+    let mut req = Vec::new();
+    MessageBuilder::new(
+        &mut req,
+        method::ALLOCATE,
+        Class::Request,
+        TransactionId::random(),
+    )
+    .finish();
+    assert_eq!(req.len(), 20, "the smallest request that draws a 401");
+    let start = w.now;
+    let mut per_second = vec![0u64; 10];
+    let mut out = Vec::new();
+    for ms in 0..10_000u64 {
+        let now = start + Duration::from_millis(ms);
+        if let ClientAction::ToClient { len, .. } =
+            w.server.handle_client(now, victim, &req, &mut out)
+        {
+            assert_eq!(len as u64, CHALLENGE_BYTES, "the documented 401 size");
+            per_second[(ms / 1000) as usize] += len as u64;
+        }
+    }
+    let (rate, burst) = (CHALLENGE_RATE as u64, CHALLENGE_BURST as u64);
+    assert_eq!(MAX_CHALLENGE_BYTES_PER_SECOND, 2_480);
+    assert_eq!(rate * CHALLENGE_BYTES, MAX_CHALLENGE_BYTES_PER_SECOND);
+    let total: u64 = per_second.iter().sum();
+    assert!(
+        total <= (burst + 10 * rate) * CHALLENGE_BYTES,
+        "{total} bytes in 10 s: {per_second:?}"
+    );
+    assert!(
+        per_second[0] <= (burst + rate) * CHALLENGE_BYTES,
+        "first second {per_second:?}"
+    );
+    assert!(
+        per_second[0] >= burst * CHALLENGE_BYTES,
+        "the burst is served: {per_second:?}"
+    );
+    for (s, bytes) in per_second.iter().enumerate().skip(1) {
+        // The refill lands within the second, give or take one response at the edges.
+        assert!(
+            bytes.abs_diff(MAX_CHALLENGE_BYTES_PER_SECOND) <= CHALLENGE_BYTES,
+            "second {s}: {bytes} bytes ({per_second:?})"
+        );
+    }
+}
+
+#[test]
+fn a_drain_with_nothing_live_is_over_at_once() {
+    let mut w = World::new(config());
+    w.server.start_drain(w.now + Duration::from_secs(30));
+    w.server.handle_timeout(w.now);
+    assert!(w.server.drained(), "nothing to wait for");
+}
+
+#[test]
+fn a_drain_ends_when_the_last_allocation_does() {
+    let mut w = World::new(config());
+    let (mut a, from_a, _) = allocated(&mut w, "alice", "secret", "198.51.100.72:4000");
+    let (mut b, from_b, _) = allocated(&mut w, "bob", "hunter2", "198.51.100.73:4000");
+    w.server.start_drain(w.now + Duration::from_secs(30));
+    w.server.handle_timeout(w.now);
+    assert!(!w.server.drained());
+    w.advance(Duration::from_secs(1), &mut []);
+    a.release(w.now);
+    w.pump(&mut a, from_a);
+    w.server.handle_timeout(w.now);
+    assert!(!w.server.drained(), "one allocation is still live");
+    b.release(w.now);
+    w.pump(&mut b, from_b);
+    w.server.handle_timeout(w.now);
+    assert!(w.server.drained(), "the last one is gone: 29 s early");
+    assert_eq!(w.server.allocations(), 0);
+}
+
 #[test]
 fn drain_refuses_new_allocations_and_caps_refreshes() {
     let mut cfg = config();

@@ -24,17 +24,17 @@ use crate::net::relay::{
     BoundListener, Listen, RelayOptions, bind_listeners, serve_relay, tls_config,
 };
 use crate::net::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
-use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
+use crate::net::{ShutdownSignal, serve_metrics};
 use crate::turn::peer_policy::local_addresses;
 use crate::turn::server::Transport;
-use crate::turn::{Cidr, Credentials, PeerPolicy, TurnConfig, TurnServer};
+use crate::turn::{Credentials, IpNet, PeerPolicy, TurnConfig, TurnServer, parse_allow_peer};
 
 /// A socket could not be bound, or a certificate, key or users file could not be used.
 pub const EXIT_SETUP: u8 = 4;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  stopped cleanly (SIGTERM/SIGINT, after the drain period)
+  0  stopped cleanly (SIGTERM/SIGINT, once drained)
   1  runtime failure
   2  bad flags or arguments (also: no credentials configured)
   4  cannot bind a socket, or read the certificate, key, users or secrets file
@@ -44,15 +44,19 @@ Exit status:
 Signals:
   SIGTERM, SIGINT  drain: new allocations get 300 ALTERNATE-SERVER (with --alternate-server) or
                    486; refreshes are capped to the drain time left; live allocations keep
-                   relaying for --drain seconds; then exit 0
-  SIGHUP           re-read --users and --auth-secret-file (the previous secrets stay accepted)
+                   relaying until they end or --drain seconds pass; then exit 0 (at once when
+                   no allocation is live)
+  SIGHUP           re-read --users and --auth-secret-file (the previous secrets stay accepted),
+                   and the host's own addresses (also re-read whenever one is added or removed)
 
 On start it prints one JSON line on stdout naming its listeners, e.g.
-  {\"event\":\"listening\",\"listen\":[{\"transport\":\"udp\",\"address\":\"198.51.100.1:3478\"}],\"relay_ips\":[\"198.51.100.1\"],\"metrics\":null,\"relay\":null}
+  {\"event\":\"listening\",\"listen\":[{\"transport\":\"udp\",\"address\":\"198.51.100.1:3478\"},{\"transport\":\"tcp\",\"address\":\"198.51.100.1:3478\"}],\"relay_ips\":[\"198.51.100.1\"],\"metrics\":null,\"relay\":null}
   (\"relay\" is this relay's ID when --supernode is given)
 
 Examples:
-  relayd --listen udp:198.51.100.1:3478 --listen tcp:198.51.100.1:3478 --users /etc/voxmesh/users
+  relayd --listen 198.51.100.1:3478 --users /etc/voxmesh/users   (UDP and TCP on port 3478)
+  relayd --listen 198.51.100.1:3478 --listen tls:198.51.100.1:5349 --cert c.pem --key k.pem ...
+                 (UDP, TCP and TLS on 3478, and TLS on the usual TURNS port 5349 as well)
   relayd --listen 203.0.113.5:3478 --auth-secret-file /etc/voxmesh/secrets --metrics 127.0.0.1:9479
   relayd --listen udp:10.0.0.5:3478 --external-ip 203.0.113.5 --relay-ports 50000-59999 ...
   relayd --listen udp:198.51.100.1:3478 --supernode vxn1...@198.51.100.9:3478   (the supernode mints credentials)";
@@ -68,16 +72,28 @@ Examples:
         minted from a shared secret (--auth-secret, --auth-secret-file: coturn's use-auth-secret \
         scheme, username EXPIRY:USER, password base64(HMAC-SHA1(secret, username))). Peers in \
         every block of the IANA special-purpose registries (private, loopback, link-local, \
-        documentation, NAT64, 6to4, Teredo, ...) are refused unless --allow-peer opens them; \
+        documentation, NAT64, 6to4, Teredo, ...) and the deprecated site-local fec0::/10 are refused \
+        unless --allow-peer opens them; \
         multicast, broadcast and the relay's own host are never peers, except its own live \
-        relayed addresses, which are delivered internally. Quotas per user, per source and in \
-        total, a bandwidth cap per allocation, and a rate limit on 401 responses bound what one \
-        client can take.",
+        relayed addresses, which are delivered internally; an IPv6 address that embeds an IPv4 \
+        one (::ffff:a.b.c.d, ::a.b.c.d, ::ffff:0:a.b.c.d, NAT64, 6to4, Teredo) is refused \
+        whenever that IPv4 address would be. Quotas per user, per source and in total (486 \
+        names the one hit), a bandwidth cap per allocation, and a rate limit on 401 responses \
+        bound what one client can take: a source gets 20 challenges a second after a burst of \
+        128, so a spoofed source can draw at most 20 x 124 = 2,480 bytes a second of 401s \
+        toward the address it forges (plus the burst, 15,872 bytes, once).",
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
-    /// Listen on TRANSPORT:ADDR (udp, tcp or tls; a bare ADDR is UDP). Repeat for several.
-    #[arg(short, long = "listen", value_name = "[udp|tcp|tls:]ADDR", default_values = ["udp:0.0.0.0:3478", "tcp:0.0.0.0:3478"])]
+    /// Listen on ADDR for every transport, or on TRANSPORT:ADDR for one (repeatable).
+    ///
+    /// A bare ADDR serves UDP and TCP on the same port number, and TLS on that same port too
+    /// when --cert and --key are given (a connection opening with a TLS handshake record, byte
+    /// 0x16, is TLS: TURN messages start with 0x00 or 0x01, ChannelData with 0x40-0x7F). Port 0
+    /// picks one free
+    /// port for both UDP and TCP. A udp:, tcp: or tls: prefix restricts the listener to that
+    /// transport (tls: on its own port, e.g. the usual TURNS port 5349).
+    #[arg(short, long = "listen", value_name = "[udp|tcp|tls:]ADDR", default_values = ["0.0.0.0:3478"])]
     pub listen: Vec<String>,
 
     /// Certificate chain (PEM) for TLS listeners.
@@ -124,15 +140,24 @@ pub struct Args {
     #[arg(long = "auth-secret-file", value_name = "FILE")]
     pub auth_secret_file: Option<PathBuf>,
 
-    /// Allow peers in this block even if it is special-purpose (repeatable).
-    #[arg(long = "allow-peer", value_name = "CIDR")]
-    pub allow_peer: Vec<Cidr>,
+    /// Allow peers in this block even if it is special-purpose (repeatable). A bare address is
+    /// a block of one; a block with host bits set (10.1.2.3/8) is refused as ambiguous.
+    #[arg(long = "allow-peer", value_name = "CIDR", value_parser = parse_allow_peer)]
+    pub allow_peer: Vec<IpNet>,
 
     /// Concurrent allocations per username.
+    ///
+    /// 64: a call needs one allocation (two with a separate RTCP port), so one account has
+    /// room for tens of calls across its devices, while a leaked credential holds at most 64
+    /// of the 16,384 relay ports of the default range (1/256 of the relay).
     #[arg(long = "user-quota", default_value_t = 64)]
     pub user_quota: u32,
 
     /// Concurrent allocations, and TCP/TLS connections, per client IPv4 address or IPv6 /64.
+    ///
+    /// 64: room for an office or household of callers behind one NAT address; and since
+    /// usernames cost nothing to mint with a shared secret, this is the quota that binds one
+    /// host, which then holds at most 1/256 of the default relay port range.
     #[arg(long = "source-quota", default_value_t = 64)]
     pub source_quota: u32,
 
@@ -158,7 +183,8 @@ pub struct Args {
     )]
     pub nonce_lifetime: u64,
 
-    /// Seconds to keep relaying after SIGTERM before exiting.
+    /// At most this many seconds of relaying for live allocations after SIGTERM (relayd exits
+    /// as soon as the last one ends, at once when there is none).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain: u64,
 
@@ -210,19 +236,20 @@ fn setup(msg: impl Into<String>) -> anyhow::Error {
     SetupError(msg.into()).into()
 }
 
-/// Parses `[udp|tcp|tls:]ADDR`.
+/// Parses `[udp|tcp|tls:]ADDR`: a bare ADDR serves every transport on one port.
 pub fn parse_listen(s: &str) -> anyhow::Result<Listen> {
     let (kind, addr) = match s.split_once(':') {
         Some((k @ ("udp" | "tcp" | "tls"), rest)) => (k, rest),
-        _ => ("udp", s),
+        _ => ("all", s),
     };
     let addr: SocketAddr = addr
         .parse()
         .map_err(|_| usage(format!("--listen '{s}': expected [udp|tcp|tls:]IP:PORT")))?;
     Ok(match kind {
+        "udp" => Listen::Udp(addr),
         "tcp" => Listen::Tcp(addr),
         "tls" => Listen::Tls(addr),
-        _ => Listen::Udp(addr),
+        _ => Listen::All(addr),
     })
 }
 
@@ -287,7 +314,7 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
     let mut relay_ips = args.relay_ip.clone();
     if relay_ips.is_empty() {
         for l in listen {
-            let (Listen::Udp(a) | Listen::Tcp(a) | Listen::Tls(a)) = l;
+            let a = l.addr();
             if !a.ip().is_unspecified() && !relay_ips.iter().any(|r| r.is_ipv4() == a.is_ipv4()) {
                 relay_ips.push(a.ip());
             }
@@ -322,9 +349,7 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
         };
         external_ips.push((private, public));
     }
-    let mut own = local_addresses();
-    own.extend(relay_ips.iter().copied());
-    own.extend(external_ips.iter().map(|(_, e)| *e));
+    let own = own_addresses(&relay_ips, &external_ips);
     Ok(TurnConfig {
         relay_ips,
         external_ips,
@@ -341,6 +366,15 @@ pub fn turn_config(args: &Args, listen: &[Listen]) -> anyhow::Result<TurnConfig>
         },
         ..TurnConfig::default()
     })
+}
+
+/// The addresses the peer policy treats as the relay host itself: every interface's, the relay
+/// addresses and the public ones reported for them.
+fn own_addresses(relay_ips: &[IpAddr], external_ips: &[(IpAddr, IpAddr)]) -> Vec<IpAddr> {
+    let mut own = local_addresses();
+    own.extend(relay_ips.iter().copied());
+    own.extend(external_ips.iter().map(|(_, e)| *e));
+    own
 }
 
 /// Raises the open-file limit to the hard limit: one relayed socket per allocation.
@@ -384,16 +418,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
         let listeners = bind_listeners(&listen, tls.clone())
-            .await
             .map_err(|e| setup(format!("cannot bind a listener: {e}")))?;
         let mut described = Vec::new();
         for l in &listeners {
-            let (t, a) = l.local_addr()?;
-            described.push(serde_json::json!({"transport": format!("{t:?}").to_lowercase(), "address": a}));
+            for (t, a) in l.endpoints()? {
+                described.push(serde_json::json!({"transport": format!("{t:?}").to_lowercase(), "address": a}));
+            }
         }
         let seed: [u8; 32] = rand::random();
         let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let relay_ips = config.relay_ips.clone();
+        let external_ips = config.external_ips.clone();
         let advertised = advertised_addrs(&listeners, &config)?;
         let base_creds = creds.clone();
         let core = TurnServer::new(config, creds, Instant::now(), unix, seed);
@@ -420,6 +455,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         let relay_id = link.as_ref().map(|l| l.id().to_string());
+        // Signal handlers go in before the "listening" line: whoever reads it may signal at
+        // once, and an unhandled SIGTERM or SIGHUP would kill the process without a drain.
+        use tokio::signal::unix::{SignalKind, signal as handle};
+        let handlers = || -> std::io::Result<_> {
+            Ok((handle(SignalKind::terminate())?, handle(SignalKind::interrupt())?, handle(SignalKind::hangup())?))
+        };
+        let (mut term, mut int, _hup) = handlers().context("cannot install signal handlers")?;
         let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr, "relay": relay_id});
         print_stdout(&format!("{line}\n"))?;
         // Credentials = the flags' (re-read on SIGHUP) + the secrets given to supernodes
@@ -428,12 +470,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         let (secrets_tx, secrets_rx) = watch::channel(SupernodeSecrets::new());
         let load = Arc::new(AtomicU32::new(0));
         let mut updates = None;
+        let mut link_task = None;
         if let Some(link) = link {
             let bind = link_bind_addr(relay_ips.first().copied());
             let socket = UdpSocket::bind(bind)
                 .await
                 .map_err(|e| setup(format!("cannot bind the supernode link socket on {bind}: {e}")))?;
-            tokio::spawn(run_relay_link(link, socket, load.clone(), secrets_tx, shutdown.clone()));
+            link_task = Some(tokio::spawn(run_relay_link(link, socket, load.clone(), secrets_tx, shutdown.clone())));
             let (tx, rx) = mpsc::channel(4);
             updates = Some(rx);
             let (base, mut secrets_rx) = (base.clone(), secrets_rx.clone());
@@ -447,6 +490,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             });
         }
         let reload_args = args.clone();
+        let (own_relay, own_external) = (relay_ips.clone(), external_ips);
         let options = RelayOptions {
             drain: Duration::from_secs(args.drain),
             reload: Some(Box::new(move || match load_credentials(&reload_args) {
@@ -460,6 +504,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     None
                 }
             })),
+            own_addresses: Some(Box::new(move || own_addresses(&own_relay, &own_external))),
             metrics: metrics_text,
             updates,
             load: Some(load),
@@ -471,10 +516,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             tokio::select! {
                 r = &mut relay => {
                     r.context("the relay failed")?;
+                    // The drain may end at once (nothing to drain): let the supernode link
+                    // send its goodbyes before the runtime goes, so the relay leaves the
+                    // offers now rather than when the supernodes time it out.
+                    if let Some(t) = link_task.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+                    }
                     break;
                 }
-                name = signal_shutdown(), if !stopping => {
-                    tracing::info!("{name}: draining for {} s", args.drain);
+                name = async { tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" } }, if !stopping => {
+                    tracing::info!("{name}: draining (for at most {} s)", args.drain);
                     signal.trigger();
                     stopping = true;
                 }
@@ -510,8 +561,13 @@ fn advertised_addrs(
         tcp: Vec::new(),
         tls: Vec::new(),
     };
-    for l in listeners {
-        let (t, mut a) = l.local_addr()?;
+    for (t, mut a) in listeners
+        .iter()
+        .map(BoundListener::endpoints)
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
         if a.ip().is_unspecified() {
             match config.relay_ips.iter().find(|r| r.is_ipv4() == a.is_ipv4()) {
                 Some(ip) => a.set_ip(*ip),

@@ -1,6 +1,7 @@
 //! Networking: socket set-up, batched UDP I/O, the metrics endpoint and shutdown plumbing.
 //! Only this module (and the binaries) touch tokio's networking and clocks.
 
+pub mod addr_watch;
 pub mod agent;
 pub mod batch;
 pub mod frames;

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::batch::{BATCH, RecvBatch, SendBatch};
-use super::{Shutdown, bind_udp};
+use super::{Shutdown, bind_udp, bind_udp_std};
 use crate::turn::server::{AllocId, ClientAction, ClientAddr, Event, PeerAction, Transport};
 use crate::turn::{Credentials, TurnServer, channel};
 
@@ -39,24 +39,49 @@ pub enum Listen {
     Udp(SocketAddr),
     Tcp(SocketAddr),
     Tls(SocketAddr),
+    /// UDP and TCP on one port number, and TLS on the TCP port too when a certificate is
+    /// given (told apart by the first byte, see [`TLS_HANDSHAKE`]). Port 0 picks one port for
+    /// both.
+    All(SocketAddr),
+}
+
+impl Listen {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Listen::Udp(a) | Listen::Tcp(a) | Listen::Tls(a) | Listen::All(a) => *a,
+        }
+    }
 }
 
 /// A bound listener, ready to serve.
 pub enum BoundListener {
     Udp(UdpSocket),
-    Tcp(TcpListener),
+    /// TCP; with an acceptor, a connection that opens with a TLS handshake record is TLS.
+    Tcp(TcpListener, Option<tokio_rustls::TlsAcceptor>),
     Tls(TcpListener, tokio_rustls::TlsAcceptor),
 }
 
 impl BoundListener {
-    pub fn local_addr(&self) -> io::Result<(Transport, SocketAddr)> {
+    /// What this listener serves, and where: a TCP listener that also takes TLS is both.
+    pub fn endpoints(&self) -> io::Result<Vec<(Transport, SocketAddr)>> {
         Ok(match self {
-            BoundListener::Udp(s) => (Transport::Udp, s.local_addr()?),
-            BoundListener::Tcp(l) => (Transport::Tcp, l.local_addr()?),
-            BoundListener::Tls(l, _) => (Transport::Tls, l.local_addr()?),
+            BoundListener::Udp(s) => vec![(Transport::Udp, s.local_addr()?)],
+            BoundListener::Tcp(l, None) => vec![(Transport::Tcp, l.local_addr()?)],
+            BoundListener::Tcp(l, Some(_)) => {
+                let a = l.local_addr()?;
+                vec![(Transport::Tcp, a), (Transport::Tls, a)]
+            }
+            BoundListener::Tls(l, _) => vec![(Transport::Tls, l.local_addr()?)],
         })
     }
 }
+
+/// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
+/// A STUN message's first byte holds method bits M11–M7 and class bit C1 (RFC 8489 §5); every
+/// method a TURN client sends (Binding 0x001, Allocate 0x003 to ChannelBind 0x009) is below
+/// 0x080, so that byte is 0x00 or 0x01; ChannelData starts with 0x40–0x7F (RFC 8656 §12.4).
+/// Neither can be mistaken for TLS, so one TCP port serves plain and TLS clients alike.
+pub const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Hooks the daemon gives the driver.
 pub struct RelayOptions {
@@ -64,6 +89,9 @@ pub struct RelayOptions {
     pub drain: Duration,
     /// Called on SIGHUP (and by tests) to re-read credentials; `None` to keep them.
     pub reload: Option<Box<dyn Fn() -> Option<Credentials>>>,
+    /// Reads the host's own addresses (the peer policy refuses them): called on SIGHUP and
+    /// whenever the kernel reports an address added or removed ([`super::addr_watch`]).
+    pub own_addresses: Option<Box<dyn Fn() -> Vec<std::net::IpAddr>>>,
     /// Rewritten with the Prometheus text every second (the metrics endpoint serves it).
     pub metrics: Option<Arc<std::sync::Mutex<String>>>,
     /// Credentials replaced while running (supernode secrets rotating).
@@ -207,10 +235,15 @@ impl Shared {
         }
     }
 
-    /// Closes the relayed sockets of released allocations.
+    /// Closes the relayed sockets of released allocations. During a drain, wakes the main loop
+    /// when one was released: it may have been the last, and then the relay stops at once.
     fn reap(&self) {
         let mut core = self.core.borrow_mut();
+        let draining = core.draining().is_some();
         while let Some(Event::Released { id, .. }) = core.poll_event() {
+            if draining {
+                self.timer.notify_one();
+            }
             let mut relays = self.relays.borrow_mut();
             if let Some(slot) = relays.get_mut(id.index as usize)
                 && slot.as_ref().is_some_and(|r| r.id == id)
@@ -240,7 +273,8 @@ fn bind_relay(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(std)
 }
 
-/// Serves until `shutdown` fires, then drains for `options.drain` and returns.
+/// Serves until `shutdown` fires, then drains: returns once the last allocation is gone, or
+/// after `options.drain` at the latest (at once when there is none).
 pub async fn serve_relay(
     core: TurnServer,
     listeners: Vec<BoundListener>,
@@ -293,6 +327,24 @@ pub async fn serve_relay(
             tasks.push(tokio::task::spawn_local(flusher(shared.clone())));
             let metrics = options.metrics.clone();
             let reload = options.reload;
+            let own_addresses = options.own_addresses;
+            let mut addr_watch = match own_addresses {
+                Some(_) => match super::addr_watch::AddrWatch::new() {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!("cannot watch the host's addresses (re-read on SIGHUP only): {e}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let reread_own = |shared: &Shared| {
+                if let Some(f) = &own_addresses {
+                    let own = f();
+                    tracing::info!("the host's own addresses re-read: {}", own.len());
+                    shared.core.borrow_mut().set_own_addresses(own);
+                }
+            };
             let load = options.load.clone();
             let mut updates = options.updates;
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -317,6 +369,16 @@ pub async fn serve_relay(
                         if let Some(creds) = reload.as_ref().and_then(|f| f()) {
                             tracing::info!("credentials reloaded");
                             shared.core.borrow_mut().set_credentials(creds);
+                        }
+                        reread_own(&shared);
+                    }
+                    r = async { match addr_watch.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                        match r {
+                            Ok(()) => reread_own(&shared),
+                            Err(e) => {
+                                tracing::warn!("lost the watch on the host's addresses (re-read on SIGHUP only): {e}");
+                                addr_watch = None;
+                            }
                         }
                     }
                 }
@@ -559,9 +621,13 @@ async fn relay_task(shared: Rc<Shared>, id: AllocId, sock: Rc<UdpSocket>) {
 }
 
 async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn: Rc<RefCell<u64>>) {
-    let (tcp, tls, transport) = match listener {
-        BoundListener::Tcp(l) => (l, None, Transport::Tcp),
-        BoundListener::Tls(l, a) => (l, Some(a), Transport::Tls),
+    // `sniff`: a plain TCP listener that takes TLS too, decided per connection.
+    let (tcp, tls, sniff) = match listener {
+        BoundListener::Tcp(l, a) => {
+            let sniff = a.is_some();
+            (l, a, sniff)
+        }
+        BoundListener::Tls(l, a) => (l, Some(a), false),
         BoundListener::Udp(_) => return,
     };
     let Ok(local) = tcp.local_addr() else { return };
@@ -581,33 +647,42 @@ async fn stream_listener(shared: Rc<Shared>, listener: BoundListener, next_conn:
             *n += 1;
             *n
         };
-        let client = ClientAddr {
-            transport,
+        let mut client = ClientAddr {
+            transport: Transport::Tcp,
             remote,
             local,
             conn,
         };
         let shared = shared.clone();
-        match &tls {
-            None => {
-                tokio::task::spawn_local(async move {
-                    stream_conn(shared, client, stream).await;
-                    drop(slot);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::task::spawn_local(async move {
-                    let _slot = slot;
+        let acceptor = tls.clone();
+        tokio::task::spawn_local(async move {
+            let _slot = slot;
+            // The handshake, and on a shared port the first byte, count against the same
+            // prompt limit as a first message.
+            let deadline = tokio::time::Instant::now() + STREAM_PROMPT;
+            let is_tls = match (&acceptor, sniff) {
+                (None, _) => false,
+                (Some(_), false) => true,
+                (Some(_), true) => {
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+                        Ok(Ok(1)) => first[0] == TLS_HANDSHAKE,
+                        _ => return,
+                    }
+                }
+            };
+            match acceptor.filter(|_| is_tls) {
+                None => stream_conn(shared, client, stream).await,
+                Some(acceptor) => {
+                    client.transport = Transport::Tls;
                     let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await;
+                        tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
                     if let Ok(Ok(s)) = handshake {
                         stream_conn(shared, client, s).await;
                     }
-                });
+                }
             }
-        }
+        });
     }
 }
 
@@ -740,28 +815,131 @@ fn close_stream(shared: &Shared, client: ClientAddr, writer: JoinHandle<()>) {
     writer.abort();
 }
 
-/// Binds the listeners of `spec`. TLS needs `tls`.
-pub async fn bind_listeners(
+/// Binds the listeners of `spec`. `tls:` needs `tls`; [`Listen::All`] serves TLS too when it
+/// is given. Errors name the address that could not be bound.
+pub fn bind_listeners(
     spec: &[Listen],
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> io::Result<Vec<BoundListener>> {
+    fn named(a: SocketAddr, what: &'static str) -> impl Fn(io::Error) -> io::Error {
+        move |e| io::Error::new(e.kind(), format!("{what} {a}: {e}"))
+    }
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut out = Vec::new();
     for l in spec {
-        out.push(match l {
-            Listen::Udp(a) => BoundListener::Udp(bind_udp(*a)?),
-            Listen::Tcp(a) => BoundListener::Tcp(TcpListener::bind(a).await?),
+        let a = l.addr();
+        match l {
+            Listen::Udp(a) => out.push(BoundListener::Udp(bind_udp(*a).map_err(named(*a, "udp"))?)),
+            Listen::Tcp(a) => out.push(BoundListener::Tcp(
+                bind_tcp(*a).map_err(named(*a, "tcp"))?,
+                None,
+            )),
             Listen::Tls(a) => {
-                let cfg = tls
+                let acceptor = acceptor
                     .clone()
                     .ok_or_else(|| io::Error::other("a TLS listener needs --cert and --key"))?;
-                BoundListener::Tls(
-                    TcpListener::bind(a).await?,
-                    tokio_rustls::TlsAcceptor::from(cfg),
-                )
+                out.push(BoundListener::Tls(
+                    bind_tcp(*a).map_err(named(*a, "tls"))?,
+                    acceptor,
+                ))
             }
-        });
+            Listen::All(_) => {
+                let (udp, tcp) = bind_same_port(a, bind_udp_std, bind_tcp_std, SAME_PORT_ATTEMPTS)
+                    .map_err(named(a, "udp+tcp"))?;
+                out.push(BoundListener::Udp(UdpSocket::from_std(udp)?));
+                out.push(BoundListener::Tcp(
+                    TcpListener::from_std(tcp)?,
+                    acceptor.clone(),
+                ));
+            }
+        }
     }
     Ok(out)
+}
+
+/// Ports tried for a [`Listen::All`] on port 0 before giving up: the kernel picks a free UDP
+/// port, and the same TCP port is taken by something else only rarely (each try fails with a
+/// chance of about the share of ports in use).
+pub const SAME_PORT_ATTEMPTS: u32 = 16;
+
+/// Binds UDP on `addr`, then TCP on the port UDP got. With port 0, when that port is taken for
+/// TCP, both are released and another port is tried, up to `attempts` times; with a fixed
+/// port there is nothing else to try. The binders are parameters so tests can make ports
+/// busy on demand.
+pub fn bind_same_port<U, T>(
+    addr: SocketAddr,
+    mut udp: impl FnMut(SocketAddr) -> io::Result<U>,
+    mut tcp: impl FnMut(SocketAddr) -> io::Result<T>,
+    attempts: u32,
+) -> io::Result<(U, T)>
+where
+    U: LocalAddr,
+{
+    let mut last = None;
+    // UDP sockets whose port TCP could not have stay bound until the end, so the kernel cannot
+    // hand the same port out again.
+    let mut rejected = Vec::new();
+    for _ in 0..attempts.max(1) {
+        let u = udp(addr)?;
+        let port = u.local_addr()?.port();
+        match tcp(SocketAddr::new(addr.ip(), port)) {
+            Ok(t) => return Ok((u, t)),
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => {
+                last = Some(e);
+                rejected.push(u);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "no port free for both UDP and TCP in {} tries (last: {})",
+            attempts.max(1),
+            last.map_or_else(String::new, |e| e.to_string())
+        ),
+    ))
+}
+
+/// A bound socket's address (implemented for the std sockets [`bind_same_port`] takes).
+pub trait LocalAddr {
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl LocalAddr for std::net::UdpSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        std::net::UdpSocket::local_addr(self)
+    }
+}
+
+impl LocalAddr for std::net::TcpListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        std::net::TcpListener::local_addr(self)
+    }
+}
+
+/// A non-blocking TCP listener on `addr` (SO_REUSEADDR, as every server wants: a restart is
+/// not refused by the last run's connections in TIME_WAIT; IPv6 only on IPv6 addresses, so an
+/// IPv4 listener on the same port can coexist).
+pub fn bind_tcp_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_tcp_std(addr)?)
 }
 
 /// A rustls server configuration from PEM certificate chain and key files.
@@ -787,4 +965,106 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::Ser
         .with_single_cert(certs, key)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy() -> io::Error {
+        io::Error::from(io::ErrorKind::AddrInUse)
+    }
+
+    /// Port 0: when the port UDP got is taken for TCP, another is tried, and the pair that
+    /// comes back shares one port number.
+    #[test]
+    fn port_zero_retries_until_udp_and_tcp_share_a_port() {
+        let mut refused = Vec::new();
+        let mut tries = 0;
+        let (udp, tcp) = bind_same_port(
+            "127.0.0.1:0".parse().unwrap(),
+            bind_udp_std,
+            |a| {
+                tries += 1;
+                if tries <= 3 {
+                    refused.push(a.port());
+                    return Err(busy());
+                }
+                bind_tcp_std(a)
+            },
+            SAME_PORT_ATTEMPTS,
+        )
+        .unwrap();
+        let port = udp.local_addr().unwrap().port();
+        assert_eq!(tcp.local_addr().unwrap().port(), port);
+        assert_eq!(tries, 4);
+        refused.push(port);
+        refused.sort();
+        refused.dedup();
+        assert_eq!(refused.len(), 4, "a different port each time: {refused:?}");
+    }
+
+    #[test]
+    fn port_zero_gives_up_after_a_bounded_number_of_tries() {
+        let mut tries = 0;
+        let e = bind_same_port(
+            "127.0.0.1:0".parse().unwrap(),
+            bind_udp_std,
+            |_| -> io::Result<std::net::TcpListener> {
+                tries += 1;
+                Err(busy())
+            },
+            5,
+        )
+        .unwrap_err();
+        assert_eq!(tries, 5);
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("in 5 tries"), "{e}");
+    }
+
+    /// A fixed port has no alternative: a TCP conflict is reported at once, a real one here.
+    #[test]
+    fn a_fixed_port_taken_for_tcp_fails_at_once() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let mut tries = 0;
+        let e = bind_same_port(
+            addr,
+            bind_udp_std,
+            |a| {
+                tries += 1;
+                bind_tcp_std(a)
+            },
+            SAME_PORT_ATTEMPTS,
+        )
+        .unwrap_err();
+        assert_eq!((tries, e.kind()), (1, io::ErrorKind::AddrInUse));
+    }
+
+    #[test]
+    fn tls_cannot_be_mistaken_for_stun_or_channel_data() {
+        use crate::stun::{Class, MessageBuilder, TransactionId, method};
+        assert!(!crate::turn::channel::is_channel_data(TLS_HANDSHAKE));
+        for m in [
+            method::BINDING,
+            method::ALLOCATE,
+            method::REFRESH,
+            method::SEND,
+            method::DATA,
+            method::CREATE_PERMISSION,
+            method::CHANNEL_BIND,
+        ] {
+            for class in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
+                let mut msg = Vec::new();
+                MessageBuilder::new(&mut msg, m, class, TransactionId::random()).finish();
+                assert!(msg[0] <= 0x01, "method {m:#x}: first byte {:#x}", msg[0]);
+                assert_ne!(msg[0], TLS_HANDSHAKE);
+            }
+        }
+    }
 }

@@ -249,8 +249,29 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// 401/438 challenges per second one source ([`source_key`]) earns, over UDP.
+pub const CHALLENGE_RATE: f64 = 20.0;
+/// Challenges one source may draw at once. Every allocation starts with one challenge (its
+/// first Allocate carries no credentials), so this is how many clients behind one address may
+/// connect at the same instant without a retransmission: 128 is twice the default source quota
+/// (64 allocations, each allowed one retry); `turnutils_uclient -y -m 50`, 65 first Allocates
+/// within about a second, connects at full speed (the old burst of 40 held three of them
+/// back for a retransmission).
+pub const CHALLENGE_BURST: f64 = 128.0;
+/// The size of a 401 with the default realm (`voxmesh`) and SOFTWARE: header 20, ERROR-CODE
+/// 24, REALM 12, NONCE 36 (32 characters), SOFTWARE 24, FINGERPRINT 8. Each 4 bytes of a
+/// longer realm add 4. A bare 20-byte Allocate draws one: 6.2 times its size.
+pub const CHALLENGE_BYTES: u64 = 124;
+/// The most a spoofed source can make the relay send to the address it forges, in 401 bytes
+/// per second, sustained: [`CHALLENGE_RATE`] × [`CHALLENGE_BYTES`] = 2,480 B/s. On top of that,
+/// once, the burst: 128 × 124 = 15,872 bytes, so no one-second window holds more than
+/// (128 + 20) × 124 = 18,352 bytes. (TCP and TLS clients are not limited: their handshake
+/// proves the address.)
+pub const MAX_CHALLENGE_BYTES_PER_SECOND: u64 = CHALLENGE_RATE as u64 * CHALLENGE_BYTES;
+
 /// A token bucket per source ([`source_key`]), in a bounded table: used to rate-limit 401
-/// responses so a flood of unauthenticated requests cannot turn the relay into a reflector.
+/// responses so a flood of unauthenticated requests cannot turn the relay into a reflector
+/// (see [`MAX_CHALLENGE_BYTES_PER_SECOND`]).
 /// When the table is full of live buckets (a flood from many spoofed sources), newcomers share
 /// one overflow bucket: they still get challenges, at the rate of one source.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ pub mod server;
 
 pub use auth::{Credentials, mint_rest_credential, rest_password};
 pub use client::{Op, Received, SendError, TurnClient, TurnClientConfig, TurnEvent};
-pub use peer_policy::{Cidr, PeerPolicy, Refusal};
+pub use peer_policy::{AllowPeerError, IpNet, PeerPolicy, Refusal, parse_allow_peer};
 pub use server::{
     AllocId, ClientAction, ClientAddr, Event, PeerAction, Transport, TurnConfig, TurnCounters,
     TurnServer,

@@ -3,101 +3,92 @@
 //! A relay is a packet cannon anyone with credentials can aim, so by default it refuses every
 //! address in the IANA IPv4 and IPv6 Special-Purpose Address Registries (private networks,
 //! loopback, link-local, documentation, benchmarking, translation prefixes, ...) and multicast.
-//! The table is built from IANA's own CSV files (`data/`), so updating it is a file copy.
-//! `--allow-peer CIDR` opens blocks (the lab needs 198.51.100.0/24 and 2001:db8::/32).
+//! The table is built from IANA's own CSV files (`data/`), so updating it is a file copy, plus
+//! the deprecated site-local `fec0::/10`, which IANA no longer lists. `--allow-peer CIDR`
+//! opens blocks (the lab needs 198.51.100.0/24 and 2001:db8::/32); a block with host bits set
+//! is refused at start-up ([`parse_allow_peer`]).
 //!
 //! Three rules no allow-list can override:
 //! - multicast and broadcast are never peers (with multicast loopback a group address reaches
 //!   the relay host's own services);
-//! - an IPv6 address that embeds an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64 in either
-//!   prefix, 6to4, Teredo's client and server) must also pass as that IPv4 address, so
-//!   `::ffff:127.0.0.1` and `64:ff9b::7f00:1` stay loopback;
+//! - an IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+//!   `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64 in `64:ff9b::/96` and
+//!   `64:ff9b:1::/48`, 6to4, Teredo's client and server) is decided as that IPv4 address: it is
+//!   refused whenever the IPv4 address would be, so `::ffff:0:127.0.0.1` and `64:ff9b::7f00:1`
+//!   stay loopback. The translation prefixes that are registry blocks (NAT64, 6to4, Teredo)
+//!   must in addition be opened by `--allow-peer`;
 //! - the relay host itself is never a peer: loopback, and the host's own addresses, whatever the
 //!   port — its listening and metrics ports and whatever else runs there. The one exception, a
 //!   live relayed address of this same relay (two callers on one relay), is handled by the server
-//!   core, which delivers such packets internally instead of sending them to itself.
+//!   core, which delivers such packets internally instead of sending them to itself. The host's
+//!   addresses are read at start-up and again on SIGHUP ([`local_addresses`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// An address block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    len: u8,
-}
+pub use ipnet::IpNet;
 
-/// Why a string is not a CIDR block.
+/// Why an `--allow-peer` value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not an address block like 198.51.100.0/24 or 2001:db8::/32")]
-pub struct CidrError(String);
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let err = || CidrError(s.to_string());
-        let (a, l) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.trim().parse().map_err(|_| err())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match l {
-            Some(l) => l.trim().parse::<u8>().map_err(|_| err())?,
-            None => max,
-        };
-        if len > max {
-            return Err(err());
-        }
-        Ok(Cidr { addr, len })
-    }
+pub enum AllowPeerError {
+    /// Not an address or an address block at all.
+    #[error("'{0}' is not an address block like 198.51.100.0/24 or 2001:db8::/32")]
+    NotABlock(String),
+    /// Bits set beyond the prefix length. Refused rather than normalised: `10.1.2.3/8` may mean
+    /// the network 10.0.0.0/8 or the one host 10.1.2.3, and guessing wrong either opens far
+    /// more of the network to the relay than meant (a security decision) or silently opens
+    /// less; an error at start-up costs the operator one edit and names both readings.
+    #[error(
+        "'{given}' has host bits set: write {network} for the whole block, or {host} for the one address"
+    )]
+    HostBits {
+        given: String,
+        network: IpNet,
+        host: IpNet,
+    },
 }
 
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
+/// Parses an `--allow-peer` value: a block `ADDR/LEN` with no host bits set, or a bare address
+/// (a block of one).
+pub fn parse_allow_peer(s: &str) -> Result<IpNet, AllowPeerError> {
+    let t = s.trim();
+    let net: IpNet = match t.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match t.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(AllowPeerError::NotABlock(s.to_string())),
+        },
+    };
+    if net.trunc() != net {
+        return Err(AllowPeerError::HostBits {
+            given: s.to_string(),
+            network: net.trunc(),
+            host: IpNet::from(net.addr()),
+        });
     }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_match(&net.octets(), &ip.octets(), self.len)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_match(&net.octets(), &ip.octets(), self.len)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn prefix_match(net: &[u8], ip: &[u8], len: u8) -> bool {
-    let full = (len / 8) as usize;
-    if net[..full] != ip[..full] {
-        return false;
-    }
-    let rest = len % 8;
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        net[full] & mask == ip[full] & mask
-    }
+    Ok(net)
 }
 
 /// One registry entry.
 #[derive(Clone, Debug)]
 pub struct SpecialBlock {
-    pub block: Cidr,
+    pub block: IpNet,
     pub name: String,
 }
 
 const IPV4_REGISTRY: &str = include_str!("../../data/iana-ipv4-special-registry.csv");
 const IPV6_REGISTRY: &str = include_str!("../../data/iana-ipv6-special-registry.csv");
 
-/// Every block of both registries, parsed once from the embedded CSV files.
+/// Blocks refused beside the registries: no longer special-purpose, so IANA's registry dropped
+/// them, yet still never a legitimate peer.
+const EXTRA_BLOCKS: &[(&str, &str)] = &[
+    // Site-local unicast, deprecated by RFC 3879 but still routed inside some networks as if it
+    // were private space (RFC 4291 §2.5.7 keeps the prefix reserved).
+    ("fec0::/10", "Site-Local (deprecated, RFC 3879)"),
+];
+
+/// Every block of both registries (parsed once from the embedded CSV files), then
+/// [`EXTRA_BLOCKS`].
 pub fn special_purpose_blocks() -> &'static [SpecialBlock] {
     static TABLE: OnceLock<Vec<SpecialBlock>> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -109,6 +100,12 @@ pub fn special_purpose_blocks() -> &'static [SpecialBlock] {
                 let block = block.parse().expect("registry blocks are CIDRs");
                 out.push(SpecialBlock { block, name });
             }
+        }
+        for (block, name) in EXTRA_BLOCKS {
+            out.push(SpecialBlock {
+                block: block.parse().expect("extra blocks are CIDRs"),
+                name: name.to_string(),
+            });
         }
         out
     })
@@ -139,11 +136,13 @@ fn csv_field(s: &str) -> String {
 pub fn special_block(ip: IpAddr) -> Option<&'static SpecialBlock> {
     special_purpose_blocks()
         .iter()
-        .filter(|b| b.block.contains(ip))
-        .max_by_key(|b| b.block.len)
+        .filter(|b| b.block.contains(&ip))
+        .max_by_key(|b| b.block.prefix_len())
 }
 
-/// IPv4 addresses carried inside an IPv6 address by the transition mechanisms.
+/// IPv4 addresses carried inside an IPv6 address by the transition mechanisms: IPv4-mapped,
+/// IPv4-compatible, IPv4-translated (SIIT), NAT64 (both well-known prefixes), 6to4 and Teredo
+/// (server and client).
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
     let o = ip.octets();
     let seg = ip.segments();
@@ -153,6 +152,10 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
         out.push(m);
     } else if seg[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
         // IPv4-compatible ::a.b.c.d (deprecated, RFC 4291 §2.5.5.1).
+        out.push(v4(o[12], o[13], o[14], o[15]));
+    } else if seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated ::ffff:0:a.b.c.d (SIIT, RFC 2765 §2.1): outside both registries, so
+        // only the IPv4 address inside can refuse it.
         out.push(v4(o[12], o[13], o[14], o[15]));
     }
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
@@ -211,8 +214,8 @@ impl Refusal {
 /// The relay's peer policy.
 #[derive(Clone, Debug, Default)]
 pub struct PeerPolicy {
-    /// Blocks opened with `--allow-peer`.
-    pub allow: Vec<Cidr>,
+    /// Blocks opened with `--allow-peer` (see [`parse_allow_peer`]).
+    pub allow: Vec<IpNet>,
     /// The host's own addresses (all interfaces), besides loopback.
     pub own: Vec<IpAddr>,
 }
@@ -240,7 +243,7 @@ impl PeerPolicy {
         if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
             return Err(Refusal::Multicast);
         }
-        if self.allow.iter().any(|c| c.contains(ip)) {
+        if self.allow.iter().any(|c| c.contains(&ip)) {
             return Ok(());
         }
         match special_block(ip) {
@@ -312,9 +315,13 @@ mod tests {
     #[test]
     fn both_registries_load_completely() {
         let blocks = special_purpose_blocks();
-        let v4 = blocks.iter().filter(|b| b.block.addr.is_ipv4()).count();
+        let v4 = blocks.iter().filter(|b| b.block.addr().is_ipv4()).count();
         let v6 = blocks.len() - v4;
-        assert_eq!((v4, v6), (25, 25), "every registry row becomes a block");
+        assert_eq!(
+            (v4, v6),
+            (25, 25 + 1),
+            "every registry row becomes a block, and site-local"
+        );
         assert!(blocks.iter().any(|b| b.name == "\"This network\""));
     }
 
@@ -335,21 +342,12 @@ mod tests {
         }
     }
 
-    fn first(c: Cidr) -> IpAddr {
-        c.addr
+    fn first(c: IpNet) -> IpAddr {
+        c.network()
     }
 
-    fn last(c: Cidr) -> IpAddr {
-        match c.addr {
-            IpAddr::V4(a) => {
-                let host = if c.len == 32 { 0 } else { u32::MAX >> c.len };
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) | host))
-            }
-            IpAddr::V6(a) => {
-                let host = if c.len == 128 { 0 } else { u128::MAX >> c.len };
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) | host))
-            }
-        }
+    fn last(c: IpNet) -> IpAddr {
+        c.broadcast()
     }
 
     #[test]
@@ -377,6 +375,28 @@ mod tests {
             ("v4-mapped loopback", &open, "::ffff:127.0.0.1", false),
             ("v4-mapped private", &lab, "::ffff:10.0.0.1", false),
             ("v4-mapped lab", &lab, "::ffff:198.51.100.3", true),
+            ("v4-compatible loopback", &open, "::127.0.0.1", false),
+            ("v4-compatible private", &lab, "::10.0.0.1", false),
+            ("v4-compatible public", &lab, "::8.8.8.8", true),
+            ("SIIT loopback", &open, "::ffff:0:127.0.0.1", false),
+            ("SIIT private", &lab, "::ffff:0:10.0.0.1", false),
+            ("SIIT own address", &open, "::ffff:0:203.0.114.7", false),
+            ("SIIT lab, as its IPv4", &lab, "::ffff:0:198.51.100.3", true),
+            ("SIIT public", &lab, "::ffff:0:8.8.8.8", true),
+            ("site-local", &lab, "fec0::1", false),
+            (
+                "site-local, last",
+                &lab,
+                "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                false,
+            ),
+            (
+                "site-local, allowed",
+                &policy(&["fec0::/10"]),
+                "fec0::1",
+                true,
+            ),
+            ("just past site-local", &lab, "ff00::1", false),
             ("NAT64 loopback", &open, "64:ff9b::7f00:1", false),
             (
                 "NAT64 public (prefix refused)",
@@ -426,6 +446,42 @@ mod tests {
                 "2001:0:808:808::f7f7:f7f7",
                 true,
             ),
+            (
+                "NAT64 own address",
+                &policy(&["64:ff9b::/96"]),
+                "64:ff9b::cb00:7207",
+                false,
+            ),
+            (
+                "local NAT64 /48 private, prefix allowed",
+                &policy(&["64:ff9b:1::/48"]),
+                "64:ff9b:1:a00:0:100::",
+                false,
+            ),
+            (
+                "local NAT64 /48 public, prefix allowed",
+                &policy(&["64:ff9b:1::/48"]),
+                "64:ff9b:1:808:8:800::",
+                true,
+            ),
+            (
+                "6to4 loopback",
+                &policy(&["2002::/16"]),
+                "2002:7f00:1::1",
+                false,
+            ),
+            (
+                "Teredo client private",
+                &policy(&["2001::/32"]),
+                "2001:0:808:808::f5ff:fffe",
+                false,
+            ),
+            (
+                "Teredo server private",
+                &policy(&["2001::/32"]),
+                "2001:0:a00:1::f7f7:f7f7",
+                false,
+            ),
             ("ULA", &lab, "fd00::1", false),
             ("v6 link-local", &lab, "fe80::1", false),
             ("v6 multicast", &lab, "ff02::1", false),
@@ -451,23 +507,54 @@ mod tests {
             vec![ip("1.2.3.4"), ip("1.2.3.4")]
         );
         assert_eq!(e("::1.2.3.4"), vec![ip("1.2.3.4")]);
+        assert_eq!(e("::ffff:0:1.2.3.4"), vec![ip("1.2.3.4")]);
+        assert!(e("::ffff:1:1.2.3.4").is_empty(), "not a translated form");
         assert!(e("::1").is_empty() && e("::").is_empty() && e("2a00::1").is_empty());
     }
 
     #[test]
-    fn cidr_parsing() {
-        assert!("198.51.100.0/24".parse::<Cidr>().is_ok());
-        assert!("2001:db8::/32".parse::<Cidr>().is_ok());
-        assert!(
-            "10.0.0.1"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("10.0.0.1".parse().unwrap())
+    fn allow_peer_blocks_parse_and_host_bits_are_refused() {
+        let ok = |s: &str| parse_allow_peer(s).unwrap().to_string();
+        assert_eq!(ok("198.51.100.0/24"), "198.51.100.0/24");
+        assert_eq!(ok("2001:db8::/32"), "2001:db8::/32");
+        assert_eq!(
+            ok(" 10.0.0.1 "),
+            "10.0.0.1/32",
+            "a bare address is a block of one"
         );
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("nonsense/8".parse::<Cidr>().is_err());
-        let c: Cidr = "10.128.0.0/9".parse().unwrap();
-        assert!(c.contains("10.200.1.1".parse().unwrap()));
-        assert!(!c.contains("10.1.1.1".parse().unwrap()));
+        assert_eq!(ok("fe80::1"), "fe80::1/128");
+        assert_eq!(ok("0.0.0.0/0"), "0.0.0.0/0");
+        let c = parse_allow_peer("10.128.0.0/9").unwrap();
+        assert!(c.contains(&"10.200.1.1".parse::<IpAddr>().unwrap()));
+        assert!(!c.contains(&"10.1.1.1".parse::<IpAddr>().unwrap()));
+        for bad in [
+            "10.0.0.0/33",
+            "nonsense/8",
+            "10.0.0.0/",
+            "::/129",
+            "",
+            "10.0.0.0/8/8",
+        ] {
+            assert_eq!(
+                parse_allow_peer(bad),
+                Err(AllowPeerError::NotABlock(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+        // Host bits set: refused, and the message offers both readings.
+        let e = parse_allow_peer("10.1.2.3/8").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'10.1.2.3/8' has host bits set: write 10.0.0.0/8 for the whole block, or \
+             10.1.2.3/32 for the one address"
+        );
+        assert!(matches!(
+            parse_allow_peer("2001:db8::1/32"),
+            Err(AllowPeerError::HostBits { .. })
+        ));
+        assert!(matches!(
+            parse_allow_peer("198.51.100.1/24"),
+            Err(AllowPeerError::HostBits { .. })
+        ));
     }
 }

@@ -75,15 +75,29 @@ pub struct TurnConfig {
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     pub nonce_lifetime: Duration,
-    /// Concurrent allocations per username, per client IP, and in total.
+    /// Concurrent allocations per username (default 64). A voice client needs one allocation
+    /// per call (two with a separate RTCP port), so 64 is tens of calls' headroom for one
+    /// account on several devices, while a leaked credential can hold no more than 64 of the
+    /// 16,384 relay ports of the default range (1/256): exhausting the relay takes 256 of them.
     pub user_quota: u32,
+    /// Concurrent allocations per client IPv4 address or IPv6 /64 (default 64; also the cap on
+    /// open TCP/TLS connections from one). Usernames cost nothing to mint with a shared secret,
+    /// so this is the quota that binds one host: 64 leaves room for an office or household of
+    /// callers behind one NAT address, and one host still holds at most 1/256 of the default
+    /// relay port range.
     pub source_quota: u32,
+    /// Concurrent allocations in total (default 100,000; one relayed socket each).
     pub total_quota: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
     /// Bytes per second per allocation, both directions together; `None` for no cap.
     pub bandwidth: Option<u64>,
-    /// 401 responses per second and burst, per source IP.
+    /// 401 responses per second and burst, per source IP (default [`CHALLENGE_RATE`] and
+    /// [`CHALLENGE_BURST`]; see [`MAX_CHALLENGE_BYTES_PER_SECOND`] for what that bounds).
+    ///
+    /// [`CHALLENGE_RATE`]: super::auth::CHALLENGE_RATE
+    /// [`CHALLENGE_BURST`]: super::auth::CHALLENGE_BURST
+    /// [`MAX_CHALLENGE_BYTES_PER_SECOND`]: super::auth::MAX_CHALLENGE_BYTES_PER_SECOND
     pub auth_rate: (f64, f64),
     /// Where to send new allocations while draining (300 ALTERNATE-SERVER); 486 without.
     pub alternate_server: Option<SocketAddr>,
@@ -108,7 +122,7 @@ impl Default for TurnConfig {
             max_permissions: 64,
             max_channels: 64,
             bandwidth: None,
-            auth_rate: (20.0, 40.0),
+            auth_rate: (super::auth::CHALLENGE_RATE, super::auth::CHALLENGE_BURST),
             alternate_server: None,
             policy: PeerPolicy::default(),
         }
@@ -341,6 +355,12 @@ impl TurnServer {
         self.creds = creds;
     }
 
+    /// Replaces the host's own addresses the peer policy refuses ([`PeerPolicy::own`]): the
+    /// driver re-reads them when the host's addresses change and on SIGHUP.
+    pub fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
+        self.config.policy.own = own;
+    }
+
     pub fn credentials(&self) -> &Credentials {
         &self.creds
     }
@@ -384,7 +404,10 @@ impl TurnServer {
         }
     }
 
-    /// Stop taking new allocations; keep relaying until `until`, capping refreshes to it.
+    /// Stop taking new allocations; keep relaying until `until`, capping refreshes to it, or
+    /// until the last allocation is gone, whichever comes first. Call
+    /// [`TurnServer::handle_timeout`] after it (and after any input that may have released an
+    /// allocation), then ask [`TurnServer::drained`].
     pub fn start_drain(&mut self, until: Instant) {
         self.drain_until = Some(until);
     }
@@ -393,7 +416,8 @@ impl TurnServer {
         self.drain_until
     }
 
-    /// The drain is over: nothing is relayed any more; the driver may exit.
+    /// The drain is over (its time ran out, or no allocation was left): nothing is relayed any
+    /// more; the driver may exit. Updated by [`TurnServer::handle_timeout`].
     pub fn drained(&self) -> bool {
         self.drained
     }
@@ -452,12 +476,18 @@ impl TurnServer {
         }
         let next = self.ports.expire(now);
         self.schedule_reservations(next);
-        if !self.drained && self.drain_until.is_some_and(|d| d <= now) {
-            let live: Vec<u32> = self.by_client.values().copied().collect();
-            for i in live {
-                self.free_allocation(i);
+        if let Some(until) = self.drain_until.filter(|_| !self.drained) {
+            if until <= now {
+                let live: Vec<u32> = self.by_client.values().copied().collect();
+                for i in live {
+                    self.free_allocation(i);
+                }
+                self.drained = true;
+            } else if self.live == 0 && self.pending.is_empty() {
+                // Nothing left to relay for, and no new allocation will come: waiting out the
+                // period would only delay a restart.
+                self.drained = true;
             }
-            self.drained = true;
         }
     }
 
@@ -812,13 +842,21 @@ impl TurnServer {
             .get(&source_key(from.remote.ip()))
             .copied()
             .unwrap_or(0);
-        if self.live >= self.config.total_quota as usize
-            || user_n >= self.config.user_quota
-            || source_n >= self.config.source_quota
-            || self.pending.len() >= MAX_PENDING
+        // The reason phrase names the quota (RFC 8489 §14.8 leaves the phrase to the server):
+        // a client over its own quota can release an allocation, one over the relay's cannot.
+        let hit = if user_n >= self.config.user_quota {
+            Some("Allocation Quota Reached (per user)")
+        } else if source_n >= self.config.source_quota {
+            Some("Allocation Quota Reached (per source)")
+        } else if self.live >= self.config.total_quota as usize || self.pending.len() >= MAX_PENDING
         {
+            Some("Allocation Quota Reached (total)")
+        } else {
+            None
+        };
+        if let Some(reason) = hit {
             self.counters.drop("quota");
-            return self.error(from, msg, 486, "Allocation Quota Reached", sign, out);
+            return self.error(from, msg, 486, reason, sign, out);
         }
         let lifetime = self.desired_lifetime(now, msg.u32_attr(attr::LIFETIME));
 
