@@ -1,6 +1,6 @@
 complete -c natprobe -s s -l server -d 'STUN server as HOST[:PORT] (default port 3478); repeat for several, in order of preference' -r
 complete -c natprobe -l lifetime-max -d 'Longest binding lifetime to search for, in seconds' -r
-complete -c natprobe -l blocked-after -d 'Total silence, in seconds, after which UDP counts as blocked (at most 3)' -r
+complete -c natprobe -l blocked-after -d 'Seconds after which UDP counts as blocked when no server has answered (0.62 to 3). Each server gets 33 requests spread over them: enough that a server reachable through 50% loss each way goes unheard less than once in 10,000 probes' -r
 complete -c natprobe -l json -d 'Print exactly one JSON object on stdout instead of the summary'
 complete -c natprobe -l lifetime -d 'Also measure how long an idle UDP binding lives (takes about that long)'
 complete -c natprobe -s 4 -l ipv4 -d 'Resolve server names to IPv4 addresses only'

@@ -1,18 +1,77 @@
-//! natprobe behind every lab NAT type, against supernoded and against coturn, clean and with
-//! 20% loss each way plus 150 ms of added round trip over five seeds. On the clean path every
-//! property must be exactly right; on the impaired path a property may be null (undecided),
-//! never wrong.
+//! natprobe behind every lab NAT type, against supernoded and against coturn: clean, at the 20%
+//! loss goal and at the 50% worst case the probe is designed for (each way, plus 150 ms of added
+//! round trip). On the clean path every property must be exactly right; on an impaired path a
+//! property may be null (undecided), never wrong, and at 20% loss at most 5% of runs may have a
+//! null. At 50% nulls are allowed and counted (the `IMPAIRED` line).
+//!
+//! The suite runs five seeds at 20% and two at 50% (each a lab box of its own, per server too at
+//! 50%; building boxes is much of this file's time). `scripts/check-natprobe-loss` runs the full
+//! 50% matrix, five seeds or more, through `NATPROBE_LAB_SEEDS_20` and `NATPROBE_LAB_SEEDS_50`.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use common::{COTURN_PORT, SUPERNODE_PORT, natprobe, start_coturn, start_supernoded};
 use serde_json::Value;
-use voxmesh::lab::{BoxOpts, FilterState, Lab, LabNat};
+use voxmesh::lab::{BoxInfo, BoxOpts, FilterState, Lab, LabNat};
 
-const IMPAIRMENT: &str = "loss=0.2,delay=75ms";
-const SEEDS: u64 = 5;
+/// The impaired paths: name, netem SPEC (both ways), the variable naming its seeds and their
+/// default, and the most share of runs allowed a null property.
+struct Level {
+    name: &'static str,
+    spec: &'static str,
+    seeds_var: &'static str,
+    seeds: (u64, u64),
+    null_bound: Option<f64>,
+    /// A box per seed and server, all probing at once, instead of a box per seed probing the
+    /// servers in turn: for the slow 50% level, where two probes in turn take 20 s or more.
+    box_per_server: bool,
+}
+
+const LEVELS: [Level; 2] = [
+    Level {
+        name: "20%",
+        spec: "loss=0.2,delay=75ms",
+        seeds_var: "NATPROBE_LAB_SEEDS_20",
+        seeds: (1, 5),
+        null_bound: Some(0.05),
+        box_per_server: false,
+    },
+    Level {
+        name: "50%",
+        spec: "loss=0.5,delay=75ms",
+        seeds_var: "NATPROBE_LAB_SEEDS_50",
+        seeds: (1, 2),
+        null_bound: None,
+        box_per_server: true,
+    },
+];
+
+impl Level {
+    /// Its seeds: the default, or `FIRST..=LAST` or `none` from its variable. At most 26 per
+    /// level: a lab holds 80 boxes, the clean one and one per seed at 20%, two at 50%.
+    fn seeds(&self) -> Vec<u64> {
+        let Ok(spec) = std::env::var(self.seeds_var) else {
+            return (self.seeds.0..=self.seeds.1).collect();
+        };
+        if spec.trim() == "none" {
+            return Vec::new();
+        }
+        let parsed = spec.split_once("..=").and_then(|(a, b)| {
+            let (a, b) = (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?);
+            (a <= b && b - a < 26).then(|| (a..=b).collect())
+        });
+        parsed.unwrap_or_else(|| {
+            panic!(
+                "{}={spec:?}: want FIRST..=LAST (at most 26 seeds) or none",
+                self.seeds_var
+            )
+        })
+    }
+}
 
 struct Want {
     nat: &'static str,
@@ -50,20 +109,49 @@ fn judge(r: &Value, want: &Want) -> (Vec<String>, Vec<&'static str>) {
     (wrong, nulls)
 }
 
+/// One impaired NAT box: its level (index into [`LEVELS`]), seed, and the servers (indices) it
+/// probes, one after another.
+struct Impaired {
+    level: usize,
+    seed: u64,
+    servers: Vec<usize>,
+    info: BoxInfo,
+}
+
 fn run(test: &str, opts: BoxOpts, v6: bool, want: Want) {
     if !Lab::ready_or_skip(test) || !common::coturn_or_skip(test) {
         return;
     }
+    let started = Instant::now();
     let mut lab = Lab::new().unwrap();
     let clean = lab.add(1, &opts).unwrap();
-    let impaired: Vec<_> = (1..=SEEDS)
-        .map(|seed| {
-            lab.add(1 + seed as u32, &opts.clone().impair(IMPAIRMENT, seed))
-                .unwrap()
-        })
-        .collect();
+    // A box per level and seed trying both servers in turn, or per server too. (Two probes
+    // never share a box at once: one probe's packets to the alternate address would open a
+    // per-box filter for the other.)
+    let mut impaired = Vec::new();
+    for (level, l) in LEVELS.iter().enumerate() {
+        let groups = if l.box_per_server {
+            vec![vec![0], vec![1]]
+        } else {
+            vec![vec![0, 1]]
+        };
+        for seed in l.seeds() {
+            for servers in &groups {
+                let index = impaired.len() as u32 + 2;
+                let info = lab.add(index, &opts.clone().impair(l.spec, seed)).unwrap();
+                let servers = servers.clone();
+                impaired.push(Impaired {
+                    level,
+                    seed,
+                    servers,
+                    info,
+                });
+            }
+        }
+    }
     let _sn = start_supernoded(&lab);
     let _coturn = start_coturn(&lab);
+    let setup = started.elapsed();
     let servers = if v6 {
         [
             format!("[2001:db8::1]:{SUPERNODE_PORT}"),
@@ -97,55 +185,90 @@ fn run(test: &str, opts: BoxOpts, v6: bool, want: Want) {
         }
     }
 
-    // Impaired path: never wrong; count what stays undecided. Each impaired box runs on its
-    // own thread (its own NAT, its own seed), trying both servers in turn.
-    let results: Vec<Vec<(usize, Value, i32)>> = std::thread::scope(|s| {
+    // Impaired paths: never wrong; count what stays undecided. Each impaired box runs on its
+    // own thread (its own NAT, its own seed).
+    let probing = Instant::now();
+    let results: Vec<(&Impaired, usize, Value, i32)> = std::thread::scope(|s| {
         let handles: Vec<_> = impaired
             .iter()
             .map(|b| {
                 let (lab, servers) = (&lab, &servers);
                 s.spawn(move || {
-                    (0..servers.len())
-                        .map(|i| {
-                            lab.reset(b.index).unwrap();
+                    b.servers
+                        .iter()
+                        .map(|&i| {
+                            lab.reset(b.info.index).unwrap();
                             let (r, code) =
-                                natprobe(lab, &b.hosts[0].ns, &["--server", &servers[i]]);
-                            (i, r, code)
+                                natprobe(lab, &b.info.hosts[0].ns, &["--server", &servers[i]]);
+                            (b, i, r, code)
                         })
-                        .collect()
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    let mut summary = String::new();
-    for (i, server) in servers.iter().enumerate() {
-        let mut null_count = std::collections::BTreeMap::<&str, u32>::new();
-        let mut durations = Vec::new();
-        for (b, runs) in impaired.iter().zip(&results) {
-            let (_, r, code) = runs.iter().find(|(j, _, _)| *j == i).unwrap();
-            let (wrong, nulls) = judge(r, &want);
-            assert!(
-                wrong.is_empty(),
-                "{test} vs {server}, impaired box {}: {wrong:?}\n{r:#}",
-                b.index
+    let mut summary = format!(
+        "{{\"test\":\"{test}\",\"boxes\":{},\"setup_s\":{:.1},\"impaired_s\":{:.1}}} ",
+        impaired.len() + 1,
+        setup.as_secs_f64(),
+        probing.elapsed().as_secs_f64()
+    );
+    let mut failures = Vec::new();
+    for (level, l) in LEVELS.iter().enumerate() {
+        let (name, spec) = (l.name, l.spec);
+        let mut runs = 0;
+        let mut runs_with_null = 0;
+        for (i, server) in servers.iter().enumerate() {
+            let mut null_count = BTreeMap::<&str, u32>::new();
+            let mut durations = Vec::new();
+            let (mut n, mut wrong_runs, mut null_runs) = (0, 0, 0);
+            for (b, _, r, code) in results
+                .iter()
+                .filter(|(b, j, _, _)| b.level == level && *j == i)
+            {
+                let what = format!(
+                    "{test} vs {server}, {name} loss, seed {}, box {}",
+                    b.seed, b.info.index
+                );
+                let (wrong, nulls) = judge(r, &want);
+                if !wrong.is_empty() {
+                    wrong_runs += 1;
+                    failures.push(format!("{what}: WRONG {wrong:?}\n{r:#}"));
+                }
+                if (want.nat != "udp-blocked" || nulls.is_empty()) && *code != expect_code {
+                    failures.push(format!("{what}: exit code {code}, want {expect_code}"));
+                }
+                null_runs += !nulls.is_empty() as u32;
+                for n in nulls {
+                    *null_count.entry(n).or_default() += 1;
+                }
+                durations.push(r["duration_ms"].as_f64().unwrap_or(0.0));
+                n += 1;
+            }
+            runs += n;
+            runs_with_null += null_runs;
+            let _ = write!(
+                summary,
+                "{{\"test\":\"{test}\",\"loss\":\"{name}\",\"spec\":\"{spec}\",\"server\":\"{server}\",\"runs\":{n},\"wrong\":{wrong_runs},\"null_runs\":{null_runs},\"nulls\":{},\"duration_ms\":{:?}}} ",
+                serde_json::to_string(&null_count).unwrap(),
+                durations.iter().map(|d| d.round()).collect::<Vec<_>>()
             );
-            if want.nat != "udp-blocked" || nulls.is_empty() {
-                assert_eq!(*code, expect_code, "{test} vs {server}: exit code");
-            }
-            for n in nulls {
-                *null_count.entry(n).or_default() += 1;
-            }
-            durations.push(r["duration_ms"].as_f64().unwrap_or(0.0));
         }
-        let _ = write!(
-            summary,
-            "{{\"test\":\"{test}\",\"server\":\"{server}\",\"runs\":{SEEDS},\"nulls\":{},\"duration_ms\":{:?}}} ",
-            serde_json::to_string(&null_count).unwrap(),
-            durations.iter().map(|d| d.round()).collect::<Vec<_>>()
-        );
+        if let Some(bound) = l.null_bound
+            && f64::from(runs_with_null) > bound * f64::from(runs)
+        {
+            failures.push(format!(
+                "{test}, {name} loss: {runs_with_null} of {runs} runs with a null property (at most {:.0}% allowed)",
+                bound * 100.0
+            ));
+        }
     }
     eprintln!("IMPAIRED {summary}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -5,6 +5,9 @@ mod defaults;
 mod probe;
 mod report;
 
-pub use defaults::{Timing, lifetime_schedule, silence_is_conclusive};
+pub use defaults::{
+    MIN_DISCOVERY_INTERVAL, Timing, answer_rate_lower_bound, lifetime_schedule,
+    silence_is_conclusive,
+};
 pub use probe::{Probe, ProbeConfig, Stage, Transmit};
 pub use report::{Behavior, Evidence, NatKind, Report, ServerReport, classify};

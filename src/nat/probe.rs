@@ -16,8 +16,10 @@
 //!
 //! 1. **Discovery.** Binding requests to the first server, then the others (see
 //!    [`Timing::stagger`]); RTT to each. The first server (in the order given) that advertises an
-//!    alternate address becomes the primary; if none answers at all within the budget, UDP is
-//!    blocked.
+//!    alternate address becomes the primary. A server that has not answered gets requests at a
+//!    fixed short interval, as many as it takes for their all being lost to be improbable under
+//!    a worst-case loss; if no server answers any, UDP is blocked (see [`Timing`] for the
+//!    numbers: 33 requests within 1.5 s).
 //! 2. **Filtering and hairpinning**, in rounds from the main socket, which so far has contacted
 //!    only the primary address A1:p1: CHANGE-REQUEST(ip+port) (answered from A2:p2: endpoint-
 //!    independent filtering), CHANGE-REQUEST(port) (from A1:p2: address-dependent at most), a
@@ -29,16 +31,20 @@
 //!    listed at the primary's IP and alternate port): an address-and-port-dependent filter would
 //!    then let the CHANGE-REQUEST(port) answers in, making a port-restricted cone look restricted.
 //! 3. **Mapping**: the main socket asks A2:p1 and A2:p2 (RFC 5780 §4.3 tests II and III).
-//! 4. **Lifetime** (optional): sockets bound at one instant are each probed once, at increasing
-//!    delays, by a request from another socket whose RESPONSE-PORT points the answer at the
-//!    probed socket's mapping (RFC 5780 §4.6); the lifetime lies between the last delay the
-//!    binding survived and the first it did not.
+//! 4. **Lifetime** (optional): sockets bound at one instant are each probed at increasing delays,
+//!    by requests from another socket whose RESPONSE-PORT points the answer at the probed
+//!    socket's mapping (RFC 5780 §4.6), tried until one is answered or their silence is
+//!    conclusive next to control requests; the lifetime lies between the last delay the binding
+//!    survived and the first it did not.
+//!
+//! Every "no" (a filter, no hairpinning, an expired binding, an unreachable server) is decided by
+//! one rule, [`silence_is_conclusive`]; see [`Timing`] for how it bounds wrong answers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::defaults::{Timing, lifetime_schedule, silence_is_conclusive};
+use super::defaults::{Timing, answer_rate_lower_bound, lifetime_schedule, silence_is_conclusive};
 use super::report::{Behavior, Evidence, NatKind, Report, ServerReport, classify};
 use crate::stun::timers::RttEstimator;
 use crate::stun::{
@@ -78,7 +84,8 @@ const MAIN: usize = 0;
 const HAIRPIN: usize = 1;
 const LIFETIME_Y: usize = 2;
 const LIFETIME_X0: usize = 3;
-/// Lifetime probe points lost to outages before the search gives up.
+/// Lifetime probe points left undecided (an outage, or loss too heavy to tell) before the search
+/// gives up.
 const MAX_OUTAGES: u32 = 3;
 /// Transactions older than this are forgotten (bounded memory whatever the server does).
 const TXN_MAX_AGE: Duration = Duration::from_secs(30);
@@ -107,6 +114,7 @@ enum Ask {
     /// and path were up, so a missing probe answer means the binding, not an outage.
     LifetimeControl {
         i: usize,
+        try_: usize,
     },
 }
 
@@ -127,10 +135,25 @@ struct Server {
     next_send: Option<Instant>,
     requests: u32,
     responses: u32,
+    /// When each request went out while it had not answered yet (at most
+    /// [`Timing::blocked_probes`]): the evidence that it is unreachable.
+    unanswered: Vec<Instant>,
     rtts: Vec<Duration>,
     mapped: Option<SocketAddr>,
     other: Option<SocketAddr>,
     done: bool,
+}
+
+impl Server {
+    /// When the silence of a server that never answered becomes conclusive: the moment its
+    /// last needed request has waited [`Timing::answer_wait`]. `None` until all are sent.
+    fn silent_by(&self, t: &Timing) -> Option<Instant> {
+        if self.responses > 0 {
+            return None;
+        }
+        let n = t.blocked_probes() as usize;
+        self.unanswered.get(n - 1).map(|&sent| sent + t.answer_wait)
+    }
 }
 
 /// A yes/no test answered by a response arriving (yes) or by conclusive silence (no).
@@ -186,19 +209,18 @@ struct LifetimeSocket {
     last_seen: Option<Instant>,
     bind_attempts: u32,
     next_bind: Option<Instant>,
-    probe_attempts: u32,
+    /// The tries of this point's probe, each sent with a control.
+    tries: Vec<Round>,
     next_probe: Option<Instant>,
     /// Survived (true) or expired (false) at `at`.
     outcome: Option<bool>,
     /// For an expiry: how long after `last_seen` the binding was known to be gone, i.e. when
-    /// the last attempt's answer was due. Later than `at` when lost answers spread the attempts
-    /// over several RTOs; the reported range ends here so that it still holds the lifetime.
+    /// the last counted try's answer was due. Later than `at` by the tries a conclusive silence
+    /// took; the reported range ends here so that it still holds the lifetime.
     expired_by: Option<Duration>,
-    /// Never got a binding (its requests all went unanswered), or its probes went unanswered
-    /// while the server did not answer controls either: says nothing about lifetime.
+    /// Never got a binding (its requests all went unanswered), or its probes' silence stayed
+    /// inconclusive (too few controls answered): says nothing about lifetime.
     excluded: bool,
-    /// A control request sent with this point's probes was answered.
-    control_seen: bool,
 }
 
 #[derive(Debug)]
@@ -206,7 +228,7 @@ struct Lifetime {
     sockets: Vec<LifetimeSocket>,
     done: bool,
     unsupported: bool,
-    /// Probe points lost to server or path outages (no control answered).
+    /// Probe points left undecided: a server or path outage, or loss too heavy to tell.
     outages: u32,
 }
 
@@ -255,6 +277,7 @@ impl Probe {
                 next_send: None,
                 requests: 0,
                 responses: 0,
+                unanswered: Vec::new(),
                 rtts: Vec::new(),
                 mapped: None,
                 other: None,
@@ -325,7 +348,7 @@ impl Probe {
         if self.is_done() {
             return None;
         }
-        let budget = self.config.timing.blocked_budget;
+        let t = &self.config.timing;
         let mut next: Option<Instant> = None;
         let mut at = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -337,7 +360,11 @@ impl Probe {
                 continue;
             }
             at(s.next_send);
-            at(s.started.map(|t| t + budget));
+            if s.responses == 0 {
+                at(s.silent_by(t));
+            } else {
+                at(s.started.map(|start| start + t.blocked_budget));
+            }
         }
         if self.servers[0].started.is_some()
             && self
@@ -345,15 +372,21 @@ impl Probe {
                 .iter()
                 .any(|s| s.started.is_none() && !s.deferred)
         {
-            at(Some(self.start + self.config.timing.stagger));
+            at(Some(self.start + t.stagger));
         }
         if let (Some(b), false) = (&self.behaviour, self.behaviour_done) {
             at(Some(b.next_round));
         }
-        if let Some(l) = &self.lifetime {
+        if let (Some(l), Some(b)) = (&self.lifetime, &self.behaviour) {
+            let settle = b.rtt.rto(t.rto_floor, t.answer_wait) * t.settle_rtos;
             for s in &l.sockets {
                 at(s.next_bind);
                 at(s.next_probe);
+                if s.outcome.is_none() && !s.excluded && s.next_probe.is_none() {
+                    // All tries sent: the last one settling decides the point. (While tries
+                    // are still going out, each send re-judges the point.)
+                    at(s.tries.last().map(|r| r.sent + settle));
+                }
             }
         }
         next
@@ -504,12 +537,13 @@ impl Probe {
                     s.next_probe = Some(now + s.at);
                 }
             }
-            Ask::LifetimeControl { i } => {
+            Ask::LifetimeControl { i, try_ } => {
                 if let Some(l) = &mut self.lifetime
                     && socket == LIFETIME_Y
                     && ok
+                    && let Some(r) = l.sockets[i].tries.get_mut(try_)
                 {
-                    l.sockets[i].control_seen = true;
+                    r.control_ok = true;
                 }
             }
             Ask::LifetimeProbe { i } => {
@@ -590,13 +624,23 @@ impl Probe {
                 }
             }
         }
+        let needed = t.blocked_probes() as usize;
         for i in 0..self.servers.len() {
             let s = &self.servers[i];
             let Some(started) = s.started else { continue };
             if s.done {
                 continue;
             }
-            if now >= started + t.blocked_budget {
+            // Unreachable: its requests' silence is conclusive under the worst-case loss (see
+            // `defaults`). Sampling an answering server ends with the window.
+            let finished = if s.responses == 0 {
+                let waited = s.unanswered.iter();
+                let due = waited.filter(|&&sent| sent + t.answer_wait <= now).count();
+                silence_is_conclusive(due as u32, t.worst_answer_rate(), t.false_negative)
+            } else {
+                now >= started + t.blocked_budget
+            };
+            if finished {
                 self.servers[i].done = true;
                 self.servers[i].next_send = None;
                 continue;
@@ -606,15 +650,16 @@ impl Probe {
                 self.send(now, MAIN, to, Ask::Discover { server: i }, |_| {});
                 let s = &mut self.servers[i];
                 s.requests += 1;
-                let pace = if s.responses == 0 {
-                    t.discovery_interval
+                s.next_send = if s.responses == 0 {
+                    // Silent so far: a fixed short interval, and no more than the rule needs.
+                    s.unanswered.push(now);
+                    (s.unanswered.len() < needed).then(|| now + t.discovery_interval())
                 } else {
                     // Sampling an answering server: retransmit at its RTO.
                     let mut est = RttEstimator::default();
                     s.rtts.iter().for_each(|r| est.sample(*r));
-                    est.rto(t.rto_floor, t.discovery_interval)
+                    Some(now + est.rto(t.rto_floor, t.answer_wait))
                 };
-                s.next_send = Some(now + pace);
             }
         }
     }
@@ -699,7 +744,7 @@ impl Probe {
     fn drive_behaviour(&mut self, now: Instant) {
         let t = self.config.timing.clone();
         let b = self.behaviour.as_mut().expect("behaviour started");
-        let rto = b.rtt.rto(t.rto_floor, t.discovery_interval);
+        let rto = b.rtt.rto(t.rto_floor, t.answer_wait);
         let settle = rto * t.settle_rtos;
 
         // 1. Decide what the evidence so far allows (answers arrive any time; silence becomes
@@ -716,7 +761,8 @@ impl Probe {
                 let end = settled.min(first_round + max);
                 let window = &rounds[first_round.min(end)..end];
                 let controls = window.iter().filter(|r| r.control_ok).count() as u32;
-                if silence_is_conclusive(window.len() as u32, controls, t.false_negative) {
+                let rate = answer_rate_lower_bound(window.len() as u32, controls);
+                if silence_is_conclusive(window.len() as u32, rate, t.false_negative) {
                     *q = Question::No;
                 } else if window.len() >= max {
                     *q = Question::Undecided(format!(
@@ -840,12 +886,11 @@ impl Probe {
                 last_seen: None,
                 bind_attempts: 0,
                 next_bind: Some(now),
-                probe_attempts: 0,
+                tries: Vec::new(),
                 next_probe: None,
                 outcome: None,
                 expired_by: None,
                 excluded: false,
-                control_seen: false,
             })
             .collect();
         self.lifetime = Some(Lifetime {
@@ -859,8 +904,9 @@ impl Probe {
     fn drive_lifetime(&mut self, now: Instant) {
         let t = self.config.timing.clone();
         let Some(b) = &self.behaviour else { return };
-        let (a1, rto) = (b.a1, b.rtt.rto(t.rto_floor, t.discovery_interval));
+        let (a1, rto) = (b.a1, b.rtt.rto(t.rto_floor, t.answer_wait));
         let srtt = b.rtt.srtt().unwrap_or(rto);
+        let try_interval = (srtt / 4).max(t.rto_floor);
         let Some(l) = &mut self.lifetime else { return };
         if l.done {
             return;
@@ -871,33 +917,42 @@ impl Probe {
                 .push("lifetime: the server does not support RESPONSE-PORT".into());
             return;
         }
-        // Binds and probes out of attempts are settled first, so that the stop rule below sees
-        // every outcome known by now: checked before, it waited for some later timer to notice,
-        // and waited forever when none was left (an expiry at the last point of the schedule).
+        // Binds out of attempts and probes whose silence is decided are settled first, so that
+        // the stop rule below sees every outcome known by now: checked before, it waited for
+        // some later timer to notice, and waited forever when none was left (an expiry at the
+        // last point of the schedule).
+        let settle = rto * t.settle_rtos;
         for s in &mut l.sockets {
             if s.next_bind.is_some_and(|at| at <= now) && s.bind_attempts >= t.max_rounds {
                 s.next_bind = None;
                 s.excluded = true;
             }
-            let due = s.next_probe.filter(|at| *at <= now);
-            if let Some(due) = due
-                && s.outcome.is_none()
-                && s.probe_attempts >= t.lifetime_attempts
-            {
-                s.next_probe = None;
-                if !s.control_seen {
-                    // The server did not answer controls either: an outage, not an expiry.
-                    s.excluded = true;
-                    l.outages += 1;
-                    continue;
-                }
+            if s.outcome.is_some() || s.excluded || s.tries.is_empty() {
+                continue;
+            }
+            // The same rule as every "no" (see `defaults`): the tries whose answers are overdue,
+            // judged against the controls answered with them.
+            let settled = s
+                .tries
+                .iter()
+                .take_while(|r| r.sent + settle <= now)
+                .count();
+            let window = &s.tries[..settled.min(t.max_rounds as usize)];
+            let controls = window.iter().filter(|r| r.control_ok).count() as u32;
+            let q = answer_rate_lower_bound(window.len() as u32, controls);
+            if silence_is_conclusive(window.len() as u32, q, t.false_negative) {
                 s.outcome = Some(false);
-                // The last attempt went out one RTO before `due`; its answer was due one RTT
-                // after that.
-                let answer_due = due - rto + srtt;
+                s.next_probe = None;
+                // Gone by the time the last counted try's answer would have come back.
+                let answer_due = window[window.len() - 1].sent + srtt;
                 s.expired_by = s
                     .last_seen
                     .map(|seen| answer_due.saturating_duration_since(seen));
+            } else if window.len() >= t.max_rounds as usize {
+                // Too few controls answered to tell an expiry from loss: an outage.
+                s.next_probe = None;
+                s.excluded = true;
+                l.outages += 1;
             }
         }
         // Stop at two consecutive expiries after the last survival, or when no socket is left
@@ -925,11 +980,18 @@ impl Probe {
                 s.next_bind = Some(now + rto);
                 sends.push((LIFETIME_X0 + i, Ask::LifetimeBind { i }, None));
             }
-            if s.next_probe.is_some_and(|at| at <= now) && s.outcome.is_none() {
-                s.probe_attempts += 1;
-                s.next_probe = Some(now + rto);
+            if s.next_probe.is_some_and(|at| at <= now) && s.outcome.is_none() && !s.excluded {
+                let try_ = s.tries.len();
+                s.tries.push(Round {
+                    sent: now,
+                    control_ok: false,
+                });
+                // Tries are separate transactions, so they need not wait for each other: a
+                // quarter SRTT apart keeps the many a "no" may need within a short span.
+                let more = s.tries.len() < t.max_rounds as usize;
+                s.next_probe = more.then(|| now + try_interval);
                 sends.push((LIFETIME_Y, Ask::LifetimeProbe { i }, s.mapped_port));
-                sends.push((LIFETIME_Y, Ask::LifetimeControl { i }, None));
+                sends.push((LIFETIME_Y, Ask::LifetimeControl { i, try_ }, None));
             }
         }
         for (socket, ask, port) in sends {
@@ -1087,10 +1149,8 @@ impl Probe {
                 .iter()
                 .filter(|r| {
                     r.sent
-                        + b.rtt.rto(
-                            self.config.timing.rto_floor,
-                            self.config.timing.discovery_interval,
-                        )
+                        + b.rtt
+                            .rto(self.config.timing.rto_floor, self.config.timing.answer_wait)
                         <= now
                 })
                 .collect();

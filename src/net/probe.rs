@@ -119,7 +119,10 @@ pub async fn run_probe(
             on_stage(stage);
         }
         let deadline = probe.poll_timeout();
+        // Datagrams already received go in before a due timer: on a busy host an answer that
+        // arrived in time must not be judged missing because its timer was polled first.
         tokio::select! {
+            biased;
             got = rx.recv() => match got {
                 Some((i, from, data)) => probe.handle_input(Instant::now(), i, from, &data),
                 None => probe.handle_timeout(Instant::now()),
