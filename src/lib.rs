@@ -14,6 +14,8 @@
 //!   endpoint: handshakes, transactions, keepalives, replay window, cookies and rate limits.
 //! - [`call`]: calls: signalling, end-to-end keys, call state, connectivity (ICE, RFC 8445).
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
+//! - [`media`]: call media, sans-IO: RTP-style framing, end-to-end sealing, Opus, jitter buffer,
+//!   FEC and PLC, receiver reports, DTMF events.
 //! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
 //! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
 //! - [`cli`]: flag definitions shared by the binaries, completions and man pages.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod directory;
 pub mod identity;
 pub mod lab;
+pub mod media;
 pub mod mesh;
 pub mod nat;
 pub mod net;

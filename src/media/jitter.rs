@@ -1,0 +1,498 @@
+//! The receive side's jitter buffer: packets in, 20 ms frames of PCM out, on the audio side's
+//! clock.
+//!
+//! # Model
+//!
+//! Time is in samples at 48 kHz on both clocks: the sender's (RTP timestamps, unwrapped to 64
+//! bits) and ours (`now`, counted from the session's start). A packet's *transit* is its arrival
+//! on our clock minus its timestamp: the network delay plus a constant clock offset nobody needs
+//! to know. The buffer decodes slot after slot in timestamp order; `next_ts` is the next one.
+//! When the audio side pulls a frame at `now`, the *playout offset* is `now - next_ts`, and the
+//! packet for `next_ts` is in time exactly when its transit is at most that offset.
+//!
+//! The offset's target is the configured quantile of recent transits (plus one packet when
+//! packets carry FEC, see [`PlayoutConfig`]). Each slot is then one of (NetEQ's vocabulary,
+//! which the call-quality work will refine with time-stretching instead of whole frames):
+//!
+//! - **normal**: its packet is here; decode it.
+//! - **accelerate**: its packet and the next are here but the offset is more than a packet over
+//!   target: decode it (keeping the decoder's state right) and drop the audio.
+//! - **expand**: its packet is missing and the offset is under target (or nothing at all is
+//!   buffered): it may still come, so conceal one packet's length without advancing. The
+//!   offset grows; a late packet is then played, not lost.
+//! - **FEC / PLC**: its packet is missing, a later one is here and we are on or behind target:
+//!   the slot is lost. If the very next packet is here and carries FEC, rebuild the slot from
+//!   it; otherwise decoder PLC. Missing slots further behind than the target are skipped, not
+//!   concealed one by one, so an outage does not leave a permanent delay behind.
+//! - **comfort noise**: the missing stretch is DTX silence (the next packet's sequence number
+//!   follows the last one played, so nothing was lost): the decoder's comfort noise, and the
+//!   cheapest place to move the offset either way.
+//!
+//! With nothing buffered at all (late, lost or DTX, cannot tell yet) the buffer expands up to
+//! its delay bound (`max_delay` over the fastest transit), then lets the timeline move on with
+//! PLC. Which it was shows when the next packet comes: a sequence number that follows the last
+//! one played relabels the waiting as comfort noise; a skip over the gap relabels it as PLC.
+//! So the statistics say what each concealed slot stood for, after the fact.
+//!
+//! Skips and accelerations move in whole packets, so decoding stays on the sender's frame grid
+//! (a pull lands anywhere within a frame of the target; that is not lateness). In speech the
+//! offset only grows by expanding when a packet is missing; it is re-anchored to the target in
+//! silence, which is why two talkspurts may play at delays a frame apart.
+//!
+//! Late packets (their slot already played or concealed) are dropped and counted; so are
+//! duplicates. The buffer holds at most `capacity` packets: when full, the oldest goes. If the
+//! audio side stalls so that the offset passes the delay bound with packets waiting, the stale
+//! ones are dropped at once rather than played late or fast.
+//!
+//! What the call-quality work will change, and where: time-stretching instead of whole-frame
+//! accelerate/expand (the decisions in `step`), and clock drift (the transit window already
+//! follows a drifting offset; a resampler would absorb it between the decoder and the FIFO).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::codec::{Decoder, RATE, has_fec, packet_samples};
+use super::config::PlayoutConfig;
+
+/// Concealment granularity: Opus decodes in multiples of 2.5 ms.
+const GRAIN: i64 = 120;
+
+/// How the audio of a frame was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    /// Playout has not started (nothing received yet): digital silence.
+    Idle,
+    /// Decoded from its own packet.
+    Normal,
+    /// Rebuilt from the next packet's in-band FEC.
+    Fec,
+    /// Decoder concealment of a lost packet.
+    Plc,
+    /// Decoder concealment while waiting for a late packet (playout delay grows).
+    Expand,
+    /// Decoder comfort noise in DTX silence.
+    ComfortNoise,
+}
+
+/// One frame of playout: mono 48 kHz PCM.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub pcm: Vec<f32>,
+    /// How the newest audio in this frame was made.
+    pub kind: FrameKind,
+}
+
+/// Why a packet was not buffered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its slot was already played or concealed.
+    Late,
+    /// A packet for its timestamp is already buffered.
+    Duplicate,
+    /// Not a valid Opus packet.
+    Undecodable,
+}
+
+/// What the buffer did, in slots (packets' worth of audio).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PlayoutStats {
+    pub normal: u64,
+    pub fec: u64,
+    pub plc: u64,
+    pub expand: u64,
+    pub comfort_noise: u64,
+    pub accelerate: u64,
+    /// Frames handed out before playout started.
+    pub idle_frames: u64,
+    /// Audio skipped over in gaps, ms.
+    pub skipped_ms: f64,
+    /// Packets dropped because the buffer was full.
+    pub overflow: u64,
+    /// Packets that failed to decode after being buffered.
+    pub decode_errors: u64,
+    /// Target buffering over the fastest recent packet, ms.
+    pub target_delay_ms: f64,
+    /// Buffering over the fastest recent packet at the last frame, ms.
+    pub delay_ms: f64,
+}
+
+struct Buffered {
+    seq: u64,
+    payload: Vec<u8>,
+    dur: i64,
+    fec: bool,
+}
+
+/// The jitter buffer and the decoder behind it.
+pub struct JitterBuffer {
+    cfg: PlayoutConfig,
+    decoder: Decoder,
+    /// By unwrapped timestamp.
+    packets: BTreeMap<i64, Buffered>,
+    /// The next slot to decode; `None` until playout starts.
+    next_ts: Option<i64>,
+    /// Sequence number of the last packet decoded, to tell DTX silence from loss.
+    last_seq: Option<u64>,
+    /// Length of the last packet, the unit of concealment.
+    last_dur: i64,
+    /// Packets in the transit window that carried FEC: while any did, the target leaves room
+    /// for one (a per-packet flag would make the target jump at every pause in speech, where
+    /// the encoder codes no FEC).
+    fec_in_window: usize,
+    /// Highest unwrapped timestamp seen, the reference for unwrapping.
+    ts_ref: Option<i64>,
+    /// (transit, carried FEC) of the last `window` packets.
+    transits: VecDeque<(i64, bool)>,
+    fifo: VecDeque<f32>,
+    scratch: Vec<f32>,
+    last_kind: FrameKind,
+    /// Expand slots since the last packet played: relabelled comfort noise if the next packet
+    /// shows the gap was DTX silence (or loss concealment if it shows a loss).
+    expand_run: u64,
+    /// Concealed slots since the last packet played, with nothing buffered and the delay bound
+    /// reached: relabelled comfort noise if the gap turns out to be silence.
+    waiting_run: u64,
+    stats: PlayoutStats,
+}
+
+impl JitterBuffer {
+    pub fn new(cfg: PlayoutConfig, decoder: Decoder) -> JitterBuffer {
+        let last_dur = cfg.frame.samples() as i64;
+        JitterBuffer {
+            transits: VecDeque::with_capacity(cfg.window),
+            cfg,
+            decoder,
+            packets: BTreeMap::new(),
+            next_ts: None,
+            last_seq: None,
+            last_dur,
+            fec_in_window: 0,
+            ts_ref: None,
+            fifo: VecDeque::new(),
+            scratch: Vec::new(),
+            last_kind: FrameKind::Idle,
+            expand_run: 0,
+            waiting_run: 0,
+            stats: PlayoutStats::default(),
+        }
+    }
+
+    /// Unwraps a 32-bit timestamp to the value nearest the highest seen.
+    pub fn unwrap_ts(&mut self, ts: u32) -> i64 {
+        let ext = match self.ts_ref {
+            None => i64::from(ts),
+            Some(r) => r + i64::from(ts.wrapping_sub(r as u32) as i32),
+        };
+        self.ts_ref = Some(self.ts_ref.map_or(ext, |r| r.max(ext)));
+        ext
+    }
+
+    /// Buffers an authenticated Opus packet with extended sequence number `seq` and unwrapped
+    /// timestamp `ts` (from [`unwrap_ts`](Self::unwrap_ts)) that arrived at `arrival` (samples
+    /// on our clock).
+    pub fn insert(
+        &mut self,
+        arrival: i64,
+        seq: u64,
+        ts: i64,
+        payload: Vec<u8>,
+    ) -> Result<(), Refused> {
+        let dur = i64::from(packet_samples(&payload).ok_or(Refused::Undecodable)?);
+        let fec = has_fec(&payload);
+        // Late packets count too: they are exactly the ones telling the delay to grow.
+        if self.transits.len() == self.cfg.window
+            && let Some((_, old_fec)) = self.transits.pop_front()
+        {
+            self.fec_in_window -= usize::from(old_fec);
+        }
+        self.transits.push_back((arrival - ts, fec));
+        self.fec_in_window += usize::from(fec);
+        if self.next_ts.is_some_and(|n| ts < n) {
+            return Err(Refused::Late);
+        }
+        if self.packets.contains_key(&ts) {
+            return Err(Refused::Duplicate);
+        }
+        self.packets.insert(
+            ts,
+            Buffered {
+                seq,
+                payload,
+                dur,
+                fec,
+            },
+        );
+        if self.packets.len() > self.cfg.capacity
+            && let Some((old_ts, old)) = self.packets.pop_first()
+        {
+            self.stats.overflow += 1;
+            let past = old_ts + old.dur;
+            self.next_ts = Some(self.next_ts.map_or(past, |n| n.max(past)));
+            self.last_seq = Some(old.seq);
+        }
+        Ok(())
+    }
+
+    /// (target offset, fastest transit) over the window, samples.
+    fn target(&self) -> Option<(i64, i64)> {
+        if self.transits.is_empty() {
+            return None;
+        }
+        let mut t: Vec<i64> = self.transits.iter().map(|&(t, _)| t).collect();
+        t.sort_unstable();
+        let q = t[((t.len() - 1) as f64 * self.cfg.quantile).round() as usize];
+        let min = t[0];
+        let margin = if self.fec_in_window > 0 {
+            self.last_dur
+        } else {
+            0
+        };
+        Some(((q + margin).min(min + self.max_delay()), min))
+    }
+
+    fn max_delay(&self) -> i64 {
+        samples_of(self.cfg.max_delay)
+    }
+
+    /// Drops the packets that end before `desired` and moves the next slot up to it (on the
+    /// frame grid, never past a packet still buffered); returns the new next slot.
+    fn drop_stale(&mut self, n: i64, desired: i64) -> i64 {
+        let mut dropped = 0;
+        while let Some(e) = self.packets.first_entry() {
+            if *e.key() + e.get().dur > desired {
+                break;
+            }
+            let p = e.remove();
+            self.last_seq = Some(p.seq);
+            dropped += p.dur;
+        }
+        let unit = self.last_dur.max(GRAIN);
+        let mut to = n + ((desired - n).max(0) / unit) * unit;
+        if let Some((&t, _)) = self.packets.first_key_value() {
+            to = to.min(t);
+        }
+        let to = to.max(n);
+        self.skipped((to - n).max(dropped));
+        self.next_ts = Some(to);
+        to
+    }
+
+    /// Accounts `samples` of the timeline skipped. What was concealed while waiting (expand)
+    /// stood in for the audio now skipped: it was loss concealment after all.
+    fn skipped(&mut self, samples: i64) {
+        self.stats.skipped_ms += samples as f64 * 1000.0 / f64::from(RATE);
+        let slots = (samples + self.last_dur - 1) / self.last_dur.max(1);
+        let run = self.expand_run.min(slots.max(0) as u64);
+        self.expand_run -= run;
+        self.stats.expand -= run;
+        self.stats.plc += run;
+    }
+
+    /// The next frame of playout at `now` (samples on our clock).
+    pub fn pop(&mut self, now: i64) -> Frame {
+        let want = self.cfg.frame.samples();
+        let mut first: Option<FrameKind> = None;
+        // Each step yields audio or consumes a packet, so this ends; the bound is a backstop.
+        for _ in 0..4 * self.cfg.capacity + 16 {
+            if self.fifo.len() >= want {
+                break;
+            }
+            let before = self.fifo.len();
+            match self.step(now) {
+                None => break,
+                Some(k) if self.fifo.len() > before => {
+                    first.get_or_insert(k);
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some((target, min)) = self.target() {
+            let ms = |s: i64| s as f64 * 1000.0 / f64::from(RATE);
+            self.stats.target_delay_ms = ms(target - min);
+            if let Some(n) = self.next_ts {
+                self.stats.delay_ms = ms(now - n - min).max(0.0);
+            }
+        }
+        if self.fifo.len() < want {
+            // Not started: silence, and the decoder stays untouched.
+            self.stats.idle_frames += 1;
+            let mut pcm: Vec<f32> = self.fifo.drain(..).collect();
+            pcm.resize(want, 0.0);
+            return Frame {
+                pcm,
+                kind: FrameKind::Idle,
+            };
+        }
+        if let Some(k) = first {
+            self.last_kind = k;
+        }
+        Frame {
+            pcm: self.fifo.drain(..want).collect(),
+            kind: self.last_kind,
+        }
+    }
+
+    /// The statistics so far.
+    pub fn stats(&self) -> &PlayoutStats {
+        &self.stats
+    }
+
+    /// Decides and produces one slot. `None`: playout has not started.
+    fn step(&mut self, now: i64) -> Option<FrameKind> {
+        let (target, min) = self.target()?;
+        let bound = min + self.max_delay();
+        let mut n = match self.next_ts {
+            Some(n) => n,
+            None => {
+                let (&first, _) = self.packets.first_key_value()?;
+                if now - first < target {
+                    return None;
+                }
+                self.next_ts = Some(first);
+                first
+            }
+        };
+        let next_seq = self.packets.first_key_value().map(|(_, p)| p.seq);
+        if !self.packets.contains_key(&n) && self.last_seq.is_some_and(|s| next_seq == Some(s + 1))
+        {
+            // The next packet follows the last one played: what was concealed while waiting
+            // was DTX silence (or a hold), not a stall or a loss.
+            let run = std::mem::take(&mut self.expand_run);
+            self.stats.expand -= run;
+            let waited = std::mem::take(&mut self.waiting_run);
+            self.stats.plc -= waited;
+            self.stats.comfort_noise += run + waited;
+        }
+        if now - n > bound && !self.packets.is_empty() {
+            // Far behind (the audio side stalled, or the peer's clock jumped): the audio up to
+            // the target is stale; drop it instead of playing it late or fast.
+            n = self.drop_stale(n, now - target);
+        }
+        let offset = now - n;
+        if let Some(p) = self.packets.remove(&n) {
+            self.expand_run = 0;
+            self.waiting_run = 0;
+            self.next_ts = Some(n + p.dur);
+            self.last_seq = Some(p.seq);
+            self.last_dur = p.dur;
+            let accelerate =
+                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
+            self.scratch.clear();
+            let ok = self.decode_into_scratch(&p.payload);
+            if accelerate {
+                self.stats.accelerate += 1;
+                return Some(FrameKind::Normal);
+            }
+            if !ok {
+                self.conceal(p.dur);
+                self.stats.plc += 1;
+                return Some(FrameKind::Plc);
+            }
+            self.fifo.extend(self.scratch.drain(..));
+            self.stats.normal += 1;
+            return Some(FrameKind::Normal);
+        }
+        let Some((later_ts, later_seq, later_fec, later_dur)) = self
+            .packets
+            .first_key_value()
+            .map(|(&t, p)| (t, p.seq, p.fec, p.dur))
+        else {
+            // Nothing buffered: late, lost or silent, cannot tell yet. Wait (conceal without
+            // advancing) while within the delay bound; past it, let the timeline move on.
+            self.conceal(self.last_dur);
+            if offset < bound {
+                self.stats.expand += 1;
+                self.expand_run += 1;
+                return Some(FrameKind::Expand);
+            }
+            self.next_ts = Some(n + self.last_dur);
+            self.stats.plc += 1;
+            self.waiting_run += 1;
+            return Some(FrameKind::Plc);
+        };
+        let silent = self.last_seq.is_some_and(|s| later_seq == s + 1);
+        if offset < target {
+            self.conceal(self.last_dur);
+            return Some(if silent {
+                self.stats.comfort_noise += 1;
+                FrameKind::ComfortNoise
+            } else {
+                self.stats.expand += 1;
+                self.expand_run += 1;
+                FrameKind::Expand
+            });
+        }
+        let fec = !silent && later_fec;
+        // Skip what is behind target, keeping the slot FEC can rebuild.
+        let end = if fec { later_ts - later_dur } else { later_ts };
+        let desired = now - target;
+        if desired > n && end > n {
+            // Whole packets only, so what follows stays on the sender's frame grid (a pull
+            // lands anywhere within a frame of the target; that is not lateness).
+            let unit = self.last_dur.max(GRAIN);
+            let jump = ((desired.min(end) - n) / unit) * unit;
+            if jump > 0 {
+                n += jump;
+                self.skipped(jump);
+            }
+        }
+        let gap = ((later_ts - n) / GRAIN) * GRAIN;
+        if gap <= 0 {
+            // Skipped up to the packet (or its timestamp is off the 2.5 ms grid): play it next.
+            self.next_ts = Some(later_ts);
+            return Some(FrameKind::Normal);
+        }
+        let d = gap.min(self.last_dur.max(GRAIN));
+        self.next_ts = Some(n + d);
+        if fec && n + d == later_ts {
+            self.scratch.clear();
+            let next = &self.packets[&later_ts].payload;
+            match self.decoder.recover(next, d as usize, &mut self.scratch) {
+                Ok(_) => {
+                    self.fifo.extend(self.scratch.drain(..));
+                    self.stats.fec += 1;
+                    return Some(FrameKind::Fec);
+                }
+                Err(_) => self.stats.decode_errors += 1,
+            }
+        }
+        self.conceal(d);
+        Some(if silent {
+            self.stats.comfort_noise += 1;
+            FrameKind::ComfortNoise
+        } else {
+            self.stats.plc += 1;
+            FrameKind::Plc
+        })
+    }
+
+    fn decode_into_scratch(&mut self, payload: &[u8]) -> bool {
+        match self.decoder.decode(payload, &mut self.scratch) {
+            Ok(_) => true,
+            Err(_) => {
+                self.stats.decode_errors += 1;
+                false
+            }
+        }
+    }
+
+    fn conceal(&mut self, samples: i64) {
+        self.scratch.clear();
+        let samples = samples.max(GRAIN) as usize;
+        if self.decoder.conceal(samples, &mut self.scratch).is_err() {
+            self.stats.decode_errors += 1;
+            self.scratch.clear();
+        }
+        // Whatever the decoder did, the slot's length is what the timeline needs.
+        self.scratch.resize(samples, 0.0);
+        self.fifo.extend(self.scratch.drain(..));
+    }
+}
+
+/// Samples of `d` at 48 kHz.
+pub fn samples_of(d: Duration) -> i64 {
+    (d.as_nanos() * u128::from(RATE) / 1_000_000_000) as i64
+}

@@ -1,0 +1,621 @@
+//! [`MediaSession`]: one call's media, both directions, as a sans-IO state machine.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::codec::{CodecError, Decoder, Encoded, Encoder, FrameDuration, OpusSettings, RATE};
+use super::config::MediaConfig;
+use super::dtmf::{DtmfDigit, DtmfError, DtmfReceiver, DtmfSender, EventPayload, Outgoing};
+use super::jitter::{Frame, JitterBuffer, PlayoutStats, Refused, samples_of};
+use super::packet::PayloadType;
+use super::report::{PeerReport, ReceptionStats, Report, report_clock, round_trip};
+use super::seal::{KeyError, MediaKeys, OpenError, Opener, Role, Sealer};
+
+/// Why a session could not be made or an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The keys cannot be used (see [`KeyError`]).
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A setting is out of range; the message names it.
+    #[error("media config: {0}")]
+    Config(&'static str),
+    /// libopus refused a setting or failed to encode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Something the application should know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The peer pressed a digit (each digit once).
+    Dtmf(DtmfDigit),
+    /// The peer's receiver report arrived: how our audio fares there, and the round trip.
+    Report(PeerReport),
+}
+
+/// What we sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SendStats {
+    pub audio_packets: u64,
+    /// Opus payload bytes (before sealing).
+    pub audio_bytes: u64,
+    /// Frames not sent because they were DTX silence.
+    pub dtx_frames: u64,
+    pub dtmf_packets: u64,
+    pub reports: u64,
+    /// Datagrams dropped because the driver did not poll them in time.
+    pub queue_overflow: u64,
+}
+
+/// What we received and used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReceiveStats {
+    /// Datagrams that authenticated and were used (every other input is in [`Drops`]).
+    pub accepted: u64,
+    /// Audio packets that authenticated, late ones included (they arrived, just too late).
+    pub audio_packets: u64,
+    pub audio_bytes: u64,
+    pub dtmf_packets: u64,
+    pub reports: u64,
+    /// Audio packets the peer sent as far as we can tell (RFC 3550 A.3).
+    pub expected: u64,
+    /// Audio packets lost on the way (cumulative; late ones count as received).
+    pub lost: i64,
+    /// Loss in the last report interval, 0..=1.
+    pub fraction_lost: f64,
+    /// RFC 3550 interarrival jitter.
+    pub jitter_ms: f64,
+    /// Audio packets that arrived after a later one.
+    pub reordered: u64,
+}
+
+/// Inputs dropped, by reason. Each datagram given to
+/// [`handle_input`](MediaSession::handle_input) is counted once: here or in
+/// [`ReceiveStats::accepted`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// Not our header, or too short.
+    pub malformed: u64,
+    /// A payload type we do not speak.
+    pub unknown_type: u64,
+    /// Another stream id than the peer's.
+    pub wrong_stream: u64,
+    /// Index seen before: a network duplicate or a replay.
+    pub duplicate: u64,
+    /// Older than the replay window.
+    pub too_old: u64,
+    /// Failed authentication: tampered, forged, reflected or under another key.
+    pub forged: u64,
+    /// Authenticated but its payload is invalid (not Opus, not a keypad event, not a report).
+    pub bad_payload: u64,
+    /// Audio that came after its slot was played or concealed, or a second copy of a slot.
+    pub late: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.malformed
+            + self.unknown_type
+            + self.wrong_stream
+            + self.duplicate
+            + self.too_old
+            + self.forged
+            + self.bad_payload
+            + self.late
+    }
+}
+
+/// A snapshot of everything measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MediaStats {
+    pub sent: SendStats,
+    pub received: ReceiveStats,
+    pub drops: Drops,
+    pub playout: PlayoutStats,
+    /// Latest round trip from the report echo.
+    pub rtt_ms: Option<f64>,
+    /// The peer's latest report.
+    pub peer: Option<PeerReport>,
+    /// The encoder's current bitrate and expected loss.
+    pub bitrate: u32,
+    pub loss_percent: u8,
+}
+
+/// One call's media, both directions: Opus encoding and decoding, end-to-end sealing, the
+/// jitter buffer, receiver reports and DTMF. Sans-IO: it never reads a clock, touches a socket
+/// or spawns anything; time comes in as `now` on every call and must not go backwards.
+///
+/// Inputs:
+/// - [`handle_input`](Self::handle_input): a datagram from the peer (the driver's demultiplexer
+///   sends it here when its first byte is 128-191).
+/// - [`send_audio`](Self::send_audio): captured PCM (48 kHz mono), any amount; every whole
+///   frame is encoded, sealed and queued. [`skip_audio`](Self::skip_audio) for time not sent.
+/// - [`send_dtmf`](Self::send_dtmf): a digit to send as RFC 4733 events.
+/// - [`handle_timeout`](Self::handle_timeout): when [`poll_timeout`](Self::poll_timeout) says.
+///
+/// Outputs, to drain after each input, in any order:
+/// - [`poll_transmit`](Self::poll_transmit): sealed datagrams for the peer.
+/// - [`poll_event`](Self::poll_event): digits received, the peer's reports.
+/// - [`poll_timeout`](Self::poll_timeout): when to call `handle_timeout` next.
+///
+/// Playout: [`pop_frame`](Self::pop_frame), pulled by the audio side every frame (20 ms).
+///
+/// Settings: [`set_opus`](Self::set_opus) and its shorthands change the encoder mid-call.
+pub struct MediaSession {
+    config: MediaConfig,
+    /// Our clock's zero: the media (48 kHz) and report clocks count from here.
+    epoch: Instant,
+    sealer: Sealer,
+    opener: Opener,
+    encoder: Encoder,
+    /// Captured PCM short of a frame.
+    pending: Vec<f32>,
+    /// Timestamp of the next frame to encode (48 kHz, unwrapped).
+    send_ts: i64,
+    /// The next audio packet starts a talkspurt (marker bit).
+    talkspurt: bool,
+    jitter: JitterBuffer,
+    reception: ReceptionStats,
+    dtmf_tx: DtmfSender,
+    dtmf_rx: DtmfReceiver,
+    dtmf_out: Vec<Outgoing>,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    next_report: Instant,
+    /// The peer's last report: its clock reading and when it arrived (for LSR/DLSR).
+    peer_clock: Option<(u32, Instant)>,
+    peer: Option<PeerReport>,
+    rtt: Option<Duration>,
+    /// Smoothed loss the peer reports, 0..=1, what FEC is sized for.
+    loss_estimate: f64,
+    sent: SendStats,
+    received: ReceiveStats,
+    drops: Drops,
+}
+
+impl MediaSession {
+    /// A session starting at `now`, with this call's keys and our `role` in the handshake that
+    /// made them.
+    pub fn new(
+        now: Instant,
+        keys: &MediaKeys,
+        role: Role,
+        config: MediaConfig,
+    ) -> Result<MediaSession, MediaError> {
+        config.validate().map_err(MediaError::Config)?;
+        let (sealer, opener) = keys.for_role(role, config.stream)?;
+        let encoder = Encoder::new(config.opus)?;
+        let jitter = JitterBuffer::new(config.playout.clone(), Decoder::new()?);
+        Ok(MediaSession {
+            epoch: now,
+            sealer,
+            opener,
+            encoder,
+            pending: Vec::with_capacity(FrameDuration::Ms60.samples()),
+            send_ts: 0,
+            talkspurt: true,
+            jitter,
+            reception: ReceptionStats::default(),
+            dtmf_tx: DtmfSender::new(config.dtmf.clone()),
+            dtmf_rx: DtmfReceiver::new(&config.dtmf),
+            dtmf_out: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_report: now + config.report_interval,
+            peer_clock: None,
+            peer: None,
+            rtt: None,
+            // Until the first report, what the configuration expects.
+            loss_estimate: f64::from(config.opus.loss_percent) / 100.0,
+            sent: SendStats::default(),
+            received: ReceiveStats::default(),
+            drops: Drops::default(),
+            config,
+        })
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// A datagram from the peer. Never fails: what is not usable is dropped and counted in
+    /// [`Drops`].
+    pub fn handle_input(&mut self, now: Instant, datagram: &[u8]) {
+        let opened = match self.opener.open(datagram) {
+            Ok(o) => o,
+            Err(e) => {
+                let d = &mut self.drops;
+                *match e {
+                    OpenError::Malformed => &mut d.malformed,
+                    OpenError::UnknownType => &mut d.unknown_type,
+                    OpenError::WrongStream => &mut d.wrong_stream,
+                    OpenError::Duplicate => &mut d.duplicate,
+                    OpenError::TooOld => &mut d.too_old,
+                    OpenError::Forged => &mut d.forged,
+                } += 1;
+                return;
+            }
+        };
+        let h = opened.header;
+        match h.payload_type {
+            PayloadType::Opus => {
+                let arrival = self.clock(now);
+                let ts = self.jitter.unwrap_ts(h.timestamp);
+                let len = opened.payload.len() as u64;
+                match self
+                    .jitter
+                    .insert(arrival, opened.index, ts, opened.payload)
+                {
+                    Ok(()) => self.accept(),
+                    Err(Refused::Undecodable) => {
+                        self.drops.bad_payload += 1;
+                        return;
+                    }
+                    Err(Refused::Late | Refused::Duplicate) => self.drops.late += 1,
+                }
+                // Late packets still arrived: they count for loss and jitter.
+                self.reception.on_packet(opened.index, ts, arrival);
+                self.received.audio_packets += 1;
+                self.received.audio_bytes += len;
+            }
+            PayloadType::Dtmf => match EventPayload::parse(&opened.payload) {
+                Some(p) => {
+                    self.dtmf_rx.on_packet(now, h.timestamp, p);
+                    while let Some(d) = self.dtmf_rx.poll() {
+                        self.events.push_back(Event::Dtmf(d));
+                    }
+                    self.received.dtmf_packets += 1;
+                    self.accept();
+                }
+                None => self.drops.bad_payload += 1,
+            },
+            PayloadType::Report => match Report::parse(&opened.payload) {
+                Some(r) => {
+                    self.on_report(now, r);
+                    self.received.reports += 1;
+                    self.accept();
+                }
+                None => self.drops.bad_payload += 1,
+            },
+        }
+    }
+
+    fn accept(&mut self) {
+        self.received.accepted += 1;
+    }
+
+    /// Captured audio: 48 kHz mono, any number of samples. Every whole frame is encoded, and
+    /// sealed and queued unless it is DTX silence. (`now` is unused today; the call-quality
+    /// work's send-side rate control will want the capture time.)
+    pub fn send_audio(&mut self, _now: Instant, pcm: &[f32]) -> Result<(), MediaError> {
+        self.pending.extend_from_slice(pcm);
+        let mut at = 0;
+        let result = loop {
+            // Read each time: a new frame duration applies from the next frame.
+            let frame = self.encoder.settings().frame.samples();
+            if self.pending.len() - at < frame {
+                break Ok(());
+            }
+            if let Err(e) = self.encode(at, frame) {
+                break Err(e);
+            }
+            at += frame;
+        };
+        self.pending.drain(..at);
+        result
+    }
+
+    /// Encodes `pending[at..at + len]` and queues the packet.
+    fn encode(&mut self, at: usize, len: usize) -> Result<(), MediaError> {
+        let ts = self.send_ts as u32;
+        self.send_ts += len as i64;
+        match self.encoder.encode(&self.pending[at..at + len])? {
+            Encoded::Dtx => {
+                self.sent.dtx_frames += 1;
+                self.talkspurt = true;
+            }
+            Encoded::Packet(p) => {
+                let marker = std::mem::take(&mut self.talkspurt);
+                self.sent.audio_packets += 1;
+                self.sent.audio_bytes += p.len() as u64;
+                if let Some(d) = self.sealer.seal(PayloadType::Opus, marker, ts, p) {
+                    self.queue(d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances the media clock over `duration` of audio that will not be sent (hold, or mute
+    /// without DTX), so the peer's playout stays in step (RFC 3550 §5.1: the timestamp follows
+    /// the sampling clock even when nothing is sent). Drops any partial frame.
+    pub fn skip_audio(&mut self, duration: Duration) {
+        self.pending.clear();
+        self.send_ts += samples_of(duration);
+        self.talkspurt = true;
+    }
+
+    /// Queues `digit` (0-9, *, #, A-D) held for `duration`; its first packet goes at once if no
+    /// other digit is sounding.
+    pub fn send_dtmf(
+        &mut self,
+        now: Instant,
+        digit: char,
+        duration: Duration,
+    ) -> Result<(), DtmfError> {
+        self.dtmf_tx.push(digit, duration)?;
+        self.run_dtmf(now);
+        Ok(())
+    }
+
+    fn run_dtmf(&mut self, now: Instant) {
+        let mut out = std::mem::take(&mut self.dtmf_out);
+        self.dtmf_tx.poll(now, self.send_ts, &mut out);
+        for (marker, ts, payload) in out.drain(..) {
+            if let Some(d) = self.sealer.seal(PayloadType::Dtmf, marker, ts, &payload) {
+                self.sent.dtmf_packets += 1;
+                self.queue(d);
+            }
+        }
+        self.dtmf_out = out;
+    }
+
+    /// Runs the timers due at `now`: receiver reports, DTMF updates and retransmissions, the
+    /// timeout of a received digit whose end never came.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_report {
+            self.send_report(now);
+            self.next_report += self.config.report_interval;
+            if self.next_report <= now {
+                // Called late (a stalled driver): no burst of catch-up reports.
+                self.next_report = now + self.config.report_interval;
+            }
+        }
+        self.run_dtmf(now);
+        self.dtmf_rx.handle_timeout(now);
+        while let Some(d) = self.dtmf_rx.poll() {
+            self.events.push_back(Event::Dtmf(d));
+        }
+    }
+
+    fn send_report(&mut self, now: Instant) {
+        let clock = report_clock(now.saturating_duration_since(self.epoch));
+        let report = Report {
+            reception: self.reception.report(),
+            sent_at: clock,
+            echo: self
+                .peer_clock
+                .map(|(theirs, at)| (theirs, report_clock(now.saturating_duration_since(at)))),
+            packets_sent: self.sent.audio_packets as u32,
+            octets_sent: self.sent.audio_bytes as u32,
+        };
+        let ts = self.send_ts as u32;
+        if let Some(d) = self
+            .sealer
+            .seal(PayloadType::Report, false, ts, &report.encode())
+        {
+            self.sent.reports += 1;
+            self.queue(d);
+        }
+    }
+
+    fn on_report(&mut self, now: Instant, r: Report) {
+        let arrival = report_clock(now.saturating_duration_since(self.epoch));
+        self.peer_clock = Some((r.sent_at, now));
+        if let Some((lsr, dlsr)) = r.echo
+            && let Some(rtt) = round_trip(arrival, lsr, dlsr)
+        {
+            self.rtt = Some(rtt);
+        }
+        let Some(rx) = r.reception else {
+            return;
+        };
+        let peer = PeerReport {
+            fraction_lost: f64::from(rx.fraction_lost) / 256.0,
+            cumulative_lost: i64::from(rx.cumulative_lost),
+            jitter_ms: f64::from(rx.jitter) * 1000.0 / f64::from(RATE),
+            rtt_ms: self.rtt.map(ms),
+            packets_sent: r.packets_sent,
+        };
+        // Loss comes in bursts and one clean second says little: follow a rise at once, let a
+        // fall pull the estimate down slowly (a fifth per report), so FEC is not switched off
+        // between two lossy seconds.
+        let fraction = f64::from(rx.fraction_lost) / 256.0;
+        self.loss_estimate = if fraction >= self.loss_estimate {
+            fraction
+        } else {
+            0.8 * self.loss_estimate + 0.2 * fraction
+        };
+        if self.config.auto_loss {
+            let percent = (self.loss_estimate * 100.0).round() as u8;
+            let s = *self.encoder.settings();
+            if s.loss_percent != percent {
+                // A loss percentage within 0..=100 is always accepted by libopus.
+                let _ = self.encoder.apply(OpusSettings {
+                    loss_percent: percent,
+                    ..s
+                });
+            }
+        }
+        self.peer = Some(peer.clone());
+        self.events.push_back(Event::Report(peer));
+    }
+
+    fn queue(&mut self, datagram: Vec<u8>) {
+        if self.transmits.len() >= self.config.send_queue {
+            self.transmits.pop_front();
+            self.sent.queue_overflow += 1;
+        }
+        self.transmits.push_back(datagram);
+    }
+
+    fn clock(&self, now: Instant) -> i64 {
+        samples_of(now.saturating_duration_since(self.epoch))
+    }
+
+    // ----- outputs ------------------------------------------------------------------------
+
+    /// The next sealed datagram for the peer.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            Some(self.next_report),
+            self.dtmf_tx.next_due(),
+            self.dtmf_rx.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next frame of playout (one [`PlayoutConfig::frame`], 20 ms by default), pulled by the
+    /// audio side on its own clock.
+    ///
+    /// [`PlayoutConfig::frame`]: super::PlayoutConfig::frame
+    #[must_use]
+    pub fn pop_frame(&mut self, now: Instant) -> Frame {
+        self.jitter.pop(self.clock(now))
+    }
+
+    // ----- settings and state -------------------------------------------------------------
+
+    /// The encoder's settings.
+    pub fn opus(&self) -> &OpusSettings {
+        self.encoder.settings()
+    }
+
+    /// Changes the encoder's settings (a new frame duration applies from the next frame).
+    pub fn set_opus(&mut self, settings: OpusSettings) -> Result<(), MediaError> {
+        let mut c = self.config.clone();
+        c.opus = settings;
+        c.validate().map_err(MediaError::Config)?;
+        self.encoder.apply(settings)?;
+        self.config.opus = settings;
+        Ok(())
+    }
+
+    /// Target bitrate, bit/s.
+    pub fn set_bitrate(&mut self, bitrate: u32) -> Result<(), MediaError> {
+        self.set_opus(OpusSettings {
+            bitrate,
+            ..*self.opus()
+        })
+    }
+
+    /// Discontinuous transmission on or off.
+    pub fn set_dtx(&mut self, dtx: bool) -> Result<(), MediaError> {
+        self.set_opus(OpusSettings {
+            dtx,
+            ..*self.opus()
+        })
+    }
+
+    /// The loss FEC is sized for, percent (reports overwrite it while `auto_loss` is on).
+    pub fn set_loss_percent(&mut self, loss_percent: u8) -> Result<(), MediaError> {
+        self.set_opus(OpusSettings {
+            loss_percent,
+            ..*self.opus()
+        })
+    }
+
+    /// Our stream id; the peer's once a packet of it authenticated.
+    pub fn streams(&self) -> (u32, Option<u32>) {
+        (self.sealer.stream(), self.opener.stream())
+    }
+
+    /// Everything measured so far.
+    pub fn stats(&self) -> MediaStats {
+        let r = &self.reception;
+        MediaStats {
+            sent: self.sent.clone(),
+            received: ReceiveStats {
+                expected: r.expected(),
+                lost: r.lost(),
+                fraction_lost: r.last_fraction(),
+                jitter_ms: ms(r.jitter()),
+                reordered: r.reordered(),
+                ..self.received.clone()
+            },
+            drops: self.drops.clone(),
+            playout: self.jitter.stats().clone(),
+            rtt_ms: self.rtt.map(ms),
+            peer: self.peer.clone(),
+            bitrate: self.opus().bitrate,
+            loss_percent: self.opus().loss_percent,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::codec::FrameDuration;
+    use crate::media::packet::Header;
+
+    fn session(frame: FrameDuration) -> MediaSession {
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let mut c = MediaConfig::default();
+        c.opus.frame = frame;
+        MediaSession::new(Instant::now(), &keys, Role::Initiator, c).unwrap()
+    }
+
+    #[test]
+    fn partial_frames_and_a_shorter_frame_mid_way() {
+        let now = Instant::now();
+        let mut s = session(FrameDuration::Ms60);
+        s.send_audio(now, &[0.1; 1000]).unwrap();
+        assert!(s.poll_transmit().is_none());
+        s.set_opus(OpusSettings {
+            frame: FrameDuration::Ms10,
+            ..*s.opus()
+        })
+        .unwrap();
+        s.send_audio(now, &[]).unwrap();
+        let ts: Vec<u32> = std::iter::from_fn(|| s.poll_transmit())
+            .map(|d| Header::parse(&d).unwrap().timestamp)
+            .collect();
+        assert_eq!(ts, [0, 480]);
+        // 40 samples wait; 440 more make the next frame.
+        s.send_audio(now, &[0.1; 440]).unwrap();
+        let d = s.poll_transmit().unwrap();
+        assert_eq!(Header::parse(&d).unwrap().timestamp, 960);
+    }
+
+    #[test]
+    fn bad_settings_and_keys_are_refused() {
+        let keys = MediaKeys::new([1; 32], [1; 32]);
+        let now = Instant::now();
+        assert!(matches!(
+            MediaSession::new(now, &keys, Role::Initiator, MediaConfig::default()),
+            Err(MediaError::Keys(_))
+        ));
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let mut c = MediaConfig::default();
+        c.playout.quantile = 1.5;
+        assert!(matches!(
+            MediaSession::new(now, &keys, Role::Initiator, c),
+            Err(MediaError::Config(_))
+        ));
+        let mut s = session(FrameDuration::Ms20);
+        assert!(s.set_loss_percent(101).is_err());
+        assert!(s.set_dtx(true).is_ok());
+        assert!(s.opus().dtx);
+    }
+}
