@@ -15,7 +15,9 @@
 //!   measure new sessions, refreshes, lookups, echoes and routing, each for a fixed window, and
 //!   routing again at half its measured maximum for latency. One JSON report.
 //! - `million`: registers N distinct users over the wire as fast as the pair of cores allows,
-//!   then leaves them registered (the sessions just go quiet), for a memory measurement.
+//!   then leaves them registered (the sessions just go quiet), for a memory measurement. Given
+//!   several supernodes (a mesh), user k registers on supernode k mod n, so each holds a
+//!   share of the sessions while every home holds the records.
 //! - `presence`: against several supernodes: watchers on one, watched users on another,
 //!   toggled offline (polite close) and online (new session, registration) under background
 //!   lookups; the time from the change to the watcher's event.
@@ -186,9 +188,9 @@ pub enum Phase {
 /// Flags of `sn-load million`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MillionArgs {
-    /// The supernode, as KEY@HOST:PORT.
-    #[arg(long, value_name = "KEY@ADDR")]
-    pub node: BootstrapEntry,
+    /// The supernode, as KEY@HOST:PORT; repeat for several (user k registers on the k mod n-th).
+    #[arg(long = "node", value_name = "KEY@ADDR", required = true)]
+    pub nodes: Vec<BootstrapEntry>,
     /// Users to register.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub count: u64,
@@ -365,6 +367,8 @@ pub struct RunReport {
 pub struct MillionReport {
     pub requested: u64,
     pub registered: u64,
+    /// Users registered on each supernode, in `--node` order.
+    pub registered_per_node: Vec<u64>,
     pub failed: u64,
     pub invalid: u64,
     pub seconds: f64,
@@ -1289,8 +1293,8 @@ fn setup_clients(
 /// a registered client is then dropped (its session goes quiet on the supernode).
 struct NewSessions {
     meter: Meter,
+    /// Identities made ahead, for the engine's first supernode.
     pool: Vec<Made>,
-    node: UserId,
     window: usize,
     open: usize,
     pending: HashMap<TransactionId, usize>,
@@ -1303,6 +1307,8 @@ struct NewSessions {
     total: Option<u64>,
     started: u64,
     done: u64,
+    /// Of `done`, how many on each of the engine's supernodes.
+    done_per_node: Vec<u64>,
     failed: u64,
     invalid: u64,
     progress: Option<(Instant, u64)>,
@@ -1315,7 +1321,6 @@ impl NewSessions {
         NewSessions {
             meter,
             pool: Vec::new(),
-            node: UserId([0; 20]),
             window: sessions,
             open: 0,
             pending: HashMap::new(),
@@ -1326,6 +1331,7 @@ impl NewSessions {
             total: None,
             started: 0,
             done: 0,
+            done_per_node: Vec::new(),
             failed: 0,
             invalid: 0,
             progress: None,
@@ -1358,10 +1364,14 @@ impl Workload for NewSessions {
                 };
                 let c = e.client(slot).expect("pending clients are live");
                 let ok = registered_ok(&body, c.expires_at);
-                let since = c.since;
+                let (since, node) = (c.since, c.node);
                 self.meter.answered(since, now, ok);
                 if ok {
                     self.done += 1;
+                    if self.done_per_node.len() <= node {
+                        self.done_per_node.resize(node + 1, 0);
+                    }
+                    self.done_per_node[node] += 1;
                 } else {
                     self.invalid += 1;
                 }
@@ -1385,15 +1395,18 @@ impl Workload for NewSessions {
             return;
         }
         while self.open < self.window && self.total.is_none_or(|t| self.started < t) {
-            let made = match self.pool.pop() {
+            // Round robin over the supernodes; the record names the one it registers on.
+            let node = (self.started % e.nodes.len() as u64) as usize;
+            let pooled = if node == 0 { self.pool.pop() } else { None };
+            let made = match pooled {
                 Some(m) => m,
                 None => {
-                    self.made_late += 1;
-                    make_user(self.node)
+                    self.made_late += u64::from(node == 0);
+                    make_user(e.nodes[node].0.id)
                 }
             };
             self.meter.sent(now);
-            e.add(now, made, 0);
+            e.add(now, made, node);
             self.open += 1;
             self.started += 1;
         }
@@ -1753,7 +1766,6 @@ fn run_phases(args: &RunArgs) -> anyhow::Result<RunReport> {
                     args.duration,
                     args.register_window,
                 );
-                w.node = node.0.id;
                 w.pids = pids.clone();
                 w.pool = pool;
                 drive(&mut e, &mut w);
@@ -1832,12 +1844,13 @@ fn run_phases(args: &RunArgs) -> anyhow::Result<RunReport> {
 // ---------------------------------------------------------------------------------- million
 
 fn million(args: &MillionArgs) -> anyhow::Result<MillionReport> {
-    let node = node_of(&args.node)?;
-    let mut e = Engine::new(&args.sources, vec![node], None)?;
+    let nodes: Vec<(NodeKey, SocketAddr)> =
+        args.nodes.iter().map(node_of).collect::<Result<_, _>>()?;
+    let n = nodes.len();
+    let mut e = Engine::new(&args.sources, nodes, None)?;
     let t0 = Instant::now();
     let cpu0 = CpuMark::take(&args.sources.server_pid);
     let mut w = NewSessions::new(t0, Duration::ZERO, args.limit, args.window);
-    w.node = node.0.id;
     w.total = Some(args.count);
     w.progress = Some((t0, 0));
     drive(&mut e, &mut w);
@@ -1847,6 +1860,9 @@ fn million(args: &MillionArgs) -> anyhow::Result<MillionReport> {
     Ok(MillionReport {
         requested: args.count,
         registered: w.done,
+        registered_per_node: (0..n)
+            .map(|k| w.done_per_node.get(k).copied().unwrap_or(0))
+            .collect(),
         failed: w.failed,
         invalid: w.invalid,
         seconds,
