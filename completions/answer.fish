@@ -5,6 +5,15 @@ complete -c answer -l contacts -d 'Contacts file (aliases for IDs); default next
 complete -c answer -l bind -d 'Local UDP address to use' -r
 complete -c answer -l name -d 'Claim this human name (first come, first served)' -r
 complete -c answer -l watch -d 'Watch this user\'s presence (ID, contact alias or name); repeat for several' -r
+complete -c answer -l answer-after -d 'Accept every call after it rang this many seconds' -r
+complete -c answer -l play -d 'Play this to every caller (a file, or - for raw PCM on stdin: first call only)' -r -F
+complete -c answer -l record -d 'Record what callers say (a file, or - for raw PCM on stdout). With --max-calls above 1, each call gets its own file: the call ID goes before the extension' -r -F
+complete -c answer -l exec -d 'Run CMD per call with the call\'s audio on its stdin/stdout (see below)' -r
+complete -c answer -l max-calls -d 'Calls at once; beyond, callers get busy' -r
+complete -c answer -l duration -d 'Hang up each call this many seconds after it connects' -r
+complete -c answer -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
+complete -c answer -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
+complete -c answer -l auto -d 'Accept every call at once'
 complete -c answer -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c answer -s q -l quiet -d 'Log only errors'
 complete -c answer -s h -l help -d 'Print help (see more with \'--help\')'

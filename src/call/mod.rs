@@ -8,6 +8,7 @@
 //!   ICE restart (RFC 8445, RFC 7675) as a sans-IO state machine.
 
 pub mod e2e;
+pub mod endpoint;
 pub mod ice;
 pub mod message;
 pub mod phone;

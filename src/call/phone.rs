@@ -388,6 +388,13 @@ impl Phone {
         self.calls.get(call).map(|c| (c.peer, c.outgoing))
     }
 
+    /// Whether `call` is answered and not over (media may flow), and not on hold.
+    pub fn is_talking(&self, call: &CallId) -> bool {
+        self.calls
+            .get(call)
+            .is_some_and(|c| c.stage == Stage::Active && !c.held)
+    }
+
     /// Whether the peer may learn our direct (host, server-reflexive) addresses yet.
     pub fn reveals_all(&self, call: &CallId) -> bool {
         self.calls.get(call).is_some_and(|c| c.reveal_all)

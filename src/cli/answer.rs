@@ -1,31 +1,53 @@
-//! `answer`: the resident client. Stays registered with the directory, watches presence, and
-//! prints what happens as JSON lines on stdout. (Taking calls arrives with the call layer.)
+//! `answer`: the resident client. Stays registered with the directory, takes calls, watches
+//! presence, and prints what happens as JSON lines.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
-use super::client::{DirectoryArgs, start_agent};
+use super::call_io::{self, Events, event_json, start_endpoint};
+use super::client::DirectoryArgs;
 use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
     report_error, runtime,
 };
 use crate::agent::{AgentConfig, AgentEvent};
-use crate::net::agent::{AgentCommand, write_host_cache};
+use crate::audio::stream::is_std;
+use crate::call::endpoint::EndpointEvent;
+use crate::call::message::CallId;
+use crate::call::phone::PhoneConfig;
+use crate::net::agent::write_host_cache;
+use crate::net::call::{CallAudio, CallCommand, DriverEvent};
 use crate::net::signal_shutdown;
 use crate::signal::Target;
 
 const EXIT_CODES: &str = "\
-Events (one JSON object per line on stdout):
+Events (one JSON object per line on stdout, or --events FILE):
   {\"event\":\"registered\",\"supernode\":\"vx1...\",\"addr\":\"HOST:PORT\",\"failover\":false,\"user\":\"vx1...\"}
   {\"event\":\"standby\",\"supernode\":\"vx1...\"}     (a warm standby is ready; null: lost it)
   {\"event\":\"presence\",\"user\":\"vx1...\",\"online\":true,\"last_seen\":1790000000,\"stale\":false}
   {\"event\":\"claimed\",\"name\":\"alice\"}
-  {\"event\":\"message\",\"from\":\"vx1...\",\"payload\":\"<base64>\"}
+  {\"event\":\"incoming\",\"call\":\"...\",\"from\":\"vx1...\"}
+  {\"event\":\"connected\",\"call\":\"...\",\"sas\":\"k3xo\",\"path\":\"direct\",...}   (as dial prints)
+  {\"event\":\"dtmf\",\"call\":\"...\",\"digit\":\"5\"}  {\"event\":\"stats\",...}
+  {\"event\":\"ended\",\"call\":\"...\",\"reason\":\"remote-hangup\",\"exit\":0}
   {\"event\":\"error\",\"message\":\"...\"}
+
+Control (--control FILE or -, one JSON object per line; \"call\" may be left out when one call
+is up or ringing):
+  {\"cmd\":\"accept\"} {\"cmd\":\"reject\",\"reason\":\"...\"} {\"cmd\":\"hangup\"} {\"cmd\":\"dtmf\",\"digits\":\"1\"}
+  {\"cmd\":\"mute\"} {\"cmd\":\"unmute\"} {\"cmd\":\"hold\"} {\"cmd\":\"resume\"} {\"cmd\":\"stats\"}
+
+Calls: without --auto, --answer-after or --exec a call rings until accepted on --control (or
+the caller gives up). Beyond --max-calls calls at once, callers get busy. --exec CMD runs CMD
+(with sh -c) per call, accepted at once, with the caller's audio on its stdin and its stdout
+sent to the caller, both raw PCM 48 kHz mono s16le; its environment has VOXMESH_CALL,
+VOXMESH_PEER (the caller's verified ID) and VOXMESH_USER. The call ends when CMD exits.
 
 Exit status:
   0   stopped by SIGTERM or SIGINT
@@ -34,25 +56,24 @@ Exit status:
   10  the identity is in use: another process holds its key file (the message names the file
       and that process); every process needs its own --identity
 
-The identity's key file stays locked while answer runs, so a second answer (or supernoded)
-cannot run as the same user; `dial --lookup` can, since it only reads the key.
-
 Examples:
-  answer --supernode vxk1...@198.51.100.1:3478 --name alice --watch bob
-  answer -s vxk1...@sn1.example.org:3478 -s vxk1...@sn2.example.org:3478 | jq -c 'select(.event==\"presence\")'";
+  answer --supernode vxk1...@198.51.100.1:3478 --name alice --auto --play greeting.wav --record msg.wav
+  answer -s vxk1...@sn.example.org:3478 --exec 'sox -t raw -r 48000 -e signed -b 16 -c 1 - out.wav'
+  answer -s vxk1...@sn1.example.org:3478 | jq -c 'select(.event==\"presence\")'";
 
-/// Stay online: registered with the directory, watching presence, printing JSON-lines events.
+/// Stay online: take calls, watch presence, print JSON-lines events.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "answer",
     version,
-    about = "Stay online in the voxmesh directory and report events as JSON lines",
-    long_about = "Stay online in the voxmesh directory and report events as JSON lines.\n\n\
+    about = "Stay online in the voxmesh directory, take calls, report events as JSON lines",
+    long_about = "Stay online in the voxmesh directory, take calls, report events as JSON lines.\n\n\
         Registers this identity through a supernode (keeping a warm standby session with a \
         second one, so losing the supernode costs seconds), claims --name if given, watches the \
-        presence of each --watch user (an ID, a contact alias or a name), and prints every event \
-        on stdout, one JSON object per line. Supernodes learnt from the mesh are kept in the host \
-        cache for the next start.",
+        presence of each --watch user (an ID, a contact alias or a name), takes calls (peer to \
+        peer, relayed only when no direct path works, encrypted end to end), and prints every \
+        event on stdout, one JSON object per line. Supernodes learnt from the mesh are kept in \
+        the host cache for the next start.",
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
@@ -66,6 +87,43 @@ pub struct Args {
     /// Watch this user's presence (ID, contact alias or name); repeat for several.
     #[arg(long = "watch", value_name = "USER")]
     pub watch: Vec<String>,
+
+    /// Accept every call at once.
+    #[arg(long)]
+    pub auto: bool,
+
+    /// Accept every call after it rang this many seconds.
+    #[arg(long = "answer-after", value_name = "SECONDS")]
+    pub answer_after: Option<f64>,
+
+    /// Play this to every caller (a file, or - for raw PCM on stdin: first call only).
+    #[arg(long, value_name = "FILE|-")]
+    pub play: Option<PathBuf>,
+
+    /// Record what callers say (a file, or - for raw PCM on stdout). With --max-calls above 1,
+    /// each call gets its own file: the call ID goes before the extension.
+    #[arg(long, value_name = "FILE|-")]
+    pub record: Option<PathBuf>,
+
+    /// Run CMD per call with the call's audio on its stdin/stdout (see below).
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+
+    /// Calls at once; beyond, callers get busy.
+    #[arg(long = "max-calls", value_name = "N", default_value_t = 1)]
+    pub max_calls: usize,
+
+    /// Hang up each call this many seconds after it connects.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+
+    /// Write events here instead of stdout (needed when stdout carries audio).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+
+    /// Read control commands (JSON lines) from this file, or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub control: Option<PathBuf>,
 
     #[command(flatten)]
     pub verbosity: Verbosity,
@@ -90,45 +148,73 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn emit(v: serde_json::Value) -> bool {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{v}").and_then(|_| out.flush()).is_ok()
+/// A call's audio from the flags, or from --exec.
+struct Resident {
+    recorders: Vec<std::thread::JoinHandle<()>>,
+    children: HashMap<CallId, std::process::Child>,
+    stdin_used: bool,
 }
 
-fn event_json(ev: &AgentEvent, me: &str) -> Option<serde_json::Value> {
-    use base64::Engine as _;
-    Some(match ev {
-        AgentEvent::Registered {
-            supernode,
-            addr,
-            failover,
-        } => {
-            json!({"event": "registered", "user": me, "supernode": supernode.to_string(), "addr": addr, "failover": failover})
+impl Resident {
+    fn audio_for(
+        &mut self,
+        args: &Args,
+        call: CallId,
+        peer: &str,
+        me: &str,
+    ) -> anyhow::Result<CallAudio> {
+        if let Some(cmd) = &args.exec {
+            let (audio, child) = call_io::exec_for_call(cmd, call, peer, me)?;
+            self.children.insert(call, child);
+            return Ok(audio);
         }
-        AgentEvent::Presence {
-            user,
-            online,
-            last_seen,
-            stale,
-        } => {
-            json!({"event": "presence", "user": user.to_string(), "online": online, "last_seen": last_seen, "stale": stale})
-        }
-        AgentEvent::Standby { supernode } => {
-            json!({"event": "standby", "supernode": supernode.map(|s| s.to_string())})
-        }
-        AgentEvent::Claimed { name } => json!({"event": "claimed", "name": name}),
-        AgentEvent::Delivered { from, payload, .. } => json!({
-            "event": "message", "from": from.to_string(),
-            "payload": base64::engine::general_purpose::STANDARD.encode(payload)
-        }),
-        AgentEvent::Error { message } => json!({"event": "error", "message": message}),
-        AgentEvent::Routed { .. } | AgentEvent::Lookup { .. } | AgentEvent::Relays(_) => {
-            return None;
-        }
-    })
+        let capture = match &args.play {
+            Some(p) if is_std(p) && self.stdin_used => None,
+            Some(p) => {
+                self.stdin_used |= is_std(p);
+                Some(call_io::play_file(p)?)
+            }
+            None => None,
+        };
+        let playback = match &args.record {
+            Some(p) => {
+                let path = if args.max_calls > 1 && !is_std(p) {
+                    let stem = p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let ext = p
+                        .extension()
+                        .map(|e| format!(".{}", e.to_string_lossy()))
+                        .unwrap_or_default();
+                    p.with_file_name(format!("{stem}-{call}{ext}"))
+                } else {
+                    p.clone()
+                };
+                let (tx, t) = call_io::record_file(&path)?;
+                self.recorders.push(t);
+                Some(tx)
+            }
+            None => None,
+        };
+        Ok(CallAudio { capture, playback })
+    }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.max_calls == 0 {
+        return Err(super::usage("--max-calls must be at least 1"));
+    }
+    if args.record.as_deref().is_some_and(is_std) && args.events.is_none() {
+        return Err(super::usage(
+            "--record - puts audio on stdout: give --events FILE for the events",
+        ));
+    }
+    if args.exec.is_some() && (args.play.is_some() || args.record.is_some()) {
+        return Err(super::usage(
+            "--exec carries the call's audio: leave out --play and --record",
+        ));
+    }
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
         // Held until this block ends, i.e. for as long as we are online as this identity.
@@ -136,59 +222,179 @@ fn run(args: Args) -> anyhow::Result<()> {
         let me = identity.id().to_string();
         // Resolve --watch targets before going online, so typos fail fast.
         let targets: Vec<Target> = args.watch.iter().map(|w| args.directory.target(w)).collect::<anyhow::Result<_>>()?;
-        let mut running = start_agent(&args.directory, identity, AgentConfig::new(Vec::new())).await?;
+        let mut events = Events::open(args.events.as_deref())?;
+        let mut control = match &args.control {
+            Some(p) => Some(call_io::read_control(p.clone())?),
+            None => None,
+        };
+        let phone = PhoneConfig { max_calls: args.max_calls, ..PhoneConfig::default() };
+        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone).await?;
+        let cmd = running.commands.clone();
         if let Some(name) = &args.name {
-            running.commands.send(AgentCommand::Claim(name.clone())).await.ok();
+            cmd.send(CallCommand::Claim(name.clone())).await.ok();
         }
         for t in &targets {
             match t {
-                Target::Id(id) => {
-                    running.commands.send(AgentCommand::Watch(*id)).await.ok();
-                }
+                Target::Id(id) => { cmd.send(CallCommand::Watch(*id)).await.ok(); }
                 // A name is resolved first; its holder is watched when the lookup answers.
-                Target::Name(_) => {
-                    running.commands.send(AgentCommand::Lookup(t.clone())).await.ok();
-                }
+                Target::Name(_) => { cmd.send(CallCommand::Lookup(t.clone())).await.ok(); }
             }
         }
         let cache = args.directory.host_cache_path().ok();
+        let mut resident = Resident { recorders: Vec::new(), children: HashMap::new(), stdin_used: false };
+        // Calls not ended, with when they rang.
+        let mut calls: HashMap<CallId, Instant> = HashMap::new();
+        // Timed actions: (when, call, accept (true) or hang up).
+        let mut timers: Vec<(tokio::time::Instant, CallId, bool)> = Vec::new();
+        let mut reap = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
+            let next = timers.iter().map(|t| t.0).min();
             tokio::select! {
                 name = signal_shutdown() => {
                     tracing::info!("{name}: going offline");
                     break;
                 }
+                _ = sleep_opt(next) => {
+                    let now = tokio::time::Instant::now();
+                    for (_, call, accept) in timers.iter().filter(|t| t.0 <= now) {
+                        let c = if *accept { CallCommand::Accept(*call) } else { CallCommand::Hangup(*call) };
+                        cmd.send(c).await.ok();
+                    }
+                    timers.retain(|t| t.0 > now);
+                }
+                // --exec: a call ends when its command exits.
+                _ = reap.tick(), if !resident.children.is_empty() => {
+                    let done: Vec<CallId> = resident.children.iter_mut()
+                        .filter_map(|(c, ch)| ch.try_wait().ok().flatten().map(|_| *c))
+                        .collect();
+                    for c in done {
+                        resident.children.remove(&c);
+                        cmd.send(CallCommand::Hangup(c)).await.ok();
+                    }
+                }
+                c = recv_control(&mut control) => match c {
+                    None => control = None,
+                    Some(Err(e)) => { events.emit(json!({"event": "error", "message": e})); }
+                    Some(Ok(c)) => {
+                        let id = match &c.call {
+                            Some(s) => calls.keys().find(|k| k.to_string() == *s).copied(),
+                            None if calls.len() == 1 => calls.keys().next().copied(),
+                            None => None,
+                        };
+                        let Some(id) = id else {
+                            events.emit(json!({"event": "error", "message": "which call? give \"call\""}));
+                            continue;
+                        };
+                        let command = match c.cmd.as_str() {
+                            "accept" => CallCommand::Accept(id),
+                            "reject" => CallCommand::Reject(id, c.reason.unwrap_or_else(|| "declined".into())),
+                            "hangup" => CallCommand::Hangup(id),
+                            "dtmf" => CallCommand::Dtmf(id, c.digits.unwrap_or_default()),
+                            "mute" => CallCommand::Mute(id, true),
+                            "unmute" => CallCommand::Mute(id, false),
+                            "hold" => CallCommand::Hold(id, true),
+                            "resume" => CallCommand::Hold(id, false),
+                            "stats" => CallCommand::Stats(id),
+                            other => {
+                                events.emit(json!({"event": "error", "message": format!("unknown command '{other}'")}));
+                                continue;
+                            }
+                        };
+                        cmd.send(command).await.ok();
+                    }
+                },
                 ev = running.events.recv() => {
                     let Some(ev) = ev else { break };
-                    if let AgentEvent::Delivered { id, .. } = &ev {
-                        running.commands.send(AgentCommand::Acknowledge(*id, None)).await.ok();
-                    }
-                    if let AgentEvent::Lookup { target: Target::Name(n), result } = &ev {
-                        match result {
-                            Ok(Some(entry)) => {
-                                if let Ok(rec) = crate::identity::verify_record::<crate::signal::Registration>(&entry.record, &crate::identity::Check::at(crate::identity::Timestamp::now())) {
-                                    running.commands.send(AgentCommand::Watch(rec.id)).await.ok();
-                                }
+                    let since = match &ev {
+                        DriverEvent::Endpoint(EndpointEvent::Connected { call, .. }) => calls.get(call).copied(),
+                        _ => None,
+                    };
+                    match &ev {
+                        DriverEvent::Endpoint(EndpointEvent::Incoming { call, from }) => {
+                            calls.insert(*call, Instant::now());
+                            match resident.audio_for(&args, *call, &from.to_string(), &me) {
+                                Ok(a) => { cmd.send(CallCommand::Audio(*call, a)).await.ok(); }
+                                Err(e) => { events.emit(json!({"event": "error", "message": format!("{e:#}")})); }
                             }
-                            _ => {
-                                emit(json!({"event": "error", "message": format!("cannot watch '{n}': no such name")}));
+                            if args.auto || args.exec.is_some() {
+                                cmd.send(CallCommand::Accept(*call)).await.ok();
+                            } else if let Some(s) = args.answer_after {
+                                timers.push((tokio::time::Instant::now() + std::time::Duration::from_secs_f64(s.max(0.0)), *call, true));
                             }
                         }
+                        DriverEvent::Endpoint(EndpointEvent::Connected { call, .. }) => {
+                            if let Some(s) = args.duration {
+                                timers.push((tokio::time::Instant::now() + std::time::Duration::from_secs_f64(s.max(0.0)), *call, false));
+                            }
+                        }
+                        DriverEvent::Endpoint(EndpointEvent::Ended { call, .. }) => {
+                            calls.remove(call);
+                            timers.retain(|t| t.1 != *call);
+                            if let Some(mut ch) = resident.children.remove(call) {
+                                let _ = ch.kill();
+                                let _ = ch.wait();
+                            }
+                        }
+                        DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Lookup { target: Target::Name(n), result })) => {
+                            match result {
+                                Ok(Some(entry)) => {
+                                    if let Ok(rec) = crate::identity::verify_record::<crate::signal::Registration>(&entry.record, &crate::identity::Check::at(crate::identity::Timestamp::now())) {
+                                        cmd.send(CallCommand::Watch(rec.id)).await.ok();
+                                    }
+                                }
+                                _ => {
+                                    events.emit(json!({"event": "error", "message": format!("cannot watch '{n}': no such name")}));
+                                }
+                            }
+                        }
+                        _ => {}
                     }
-                    if let Some(v) = event_json(&ev, &me)
-                        && !emit(v)
+                    let line = match &ev {
+                        DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Registered { supernode, addr, failover })) => {
+                            Some(json!({"event": "registered", "user": me, "supernode": supernode.to_string(), "addr": addr, "failover": failover}))
+                        }
+                        DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Standby { supernode })) => {
+                            Some(json!({"event": "standby", "supernode": supernode.map(|s| s.to_string())}))
+                        }
+                        other => event_json(other, since),
+                    };
+                    if let Some(v) = line
+                        && !events.emit(v)
                     {
-                        break; // stdout closed: nobody is listening any more
+                        break; // nobody is listening any more
                     }
                 }
             }
         }
         running.stop.trigger();
-        if let Ok(Ok(agent)) = running.task.await
+        if let Ok(Ok(ep)) = running.task.await
             && let Some(path) = cache
         {
-            let _ = write_host_cache(&path, agent.known_supernodes());
+            let _ = write_host_cache(&path, ep.agent().known_supernodes());
+        }
+        for (_, mut ch) in resident.children.drain() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+        for t in resident.recorders.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         Ok(())
     })
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_control(
+    control: &mut Option<tokio::sync::mpsc::Receiver<Result<call_io::Control, String>>>,
+) -> Option<Result<call_io::Control, String>> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -105,12 +105,17 @@ impl DirectoryArgs {
             .context("cannot resolve a supernode")
     }
 
-    /// Resolves what the user typed: an ID, a contact alias, or a name for the directory.
-    pub fn target(&self, input: &str) -> anyhow::Result<Target> {
-        let path = match &self.contacts {
+    /// The contacts file: `--contacts`, else `contacts` next to the identity.
+    pub fn contacts_path(&self) -> Option<PathBuf> {
+        match &self.contacts {
             Some(p) => Some(p.clone()),
             None => self.dir().ok().map(|d| d.join("contacts")),
-        };
+        }
+    }
+
+    /// Resolves what the user typed: an ID, a contact alias, or a name for the directory.
+    pub fn target(&self, input: &str) -> anyhow::Result<Target> {
+        let path = self.contacts_path();
         let contacts = match path {
             Some(p) if p.exists() => {
                 Contacts::load(&p).with_context(|| format!("contacts {}", p.display()))?

@@ -1,5 +1,7 @@
-//! `dial`: look a user up in the directory (placing calls arrives with the call layer).
+//! `dial`: call a user, or look one up in the directory (`--lookup`). The call itself is in
+//! [`super::dial_call`].
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +10,10 @@ use clap::Parser;
 use serde_json::json;
 
 use super::client::{DirectoryArgs, start_agent};
-use super::{EXIT_FAILURE, EXIT_USAGE, Verbosity, is_usage, print_stdout, report_error, runtime};
+use super::{
+    EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
+    print_stdout, report_error, runtime,
+};
 use crate::agent::{AgentConfig, AgentEvent};
 use crate::identity::{Check, Timestamp, verify_record};
 use crate::net::agent::AgentCommand;
@@ -22,47 +27,97 @@ pub const EXIT_UNKNOWN: u8 = 4;
 pub const EXIT_UNREACHABLE: u8 = 5;
 
 const EXIT_CODES: &str = "\
+Events (one JSON object per line, on stdout or --events FILE):
+  {\"event\":\"dialing\",\"call\":\"...\",\"ms\":0.4}
+  {\"event\":\"ringing\",\"call\":\"...\",\"ms\":61.2}          (ms: since dial started)
+  {\"event\":\"answered\",\"call\":\"...\",\"ms\":2071.0}
+  {\"event\":\"connected\",\"call\":\"...\",\"sas\":\"k3xo\",\"path\":\"direct\",
+   \"local\":{\"type\":\"srflx\",\"addr\":\"...\"},\"remote\":{\"type\":\"host\",\"addr\":\"...\"},\"rtt_ms\":50.1}
+  {\"event\":\"path\",...}  {\"event\":\"dtmf\",\"digit\":\"5\"}  {\"event\":\"stats\",...}
+  {\"event\":\"ended\",\"call\":\"...\",\"reason\":\"remote-hangup\",\"exit\":0}
+Compare the sas (short authentication string) with the other side: equal strings rule out a
+key substitution by anyone in between.
+
+Control (--control FILE or -, one JSON object per line):
+  {\"cmd\":\"hangup\"} {\"cmd\":\"dtmf\",\"digits\":\"12#\"} {\"cmd\":\"mute\"} {\"cmd\":\"unmute\"}
+  {\"cmd\":\"hold\"} {\"cmd\":\"resume\"} {\"cmd\":\"stats\"}
+
 Output of --lookup (one JSON object on stdout):
   {\"id\":\"vx1...\",\"name\":\"alice\",\"online\":true,\"last_seen\":1790000000,\"stale\":false,\"supernode\":\"vx1...\"}
 
 Exit status:
-  0  the user is online
-  1  runtime failure
-  2  bad flags or arguments
-  3  the user is known but offline (or its supernode just died: \"stale\": true)
-  4  no such user or name
-  5  no supernode answered
+  0   the call ended normally (either side hung up); --lookup: the user is online
+  1   runtime failure
+  2   bad flags or arguments
+  3   the user is offline (or its supernode just died: \"stale\": true)
+  4   no such user or name
+  5   no supernode answered
+  6   the callee rejected the call
+  7   the callee is busy
+  8   no answer (the call rang for 60 s)
+  9   no network path to the callee (or the path broke and none was found)
+  10  the identity is in use (an `answer` runs as this user: give dial its own --identity)
+  11  cancelled (SIGINT or SIGTERM before the callee answered)
 
-dial does not lock its identity (answer and supernoded do, and exit 10 when another process
-holds it): a lookup only reads the key and never registers, so it runs beside an answer of the
-same identity.
+Audio: --play and --record take WAV (.wav), Ogg Opus (.opus, .ogg) or raw PCM (anything else;
+`-` is raw 48 kHz mono s16le on stdin/stdout). Playback is paced in real time; when it ends the
+call is hung up, unless --duration says how long to stay.
 
 Examples:
-  dial --supernode vxk1...@198.51.100.1:3478 --lookup alice
-  dial -s vxk1...@sn.example.org:3478 --lookup vx1wedzd8kmzcu4m0lxn7e0wz5rke9u8eef2khqwu | jq .online";
+  dial -s vxk1...@198.51.100.1:3478 bob --play hello.wav --record reply.wav
+  pipe-audio capture | dial -s vxk1...@sn.example.org:3478 bob --play - --events calls.jsonl
+  dial -s vxk1...@sn.example.org:3478 --lookup alice | jq .online";
 
-/// Look a user up in the voxmesh directory.
+/// Call a user (or look one up) in the voxmesh directory.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "dial",
     version,
-    about = "Look a user up in the voxmesh directory",
-    long_about = "Look a user up in the voxmesh directory.\n\n\
-        With --lookup, prints the user's directory record (ID, name, online, last seen) as one \
-        JSON object and exits 0 if the user is online, non-zero otherwise. USER is an ID \
-        (vx1...), a contact alias, or a name. Placing calls arrives with the call layer.",
+    about = "Call a user peer to peer, or look one up in the voxmesh directory",
+    long_about = "Call a user peer to peer, or look one up in the voxmesh directory.\n\n\
+        Registers this identity through a supernode, signals the callee end to end (signed, \
+        with a Noise key exchange), finds a path (direct through the NATs, else through a \
+        relay the supernode offers), and sends and receives Opus audio encrypted end to end. \
+        Events are JSON lines. USER is an ID (vx1...), a contact alias or a name.\n\n\
+        With --lookup, prints the user's directory record instead and exits 0 if the user is \
+        online.",
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
     /// Print the directory record of USER and exit.
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub lookup: bool,
 
     /// Who: an ID (vx1...), a contact alias or a name.
     #[arg(value_name = "USER")]
     pub user: String,
 
-    /// Give up after this many seconds.
+    /// Audio to send: a file, or - for raw PCM on stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub play: Option<PathBuf>,
+
+    /// Where to write the audio received: a file, or - for raw PCM on stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub record: Option<PathBuf>,
+
+    /// Hang up this many seconds after the call connects.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+
+    /// Send these keypad digits (0-9, *, #, A-D) once the call connects.
+    #[arg(long, value_name = "DIGITS")]
+    pub dtmf: Option<String>,
+
+    /// Write events here instead of stdout (needed when stdout carries audio).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+
+    /// Read control commands (JSON lines) from this file, or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub control: Option<PathBuf>,
+
+    /// Give up when no supernode answers (or a --lookup gets no answer) within this many
+    /// seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub timeout: u64,
 
@@ -83,6 +138,8 @@ pub fn main() -> ExitCode {
             &e,
             if is_usage(&e) {
                 EXIT_USAGE
+            } else if is_identity_in_use(&e) {
+                EXIT_IDENTITY_IN_USE
             } else {
                 EXIT_FAILURE
             },
@@ -106,6 +163,9 @@ pub fn entry_json(entry: &Entry) -> serde_json::Value {
 }
 
 fn run(args: Args) -> anyhow::Result<u8> {
+    if !args.lookup {
+        return super::dial_call::run(args);
+    }
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
         let target = args.directory.target(&args.user)?;

@@ -6,8 +6,10 @@
 //! add their own from 3 to 9 and list them in `--help`.
 
 pub mod answer;
+pub mod call_io;
 pub mod client;
 pub mod dial;
+mod dial_call;
 pub mod docs;
 pub mod natprobe;
 pub mod pipe_audio;

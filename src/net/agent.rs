@@ -106,16 +106,16 @@ pub async fn run_agent(
 }
 
 /// TCP streams to supernodes that UDP does not reach: one per address, opened on first use.
-struct Streams {
-    writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+pub(crate) struct Streams {
+    pub(crate) writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Frames from every stream; `None` when a stream ended.
     incoming_tx: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
-    incoming: mpsc::Receiver<(SocketAddr, Option<Vec<u8>>)>,
+    pub(crate) incoming: mpsc::Receiver<(SocketAddr, Option<Vec<u8>>)>,
 }
 
 impl Streams {
-    fn new() -> Streams {
+    pub(crate) fn new() -> Streams {
         let (incoming_tx, incoming) = mpsc::channel(256);
         Streams {
             writers: std::collections::HashMap::new(),
@@ -127,7 +127,7 @@ impl Streams {
 
     /// Queues a frame for `to`, connecting first if needed. A broken stream is dropped; the
     /// session layer's retransmission then opens a new one.
-    fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
+    pub(crate) fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
         if let Some(w) = self.writers.get(&to)
             && w.try_send(data.clone()).is_ok()
         {
@@ -142,7 +142,7 @@ impl Streams {
     }
 
     /// Lets every stream write what is queued (a goodbye), then closes them (bounded).
-    async fn finish(&mut self) {
+    pub(crate) async fn finish(&mut self) {
         self.writers.clear();
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;

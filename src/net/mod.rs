@@ -4,6 +4,7 @@
 pub mod addr_watch;
 pub mod agent;
 pub mod batch;
+pub mod call;
 pub mod frames;
 mod metrics;
 mod probe;

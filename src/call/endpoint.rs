@@ -1,0 +1,802 @@
+//! A client's whole network side as one sans-IO state machine: the directory agent, the phone
+//! (calls, ICE), each call's media, a TURN allocation and server-reflexive discovery, all on
+//! **one UDP socket** (DESIGN §3), demultiplexed by what each datagram is.
+//!
+//! ```text
+//!                  ┌ session frame ───────────────▶ Agent (registration, routing, presence)
+//!  handle_datagram ┼ from the TURN server ────────▶ TurnClient ─▶ (data from a peer, as below)
+//!                  ┼ STUN ─ our binding answer ───▶ server-reflexive candidate
+//!                  │      └ a connectivity check ─▶ Phone ─▶ the call's ICE agent
+//!                  └ media (first byte 128-191) ──▶ the call's MediaSession
+//! ```
+//!
+//! Signalling: what the phone wants to say is routed through the agent; a delivered payload goes
+//! to the phone and its reply rides the delivery's acknowledgement (the callee's ringing reaches
+//! the caller with the invite's acknowledgement). Candidates: host addresses are given by the
+//! driver, the server-reflexive one comes from a STUN binding request to our primary supernode
+//! (its port answers STUN) sent from the call socket, the relayed one from an allocation on the
+//! relay our supernode offers, started when a call is placed or rings (in parallel with the
+//! call's set-up, never after a failure).
+//!
+//! Relay choice (explicit, as the caller's side picks): among the offers with a UDP address of
+//! our socket's family, the least loaded (allocations each relay reported to the mesh), ties
+//! broken by the relay's ID so that every client decides alike.
+//!
+//! Media flows once a call is answered and ICE has a path; the first authenticated packet from
+//! the peer makes the call `Connected` (what a user hears), with the path and the short
+//! authentication string both ends show.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::ice::{ChangeReason, LocalCandidate, PathInfo, Route};
+use super::message::CallId;
+use super::phone::{EndReason, Phone, PhoneConfig, PhoneEvent, RouteError};
+use crate::agent::{Agent, AgentEvent};
+use crate::identity::UserId;
+use crate::media::{self, DtmfDigit, Frame, MediaConfig, MediaSession, MediaStats, PeerReport};
+use crate::signal::RelayOffer;
+use crate::stun::{Class, Message, MessageBuilder, TransactionId, method};
+use crate::turn::client::{TurnClient, TurnClientConfig, TurnEvent};
+
+/// How often a server-reflexive binding request is sent until answered, and how many times.
+const SRFLX_RTO: Duration = Duration::from_millis(250);
+const SRFLX_ATTEMPTS: u32 = 5;
+
+/// What the endpoint tells the program.
+#[derive(Debug)]
+pub enum EndpointEvent {
+    /// The directory agent's news (registration, presence, lookups, errors).
+    Agent(AgentEvent),
+    /// A call is ringing here: accept or reject it.
+    Incoming {
+        call: CallId,
+        from: UserId,
+    },
+    /// Our call rings at the callee.
+    Ringing {
+        call: CallId,
+    },
+    /// The call was answered.
+    Answered {
+        call: CallId,
+    },
+    /// The first authenticated media from the peer arrived: the call is up.
+    Connected {
+        call: CallId,
+        path: Option<PathInfo>,
+        sas: String,
+    },
+    /// The call's path changed (or was found after `Connected`).
+    Path {
+        call: CallId,
+        path: PathInfo,
+        reason: Option<ChangeReason>,
+    },
+    /// The call has no working path for now.
+    PathLost {
+        call: CallId,
+    },
+    /// The peer held or resumed the call.
+    Held {
+        call: CallId,
+        held: bool,
+    },
+    /// The peer pressed a key.
+    Dtmf {
+        call: CallId,
+        digit: DtmfDigit,
+    },
+    /// The peer's receiver report: how our audio fares there.
+    Report {
+        call: CallId,
+        report: PeerReport,
+    },
+    /// The call's media figures (on request, and once as the call ends).
+    Stats {
+        call: CallId,
+        stats: Box<MediaStats>,
+    },
+    /// The relay allocation is up (its address is offered as a candidate).
+    Relay {
+        relayed: SocketAddr,
+        server: SocketAddr,
+    },
+    Ended {
+        call: CallId,
+        reason: EndReason,
+    },
+}
+
+/// A datagram to send from the call socket.
+#[derive(Debug)]
+pub struct Datagram {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Settings of the endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    pub phone: PhoneConfig,
+    pub media: MediaConfig,
+    /// Allocate a relay for calls (off: direct paths only).
+    pub relay: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            phone: PhoneConfig::default(),
+            media: MediaConfig::default(),
+            relay: true,
+        }
+    }
+}
+
+/// One call's media and what we reported of it.
+struct CallMedia {
+    session: MediaSession,
+    sas: String,
+    connected: bool,
+}
+
+/// The relay allocation's state.
+enum Relay {
+    None,
+    /// Offers requested from our supernode.
+    Asked,
+    Allocating(Box<TurnClient>),
+    Up(Box<TurnClient>),
+    /// Allocation failed: calls go without (never retried mid-call).
+    Failed,
+}
+
+/// The endpoint: see the module documentation.
+pub struct Endpoint {
+    agent: Agent,
+    phone: Phone,
+    config: EndpointConfig,
+    /// Our socket's addresses (host candidates).
+    hosts: Vec<SocketAddr>,
+    media: HashMap<CallId, CallMedia>,
+    /// Phone tag of each routed message, by agent route number.
+    routes: HashMap<u64, u64>,
+    relay: Relay,
+    /// Server-reflexive discovery: (transaction, supernode, next send, sends so far).
+    srflx: Option<(TransactionId, SocketAddr, Instant, u32)>,
+    out: VecDeque<Datagram>,
+    events: VecDeque<EndpointEvent>,
+}
+
+impl Endpoint {
+    /// An endpoint on a socket bound to `hosts` (the addresses peers on our networks can reach
+    /// it at; the driver lists them, one port).
+    pub fn new(agent: Agent, phone: Phone, config: EndpointConfig, hosts: Vec<SocketAddr>) -> Self {
+        let mut e = Endpoint {
+            agent,
+            phone,
+            config,
+            hosts: Vec::new(),
+            media: HashMap::new(),
+            routes: HashMap::new(),
+            relay: Relay::None,
+            srflx: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        e.set_hosts(Instant::now(), hosts);
+        e
+    }
+
+    /// Replaces the host addresses (an interface came or went).
+    pub fn set_hosts(&mut self, now: Instant, hosts: Vec<SocketAddr>) {
+        for gone in self.hosts.iter().filter(|h| !hosts.contains(h)) {
+            self.phone.remove_local_candidate(now, *gone);
+        }
+        for h in &hosts {
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Host(*h));
+        }
+        self.hosts = hosts;
+    }
+
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    pub fn agent_mut(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+
+    pub fn phone(&self) -> &Phone {
+        &self.phone
+    }
+
+    /// The relay allocation's address, once up.
+    pub fn relayed(&self) -> Option<SocketAddr> {
+        match &self.relay {
+            Relay::Up(t) => t.relayed(),
+            _ => None,
+        }
+    }
+
+    // ------------------------------------------------------------------ user actions
+
+    /// Calls `to`.
+    pub fn dial(&mut self, now: Instant, to: UserId) -> Result<CallId, String> {
+        let call = self.phone.dial(now, to)?;
+        self.want_relay(now);
+        self.pump(now);
+        Ok(call)
+    }
+
+    pub fn accept(&mut self, now: Instant, call: CallId) -> Result<(), String> {
+        self.phone.accept(now, call)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    pub fn reject(&mut self, now: Instant, call: CallId, reason: &str) -> Result<(), String> {
+        self.phone.reject(now, call, reason)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    pub fn hangup(&mut self, now: Instant, call: CallId) -> Result<(), String> {
+        self.phone.hangup(now, call)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    pub fn hold(&mut self, now: Instant, call: CallId, hold: bool) -> Result<(), String> {
+        if hold {
+            self.phone.hold(now, call)?;
+        } else {
+            self.phone.resume(now, call)?;
+        }
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Looks a user up in the directory (the answer is an `Agent(Lookup)` event).
+    pub fn lookup(&mut self, now: Instant, target: crate::signal::Target) {
+        self.agent.lookup(now, target);
+        self.pump(now);
+    }
+
+    pub fn watch(&mut self, now: Instant, user: UserId) {
+        self.agent.watch(now, user);
+        self.pump(now);
+    }
+
+    pub fn claim(&mut self, now: Instant, name: &str) -> Result<(), String> {
+        self.agent.claim(now, name)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Whether `call` carries media now (answered, not held, with a path).
+    pub fn is_talking(&self, call: &CallId) -> bool {
+        self.phone.is_talking(call)
+            && self.media.contains_key(call)
+            && self.phone.ice(call).is_some_and(|i| i.selected().is_some())
+    }
+
+    /// Captured audio for `call` (48 kHz mono); dropped unless the call is talking.
+    pub fn send_audio(&mut self, now: Instant, call: CallId, pcm: &[f32]) {
+        if !self.is_talking(&call) {
+            return;
+        }
+        if let Some(m) = self.media.get_mut(&call)
+            && let Err(e) = m.session.send_audio(now, pcm)
+        {
+            tracing::warn!("call {call}: cannot encode: {e}");
+        }
+        self.pump(now);
+    }
+
+    /// Time not sent (muted): the peer's clock of our stream moves on.
+    pub fn skip_audio(&mut self, call: CallId, duration: Duration) {
+        if let Some(m) = self.media.get_mut(&call) {
+            m.session.skip_audio(duration);
+        }
+    }
+
+    pub fn send_dtmf(&mut self, now: Instant, call: CallId, digit: char) -> Result<(), String> {
+        let m = self
+            .media
+            .get_mut(&call)
+            .ok_or("the call has no media yet")?;
+        m.session
+            .send_dtmf(now, digit, Duration::from_millis(100))
+            .map_err(|e| e.to_string())?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// The next 20 ms of the peer's audio (concealment when none arrived), if the call has
+    /// media.
+    pub fn pop_frame(&mut self, now: Instant, call: CallId) -> Option<Frame> {
+        self.media.get_mut(&call).map(|m| m.session.pop_frame(now))
+    }
+
+    pub fn media_stats(&self, call: &CallId) -> Option<MediaStats> {
+        self.media.get(call).map(|m| m.session.stats())
+    }
+
+    /// Goes offline: hangs up every call, releases the relay, closes the agent's sessions.
+    pub fn close(&mut self, now: Instant) {
+        if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay {
+            t.release(now);
+        }
+        self.pump(now);
+        self.agent.close(now);
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ network inputs
+
+    /// A datagram that arrived on the call socket.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if crate::session::is_session_frame(data) {
+            self.agent.handle_datagram(now, from, data);
+        } else if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay
+            && t.server() == from
+        {
+            if let Some(r) = t.handle_input(now, data) {
+                let relayed = t.relayed();
+                let inner = data[r.data].to_vec();
+                if let Some(relayed) = relayed {
+                    self.peer_input(now, Route::Relay(relayed), r.peer, &inner);
+                }
+            }
+        } else if self.is_srflx_answer(data) {
+            self.on_srflx_answer(now, data);
+        } else {
+            let route = Route::Direct(self.host_for(from));
+            self.peer_input(now, route, from, data);
+        }
+        self.pump(now);
+    }
+
+    /// A datagram from a peer (directly or through our relay): a check or media.
+    fn peer_input(&mut self, now: Instant, route: Route, from: SocketAddr, data: &[u8]) {
+        if media::is_media(data) {
+            let Some(call) = self.call_for_media(route, from, data) else {
+                return;
+            };
+            let m = self.media.get_mut(&call).expect("listed");
+            m.session.handle_input(now, data);
+            if !m.connected && m.session.stats().received.accepted > 0 {
+                m.connected = true;
+                let sas = m.sas.clone();
+                let path = self.phone.ice(&call).and_then(|i| i.selected());
+                self.events
+                    .push_back(EndpointEvent::Connected { call, path, sas });
+            }
+        } else {
+            self.phone.handle_input(now, route, from, data);
+        }
+    }
+
+    /// Which call a media packet belongs to: the one whose path it came along, else the one
+    /// whose peer stream it names (a packet on a path being switched to).
+    fn call_for_media(&self, route: Route, from: SocketAddr, data: &[u8]) -> Option<CallId> {
+        let on_path = self.media.keys().find(|c| {
+            self.phone
+                .ice(c)
+                .and_then(|i| i.selected())
+                .is_some_and(|p| p.route == route && p.remote == from)
+        });
+        if let Some(c) = on_path {
+            return Some(*c);
+        }
+        let stream = media::stream_of(data)?;
+        self.media
+            .iter()
+            .find(|(_, m)| m.session.streams().1 == Some(stream))
+            .map(|(c, _)| *c)
+            .or_else(|| (self.media.len() == 1).then(|| *self.media.keys().next().unwrap()))
+    }
+
+    /// The host address a datagram from `from` most likely arrived at.
+    fn host_for(&self, from: SocketAddr) -> SocketAddr {
+        self.hosts
+            .iter()
+            .find(|h| {
+                h.is_ipv4() == from.is_ipv4() && h.ip().is_loopback() == from.ip().is_loopback()
+            })
+            .or_else(|| self.hosts.iter().find(|h| h.is_ipv4() == from.is_ipv4()))
+            .or(self.hosts.first())
+            .copied()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Whether the agent's supernode session for `addr` is framed on TCP.
+    pub fn uses_stream(&self, addr: SocketAddr) -> bool {
+        self.agent.uses_stream(addr)
+    }
+
+    pub fn stream_closed(&mut self, now: Instant, addr: SocketAddr) {
+        self.agent.stream_closed(now, addr);
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let relay = match &self.relay {
+            Relay::Up(t) | Relay::Allocating(t) => t.poll_timeout(),
+            _ => None,
+        };
+        let media = self
+            .media
+            .values()
+            .filter_map(|m| m.session.poll_timeout())
+            .min();
+        [
+            self.agent.poll_timeout(),
+            self.phone.poll_timeout(),
+            relay,
+            media,
+            self.srflx.map(|(_, _, t, _)| t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.agent.handle_timeout(now);
+        self.phone.handle_timeout(now);
+        if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay
+            && t.poll_timeout().is_some_and(|d| d <= now)
+        {
+            t.handle_timeout(now);
+        }
+        for m in self.media.values_mut() {
+            if m.session.poll_timeout().is_some_and(|d| d <= now) {
+                m.session.handle_timeout(now);
+            }
+        }
+        if let Some((_, server, t, sent)) = self.srflx
+            && t <= now
+        {
+            if sent >= SRFLX_ATTEMPTS {
+                self.srflx = None;
+            } else {
+                self.send_srflx(now, server, sent);
+            }
+        }
+        self.pump(now);
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.out.pop_front()
+    }
+
+    /// The agent's datagrams go out separately: the driver sends those for a TCP-framed
+    /// supernode on its stream.
+    pub fn poll_agent_transmit(&mut self) -> Option<crate::session::Transmit> {
+        self.agent.poll_transmit()
+    }
+
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.agent.recycle(buf);
+    }
+
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    // ------------------------------------------------------------------ plumbing
+
+    /// Moves everything between the parts until nothing moves.
+    fn pump(&mut self, now: Instant) {
+        for _ in 0..64 {
+            let mut moved = false;
+            while let Some(ev) = self.agent.poll_event() {
+                moved = true;
+                self.on_agent_event(now, ev);
+            }
+            while let Some(out) = self.phone.poll_signal() {
+                moved = true;
+                let id = self.agent.route(now, out.to, out.payload);
+                self.routes.insert(id, out.tag);
+            }
+            while let Some(ev) = self.phone.poll_event() {
+                moved = true;
+                self.on_phone_event(now, ev);
+            }
+            if self.pump_relay(now) {
+                moved = true;
+            }
+            while let Some(t) = self.phone.poll_transmit() {
+                moved = true;
+                self.send_on(now, t.route, t.to, t.data);
+            }
+            let calls: Vec<CallId> = self.media.keys().copied().collect();
+            for call in calls {
+                let path = self.phone.ice(&call).and_then(|i| i.selected());
+                let talking = self.phone.is_talking(&call);
+                let m = self.media.get_mut(&call).expect("listed");
+                let mut packets = Vec::new();
+                while let Some(p) = m.session.poll_transmit() {
+                    packets.push(p);
+                }
+                while let Some(ev) = m.session.poll_event() {
+                    moved = true;
+                    self.events.push_back(match ev {
+                        media::Event::Dtmf(digit) => EndpointEvent::Dtmf { call, digit },
+                        media::Event::Report(report) => EndpointEvent::Report { call, report },
+                    });
+                }
+                // Media without a path, or on hold, is dropped (the peer conceals the gap).
+                if let (Some(p), true) = (path, talking) {
+                    for data in packets {
+                        moved = true;
+                        self.send_on(now, p.route, p.remote, data);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Sends `data` to `to` along `route`: from the socket, or through the relay.
+    fn send_on(&mut self, now: Instant, route: Route, to: SocketAddr, data: Vec<u8>) {
+        match route {
+            Route::Direct(_) => self.out.push_back(Datagram { to, data }),
+            Route::Relay(_) => {
+                if let Relay::Up(t) = &mut self.relay {
+                    // Media through the relay gets a channel (4 bytes of overhead, not 36).
+                    if media::is_media(&data) && t.channel_of(to).is_none() {
+                        t.bind_channel(now, to);
+                    }
+                    if let Err(e) = t.send_to(to, &data) {
+                        tracing::debug!("relay cannot send to {to}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_agent_event(&mut self, now: Instant, ev: AgentEvent) {
+        match ev {
+            AgentEvent::Routed { to, id, result } => {
+                if let Some(tag) = self.routes.remove(&id) {
+                    let result = result.map_err(|e| {
+                        let (code, reason) = e.split_once(' ').unwrap_or(("504", e.as_str()));
+                        RouteError {
+                            code: code.parse().unwrap_or(504),
+                            reason: reason.to_string(),
+                        }
+                    });
+                    self.phone.handle_route_result(now, tag, result);
+                } else {
+                    self.events
+                        .push_back(EndpointEvent::Agent(AgentEvent::Routed { to, id, result }));
+                }
+            }
+            AgentEvent::Delivered { from, payload, id } => {
+                let reply = self.phone.handle_signal(now, from, &payload);
+                self.agent.acknowledge(now, id, reply);
+            }
+            AgentEvent::Relays(Ok(offers)) => self.on_relay_offers(now, &offers),
+            AgentEvent::Relays(Err(e)) => {
+                if matches!(self.relay, Relay::Asked) {
+                    tracing::info!("no relay: {e}");
+                    self.relay = Relay::Failed;
+                }
+            }
+            AgentEvent::Registered { addr, .. } => {
+                // Our mapping as the supernode sees it, from the call socket.
+                self.send_srflx(now, addr, 0);
+                self.events.push_back(EndpointEvent::Agent(ev));
+            }
+            other => self.events.push_back(EndpointEvent::Agent(other)),
+        }
+    }
+
+    fn on_phone_event(&mut self, now: Instant, ev: PhoneEvent) {
+        match ev {
+            PhoneEvent::Keys { call, keys } => {
+                let outgoing = self.phone.peer(&call).is_some_and(|(_, out)| out);
+                // Our e2e keys are (send, receive); the media layer names them by direction.
+                let (i2r, r2i) = if outgoing {
+                    (*keys.send, *keys.recv)
+                } else {
+                    (*keys.recv, *keys.send)
+                };
+                let role = if outgoing {
+                    media::Role::Initiator
+                } else {
+                    media::Role::Responder
+                };
+                let mut cfg = self.config.media.clone();
+                cfg.stream = rand::random();
+                match MediaSession::new(now, &media::MediaKeys::new(i2r, r2i), role, cfg) {
+                    Ok(session) => {
+                        self.media.insert(
+                            call,
+                            CallMedia {
+                                session,
+                                sas: keys.sas.clone(),
+                                connected: false,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        self.phone.fail(now, call, &format!("media: {e}"));
+                    }
+                }
+            }
+            PhoneEvent::Incoming { call, from } => {
+                self.want_relay(now);
+                self.events
+                    .push_back(EndpointEvent::Incoming { call, from });
+            }
+            PhoneEvent::Ringing { call } => self.events.push_back(EndpointEvent::Ringing { call }),
+            PhoneEvent::Answered { call } => {
+                self.events.push_back(EndpointEvent::Answered { call })
+            }
+            PhoneEvent::Path { call, path, reason } => {
+                self.events
+                    .push_back(EndpointEvent::Path { call, path, reason });
+            }
+            PhoneEvent::PathLost { call } => {
+                self.events.push_back(EndpointEvent::PathLost { call })
+            }
+            PhoneEvent::RelayPermission { peer, .. } => {
+                if let Relay::Up(t) = &mut self.relay
+                    && !t.has_permission(peer)
+                {
+                    t.create_permission(now, SocketAddr::new(peer, 0));
+                }
+            }
+            PhoneEvent::Restarted { .. } => {
+                // Our mapping may have moved: ask again from the call socket.
+                if let Some((_, addr)) = self.agent.primary() {
+                    self.send_srflx(now, addr, 0);
+                }
+            }
+            PhoneEvent::Held { call, held } => {
+                self.events.push_back(EndpointEvent::Held { call, held })
+            }
+            PhoneEvent::Ended { call, reason } => {
+                if let Some(m) = self.media.remove(&call) {
+                    let stats = Box::new(m.session.stats());
+                    self.events.push_back(EndpointEvent::Stats { call, stats });
+                }
+                self.events.push_back(EndpointEvent::Ended { call, reason });
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ relay
+
+    /// Starts getting a relay allocation, once per endpoint.
+    fn want_relay(&mut self, now: Instant) {
+        if self.config.relay && matches!(self.relay, Relay::None) {
+            self.relay = Relay::Asked;
+            self.agent.relays(now);
+        }
+    }
+
+    fn on_relay_offers(&mut self, now: Instant, offers: &[RelayOffer]) {
+        if !matches!(self.relay, Relay::Asked) {
+            return;
+        }
+        let v4 = self.hosts.iter().any(|h| h.is_ipv4());
+        let best = pick_relay(offers, v4);
+        let Some((offer, server)) = best else {
+            tracing::info!("no relay offered: calls go without one");
+            self.relay = Relay::Failed;
+            return;
+        };
+        let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
+        cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
+        let mut t = TurnClient::new(cfg);
+        t.allocate(now);
+        self.relay = Relay::Allocating(Box::new(t));
+    }
+
+    /// Moves the TURN client's output and events; true if anything moved.
+    fn pump_relay(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let mut allocated = None;
+        let mut failed = false;
+        if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay {
+            while let Some(data) = t.poll_transmit() {
+                moved = true;
+                self.out.push_back(Datagram {
+                    to: t.server(),
+                    data,
+                });
+            }
+            while let Some(ev) = t.poll_event() {
+                moved = true;
+                match ev {
+                    TurnEvent::Allocated { relayed, .. } => allocated = Some((relayed, t.server())),
+                    TurnEvent::Failed { .. } => failed = true,
+                    other => tracing::debug!("relay: {other:?}"),
+                }
+            }
+        }
+        if let Some((relayed, server)) = allocated
+            && let Relay::Allocating(t) = std::mem::replace(&mut self.relay, Relay::None)
+        {
+            self.relay = Relay::Up(t);
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+            self.events
+                .push_back(EndpointEvent::Relay { relayed, server });
+        }
+        if failed {
+            tracing::warn!("the relay allocation failed: calls go without a relay");
+            self.relay = Relay::Failed;
+        }
+        moved
+    }
+
+    // ------------------------------------------------------------------ server-reflexive
+
+    fn send_srflx(&mut self, now: Instant, server: SocketAddr, sent: u32) {
+        let txid = match self.srflx {
+            Some((t, s, _, _)) if s == server && sent > 0 => t,
+            _ => TransactionId::random(),
+        };
+        let mut data = Vec::with_capacity(28);
+        let m = MessageBuilder::new(&mut data, method::BINDING, Class::Request, txid);
+        m.fingerprint();
+        self.out.push_back(Datagram { to: server, data });
+        self.srflx = Some((txid, server, now + SRFLX_RTO * 2u32.pow(sent), sent + 1));
+    }
+
+    fn is_srflx_answer(&self, data: &[u8]) -> bool {
+        let Some((txid, ..)) = self.srflx else {
+            return false;
+        };
+        Message::parse(data).is_ok_and(|m| {
+            m.transaction_id() == txid
+                && m.method() == method::BINDING
+                && m.class() == Class::Success
+        })
+    }
+
+    fn on_srflx_answer(&mut self, now: Instant, data: &[u8]) {
+        self.srflx = None;
+        let Ok(m) = Message::parse(data) else { return };
+        let Some(mapped) = m.reflexive_address() else {
+            return;
+        };
+        if self.hosts.contains(&mapped) {
+            return; // no NAT: the host candidate is the same address
+        }
+        let base = self.host_for(mapped);
+        self.phone
+            .add_local_candidate(now, LocalCandidate::ServerReflexive { addr: mapped, base });
+    }
+}
+
+/// The relay to use: among offers with a UDP address of our family, the least loaded, then the
+/// lowest relay ID. Returns the offer and the address to allocate on.
+pub fn pick_relay(offers: &[RelayOffer], v4: bool) -> Option<(&RelayOffer, SocketAddr)> {
+    offers
+        .iter()
+        .filter_map(|o| {
+            o.udp
+                .iter()
+                .find(|a| {
+                    a.is_ipv4() == v4 && !matches!(a.ip(), IpAddr::V4(ip) if ip.is_unspecified())
+                })
+                .map(|a| (o, *a))
+        })
+        .min_by_key(|(o, _)| (o.load, o.relay.as_bytes().to_vec()))
+}

@@ -1,0 +1,412 @@
+//! What `dial` and `answer` share for calls: starting the endpoint on its socket, the events as
+//! JSON lines, audio from files/pipes/commands into a call and out of it, control commands, and
+//! the exit status of an ended call.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::client::DirectoryArgs;
+use crate::agent::{Agent, AgentConfig, AgentEvent};
+use crate::audio::{self, Conform, Hints, SinkSpec, Spec};
+use crate::call::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
+use crate::call::ice::{CandidateKind, PathInfo};
+use crate::call::message::CallId;
+use crate::call::phone::{EndReason, Phone, PhoneConfig};
+use crate::identity::{Contacts, Identity};
+use crate::net::call::{CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint};
+use crate::net::{Shutdown, ShutdownSignal};
+
+/// Exit statuses of a call (dial; answer --exec children see the reason in the event).
+pub const EXIT_REJECTED: u8 = 6;
+pub const EXIT_BUSY: u8 = 7;
+pub const EXIT_NO_ANSWER: u8 = 8;
+pub const EXIT_NO_PATH: u8 = 9;
+pub const EXIT_CANCELLED: u8 = 11;
+
+/// The exit status for a call that ended with `reason` (offline 3, unknown 4: the lookup's).
+pub fn exit_code(reason: &EndReason) -> u8 {
+    match reason {
+        EndReason::HungUp | EndReason::PeerHungUp | EndReason::Replaced(_) => 0,
+        EndReason::Rejected(_) | EndReason::Declined => EXIT_REJECTED,
+        EndReason::Busy => EXIT_BUSY,
+        EndReason::NoAnswer => EXIT_NO_ANSWER,
+        EndReason::UnknownUser => super::dial::EXIT_UNKNOWN,
+        EndReason::Offline => super::dial::EXIT_OFFLINE,
+        EndReason::NoPath(_) => EXIT_NO_PATH,
+        EndReason::Cancelled => EXIT_CANCELLED,
+    }
+}
+
+/// A running endpoint.
+pub struct RunningCall {
+    pub commands: mpsc::Sender<CallCommand>,
+    pub events: mpsc::Receiver<DriverEvent>,
+    pub stop: ShutdownSignal,
+    pub task: tokio::task::JoinHandle<std::io::Result<Endpoint>>,
+}
+
+/// Starts an endpoint for `identity`: the agent registers (no standby for a one-call `dial`),
+/// the phone knows the contacts, the socket is bound to `--bind`.
+pub async fn start_endpoint(
+    args: &DirectoryArgs,
+    identity: Identity,
+    mut agent_config: AgentConfig,
+    mut phone: PhoneConfig,
+) -> anyhow::Result<RunningCall> {
+    agent_config.supernodes = args.supernodes().await?;
+    let socket = tokio::net::UdpSocket::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot bind UDP {}", args.bind))?;
+    let bound = socket.local_addr()?;
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if let Some(p) = args.contacts_path()
+        && p.exists()
+    {
+        let c = Contacts::load(&p).with_context(|| format!("contacts {}", p.display()))?;
+        phone.contacts.extend(c.iter().map(|(_, id)| *id));
+    }
+    let now = Instant::now();
+    let agent = Agent::new(identity.clone(), agent_config, now, unix, rand::random());
+    let phone = Phone::new(identity, phone, now, unix, rand::random());
+    let ep = Endpoint::new(
+        agent,
+        phone,
+        EndpointConfig::default(),
+        host_addresses(bound),
+    );
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    let (stop, shutdown): (ShutdownSignal, Shutdown) = ShutdownSignal::new();
+    let task = tokio::spawn(run_endpoint(ep, socket, cmd_rx, ev_tx, shutdown));
+    Ok(RunningCall {
+        commands: cmd_tx,
+        events: ev_rx,
+        stop,
+        task,
+    })
+}
+
+/// Where events go: stdout, or a file when stdout carries audio.
+pub struct Events {
+    out: Box<dyn Write + Send>,
+}
+
+impl Events {
+    pub fn open(path: Option<&Path>) -> anyhow::Result<Events> {
+        let out: Box<dyn Write + Send> = match path {
+            None => Box::new(std::io::stdout()),
+            Some(p) if audio::stream::is_std(p) => Box::new(std::io::stdout()),
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("cannot open the events file {}", p.display()))?,
+            ),
+        };
+        Ok(Events { out })
+    }
+
+    /// Writes one event line; false when nobody reads any more.
+    pub fn emit(&mut self, v: Value) -> bool {
+        writeln!(self.out, "{v}")
+            .and_then(|_| self.out.flush())
+            .is_ok()
+    }
+}
+
+fn kind(k: CandidateKind) -> &'static str {
+    match k {
+        CandidateKind::Host => "host",
+        CandidateKind::ServerReflexive => "srflx",
+        CandidateKind::PeerReflexive => "prflx",
+        CandidateKind::Relayed => "relay",
+    }
+}
+
+/// A path as JSON: direct or relayed, both ends' candidate types, addresses, round trip.
+pub fn path_json(p: &PathInfo) -> Value {
+    json!({
+        "path": if p.relayed { "relayed" } else { "direct" },
+        "local": {"type": kind(p.local_kind), "addr": p.route.local().to_string(), "mapped": p.mapped.map(|m| m.to_string())},
+        "remote": {"type": kind(p.remote_kind), "addr": p.remote.to_string()},
+        "rtt_ms": p.rtt.map(|r| r.as_secs_f64() * 1000.0),
+    })
+}
+
+fn merge(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+/// The JSON line for a driver event (`since`: when the call was placed or rang, for setup
+/// times), or None for what is not reported.
+pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
+    let ms = || since.map(|t| (t.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
+    Some(match ev {
+        DriverEvent::Endpoint(e) => match e {
+            EndpointEvent::Agent(a) => match a {
+                AgentEvent::Registered {
+                    supernode,
+                    addr,
+                    failover,
+                } => {
+                    json!({"event": "registered", "supernode": supernode.to_string(), "addr": addr, "failover": failover})
+                }
+                AgentEvent::Presence {
+                    user,
+                    online,
+                    last_seen,
+                    stale,
+                } => {
+                    json!({"event": "presence", "user": user.to_string(), "online": online, "last_seen": last_seen, "stale": stale})
+                }
+                AgentEvent::Claimed { name } => json!({"event": "claimed", "name": name}),
+                AgentEvent::Error { message } => json!({"event": "error", "message": message}),
+                _ => return None,
+            },
+            EndpointEvent::Incoming { call, from } => {
+                json!({"event": "incoming", "call": call.to_string(), "from": from.to_string()})
+            }
+            EndpointEvent::Ringing { call } => {
+                json!({"event": "ringing", "call": call.to_string(), "ms": ms()})
+            }
+            EndpointEvent::Answered { call } => {
+                json!({"event": "answered", "call": call.to_string(), "ms": ms()})
+            }
+            EndpointEvent::Connected { call, path, sas } => merge(
+                json!({"event": "connected", "call": call.to_string(), "sas": sas, "ms": ms()}),
+                path.as_ref().map(path_json).unwrap_or(Value::Null),
+            ),
+            EndpointEvent::Path { call, path, reason } => merge(
+                json!({"event": "path", "call": call.to_string(), "reason": reason.map(|r| format!("{r:?}").to_lowercase())}),
+                path_json(path),
+            ),
+            EndpointEvent::PathLost { call } => {
+                json!({"event": "path-lost", "call": call.to_string()})
+            }
+            EndpointEvent::Held { call, held } => {
+                json!({"event": if *held { "held" } else { "resumed" }, "call": call.to_string()})
+            }
+            EndpointEvent::Dtmf { call, digit } => {
+                json!({"event": "dtmf", "call": call.to_string(), "digit": digit.digit.to_string(), "duration_ms": digit.duration_ms})
+            }
+            EndpointEvent::Report { .. } => return None,
+            EndpointEvent::Stats { call, stats: s } => json!({
+                "event": "stats", "call": call.to_string(),
+                "sent": s.sent.audio_packets, "received": s.received.audio_packets,
+                "lost": s.received.lost, "jitter_ms": s.received.jitter_ms,
+                "rtt_ms": s.rtt_ms, "dropped": s.drops.total(), "forged": s.drops.forged,
+                "replayed": s.drops.duplicate + s.drops.too_old,
+                "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
+            }),
+            EndpointEvent::Relay { relayed, server } => {
+                json!({"event": "relay", "relayed": relayed.to_string(), "server": server.to_string()})
+            }
+            EndpointEvent::Ended { call, reason } => {
+                let detail = match reason {
+                    EndReason::Rejected(s) | EndReason::NoPath(s) => Some(s.clone()),
+                    EndReason::Replaced(c) => Some(c.to_string()),
+                    _ => None,
+                };
+                json!({"event": "ended", "call": call.to_string(), "reason": reason.code(), "detail": detail, "exit": exit_code(reason)})
+            }
+        },
+        DriverEvent::DialFailed(e) => {
+            json!({"event": "error", "message": format!("cannot dial: {e}")})
+        }
+        DriverEvent::Refused(e) => json!({"event": "error", "message": e}),
+        DriverEvent::CaptureEnded(call) => json!({"event": "play-ended", "call": call.to_string()}),
+        DriverEvent::Dialed(call) => {
+            json!({"event": "dialing", "call": call.to_string(), "ms": ms()})
+        }
+    })
+}
+
+/// The call format: 48 kHz mono.
+fn call_spec() -> Spec {
+    Spec {
+        rate: audio::CALL_RATE,
+        channels: audio::CALL_CHANNELS,
+    }
+}
+
+/// Reads `path` (`-`: stdin) on a thread, converted to 20 ms call frames; the channel's small
+/// capacity lets the driver's tick pace it.
+pub fn play_file(path: &Path) -> anyhow::Result<mpsc::Receiver<Vec<f32>>> {
+    let mut src = audio::open_source(path, Hints::default())
+        .with_context(|| format!("cannot play {}", path.display()))?;
+    src.prefer_rate(audio::CALL_RATE);
+    let mut conform = Conform::new(src.spec(), call_spec());
+    let (tx, rx) = mpsc::channel(3);
+    std::thread::spawn(move || {
+        let (mut raw, mut out) = (Vec::new(), Vec::new());
+        loop {
+            raw.clear();
+            let n = match src.read(&mut raw, FRAME) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("play: {e}");
+                    0
+                }
+            };
+            if n == 0 {
+                conform.flush(&mut out);
+            } else {
+                conform.process(&raw, &mut out);
+            }
+            while out.len() >= FRAME || (n == 0 && !out.is_empty()) {
+                let mut frame: Vec<f32> = out.drain(..FRAME.min(out.len())).collect();
+                frame.resize(FRAME, 0.0);
+                if tx.blocking_send(frame).is_err() {
+                    return;
+                }
+            }
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Writes call audio to `path` (`-`: stdout, raw PCM) on a thread, finished when the channel
+/// closes. Returns the channel and the thread (join it to be sure the file is complete).
+pub fn record_file(
+    path: &Path,
+) -> anyhow::Result<(mpsc::Sender<Vec<f32>>, std::thread::JoinHandle<()>)> {
+    let spec = SinkSpec::resolve(
+        path,
+        Hints::default(),
+        call_spec(),
+        Some(audio::CALL_SAMPLE),
+        audio::EncodeSettings::default(),
+    )?;
+    let mut sink = audio::open_sink(path, spec)
+        .with_context(|| format!("cannot record to {}", path.display()))?;
+    let (tx, mut rx) = mpsc::channel::<Vec<f32>>(50);
+    let name = path.display().to_string();
+    let t = std::thread::spawn(move || {
+        while let Some(frame) = rx.blocking_recv() {
+            if let Err(e) = sink.write(&frame).and_then(|_| sink.flush()) {
+                tracing::warn!("record {name}: {e}");
+                return;
+            }
+        }
+        if let Err(e) = sink.finish() {
+            tracing::warn!("record {name}: {e}");
+        }
+    });
+    Ok((tx, t))
+}
+
+/// Runs `cmd` (through `sh -c`) for a call, with the call's audio on its stdin (what the peer
+/// says) and its stdout (what we say) as raw PCM, 48 kHz mono s16le, like inetd hands a socket
+/// to a program; the call is described in its environment.
+pub fn exec_for_call(
+    cmd: &str,
+    call: CallId,
+    peer: &str,
+    me: &str,
+) -> anyhow::Result<(CallAudio, std::process::Child)> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("VOXMESH_CALL", call.to_string())
+        .env("VOXMESH_PEER", peer)
+        .env("VOXMESH_USER", me)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run '{cmd}'"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let (cap_tx, cap_rx) = mpsc::channel(3);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut bytes = vec![0u8; FRAME * 2];
+        loop {
+            if stdout.read_exact(&mut bytes).is_err() {
+                return;
+            }
+            let mut frame = Vec::with_capacity(FRAME);
+            audio::decode_samples(audio::SampleFormat::S16, &bytes, &mut frame);
+            if cap_tx.blocking_send(frame).is_err() {
+                return;
+            }
+        }
+    });
+    let (play_tx, mut play_rx) = mpsc::channel::<Vec<f32>>(50);
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        while let Some(frame) = play_rx.blocking_recv() {
+            bytes.clear();
+            audio::encode_samples(audio::SampleFormat::S16, &frame, &mut bytes);
+            if stdin.write_all(&bytes).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((
+        CallAudio {
+            capture: Some(cap_rx),
+            playback: Some(play_tx),
+        },
+        child,
+    ))
+}
+
+/// A control command, one JSON object per line: `{"cmd":"hangup"}`, `{"cmd":"dtmf","digits":"12#"}`,
+/// `mute`, `unmute`, `hold`, `resume`, `accept`, `reject`, `stats` (with `"call"` where several
+/// calls may be up), `dial` with `"user"`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Control {
+    pub cmd: String,
+    #[serde(default)]
+    pub call: Option<String>,
+    #[serde(default)]
+    pub digits: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Reads control lines from `path` (`-`: stdin) on a thread; bad lines are reported and
+/// skipped.
+pub fn read_control(path: PathBuf) -> anyhow::Result<mpsc::Receiver<Result<Control, String>>> {
+    let reader: Box<dyn BufRead + Send> = if audio::stream::is_std(&path) {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&path)
+                .with_context(|| format!("cannot open the control file {}", path.display()))?,
+        ))
+    };
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let c = serde_json::from_str::<Control>(&line)
+                .map_err(|e| format!("bad control line '{line}': {e}"));
+            if tx.blocking_send(c).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

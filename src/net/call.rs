@@ -1,0 +1,253 @@
+//! The tokio driver for [`crate::call::endpoint::Endpoint`]: the call socket, the supernode
+//! streams (when UDP does not reach one), timers, the 20 ms audio clock, commands in and events
+//! out.
+//!
+//! Audio is attached per call as two channels of 20 ms frames (48 kHz mono `f32`): the driver
+//! takes one captured frame per tick and gives one played frame per tick, so a file source is
+//! paced in real time by the tick and a slow sink loses frames (counted) rather than stalling the
+//! network side.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::Shutdown;
+use super::agent::Streams;
+use crate::call::endpoint::{Endpoint, EndpointEvent};
+use crate::call::message::CallId;
+use crate::identity::UserId;
+use crate::signal::Target;
+
+/// Samples in one 20 ms frame at 48 kHz.
+pub const FRAME: usize = 960;
+const TICK: Duration = Duration::from_millis(20);
+
+/// A call's audio: frames to send (closed: the source ended) and frames played.
+pub struct CallAudio {
+    pub capture: Option<mpsc::Receiver<Vec<f32>>>,
+    pub playback: Option<mpsc::Sender<Vec<f32>>>,
+}
+
+/// What a program asks the running endpoint.
+pub enum CallCommand {
+    Dial(UserId),
+    Accept(CallId),
+    Reject(CallId, String),
+    Hangup(CallId),
+    Hold(CallId, bool),
+    Mute(CallId, bool),
+    Dtmf(CallId, String),
+    Audio(CallId, CallAudio),
+    Lookup(Target),
+    Watch(UserId),
+    Claim(String),
+    /// Emit a `Stats` event for the call now.
+    Stats(CallId),
+}
+
+/// What the running endpoint reports.
+#[derive(Debug)]
+pub enum DriverEvent {
+    Endpoint(EndpointEvent),
+    /// `Dial` could not place the call.
+    DialFailed(String),
+    /// A command about a call failed (no such call, not ringing, ...).
+    Refused(String),
+    /// The call's capture source ended (a file played to its end).
+    CaptureEnded(CallId),
+    /// `Dial` placed this call.
+    Dialed(CallId),
+}
+
+struct Attached {
+    audio: CallAudio,
+    muted: bool,
+    /// Playback frames the sink could not take.
+    dropped: u64,
+}
+
+/// Runs `endpoint` on `socket` until `shutdown` fires or the command channel closes.
+pub async fn run_endpoint(
+    mut ep: Endpoint,
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<CallCommand>,
+    events: mpsc::Sender<DriverEvent>,
+    mut shutdown: Shutdown,
+) -> io::Result<Endpoint> {
+    let mut buf = vec![0u8; 2048];
+    let mut streams = Streams::new();
+    let mut audio: HashMap<CallId, Attached> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut commands_open = true;
+    loop {
+        flush(&mut ep, &socket, &mut streams).await;
+        while let Some(ev) = ep.poll_event() {
+            if let EndpointEvent::Ended { call, .. } = &ev {
+                audio.remove(call);
+            }
+            if events.send(DriverEvent::Endpoint(ev)).await.is_err() {
+                return Ok(ep);
+            }
+        }
+        let sleep = super::sleep_until(ep.poll_timeout());
+        tokio::select! {
+            _ = shutdown.wait() => {
+                ep.close(Instant::now());
+                flush(&mut ep, &socket, &mut streams).await;
+                streams.finish().await;
+                return Ok(ep);
+            }
+            _ = sleep => ep.handle_timeout(Instant::now()),
+            _ = tick.tick(), if !audio.is_empty() => {
+                let now = Instant::now();
+                let mut ended = Vec::new();
+                for (call, a) in audio.iter_mut() {
+                    if !ep.is_talking(call) {
+                        continue;
+                    }
+                    let Some(rx) = &mut a.audio.capture else {
+                        // Nothing to say: silence (DTX sends little of it), so the peer hears
+                        // the call is up and its playout runs.
+                        if a.muted {
+                            ep.skip_audio(*call, TICK);
+                        } else {
+                            ep.send_audio(now, *call, &SILENCE);
+                        }
+                        play(&mut ep, now, *call, a);
+                        continue;
+                    };
+                    {
+                        match rx.try_recv() {
+                            Ok(frame) if !a.muted => ep.send_audio(now, *call, &frame),
+                            Ok(_) => ep.skip_audio(*call, TICK),
+                            Err(mpsc::error::TryRecvError::Empty) => ep.skip_audio(*call, TICK),
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                a.audio.capture = None;
+                                ended.push(*call);
+                            }
+                        }
+                    }
+                    play(&mut ep, now, *call, a);
+                }
+                for call in ended {
+                    let _ = events.send(DriverEvent::CaptureEnded(call)).await;
+                }
+            }
+            Some((from, data)) = streams.incoming.recv() => match data {
+                Some(data) => ep.handle_datagram(Instant::now(), from, &data),
+                None => {
+                    streams.writers.remove(&from);
+                    ep.stream_closed(Instant::now(), from);
+                }
+            },
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => ep.handle_datagram(Instant::now(), from, &buf[..n]),
+                // An ICMP error for an earlier send (a peer's closed port): nothing to do.
+                Err(_) => tokio::task::yield_now().await,
+            },
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(c) => {
+                    let now = Instant::now();
+                    let refused = |e: String| DriverEvent::Refused(e);
+                    let r: Result<(), DriverEvent> = match c {
+                        CallCommand::Dial(to) => match ep.dial(now, to) {
+                            Ok(call) => Err(DriverEvent::Dialed(call)),
+                            Err(e) => Err(DriverEvent::DialFailed(e)),
+                        },
+                        CallCommand::Accept(c) => ep.accept(now, c).map_err(refused),
+                        CallCommand::Reject(c, why) => ep.reject(now, c, &why).map_err(refused),
+                        CallCommand::Hangup(c) => ep.hangup(now, c).map_err(refused),
+                        CallCommand::Hold(c, h) => ep.hold(now, c, h).map_err(refused),
+                        CallCommand::Mute(c, m) => {
+                            if let Some(a) = audio.get_mut(&c) {
+                                a.muted = m;
+                            }
+                            Ok(())
+                        }
+                        CallCommand::Dtmf(c, digits) => digits
+                            .chars()
+                            .try_for_each(|d| ep.send_dtmf(now, c, d))
+                            .map_err(refused),
+                        CallCommand::Audio(c, a) => {
+                            audio.insert(c, Attached { audio: a, muted: false, dropped: 0 });
+                            Ok(())
+                        }
+                        CallCommand::Lookup(t) => {
+                            ep.lookup(now, t);
+                            Ok(())
+                        }
+                        CallCommand::Watch(u) => {
+                            ep.watch(now, u);
+                            Ok(())
+                        }
+                        CallCommand::Claim(n) => ep.claim(now, &n).map_err(refused),
+                        CallCommand::Stats(call) => match ep.media_stats(&call) {
+                            Some(s) => Err(DriverEvent::Endpoint(EndpointEvent::Stats { call, stats: Box::new(s) })),
+                            None => Ok(()),
+                        },
+                    };
+                    // Answers to commands (a call placed, a refusal) go out with the events.
+                    if let Err(ev) = r {
+                        let _ = events.send(ev).await;
+                    }
+                }
+                None => commands_open = false,
+            },
+        }
+    }
+}
+
+const SILENCE: [f32; FRAME] = [0.0; FRAME];
+
+/// Hands the call's next played frame to its sink; a sink that cannot keep up loses it.
+fn play(ep: &mut Endpoint, now: Instant, call: CallId, a: &mut Attached) {
+    if let Some(tx) = &a.audio.playback
+        && let Some(frame) = ep.pop_frame(now, call)
+        && tx.try_send(frame.pcm).is_err()
+    {
+        a.dropped += 1;
+    }
+}
+
+/// Sends everything the endpoint queued: the agent's frames (on a stream for a TCP-framed
+/// supernode), then the call socket's datagrams.
+async fn flush(ep: &mut Endpoint, socket: &UdpSocket, streams: &mut Streams) {
+    while let Some(t) = ep.poll_agent_transmit() {
+        if ep.uses_stream(t.to) {
+            streams.send(t.to, t.data);
+        } else {
+            // A lost datagram is just loss: the session layer retransmits.
+            let _ = socket.send_to(&t.data, t.to).await;
+            ep.recycle(t.data);
+        }
+    }
+    while let Some(d) = ep.poll_transmit() {
+        let _ = socket.send_to(&d.data, d.to).await;
+    }
+}
+
+/// The addresses a socket bound to `bound` can be reached at on this host: `bound` itself, or
+/// for an unspecified address every interface address of its family (loopback included: ICE
+/// pairs it only with a peer's loopback, on the same host).
+pub fn host_addresses(bound: SocketAddr) -> Vec<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let mut out: Vec<SocketAddr> = crate::turn::peer_policy::local_addresses()
+        .into_iter()
+        .filter(|ip| ip.is_ipv4() == bound.is_ipv4())
+        .filter(|ip| match ip {
+            std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            std::net::IpAddr::V4(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, bound.port()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
