@@ -23,7 +23,7 @@ _relayd() {
 
     case "${cmd}" in
         relayd)
-            opts="-l -v -q -h -V --listen --cert --key --relay-ip --external-ip --relay-ports --realm --users --user --auth-secret --auth-secret-file --allow-peer --user-quota --source-quota --total-quota --max-bps --alternate-server --nonce-lifetime --drain --metrics --supernode --identity --verbose --quiet --help --version"
+            opts="-l -v -q -h -V --listen --cert --key --relay-ip --external-ip --relay-ports --realm --users --user --auth-secret --auth-secret-file --allow-peer --user-quota --source-quota --total-quota --max-bps --alternate-server --nonce-lifetime --drain --metrics --supernode --identity --config --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -118,6 +118,10 @@ _relayd() {
                     return 0
                     ;;
                 --identity)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -19,7 +19,8 @@ complete -c relayd -l nonce-lifetime -d 'Seconds a nonce stays valid; an older o
 complete -c relayd -l drain -d 'At most this many seconds of relaying for live allocations after SIGTERM (relayd exits as soon as the last one ends, at once when there is none)' -r
 complete -c relayd -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c relayd -l supernode -d 'Authorise this supernode to hand out credentials for this relay, as KEY@HOST:PORT (repeatable). relayd opens a session to it, gives it a secret of its own (rotated hourly) and reports its load; clients then find the relay through the supernode' -r
-complete -c relayd -l identity -d 'This relay\'s key file for --supernode sessions (created on first start, mode 0600; default: relay.key in the voxmesh config directory)' -r -F
+complete -c relayd -l identity -d 'This relay\'s key file for --supernode sessions (created on first start, mode 0600; default: $STATE_DIRECTORY/relay.key under systemd, else relay.key in the voxmesh config directory, ~/.config/voxmesh)' -r -F
+complete -c relayd -l config -d 'Read flags from this TOML file (keys are the long flag names; see Configuration below)' -r -F
 complete -c relayd -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c relayd -s q -l quiet -d 'Log only errors'
 complete -c relayd -s h -l help -d 'Print help (see more with \'--help\')'

@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod client;
+pub mod config;
 pub mod dial;
 pub mod docs;
 pub mod natprobe;
@@ -84,6 +85,8 @@ impl Verbosity {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(io::stderr)
+            // Escape codes only for a terminal: a log file or journald gets plain text.
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
             .with_target(false)
             .try_init();
     }
@@ -95,8 +98,8 @@ pub fn commands() -> Vec<clap::Command> {
         answer::Args::command(),
         dial::Args::command(),
         natprobe::Args::command(),
-        relayd::Args::command(),
-        supernoded::Args::command(),
+        relayd::command(),
+        supernoded::command(),
         pipe_audio::Args::command(),
     ]
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
@@ -199,9 +199,14 @@ pub struct Args {
     pub supernode: Vec<BootstrapEntry>,
 
     /// This relay's key file for --supernode sessions (created on first start, mode 0600;
-    /// default: relay.key in the voxmesh config directory).
+    /// default: $STATE_DIRECTORY/relay.key under systemd, else relay.key in the voxmesh config
+    /// directory, ~/.config/voxmesh).
     #[arg(long, value_name = "PATH")]
     pub identity: Option<PathBuf>,
+
+    /// Read flags from this TOML file (keys are the long flag names; see Configuration below).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     #[command(flatten)]
     pub verbosity: Verbosity,
@@ -212,8 +217,16 @@ pub struct Args {
 #[error("{0}")]
 pub struct SetupError(String);
 
+/// The command with its environment variables and configuration help: what `main` parses and
+/// what the generated docs describe.
+pub fn command() -> clap::Command {
+    let cmd = super::config::with_env(Args::command(), "RELAYD");
+    cmd.after_long_help(format!("{EXIT_CODES}\n\n{}", super::config::help("RELAYD")))
+}
+
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = super::config::parse(command());
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     args.verbosity.init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -464,6 +477,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let (mut term, mut int, _hup) = handlers().context("cannot install signal handlers")?;
         let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr, "relay": relay_id});
         print_stdout(&format!("{line}\n"))?;
+        crate::net::notify("READY=1");
         // Credentials = the flags' (re-read on SIGHUP) + the secrets given to supernodes
         // (replaced whenever the link rotates them).
         let base = Arc::new(std::sync::Mutex::new(base_creds));
@@ -526,6 +540,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
                 name = async { tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" } }, if !stopping => {
                     tracing::info!("{name}: draining (for at most {} s)", args.drain);
+                    crate::net::notify("STOPPING=1");
                     signal.trigger();
                     stopping = true;
                 }
@@ -598,9 +613,12 @@ async fn relay_link(
 ) -> anyhow::Result<(RelayLink, IdentityLock)> {
     let key_path = match &args.identity {
         Some(p) => p.clone(),
-        None => default_key_path()
-            .map_err(|e| usage(format!("{e}")))?
-            .with_file_name("relay.key"),
+        None => match super::config::systemd_dir("STATE_DIRECTORY") {
+            Some(dir) => dir.join("relay.key"),
+            None => default_key_path()
+                .map_err(|e| usage(format!("{e}")))?
+                .with_file_name("relay.key"),
+        },
     };
     let (identity, created, lock) = Identity::load_or_create_locked(&key_path).map_err(|e| {
         match e {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
@@ -105,7 +105,9 @@ pub struct Args {
     #[arg(long = "bootstrap", value_name = "KEY@HOST:PORT")]
     pub bootstrap: Vec<BootstrapEntry>,
 
-    /// This supernode's key file (created on first start, mode 0600).
+    /// This supernode's key file (created on first start, mode 0600; default:
+    /// $STATE_DIRECTORY/supernode.key under systemd, else supernode.key in the voxmesh config
+    /// directory, ~/.config/voxmesh).
     #[arg(long, value_name = "PATH")]
     pub identity: Option<PathBuf>,
 
@@ -113,13 +115,20 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<SocketAddr>,
 
-    /// Control socket for `supernoded status`.
+    /// Control socket for `supernoded status` (default: $RUNTIME_DIRECTORY/supernoded.sock
+    /// under systemd, else $XDG_RUNTIME_DIR/voxmesh/supernoded.sock, else
+    /// /tmp/voxmesh-UID/supernoded.sock).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Host cache of mesh members (read at start, rewritten while running).
+    /// Host cache of mesh members (read at start, rewritten while running; default:
+    /// supernode-hosts beside the key file).
     #[arg(long = "host-cache", value_name = "PATH")]
     pub host_cache: Option<PathBuf>,
+
+    /// Read flags from this TOML file (keys are the long flag names; see Configuration below).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
 
     /// Serve STUN only: no identity, no mesh, no directory.
     #[arg(long = "stun-only")]
@@ -154,13 +163,18 @@ pub struct StatusArgs {
     /// Include the IDs of the users homed on this supernode.
     #[arg(long)]
     pub users: bool,
-    /// The daemon's control socket.
+    /// The daemon's control socket (default: the daemon's --control, from the command line,
+    /// SUPERNODED_CONTROL or --config; else the daemon's default, and failing that
+    /// /run/supernoded/supernoded.sock, where the systemd unit puts it).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 }
 
 /// Where the control socket lives by default.
 pub fn default_control_path() -> PathBuf {
+    if let Some(dir) = super::config::systemd_dir("RUNTIME_DIRECTORY") {
+        return dir.join("supernoded.sock");
+    }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("voxmesh/supernoded.sock"),
         // SAFETY: getuid has no preconditions.
@@ -175,12 +189,35 @@ pub fn software() -> String {
     format!("voxmesh supernoded {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// Where the systemd unit's socket is (RuntimeDirectory=supernoded): `supernoded status` from
+/// a shell has no $RUNTIME_DIRECTORY, so it looks there when the usual place has no socket.
+const SYSTEMD_CONTROL: &str = "/run/supernoded/supernoded.sock";
+
+/// The command with its environment variables and configuration help: what `main` parses and
+/// what the generated docs describe.
+pub fn command() -> clap::Command {
+    let cmd = super::config::with_env(Args::command(), "SUPERNODED");
+    cmd.after_long_help(format!(
+        "{EXIT_CODES}\n\n{}",
+        super::config::help("SUPERNODED")
+    ))
+}
+
 /// Runs the program.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = super::config::parse(command());
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     args.verbosity.init();
     let result = match &args.command {
-        Some(Command::Status(s)) => status(s.clone()),
+        Some(Command::Status(s)) => {
+            let mut s = s.clone();
+            s.control = s.control.or_else(|| args.control.clone()).or_else(|| {
+                let usual = default_control_path();
+                let systemd = PathBuf::from(SYSTEMD_CONTROL);
+                (!usual.exists() && systemd.exists()).then_some(systemd)
+            });
+            status(s)
+        }
         None => run(args),
     };
     match result {
@@ -287,7 +324,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     let members = v["members"].as_array().cloned().unwrap_or_default();
     out += &format!("members   {}\n", members.len());
     for m in &members {
-        out += &format!("  {} {}\n", text(&m[0]), text(&m[1]));
+        out += &format!("  {} {}\n", text(&m["id"]), text(&m["addr"]));
     }
     out += &format!(
         "clients   {} registered here, {} standby\nusers     {} homed here, {} names\nsessions  {}\n",
@@ -296,7 +333,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     let relays = v["relays"].as_array().cloned().unwrap_or_default();
     out += &format!("relays    {}\n", relays.len());
     for r in &relays {
-        out += &format!("  {} load {}\n", text(&r[0]), r[1]);
+        out += &format!("  {} load {}\n", text(&r["id"]), r["load"]);
     }
     print_stdout(&out)?;
     Ok(())
@@ -350,7 +387,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             let key_path = match &args.identity {
                 Some(p) => p.clone(),
-                None => default_key_path()?.with_file_name("supernode.key"),
+                None => match super::config::systemd_dir("STATE_DIRECTORY") {
+                    Some(dir) => dir.join("supernode.key"),
+                    None => default_key_path()?.with_file_name("supernode.key"),
+                },
             };
             // Every key file error names the file already: no context needed.
             let (identity, created, lock) = Identity::load_or_create_locked(&key_path)?;
@@ -418,10 +458,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         let line = serde_json::json!({"event": "listening", "node": node_entry, "stun": stun, "metrics": metrics_addr});
         print_stdout(&format!("{line}\n"))?;
+        crate::net::notify("READY=1");
         let mut run = tokio::spawn(server.run(shutdown));
         let result = tokio::select! {
             name = signal_shutdown() => {
                 tracing::info!("{name}: shutting down");
+                crate::net::notify("STOPPING=1");
                 signal.trigger();
                 (&mut run).await
             }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod batch;
 pub mod frames;
 mod metrics;
+mod notify;
 mod probe;
 pub mod relay;
 pub mod relay_link;
@@ -15,6 +16,7 @@ pub mod supernode;
 pub mod turn_client;
 
 pub use metrics::serve_metrics;
+pub use notify::{notify, sd_notify};
 pub use probe::{ProbeError, local_ip_for, run_probe};
 pub use shutdown::{Shutdown, ShutdownSignal, signal_shutdown};
 pub use socket::{bind_udp, bind_udp_std};

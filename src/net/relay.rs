@@ -240,7 +240,24 @@ impl Shared {
     fn reap(&self) {
         let mut core = self.core.borrow_mut();
         let draining = core.draining().is_some();
-        while let Some(Event::Released { id, .. }) = core.poll_event() {
+        while let Some(Event::Released {
+            id,
+            relay,
+            username,
+            client,
+            since,
+            to_peer_bytes,
+            to_client_bytes,
+        }) = core.poll_event()
+        {
+            // One line per allocation end, as coturn logs a session's end: who, from where,
+            // how much each way, how long.
+            tracing::info!(
+                "allocation ended: user={username} client={}:{} relay={relay} to_peer_bytes={to_peer_bytes} to_client_bytes={to_client_bytes} duration={:.1}s",
+                format!("{:?}", client.transport).to_lowercase(),
+                client.remote,
+                since.elapsed().as_secs_f64()
+            );
             if draining {
                 self.timer.notify_one();
             }

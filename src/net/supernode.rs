@@ -106,9 +106,27 @@ impl Core for Supernode {
                     .collect::<Vec<_>>()
             );
         }
-        v["session"] = serde_json::json!({
-            "refused": format!("{:?}", self.session_counters()),
-        });
+        // Plain objects for scripts: members and relays by field name, the session layer's
+        // counters by name with its refusals by reason.
+        v["members"] = Supernode::members(self)
+            .iter()
+            .map(|m| serde_json::json!({"id": m.key.id.to_string(), "addr": m.addr}))
+            .collect();
+        if let Some(relays) = v["relays"].as_array_mut() {
+            for r in relays {
+                *r = serde_json::json!({"id": r[0], "load": r[1]});
+            }
+        }
+        let mut session = serde_json::Map::new();
+        let mut refused = serde_json::Map::new();
+        for (k, n) in self.session_counters().iter() {
+            match k.strip_prefix("refused_") {
+                Some(why) => refused.insert(why.to_string(), n.into()),
+                None => session.insert(k, n.into()),
+            };
+        }
+        session.insert("refused".into(), refused.into());
+        v["session"] = session.into();
         // The same counters by name (`refused_<reason>` for refusals), for scripts and tests.
         v["session_counters"] = self
             .session_counters()

@@ -1,0 +1,591 @@
+//! What an operator relies on, against the real binaries on loopback:
+//! - `relayd --config relayd.toml` and `RELAYD_AUTH_SECRET=… relayd …` serve TURN: our client
+//!   allocates and coturn's `turnutils_uclient` relays through them without loss; precedence is
+//!   flag > environment > file; an unknown key is a usage error (exit 2);
+//! - readiness: with `NOTIFY_SOCKET` (a path or an abstract '@' name) both daemons send READY=1
+//!   once serving and STOPPING=1 on SIGTERM;
+//! - `$STATE_DIRECTORY` and `$RUNTIME_DIRECTORY` place supernoded's key and control socket, and
+//!   `supernoded status --json` finds the socket and prints plain JSON objects;
+//! - logs carry no escape codes when stderr is not a terminal; relayd logs one line per
+//!   allocation end;
+//! - `systemd-analyze verify` accepts both units in contrib/systemd.
+//!
+//! Loopback only: the only data relayed goes between allocations of the same relay.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
+use voxmesh::turn::{TurnClientConfig, mint_rest_credential};
+
+/// How long any one step may take (a start, an allocation, a notification).
+const WAIT: Duration = Duration::from_secs(10);
+const SECRET: &str = "north";
+
+/// A daemon child, killed when dropped; its first stdout line and its stderr (collected by a
+/// thread until it exits).
+struct Daemon {
+    child: Child,
+    line: serde_json::Value,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(mut cmd: Command) -> Daemon {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut err = child.stderr.take().unwrap();
+        let (etx, erx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            let _ = etx.send(s);
+        });
+        let line = rx.recv_timeout(WAIT).unwrap_or_default();
+        let line = match serde_json::from_str(line.trim()) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "did not start: {line:?}; stderr: {}",
+                    erx.recv_timeout(WAIT).unwrap_or_default()
+                );
+            }
+        };
+        Daemon {
+            child,
+            line,
+            stderr: erx,
+        }
+    }
+
+    /// (transport, address) of each listener in relayd's start line.
+    fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.line["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["transport"].as_str().unwrap().to_string(),
+                    l["address"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn addr(&self, transport: &str) -> SocketAddr {
+        self.listeners()
+            .into_iter()
+            .find(|(t, _)| t == transport)
+            .unwrap_or_else(|| panic!("no {transport} listener: {}", self.line))
+            .1
+    }
+
+    fn term(&self) {
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.term();
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "still running after {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        (status, self.stderr.recv_timeout(WAIT).unwrap_or_default())
+    }
+}
+
+fn relayd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_relayd"));
+    // The test's own environment must not leak flags in.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RELAYD_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn supernoded() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_supernoded"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SUPERNODED_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One allocation over UDP with (user, password), released again.
+fn allocate_and_release(server: SocketAddr, user: &str, password: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let cfg = TurnClientConfig::new(server, user, password);
+            let relay = TurnRelay::allocate(cfg, TurnTransport::Udp, WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("allocate at {server} as {user}: {e}"));
+            assert_eq!(relay.relayed().ip().to_string(), "127.0.0.1");
+            relay.release().await;
+        });
+}
+
+/// Two allocations as (user, password); the first sends `data` to the second's relayed
+/// address (delivered inside the relay), which must receive it; then both are released.
+fn exchange(server: SocketAddr, user: &str, password: &str, data: &[u8]) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let alloc = || {
+                TurnRelay::allocate(
+                    TurnClientConfig::new(server, user, password),
+                    TurnTransport::Udp,
+                    WAIT,
+                )
+            };
+            let a = alloc().await.expect("allocate a");
+            let mut b = alloc().await.expect("allocate b");
+            b.create_permission(a.relayed())
+                .await
+                .expect("permission b");
+            a.create_permission(b.relayed())
+                .await
+                .expect("permission a");
+            a.send_to(b.relayed(), data).await.expect("send");
+            let (from, got) = tokio::time::timeout(WAIT, b.recv())
+                .await
+                .expect("nothing relayed in time")
+                .expect("b closed");
+            assert_eq!((from, &got[..]), (a.relayed(), data));
+            a.release().await;
+            b.release().await;
+        });
+}
+
+/// coturn's `turnutils_uclient` over UDP, client to client (-y: the peers are allocations of
+/// the same relay), with `auth` (-u/-w or -W): every message arrives.
+fn uclient(port: u16, auth: &[&str]) {
+    // uclient starts each client 1-6 s after connecting and sends 50 messages 5 ms apart; it
+    // exits once everything arrived: 60 s is a bound, not an expectation.
+    let out = Command::new("timeout")
+        .args(["60", "turnutils_uclient", "-y", "-m", "2", "-n", "50"])
+        .args(["-z", "5"])
+        .args(auth)
+        .args(["-p", &port.to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let totals = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or_else(|| panic!("uclient printed no totals:\n{text}"));
+    let count = |key: &str| -> u64 {
+        let rest = &totals[totals.find(key).unwrap_or_else(|| panic!("{totals}")) + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{totals}"))
+    };
+    // Each of the 2 x 2 clients (-y pairs them) sends its 50.
+    let (sent, got) = (count("tot_send_msgs="), count("tot_recv_msgs="));
+    assert!(sent >= 100 && got == sent, "{totals}\n{text}");
+    assert!(text.contains("Total lost packets 0 "), "loss:\n{text}");
+}
+
+#[test]
+fn relayd_serves_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("relayd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "# the interop suite's loopback configuration, as a file\n\
+             listen = [\"127.0.0.1:0\"]\n\
+             relay-ip = [\"127.0.0.1\"]\n\
+             user = [\"alice:secret\"]\n\
+             auth_secret = [\"{SECRET}\"]\n\
+             user-quota = 8\n\
+             drain = 1\n\
+             verbose = 1\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = relayd();
+    cmd.arg("--config").arg(&conf);
+    let d = Daemon::start(cmd);
+    let udp = d.addr("udp");
+    assert_eq!(d.addr("tcp").port(), udp.port(), "{}", d.line);
+    allocate_and_release(udp, "alice", "secret");
+    let (user, pass) = mint_rest_credential(SECRET.as_bytes(), "bob", unix_now() + 600);
+    allocate_and_release(udp, &user, &pass);
+    exchange(udp, "alice", "secret", b"twelve bytes");
+    if common::coturn_or_skip("relayd_serves_from_a_config_file") {
+        uclient(udp.port(), &["-u", "alice", "-w", "secret"]);
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+    // verbose = 1 from the file: one info line per allocation end, naming user and client.
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("allocation ended"))
+        .collect();
+    assert!(
+        ended.iter().any(
+            |l| l.contains("user=alice client=udp:127.0.0.1:") && l.contains("to_peer_bytes=0")
+        ),
+        "{log}"
+    );
+    assert!(
+        ended.iter().any(|l| l.contains(&format!("user={user} "))),
+        "{log}"
+    );
+    // The exchange: 12 bytes out of one allocation and into the other, each counted once.
+    assert!(
+        ended
+            .iter()
+            .any(|l| l.contains("to_peer_bytes=12 to_client_bytes=0 ")),
+        "{log}"
+    );
+    assert!(
+        ended
+            .iter()
+            .any(|l| l.contains("to_peer_bytes=0 to_client_bytes=12 ")),
+        "{log}"
+    );
+    // stderr is a pipe: no colour escape codes.
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a piped log: {log:?}"
+    );
+}
+
+#[test]
+fn relayd_takes_its_secret_and_flags_from_the_environment() {
+    let mut cmd = relayd();
+    cmd.env("RELAYD_AUTH_SECRET", SECRET)
+        .env("RELAYD_LISTEN", "udp:127.0.0.1:0,tcp:127.0.0.1:0")
+        .env("RELAYD_RELAY_IP", "127.0.0.1")
+        .env("RELAYD_DRAIN", "1")
+        .arg("-q");
+    let d = Daemon::start(cmd);
+    let kinds: Vec<String> = d.listeners().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(kinds, ["udp", "tcp"], "{}", d.line);
+    let udp = d.addr("udp");
+    let (user, pass) = mint_rest_credential(SECRET.as_bytes(), "carol", unix_now() + 600);
+    allocate_and_release(udp, &user, &pass);
+    if common::coturn_or_skip("relayd_takes_its_secret_and_flags_from_the_environment") {
+        uclient(udp.port(), &["-W", SECRET]);
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+}
+
+#[test]
+fn flags_beat_the_environment_which_beats_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("relayd.toml");
+    std::fs::write(
+        &conf,
+        "listen = [\"udp:127.0.0.1:0\"]\nrelay-ip = [\"127.0.0.1\"]\nuser = [\"a:b\"]\nverbose = 2\n",
+    )
+    .unwrap();
+    let kinds = |d: &Daemon| -> Vec<String> { d.listeners().into_iter().map(|(t, _)| t).collect() };
+    // The file alone.
+    let mut cmd = relayd();
+    cmd.arg("--config").arg(&conf);
+    let d = Daemon::start(cmd);
+    assert_eq!(kinds(&d), ["udp"]);
+    drop(d);
+    // The environment over the file (and -q over the file's verbose, which it excludes).
+    let mut cmd = relayd();
+    cmd.env("RELAYD_CONFIG", &conf)
+        .env("RELAYD_LISTEN", "tcp:127.0.0.1:0")
+        .arg("-q");
+    let d = Daemon::start(cmd);
+    assert_eq!(kinds(&d), ["tcp"]);
+    let (status, log) = d.stop();
+    assert!(status.success() && log.is_empty(), "{status}: {log:?}");
+    // The command line over both.
+    let mut cmd = relayd();
+    cmd.env("RELAYD_CONFIG", &conf)
+        .env("RELAYD_LISTEN", "tcp:127.0.0.1:0")
+        .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"]);
+    let d = Daemon::start(cmd);
+    assert_eq!(kinds(&d), ["udp", "tcp"]);
+}
+
+#[test]
+fn a_bad_config_file_is_a_usage_error_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        (
+            "listen = [\"127.0.0.1:0\"]\nlisten-port = 3478\n",
+            "listen-port",
+        ),
+        ("user-quota = \"many\"\n", "many"),
+        ("listen = [\n", "relayd.toml"),
+    ] {
+        let conf = dir.path().join("relayd.toml");
+        std::fs::write(&conf, text).unwrap();
+        let out = relayd().arg("--config").arg(&conf).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.contains("relayd.toml") && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+    let out = relayd()
+        .args(["--config", "/nonexistent/relayd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Waits (bounded) for the next datagram on `sock`.
+fn recv_notify(sock: &UnixDatagram) -> String {
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no notification in time");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The daemon's start line is out before READY=1 (the listeners are bound), and SIGTERM gives
+/// STOPPING=1 then a clean exit.
+fn ready_and_stopping(mut cmd: Command, sock: &UnixDatagram, addr: &str) {
+    cmd.env("NOTIFY_SOCKET", addr);
+    let d = Daemon::start(cmd);
+    assert_eq!(recv_notify(sock), "READY=1");
+    d.term();
+    assert_eq!(recv_notify(sock), "STOPPING=1");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+}
+
+#[test]
+fn both_daemons_notify_readiness_on_a_path_and_an_abstract_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let mut r = relayd();
+    r.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--user",
+        "a:b",
+        "-q",
+    ]);
+    ready_and_stopping(r, &sock, path.to_str().unwrap());
+    let mut s = supernoded();
+    s.args(["--stun-only", "--listen", "127.0.0.1:0", "-q"]);
+    ready_and_stopping(s, &sock, path.to_str().unwrap());
+
+    // Linux's abstract namespace: '@' in $NOTIFY_SOCKET stands for the leading NUL.
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("voxmesh-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let abs = UnixDatagram::bind_addr(&addr).unwrap();
+    let mut r = relayd();
+    r.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--user",
+        "a:b",
+        "-q",
+    ]);
+    ready_and_stopping(r, &abs, &format!("@{name}"));
+}
+
+#[test]
+fn supernoded_follows_systemds_directories_and_status_prints_json() {
+    let state = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let mut cmd = supernoded();
+    cmd.env("STATE_DIRECTORY", state.path())
+        .env("RUNTIME_DIRECTORY", runtime.path())
+        .args(["--listen", "127.0.0.1:0", "-q"]);
+    let d = Daemon::start(cmd);
+    assert!(state.path().join("supernode.key").is_file());
+    let sock = runtime.path().join("supernoded.sock");
+    assert!(sock.exists(), "no control socket in $RUNTIME_DIRECTORY");
+    let out = supernoded()
+        .env("RUNTIME_DIRECTORY", runtime.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Objects all the way down: no Debug strings, no tuples.
+    assert!(v.is_object(), "{v}");
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.is_object()),
+        "{v}"
+    );
+    assert!(
+        v["relays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.is_object()),
+        "{v}"
+    );
+    assert!(v["session"]["refused"].is_object(), "{v}");
+    fn no_debug(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => !s.contains(" { ") && !s.contains("(["),
+            serde_json::Value::Array(a) => a.iter().all(no_debug),
+            serde_json::Value::Object(o) => o.values().all(no_debug),
+            _ => true,
+        }
+    }
+    assert!(no_debug(&v), "{v}");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+}
+
+/// `systemd-analyze verify` on both units, with ExecStart pointing at the built binaries (it
+/// checks that the command exists) and MANPATH at the repository's man pages (it checks
+/// Documentation=man:...). Warnings fail the test too: systemd ignores a bad line with a
+/// warning and still exits 0.
+#[test]
+fn systemd_units_verify() {
+    let test = "systemd_units_verify";
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: systemd-analyze missing under CI=true"
+        );
+        eprintln!("SKIPPED {test}: systemd-analyze is not installed");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    let mut units = Vec::new();
+    for (name, bin) in [
+        ("relayd", env!("CARGO_BIN_EXE_relayd")),
+        ("supernoded", env!("CARGO_BIN_EXE_supernoded")),
+    ] {
+        std::fs::copy(
+            root.join(format!("man/{name}.1")),
+            man1.join(format!("{name}.1")),
+        )
+        .unwrap();
+        let text =
+            std::fs::read_to_string(root.join(format!("contrib/systemd/{name}.service"))).unwrap();
+        let exec = format!("ExecStart=/usr/local/bin/{name} ");
+        assert!(text.contains(&exec), "{name}.service: {exec}");
+        for want in [
+            "Type=notify",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "RestartPreventExitStatus=2",
+            "StateDirectory=",
+            "RuntimeDirectory=",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "NoNewPrivileges=yes",
+        ] {
+            assert!(text.contains(want), "{name}.service lacks {want}");
+        }
+        let unit = dir.path().join(format!("{name}.service"));
+        std::fs::write(&unit, text.replace(&exec, &format!("ExecStart={bin} "))).unwrap();
+        units.push(unit);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
+
+/// relayd's stop timeout must outlast its drain: TimeoutStopSec > the --drain default.
+#[test]
+fn relayd_unit_waits_longer_than_the_drain() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("contrib/systemd/relayd.service")).unwrap();
+    let stop: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec")
+        .parse()
+        .unwrap();
+    let help = relayd().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let drain: u64 = help
+        .split("--drain <SECONDS>")
+        .nth(1)
+        .and_then(|s| s.split("[default: ").nth(1))
+        .and_then(|s| s.split(']').next())
+        .expect("--drain default in --help")
+        .parse()
+        .unwrap();
+    assert!(stop > drain, "TimeoutStopSec={stop} vs --drain {drain}");
+}
