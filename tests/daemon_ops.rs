@@ -589,3 +589,278 @@ fn relayd_unit_waits_longer_than_the_drain() {
         .unwrap();
     assert!(stop > drain, "TimeoutStopSec={stop} vs --drain {drain}");
 }
+
+/// `GET /metrics` over plain HTTP/1.1: the body.
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Parses Prometheus text with the reference Python client's parser: every sample as
+/// (sample name, labels, value), by family name with its type. `None` when the parser is not
+/// installed (a failure under CI=true: scripts/setup installs it).
+fn parse_prometheus(text: &str) -> Option<serde_json::Value> {
+    let script = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = {}\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   out[f.name] = {'type': f.type, 'help': f.documentation,\n\
+        \x20       'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
+        print(json.dumps(out))\n";
+    let probe = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 prometheus_client missing under CI=true (run scripts/setup)"
+        );
+        eprintln!("SKIPPED the text-format parse: python3 prometheus_client is missing");
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The value of `sample` (with exactly `labels`) in a parsed exposition.
+fn sample(
+    parsed: &serde_json::Value,
+    family: &str,
+    sample: &str,
+    labels: serde_json::Value,
+) -> f64 {
+    parsed[family]["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no family {family} in {parsed}"))
+        .iter()
+        .find(|s| s[0] == sample && s[1] == labels)
+        .unwrap_or_else(|| panic!("no {sample} {labels} in {}", parsed[family]))[2]
+        .as_f64()
+        .unwrap()
+}
+
+/// Polls `/metrics` (rebuilt once a second by the daemons) until `ready` holds, for at most
+/// [`WAIT`].
+fn scrape_until(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = scrape(addr);
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never got there:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn line_value(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn supernoded_metrics_carry_the_directory_and_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = supernoded();
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "-q"])
+        .arg("--identity")
+        .arg(dir.path().join("sn.key"))
+        .arg("--control")
+        .arg(dir.path().join("sn.sock"));
+    let d = Daemon::start(cmd);
+    let entry = d.line["node"].as_str().unwrap().to_string();
+    let metrics: SocketAddr = d.line["metrics"].as_str().unwrap().parse().unwrap();
+    // A real client registers (answer), another looks it up (dial --lookup).
+    let mut answer = Command::new(env!("CARGO_BIN_EXE_answer"))
+        .args(["--supernode", &entry, "--bind", "127.0.0.1:0", "-q"])
+        .arg("--identity")
+        .arg(dir.path().join("answer.key"))
+        .arg("--host-cache")
+        .arg(dir.path().join("answer.hosts"))
+        .arg("--contacts")
+        .arg(dir.path().join("no-contacts"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(answer.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let registered: serde_json::Value = loop {
+        let l = rx.recv_timeout(WAIT).expect("answer did not register");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        if v["event"] == "registered" {
+            break v;
+        }
+    };
+    let id = registered["user"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no id in {registered}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_dial"))
+        .args([
+            "--lookup",
+            &id,
+            "--supernode",
+            &entry,
+            "--bind",
+            "127.0.0.1:0",
+            "-q",
+        ])
+        .args(["--timeout", "10", "--identity"])
+        .arg(dir.path().join("dial.key"))
+        .arg("--host-cache")
+        .arg(dir.path().join("dial.hosts"))
+        .arg("--contacts")
+        .arg(dir.path().join("no-contacts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = scrape_until(metrics, |t| {
+        line_value(t, "voxmesh_supernode_lookups_total").is_some_and(|n| n >= 1.0)
+    });
+    let _ = answer.kill();
+    let _ = answer.wait();
+    for family in [
+        "voxmesh_build_info",
+        "voxmesh_supernode_registrations_total",
+        "voxmesh_supernode_lookups_total",
+        "voxmesh_supernode_routed_total",
+        "voxmesh_supernode_members",
+        "voxmesh_supernode_frame_seconds",
+        "voxmesh_stun_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}:\n{text}"
+        );
+    }
+    assert!(line_value(&text, "voxmesh_supernode_registrations_total").unwrap() >= 1.0);
+    assert_eq!(line_value(&text, "voxmesh_supernode_members"), Some(1.0));
+    let Some(p) = parse_prometheus(&text) else {
+        return;
+    };
+    assert_eq!(p["voxmesh_supernode_frame_seconds"]["type"], "histogram");
+    // Every frame of the registration and the lookup was timed.
+    let frames = sample(
+        &p,
+        "voxmesh_supernode_frame_seconds",
+        "voxmesh_supernode_frame_seconds_count",
+        serde_json::json!({}),
+    );
+    assert!(frames >= 2.0, "{frames}");
+    let inf = sample(
+        &p,
+        "voxmesh_supernode_frame_seconds",
+        "voxmesh_supernode_frame_seconds_bucket",
+        serde_json::json!({"le": "+Inf"}),
+    );
+    assert_eq!(inf, frames);
+    assert_eq!(p["voxmesh_supernode_lookups"]["type"], "counter");
+    assert_eq!(
+        sample(
+            &p,
+            "voxmesh_build_info",
+            "voxmesh_build_info",
+            serde_json::json!({"program": "supernoded", "version": env!("CARGO_PKG_VERSION")})
+        ),
+        1.0
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+}
+
+#[test]
+fn relayd_metrics_parse_with_build_info_and_a_latency_histogram() {
+    let mut cmd = relayd();
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--user",
+        "alice:secret",
+    ])
+    .args(["--metrics", "127.0.0.1:0", "--drain", "1", "-q"]);
+    let d = Daemon::start(cmd);
+    let metrics: SocketAddr = d.line["metrics"].as_str().unwrap().parse().unwrap();
+    allocate_and_release(d.addr("udp"), "alice", "secret");
+    let text = scrape_until(metrics, |t| {
+        line_value(t, "voxmesh_turn_allocations_total").is_some_and(|n| n >= 1.0)
+    });
+    for family in [
+        "voxmesh_build_info",
+        "voxmesh_turn_allocations_total",
+        "voxmesh_turn_udp_batch_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}:\n{text}"
+        );
+    }
+    let Some(p) = parse_prometheus(&text) else {
+        return;
+    };
+    assert_eq!(p["voxmesh_turn_udp_batch_seconds"]["type"], "histogram");
+    // 401, Allocate, Refresh(0) at least: each a batch of one or more datagrams.
+    let batches = sample(
+        &p,
+        "voxmesh_turn_udp_batch_seconds",
+        "voxmesh_turn_udp_batch_seconds_count",
+        serde_json::json!({}),
+    );
+    assert!(batches >= 1.0, "{batches}");
+    assert_eq!(
+        sample(
+            &p,
+            "voxmesh_build_info",
+            "voxmesh_build_info",
+            serde_json::json!({"program": "relayd", "version": env!("CARGO_PKG_VERSION")})
+        ),
+        1.0
+    );
+    assert_eq!(p["voxmesh_turn_allocations"]["type"], "counter");
+}

@@ -346,6 +346,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut server = StunServer::bind(configs).await?;
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
+        let mut node_metrics = None;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -353,10 +354,17 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(|source| crate::supernode::StunServerError::BindMetrics { addr, source })?;
             metrics_addr = listener.local_addr().ok();
             let counters = server.counters();
+            let node = Arc::new(std::sync::Mutex::new(String::new()));
+            node_metrics = Some(node.clone());
+            // STUN counters are atomics, read at each scrape; the node's families are rebuilt
+            // once a second by its own task (it owns the core).
             let render = Arc::new(move || {
-                let mut s = String::new();
-                counters.render(&mut s);
-                s
+                let mut s = crate::net::prom::Snapshot::default();
+                s.build_info("supernoded");
+                counters.collect(&mut s);
+                let mut text = s.render();
+                text.push_str(&node.lock().map(|t| t.clone()).unwrap_or_default());
+                text
             });
             tasks.spawn(serve_metrics(listener, render, shutdown.clone()));
         }
@@ -453,6 +461,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tcp,
                 Some(control),
                 host_cache,
+                node_metrics,
                 shutdown.clone(),
             )));
         }

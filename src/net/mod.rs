@@ -8,6 +8,7 @@ pub mod frames;
 mod metrics;
 mod notify;
 mod probe;
+pub mod prom;
 pub mod relay;
 pub mod relay_link;
 mod shutdown;

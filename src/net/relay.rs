@@ -150,6 +150,9 @@ struct Shared {
     flush: Notify,
     /// Wakes the timer task when the core may have an earlier deadline.
     timer: Notify,
+    /// How long each batch of client datagrams took, from receipt to the last one handled
+    /// (one clock read per batch, not per packet).
+    batch_latency: RefCell<super::prom::Histogram>,
 }
 
 impl Shared {
@@ -329,6 +332,7 @@ pub async fn serve_relay(
         out: RefCell::new(Vec::with_capacity(2048)),
         flush: Notify::new(),
         timer: Notify::new(),
+        batch_latency: RefCell::new(super::prom::Histogram::default()),
     });
     let local = tokio::task::LocalSet::new();
     local
@@ -426,39 +430,29 @@ pub async fn serve_relay(
 
 /// Renders the core's counters and the driver's gauges as Prometheus text.
 fn render_metrics(shared: &Shared) -> String {
-    use super::metrics::write_family;
     let core = shared.core.borrow();
     let c = core.counters();
-    let mut s = String::new();
-    let one = |v: u64| [("", v)];
-    let gauge = "gauge";
-    let counter = "counter";
-    write_family(
-        &mut s,
+    let mut s = super::prom::Snapshot::default();
+    s.build_info("relayd");
+    s.level(
         "voxmesh_turn_allocations",
-        gauge,
-        None,
-        one(core.allocations() as u64),
+        "Live allocations.",
+        core.allocations() as i64,
     );
-    let sockets = shared.relays.borrow().iter().flatten().count() as u64;
-    write_family(
-        &mut s,
+    let sockets = shared.relays.borrow().iter().flatten().count() as i64;
+    s.level(
         "voxmesh_turn_relayed_sockets",
-        gauge,
-        None,
-        one(sockets),
+        "Open relayed UDP sockets (one per allocation).",
+        sockets,
     );
-    write_family(
-        &mut s,
+    s.count(
         "voxmesh_turn_allocations_total",
-        counter,
-        None,
-        one(c.allocations_total),
+        "Allocations made since start.",
+        c.allocations_total,
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_packets_total",
-        counter,
+        "Packets relayed, by direction (internal: between two allocations of this relay).",
         Some("direction"),
         [
             ("to_peer", c.to_peer_packets),
@@ -466,20 +460,18 @@ fn render_metrics(shared: &Shared) -> String {
             ("internal", c.internal_packets),
         ],
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_bytes_total",
-        counter,
+        "Payload bytes relayed, by direction.",
         Some("direction"),
         [
             ("to_peer", c.to_peer_bytes),
             ("to_client", c.to_client_bytes),
         ],
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_auth_total",
-        counter,
+        "Authentication outcomes other than success.",
         Some("result"),
         [
             ("challenge", c.auth_challenges),
@@ -494,28 +486,30 @@ fn render_metrics(shared: &Shared) -> String {
         v.sort();
         v
     }
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_dropped_total",
-        counter,
+        "Messages dropped without an answer, by reason.",
         Some("reason"),
         sorted(&c.drops),
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_peer_refused_total",
-        counter,
+        "Permissions or sends refused for the peer's address, by reason.",
         Some("reason"),
         sorted(&c.peer_refusals),
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_errors_total",
-        counter,
+        "Error responses sent, by STUN error code.",
         Some("code"),
         sorted(&c.errors),
     );
-    s
+    s.histogram(
+        "voxmesh_turn_udp_batch_seconds",
+        "Time to handle one batch of client datagrams read together over UDP.",
+        &shared.batch_latency.borrow(),
+    );
+    s.render()
 }
 
 /// Receives one batch from `sock`, which must have been reported readable. `Ok(true)` when the
@@ -578,6 +572,7 @@ async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>
             };
             shared.act(now, action, d.data);
         }
+        shared.batch_latency.borrow_mut().observe(now.elapsed());
         shared.reap();
         flush_all(&shared);
     }
