@@ -28,12 +28,14 @@ use voxmesh::turn::{TurnClientConfig, mint_rest_credential};
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "north";
 
-/// A daemon child, killed when dropped; its first stdout line and its stderr (collected by a
-/// thread until it exits).
+/// A daemon child, killed when dropped; its first stdout line and its stderr lines (read by a
+/// thread as they come).
 struct Daemon {
     child: Child,
     line: serde_json::Value,
     stderr: std::sync::mpsc::Receiver<String>,
+    /// Lines already taken from `stderr` by [`Daemon::wait_log`].
+    seen: Vec<String>,
 }
 
 impl Drop for Daemon {
@@ -58,12 +60,12 @@ impl Daemon {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let mut err = child.stderr.take().unwrap();
+        let err = child.stderr.take().unwrap();
         let (etx, erx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            let _ = etx.send(s);
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = etx.send(l);
+            }
         });
         let line = rx.recv_timeout(WAIT).unwrap_or_default();
         let line = match serde_json::from_str(line.trim()) {
@@ -71,16 +73,30 @@ impl Daemon {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "did not start: {line:?}; stderr: {}",
-                    erx.recv_timeout(WAIT).unwrap_or_default()
-                );
+                let log: Vec<String> = erx.iter().collect();
+                panic!("did not start: {line:?}; stderr: {}", log.join("\n"));
             }
         };
         Daemon {
             child,
             line,
             stderr: erx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`, and returns it.
+    fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.stderr.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no log line with {needle:?} in {WAIT:?}: {:?}", self.seen)
+            });
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
         }
     }
 
@@ -126,7 +142,10 @@ impl Daemon {
             assert!(Instant::now() < deadline, "still running after {WAIT:?}");
             std::thread::sleep(Duration::from_millis(5));
         };
-        (status, self.stderr.recv_timeout(WAIT).unwrap_or_default())
+        // The pipe closes at exit: the rest of the log is there.
+        let mut log = std::mem::take(&mut self.seen);
+        log.extend(self.stderr.iter());
+        (status, log.join("\n") + "\n")
     }
 }
 
@@ -352,7 +371,7 @@ fn flags_beat_the_environment_which_beats_the_file() {
     let d = Daemon::start(cmd);
     assert_eq!(kinds(&d), ["tcp"]);
     let (status, log) = d.stop();
-    assert!(status.success() && log.is_empty(), "{status}: {log:?}");
+    assert!(status.success() && log.trim().is_empty(), "{status}: {log:?}");
     // The command line over both.
     let mut cmd = relayd();
     cmd.env("RELAYD_CONFIG", &conf)
@@ -863,4 +882,216 @@ fn relayd_metrics_parse_with_build_info_and_a_latency_histogram() {
         1.0
     );
     assert_eq!(p["voxmesh_turn_allocations"]["type"], "counter");
+}
+
+/// relayd on loopback with the shared secret (and nothing else), UDP and TCP on one port.
+fn relayd_with_secret(extra: &[&str]) -> Daemon {
+    let mut cmd = relayd();
+    cmd.env("RELAYD_AUTH_SECRET", SECRET)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+            "--drain",
+            "1",
+            "-q",
+        ])
+        .args(extra);
+    Daemon::start(cmd)
+}
+
+#[test]
+fn mint_credential_prints_one_the_relay_accepts() {
+    let d = relayd_with_secret(&[]);
+    let out = relayd()
+        .env("RELAYD_AUTH_SECRET", SECRET)
+        .args(["mint-credential", "--name", "dave", "--ttl", "120"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expires = v["expires"].as_u64().unwrap();
+    let now = unix_now();
+    assert!((now + 110..=now + 130).contains(&expires), "{v}");
+    assert_eq!(v["username"], format!("{expires}:dave"));
+    assert_eq!(v["ttl"], 120);
+    allocate_and_release(
+        d.addr("udp"),
+        v["username"].as_str().unwrap(),
+        v["password"].as_str().unwrap(),
+    );
+    // A different secret mints a credential the relay refuses.
+    let out = relayd()
+        .env("RELAYD_AUTH_SECRET", "south")
+        .args(["mint-credential", "--name", "eve"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(TurnRelay::allocate(
+            TurnClientConfig::new(
+                d.addr("udp"),
+                v["username"].as_str().unwrap(),
+                v["password"].as_str().unwrap(),
+            ),
+            TurnTransport::Udp,
+            WAIT,
+        ));
+    assert!(
+        refused.is_err(),
+        "a credential from another secret was accepted"
+    );
+    // No secret anywhere: a usage error.
+    let out = relayd().arg("mint-credential").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_allocates_permits_and_echoes_through_a_relay() {
+    let d = relayd_with_secret(&["--user", "alice:secret"]);
+    let addr = d.addr("udp").to_string();
+    for transport in ["udp", "tcp"] {
+        let out = relayd()
+            .env("RELAYD_AUTH_SECRET", SECRET)
+            .args(["check", &addr, "--transport", transport, "--count", "4"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{transport}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (v["sent"].as_u64(), v["echoed"].as_u64()),
+            (Some(4), Some(4)),
+            "{v}"
+        );
+        assert_eq!(v["ok"], true);
+        let relayed = v["relayed"].as_array().unwrap();
+        assert_ne!(relayed[0], relayed[1]);
+        assert!(v["rtt_ms"]["max"].as_f64().unwrap() >= v["rtt_ms"]["min"].as_f64().unwrap());
+    }
+    // Long-term credentials instead of the secret.
+    let out = relayd()
+        .args(["check", &addr, "--user", "alice:secret", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong secret: the allocation step fails, exit 1, and the message names it.
+    let out = relayd()
+        .env("RELAYD_AUTH_SECRET", "south")
+        .args(["check", &addr, "--timeout", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("allocate") && err.contains("401"), "{err}");
+}
+
+/// A self-signed certificate for `name`: (cert PEM, key PEM, cert DER).
+fn certificate(name: &str) -> (String, String, Vec<u8>) {
+    let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    (
+        c.cert.pem(),
+        c.key_pair.serialize_pem(),
+        c.cert.der().to_vec(),
+    )
+}
+
+/// An allocation over TLS that trusts only `der`: whether it succeeds.
+fn tls_allocates(server: SocketAddr, der: &[u8]) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(der.to_vec()))
+        .unwrap();
+    let transport = TurnTransport::Tls {
+        server_name: "localhost".into(),
+        roots: std::sync::Arc::new(roots),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            match TurnRelay::allocate(
+                TurnClientConfig::new(server, "alice", "secret"),
+                transport,
+                WAIT,
+            )
+            .await
+            {
+                Ok(r) => {
+                    r.release().await;
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+}
+
+#[test]
+fn sighup_reloads_the_tls_certificate_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (pem1, key1, der1) = certificate("localhost");
+    let (pem2, key2, der2) = certificate("localhost");
+    std::fs::write(&cert_path, &pem1).unwrap();
+    std::fs::write(&key_path, &key1).unwrap();
+    let mut cmd = relayd();
+    cmd.args(["--listen", "tls:127.0.0.1:0", "--relay-ip", "127.0.0.1"])
+        .args(["--user", "alice:secret", "--drain", "1", "-v"])
+        .arg("--cert")
+        .arg(&cert_path)
+        .arg("--key")
+        .arg(&key_path);
+    let mut d = Daemon::start(cmd);
+    let tls = d.addr("tls");
+    assert!(tls_allocates(tls, &der1));
+    assert!(
+        !tls_allocates(tls, &der2),
+        "trusted a certificate never served"
+    );
+    let hup = |d: &Daemon| {
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    };
+    // A renewed certificate: once relayd logs the reload, new handshakes present it.
+    std::fs::write(&cert_path, &pem2).unwrap();
+    std::fs::write(&key_path, &key2).unwrap();
+    hup(&d);
+    d.wait_log("TLS certificate reloaded");
+    assert!(
+        tls_allocates(tls, &der2),
+        "the new certificate is not served"
+    );
+    assert!(
+        !tls_allocates(tls, &der1),
+        "still serving the old certificate"
+    );
+    // A key that does not match the certificate: the reload fails and the current one stays.
+    std::fs::write(&key_path, &key1).unwrap();
+    hup(&d);
+    let failed = d.wait_log("TLS certificate reload");
+    assert!(failed.contains("failed, keeping the old one"), "{failed}");
+    assert!(
+        tls_allocates(tls, &der2),
+        "a bad reload replaced the certificate"
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(log.matches("TLS certificate reloaded").count(), 1, "{log}");
 }

@@ -13,6 +13,7 @@ pub mod docs;
 pub mod natprobe;
 pub mod pipe_audio;
 pub mod relayd;
+pub mod relayd_tools;
 pub mod supernoded;
 
 use std::io::{self, Write};
