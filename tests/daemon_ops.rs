@@ -371,7 +371,10 @@ fn flags_beat_the_environment_which_beats_the_file() {
     let d = Daemon::start(cmd);
     assert_eq!(kinds(&d), ["tcp"]);
     let (status, log) = d.stop();
-    assert!(status.success() && log.trim().is_empty(), "{status}: {log:?}");
+    assert!(
+        status.success() && log.trim().is_empty(),
+        "{status}: {log:?}"
+    );
     // The command line over both.
     let mut cmd = relayd();
     cmd.env("RELAYD_CONFIG", &conf)
@@ -474,11 +477,15 @@ fn supernoded_follows_systemds_directories_and_status_prints_json() {
     let mut cmd = supernoded();
     cmd.env("STATE_DIRECTORY", state.path())
         .env("RUNTIME_DIRECTORY", runtime.path())
-        .args(["--listen", "127.0.0.1:0", "-q"]);
-    let d = Daemon::start(cmd);
+        .args(["--listen", "127.0.0.1:0", "-v"]);
+    let mut d = Daemon::start(cmd);
     assert!(state.path().join("supernode.key").is_file());
     let sock = runtime.path().join("supernoded.sock");
     assert!(sock.exists(), "no control socket in $RUNTIME_DIRECTORY");
+    // systemctl reload sends SIGHUP: supernoded logs it and keeps serving.
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    d.wait_log("SIGHUP: nothing to reload");
     let out = supernoded()
         .env("RUNTIME_DIRECTORY", runtime.path())
         .args(["status", "--json"])

@@ -141,7 +141,8 @@ pub fn help(prefix: &str) -> String {
         "Configuration:
   Every flag can also be given in the environment as {prefix}_<FLAG> (e.g. {ex}; a repeatable
   flag takes a comma-separated list) and in a TOML file named by --config or {prefix}_CONFIG,
-  keyed by the long flag names (listen = [\"...\"], user-quota = 10, no-tcp = true).
+  keyed by the long flag names (listen = [\"0.0.0.0:3478\"], metrics = \"127.0.0.1:9479\",
+  verbose = 1).
   Precedence: command line > environment > file. Secrets never need the command line: put them
   in the environment (systemd EnvironmentFile=), the config file, or a secrets file.
   An unreadable or bad config file exits 2.

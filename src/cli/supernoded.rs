@@ -26,7 +26,8 @@ pub const EXIT_BIND: u8 = 4;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0   stopped cleanly (SIGTERM or SIGINT)
+  0   stopped cleanly (SIGTERM or SIGINT; SIGHUP is logged and ignored: restart to apply
+      changed flags or config)
   1   runtime failure
   2   bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
   4   cannot bind a listening socket
@@ -465,6 +466,23 @@ fn run(args: Args) -> anyhow::Result<()> {
                 shutdown.clone(),
             )));
         }
+        // SIGHUP (systemd's ExecReload) must not kill us, which is its default action: there is
+        // nothing to re-read, so say so. Installed before the start line, as readers may signal
+        // as soon as they see it.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    r = hup.recv() => match r {
+                        Some(()) => tracing::info!("SIGHUP: nothing to reload (flags and the config file apply at start)"),
+                        None => return,
+                    },
+                }
+            }
+        });
         let line = serde_json::json!({"event": "listening", "node": node_entry, "stun": stun, "metrics": metrics_addr});
         print_stdout(&format!("{line}\n"))?;
         crate::net::notify("READY=1");
