@@ -16,6 +16,24 @@ _relayd() {
             ",$1")
                 cmd="relayd"
                 ;;
+            relayd,check)
+                cmd="relayd__subcmd__check"
+                ;;
+            relayd,help)
+                cmd="relayd__subcmd__help"
+                ;;
+            relayd,mint-credential)
+                cmd="relayd__subcmd__mint__subcmd__credential"
+                ;;
+            relayd__subcmd__help,check)
+                cmd="relayd__subcmd__help__subcmd__check"
+                ;;
+            relayd__subcmd__help,help)
+                cmd="relayd__subcmd__help__subcmd__help"
+                ;;
+            relayd__subcmd__help,mint-credential)
+                cmd="relayd__subcmd__help__subcmd__mint__subcmd__credential"
+                ;;
             *)
                 ;;
         esac
@@ -23,7 +41,7 @@ _relayd() {
 
     case "${cmd}" in
         relayd)
-            opts="-l -v -q -h -V --listen --cert --key --relay-ip --external-ip --relay-ports --realm --users --user --auth-secret --auth-secret-file --allow-peer --user-quota --source-quota --total-quota --max-bps --alternate-server --nonce-lifetime --drain --metrics --supernode --identity --verbose --quiet --help --version"
+            opts="-l -v -q -h -V --listen --cert --key --relay-ip --external-ip --relay-ports --realm --users --user --auth-secret --auth-secret-file --allow-peer --user-quota --source-quota --total-quota --max-bps --alternate-server --nonce-lifetime --drain --metrics --supernode --identity --config --verbose --quiet --help --version mint-credential check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -118,6 +136,126 @@ _relayd() {
                     return 0
                     ;;
                 --identity)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relayd__subcmd__check)
+            opts="-v -q -h --user --transport --count --timeout --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --transport)
+                    COMPREPLY=($(compgen -W "udp tcp" -- "${cur}"))
+                    return 0
+                    ;;
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relayd__subcmd__help)
+            opts="mint-credential check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relayd__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relayd__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relayd__subcmd__help__subcmd__mint__subcmd__credential)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relayd__subcmd__mint__subcmd__credential)
+            opts="-v -q -h --name --ttl --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -35,7 +35,7 @@ _supernoded() {
 
     case "${cmd}" in
         supernoded)
-            opts="-l -v -q -h -V --listen --alt-addr --no-rfc5780 --no-software --metrics --bootstrap --identity --advertise --control --host-cache --stun-only --session-idle-timeout --max-sessions --verbose --quiet --help --version status help"
+            opts="-l -v -q -h -V --listen --alt-addr --no-rfc5780 --no-software --metrics --bootstrap --identity --advertise --control --host-cache --config --stun-only --session-idle-timeout --max-sessions --verbose --quiet --help --version status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -74,6 +74,10 @@ _supernoded() {
                     return 0
                     ;;
                 --host-cache)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -135,13 +139,17 @@ _supernoded() {
             return 0
             ;;
         supernoded__subcmd__status)
-            opts="-v -q -h --json --users --control --verbose --quiet --help"
+            opts="-v -q -h --json --users --control --config --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

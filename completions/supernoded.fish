@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_supernoded_global_optspecs
-    string join \n l/listen= alt-addr= no-rfc5780 no-software metrics= bootstrap= identity= advertise= control= host-cache= stun-only session-idle-timeout= max-sessions= v/verbose q/quiet h/help V/version
+    string join \n l/listen= alt-addr= no-rfc5780 no-software metrics= bootstrap= identity= advertise= control= host-cache= config= stun-only session-idle-timeout= max-sessions= v/verbose q/quiet h/help V/version
 end
 
 function __fish_supernoded_needs_command
@@ -28,10 +28,11 @@ complete -c supernoded -n "__fish_supernoded_needs_command" -s l -l listen -d 'U
 complete -c supernoded -n "__fish_supernoded_needs_command" -l alt-addr -d 'Alternate address for RFC 5780, as IP or IP:PORT (port defaults to the listen port + 1); pairs with the --listen address of its family' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l bootstrap -d 'Another supernode to join the mesh through, as KEY@HOST:PORT; repeatable' -r
-complete -c supernoded -n "__fish_supernoded_needs_command" -l identity -d 'This supernode\'s key file (created on first start, mode 0600)' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l identity -d 'This supernode\'s key file (created on first start, mode 0600; default: $STATE_DIRECTORY/supernode.key under systemd, else supernode.key in the voxmesh config directory, ~/.config/voxmesh)' -r -F
 complete -c supernoded -n "__fish_supernoded_needs_command" -l advertise -d 'The address other nodes reach us at (default: the first --listen address)' -r
-complete -c supernoded -n "__fish_supernoded_needs_command" -l control -d 'Control socket for `supernoded status`' -r -F
-complete -c supernoded -n "__fish_supernoded_needs_command" -l host-cache -d 'Host cache of mesh members (read at start, rewritten while running)' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l control -d 'Control socket for `supernoded status` (default: $RUNTIME_DIRECTORY/supernoded.sock under systemd, else $XDG_RUNTIME_DIR/voxmesh/supernoded.sock, else /tmp/voxmesh-UID/supernoded.sock)' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l host-cache -d 'Host cache of mesh members (read at start, rewritten while running; default: supernode-hosts beside the key file)' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l config -d 'Read flags from this TOML file (keys are the long flag names; see Configuration below)' -r -F
 complete -c supernoded -n "__fish_supernoded_needs_command" -l session-idle-timeout -d 'Benchmarks only: close a session after this many seconds without a frame (default 65). `scripts/bench-supernode` raises it so that a million clients that registered and went quiet stay registered while it measures memory' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l max-sessions -d 'Benchmarks only: most sessions in any state (default 100000)' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l no-rfc5780 -d 'Serve plain STUN only: no CHANGE-REQUEST, RESPONSE-PORT, PADDING or OTHER-ADDRESS'
@@ -43,7 +44,8 @@ complete -c supernoded -n "__fish_supernoded_needs_command" -s h -l help -d 'Pri
 complete -c supernoded -n "__fish_supernoded_needs_command" -s V -l version -d 'Print version'
 complete -c supernoded -n "__fish_supernoded_needs_command" -f -a "status" -d 'Show the running daemon\'s members, users, relays and load'
 complete -c supernoded -n "__fish_supernoded_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c supernoded -n "__fish_supernoded_using_subcommand status" -l control -d 'The daemon\'s control socket' -r -F
+complete -c supernoded -n "__fish_supernoded_using_subcommand status" -l control -d 'The daemon\'s control socket (default: the daemon\'s --control, from the command line, SUPERNODED_CONTROL or --config; else the daemon\'s default, and failing that /run/supernoded/supernoded.sock, where the systemd unit puts it)' -r -F
+complete -c supernoded -n "__fish_supernoded_using_subcommand status" -l config -d 'Read flags from this TOML file (keys are the long flag names; see Configuration below)' -r -F
 complete -c supernoded -n "__fish_supernoded_using_subcommand status" -l json -d 'Print one JSON object instead of a summary'
 complete -c supernoded -n "__fish_supernoded_using_subcommand status" -l users -d 'Include the IDs of the users homed on this supernode'
 complete -c supernoded -n "__fish_supernoded_using_subcommand status" -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'

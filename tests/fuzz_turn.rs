@@ -760,7 +760,7 @@ impl Harness {
     }
 
     fn reap(&mut self) {
-        while let Some(Event::Released { id, relay }) = self.server.poll_event() {
+        while let Some(Event::Released { id, relay, .. }) = self.server.poll_event() {
             let gone = self.live.remove(&id);
             assert!(
                 gone.is_some_and(|(_, r)| r == relay),

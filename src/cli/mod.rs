@@ -8,12 +8,14 @@
 pub mod answer;
 pub mod call_io;
 pub mod client;
+pub mod config;
 pub mod dial;
 mod dial_call;
 pub mod docs;
 pub mod natprobe;
 pub mod pipe_audio;
 pub mod relayd;
+pub mod relayd_tools;
 pub mod supernoded;
 
 use std::io::{self, Write};
@@ -86,6 +88,8 @@ impl Verbosity {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(io::stderr)
+            // Escape codes only for a terminal: a log file or journald gets plain text.
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
             .with_target(false)
             .try_init();
     }
@@ -97,8 +101,8 @@ pub fn commands() -> Vec<clap::Command> {
         answer::Args::command(),
         dial::Args::command(),
         natprobe::Args::command(),
-        relayd::Args::command(),
-        supernoded::Args::command(),
+        relayd::command(),
+        supernoded::command(),
         pipe_audio::Args::command(),
     ]
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
@@ -21,7 +21,8 @@ use crate::agent::relay::{RelayLink, RelayLinkConfig};
 use crate::identity::{BootstrapEntry, Identity, IdentityLock, KeyFileError, default_key_path};
 use crate::net::agent::resolve_bootstrap;
 use crate::net::relay::{
-    BoundListener, Listen, RelayOptions, bind_listeners, serve_relay, tls_config,
+    BoundListener, Listen, RelayOptions, ReloadableCert, bind_listeners, serve_relay,
+    tls_config_reloadable,
 };
 use crate::net::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
 use crate::net::{ShutdownSignal, serve_metrics};
@@ -47,7 +48,13 @@ Signals:
                    relaying until they end or --drain seconds pass; then exit 0 (at once when
                    no allocation is live)
   SIGHUP           re-read --users and --auth-secret-file (the previous secrets stay accepted),
-                   and the host's own addresses (also re-read whenever one is added or removed)
+                   the --cert and --key files (new TLS handshakes get the new certificate; on
+                   any error the old one stays), and the host's own addresses (also re-read
+                   whenever one is added or removed)
+
+Subcommands (their own exit status: see `relayd help SUBCOMMAND`):
+  relayd mint-credential --name alice    a time-limited credential from the shared secret
+  relayd check relay.example.org:3478    allocate, permit and echo through a deployed relay
 
 On start it prints one JSON line on stdout naming its listeners, e.g.
   {\"event\":\"listening\",\"listen\":[{\"transport\":\"udp\",\"address\":\"198.51.100.1:3478\"},{\"transport\":\"tcp\",\"address\":\"198.51.100.1:3478\"}],\"relay_ips\":[\"198.51.100.1\"],\"metrics\":null,\"relay\":null}
@@ -85,6 +92,9 @@ Examples:
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Listen on ADDR for every transport, or on TRANSPORT:ADDR for one (repeatable).
     ///
     /// A bare ADDR serves UDP and TCP on the same port number, and TLS on that same port too
@@ -199,12 +209,24 @@ pub struct Args {
     pub supernode: Vec<BootstrapEntry>,
 
     /// This relay's key file for --supernode sessions (created on first start, mode 0600;
-    /// default: relay.key in the voxmesh config directory).
+    /// default: $STATE_DIRECTORY/relay.key under systemd, else relay.key in the voxmesh config
+    /// directory, ~/.config/voxmesh).
     #[arg(long, value_name = "PATH")]
     pub identity: Option<PathBuf>,
 
+    /// Read flags from this TOML file (keys are the long flag names; see Configuration below).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
     #[command(flatten)]
     pub verbosity: Verbosity,
+}
+
+/// Tools for operators, run instead of the relay.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    MintCredential(super::relayd_tools::MintArgs),
+    Check(super::relayd_tools::CheckArgs),
 }
 
 /// A file or socket the service needs could not be used.
@@ -212,10 +234,25 @@ pub struct Args {
 #[error("{0}")]
 pub struct SetupError(String);
 
+/// The command with its environment variables and configuration help: what `main` parses and
+/// what the generated docs describe.
+pub fn command() -> clap::Command {
+    let cmd = super::config::with_env(Args::command(), "RELAYD");
+    cmd.after_long_help(format!("{EXIT_CODES}\n\n{}", super::config::help("RELAYD")))
+}
+
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = super::config::parse(command());
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     args.verbosity.init();
-    match run(args) {
+    let result = match args.command.clone() {
+        Some(Command::MintCredential(m)) => super::relayd_tools::mint(&args, &m),
+        Some(Command::Check(c)) => {
+            return super::relayd_tools::check(&args, &c);
+        }
+        None => run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = if is_usage(&e) {
@@ -397,16 +434,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let creds = load_credentials(&args)?;
     let config = turn_config(&args, &listen)?;
+    let mut reloadable = None;
     let tls = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => {
             let cert = std::fs::read(c)
                 .map_err(|e| setup(format!("cannot read --cert {}: {e}", c.display())))?;
             let key = std::fs::read(k)
                 .map_err(|e| setup(format!("cannot read --key {}: {e}", k.display())))?;
-            Some(
-                tls_config(&cert, &key)
+            let current = Arc::new(
+                ReloadableCert::new(&cert, &key)
                     .map_err(|e| setup(format!("bad certificate or key: {e}")))?,
-            )
+            );
+            reloadable = Some((current.clone(), c.clone(), k.clone()));
+            Some(tls_config_reloadable(current).map_err(|e| setup(format!("TLS: {e}")))?)
         }
         (None, None) => None,
         _ => return Err(usage("--cert and --key go together")),
@@ -464,6 +504,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let (mut term, mut int, _hup) = handlers().context("cannot install signal handlers")?;
         let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr, "relay": relay_id});
         print_stdout(&format!("{line}\n"))?;
+        crate::net::notify("READY=1");
         // Credentials = the flags' (re-read on SIGHUP) + the secrets given to supernodes
         // (replaced whenever the link rotates them).
         let base = Arc::new(std::sync::Mutex::new(base_creds));
@@ -493,7 +534,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         let (own_relay, own_external) = (relay_ips.clone(), external_ips);
         let options = RelayOptions {
             drain: Duration::from_secs(args.drain),
-            reload: Some(Box::new(move || match load_credentials(&reload_args) {
+            reload: Some(Box::new(move || {
+                if let Some((current, c, k)) = &reloadable {
+                    reload_cert(current, c, k);
+                }
+                match load_credentials(&reload_args) {
                 Ok(c) => {
                     let merged = merge(&c, &secrets_rx.borrow());
                     *base.lock().expect("credentials lock") = c;
@@ -503,7 +548,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     tracing::warn!("credential reload failed, keeping the old ones: {e:#}");
                     None
                 }
-            })),
+            }})),
             own_addresses: Some(Box::new(move || own_addresses(&own_relay, &own_external))),
             metrics: metrics_text,
             updates,
@@ -526,6 +571,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
                 name = async { tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" } }, if !stopping => {
                     tracing::info!("{name}: draining (for at most {} s)", args.drain);
+                    crate::net::notify("STOPPING=1");
                     signal.trigger();
                     stopping = true;
                 }
@@ -533,6 +579,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// SIGHUP: the certificate and key files again (a renewed certificate). On any error the old
+/// certificate stays: a half-written file must not take TLS down.
+fn reload_cert(current: &ReloadableCert, cert: &std::path::Path, key: &std::path::Path) {
+    let loaded = std::fs::read(cert)
+        .and_then(|c| Ok((c, std::fs::read(key)?)))
+        .and_then(|(c, k)| current.load(&c, &k));
+    match loaded {
+        Ok(()) => tracing::info!("TLS certificate reloaded from {}", cert.display()),
+        Err(e) => tracing::warn!(
+            "TLS certificate reload from {} and {} failed, keeping the old one: {e}",
+            cert.display(),
+            key.display()
+        ),
+    }
 }
 
 /// The flags' credentials plus the secrets this relay gave each supernode.
@@ -598,9 +660,12 @@ async fn relay_link(
 ) -> anyhow::Result<(RelayLink, IdentityLock)> {
     let key_path = match &args.identity {
         Some(p) => p.clone(),
-        None => default_key_path()
-            .map_err(|e| usage(format!("{e}")))?
-            .with_file_name("relay.key"),
+        None => match super::config::systemd_dir("STATE_DIRECTORY") {
+            Some(dir) => dir.join("relay.key"),
+            None => default_key_path()
+                .map_err(|e| usage(format!("{e}")))?
+                .with_file_name("relay.key"),
+        },
     };
     let (identity, created, lock) = Identity::load_or_create_locked(&key_path).map_err(|e| {
         match e {

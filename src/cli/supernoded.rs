@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
@@ -26,7 +26,8 @@ pub const EXIT_BIND: u8 = 4;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0   stopped cleanly (SIGTERM or SIGINT)
+  0   stopped cleanly (SIGTERM or SIGINT; SIGHUP is logged and ignored: restart to apply
+      changed flags or config)
   1   runtime failure
   2   bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
   4   cannot bind a listening socket
@@ -105,7 +106,9 @@ pub struct Args {
     #[arg(long = "bootstrap", value_name = "KEY@HOST:PORT")]
     pub bootstrap: Vec<BootstrapEntry>,
 
-    /// This supernode's key file (created on first start, mode 0600).
+    /// This supernode's key file (created on first start, mode 0600; default:
+    /// $STATE_DIRECTORY/supernode.key under systemd, else supernode.key in the voxmesh config
+    /// directory, ~/.config/voxmesh).
     #[arg(long, value_name = "PATH")]
     pub identity: Option<PathBuf>,
 
@@ -113,13 +116,20 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<SocketAddr>,
 
-    /// Control socket for `supernoded status`.
+    /// Control socket for `supernoded status` (default: $RUNTIME_DIRECTORY/supernoded.sock
+    /// under systemd, else $XDG_RUNTIME_DIR/voxmesh/supernoded.sock, else
+    /// /tmp/voxmesh-UID/supernoded.sock).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Host cache of mesh members (read at start, rewritten while running).
+    /// Host cache of mesh members (read at start, rewritten while running; default:
+    /// supernode-hosts beside the key file).
     #[arg(long = "host-cache", value_name = "PATH")]
     pub host_cache: Option<PathBuf>,
+
+    /// Read flags from this TOML file (keys are the long flag names; see Configuration below).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
 
     /// Serve STUN only: no identity, no mesh, no directory.
     #[arg(long = "stun-only")]
@@ -154,13 +164,18 @@ pub struct StatusArgs {
     /// Include the IDs of the users homed on this supernode.
     #[arg(long)]
     pub users: bool,
-    /// The daemon's control socket.
+    /// The daemon's control socket (default: the daemon's --control, from the command line,
+    /// SUPERNODED_CONTROL or --config; else the daemon's default, and failing that
+    /// /run/supernoded/supernoded.sock, where the systemd unit puts it).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 }
 
 /// Where the control socket lives by default.
 pub fn default_control_path() -> PathBuf {
+    if let Some(dir) = super::config::systemd_dir("RUNTIME_DIRECTORY") {
+        return dir.join("supernoded.sock");
+    }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("voxmesh/supernoded.sock"),
         // SAFETY: getuid has no preconditions.
@@ -175,12 +190,35 @@ pub fn software() -> String {
     format!("voxmesh supernoded {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// Where the systemd unit's socket is (RuntimeDirectory=supernoded): `supernoded status` from
+/// a shell has no $RUNTIME_DIRECTORY, so it looks there when the usual place has no socket.
+const SYSTEMD_CONTROL: &str = "/run/supernoded/supernoded.sock";
+
+/// The command with its environment variables and configuration help: what `main` parses and
+/// what the generated docs describe.
+pub fn command() -> clap::Command {
+    let cmd = super::config::with_env(Args::command(), "SUPERNODED");
+    cmd.after_long_help(format!(
+        "{EXIT_CODES}\n\n{}",
+        super::config::help("SUPERNODED")
+    ))
+}
+
 /// Runs the program.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = super::config::parse(command());
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     args.verbosity.init();
     let result = match &args.command {
-        Some(Command::Status(s)) => status(s.clone()),
+        Some(Command::Status(s)) => {
+            let mut s = s.clone();
+            s.control = s.control.or_else(|| args.control.clone()).or_else(|| {
+                let usual = default_control_path();
+                let systemd = PathBuf::from(SYSTEMD_CONTROL);
+                (!usual.exists() && systemd.exists()).then_some(systemd)
+            });
+            status(s)
+        }
         None => run(args),
     };
     match result {
@@ -287,7 +325,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     let members = v["members"].as_array().cloned().unwrap_or_default();
     out += &format!("members   {}\n", members.len());
     for m in &members {
-        out += &format!("  {} {}\n", text(&m[0]), text(&m[1]));
+        out += &format!("  {} {}\n", text(&m["id"]), text(&m["addr"]));
     }
     out += &format!(
         "clients   {} registered here, {} standby\nusers     {} homed here, {} names\nsessions  {}\n",
@@ -296,7 +334,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     let relays = v["relays"].as_array().cloned().unwrap_or_default();
     out += &format!("relays    {}\n", relays.len());
     for r in &relays {
-        out += &format!("  {} load {}\n", text(&r[0]), r[1]);
+        out += &format!("  {} load {}\n", text(&r["id"]), r["load"]);
     }
     print_stdout(&out)?;
     Ok(())
@@ -309,6 +347,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut server = StunServer::bind(configs).await?;
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
+        let mut node_metrics = None;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -316,10 +355,17 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(|source| crate::supernode::StunServerError::BindMetrics { addr, source })?;
             metrics_addr = listener.local_addr().ok();
             let counters = server.counters();
+            let node = Arc::new(std::sync::Mutex::new(String::new()));
+            node_metrics = Some(node.clone());
+            // STUN counters are atomics, read at each scrape; the node's families are rebuilt
+            // once a second by its own task (it owns the core).
             let render = Arc::new(move || {
-                let mut s = String::new();
-                counters.render(&mut s);
-                s
+                let mut s = crate::net::prom::Snapshot::default();
+                s.build_info("supernoded");
+                counters.collect(&mut s);
+                let mut text = s.render();
+                text.push_str(&node.lock().map(|t| t.clone()).unwrap_or_default());
+                text
             });
             tasks.spawn(serve_metrics(listener, render, shutdown.clone()));
         }
@@ -350,7 +396,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             let key_path = match &args.identity {
                 Some(p) => p.clone(),
-                None => default_key_path()?.with_file_name("supernode.key"),
+                None => match super::config::systemd_dir("STATE_DIRECTORY") {
+                    Some(dir) => dir.join("supernode.key"),
+                    None => default_key_path()?.with_file_name("supernode.key"),
+                },
             };
             // Every key file error names the file already: no context needed.
             let (identity, created, lock) = Identity::load_or_create_locked(&key_path)?;
@@ -413,15 +462,35 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tcp,
                 Some(control),
                 host_cache,
+                node_metrics,
                 shutdown.clone(),
             )));
         }
+        // SIGHUP (systemd's ExecReload) must not kill us, which is its default action: there is
+        // nothing to re-read, so say so. Installed before the start line, as readers may signal
+        // as soon as they see it.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    r = hup.recv() => match r {
+                        Some(()) => tracing::info!("SIGHUP: nothing to reload (flags and the config file apply at start)"),
+                        None => return,
+                    },
+                }
+            }
+        });
         let line = serde_json::json!({"event": "listening", "node": node_entry, "stun": stun, "metrics": metrics_addr});
         print_stdout(&format!("{line}\n"))?;
+        crate::net::notify("READY=1");
         let mut run = tokio::spawn(server.run(shutdown));
         let result = tokio::select! {
             name = signal_shutdown() => {
                 tracing::info!("{name}: shutting down");
+                crate::net::notify("STOPPING=1");
                 signal.trigger();
                 (&mut run).await
             }

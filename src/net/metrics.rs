@@ -72,22 +72,3 @@ async fn answer(
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
-
-/// Appends one metric family in Prometheus text: its `# TYPE` line, then one sample per row —
-/// unlabelled when `label` is `None` (one row), else `name{label="key"} value`.
-pub fn write_family<K: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    label: Option<&str>,
-    rows: impl IntoIterator<Item = (K, u64)>,
-) {
-    use std::fmt::Write;
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (key, value) in rows {
-        let _ = match label {
-            Some(l) => writeln!(out, "{name}{{{l}=\"{key}\"}} {value}"),
-            None => writeln!(out, "{name} {value}"),
-        };
-    }
-}

@@ -7,7 +7,9 @@ pub mod batch;
 pub mod call;
 pub mod frames;
 mod metrics;
+mod notify;
 mod probe;
+pub mod prom;
 pub mod relay;
 pub mod relay_link;
 mod shutdown;
@@ -16,6 +18,7 @@ pub mod supernode;
 pub mod turn_client;
 
 pub use metrics::serve_metrics;
+pub use notify::{notify, sd_notify};
 pub use probe::{ProbeError, local_ip_for, run_probe};
 pub use shutdown::{Shutdown, ShutdownSignal, signal_shutdown};
 pub use socket::{bind_udp, bind_udp_std};

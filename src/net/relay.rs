@@ -150,6 +150,9 @@ struct Shared {
     flush: Notify,
     /// Wakes the timer task when the core may have an earlier deadline.
     timer: Notify,
+    /// How long each batch of client datagrams took, from receipt to the last one handled
+    /// (one clock read per batch, not per packet).
+    batch_latency: RefCell<super::prom::Histogram>,
 }
 
 impl Shared {
@@ -240,7 +243,24 @@ impl Shared {
     fn reap(&self) {
         let mut core = self.core.borrow_mut();
         let draining = core.draining().is_some();
-        while let Some(Event::Released { id, .. }) = core.poll_event() {
+        while let Some(Event::Released {
+            id,
+            relay,
+            username,
+            client,
+            since,
+            to_peer_bytes,
+            to_client_bytes,
+        }) = core.poll_event()
+        {
+            // One line per allocation end, as coturn logs a session's end: who, from where,
+            // how much each way, how long.
+            tracing::info!(
+                "allocation ended: user={username} client={}:{} relay={relay} to_peer_bytes={to_peer_bytes} to_client_bytes={to_client_bytes} duration={:.1}s",
+                format!("{:?}", client.transport).to_lowercase(),
+                client.remote,
+                since.elapsed().as_secs_f64()
+            );
             if draining {
                 self.timer.notify_one();
             }
@@ -312,6 +332,7 @@ pub async fn serve_relay(
         out: RefCell::new(Vec::with_capacity(2048)),
         flush: Notify::new(),
         timer: Notify::new(),
+        batch_latency: RefCell::new(super::prom::Histogram::default()),
     });
     let local = tokio::task::LocalSet::new();
     local
@@ -409,39 +430,29 @@ pub async fn serve_relay(
 
 /// Renders the core's counters and the driver's gauges as Prometheus text.
 fn render_metrics(shared: &Shared) -> String {
-    use super::metrics::write_family;
     let core = shared.core.borrow();
     let c = core.counters();
-    let mut s = String::new();
-    let one = |v: u64| [("", v)];
-    let gauge = "gauge";
-    let counter = "counter";
-    write_family(
-        &mut s,
+    let mut s = super::prom::Snapshot::default();
+    s.build_info("relayd");
+    s.level(
         "voxmesh_turn_allocations",
-        gauge,
-        None,
-        one(core.allocations() as u64),
+        "Live allocations.",
+        core.allocations() as i64,
     );
-    let sockets = shared.relays.borrow().iter().flatten().count() as u64;
-    write_family(
-        &mut s,
+    let sockets = shared.relays.borrow().iter().flatten().count() as i64;
+    s.level(
         "voxmesh_turn_relayed_sockets",
-        gauge,
-        None,
-        one(sockets),
+        "Open relayed UDP sockets (one per allocation).",
+        sockets,
     );
-    write_family(
-        &mut s,
+    s.count(
         "voxmesh_turn_allocations_total",
-        counter,
-        None,
-        one(c.allocations_total),
+        "Allocations made since start.",
+        c.allocations_total,
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_packets_total",
-        counter,
+        "Packets relayed, by direction (internal: between two allocations of this relay).",
         Some("direction"),
         [
             ("to_peer", c.to_peer_packets),
@@ -449,20 +460,18 @@ fn render_metrics(shared: &Shared) -> String {
             ("internal", c.internal_packets),
         ],
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_bytes_total",
-        counter,
+        "Payload bytes relayed, by direction.",
         Some("direction"),
         [
             ("to_peer", c.to_peer_bytes),
             ("to_client", c.to_client_bytes),
         ],
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_auth_total",
-        counter,
+        "Authentication outcomes other than success.",
         Some("result"),
         [
             ("challenge", c.auth_challenges),
@@ -477,28 +486,30 @@ fn render_metrics(shared: &Shared) -> String {
         v.sort();
         v
     }
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_dropped_total",
-        counter,
+        "Messages dropped without an answer, by reason.",
         Some("reason"),
         sorted(&c.drops),
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_peer_refused_total",
-        counter,
+        "Permissions or sends refused for the peer's address, by reason.",
         Some("reason"),
         sorted(&c.peer_refusals),
     );
-    write_family(
-        &mut s,
+    s.counter(
         "voxmesh_turn_errors_total",
-        counter,
+        "Error responses sent, by STUN error code.",
         Some("code"),
         sorted(&c.errors),
     );
-    s
+    s.histogram(
+        "voxmesh_turn_udp_batch_seconds",
+        "Time to handle one batch of client datagrams read together over UDP.",
+        &shared.batch_latency.borrow(),
+    );
+    s.render()
 }
 
 /// Receives one batch from `sock`, which must have been reported readable. `Ok(true)` when the
@@ -561,6 +572,7 @@ async fn udp_listener(shared: Rc<Shared>, local: SocketAddr, sock: Rc<UdpSocket>
             };
             shared.act(now, action, d.data);
         }
+        shared.batch_latency.borrow_mut().observe(now.elapsed());
         shared.reap();
         flush_all(&shared);
     }
@@ -942,8 +954,44 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_tcp_std(addr)?)
 }
 
-/// A rustls server configuration from PEM certificate chain and key files.
-pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::ServerConfig>> {
+/// A TLS certificate that can be replaced while serving (relayd's SIGHUP): handshakes after
+/// [`ReloadableCert::load`] present the new one; open connections keep the one they began with.
+#[derive(Debug)]
+pub struct ReloadableCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ReloadableCert {
+    /// Parses PEM `cert_pem` (chain, leaf first) and `key_pem`, checking that they match.
+    pub fn new(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<ReloadableCert> {
+        Ok(ReloadableCert(std::sync::RwLock::new(certified_key(
+            cert_pem, key_pem,
+        )?)))
+    }
+
+    /// Replaces the certificate; on error the old one stays.
+    pub fn load(&self, cert_pem: &[u8], key_pem: &[u8]) -> io::Result<()> {
+        let k = certified_key(cert_pem, key_pem)?;
+        *self
+            .0
+            .write()
+            .map_err(|_| io::Error::other("certificate lock poisoned"))? = k;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.read().ok().map(|k| k.clone())
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::sign::CertifiedKey>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
@@ -957,14 +1005,25 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::Ser
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("private key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    // from_der checks that the key belongs to the leaf certificate.
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A TLS server configuration serving `cert`, whichever certificate it holds at the time.
+pub fn tls_config_reloadable(cert: Arc<ReloadableCert>) -> io::Result<Arc<rustls::ServerConfig>> {
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        .with_cert_resolver(cert);
     Ok(Arc::new(cfg))
+}
+
+/// A TLS server configuration for one fixed certificate chain and key (PEM).
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::ServerConfig>> {
+    tls_config_reloadable(Arc::new(ReloadableCert::new(cert_pem, key_pem)?))
 }
 
 #[cfg(test)]

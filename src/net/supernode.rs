@@ -78,6 +78,8 @@ trait Core {
     fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)>;
     /// Shutting down: say goodbye.
     fn leave(&mut self, now: Instant);
+    /// The core's counters and gauges for `/metrics`.
+    fn metrics(&self, s: &mut super::prom::Snapshot);
 }
 
 impl Core for Supernode {
@@ -106,9 +108,27 @@ impl Core for Supernode {
                     .collect::<Vec<_>>()
             );
         }
-        v["session"] = serde_json::json!({
-            "refused": format!("{:?}", self.session_counters()),
-        });
+        // Plain objects for scripts: members and relays by field name, the session layer's
+        // counters by name with its refusals by reason.
+        v["members"] = Supernode::members(self)
+            .iter()
+            .map(|m| serde_json::json!({"id": m.key.id.to_string(), "addr": m.addr}))
+            .collect();
+        if let Some(relays) = v["relays"].as_array_mut() {
+            for r in relays {
+                *r = serde_json::json!({"id": r[0], "load": r[1]});
+            }
+        }
+        let mut session = serde_json::Map::new();
+        let mut refused = serde_json::Map::new();
+        for (k, n) in self.session_counters().iter() {
+            match k.strip_prefix("refused_") {
+                Some(why) => refused.insert(why.to_string(), n.into()),
+                None => session.insert(k, n.into()),
+            };
+        }
+        session.insert("refused".into(), refused.into());
+        v["session"] = session.into();
         // The same counters by name (`refused_<reason>` for refusals), for scripts and tests.
         v["session_counters"] = self
             .session_counters()
@@ -126,6 +146,106 @@ impl Core for Supernode {
     }
     fn leave(&mut self, now: Instant) {
         Supernode::leave(self, now);
+    }
+    fn metrics(&self, s: &mut super::prom::Snapshot) {
+        let st = Supernode::status(self);
+        let c = &st.counters;
+        s.level(
+            "voxmesh_supernode_members",
+            "Live mesh members, this supernode included.",
+            st.members.len() as i64,
+        );
+        s.gauge(
+            "voxmesh_supernode_clients",
+            "Clients registered here, by state (standby: registered but not reachable now).",
+            Some("state"),
+            [
+                ("active", st.clients as i64),
+                ("standby", st.standby_clients as i64),
+            ],
+        );
+        s.level(
+            "voxmesh_supernode_homed_users",
+            "Users whose signed records this supernode holds as one of their homes.",
+            st.homed_users as i64,
+        );
+        s.level(
+            "voxmesh_supernode_names",
+            "Names claimed in this supernode's directory share.",
+            st.names as i64,
+        );
+        s.level(
+            "voxmesh_supernode_sessions",
+            "Open sessions (clients, members and relays).",
+            st.sessions as i64,
+        );
+        s.level(
+            "voxmesh_supernode_relays",
+            "Relays that authorised this supernode to hand out their credentials.",
+            st.relays.len() as i64,
+        );
+        s.count(
+            "voxmesh_supernode_registrations_total",
+            "Registrations accepted.",
+            c.registrations,
+        );
+        s.count(
+            "voxmesh_supernode_refreshes_total",
+            "Registration refreshes accepted.",
+            c.refreshes,
+        );
+        s.count(
+            "voxmesh_supernode_lookups_total",
+            "Lookups answered.",
+            c.lookups,
+        );
+        s.count(
+            "voxmesh_supernode_routed_total",
+            "Signalling messages routed between clients.",
+            c.routed,
+        );
+        s.count(
+            "voxmesh_supernode_presence_pushes_total",
+            "Presence changes pushed to watchers.",
+            c.presence_pushes,
+        );
+        s.count(
+            "voxmesh_supernode_claims_total",
+            "Name claims accepted.",
+            c.claims,
+        );
+        s.count(
+            "voxmesh_supernode_relay_offers_total",
+            "Relay offers (with minted credentials) handed to clients.",
+            c.relay_offers,
+        );
+        let mut refused: Vec<_> = c.refused.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        refused.sort();
+        s.counter(
+            "voxmesh_supernode_refused_total",
+            "Directory requests refused, by reason.",
+            Some("reason"),
+            refused,
+        );
+        let (mut refusals, mut other) = (Vec::new(), Vec::new());
+        for (k, n) in self.session_counters().iter() {
+            match k.strip_prefix("refused_") {
+                Some(why) => refusals.push((why.to_string(), n)),
+                None => other.push((k, n)),
+            }
+        }
+        s.counter(
+            "voxmesh_session_refused_total",
+            "Session-layer frames refused, by reason.",
+            Some("reason"),
+            refusals,
+        );
+        s.counter(
+            "voxmesh_session_events_total",
+            "Session-layer events (frames, handshakes, cookies, transactions) by kind.",
+            Some("event"),
+            other,
+        );
     }
 }
 
@@ -170,6 +290,9 @@ impl Core for Echo {
         Vec::new()
     }
     fn leave(&mut self, _now: Instant) {}
+    fn metrics(&self, s: &mut super::prom::Snapshot) {
+        s.count("voxmesh_echo_frames_total", "Frames echoed.", self.echoed);
+    }
 }
 
 /// Runs the supernode until `shutdown`, then announces its departure to the mesh. Frames from
@@ -184,10 +307,11 @@ pub async fn run_supernode(
     tcp: Vec<TcpListener>,
     control: Option<UnixListener>,
     host_cache: Option<PathBuf>,
+    metrics: Option<Arc<Mutex<String>>>,
     shutdown: Shutdown,
 ) -> io::Result<()> {
     drive(
-        core, frames_tx, frames, sockets, tcp, control, host_cache, shutdown,
+        core, frames_tx, frames, sockets, tcp, control, host_cache, metrics, shutdown,
     )
     .await
 }
@@ -210,6 +334,7 @@ pub async fn run_echo(
         Vec::new(),
         control,
         None,
+        None,
         shutdown,
     )
     .await
@@ -224,6 +349,7 @@ async fn drive(
     tcp: Vec<TcpListener>,
     control: Option<UnixListener>,
     host_cache: Option<PathBuf>,
+    metrics: Option<Arc<Mutex<String>>>,
     mut shutdown: Shutdown,
 ) -> io::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
@@ -235,6 +361,9 @@ async fn drive(
         .collect();
     drop(frames_tx);
     let mut save = tokio::time::interval(Duration::from_secs(30));
+    // The metrics text is rebuilt once a second here, where the core lives; a scrape copies it.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let mut latency = super::prom::Histogram::default();
     loop {
         while let Some(t) = core.poll_transmit() {
             let stream = writers.lock().ok().and_then(|w| w.get(&t.to).cloned());
@@ -254,7 +383,11 @@ async fn drive(
             _ = shutdown.wait() => break,
             _ = sleep => core.handle_timeout(Instant::now()),
             f = frames.recv() => match f {
-                Some((from, data)) => core.handle_datagram(Instant::now(), from, &data),
+                Some((from, data)) => {
+                    let now = Instant::now();
+                    core.handle_datagram(now, from, &data);
+                    latency.observe(now.elapsed());
+                }
                 None => break,
             },
             Some(c) = ctl_rx.recv() => match c {
@@ -262,6 +395,21 @@ async fn drive(
                     let _ = reply.send(core.status(users));
                 }
             },
+            _ = refresh.tick(), if metrics.is_some() => {
+                let mut s = super::prom::Snapshot::default();
+                core.metrics(&mut s);
+                s.histogram(
+                    "voxmesh_supernode_frame_seconds",
+                    "Time the supernode core took over one incoming frame (registrations, \
+                     lookups and routing included).",
+                    &latency,
+                );
+                if let Some(m) = &metrics
+                    && let Ok(mut text) = m.lock()
+                {
+                    *text = s.render();
+                }
+            }
             _ = save.tick() => {
                 if let Some(p) = &host_cache {
                     let _ = write_host_cache(p, &core.members());

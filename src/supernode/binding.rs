@@ -142,48 +142,54 @@ pub struct BindingCounters {
 impl BindingCounters {
     /// Prometheus text exposition of the counters.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+        let mut s = crate::net::prom::Snapshot::default();
+        self.collect(&mut s);
+        out.push_str(&s.render());
+    }
+
+    /// The counters as metric families.
+    pub fn collect(&self, s: &mut crate::net::prom::Snapshot) {
         let g = |c: &AtomicU64| c.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP voxmesh_stun_requests_total Binding requests answered: rfc8489 and rfc3489 \
-             split them by version; the other kinds count those that used a feature.\n\
-             # TYPE voxmesh_stun_requests_total counter\n\
-             voxmesh_stun_requests_total{{kind=\"rfc8489\"}} {}\n\
-             voxmesh_stun_requests_total{{kind=\"rfc3489\"}} {}\n\
-             voxmesh_stun_requests_total{{kind=\"change_ip\"}} {}\n\
-             voxmesh_stun_requests_total{{kind=\"change_port\"}} {}\n\
-             voxmesh_stun_requests_total{{kind=\"response_port\"}} {}\n\
-             voxmesh_stun_requests_total{{kind=\"padding\"}} {}\n\
-             # HELP voxmesh_stun_indications_total Binding indications (keepalives) received.\n\
-             # TYPE voxmesh_stun_indications_total counter\n\
-             voxmesh_stun_indications_total {}\n\
-             # HELP voxmesh_stun_errors_total Error responses sent, by code.\n\
-             # TYPE voxmesh_stun_errors_total counter\n\
-             voxmesh_stun_errors_total{{code=\"400\"}} {}\n\
-             voxmesh_stun_errors_total{{code=\"420\"}} {}\n\
-             # HELP voxmesh_stun_dropped_total Datagrams dropped without a response, by reason.\n\
-             # TYPE voxmesh_stun_dropped_total counter\n\
-             voxmesh_stun_dropped_total{{reason=\"not_stun\"}} {}\n\
-             voxmesh_stun_dropped_total{{reason=\"malformed\"}} {}\n\
-             voxmesh_stun_dropped_total{{reason=\"bad_fingerprint\"}} {}\n\
-             voxmesh_stun_dropped_total{{reason=\"not_request\"}} {}\n\
-             voxmesh_stun_dropped_total{{reason=\"send_failed\"}} {}",
-            // `requests` counts both versions; the label promises RFC 8489 ones only.
-            g(&self.requests).saturating_sub(g(&self.requests_rfc3489)),
-            g(&self.requests_rfc3489),
-            g(&self.change_ip),
-            g(&self.change_port),
-            g(&self.response_port),
-            g(&self.padding),
+        s.counter(
+            "voxmesh_stun_requests_total",
+            "Binding requests answered: rfc8489 and rfc3489 split them by version; the other \
+             kinds count those that used a feature.",
+            Some("kind"),
+            [
+                // `requests` counts both versions; the label promises RFC 8489 ones only.
+                (
+                    "rfc8489",
+                    g(&self.requests).saturating_sub(g(&self.requests_rfc3489)),
+                ),
+                ("rfc3489", g(&self.requests_rfc3489)),
+                ("change_ip", g(&self.change_ip)),
+                ("change_port", g(&self.change_port)),
+                ("response_port", g(&self.response_port)),
+                ("padding", g(&self.padding)),
+            ],
+        );
+        s.count(
+            "voxmesh_stun_indications_total",
+            "Binding indications (keepalives) received.",
             g(&self.indications),
-            g(&self.errors_400),
-            g(&self.errors_420),
-            g(&self.drop_not_stun),
-            g(&self.drop_malformed),
-            g(&self.drop_bad_fingerprint),
-            g(&self.drop_not_request),
-            g(&self.drop_send_failed),
+        );
+        s.counter(
+            "voxmesh_stun_errors_total",
+            "Error responses sent, by code.",
+            Some("code"),
+            [("400", g(&self.errors_400)), ("420", g(&self.errors_420))],
+        );
+        s.counter(
+            "voxmesh_stun_dropped_total",
+            "Datagrams dropped without a response, by reason.",
+            Some("reason"),
+            [
+                ("not_stun", g(&self.drop_not_stun)),
+                ("malformed", g(&self.drop_malformed)),
+                ("bad_fingerprint", g(&self.drop_bad_fingerprint)),
+                ("not_request", g(&self.drop_not_request)),
+                ("send_failed", g(&self.drop_send_failed)),
+            ],
         );
     }
 }

@@ -170,8 +170,19 @@ pub enum PeerAction {
 /// Something for the driver to act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Close the relayed socket of this allocation.
-    Released { id: AllocId, relay: SocketAddr },
+    /// Close the relayed socket of this allocation. The rest is for the driver's log line
+    /// (coturn logs the same at the end of a session).
+    Released {
+        id: AllocId,
+        relay: SocketAddr,
+        username: Box<str>,
+        client: ClientAddr,
+        /// When the allocation was made.
+        since: Instant,
+        /// Payload bytes relayed client -> peer and peer -> client.
+        to_peer_bytes: u64,
+        to_client_bytes: u64,
+    },
 }
 
 /// Sizes of the server's tables: see [`TurnServer::table_sizes`].
@@ -248,6 +259,9 @@ struct Allocation {
     /// When the sweeper's timer entry for this allocation fires (see `schedule`).
     deadline: Option<Instant>,
     bound: bool,
+    since: Instant,
+    to_peer_bytes: u64,
+    to_client_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -1045,6 +1059,9 @@ impl TurnServer {
             allocate_txid: p.raw_id,
             deadline: Some(expires),
             bound: true,
+            since: now,
+            to_peer_bytes: 0,
+            to_client_bytes: 0,
         };
         self.slots[p.index as usize] = Some(a);
         self.by_client.insert(p.client, p.index);
@@ -1462,6 +1479,7 @@ impl TurnServer {
         }
         self.counters.to_peer_packets += 1;
         self.counters.to_peer_bytes += data.len() as u64;
+        a.to_peer_bytes += data.len() as u64;
         ClientAction::ToPeer {
             id: AllocId {
                 index: i,
@@ -1549,6 +1567,7 @@ impl TurnServer {
         }
         self.counters.to_client_packets += 1;
         self.counters.to_client_bytes += data.len() as u64;
+        a.to_client_bytes += data.len() as u64;
         PeerAction::ToClient {
             to: a.client,
             len: out.len(),
@@ -1641,6 +1660,11 @@ impl TurnServer {
                 generation: a.generation,
             },
             relay: a.relay,
+            username: a.username,
+            client: a.client,
+            since: a.since,
+            to_peer_bytes: a.to_peer_bytes,
+            to_client_bytes: a.to_client_bytes,
         });
     }
 }

@@ -141,12 +141,7 @@ pub fn cookies_sent(sns: &[Sn]) -> Vec<Option<u64>> {
     sns.iter()
         .map(|s| {
             let v = status(s, false)?;
-            let text = v["session"]["refused"].as_str()?;
-            let rest = &text[text.find("cookies_sent: ")? + "cookies_sent: ".len()..];
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
+            v["session"]["cookies_sent"].as_u64()
         })
         .collect()
 }
