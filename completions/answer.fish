@@ -14,6 +14,7 @@ complete -c answer -l duration -d 'Hang up each call this many seconds after it 
 complete -c answer -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
 complete -c answer -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
 complete -c answer -l auto -d 'Accept every call at once'
+complete -c answer -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'
 complete -c answer -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c answer -s q -l quiet -d 'Log only errors'
 complete -c answer -s h -l help -d 'Print help (see more with \'--help\')'

@@ -11,6 +11,7 @@ complete -c dial -l host-cache -d 'Host cache file (supernodes learnt from the m
 complete -c dial -l contacts -d 'Contacts file (aliases for IDs); default next to the identity' -r -F
 complete -c dial -l bind -d 'Local UDP address to use' -r
 complete -c dial -l lookup -d 'Print the directory record of USER and exit'
+complete -c dial -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'
 complete -c dial -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c dial -s q -l quiet -d 'Log only errors'
 complete -c dial -s h -l help -d 'Print help (see more with \'--help\')'

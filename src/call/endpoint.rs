@@ -123,6 +123,9 @@ pub struct EndpointConfig {
     pub media: MediaConfig,
     /// Allocate a relay for calls (off: direct paths only).
     pub relay: bool,
+    /// Offer only the relayed candidate: no address of ours reaches a peer, every call goes
+    /// through the relay (privacy, or a network that must not be punched through).
+    pub relay_only: bool,
 }
 
 impl Default for EndpointConfig {
@@ -131,6 +134,7 @@ impl Default for EndpointConfig {
             phone: PhoneConfig::default(),
             media: MediaConfig::default(),
             relay: true,
+            relay_only: false,
         }
     }
 }
@@ -192,6 +196,10 @@ impl Endpoint {
 
     /// Replaces the host addresses (an interface came or went).
     pub fn set_hosts(&mut self, now: Instant, hosts: Vec<SocketAddr>) {
+        if self.config.relay_only {
+            self.hosts = hosts;
+            return;
+        }
         for gone in self.hosts.iter().filter(|h| !hosts.contains(h)) {
             self.phone.remove_local_candidate(now, *gone);
         }
@@ -724,7 +732,12 @@ impl Endpoint {
                 moved = true;
                 match ev {
                     TurnEvent::Allocated { relayed, .. } => allocated = Some((relayed, t.server())),
-                    TurnEvent::Failed { .. } => failed = true,
+                    TurnEvent::Failed { op, code, reason } => {
+                        // A refused permission is routine: ICE pairs our relay with every
+                        // candidate of the peer, private and relayed ones included.
+                        tracing::debug!("relay: {op:?} failed: {code} {reason}");
+                        failed |= op == crate::turn::client::Op::Allocate;
+                    }
                     other => tracing::debug!("relay: {other:?}"),
                 }
             }
@@ -748,6 +761,9 @@ impl Endpoint {
     // ------------------------------------------------------------------ server-reflexive
 
     fn send_srflx(&mut self, now: Instant, server: SocketAddr, sent: u32) {
+        if self.config.relay_only {
+            return;
+        }
         let txid = match self.srflx {
             Some((t, s, _, _)) if s == server && sent > 0 => t,
             _ => TransactionId::random(),

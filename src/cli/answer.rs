@@ -117,6 +117,11 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
 
+    /// Offer the peer no address of ours, only a relay's: the call goes through the relay
+    /// (privacy; or to use the relay path on purpose).
+    #[arg(long = "relay-only")]
+    pub relay_only: bool,
+
     /// Write events here instead of stdout (needed when stdout carries audio).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
@@ -228,7 +233,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => None,
         };
         let phone = PhoneConfig { max_calls: args.max_calls, ..PhoneConfig::default() };
-        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone).await?;
+        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only)).await?;
         let cmd = running.commands.clone();
         if let Some(name) = &args.name {
             cmd.send(CallCommand::Claim(name.clone())).await.ok();

@@ -57,6 +57,7 @@ pub async fn start_endpoint(
     identity: Identity,
     mut agent_config: AgentConfig,
     mut phone: PhoneConfig,
+    config: EndpointConfig,
 ) -> anyhow::Result<RunningCall> {
     agent_config.supernodes = args.supernodes().await?;
     let socket = tokio::net::UdpSocket::bind(args.bind)
@@ -76,12 +77,7 @@ pub async fn start_endpoint(
     let now = Instant::now();
     let agent = Agent::new(identity.clone(), agent_config, now, unix, rand::random());
     let phone = Phone::new(identity, phone, now, unix, rand::random());
-    let ep = Endpoint::new(
-        agent,
-        phone,
-        EndpointConfig::default(),
-        host_addresses(bound),
-    );
+    let ep = Endpoint::new(agent, phone, config, host_addresses(bound));
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let (stop, shutdown): (ShutdownSignal, Shutdown) = ShutdownSignal::new();
@@ -92,6 +88,14 @@ pub async fn start_endpoint(
         stop,
         task,
     })
+}
+
+/// The endpoint settings the flags choose.
+pub fn endpoint_config(relay_only: bool) -> EndpointConfig {
+    EndpointConfig {
+        relay_only,
+        ..EndpointConfig::default()
+    }
 }
 
 /// Where events go: stdout, or a file when stdout carries audio.

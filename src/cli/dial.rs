@@ -108,6 +108,11 @@ pub struct Args {
     #[arg(long, value_name = "DIGITS")]
     pub dtmf: Option<String>,
 
+    /// Offer the peer no address of ours, only a relay's: the call goes through the relay
+    /// (privacy; or to use the relay path on purpose).
+    #[arg(long = "relay-only")]
+    pub relay_only: bool,
+
     /// Write events here instead of stdout (needed when stdout carries audio).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,

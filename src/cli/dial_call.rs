@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
-use super::call_io::{self, Events, event_json, exit_code, start_endpoint};
+use super::call_io::{self, Events, endpoint_config, event_json, exit_code, start_endpoint};
 use super::dial::{Args, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use super::{runtime, usage};
 use crate::agent::{AgentConfig, AgentEvent};
@@ -64,8 +64,14 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
     // One call, then gone: a standby session would only add handshakes.
     agent.standby = false;
     let t0 = Instant::now();
-    let mut running =
-        start_endpoint(&args.directory, identity, agent, PhoneConfig::default()).await?;
+    let mut running = start_endpoint(
+        &args.directory,
+        identity,
+        agent,
+        PhoneConfig::default(),
+        endpoint_config(args.relay_only),
+    )
+    .await?;
     let cmd = running.commands.clone();
     match &target {
         Target::Id(id) => {

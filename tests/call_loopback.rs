@@ -1,0 +1,208 @@
+//! Calls on loopback, one supernode: how calls end and what `dial` exits with.
+//! - a call to an ID nobody registered: `unknown-user`, exit 4;
+//! - a call the callee rejects (on its control stream): `rejected`, exit 6;
+//! - a call to a callee already in a call (`--max-calls 1`): `busy`, exit 7;
+//! - a normal call: both ends show one SAS, DTMF digits arrive, the callee sees `remote-hangup`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vx-callloop-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn supernode(dir: &std::path::Path) -> (Kill, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_supernoded"))
+        .args(["--listen", "127.0.0.1:0", "--no-rfc5780", "--identity"])
+        .arg(dir.join("sn.key"))
+        .arg("--control")
+        .arg(dir.join("sn.sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (Kill(c), v["node"].as_str().unwrap().to_string())
+}
+
+fn lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&l)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_event(
+    rx: &mpsc::Receiver<serde_json::Value>,
+    name: &str,
+    limit: Duration,
+) -> Option<serde_json::Value> {
+    let end = Instant::now() + limit;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        let v = rx.recv_timeout(left).ok()?;
+        if v["event"] == name {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// An `answer` with `args`, its control stream on stdin; returns it, its events and its ID.
+fn answer(
+    dir: &std::path::Path,
+    node: &str,
+    name: &str,
+    args: &[&str],
+) -> (Kill, mpsc::Receiver<serde_json::Value>, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_answer"))
+        .args(["-s", node, "--control", "-", "--identity"])
+        .arg(dir.join(format!("{name}.key")))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut c);
+    let reg = wait_event(&rx, "registered", Duration::from_secs(10)).expect("answer registers");
+    let id = reg["user"].as_str().unwrap().to_string();
+    (Kill(c), rx, id)
+}
+
+fn dial(
+    dir: &std::path::Path,
+    node: &str,
+    who: &str,
+    args: &[&str],
+) -> (i32, Vec<serde_json::Value>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dial"))
+        .args(["-s", node, "--identity"])
+        .arg(dir.join("alice.key"))
+        .arg(who)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (out.status.code().unwrap_or(-1), events)
+}
+
+fn ended(events: &[serde_json::Value]) -> String {
+    events
+        .iter()
+        .find(|e| e["event"] == "ended")
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn calls_end_with_the_documented_reason_and_exit_status() {
+    let dir = tmp("ends");
+    let (_sn, node) = supernode(&dir);
+
+    // Nobody registered this ID (a fresh key's).
+    let nobody = voxmesh::identity::Identity::from_seed(&[7; 32])
+        .id()
+        .to_string();
+    let (code, ev) = dial(&dir, &node, &nobody, &[]);
+    assert_eq!((code, ended(&ev).as_str()), (4, "unknown-user"), "{ev:#?}");
+
+    // Rejected on the callee's control stream.
+    let (mut bob, bob_rx, bob_id) = answer(&dir, &node, "bob", &[]);
+    let dial_t = {
+        let (dir, node, id) = (dir.clone(), node.clone(), bob_id.clone());
+        std::thread::spawn(move || dial(&dir, &node, &id, &[]))
+    };
+    // The invite reaches the callee in one routed round trip; the caller's ring timeout (60 s)
+    // bounds the wait from above.
+    wait_event(&bob_rx, "incoming", Duration::from_secs(20)).expect("bob's phone rings");
+    writeln!(
+        bob.0.stdin.as_mut().unwrap(),
+        r#"{{"cmd":"reject","reason":"not now"}}"#
+    )
+    .unwrap();
+    let (code, ev) = dial_t.join().unwrap();
+    assert_eq!((code, ended(&ev).as_str()), (6, "rejected"), "{ev:#?}");
+    drop(bob);
+
+    // Busy: carol is in a call with bob (bob takes one at a time).
+    let (_bob, bob_rx, bob_id) = answer(&dir, &node, "bob2", &["--auto"]);
+    let carol = {
+        let (dir, node, id) = (dir.clone(), node.clone(), bob_id.clone());
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_dial"))
+                .args(["-s", &node, "--duration", "30", "--identity"])
+                .arg(dir.join("carol.key"))
+                .arg(&id)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+    }
+    .join()
+    .unwrap();
+    let carol = Kill(carol);
+    wait_event(&bob_rx, "connected", Duration::from_secs(20)).expect("carol's call is up");
+    let (code, ev) = dial(&dir, &node, &bob_id, &[]);
+    assert_eq!((code, ended(&ev).as_str()), (7, "busy"), "{ev:#?}");
+    drop(carol);
+
+    // A call that connects: one SAS at both ends, digits arrive, the callee sees the hang-up.
+    let (_dave, dave_rx, dave_id) = answer(&dir, &node, "dave", &["--auto"]);
+    let (code, ev) = dial(&dir, &node, &dave_id, &["--duration", "1", "--dtmf", "42"]);
+    assert_eq!((code, ended(&ev).as_str()), (0, "hangup"), "{ev:#?}");
+    let sas = ev
+        .iter()
+        .find(|e| e["event"] == "connected")
+        .expect("connected")["sas"]
+        .clone();
+    let c = wait_event(&dave_rx, "connected", Duration::from_secs(10)).expect("dave connects");
+    assert_eq!(c["sas"], sas);
+    let mut digits = String::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut reason = String::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        let Ok(v) = dave_rx.recv_timeout(left) else {
+            break;
+        };
+        if v["event"] == "dtmf" {
+            digits.push_str(v["digit"].as_str().unwrap());
+        }
+        if v["event"] == "ended" {
+            reason = v["reason"].as_str().unwrap().to_string();
+            break;
+        }
+    }
+    assert_eq!(digits, "42");
+    assert_eq!(reason, "remote-hangup");
+    let _ = std::fs::remove_dir_all(&dir);
+}
