@@ -12,7 +12,8 @@
 //!   contacts files.
 //! - [`session`]: the authenticated, encrypted client-supernode channel (Noise IK) as a sans-IO
 //!   endpoint: handshakes, transactions, keepalives, replay window, cookies and rate limits.
-//! - [`call`]: calls: signalling, end-to-end keys, call state, connectivity (ICE, RFC 8445).
+//! - [`call`]: calls: signalling, end-to-end keys, call state, connectivity (ICE, RFC 8445), and
+//!   the client endpoint joining agent, phone, media, relay and STUN on one socket.
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
 //! - [`media`]: call media, sans-IO: RTP-style framing, end-to-end sealing, Opus, jitter buffer,
 //!   FEC and PLC, receiver reports, DTMF events.

@@ -3,6 +3,7 @@
 //!
 //! - [`message`]: the call message set, signed end to end.
 //! - [`e2e`]: the Noise XX key exchange for media keys and the short authentication string.
+//! - [`endpoint`]: a client's whole network side on one socket: agent, phone, media, TURN, STUN.
 //! - [`phone`]: the calls of one user: call states, timers, glare, busy, privacy of addresses.
 //! - [`ice`]: candidates, connectivity checks, nomination, relay fallback, consent freshness,
 //!   ICE restart (RFC 8445, RFC 7675) as a sans-IO state machine.

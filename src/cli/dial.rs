@@ -1,5 +1,5 @@
 //! `dial`: call a user, or look one up in the directory (`--lookup`). The call itself is in
-//! [`super::dial_call`].
+//! `dial_call`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
