@@ -409,7 +409,9 @@ fn sigterm_ends_a_capture_with_a_complete_stream() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(&got[..4], b"RIFF");
     assert_eq!((got.len() - 44) % 2, 0, "whole samples only");
-    assert!(got.len() > 44 + 4800);
+    // Nothing more need arrive after the signal: the capture may stop on the very block it
+    // had written (this once asserted `>` and failed when the suite kept the cores busy).
+    assert!(got.len() >= 44 + 4800);
 }
 
 /// SIGTERM to `pid`, through the kill(1) command (the tests stay free of unsafe code).
