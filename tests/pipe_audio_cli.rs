@@ -247,6 +247,54 @@ fn analyze_finds_the_delay_of_a_delayed_copy() {
     assert_eq!(r["reference"]["delay_samples"], -600);
 }
 
+/// Recordings longer than the in-memory spool (4 Mi samples by default; a hidden flag lowers
+/// it here) go through the temporary file and the blocked correlation; the answer must be the
+/// one the old whole-signal search (`--whole-fft`) gives, and the inserted delay, both ways.
+#[test]
+fn analyze_of_long_recordings_spools_and_agrees_with_the_whole_signal_search() {
+    let d = Scratch::new("longdelay");
+    let (sweep, gap, late) = (d.path("s.raw"), d.path("g.raw"), d.path("late.raw"));
+    let rate = ["--rate", "8000"];
+    let make = |what: &[&str], out: &str| {
+        let mut a = vec!["gen"];
+        a.extend(what);
+        a.extend(rate);
+        a.extend(["-o", out]);
+        pa_ok(&a);
+    };
+    make(
+        &["sweep", "--from", "60", "--to", "3900", "--duration", "12"],
+        &sweep,
+    );
+    make(&["silence", "--duration", "0.0503"], &gap);
+    pipeline_ok(&format!("cat {gap} {sweep} > {late}"));
+    let (sw, lw) = (d.path("s.wav"), d.path("late.wav"));
+    for (raw, wav) in [(&sweep, &sw), (&late, &lw)] {
+        pa_ok(&["convert", raw, wav, "--in-rate", "8000"]);
+    }
+    let tmp = d.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for (x, r, want) in [(&lw, &sw, 402), (&sw, &lw, -402)] {
+        let run = |extra: &[&str]| {
+            let out = std::process::Command::new(bin())
+                .args(["analyze", x, "--reference", r, "--json"])
+                .args(extra)
+                .env("TMPDIR", &tmp)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["reference"].clone()
+        };
+        let blocked = run(&["--spill-after", "20000"]);
+        assert_eq!(blocked["delay_samples"], want, "{blocked}");
+        assert_eq!(blocked, run(&["--whole-fft"]));
+        assert!(blocked["similarity"].as_f64().unwrap() > 0.999, "{blocked}");
+    }
+    // The spool file is unlinked as soon as it is made: nothing is left behind.
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
 #[test]
 fn bad_input_unsupported_formats_and_missing_things_have_their_exit_codes() {
     let d = Scratch::new("errors");

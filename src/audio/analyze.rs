@@ -1,11 +1,14 @@
 //! What is in a recording: length, level, silence, DTMF digits, and, against a reference, how
 //! late it is and how alike the two are. Sans-IO: feed frames, then ask for the [`Analysis`].
 
+use std::io;
+
 use serde::Serialize;
 
 use super::dtmf::{DtmfDetector, DtmfEvent};
 use super::fft;
 use super::pcm::Spec;
+use super::xcorr::{self, Samples};
 
 /// Length of the blocks that are judged silent or not, seconds.
 const SILENCE_BLOCK_S: f64 = 0.010;
@@ -66,15 +69,13 @@ pub struct Analyzer {
     threshold_db: f64,
     threshold_sq: f64,
     dtmf: DtmfDetector,
-    /// The mono mix, kept when a reference comparison will be asked for.
-    keep: Option<Vec<f32>>,
+    /// The mono mix of the last [`Analyzer::push`].
     mono: Vec<f32>,
 }
 
 impl Analyzer {
     /// An analyzer for audio of `spec`; blocks below `silence_db` dBFS RMS count as silent.
-    /// `keep_mono` keeps the mono mix for [`Analyzer::compare`].
-    pub fn new(spec: Spec, silence_db: f64, keep_mono: bool) -> Analyzer {
+    pub fn new(spec: Spec, silence_db: f64) -> Analyzer {
         let block_len = ((spec.rate as f64 * SILENCE_BLOCK_S).round() as usize).max(1);
         Analyzer {
             spec,
@@ -89,7 +90,6 @@ impl Analyzer {
             threshold_db: silence_db,
             threshold_sq: 10f64.powf(silence_db / 10.0),
             dtmf: DtmfDetector::new(spec.rate),
-            keep: keep_mono.then(Vec::new),
             mono: Vec::new(),
         }
     }
@@ -114,9 +114,6 @@ impl Analyzer {
         }
         self.frames += (x.len() / ch) as u64;
         self.dtmf.push(&self.mono);
-        if let Some(k) = &mut self.keep {
-            k.extend_from_slice(&self.mono);
-        }
     }
 
     fn close_block(&mut self) {
@@ -128,9 +125,9 @@ impl Analyzer {
         self.block_fill = 0;
     }
 
-    /// The kept mono mix (empty unless asked for at construction).
-    pub fn mono(&self) -> &[f32] {
-        self.keep.as_deref().unwrap_or(&[])
+    /// The mono mix of the frames last pushed (to keep for [`compare_samples`]).
+    pub fn last_mono(&self) -> &[f32] {
+        &self.mono
     }
 
     /// The summary (a trailing partial block counts toward the silence ratio).
@@ -163,6 +160,41 @@ impl Analyzer {
 /// Compares `x` (the recording) with `reference`, both mono at `rate`: the lag of the
 /// cross-correlation peak, searched within `max_lag` samples each way if given.
 pub fn compare(x: &[f32], reference: &[f32], rate: u32, max_lag: Option<usize>) -> Comparison {
+    compare_samples(&mut &x[..], &mut &reference[..], rate, max_lag)
+        .expect("slices do not fail to read")
+}
+
+/// [`compare`] on signals read in blocks ([`xcorr::best_lag`]): memory stays a few MiB-sized
+/// FFT buffers however long they are, and a lag limit saves the work outside it.
+pub fn compare_samples(
+    x: &mut dyn Samples,
+    reference: &mut dyn Samples,
+    rate: u32,
+    max_lag: Option<usize>,
+) -> io::Result<Comparison> {
+    compare_blocked(x, reference, rate, max_lag, xcorr::MAX_BLOCK)
+}
+
+fn compare_blocked(
+    x: &mut dyn Samples,
+    reference: &mut dyn Samples,
+    rate: u32,
+    max_lag: Option<usize>,
+    block: usize,
+) -> io::Result<Comparison> {
+    let lag = xcorr::best_lag(x, reference, max_lag, block)?.unwrap_or(0);
+    measure_at(x, reference, rate, lag)
+}
+
+/// The whole-signal search `pipe-audio analyze` used before the blocked one: one FFT of both
+/// signals at once (2^26 points for two ten-minute recordings, about 2 GiB). Kept as the
+/// reference the blocked search is tested and benchmarked against.
+pub fn compare_whole(
+    x: &[f32],
+    reference: &[f32],
+    rate: u32,
+    max_lag: Option<usize>,
+) -> Comparison {
     let (first, c) = fft::xcorr(x, reference);
     let in_range = |lag: isize| max_lag.is_none_or(|m| lag.unsigned_abs() <= m);
     let (best_k, _) = c
@@ -172,18 +204,36 @@ pub fn compare(x: &[f32], reference: &[f32], rate: u32, max_lag: Option<usize>) 
         .max_by(|a, b| a.1.total_cmp(b.1))
         .unwrap_or((0, &0.0));
     let lag = first + best_k as isize;
-    // The overlap: reference sample i against recording sample i + lag.
+    measure_at(&mut &x[..], &mut &reference[..], rate, lag).expect("slices do not fail to read")
+}
+
+/// Similarity and SNR of the overlap at `lag`: reference sample i against recording sample
+/// i + lag, read a block at a time.
+fn measure_at(
+    x: &mut dyn Samples,
+    reference: &mut dyn Samples,
+    rate: u32,
+    lag: isize,
+) -> io::Result<Comparison> {
     let lo = 0.max(-lag) as usize;
     let hi = (reference.len() as isize)
         .min(x.len() as isize - lag)
         .max(lo as isize) as usize;
     let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
-    for i in lo..hi {
-        let a = x[(i as isize + lag) as usize] as f64;
-        let b = reference[i] as f64;
-        xy += a * b;
-        xx += a * a;
-        yy += b * b;
+    const CHUNK: usize = 1 << 16;
+    let (mut xa, mut ya) = (vec![0f32; CHUNK], vec![0f32; CHUNK]);
+    let mut i = lo;
+    while i < hi {
+        let n = CHUNK.min(hi - i);
+        x.read_at((i as isize + lag) as usize, &mut xa[..n])?;
+        reference.read_at(i, &mut ya[..n])?;
+        for (a, b) in xa[..n].iter().zip(&ya[..n]) {
+            let (a, b) = (*a as f64, *b as f64);
+            xy += a * b;
+            xx += a * a;
+            yy += b * b;
+        }
+        i += n;
     }
     let similarity = if xx > 0.0 && yy > 0.0 {
         xy / (xx * yy).sqrt()
@@ -195,12 +245,12 @@ pub fn compare(x: &[f32], reference: &[f32], rate: u32, max_lag: Option<usize>) 
         let resid = (xx - xy * xy / yy).max(xx * 1e-15);
         10.0 * (xx / resid).log10()
     });
-    Comparison {
+    Ok(Comparison {
         delay_samples: lag as i64,
         delay_seconds: lag as f64 / rate as f64,
         similarity,
         snr_db,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -242,13 +292,103 @@ mod tests {
         assert_eq!(limited.delay_samples, 0);
     }
 
+    fn direct(x: &[f32], y: &[f32], lag: isize) -> f64 {
+        (0..y.len() as isize)
+            .filter(|i| (0..x.len() as isize).contains(&(i + lag)))
+            .map(|i| x[(i + lag) as usize] as f64 * y[i as usize] as f64)
+            .sum()
+    }
+
+    fn generated(signal: super::super::Signal, seconds: f64) -> Vec<f32> {
+        let mut g = super::super::Generator::new(signal, 8000, 0.5, seconds).unwrap();
+        let mut out = Vec::new();
+        while g.fill(&mut out, 4096) > 0 {}
+        out
+    }
+
+    fn delayed(x: &[f32], delay: isize, gain: f32) -> Vec<f32> {
+        let n = x.len() as isize + delay.max(0);
+        (0..n)
+            .map(|i| {
+                let j = i - delay;
+                if (0..x.len() as isize).contains(&j) {
+                    gain * x[j as usize]
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_blocked_search_answers_as_the_whole_signal_search_did() {
+        use super::super::Signal;
+        // Signals with one sharp peak (noise, sweep, DTMF), and periodic ones (clicks, a tone)
+        // whose peaks tie: there rounding picks among equal lags, in either search, so the two
+        // must only agree on the peak's height. Delayed both ways, cut short, searched with and
+        // without a limit; blocks much shorter than the signals, so that many pairs add up.
+        let signals = [
+            ("noise", noise(9_000, 7)),
+            (
+                "sweep",
+                generated(
+                    Signal::Sweep {
+                        from: 50.0,
+                        to: 3900.0,
+                    },
+                    1.1,
+                ),
+            ),
+            ("clicks", generated(Signal::Clicks { interval: 0.05 }, 1.0)),
+            ("tone", generated(Signal::Tone { freq: 440.0 }, 0.7)),
+            (
+                "dtmf",
+                generated(
+                    Signal::Dtmf {
+                        digits: "19#".into(),
+                        on: 0.08,
+                        off: 0.05,
+                    },
+                    0.0,
+                ),
+            ),
+        ];
+        for (name, r) in &signals {
+            for delay in [0isize, 333, -1234, 4000] {
+                let mut x = delayed(r, delay, 0.7);
+                x.truncate(x.len() * 9 / 10);
+                for lim in [None, Some(500), Some(5000)] {
+                    let want = compare_whole(&x, r, 8000, lim);
+                    for block in [256, 1024, 1 << 20] {
+                        let got =
+                            compare_blocked(&mut &x[..], &mut &r[..], 8000, lim, block).unwrap();
+                        let ctx = format!("{name} delay {delay} lim {lim:?} block {block}");
+                        // Everywhere: a peak as high as the whole-signal search found.
+                        let at = |lag: i64| direct(&x, r, lag as isize);
+                        let (g, w) = (at(got.delay_samples), at(want.delay_samples));
+                        assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{ctx}: {g} {w}");
+                        // With one true peak in range: the very same answer, and the right one.
+                        if lim.is_none_or(|l| delay.unsigned_abs() <= l)
+                            && !matches!(*name, "clicks" | "tone")
+                        {
+                            assert_eq!(got.delay_samples, delay as i64, "{ctx}");
+                            assert_eq!(got.delay_samples, want.delay_samples, "{ctx}");
+                            assert_eq!(got.similarity, want.similarity, "{ctx}");
+                            assert_eq!(got.snr_db, want.snr_db, "{ctx}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn levels_and_silence() {
         let spec = Spec {
             rate: 1000,
             channels: 2,
         };
-        let mut a = Analyzer::new(spec, -50.0, false);
+        let mut a = Analyzer::new(spec, -50.0);
         // 0.5 s of full-scale square wave, 0.5 s of silence, stereo.
         let mut x = Vec::new();
         for i in 0..500 {

@@ -10,7 +10,8 @@
 //! - `pcm`: sample encodings, the call format, channel mixing, [`Conform`] (mix + resample).
 //! - `resample`: polyphase windowed-sinc resampling.
 //! - `wav`, `ogg`, `opusfile`: containers and the Ogg Opus mapping (RFC 7845).
-//! - `signal`, `dtmf`, `analyze`, `fft`: test signals, DTMF, analysis, cross-correlation.
+//! - `signal`, `dtmf`, `analyze`, `xcorr`, `fft`: test signals, DTMF, analysis, blocked
+//!   cross-correlation (and the whole-signal one it replaced); `spool`: a signal kept for it.
 //! - `pace`: holding audio to real time.
 //! - [`stream`]: sources and sinks on files and pipes; [`device`]: playback and capture.
 
@@ -25,10 +26,12 @@ mod pace;
 mod pcm;
 mod resample;
 mod signal;
+mod spool;
 pub mod stream;
 mod wav;
+mod xcorr;
 
-pub use analyze::{Analysis, Analyzer, Comparison, compare};
+pub use analyze::{Analysis, Analyzer, Comparison, compare, compare_samples, compare_whole};
 pub use dtmf::{DtmfDetector, DtmfEvent};
 pub use error::{Error, ErrorKind, Result};
 pub use ogg::{Assembler, Demuxer, Muxer, Page};
@@ -42,4 +45,6 @@ pub use pcm::{
 };
 pub use resample::{Resampler, Rounding};
 pub use signal::{Generator, Signal};
+pub use spool::{SPILL_AFTER, Spool};
 pub use stream::{FileFormat, Hints, Sink, SinkSpec, Source, open_sink, open_source};
+pub use xcorr::{MAX_BLOCK, Samples, best_lag};

@@ -14,7 +14,8 @@ use crate::audio::device::{self, DeviceOptions};
 use crate::audio::stream::{Paced, is_std};
 use crate::audio::{
     Analyzer, Application, EncodeSettings, ErrorKind, FileFormat, Generator, Hints, PaceMode,
-    SampleFormat, Signal, Sink, SinkSpec, Source, Spec, compare, open_sink, open_source,
+    SPILL_AFTER, SampleFormat, Signal, Sink, SinkSpec, Source, Spec, Spool, compare_samples,
+    compare_whole, open_sink, open_source,
 };
 
 /// A sound device is missing, cannot be opened, or failed.
@@ -112,8 +113,9 @@ pub struct FormatOpts {
     /// Channels [default: the input's; raw: 1].
     #[arg(short = 'c', long, value_name = "N")]
     pub channels: Option<u16>,
-    /// Sample encoding for WAV and raw [default: the input's; raw: s16].
-    #[arg(short = 's', long, value_enum)]
+    /// Sample encoding for WAV and raw, as sox's -e and -b together [default: the input's;
+    /// raw: s16].
+    #[arg(short = 'e', short_alias = 's', long, value_enum)]
     pub sample: Option<SampleFormat>,
 }
 
@@ -357,6 +359,14 @@ pub struct AnalyzeArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Search the delay the old way, both signals in memory and one FFT over both (gigabytes
+    /// for long recordings); for scripts/bench-analyze.
+    #[arg(long, hide = true)]
+    pub whole_fft: bool,
+    /// Samples of each signal kept in memory before the rest goes to a temporary file (tests
+    /// use small values to reach the file path quickly).
+    #[arg(long, hide = true, value_name = "N", default_value_t = SPILL_AFTER)]
+    pub spill_after: usize,
     #[command(flatten)]
     pub input_format: FormatOpts,
 }
@@ -747,7 +757,15 @@ fn generate(a: GenArgs) -> anyhow::Result<()> {
 fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
     let mut source = open_source(&a.input, a.input_format.hints())?;
     let spec = source.spec();
-    let mut an = Analyzer::new(spec, a.silence_db, a.reference.is_some());
+    let mut an = Analyzer::new(spec, a.silence_db);
+    // The mono mixes wait in spools (memory, then a temporary file) for the delay search,
+    // which reads them back in blocks.
+    let spill = if a.whole_fft {
+        usize::MAX
+    } else {
+        a.spill_after
+    };
+    let mut recording = a.reference.is_some().then(|| Spool::new(spill));
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -755,10 +773,12 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
             break;
         }
         an.push(&buf);
+        if let Some(r) = &mut recording {
+            r.push(an.last_mono()).map_err(spool_error)?;
+        }
     }
-    let comparison = match &a.reference {
-        None => None,
-        Some(r) => {
+    let comparison = match (&a.reference, recording) {
+        (Some(r), Some(mut recording)) => {
             let mut rs = open_source(r, Hints::default())
                 .with_context(|| format!("reference {}", r.display()))?;
             rs.prefer_rate(spec.rate);
@@ -768,18 +788,27 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
             };
             let mut conform = crate::audio::Conform::new(rs.spec(), want);
             let (mut raw, mut mono) = (Vec::new(), Vec::new());
+            let mut reference = Spool::new(spill);
             loop {
                 raw.clear();
+                mono.clear();
                 let n = rs.read(&mut raw, 16_384)?;
                 if n == 0 {
                     conform.flush(&mut mono);
+                    reference.push(&mono).map_err(spool_error)?;
                     break;
                 }
                 conform.process(&raw, &mut mono);
+                reference.push(&mono).map_err(spool_error)?;
             }
             let max_lag = a.max_delay.map(|s| (s * spec.rate as f64).round() as usize);
-            Some(compare(an.mono(), &mono, spec.rate, max_lag))
+            Some(match (recording.in_memory(), reference.in_memory()) {
+                (Some(x), Some(y)) if a.whole_fft => compare_whole(x, y, spec.rate, max_lag),
+                _ => compare_samples(&mut recording, &mut reference, spec.rate, max_lag)
+                    .map_err(spool_error)?,
+            })
         }
+        _ => None,
     };
     let report = an.finish(comparison);
     let text = if a.json {
@@ -819,6 +848,13 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
     };
     print_stdout(&text).context("cannot write the analysis")?;
     Ok(())
+}
+
+/// A failure of the temporary file that holds a long recording for the delay search.
+fn spool_error(e: std::io::Error) -> anyhow::Error {
+    let tmp = std::env::temp_dir();
+    anyhow::Error::new(crate::audio::Error::io(tmp, e))
+        .context("cannot keep the audio for the delay search")
 }
 
 /// The cost floor for Ogg Opus conversion: libopus alone, on PCM already in memory.
