@@ -26,14 +26,30 @@ pub const DEFAULT_STUN_PORT: u16 = 3478;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  the probe ran (some properties may still be undecided: see \"undecided\")
-  2  bad flags or arguments (also servers of mixed address families)
-  3  UDP is blocked: no server answered (the JSON still says \"nat\": \"udp-blocked\")
-  4  local error: a server name did not resolve, no route, or no socket
+  0  the probe ran in at least one family (some properties may still be undecided: see
+     \"undecided\")
+  2  bad flags or arguments (also -4/-6 with a server address of the other family)
+  3  UDP is blocked in every family probed: no server answered (the JSON still says
+     \"nat\": \"udp-blocked\")
+  4  local error in every family: a server name did not resolve, no route, or no socket
+
+JSON (--json): one object. Its top-level fields are the report of the primary family (the
+family of the first server's first address): nat, mapping, filtering, mapped_address,
+local_address, port_preserved, hairpinning, lifetime_s, lifetime_range_s, servers[] (address,
+rtt_ms, rfc5780, other_address, ...), rfc5780_server, loss, undecided[], advice, duration_ms.
+Beside them:
+  \"family\"   \"ipv4\" or \"ipv6\": which family the top-level fields describe
+  \"ipv4\"     the IPv4 report (the same fields), or null when IPv4 was not probed
+  \"ipv6\"     the IPv6 report, or null when IPv6 was not probed
+  \"errors\"   {\"ipv4\": MESSAGE, \"ipv6\": MESSAGE} for a family whose servers resolved but
+             which could not be probed (no route, no socket); empty otherwise
+Both families are probed, at the same time, when the servers given include addresses of
+both (literals of both kinds, or a name with A and AAAA records); -4 or -6 keeps to one.
 
 Examples:
   natprobe --server stun.example.org
-  natprobe --server 198.51.100.1:3478 --json | jq .nat
+  natprobe -s vxk1...@198.51.100.1:3478 --json | jq .nat
+  natprobe -s 198.51.100.1 -s 2001:db8::1 --json | jq '.ipv4.nat, .ipv6.nat'
   natprobe --server a.example.org --server b.example.org --lifetime";
 
 /// Diagnose the NAT between this host and the internet (RFC 4787 / RFC 5780 terms).
@@ -54,8 +70,16 @@ Examples:
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
-    /// STUN server as HOST[:PORT] (default port 3478); repeat for several, in order of preference.
-    #[arg(short, long = "server", value_name = "HOST[:PORT]", required = true)]
+    /// STUN server as HOST[:PORT] (default port 3478), or a supernode as KEY@HOST:PORT (what
+    /// `supernoded` prints; the key is checked but not used: STUN answers are not signed);
+    /// repeat for several, in order of preference. IPv4 and IPv6 servers are probed side by side.
+    #[arg(
+        short = 's',
+        long = "server",
+        visible_alias = "supernode",
+        value_name = "[KEY@]HOST[:PORT]",
+        required = true
+    )]
     pub servers: Vec<String>,
 
     /// Print exactly one JSON object on stdout instead of the summary.
@@ -76,11 +100,11 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 1.5, value_parser = budget_secs)]
     pub blocked_after: f64,
 
-    /// Resolve server names to IPv4 addresses only.
+    /// Probe IPv4 only (server names resolve to IPv4 addresses only).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
 
-    /// Resolve server names to IPv6 addresses only.
+    /// Probe IPv6 only (server names resolve to IPv6 addresses only).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
@@ -132,58 +156,209 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The servers of each family, in the order given, and which family came first.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub v4: Vec<SocketAddr>,
+    pub v6: Vec<SocketAddr>,
+    /// The family of the first server's first address: the one the top level reports.
+    pub primary_v4: bool,
+}
+
+/// One family's outcome.
+type Outcome = Option<Result<Report, ProbeError>>;
+
 fn run(args: Args) -> anyhow::Result<u8> {
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async {
-        let servers = resolve_all(&args).await?;
+        let plan = plan(&args).await?;
         let mut timing = Timing {
             lifetime_max: Duration::from_secs_f64(args.lifetime_max),
             blocked_budget: Duration::from_secs_f64(args.blocked_after),
             ..Timing::default()
         };
         timing.stagger = timing.stagger.min(timing.blocked_budget / 4);
-        let config = ProbeConfig {
-            servers,
+        let config = |servers: &[SocketAddr]| ProbeConfig {
+            servers: servers.to_vec(),
             lifetime: args.lifetime,
-            timing,
+            timing: timing.clone(),
         };
         let progress = Progress::new(args.lifetime && std::io::stderr().is_terminal());
-        let report = run_probe(config, |stage| progress.show(stage))
-            .await
-            .map_err(|e: ProbeError| anyhow::Error::new(e))?;
+        // Each family has its own sockets and local address: the two run side by side.
+        let family = |cfg: Option<ProbeConfig>| {
+            let progress = &progress;
+            async move {
+                match cfg {
+                    Some(c) => Some(run_probe(c, |stage| progress.show(stage)).await),
+                    None => None,
+                }
+            }
+        };
+        let c4 = (!plan.v4.is_empty()).then(|| config(&plan.v4));
+        let c6 = (!plan.v6.is_empty()).then(|| config(&plan.v6));
+        let (v4, v6): (Outcome, Outcome) = tokio::join!(family(c4), family(c6));
         progress.finish();
+        let out = Outcomes::new(v4, v6, plan.primary_v4)?;
         let text = if args.json {
-            serde_json::to_string(&report).context("cannot encode the report")? + "\n"
+            serde_json::to_string(&out.json()?).context("cannot encode the report")? + "\n"
         } else {
-            summary(&report)
+            out.summary()
         };
         print_stdout(&text).context("cannot write the report")?;
-        Ok(if report.nat == Some(NatKind::UdpBlocked) {
-            EXIT_UDP_BLOCKED
-        } else {
-            EXIT_OK
-        })
+        Ok(out.exit_code())
     })
 }
 
-async fn resolve_all(args: &Args) -> anyhow::Result<Vec<SocketAddr>> {
-    let mut want_v4 = match (args.ipv4, args.ipv6) {
+/// The reports of both families, ready to print.
+struct Outcomes {
+    v4: Option<Report>,
+    v6: Option<Report>,
+    errors: Vec<(&'static str, String)>,
+    primary_v4: bool,
+}
+
+impl Outcomes {
+    /// Fails when no family could be probed at all (the primary family's error).
+    fn new(v4: Outcome, v6: Outcome, primary_v4: bool) -> anyhow::Result<Outcomes> {
+        let mut errors = Vec::new();
+        let mut first_err = None;
+        let mut keep = |name: &'static str, o: Outcome, primary: bool| match o {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                errors.push((name, chain_text(&e)));
+                if primary || first_err.is_none() {
+                    first_err = Some(e);
+                }
+                None
+            }
+            None => None,
+        };
+        let r4 = keep("ipv4", v4, primary_v4);
+        let r6 = keep("ipv6", v6, !primary_v4);
+        if r4.is_none() && r6.is_none() {
+            return Err(first_err.unwrap_or(ProbeError::NoServers).into());
+        }
+        // The primary family is the first server's, unless only the other could be probed.
+        let primary_v4 = if primary_v4 {
+            r4.is_some()
+        } else {
+            r6.is_none()
+        };
+        Ok(Outcomes {
+            v4: r4,
+            v6: r6,
+            errors,
+            primary_v4,
+        })
+    }
+
+    fn primary(&self) -> &Report {
+        let r = if self.primary_v4 { &self.v4 } else { &self.v6 };
+        r.as_ref().expect("the primary family has a report")
+    }
+
+    fn json(&self) -> anyhow::Result<serde_json::Value> {
+        let mut top = serde_json::to_value(self.primary())?;
+        let obj = top.as_object_mut().expect("a report is an object");
+        obj.insert(
+            "family".into(),
+            (if self.primary_v4 { "ipv4" } else { "ipv6" }).into(),
+        );
+        obj.insert("ipv4".into(), serde_json::to_value(&self.v4)?);
+        obj.insert("ipv6".into(), serde_json::to_value(&self.v6)?);
+        let errors: serde_json::Map<String, serde_json::Value> = self
+            .errors
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone().into()))
+            .collect();
+        obj.insert("errors".into(), errors.into());
+        Ok(top)
+    }
+
+    fn summary(&self) -> String {
+        let both =
+            (self.v4.is_some() as usize + self.v6.is_some() as usize + self.errors.len()) > 1;
+        if !both {
+            return summary(self.primary());
+        }
+        let mut s = String::new();
+        for (name, r) in [("IPv4", &self.v4), ("IPv6", &self.v6)] {
+            let key = name.to_ascii_lowercase();
+            if let Some(r) = r {
+                let _ = writeln!(s, "{name}:");
+                for line in summary(r).lines() {
+                    let _ = writeln!(s, "  {line}");
+                }
+            } else if let Some((_, e)) = self.errors.iter().find(|(k, _)| *k == key) {
+                let _ = writeln!(s, "{name}:  not probed: {e}");
+            }
+        }
+        s
+    }
+
+    /// 3 when UDP is blocked in every family probed, else 0.
+    fn exit_code(&self) -> u8 {
+        let blocked = |r: &Option<Report>| {
+            r.as_ref()
+                .is_none_or(|r| r.nat == Some(NatKind::UdpBlocked))
+        };
+        if blocked(&self.v4) && blocked(&self.v6) {
+            EXIT_UDP_BLOCKED
+        } else {
+            EXIT_OK
+        }
+    }
+}
+
+/// An error and its causes on one line, as `report_error` prints them.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
+/// Resolves every `--server` into the families to probe.
+pub async fn plan(args: &Args) -> anyhow::Result<Plan> {
+    let only_v4 = match (args.ipv4, args.ipv6) {
         (true, _) => Some(true),
         (_, true) => Some(false),
         _ => None,
     };
-    let mut out = Vec::new();
-    for spec in &args.servers {
-        let addr = resolve(spec, want_v4).await?;
-        // Every server after the first is resolved in the first one's family.
-        want_v4 = Some(addr.is_ipv4());
-        out.push(addr);
+    let mut plan = Plan::default();
+    for (i, spec) in args.servers.iter().enumerate() {
+        let addrs = resolve(spec, only_v4).await?;
+        if i == 0 {
+            plan.primary_v4 = addrs[0].is_ipv4();
+        }
+        // One address per family per server: the first the resolver gives.
+        if let Some(a) = addrs.iter().find(|a| a.is_ipv4()) {
+            plan.v4.push(*a);
+        }
+        if let Some(a) = addrs.iter().find(|a| a.is_ipv6()) {
+            plan.v6.push(*a);
+        }
     }
-    Ok(out)
+    Ok(plan)
 }
 
-/// Resolves HOST[:PORT], `[V6]:PORT`, or a bare address, preferring `want_v4`'s family.
-pub async fn resolve(spec: &str, want_v4: Option<bool>) -> anyhow::Result<SocketAddr> {
+/// Resolves `[KEY@]HOST[:PORT]`, `[V6]:PORT` or a bare address to its addresses (at least
+/// one), keeping to one family if `only_v4` says so.
+pub async fn resolve(spec: &str, only_v4: Option<bool>) -> anyhow::Result<Vec<SocketAddr>> {
+    // KEY@HOST:PORT, as dial, answer and relayd take a supernode: the key is checked (a typo
+    // should not pass silently) and dropped, since plain STUN cannot use it.
+    let spec = match spec.split_once('@') {
+        Some((_, rest)) => {
+            spec.parse::<crate::identity::BootstrapEntry>()
+                .map_err(|e| UsageError(format!("bad server '{spec}': {e}")))?;
+            rest
+        }
+        None => spec,
+    };
+    let fam = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
     let bare = spec.trim_start_matches('[').trim_end_matches(']');
     let literal = spec.parse::<SocketAddr>().ok().or_else(|| {
         bare.parse::<IpAddr>()
@@ -191,14 +366,15 @@ pub async fn resolve(spec: &str, want_v4: Option<bool>) -> anyhow::Result<Socket
             .map(|ip| SocketAddr::new(ip, DEFAULT_STUN_PORT))
     });
     if let Some(a) = literal {
-        if want_v4.is_some_and(|v4| v4 != a.is_ipv4()) {
-            let fam = if a.is_ipv4() { "IPv4" } else { "IPv6" };
+        if only_v4.is_some_and(|v4| v4 != a.is_ipv4()) {
             return Err(UsageError(format!(
-                "server {spec} is {fam}, but the probe uses the other family (from -4/-6 or the first server)"
+                "server {spec} is {}, but -4/-6 asks for {}",
+                fam(a.is_ipv4()),
+                fam(!a.is_ipv4())
             ))
             .into());
         }
-        return Ok(a);
+        return Ok(vec![a]);
     }
     let (host, port) = match spec.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => {
@@ -215,19 +391,15 @@ pub async fn resolve(spec: &str, want_v4: Option<bool>) -> anyhow::Result<Socket
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .with_context(|| format!("cannot resolve server '{host}'"))?
+        .filter(|a| only_v4.is_none_or(|v4| a.is_ipv4() == v4))
         .collect();
-    addrs
-        .iter()
-        .find(|a| want_v4.is_none_or(|v4| a.is_ipv4() == v4))
-        .copied()
-        .with_context(|| {
-            let fam = if want_v4 == Some(true) {
-                "IPv4"
-            } else {
-                "IPv6"
-            };
-            format!("server '{host}' has no {fam} address")
-        })
+    if addrs.is_empty() {
+        anyhow::bail!(
+            "server '{host}' has no {} address",
+            fam(only_v4.unwrap_or(true))
+        );
+    }
+    Ok(addrs)
 }
 
 /// A spinner for the lifetime search when stderr is a terminal; nothing otherwise.
