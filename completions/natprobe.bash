@@ -23,13 +23,17 @@ _natprobe() {
 
     case "${cmd}" in
         natprobe)
-            opts="-s -4 -6 -v -q -h -V --server --json --lifetime --lifetime-max --blocked-after --ipv4 --ipv6 --verbose --quiet --help --version"
+            opts="-s -4 -6 -v -q -h -V --supernode --server --json --lifetime --lifetime-max --blocked-after --ipv4 --ipv6 --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --supernode)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

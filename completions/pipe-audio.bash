@@ -136,7 +136,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__analyze)
-            opts="-f -r -c -s -v -q -h --reference --max-delay --silence-db --json --format --rate --channels --sample --verbose --quiet --help"
+            opts="-f -r -c -e -v -q -h --reference --max-delay --silence-db --json --whole-fft --spill-after --format --rate --channels --sample --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,6 +151,10 @@ _pipe__audio() {
                     return 0
                     ;;
                 --silence-db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --spill-after)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -182,7 +186,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -228,7 +232,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__capture)
-            opts="-o -d -f -r -c -s -v -q -h --output --duration --device --pace --buffer-ms --period-ms --stats --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-o -d -f -r -c -e -v -q -h --output --duration --device --pace --buffer-ms --period-ms --stats --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -294,7 +298,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -322,7 +326,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__convert)
-            opts="-f -r -c -s -v -q -h --realtime --stats --format --rate --channels --sample --in-format --in-rate --in-channels --in-sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-f -r -c -e -v -q -h --realtime --stats --format --rate --channels --sample --in-format --in-rate --in-channels --in-sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -356,7 +360,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -428,7 +432,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__gen__subcmd__clicks)
-            opts="-o -f -r -c -s -v -q -h --interval --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-o -f -r -c -e -v -q -h --interval --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -482,7 +486,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -510,7 +514,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__gen__subcmd__dtmf)
-            opts="-o -f -r -c -s -v -q -h --tone-ms --gap-ms --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-o -f -r -c -e -v -q -h --tone-ms --gap-ms --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -568,7 +572,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -694,7 +698,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__gen__subcmd__silence)
-            opts="-o -f -r -c -s -v -q -h --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-o -f -r -c -e -v -q -h --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -744,7 +748,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -772,7 +776,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__gen__subcmd__sweep)
-            opts="-o -f -r -c -s -v -q -h --from --to --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-o -f -r -c -e -v -q -h --from --to --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -830,7 +834,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -858,7 +862,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__gen__subcmd__tone)
-            opts="-o -f -r -c -s -v -q -h --freq --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
+            opts="-o -f -r -c -e -v -q -h --freq --duration --amplitude --output --realtime --format --rate --channels --sample --bitrate --application --complexity --frame-ms --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -912,7 +916,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
@@ -1136,7 +1140,7 @@ _pipe__audio() {
             return 0
             ;;
         pipe__subcmd__audio__subcmd__play)
-            opts="-d -f -r -c -s -v -q -h --device --pace --buffer-ms --period-ms --stats --format --rate --channels --sample --verbose --quiet --help"
+            opts="-d -f -r -c -e -v -q -h --device --pace --buffer-ms --period-ms --stats --format --rate --channels --sample --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1190,7 +1194,7 @@ _pipe__audio() {
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;
-                -s)
+                -e)
                     COMPREPLY=($(compgen -W "u8 s16 s24 s32 f32" -- "${cur}"))
                     return 0
                     ;;

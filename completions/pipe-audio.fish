@@ -53,7 +53,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand capture" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand capture" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand capture" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand capture" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -79,7 +79,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand play" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand play" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand play" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand play" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -93,7 +93,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand convert" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand convert" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand convert" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand convert" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -137,7 +137,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from tone" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from tone" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from tone" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from tone" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -162,7 +162,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from dtmf" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from dtmf" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from dtmf" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from dtmf" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -185,7 +185,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from silence" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from silence" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from silence" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from silence" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -210,7 +210,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from sweep" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from sweep" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from sweep" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from sweep" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -234,7 +234,7 @@ ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from clicks" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from clicks" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from clicks" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_seen_subcommand_from clicks" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
@@ -258,17 +258,19 @@ complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand gen; and __fish_se
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -l reference -d 'A reference recording: report the delay to it and how alike they are' -r -F
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -l max-delay -d 'Search the delay only within this many seconds either way [default: anywhere]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -l silence-db -d 'Blocks of 10 ms quieter than this (dBFS RMS) count as silence' -r
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -l spill-after -d 'Samples of each signal kept in memory before the rest goes to a temporary file (tests use small values to reach the file path quickly)' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s f -l format -d 'Container: wav, ogg (Ogg Opus) or raw [default: from the file name, else raw]' -r -f -a "wav\t'RIFF WAVE: 8/16/24/32-bit integer or 32-bit float PCM'
 ogg\t'Ogg Opus (RFC 7845)'
 raw\t'Headerless PCM; the call format (48 kHz, mono, s16le) unless told otherwise'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s r -l rate -d 'Sample rate in Hz [default: the input\'s; raw: 48000]' -r
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s c -l channels -d 'Channels [default: the input\'s; raw: 1]' -r
-complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s s -l sample -d 'Sample encoding for WAV and raw [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s e -l sample -d 'Sample encoding for WAV and raw, as sox\'s -e and -b together [default: the input\'s; raw: s16]' -r -f -a "u8\t'Unsigned 8-bit (WAV\'s 8-bit encoding)'
 s16\t'Signed 16-bit'
 s24\t'Signed 24-bit, packed in 3 bytes'
 s32\t'Signed 32-bit'
 f32\t'IEEE 754 32-bit float'"
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -l json -d 'Print one JSON object instead of the summary'
+complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -l whole-fft -d 'Search the delay the old way, both signals in memory and one FFT over both (gigabytes for long recordings); for scripts/bench-analyze'
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s q -l quiet -d 'Log only errors'
 complete -c pipe-audio -n "__fish_pipe_audio_using_subcommand analyze" -s h -l help -d 'Print help (see more with \'--help\')'
