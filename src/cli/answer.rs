@@ -277,7 +277,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         cmd.send(CallCommand::Hangup(c)).await.ok();
                     }
                 }
-                c = recv_control(&mut control) => match c {
+                c = call_io::recv_control(&mut control) => match c {
                     None => control = None,
                     Some(Err(e)) => { events.emit(json!({"event": "error", "message": e})); }
                     Some(Ok(c)) => {
@@ -290,18 +290,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                             events.emit(json!({"event": "error", "message": "which call? give \"call\""}));
                             continue;
                         };
-                        let command = match c.cmd.as_str() {
-                            "accept" => CallCommand::Accept(id),
-                            "reject" => CallCommand::Reject(id, c.reason.unwrap_or_else(|| "declined".into())),
-                            "hangup" => CallCommand::Hangup(id),
-                            "dtmf" => CallCommand::Dtmf(id, c.digits.unwrap_or_default()),
-                            "mute" => CallCommand::Mute(id, true),
-                            "unmute" => CallCommand::Mute(id, false),
-                            "hold" => CallCommand::Hold(id, true),
-                            "resume" => CallCommand::Hold(id, false),
-                            "stats" => CallCommand::Stats(id),
-                            other => {
-                                events.emit(json!({"event": "error", "message": format!("unknown command '{other}'")}));
+                        let command = match call_io::control_command(c, id) {
+                            Ok(command) => command,
+                            Err(e) => {
+                                events.emit(json!({"event": "error", "message": e}));
                                 continue;
                             }
                         };
@@ -391,15 +383,6 @@ fn run(args: Args) -> anyhow::Result<()> {
 async fn sleep_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_control(
-    control: &mut Option<tokio::sync::mpsc::Receiver<Result<call_io::Control, String>>>,
-) -> Option<Result<call_io::Control, String>> {
-    match control {
-        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

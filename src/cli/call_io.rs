@@ -414,3 +414,29 @@ pub fn read_control(path: PathBuf) -> anyhow::Result<mpsc::Receiver<Result<Contr
     });
     Ok(rx)
 }
+
+/// The call command a control line asks for, on call `id`.
+pub fn control_command(c: Control, id: CallId) -> Result<CallCommand, String> {
+    Ok(match c.cmd.as_str() {
+        "accept" => CallCommand::Accept(id),
+        "reject" => CallCommand::Reject(id, c.reason.unwrap_or_else(|| "declined".into())),
+        "hangup" => CallCommand::Hangup(id),
+        "dtmf" => CallCommand::Dtmf(id, c.digits.unwrap_or_default()),
+        "mute" => CallCommand::Mute(id, true),
+        "unmute" => CallCommand::Mute(id, false),
+        "hold" => CallCommand::Hold(id, true),
+        "resume" => CallCommand::Hold(id, false),
+        "stats" => CallCommand::Stats(id),
+        other => return Err(format!("unknown command '{other}'")),
+    })
+}
+
+/// The next control line, or never when there is no control stream.
+pub async fn recv_control(
+    control: &mut Option<mpsc::Receiver<Result<Control, String>>>,
+) -> Option<Result<Control, String>> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

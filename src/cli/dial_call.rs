@@ -124,7 +124,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
                     cmd.send(CallCommand::Hangup(c)).await.ok();
                 }
             }
-            c = recv_control(&mut control) => match c {
+            c = call_io::recv_control(&mut control) => match c {
                 None => control = None,
                 Some(Err(e)) => { events.emit(json!({"event": "error", "message": e})); }
                 Some(Ok(c)) => {
@@ -132,16 +132,10 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
                         events.emit(json!({"event": "error", "message": "no call yet"}));
                         continue;
                     };
-                    let command = match c.cmd.as_str() {
-                        "hangup" => CallCommand::Hangup(id),
-                        "dtmf" => CallCommand::Dtmf(id, c.digits.unwrap_or_default()),
-                        "mute" => CallCommand::Mute(id, true),
-                        "unmute" => CallCommand::Mute(id, false),
-                        "hold" => CallCommand::Hold(id, true),
-                        "resume" => CallCommand::Hold(id, false),
-                        "stats" => CallCommand::Stats(id),
-                        other => {
-                            events.emit(json!({"event": "error", "message": format!("unknown command '{other}'")}));
+                    let command = match call_io::control_command(c, id) {
+                        Ok(command) => command,
+                        Err(e) => {
+                            events.emit(json!({"event": "error", "message": e}));
                             continue;
                         }
                     };
@@ -220,13 +214,4 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     Ok(code)
-}
-
-async fn recv_control(
-    control: &mut Option<tokio::sync::mpsc::Receiver<Result<call_io::Control, String>>>,
-) -> Option<Result<call_io::Control, String>> {
-    match control {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
 }
