@@ -888,7 +888,10 @@ fn relayd_metrics_parse_with_build_info_and_a_latency_histogram() {
         ),
         1.0
     );
+    // The live gauge and the running total are separate families (a gauge named like the
+    // counter's family would merge into it in a text-format parser).
     assert_eq!(p["voxmesh_turn_allocations"]["type"], "counter");
+    assert_eq!(p["voxmesh_turn_allocations_active"]["type"], "gauge");
 }
 
 /// relayd on loopback with the shared secret (and nothing else), UDP and TCP on one port.

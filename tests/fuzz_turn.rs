@@ -1573,7 +1573,7 @@ fn tcp_garbage_and_oversized_frames_close_the_connection() {
         ),
     );
     ok.expect_success();
-    r.wait_metric("voxmesh_turn_allocations", 1.0);
+    r.wait_metric("voxmesh_turn_allocations_active", 1.0);
     // Mutated frames from valid seeds until the stream desynchronises and relayd hangs up.
     let mut rng = SmallRng::seed_from_u64(env_u64("VOXMESH_FUZZ_SEED", DEFAULT_SEED) ^ 0x7c9);
     let seeds = vec![
@@ -1600,7 +1600,7 @@ fn tcp_garbage_and_oversized_frames_close_the_connection() {
         "mutated frames: still open"
     );
     r.wait_for("the TCP allocation released", |m| {
-        m.get("voxmesh_turn_allocations") == 0.0
+        m.get("voxmesh_turn_allocations_active") == 0.0
     });
     assert!(r.alive());
     // Unharmed: UDP and TCP both still answer, and the relay serves.

@@ -55,7 +55,7 @@ const CHALLENGE: &str = r#"voxmesh_turn_auth_total{result="challenge"}"#;
 const FAILURE: &str = r#"voxmesh_turn_auth_total{result="failure"}"#;
 const STALE: &str = r#"voxmesh_turn_auth_total{result="stale_nonce"}"#;
 const RATE_LIMITED: &str = r#"voxmesh_turn_auth_total{result="rate_limited"}"#;
-const ALLOCATIONS: &str = "voxmesh_turn_allocations";
+const ALLOCATIONS: &str = "voxmesh_turn_allocations_active";
 
 fn err(code: u16) -> String {
     format!("{ERR}{{code=\"{code}\"}}")

@@ -285,6 +285,11 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Whether `call` exists and has not ended (audio attached to it will be used).
+    pub fn is_live(&self, call: &CallId) -> bool {
+        self.phone.is_live(call)
+    }
+
     /// Whether `call` carries media now (answered, not held, with a path).
     pub fn is_talking(&self, call: &CallId) -> bool {
         self.phone.is_talking(call)

@@ -388,6 +388,13 @@ impl Phone {
         self.calls.get(call).map(|c| (c.peer, c.outgoing))
     }
 
+    /// Whether `call` exists and has not ended.
+    pub fn is_live(&self, call: &CallId) -> bool {
+        self.calls
+            .get(call)
+            .is_some_and(|c| c.stage != Stage::Ended)
+    }
+
     /// Whether `call` is answered and not over (media may flow), and not on hold.
     pub fn is_talking(&self, call: &CallId) -> bool {
         self.calls

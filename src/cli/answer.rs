@@ -21,9 +21,9 @@ use crate::audio::stream::is_std;
 use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
+use crate::net::ShutdownSignals;
 use crate::net::agent::write_host_cache;
 use crate::net::call::{CallAudio, CallCommand, DriverEvent};
-use crate::net::signal_shutdown;
 use crate::signal::Target;
 
 const EXIT_CODES: &str = "\
@@ -155,7 +155,9 @@ pub fn main() -> ExitCode {
 
 /// A call's audio from the flags, or from --exec.
 struct Resident {
-    recorders: Vec<std::thread::JoinHandle<()>>,
+    /// A call's recorder finishes its file (and renames it into place) once the call's
+    /// playback sender is gone, which the driver drops before it reports the end.
+    recorders: HashMap<CallId, std::thread::JoinHandle<()>>,
     children: HashMap<CallId, std::process::Child>,
     stdin_used: bool,
 }
@@ -197,7 +199,7 @@ impl Resident {
                     p.clone()
                 };
                 let (tx, t) = call_io::record_file(&path)?;
-                self.recorders.push(t);
+                self.recorders.insert(call, t);
                 Some(tx)
             }
             None => None,
@@ -225,6 +227,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Held until this block ends, i.e. for as long as we are online as this identity.
         let (identity, _lock) = args.directory.load_identity_locked()?;
         let me = identity.id().to_string();
+        let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
         // Resolve --watch targets before going online, so typos fail fast.
         let targets: Vec<Target> = args.watch.iter().map(|w| args.directory.target(w)).collect::<anyhow::Result<_>>()?;
         let mut events = Events::open(args.events.as_deref())?;
@@ -246,7 +249,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         let cache = args.directory.host_cache_path().ok();
-        let mut resident = Resident { recorders: Vec::new(), children: HashMap::new(), stdin_used: false };
+        let mut resident = Resident { recorders: HashMap::new(), children: HashMap::new(), stdin_used: false };
         // Calls not ended, with when they rang.
         let mut calls: HashMap<CallId, Instant> = HashMap::new();
         // Timed actions: (when, call, accept (true) or hang up).
@@ -255,7 +258,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         loop {
             let next = timers.iter().map(|t| t.0).min();
             tokio::select! {
-                name = signal_shutdown() => {
+                name = signals.recv() => {
                     tracing::info!("{name}: going offline");
                     break;
                 }
@@ -331,6 +334,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                                 let _ = ch.kill();
                                 let _ = ch.wait();
                             }
+                            // The recording is whole before "ended" is out: a script that
+                            // reads the file on that line finds it complete.
+                            if let Some(t) = resident.recorders.remove(call) {
+                                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+                            }
                         }
                         DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Lookup { target: Target::Name(n), result })) => {
                             match result {
@@ -373,7 +381,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let _ = ch.kill();
             let _ = ch.wait();
         }
-        for t in resident.recorders.drain(..) {
+        for (_, t) in resident.recorders.drain() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         Ok(())

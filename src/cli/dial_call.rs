@@ -13,8 +13,8 @@ use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
 use crate::identity::{Check, Timestamp, verify_record};
+use crate::net::ShutdownSignals;
 use crate::net::call::{CallAudio, CallCommand, DriverEvent};
-use crate::net::signal_shutdown;
 use crate::signal::{Registration, Target};
 
 /// How long a hang-up may take to be delivered before dial exits anyway.
@@ -43,6 +43,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
     // A call registers this identity: it must be the only process online as it.
     let (identity, _lock) = args.directory.load_identity_locked()?;
     let target = args.directory.target(&args.user)?;
+    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut events = Events::open(args.events.as_deref())?;
     let mut control = match &args.control {
         Some(p) => Some(call_io::read_control(p.clone())?),
@@ -95,7 +96,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
     tokio::pin!(give_up);
     let code = loop {
         tokio::select! {
-            name = signal_shutdown(), if quitting.is_none() => {
+            name = signals.recv(), if quitting.is_none() => {
                 tracing::info!("{name}: hanging up");
                 match call {
                     Some(c) => {

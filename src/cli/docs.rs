@@ -187,18 +187,33 @@ fn extras(program: &str) -> (Entries, Entries) {
         "dial" | "answer" => (IDENTITY_ENV, IDENTITY_FILES),
         "supernoded" => (
             &[
+                (
+                    "STATE_DIRECTORY",
+                    "Set by systemd (StateDirectory=): the key and host cache live there by default.",
+                ),
+                (
+                    "RUNTIME_DIRECTORY",
+                    "Set by systemd (RuntimeDirectory=): the control socket lives there by default.",
+                ),
                 XDG,
                 HOME,
                 (
                     "XDG_RUNTIME_DIR",
-                    "Where the control socket lives by default ($XDG_RUNTIME_DIR/voxmesh/supernoded.sock).",
+                    "Where the control socket lives by default outside systemd ($XDG_RUNTIME_DIR/voxmesh/supernoded.sock).",
                 ),
             ],
             &[
-                KEY,
                 (
-                    "$XDG_RUNTIME_DIR/voxmesh/supernoded.sock",
-                    "The control socket supernoded status talks to; /tmp/voxmesh-UID/supernoded.sock when XDG_RUNTIME_DIR is unset.",
+                    "$STATE_DIRECTORY/supernode.key",
+                    "The supernode's key (mode 0600), created on first start; $XDG_CONFIG_HOME/voxmesh/supernode.key (~/.config/voxmesh) outside systemd.",
+                ),
+                (
+                    "$STATE_DIRECTORY/supernode-hosts",
+                    "The host cache of mesh members, beside the key file (--host-cache overrides).",
+                ),
+                (
+                    "$RUNTIME_DIRECTORY/supernoded.sock",
+                    "The control socket supernoded status talks to; $XDG_RUNTIME_DIR/voxmesh/supernoded.sock outside systemd, /tmp/voxmesh-UID/supernoded.sock when neither is set.",
                 ),
             ],
         ),

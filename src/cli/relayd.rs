@@ -499,9 +499,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         // once, and an unhandled SIGTERM or SIGHUP would kill the process without a drain.
         use tokio::signal::unix::{SignalKind, signal as handle};
         let handlers = || -> std::io::Result<_> {
-            Ok((handle(SignalKind::terminate())?, handle(SignalKind::interrupt())?, handle(SignalKind::hangup())?))
+            Ok((crate::net::ShutdownSignals::install()?, handle(SignalKind::hangup())?))
         };
-        let (mut term, mut int, _hup) = handlers().context("cannot install signal handlers")?;
+        let (mut signals, _hup) = handlers().context("cannot install signal handlers")?;
         let line = serde_json::json!({"event": "listening", "listen": described, "relay_ips": relay_ips, "metrics": metrics_addr, "relay": relay_id});
         print_stdout(&format!("{line}\n"))?;
         crate::net::notify("READY=1");
@@ -569,7 +569,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                     break;
                 }
-                name = async { tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" } }, if !stopping => {
+                name = signals.recv(), if !stopping => {
                     tracing::info!("{name}: draining (for at most {} s)", args.drain);
                     crate::net::notify("STOPPING=1");
                     signal.trigger();

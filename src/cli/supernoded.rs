@@ -18,7 +18,7 @@ use super::{
 use crate::identity::{BootstrapEntry, Identity, default_key_path};
 use crate::net::agent::{read_host_cache, resolve_bootstrap};
 use crate::net::supernode::{NodeSockets, query_status, run_supernode};
-use crate::net::{ShutdownSignal, serve_metrics, signal_shutdown};
+use crate::net::{ShutdownSignal, ShutdownSignals, serve_metrics};
 use crate::supernode::{BindingConfig, NodeConfig, StunServer, Supernode};
 
 /// A socket could not be bound (address in use, not local, no permission).
@@ -471,6 +471,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // as soon as they see it.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot install the SIGHUP handler")?;
+        let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
         let mut stop = shutdown.clone();
         tasks.spawn(async move {
             loop {
@@ -488,7 +489,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         crate::net::notify("READY=1");
         let mut run = tokio::spawn(server.run(shutdown));
         let result = tokio::select! {
-            name = signal_shutdown() => {
+            name = signals.recv() => {
                 tracing::info!("{name}: shutting down");
                 crate::net::notify("STOPPING=1");
                 signal.trigger();

@@ -503,7 +503,7 @@ fn registration_record(id: &Identity, seq: u64, node: UserId, now: Timestamp) ->
 
 fn echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
     use crate::net::supernode::{NodeSockets, run_echo};
-    use crate::net::{ShutdownSignal, signal_shutdown};
+    use crate::net::{ShutdownSignal, ShutdownSignals};
     use crate::supernode::{BindingConfig, StunServer};
     ensure!(
         args.listen.ip().is_loopback(),
@@ -536,13 +536,14 @@ fn echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
             None,
             shutdown.clone(),
         ));
+        let mut signals = ShutdownSignals::install()?;
         println!(
             "{}",
             serde_json::json!({"event": "listening", "echo": addr})
         );
         let mut stun = tokio::spawn(server.run(shutdown));
         tokio::select! {
-            _ = signal_shutdown() => {}
+            _ = signals.recv() => {}
             _ = &mut stun => {}
         }
         signal.trigger();

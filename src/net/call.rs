@@ -173,8 +173,12 @@ pub async fn run_endpoint(
                             .chars()
                             .try_for_each(|d| ep.send_dtmf(now, c, d))
                             .map_err(refused),
+                        // Audio for a call that ended meanwhile is dropped at once, which closes
+                        // its recording (kept, it would hold the file open forever).
                         CallCommand::Audio(c, a) => {
-                            audio.insert(c, Attached { audio: a, muted: false, dropped: 0 });
+                            if ep.is_live(&c) {
+                                audio.insert(c, Attached { audio: a, muted: false, dropped: 0 });
+                            }
                             Ok(())
                         }
                         CallCommand::Lookup(t) => {

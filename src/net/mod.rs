@@ -20,7 +20,7 @@ pub mod turn_client;
 pub use metrics::serve_metrics;
 pub use notify::{notify, sd_notify};
 pub use probe::{ProbeError, local_ip_for, run_probe};
-pub use shutdown::{Shutdown, ShutdownSignal, signal_shutdown};
+pub use shutdown::{Shutdown, ShutdownSignal, ShutdownSignals};
 pub use socket::{bind_udp, bind_udp_std};
 
 /// Sleeps until a sans-IO core's next deadline (`poll_timeout`), or forever when it has none:

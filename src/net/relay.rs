@@ -435,7 +435,7 @@ fn render_metrics(shared: &Shared) -> String {
     let mut s = super::prom::Snapshot::default();
     s.build_info("relayd");
     s.level(
-        "voxmesh_turn_allocations",
+        "voxmesh_turn_allocations_active",
         "Live allocations.",
         core.allocations() as i64,
     );

@@ -44,19 +44,32 @@ impl Shutdown {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C), naming the signal.
-pub async fn signal_shutdown() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (exit) still applies; wait forever here.
-        std::future::pending::<()>().await;
-        unreachable!()
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT (Ctrl-C), caught from the moment this is made.
+///
+/// Install it before announcing readiness (a start line, READY=1): whoever reads that may
+/// signal at once, and a signal that arrives before any handler exists takes its default
+/// action (exit, no drain). Make it once and poll it in the loop: a stream created afresh per
+/// iteration would miss a signal delivered between two iterations.
+pub struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Needs a tokio runtime.
+    pub fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Completes on the next SIGTERM or SIGINT, naming it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
