@@ -1,4 +1,4 @@
-complete -c natprobe -s s -l server -l supernode -d 'STUN server as HOST[:PORT] (default port 3478), or a supernode as KEY@HOST:PORT (what `supernoded` prints; the key is checked but not used: STUN answers are not signed); repeat for several, in order of preference. IPv4 and IPv6 servers are probed side by side' -r
+complete -c natprobe -s s -l server -l supernode -d 'STUN server as HOST or HOST:PORT (default port 3478), or a supernode as KEY@HOST:PORT (what `supernoded` prints; the key is checked but not used: STUN answers are not signed); repeat for several, in order of preference. IPv4 and IPv6 servers are probed side by side' -r
 complete -c natprobe -l lifetime-max -d 'Longest binding lifetime to search for, in seconds' -r
 complete -c natprobe -l blocked-after -d 'Seconds after which UDP counts as blocked when no server has answered (0.62 to 3). Each server gets 33 requests spread over them: enough that a server reachable through 50% loss each way goes unheard less than once in 10,000 probes' -r
 complete -c natprobe -l json -d 'Print exactly one JSON object on stdout instead of the summary'

@@ -4,8 +4,8 @@
 //! Every program gets a page, and so does every subcommand (`pipe-audio-analyze.1`, named in
 //! the parent's SUBCOMMANDS section). Pages carry EXIT STATUS (from the "Exit status:"
 //! paragraph of `--help`, inherited by subcommands), ENVIRONMENT (`RUST_LOG`, every flag's
-//! environment variable, and what [`extras`] adds) and FILES (every option that takes a path,
-//! and what [`extras`] adds); the rest of `--help`'s epilogue becomes NOTES.
+//! environment variable, and what `extras` adds) and FILES (every option that takes a path,
+//! and what `extras` adds); the rest of `--help`'s epilogue becomes NOTES.
 
 use std::io;
 use std::path::{Path, PathBuf};

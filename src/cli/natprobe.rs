@@ -70,7 +70,7 @@ Examples:
     after_long_help = EXIT_CODES
 )]
 pub struct Args {
-    /// STUN server as HOST[:PORT] (default port 3478), or a supernode as KEY@HOST:PORT (what
+    /// STUN server as HOST or HOST:PORT (default port 3478), or a supernode as KEY@HOST:PORT (what
     /// `supernoded` prints; the key is checked but not used: STUN answers are not signed);
     /// repeat for several, in order of preference. IPv4 and IPv6 servers are probed side by side.
     #[arg(

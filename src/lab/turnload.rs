@@ -275,7 +275,7 @@ impl Flow {
         self.state.len() as u64
     }
 
-    /// Takes the next sequence number; `None` once [`MAX_PACKETS`] were sent.
+    /// Takes the next sequence number; `None` once `MAX_PACKETS` were sent.
     pub fn take_seq(&mut self) -> Option<u64> {
         if self.attempted() >= MAX_PACKETS {
             return None;

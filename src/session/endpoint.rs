@@ -611,7 +611,7 @@ impl Endpoint {
         self.sessions.get(&session.0).and_then(|s| s.rtt.srtt())
     }
 
-    /// Which epochs' keys a session holds (see [`super::crypto::TransportKeys`]): for tests and
+    /// Which epochs' keys a session holds (see the session's transport keys): for tests and
     /// diagnostics, since a rekey is otherwise invisible.
     pub fn key_epochs(&self, session: SessionId) -> Option<KeyEpochs> {
         self.sessions

@@ -32,6 +32,44 @@
 //! RFC 3489 requests (no magic cookie) get MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS and
 //! no attribute they would not understand. Their RESPONSE-ADDRESS, which would let anyone aim our
 //! responses at a third party, is refused with 420.
+//!
+//! # Example: answer a Binding request, no socket needed
+//!
+//! `supernoded` feeds every datagram of its STUN sockets to [`BindingService::handle`]; so can
+//! any program that owns a UDP socket.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::sync::Arc;
+//! use voxmesh::stun::{Class, Message, MessageBuilder, TransactionId, method};
+//! use voxmesh::supernode::{BindingConfig, BindingCounters, BindingService, Via};
+//!
+//! let service = BindingService::new(
+//!     BindingConfig {
+//!         primary: "192.0.2.1:3478".parse().unwrap(),
+//!         alternate: None,
+//!         rfc5780: false,
+//!         software: None,
+//!     },
+//!     Arc::new(BindingCounters::default()),
+//! );
+//! // A client behind a NAT: the request arrives from its public mapping.
+//! let client: SocketAddr = "203.0.113.5:61000".parse().unwrap();
+//! let mut request = Vec::new();
+//! let txid = TransactionId::random();
+//! MessageBuilder::new(&mut request, method::BINDING, Class::Request, txid).fingerprint();
+//!
+//! let mut out = Vec::new();
+//! let reply = service.handle(Via::PRIMARY, client, &request, &mut out).expect("an answer");
+//! assert_eq!((reply.via, reply.to), (Via::PRIMARY, client));
+//! let response = Message::parse(&out[..reply.len]).unwrap();
+//! assert_eq!(response.class(), Class::Success);
+//! assert_eq!(response.transaction_id(), txid);
+//! assert_eq!(response.xor_mapped_address(), Some(client));
+//! // Not STUN at all: dropped, and counted.
+//! assert!(service.handle(Via::PRIMARY, client, b"hello", &mut out).is_none());
+//! assert_eq!(service.counters().drop_not_stun.load(std::sync::atomic::Ordering::Relaxed), 1);
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;

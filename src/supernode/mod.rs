@@ -1,5 +1,6 @@
-//! The supernode role: for now its STUN binding service; registration, presence, lookup and
-//! call signalling join it in later modules.
+//! The supernode role, sans-IO: the STUN binding service ([`BindingService`], stateless) and
+//! the supernode core ([`Supernode`]: sessions, registration, presence, lookup, names, routing of
+//! call signalling, relay offers, the mesh).
 
 pub mod binding;
 mod node;

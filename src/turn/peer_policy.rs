@@ -88,7 +88,7 @@ const EXTRA_BLOCKS: &[(&str, &str)] = &[
 ];
 
 /// Every block of both registries (parsed once from the embedded CSV files), then
-/// [`EXTRA_BLOCKS`].
+/// the extra blocks this module adds (`EXTRA_BLOCKS`).
 pub fn special_purpose_blocks() -> &'static [SpecialBlock] {
     static TABLE: OnceLock<Vec<SpecialBlock>> = OnceLock::new();
     TABLE.get_or_init(|| {
