@@ -3,6 +3,7 @@
 
 pub mod binding;
 mod node;
+mod relays;
 mod service;
 
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};

@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::relays::{Relay, Relays};
 use crate::directory::{Directory, Name, name_homes, user_homes};
 use crate::identity::{
     Check, ClaimRefusal, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy,
@@ -34,10 +35,7 @@ use crate::identity::{
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
-use crate::signal::{
-    self, Entry, Message, NodeInfo, Registration, RelayOffer, Request, Response, Target,
-};
-use crate::turn::rest_password;
+use crate::signal::{self, Entry, Message, NodeInfo, Registration, Request, Response, Target};
 
 /// Requests waiting per peer supernode beyond what its session has in flight.
 const MAX_PEER_QUEUE: usize = 100_000;
@@ -121,18 +119,6 @@ pub struct Status {
     pub sessions: usize,
     pub relays: Vec<(String, u32)>,
     pub counters: NodeCounters,
-}
-
-/// A relay that authorised us.
-#[derive(Clone, Debug)]
-struct Relay {
-    session: SessionId,
-    udp: Vec<SocketAddr>,
-    tcp: Vec<SocketAddr>,
-    tls: Vec<SocketAddr>,
-    realm: String,
-    secret: Vec<u8>,
-    load: u32,
 }
 
 /// A request of ours waiting for its answer.
@@ -225,8 +211,8 @@ pub struct Supernode {
     conts: HashMap<TransactionId, Cont>,
     /// Requests for each peer supernode waiting for room in its session.
     outq: HashMap<UserId, std::collections::VecDeque<(Vec<u8>, Cont)>>,
-    relays: HashMap<UserId, Relay>,
-    relay_of: HashMap<SessionId, UserId>,
+    /// Relays that authorised us.
+    relays: Relays,
     /// Client watches waiting for a home's confirmation: answers still expected.
     watch_waits: HashMap<(SessionId, TransactionId), u8>,
     /// The last presence state our watching clients heard, per watched user (dedupes the homes'
@@ -280,8 +266,7 @@ impl Supernode {
             watch_count: HashMap::new(),
             conts: HashMap::new(),
             outq: HashMap::new(),
-            relays: HashMap::new(),
-            relay_of: HashMap::new(),
+            relays: Relays::default(),
             watch_waits: HashMap::new(),
             last_presence: HashMap::new(),
             verified: HashSet::new(),
@@ -360,11 +345,7 @@ impl Supernode {
             homed_users: self.dir.len(),
             names: self.dir.name_count(),
             sessions: self.ep.session_count(),
-            relays: self
-                .relays
-                .iter()
-                .map(|(id, r)| (id.to_string(), r.load))
-                .collect(),
+            relays: self.relays.loads(),
             counters: self.counters.clone(),
         }
     }
@@ -606,12 +587,7 @@ impl Supernode {
         {
             self.publish_offline(now, user, gone.record);
         }
-        // A relay that reconnected already replaced this session's entry: keep that one.
-        if let Some(relay) = self.relay_of.remove(&sid)
-            && self.relays.get(&relay).is_some_and(|r| r.session == sid)
-        {
-            self.relays.remove(&relay);
-        }
+        self.relays.forget_session(sid);
         // Our clients' watches die with their session.
         if self.watch_count.remove(&sid).is_some() {
             let watched: Vec<UserId> = self
@@ -683,10 +659,8 @@ impl Supernode {
             } if self.mesh.is_member(&peer) => {
                 self.fan_out_presence(now, user, online, last_seen, stale);
             }
-            Message::RLoad { allocations } if self.relays.contains_key(&peer) => {
-                if let Some(r) = self.relays.get_mut(&peer) {
-                    r.load = allocations;
-                }
+            Message::RLoad { allocations } if self.relays.is_relay(&peer) => {
+                self.relays.set_load(&peer, allocations);
             }
             _ => self.counters.refuse("unexpected message"),
         }
@@ -795,24 +769,21 @@ impl Supernode {
                 secret,
                 load,
             } => {
-                if secret.is_empty() || secret.len() > 256 {
-                    return self.error(now, sid, txn, 400, "relay secret must be 1..=256 bytes");
+                let relay = Relay {
+                    udp,
+                    tcp,
+                    tls,
+                    realm,
+                    secret,
+                    load,
+                };
+                match self.relays.hello(sid, peer, relay) {
+                    Ok(()) => {
+                        self.roles.insert(sid, Role::Relay);
+                        self.respond(now, sid, txn, &Response::Ok);
+                    }
+                    Err(e) => self.error(now, sid, txn, 400, e.reason()),
                 }
-                self.roles.insert(sid, Role::Relay);
-                self.relay_of.insert(sid, peer);
-                self.relays.insert(
-                    peer,
-                    Relay {
-                        session: sid,
-                        udp,
-                        tcp,
-                        tls,
-                        realm,
-                        secret,
-                        load,
-                    },
-                );
-                self.respond(now, sid, txn, &Response::Ok);
             }
             // Everything else is supernode-to-supernode: only live members may ask.
             _ if !is_peer => {
@@ -1488,28 +1459,10 @@ impl Supernode {
     // ------------------------------------------------------------------ relays
 
     fn relay_offers(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
-        let mut relays: Vec<(&UserId, &Relay)> = self.relays.iter().collect();
-        relays.sort_by_key(|(id, r)| (r.load, **id));
         let expires_at = self.unix(now) + self.config.relay_credential_lifetime.as_secs();
-        let offers: Vec<RelayOffer> = relays
-            .into_iter()
-            .take(self.config.relay_offers)
-            .map(|(id, r)| {
-                // The relay finds our secret by our ID in the username (DESIGN §5).
-                let username = format!("{expires_at}:{}:{user}", self.me);
-                RelayOffer {
-                    relay: *id,
-                    udp: r.udp.clone(),
-                    tcp: r.tcp.clone(),
-                    tls: r.tls.clone(),
-                    realm: r.realm.clone(),
-                    password: rest_password(&r.secret, &username),
-                    username,
-                    expires_at,
-                    load: r.load,
-                }
-            })
-            .collect();
+        let offers = self
+            .relays
+            .offers(self.me, user, expires_at, self.config.relay_offers);
         self.counters.relay_offers += offers.len() as u64;
         self.respond(now, sid, txn, &Response::Relays(offers));
     }
