@@ -3,6 +3,7 @@
 
 pub mod binding;
 mod node;
+mod presence;
 mod relays;
 mod service;
 

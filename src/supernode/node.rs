@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::presence::{Presence, TooManyWatches, WatchAnswer};
 use super::relays::{Relay, Relays};
 use crate::directory::{Directory, Name, name_homes, user_homes};
 use crate::identity::{
@@ -39,9 +40,6 @@ use crate::signal::{self, Entry, Message, NodeInfo, Registration, Request, Respo
 
 /// Requests waiting per peer supernode beyond what its session has in flight.
 const MAX_PEER_QUEUE: usize = 100_000;
-/// Users one client session may watch at once: presence subscriptions cost the supernode and
-/// the watched users' homes memory, so a client cannot ask for millions.
-const MAX_WATCHES_PER_SESSION: usize = 1024;
 
 /// Supernode settings.
 #[derive(Clone, Debug)]
@@ -204,20 +202,13 @@ pub struct Supernode {
     clients: HashMap<UserId, Registered>,
     /// Clients using us as their standby: session -> their primary supernode.
     standby: HashMap<SessionId, UserId>,
-    /// watched user -> our clients watching it (by session)
-    local_watch: HashMap<UserId, HashSet<SessionId>>,
-    /// How many users each client session watches (bounded by [`MAX_WATCHES_PER_SESSION`]).
-    watch_count: HashMap<SessionId, usize>,
+    /// Our clients' watches.
+    presence: Presence,
     conts: HashMap<TransactionId, Cont>,
     /// Requests for each peer supernode waiting for room in its session.
     outq: HashMap<UserId, std::collections::VecDeque<(Vec<u8>, Cont)>>,
     /// Relays that authorised us.
     relays: Relays,
-    /// Client watches waiting for a home's confirmation: answers still expected.
-    watch_waits: HashMap<(SessionId, TransactionId), u8>,
-    /// The last presence state our watching clients heard, per watched user (dedupes the homes'
-    /// identical pushes).
-    last_presence: HashMap<UserId, (bool, bool)>,
     /// Members that proved their key to us in a session (we reached them with the key SWIM
     /// gave, or their SWIM traffic came through a session they authenticated). Only these home
     /// anything or are listed: SWIM gossip can name members that do not exist (anyone in the
@@ -262,13 +253,10 @@ impl Supernode {
             peers: HashMap::new(),
             clients: HashMap::new(),
             standby: HashMap::new(),
-            local_watch: HashMap::new(),
-            watch_count: HashMap::new(),
+            presence: Presence::default(),
             conts: HashMap::new(),
             outq: HashMap::new(),
             relays: Relays::default(),
-            watch_waits: HashMap::new(),
-            last_presence: HashMap::new(),
             verified: HashSet::new(),
             last_members: vec![me],
             counters: NodeCounters::default(),
@@ -589,35 +577,13 @@ impl Supernode {
         }
         self.relays.forget_session(sid);
         // Our clients' watches die with their session.
-        if self.watch_count.remove(&sid).is_some() {
-            let watched: Vec<UserId> = self
-                .local_watch
-                .iter()
-                .filter(|(_, set)| set.contains(&sid))
-                .map(|(u, _)| *u)
-                .collect();
-            for user in watched {
-                self.unwatch_local(now, sid, user);
-            }
+        for user in self.presence.drop_session(sid) {
+            self.unsubscribe(now, user);
         }
     }
 
-    /// Client session `sid` no longer watches `user`; when nobody here does, the homes stop
-    /// telling us.
-    fn unwatch_local(&mut self, now: Instant, sid: SessionId, user: UserId) {
-        let Some(set) = self.local_watch.get_mut(&user) else {
-            return;
-        };
-        if set.remove(&sid)
-            && let Some(c) = self.watch_count.get_mut(&sid)
-        {
-            *c = c.saturating_sub(1);
-        }
-        if !set.is_empty() {
-            return;
-        }
-        self.local_watch.remove(&user);
-        self.last_presence.remove(&user);
+    /// Nobody here watches `user` any more: the homes stop telling us.
+    fn unsubscribe(&mut self, now: Instant, user: UserId) {
         for h in user_homes(&user, &self.live_members()) {
             self.send_or_local(
                 now,
@@ -689,25 +655,12 @@ impl Supernode {
                 }
             }
             Request::CWatch(user) => {
-                let already = self
-                    .local_watch
-                    .get(&user)
-                    .is_some_and(|set| set.contains(&sid));
-                if !already {
-                    let count = self.watch_count.entry(sid).or_default();
-                    if *count >= MAX_WATCHES_PER_SESSION {
+                match self.presence.watch(sid, user) {
+                    Err(TooManyWatches) => {
                         return self.error(now, sid, txn, 429, "too many watches");
                     }
-                    *count += 1;
-                }
-                let first = {
-                    let set = self.local_watch.entry(user).or_default();
-                    let first = set.is_empty();
-                    set.insert(sid);
-                    first
-                };
-                if !first {
-                    return self.respond(now, sid, txn, &Response::Ok);
+                    Ok(false) => return self.respond(now, sid, txn, &Response::Ok),
+                    Ok(true) => {}
                 }
                 // Answer once a home holds the subscription (any one pushes every change), so
                 // a change right after the answer cannot be missed.
@@ -730,11 +683,13 @@ impl Supernode {
                     // membership settles and records re-home; answer now either way.
                     self.respond(now, sid, txn, &Response::Ok);
                 } else {
-                    self.watch_waits.insert((sid, txn), pending);
+                    self.presence.await_homes(sid, txn, pending);
                 }
             }
             Request::CUnwatch(user) => {
-                self.unwatch_local(now, sid, user);
+                if self.presence.unwatch(sid, user) {
+                    self.unsubscribe(now, user);
+                }
                 self.respond(now, sid, txn, &Response::Ok);
             }
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
@@ -1064,10 +1019,8 @@ impl Supernode {
         last_seen: u64,
         stale: bool,
     ) {
-        let Some(set) = self.local_watch.get(&user) else {
-            return;
-        };
-        if self.last_presence.insert(user, (online, stale)) == Some((online, stale)) {
+        let sessions = self.presence.fan_out(user, online, stale);
+        if sessions.is_empty() {
             return;
         }
         let msg = signal::encode(&Message::Presence {
@@ -1076,7 +1029,6 @@ impl Supernode {
             last_seen,
             stale,
         });
-        let sessions: Vec<SessionId> = set.iter().copied().collect();
         for sid in sessions {
             self.counters.presence_pushes += 1;
             let _ = self.ep.send(now, sid, &msg);
@@ -1274,20 +1226,17 @@ impl Supernode {
                 }
             }
             Cont::Watch { client, txn } => {
-                let Some(left) = self.watch_waits.get_mut(&(client, txn)) else {
-                    return; // already answered
-                };
-                *left -= 1;
-                if matches!(resp, Some(Response::Ok)) || *left == 0 {
-                    self.watch_waits.remove(&(client, txn));
-                    let resp = match resp {
-                        Some(Response::Ok) => Response::Ok,
-                        _ => Response::Error {
+                let held = matches!(resp, Some(Response::Ok));
+                match self.presence.home_answered(client, txn, held) {
+                    WatchAnswer::Wait => {}
+                    WatchAnswer::Held => self.respond(now, client, txn, &Response::Ok),
+                    WatchAnswer::Failed => {
+                        let resp = Response::Error {
                             code: 503,
                             reason: "no home supernode took the watch".into(),
-                        },
-                    };
-                    self.respond(now, client, txn, &resp);
+                        };
+                        self.respond(now, client, txn, &resp);
+                    }
                 }
             }
             Cont::Lookup {
@@ -1590,8 +1539,7 @@ impl Supernode {
         self.dir.retain(|u| user_homes(u, &members).contains(&me));
         self.dir
             .retain_names(|n| name_homes(n, &members).contains(&me));
-        let watched: Vec<UserId> = self.local_watch.keys().copied().collect();
-        for user in watched {
+        for user in self.presence.watched_users() {
             let before = user_homes(&user, &old);
             for h in user_homes(&user, &members) {
                 if !before.contains(&h) {
