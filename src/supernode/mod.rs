@@ -2,6 +2,7 @@
 //! call signalling join it in later modules.
 
 pub mod binding;
+mod clients;
 mod node;
 mod presence;
 mod relays;

@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::clients::Clients;
 use super::presence::{Presence, TooManyWatches, WatchAnswer};
 use super::relays::{Relay, Relays};
 use crate::directory::{Directory, Name, name_homes, user_homes};
@@ -164,25 +165,6 @@ enum Cont {
     Notice { client: SessionId, body: Vec<u8> },
 }
 
-/// A client registered through us: its session, and the record it published (kept to publish
-/// it offline when the session ends) with its sequence number (a replay of it, or of anything
-/// older, is refused). The rest of the entry is ours ([`Supernode::own_entry`]). One map for
-/// both: a supernode holds one of these per connected client.
-struct Registered {
-    session: SessionId,
-    /// The client's standby supernode ([`standby_tag`] of its ID; 0: none told), to warn the
-    /// client when the mesh declares it dead. A tag, not the ID, keeps this entry at 32 bytes;
-    /// a collision only sends a notice the client checks against the full ID and ignores.
-    standby: u32,
-    record: std::sync::Arc<[u8]>,
-    seq: u64,
-}
-
-/// A client's standby supernode as [`Registered`] keeps it: never 0 (0 means none).
-fn standby_tag(id: &UserId) -> u32 {
-    u32::from_le_bytes(id.as_bytes()[..4].try_into().expect("4 bytes")) | 1
-}
-
 /// The supernode core.
 pub struct Supernode {
     me: UserId,
@@ -196,12 +178,8 @@ pub struct Supernode {
     roles: HashMap<SessionId, Role>,
     /// A session to each supernode we talk to (ours or theirs).
     peers: HashMap<UserId, SessionId>,
-    /// Clients registered here: user -> session.
-    /// (A session's user is what it authenticated: [`Endpoint::peer_id`], or the `peer` of its
-    /// `Closed` event, so no reverse map is kept.)
-    clients: HashMap<UserId, Registered>,
-    /// Clients using us as their standby: session -> their primary supernode.
-    standby: HashMap<SessionId, UserId>,
+    /// Our clients, registered here or keeping a standby session with us.
+    clients: Clients,
     /// Our clients' watches.
     presence: Presence,
     conts: HashMap<TransactionId, Cont>,
@@ -251,8 +229,7 @@ impl Supernode {
             clock: crate::identity::UnixClock::new(now, unix_now),
             roles: HashMap::new(),
             peers: HashMap::new(),
-            clients: HashMap::new(),
-            standby: HashMap::new(),
+            clients: Clients::default(),
             presence: Presence::default(),
             conts: HashMap::new(),
             outq: HashMap::new(),
@@ -329,7 +306,7 @@ impl Supernode {
                 .map(|m| (m.key.id.to_string(), m.addr))
                 .collect(),
             clients: self.clients.len(),
-            standby_clients: self.standby.len(),
+            standby_clients: self.clients.standby_len(),
             homed_users: self.dir.len(),
             names: self.dir.name_count(),
             sessions: self.ep.session_count(),
@@ -568,12 +545,10 @@ impl Supernode {
     fn forget_session(&mut self, now: Instant, sid: SessionId, peer: Option<UserId>) {
         self.roles.remove(&sid);
         self.peers.retain(|_, s| *s != sid);
-        self.standby.remove(&sid);
-        if let Some(user) = peer
-            && self.clients.get(&user).is_some_and(|c| c.session == sid)
-            && let Some(gone) = self.clients.remove(&user)
+        if let Some(record) = self.clients.forget_session(sid, peer)
+            && let Some(user) = peer
         {
-            self.publish_offline(now, user, gone.record);
+            self.publish_offline(now, user, record);
         }
         self.relays.forget_session(sid);
         // Our clients' watches die with their session.
@@ -640,7 +615,7 @@ impl Supernode {
         match req {
             Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
             Request::CRefresh => {
-                if self.clients.get(&peer).is_some_and(|c| c.session == sid) {
+                if self.clients.is_registered(&peer, sid) {
                     self.counters.refreshes += 1;
                     self.respond(now, sid, txn, &Response::Ok);
                 } else {
@@ -694,14 +669,14 @@ impl Supernode {
             }
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
             Request::CRoute { to, payload } => {
-                if self.clients.get(&peer).is_none_or(|c| c.session != sid) {
+                if !self.clients.is_registered(&peer, sid) {
                     return self.error(now, sid, txn, 403, "register before routing");
                 }
                 self.route(now, sid, txn, peer, to, payload);
             }
             Request::CRelays => self.relay_offers(now, sid, txn, peer),
             Request::CStandby { primary } => {
-                self.standby.insert(sid, primary);
+                self.clients.standby_for(sid, primary);
                 self.roles.insert(sid, Role::Client);
                 self.respond(now, sid, txn, &Response::Ok);
             }
@@ -709,13 +684,13 @@ impl Supernode {
                 let m = self.members();
                 self.respond(now, sid, txn, &Response::Members(m));
             }
-            Request::CStandbyIs { standby } => match self.clients.get_mut(&peer) {
-                Some(c) if c.session == sid => {
-                    c.standby = standby_tag(&standby);
+            Request::CStandbyIs { standby } => {
+                if self.clients.set_standby(&peer, sid, &standby) {
                     self.respond(now, sid, txn, &Response::Ok);
+                } else {
+                    self.error(now, sid, txn, 403, "not registered here");
                 }
-                _ => self.error(now, sid, txn, 403, "not registered here"),
-            },
+            }
             Request::RHello {
                 udp,
                 tcp,
@@ -836,13 +811,10 @@ impl Supernode {
         // The newest registration we know of this user (as one of its homes, or as the
         // supernode it is registered through) must be older: a replay of it, or of anything
         // before it, is refused. The agent signs a new record for every registration.
-        let newer_than = [
-            self.dir.get(&peer).map(|s| s.seq),
-            self.clients.get(&peer).map(|c| c.seq),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
+        let newer_than = [self.dir.get(&peer).map(|s| s.seq), self.clients.seq(&peer)]
+            .into_iter()
+            .flatten()
+            .max();
         let check = Check {
             now: Timestamp(self.unix(now)),
             expected_signer: Some(&peer),
@@ -860,7 +832,6 @@ impl Supernode {
             return self.error(now, sid, txn, 400, "registration names another supernode");
         }
         self.roles.insert(sid, Role::Client);
-        self.standby.remove(&sid);
         self.counters.registrations += 1;
         let entry = self.own_entry(record.into(), true, self.unix(now));
         for h in user_homes(&peer, &self.live_members()) {
@@ -873,16 +844,7 @@ impl Supernode {
                 },
             );
         }
-        // A newer session replaces an older one (a restarted client).
-        self.clients.insert(
-            peer,
-            Registered {
-                session: sid,
-                standby: 0,
-                record: entry.record,
-                seq: rec.seq,
-            },
-        );
+        self.clients.register(peer, sid, entry.record, rec.seq);
         let expires_at = rec.expires_at.0;
         self.respond(now, sid, txn, &Response::Registered { expires_at });
     }
@@ -1169,7 +1131,7 @@ impl Supernode {
         payload: Vec<u8>,
     ) {
         self.counters.routed += 1;
-        if let Some(dst) = self.clients.get(&to).map(|c| c.session) {
+        if let Some(dst) = self.clients.session_of(&to) {
             return self.deliver_to(now, dst, client, txn, from, payload);
         }
         self.lookup(now, client, txn, to, None, Some((from, payload)));
@@ -1185,7 +1147,7 @@ impl Supernode {
         to: UserId,
         payload: Vec<u8>,
     ) {
-        match self.clients.get(&to).map(|c| c.session) {
+        match self.clients.session_of(&to) {
             Some(dst) => self.deliver_to(now, dst, asker, txn, from, payload),
             None => self.error(now, asker, txn, 410, "user not connected here"),
         }
@@ -1460,25 +1422,14 @@ impl Supernode {
                 }
                 self.dir.drop_watcher(&m.id);
                 // Clients using us as standby for it: switch now.
-                let lost: Vec<SessionId> = self
-                    .standby
-                    .iter()
-                    .filter(|(_, p)| **p == m.id)
-                    .map(|(s, _)| *s)
-                    .collect();
+                let lost = self.clients.standbys_of(&m.id);
                 let msg = signal::encode(&Message::PrimaryLost { primary: m.id });
                 for sid in lost {
                     self.notify(now, sid, msg.clone());
                 }
                 // Clients registered here whose standby it was: open another now, before we
                 // fail too.
-                let tag = standby_tag(&m.id);
-                let orphans: Vec<SessionId> = self
-                    .clients
-                    .values()
-                    .filter(|c| c.standby == tag)
-                    .map(|c| c.session)
-                    .collect();
+                let orphans = self.clients.with_standby(&m.id);
                 let msg = signal::encode(&Message::StandbyLost { standby: m.id });
                 for sid in orphans {
                     self.notify(now, sid, msg.clone());
