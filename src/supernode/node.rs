@@ -75,15 +75,6 @@ impl NodeConfig {
     }
 }
 
-/// Who a session is with, as far as we know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Unknown,
-    Client,
-    Peer,
-    Relay,
-}
-
 /// Counters for the status and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct NodeCounters {
@@ -175,7 +166,6 @@ pub struct Supernode {
     dir: Directory,
     /// Monotonic instant and the Unix time it corresponds to.
     clock: crate::identity::UnixClock,
-    roles: HashMap<SessionId, Role>,
     /// A session to each supernode we talk to (ours or theirs).
     peers: HashMap<UserId, SessionId>,
     /// Our clients, registered here or keeping a standby session with us.
@@ -227,7 +217,6 @@ impl Supernode {
             ep,
             mesh,
             clock: crate::identity::UnixClock::new(now, unix_now),
-            roles: HashMap::new(),
             peers: HashMap::new(),
             clients: Clients::default(),
             presence: Presence::default(),
@@ -396,7 +385,6 @@ impl Supernode {
             return Some(*sid);
         }
         let sid = self.ep.connect(now, m.addr, &m.node_key()).ok()?;
-        self.roles.insert(sid, Role::Peer);
         self.peers.insert(m.id, sid);
         Some(sid)
     }
@@ -484,13 +472,7 @@ impl Supernode {
     fn on_session_event(&mut self, now: Instant, ev: Event) {
         match ev {
             Event::Connected { session, peer } => {
-                let role = if self.mesh.is_member(&peer.id) {
-                    Role::Peer
-                } else {
-                    Role::Unknown
-                };
-                self.roles.entry(session).or_insert(role);
-                if role == Role::Peer {
+                if self.mesh.is_member(&peer.id) {
                     self.peers.entry(peer.id).or_insert(session);
                     self.verify_member(now, peer.id);
                     self.drain_peer_queue(now, peer.id);
@@ -543,7 +525,6 @@ impl Supernode {
 
     /// Session `sid` (authenticated as `peer`, if it got that far) is gone.
     fn forget_session(&mut self, now: Instant, sid: SessionId, peer: Option<UserId>) {
-        self.roles.remove(&sid);
         self.peers.retain(|_, s| *s != sid);
         if let Some(record) = self.clients.forget_session(sid, peer)
             && let Some(user) = peer
@@ -588,7 +569,6 @@ impl Supernode {
                     });
                     return;
                 }
-                self.roles.insert(sid, Role::Peer);
                 self.peers.entry(peer).or_insert(sid);
                 self.verify_member(now, peer);
             }
@@ -677,7 +657,6 @@ impl Supernode {
             Request::CRelays => self.relay_offers(now, sid, txn, peer),
             Request::CStandby { primary } => {
                 self.clients.standby_for(sid, primary);
-                self.roles.insert(sid, Role::Client);
                 self.respond(now, sid, txn, &Response::Ok);
             }
             Request::CMembers => {
@@ -708,10 +687,7 @@ impl Supernode {
                     load,
                 };
                 match self.relays.hello(sid, peer, relay) {
-                    Ok(()) => {
-                        self.roles.insert(sid, Role::Relay);
-                        self.respond(now, sid, txn, &Response::Ok);
-                    }
+                    Ok(()) => self.respond(now, sid, txn, &Response::Ok),
                     Err(e) => self.error(now, sid, txn, 400, e.reason()),
                 }
             }
@@ -831,7 +807,6 @@ impl Supernode {
         if rec.payload.supernode != self.me {
             return self.error(now, sid, txn, 400, "registration names another supernode");
         }
-        self.roles.insert(sid, Role::Client);
         self.counters.registrations += 1;
         let entry = self.own_entry(record.into(), true, self.unix(now));
         for h in user_homes(&peer, &self.live_members()) {
