@@ -4,6 +4,7 @@
 pub mod binding;
 mod clients;
 mod node;
+mod peers;
 mod presence;
 mod relays;
 mod service;

@@ -23,11 +23,12 @@
 //! - **Relays**: relays that authorised us give us a secret each; we mint time-limited TURN
 //!   credentials with it, with our ID in the username so the relay knows whose secret to use.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::clients::Clients;
+use super::peers::{Peers, gained};
 use super::presence::{Presence, TooManyWatches, WatchAnswer};
 use super::relays::{Relay, Relays};
 use crate::directory::{Directory, Name, name_homes, user_homes};
@@ -38,9 +39,6 @@ use crate::identity::{
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
 use crate::signal::{self, Entry, Message, NodeInfo, Registration, Request, Response, Target};
-
-/// Requests waiting per peer supernode beyond what its session has in flight.
-const MAX_PEER_QUEUE: usize = 100_000;
 
 /// Supernode settings.
 #[derive(Clone, Debug)]
@@ -166,25 +164,15 @@ pub struct Supernode {
     dir: Directory,
     /// Monotonic instant and the Unix time it corresponds to.
     clock: crate::identity::UnixClock,
-    /// A session to each supernode we talk to (ours or theirs).
-    peers: HashMap<UserId, SessionId>,
+    /// The other supernodes: sessions, proof of key, queued requests.
+    peers: Peers<Cont>,
     /// Our clients, registered here or keeping a standby session with us.
     clients: Clients,
     /// Our clients' watches.
     presence: Presence,
     conts: HashMap<TransactionId, Cont>,
-    /// Requests for each peer supernode waiting for room in its session.
-    outq: HashMap<UserId, std::collections::VecDeque<(Vec<u8>, Cont)>>,
     /// Relays that authorised us.
     relays: Relays,
-    /// Members that proved their key to us in a session (we reached them with the key SWIM
-    /// gave, or their SWIM traffic came through a session they authenticated). Only these home
-    /// anything or are listed: SWIM gossip can name members that do not exist (anyone in the
-    /// mesh can gossip anything), and such a fake member must never be a home, or lookups would
-    /// wait on it.
-    verified: HashSet<UserId>,
-    /// Member IDs at the last re-homing (to push only what moved).
-    last_members: Vec<UserId>,
     counters: NodeCounters,
 }
 
@@ -217,14 +205,11 @@ impl Supernode {
             ep,
             mesh,
             clock: crate::identity::UnixClock::new(now, unix_now),
-            peers: HashMap::new(),
+            peers: Peers::new(me),
             clients: Clients::default(),
             presence: Presence::default(),
             conts: HashMap::new(),
-            outq: HashMap::new(),
             relays: Relays::default(),
-            verified: HashSet::new(),
-            last_members: vec![me],
             counters: NodeCounters::default(),
         };
         for (k, addr) in bootstrap {
@@ -272,14 +257,12 @@ impl Supernode {
 
     /// Live members (us included) that proved their key: what homes are computed over.
     fn live_members(&self) -> Vec<UserId> {
-        let mut ids = self.mesh.member_ids();
-        ids.retain(|id| *id == self.me || self.verified.contains(id));
-        ids
+        self.peers.live(self.mesh.member_ids())
     }
 
     /// `id` proved its key in a session: once it is a member too, it counts.
     fn verify_member(&mut self, now: Instant, id: UserId) {
-        if self.mesh.is_member(&id) && id != self.me && self.verified.insert(id) {
+        if self.mesh.is_member(&id) && self.peers.verify(id) {
             self.rehome(now);
         }
     }
@@ -381,11 +364,11 @@ impl Supernode {
 
     /// A session with member `m`, opening one if needed.
     fn peer_session(&mut self, now: Instant, m: &Member) -> Option<SessionId> {
-        if let Some(sid) = self.peers.get(&m.id) {
-            return Some(*sid);
+        if let Some(sid) = self.peers.session(&m.id) {
+            return Some(sid);
         }
         let sid = self.ep.connect(now, m.addr, &m.node_key()).ok()?;
-        self.peers.insert(m.id, sid);
+        self.peers.add_session(m.id, sid);
         Some(sid)
     }
 
@@ -401,8 +384,7 @@ impl Supernode {
             return false;
         };
         let body = signal::encode(req);
-        let queue = self.outq.entry(id).or_default();
-        if queue.is_empty() {
+        if !self.peers.is_queued(&id) {
             match self.ep.request(now, sid, &body) {
                 Ok(txn) => {
                     self.conts.insert(txn, cont);
@@ -412,38 +394,28 @@ impl Supernode {
                 Err(_) => return false,
             }
         }
-        if queue.len() >= MAX_PEER_QUEUE {
+        if self.peers.enqueue(id, body, cont).is_err() {
             self.counters.refuse("peer queue full");
             return false;
         }
-        queue.push_back((body, cont));
         true
     }
 
     /// Sends what waits for `peer` while its session takes more.
     fn drain_peer_queue(&mut self, now: Instant, peer: UserId) {
-        let Some(&sid) = self.peers.get(&peer) else {
+        let Some(sid) = self.peers.session(&peer) else {
             return;
         };
-        while let Some((body, _)) = self.outq.get(&peer).and_then(|q| q.front()) {
+        while let Some(body) = self.peers.front(&peer) {
             match self.ep.request(now, sid, body) {
                 Ok(txn) => {
-                    let (_, cont) = self
-                        .outq
-                        .get_mut(&peer)
-                        .and_then(|q| q.pop_front())
-                        .expect("front exists");
+                    let cont = self.peers.pop(&peer).expect("front exists");
                     self.conts.insert(txn, cont);
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => return,
                 Err(_) => {
                     // The session is gone: whatever waited fails now.
-                    let waiting: Vec<Cont> = self
-                        .outq
-                        .remove(&peer)
-                        .map(|q| q.into_iter().map(|(_, c)| c).collect())
-                        .unwrap_or_default();
-                    for c in waiting {
+                    for c in self.peers.take_queue(&peer) {
                         self.on_answer(now, c, None);
                     }
                     return;
@@ -473,7 +445,7 @@ impl Supernode {
         match ev {
             Event::Connected { session, peer } => {
                 if self.mesh.is_member(&peer.id) {
-                    self.peers.entry(peer.id).or_insert(session);
+                    self.peers.add_session(peer.id, session);
                     self.verify_member(now, peer.id);
                     self.drain_peer_queue(now, peer.id);
                 }
@@ -525,7 +497,7 @@ impl Supernode {
 
     /// Session `sid` (authenticated as `peer`, if it got that far) is gone.
     fn forget_session(&mut self, now: Instant, sid: SessionId, peer: Option<UserId>) {
-        self.peers.retain(|_, s| *s != sid);
+        self.peers.forget_session(sid);
         if let Some(record) = self.clients.forget_session(sid, peer)
             && let Some(user) = peer
         {
@@ -569,7 +541,7 @@ impl Supernode {
                     });
                     return;
                 }
-                self.peers.entry(peer).or_insert(sid);
+                self.peers.add_session(peer, sid);
                 self.verify_member(now, peer);
             }
             Message::Presence {
@@ -1361,9 +1333,9 @@ impl Supernode {
                 tracing::info!("supernode {} joined ({})", m.id, m.addr);
                 // It counts once it proves its key: at once if a session with it is up, else
                 // when the session we open now is.
-                match self.peers.get(&m.id) {
-                    Some(sid) if self.ep.is_established(*sid) => {
-                        self.verified.insert(m.id);
+                match self.peers.session(&m.id) {
+                    Some(sid) if self.ep.is_established(sid) => {
+                        self.peers.verify(m.id);
                     }
                     Some(_) => {}
                     None => {
@@ -1373,15 +1345,10 @@ impl Supernode {
             }
             MeshEvent::Down(m) => {
                 tracing::info!("supernode {} is gone", m.id);
-                self.verified.remove(&m.id);
-                if let Some(sid) = self.peers.remove(&m.id) {
+                let (sid, waiting) = self.peers.remove(&m.id);
+                if let Some(sid) = sid {
                     self.ep.close(now, sid);
                 }
-                let waiting: Vec<Cont> = self
-                    .outq
-                    .remove(&m.id)
-                    .map(|q| q.into_iter().map(|(_, c)| c).collect())
-                    .unwrap_or_default();
                 for c in waiting {
                     self.on_answer(now, c, None);
                 }
@@ -1418,46 +1385,31 @@ impl Supernode {
     /// we no longer home, and re-register our clients' watches where the homes moved.
     fn rehome(&mut self, now: Instant) {
         let members = self.live_members();
-        if members == self.last_members {
+        let Some(old) = self.peers.members_changed(&members) else {
             return;
-        }
-        let old = std::mem::replace(&mut self.last_members, members.clone());
+        };
         let mut pushes = Vec::new();
         for (user, stored) in self.dir.iter() {
-            let before = user_homes(user, &old);
-            let after = user_homes(user, &members);
-            for h in &after {
-                if *h != self.me && !before.contains(h) {
-                    pushes.push((
-                        *h,
-                        Request::PStore {
-                            user: *user,
-                            entry: stored.entry.clone(),
-                        },
-                    ));
-                }
+            let (before, after) = (user_homes(user, &old), user_homes(user, &members));
+            for h in gained(self.me, &before, &after) {
+                let entry = stored.entry.clone();
+                pushes.push((h, Request::PStore { user: *user, entry }));
             }
         }
-        let now_ts = Timestamp(self.unix(now));
         for n in self.dir.names() {
             let before = name_homes(&n.held.name, &old);
             let after = name_homes(&n.held.name, &members);
-            for h in &after {
-                if *h != self.me && !before.contains(h) {
-                    let s = n.held.stamp;
-                    pushes.push((
-                        *h,
-                        Request::PClaimStore {
-                            claim: n.record.clone(),
-                            orderer: s.orderer,
-                            order: s.order,
-                            received_at: s.received_at.0,
-                        },
-                    ));
-                }
+            for h in gained(self.me, &before, &after) {
+                let s = n.held.stamp;
+                let req = Request::PClaimStore {
+                    claim: n.record.clone(),
+                    orderer: s.orderer,
+                    order: s.order,
+                    received_at: s.received_at.0,
+                };
+                pushes.push((h, req));
             }
         }
-        let _ = now_ts;
         for (h, req) in pushes {
             self.send_to_peer(now, h, &req, Cont::Fire);
         }
