@@ -7,6 +7,7 @@ mod node;
 mod peers;
 mod presence;
 mod relays;
+mod routing;
 mod service;
 
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};

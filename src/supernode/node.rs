@@ -31,6 +31,9 @@ use super::clients::Clients;
 use super::peers::{Peers, gained};
 use super::presence::{Presence, TooManyWatches, WatchAnswer};
 use super::relays::{Relay, Relays};
+use super::routing::{
+    AfterLookup, Cont, HomeAnswer, Pending, after_lookup, delivered, home_answer, relayed,
+};
 use crate::directory::{Directory, Name, name_homes, user_homes};
 use crate::identity::{
     Check, ClaimRefusal, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy,
@@ -109,51 +112,6 @@ pub struct Status {
     pub counters: NodeCounters,
 }
 
-/// A request of ours waiting for its answer.
-#[derive(Clone, Debug)]
-enum Cont {
-    /// A client's lookup (or the lookup before a route), trying homes in order.
-    Lookup {
-        client: SessionId,
-        txn: TransactionId,
-        user: UserId,
-        rest: Vec<UserId>,
-        name: Option<String>,
-        route: Option<(UserId, Vec<u8>)>,
-    },
-    LookupName {
-        client: SessionId,
-        txn: TransactionId,
-        name: String,
-        rest: Vec<UserId>,
-    },
-    /// A claim sent to the name's orderer: relay its answer.
-    Claim {
-        client: SessionId,
-        txn: TransactionId,
-    },
-    /// A forward to the recipient's supernode: relay its answer.
-    Forward {
-        client: SessionId,
-        txn: TransactionId,
-    },
-    /// A delivery to our client: answer whoever asked.
-    Deliver {
-        asker: SessionId,
-        txn: TransactionId,
-    },
-    /// A client's watch, answered when the first home confirms it.
-    Watch {
-        client: SessionId,
-        txn: TransactionId,
-    },
-    /// Nothing waits on this (replication, unwatching).
-    Fire,
-    /// A failover notice to a client ([`Message::PrimaryLost`], [`Message::StandbyLost`]): sent
-    /// again when unanswered, until the client acknowledges or its session dies.
-    Notice { client: SessionId, body: Vec<u8> },
-}
-
 /// The supernode core.
 pub struct Supernode {
     me: UserId,
@@ -170,7 +128,8 @@ pub struct Supernode {
     clients: Clients,
     /// Our clients' watches.
     presence: Presence,
-    conts: HashMap<TransactionId, Cont>,
+    /// Our requests in flight and what waits on each.
+    pending: Pending,
     /// Relays that authorised us.
     relays: Relays,
     counters: NodeCounters,
@@ -208,7 +167,7 @@ impl Supernode {
             peers: Peers::new(me),
             clients: Clients::default(),
             presence: Presence::default(),
-            conts: HashMap::new(),
+            pending: Pending::default(),
             relays: Relays::default(),
             counters: NodeCounters::default(),
         };
@@ -387,7 +346,7 @@ impl Supernode {
         if !self.peers.is_queued(&id) {
             match self.ep.request(now, sid, &body) {
                 Ok(txn) => {
-                    self.conts.insert(txn, cont);
+                    self.pending.insert(txn, cont);
                     return true;
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => {}
@@ -410,7 +369,7 @@ impl Supernode {
             match self.ep.request(now, sid, body) {
                 Ok(txn) => {
                     let cont = self.peers.pop(&peer).expect("front exists");
-                    self.conts.insert(txn, cont);
+                    self.pending.insert(txn, cont);
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => return,
                 Err(_) => {
@@ -462,7 +421,7 @@ impl Supernode {
                 }
             },
             Event::Response { session, txn, body } => {
-                if let Some(cont) = self.conts.remove(&txn) {
+                if let Some(cont) = self.pending.take(&txn) {
                     let resp = match signal::decode::<Response>(&body) {
                         Ok(r) => r,
                         Err(_) => {
@@ -480,7 +439,7 @@ impl Supernode {
                 }
             }
             Event::TransactionFailed { session, txn, .. } => {
-                if let Some(cont) = self.conts.remove(&txn) {
+                if let Some(cont) = self.pending.take(&txn) {
                     self.on_answer(now, cont, None);
                 }
                 if let Some(peer) = self.peer_id(session) {
@@ -1002,26 +961,20 @@ impl Supernode {
         entry: Option<Entry>,
         route: Option<(UserId, Vec<u8>)>,
     ) {
-        match (route, entry) {
-            (None, Some(e)) => self.respond(now, client, txn, &Response::Entry(e)),
-            (None, None) => self.respond(now, client, txn, &Response::NotFound),
-            (Some(_), None) => self.error(now, client, txn, 404, "unknown user"),
-            (Some(_), Some(e)) if !e.online || e.stale => {
-                self.error(now, client, txn, 410, "user offline")
-            }
-            (Some((from, payload)), Some(e)) => {
-                if e.via == self.me {
-                    return self.error(now, client, txn, 410, "user offline");
-                }
+        match (after_lookup(self.me, entry, route.is_some()), route) {
+            (AfterLookup::Answer(resp), _) => self.respond(now, client, txn, &resp),
+            (AfterLookup::Refuse(code, why), _) => self.error(now, client, txn, code, why),
+            (AfterLookup::Forward(via), Some((from, payload))) => {
                 let req = Request::PForward {
                     from,
                     to: user,
                     payload,
                 };
-                if !self.send_to_peer(now, e.via, &req, Cont::Forward { client, txn }) {
+                if !self.send_to_peer(now, via, &req, Cont::Forward { client, txn }) {
                     self.error(now, client, txn, 503, "the user's supernode is unreachable");
                 }
             }
+            (AfterLookup::Forward(_), None) => unreachable!("forwards only what is routed"),
         }
     }
 
@@ -1112,7 +1065,7 @@ impl Supernode {
         let body = signal::encode(&Message::Deliver { from, payload });
         match self.ep.request(now, dst, &body) {
             Ok(t) => {
-                self.conts.insert(t, Cont::Deliver { asker, txn });
+                self.pending.insert(t, Cont::Deliver { asker, txn });
             }
             Err(_) => self.error(now, asker, txn, 503, "cannot reach the user's client"),
         }
@@ -1122,7 +1075,7 @@ impl Supernode {
     /// acknowledges it (see [`Cont::Notice`]).
     fn notify(&mut self, now: Instant, client: SessionId, body: Vec<u8>) {
         if let Ok(t) = self.ep.request(now, client, &body) {
-            self.conts.insert(t, Cont::Notice { client, body });
+            self.pending.insert(t, Cont::Notice { client, body });
         }
     }
 
@@ -1155,22 +1108,14 @@ impl Supernode {
                 rest,
                 name,
                 route,
-            } => match resp {
-                Some(Response::Entry(e)) if e.signer() == Some(user) => {
+            } => match home_answer(user, resp) {
+                HomeAnswer::Found(e) => {
                     self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route)
                 }
-                // A home that hands out an entry the user did not sign (for where it is
-                // connected) is lying or broken: ask the next one.
-                Some(Response::Entry(_)) => {
-                    self.counters.refuse("bad entry from a home");
-                    self.lookup_next(now, client, txn, user, rest, name, route)
-                }
-                // Not there, or that home is gone: ask the next one.
-                Some(Response::NotFound | Response::Error { .. }) | None => {
-                    self.lookup_next(now, client, txn, user, rest, name, route)
-                }
-                Some(_) => {
-                    self.counters.refuse("unexpected answer");
+                HomeAnswer::Next(why) => {
+                    if let Some(why) = why {
+                        self.counters.refuse(why);
+                    }
                     self.lookup_next(now, client, txn, user, rest, name, route)
                 }
             },
@@ -1191,23 +1136,9 @@ impl Supernode {
                 }
             },
             Cont::Claim { client, txn } | Cont::Forward { client, txn } => {
-                let resp = resp.unwrap_or(Response::Error {
-                    code: 504,
-                    reason: "no answer from the supernode".into(),
-                });
-                self.respond(now, client, txn, &resp);
+                self.respond(now, client, txn, &relayed(resp))
             }
-            Cont::Deliver { asker, txn } => {
-                let resp = match resp {
-                    Some(Response::Ok) => Response::Routed,
-                    Some(other) => other,
-                    None => Response::Error {
-                        code: 504,
-                        reason: "the user's client did not acknowledge".into(),
-                    },
-                };
-                self.respond(now, asker, txn, &resp);
-            }
+            Cont::Deliver { asker, txn } => self.respond(now, asker, txn, &delivered(resp)),
         }
     }
 
