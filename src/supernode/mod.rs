@@ -3,6 +3,7 @@
 
 pub mod binding;
 mod clients;
+mod names;
 mod node;
 mod peers;
 mod presence;

@@ -28,16 +28,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::clients::Clients;
+use super::names;
 use super::peers::{Peers, gained};
 use super::presence::{Presence, TooManyWatches, WatchAnswer};
 use super::relays::{Relay, Relays};
 use super::routing::{
     AfterLookup, Cont, HomeAnswer, Pending, after_lookup, delivered, home_answer, relayed,
 };
-use crate::directory::{Directory, Name, name_homes, user_homes};
+use crate::directory::{Directory, name_homes, user_homes};
 use crate::identity::{
-    Check, ClaimRefusal, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy,
-    Timestamp, UserId, admit_claim, normalize_name, verify_record,
+    Check, ClaimStamp, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId,
+    normalize_name, verify_record,
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
@@ -637,12 +638,7 @@ impl Supernode {
                 self.respond(now, sid, txn, &resp);
             }
             Request::PFetchName(name) => {
-                let now_ts = Timestamp(self.unix(now));
-                let holder = self
-                    .dir
-                    .name(&name)
-                    .filter(|n| n.held.is_live(now_ts))
-                    .map(|n| n.held.claimant);
+                let holder = names::holder(&self.dir, &name, Timestamp(self.unix(now)));
                 self.respond(now, sid, txn, &Response::Holder(holder));
             }
             Request::PWatch { user, watcher } => {
@@ -984,13 +980,7 @@ impl Supernode {
         };
         let homes = name_homes(&name, &self.live_members());
         if homes.contains(&self.me) {
-            let now_ts = Timestamp(self.unix(now));
-            if let Some(holder) = self
-                .dir
-                .name(&name)
-                .filter(|n| n.held.is_live(now_ts))
-                .map(|n| n.held.claimant)
-            {
+            if let Some(holder) = names::holder(&self.dir, &name, Timestamp(self.unix(now))) {
                 return self.lookup(now, client, txn, holder, Some(name), None);
             }
         }
@@ -1188,31 +1178,12 @@ impl Supernode {
     /// We are the name's first home: admit or refuse, stamp, replicate.
     fn order_claim(&mut self, now: Instant, claim: &[u8]) -> Response {
         let now_ts = Timestamp(self.unix(now));
-        let rec = match verify_record::<NameClaim>(claim, &Check::at(now_ts)) {
-            Ok(r) => r,
-            Err(e) => {
-                let reason = format!("claim refused: {}", e.code());
-                self.counters.refuse(&reason);
-                return Response::Error { code: 403, reason };
+        let (name, stamp) = match names::order(&mut self.dir, self.me, claim, now_ts) {
+            Ok(ordered) => ordered,
+            Err(refused) => {
+                self.counters.refuse(&refused.counted);
+                return refused.response;
             }
-        };
-        let name = rec.payload.name.clone();
-        let held = self.dir.name(&name).map(|n| n.held.clone());
-        if let Err(why) = admit_claim(&name, held.as_ref(), &rec, now_ts) {
-            self.counters.refuse(match why {
-                ClaimRefusal::Taken { .. } => "claim taken",
-                ClaimRefusal::Stale { .. } => "claim stale",
-                ClaimRefusal::BadName(_) | ClaimRefusal::OtherName => "claim bad name",
-            });
-            return Response::Error {
-                code: 409,
-                reason: why.to_string(),
-            };
-        }
-        let stamp = ClaimStamp {
-            orderer: self.me,
-            order: self.dir.next_order(),
-            received_at: now_ts,
         };
         self.store_claim(now, claim, stamp);
         for h in name_homes(&name, &self.live_members()) {
@@ -1232,17 +1203,13 @@ impl Supernode {
     /// Keeps a stamped claim by the replicas' rule; `false` (counted) if the record is bad.
     fn store_claim(&mut self, now: Instant, claim: &[u8], stamp: ClaimStamp) -> bool {
         let now_ts = Timestamp(self.unix(now));
-        let Ok(rec) = verify_record::<NameClaim>(claim, &Check::at(now_ts)) else {
+        let members = self.live_members();
+        let homes = |name: &str| name_homes(name, &members);
+        let stored = names::store(&mut self.dir, claim, stamp, now_ts, homes);
+        if !stored {
             self.counters.refuse("bad stored claim");
-            return false;
-        };
-        let homes = name_homes(&rec.payload.name, &self.live_members());
-        let name = Name {
-            held: HeldClaim::new(&rec, stamp),
-            record: claim.to_vec(),
-        };
-        self.dir.merge_name(name, &homes, now_ts);
-        true
+        }
+        stored
     }
 
     // ------------------------------------------------------------------ relays
