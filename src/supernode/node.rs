@@ -519,89 +519,24 @@ impl Supernode {
         }
     }
 
+    /// A request on session `sid`: clients' (`C*`) and relays' (`R*`) go to their handlers;
+    /// the rest are supernode-to-supernode, and only live members may ask them.
     fn on_request(&mut self, now: Instant, sid: SessionId, txn: TransactionId, req: Request) {
         let Some(peer) = self.peer_id(sid) else {
             return;
         };
-        let is_peer = self.mesh.is_member(&peer) && peer != self.me;
         match req {
             Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
-            Request::CRefresh => {
-                if self.clients.is_registered(&peer, sid) {
-                    self.counters.refreshes += 1;
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
-                    self.error(now, sid, txn, 403, "not registered here");
-                }
-            }
-            Request::CLookup(target) => {
-                self.counters.lookups += 1;
-                match target {
-                    Target::Id(user) => self.lookup(now, sid, txn, user, None, None),
-                    Target::Name(name) => self.lookup_name(now, sid, txn, &name),
-                }
-            }
-            Request::CWatch(user) => {
-                match self.presence.watch(sid, user) {
-                    Err(TooManyWatches) => {
-                        return self.error(now, sid, txn, 429, "too many watches");
-                    }
-                    Ok(false) => return self.respond(now, sid, txn, &Response::Ok),
-                    Ok(true) => {}
-                }
-                // Answer once a home holds the subscription (any one pushes every change), so
-                // a change right after the answer cannot be missed.
-                let mut pending = 0u8;
-                let mut held = false;
-                let req = Request::PWatch {
-                    user,
-                    watcher: self.me,
-                };
-                for h in user_homes(&user, &self.live_members()) {
-                    if h == self.me {
-                        self.send_or_local(now, h, req.clone());
-                        held = true;
-                    } else if self.send_to_peer(now, h, &req, Cont::Watch { client: sid, txn }) {
-                        pending += 1;
-                    }
-                }
-                if held || pending == 0 {
-                    // Held here, or no home reachable: then the homes learn of the watch when
-                    // membership settles and records re-home; answer now either way.
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
-                    self.presence.await_homes(sid, txn, pending);
-                }
-            }
-            Request::CUnwatch(user) => {
-                if self.presence.unwatch(sid, user) {
-                    self.unsubscribe(now, user);
-                }
-                self.respond(now, sid, txn, &Response::Ok);
-            }
+            Request::CRefresh => self.refresh(now, sid, txn, peer),
+            Request::CLookup(target) => self.client_lookup(now, sid, txn, target),
+            Request::CWatch(user) => self.watch(now, sid, txn, user),
+            Request::CUnwatch(user) => self.unwatch(now, sid, txn, user),
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
-            Request::CRoute { to, payload } => {
-                if !self.clients.is_registered(&peer, sid) {
-                    return self.error(now, sid, txn, 403, "register before routing");
-                }
-                self.route(now, sid, txn, peer, to, payload);
-            }
+            Request::CRoute { to, payload } => self.client_route(now, sid, txn, peer, to, payload),
             Request::CRelays => self.relay_offers(now, sid, txn, peer),
-            Request::CStandby { primary } => {
-                self.clients.standby_for(sid, primary);
-                self.respond(now, sid, txn, &Response::Ok);
-            }
-            Request::CMembers => {
-                let m = self.members();
-                self.respond(now, sid, txn, &Response::Members(m));
-            }
-            Request::CStandbyIs { standby } => {
-                if self.clients.set_standby(&peer, sid, &standby) {
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
-                    self.error(now, sid, txn, 403, "not registered here");
-                }
-            }
+            Request::CStandby { primary } => self.standby(now, sid, txn, primary),
+            Request::CMembers => self.respond(now, sid, txn, &Response::Members(self.members())),
+            Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),
             Request::RHello {
                 udp,
                 tcp,
@@ -618,68 +553,187 @@ impl Supernode {
                     secret,
                     load,
                 };
-                match self.relays.hello(sid, peer, relay) {
-                    Ok(()) => self.respond(now, sid, txn, &Response::Ok),
-                    Err(e) => self.error(now, sid, txn, 400, e.reason()),
+                self.relay_hello(now, sid, txn, peer, relay)
+            }
+            req if self.mesh.is_member(&peer) && peer != self.me => {
+                let resp = self.on_peer_request(now, sid, txn, req);
+                if let Some(resp) = resp {
+                    self.respond(now, sid, txn, &resp);
                 }
             }
-            // Everything else is supernode-to-supernode: only live members may ask.
-            _ if !is_peer => {
-                self.error(now, sid, txn, 403, "supernode request from a non-member");
-            }
-            Request::PStore { user, entry } => {
-                let resp = self.store(now, user, entry);
-                self.respond(now, sid, txn, &resp);
-            }
-            Request::PFetch(user) => {
-                let resp = self
-                    .local_entry(&user)
-                    .map_or(Response::NotFound, Response::Entry);
-                self.respond(now, sid, txn, &resp);
-            }
+            _ => self.error(now, sid, txn, 403, "supernode request from a non-member"),
+        }
+    }
+
+    /// A live member's request: the answer, unless one was given already or will be later.
+    fn on_peer_request(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        req: Request,
+    ) -> Option<Response> {
+        Some(match req {
+            Request::PStore { user, entry } => self.store(now, user, entry),
+            Request::PFetch(user) => self
+                .local_entry(&user)
+                .map_or(Response::NotFound, Response::Entry),
             Request::PFetchName(name) => {
-                let holder = names::holder(&self.dir, &name, Timestamp(self.unix(now)));
-                self.respond(now, sid, txn, &Response::Holder(holder));
+                Response::Holder(names::holder(&self.dir, &name, Timestamp(self.unix(now))))
             }
             Request::PWatch { user, watcher } => {
-                if self.dir.watch(user, watcher) {
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
+                if !self.dir.watch(user, watcher) {
                     self.error(now, sid, txn, 429, "too many watchers");
+                    return None;
                 }
+                Response::Ok
             }
             Request::PUnwatch { user, watcher } => {
                 self.dir.unwatch(&user, &watcher);
-                self.respond(now, sid, txn, &Response::Ok);
+                Response::Ok
             }
             Request::PForward { from, to, payload } => {
-                self.deliver(now, sid, txn, from, to, payload)
+                self.deliver(now, sid, txn, from, to, payload);
+                return None;
             }
-            Request::PClaim { claim } => {
-                let resp = self.order_claim(now, &claim);
-                self.respond(now, sid, txn, &resp);
-            }
+            Request::PClaim { claim } => self.order_claim(now, &claim),
             Request::PClaimStore {
                 claim,
                 orderer,
                 order,
                 received_at,
             } => {
+                let received_at = Timestamp(received_at);
                 let stamp = ClaimStamp {
                     orderer,
                     order,
-                    received_at: Timestamp(received_at),
+                    received_at,
                 };
-                let resp = if self.store_claim(now, &claim, stamp) {
-                    Response::Ok
-                } else {
-                    Response::Error {
-                        code: 403,
-                        reason: "bad claim record".into(),
-                    }
-                };
-                self.respond(now, sid, txn, &resp);
+                if !self.store_claim(now, &claim, stamp) {
+                    let reason = "bad claim record".into();
+                    return Some(Response::Error { code: 403, reason });
+                }
+                Response::Ok
             }
+            // on_request handles them before asking whether the sender is a member.
+            Request::CRegister { .. }
+            | Request::CRefresh
+            | Request::CLookup(_)
+            | Request::CWatch(_)
+            | Request::CUnwatch(_)
+            | Request::CClaim { .. }
+            | Request::CRoute { .. }
+            | Request::CRelays
+            | Request::CStandby { .. }
+            | Request::CMembers
+            | Request::CStandbyIs { .. }
+            | Request::RHello { .. } => unreachable!("not a supernode request"),
+        })
+    }
+
+    // ------------------------------------------------------------------ client requests
+
+    fn refresh(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId) {
+        if self.clients.is_registered(&peer, sid) {
+            self.counters.refreshes += 1;
+            self.respond(now, sid, txn, &Response::Ok);
+        } else {
+            self.error(now, sid, txn, 403, "not registered here");
+        }
+    }
+
+    fn client_lookup(&mut self, now: Instant, sid: SessionId, txn: TransactionId, t: Target) {
+        self.counters.lookups += 1;
+        match t {
+            Target::Id(user) => self.lookup(now, sid, txn, user, None, None),
+            Target::Name(name) => self.lookup_name(now, sid, txn, &name),
+        }
+    }
+
+    fn watch(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
+        match self.presence.watch(sid, user) {
+            Err(TooManyWatches) => return self.error(now, sid, txn, 429, "too many watches"),
+            Ok(false) => return self.respond(now, sid, txn, &Response::Ok),
+            Ok(true) => {}
+        }
+        // Answer once a home holds the subscription (any one pushes every change), so a change
+        // right after the answer cannot be missed.
+        let mut pending = 0u8;
+        let mut held = false;
+        let req = Request::PWatch {
+            user,
+            watcher: self.me,
+        };
+        for h in user_homes(&user, &self.live_members()) {
+            if h == self.me {
+                self.send_or_local(now, h, req.clone());
+                held = true;
+            } else if self.send_to_peer(now, h, &req, Cont::Watch { client: sid, txn }) {
+                pending += 1;
+            }
+        }
+        if held || pending == 0 {
+            // Held here, or no home reachable: then the homes learn of the watch when
+            // membership settles and records re-home; answer now either way.
+            self.respond(now, sid, txn, &Response::Ok);
+        } else {
+            self.presence.await_homes(sid, txn, pending);
+        }
+    }
+
+    fn unwatch(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
+        if self.presence.unwatch(sid, user) {
+            self.unsubscribe(now, user);
+        }
+        self.respond(now, sid, txn, &Response::Ok);
+    }
+
+    fn client_route(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        to: UserId,
+        payload: Vec<u8>,
+    ) {
+        if !self.clients.is_registered(&peer, sid) {
+            return self.error(now, sid, txn, 403, "register before routing");
+        }
+        self.route(now, sid, txn, peer, to, payload);
+    }
+
+    fn standby(&mut self, now: Instant, sid: SessionId, txn: TransactionId, primary: UserId) {
+        self.clients.standby_for(sid, primary);
+        self.respond(now, sid, txn, &Response::Ok);
+    }
+
+    fn standby_is(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        standby: UserId,
+    ) {
+        if self.clients.set_standby(&peer, sid, &standby) {
+            self.respond(now, sid, txn, &Response::Ok);
+        } else {
+            self.error(now, sid, txn, 403, "not registered here");
+        }
+    }
+
+    fn relay_hello(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        relay: Relay,
+    ) {
+        match self.relays.hello(sid, peer, relay) {
+            Ok(()) => self.respond(now, sid, txn, &Response::Ok),
+            Err(e) => self.error(now, sid, txn, 400, e.reason()),
         }
     }
 
