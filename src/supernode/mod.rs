@@ -3,7 +3,13 @@
 //! call signalling, relay offers, the mesh).
 
 pub mod binding;
+mod clients;
+mod names;
 mod node;
+mod peers;
+mod presence;
+mod relays;
+mod routing;
 mod service;
 
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};

@@ -23,27 +23,26 @@
 //! - **Relays**: relays that authorised us give us a secret each; we mint time-limited TURN
 //!   credentials with it, with our ID in the username so the relay knows whose secret to use.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::directory::{Directory, Name, name_homes, user_homes};
+use super::clients::Clients;
+use super::names;
+use super::peers::{Peers, gained};
+use super::presence::{Presence, TooManyWatches, WatchAnswer};
+use super::relays::{Relay, Relays};
+use super::routing::{
+    AfterLookup, Cont, HomeAnswer, Pending, after_lookup, delivered, home_answer, relayed,
+};
+use crate::directory::{Directory, name_homes, user_homes};
 use crate::identity::{
-    Check, ClaimRefusal, ClaimStamp, HeldClaim, Identity, NameClaim, NodeKey, RecordPolicy,
-    Timestamp, UserId, admit_claim, normalize_name, verify_record,
+    Check, ClaimStamp, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId,
+    normalize_name, verify_record,
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
-use crate::signal::{
-    self, Entry, Message, NodeInfo, Registration, RelayOffer, Request, Response, Target,
-};
-use crate::turn::rest_password;
-
-/// Requests waiting per peer supernode beyond what its session has in flight.
-const MAX_PEER_QUEUE: usize = 100_000;
-/// Users one client session may watch at once: presence subscriptions cost the supernode and
-/// the watched users' homes memory, so a client cannot ask for millions.
-const MAX_WATCHES_PER_SESSION: usize = 1024;
+use crate::signal::{self, Entry, Message, NodeInfo, Registration, Request, Response, Target};
 
 /// Supernode settings.
 #[derive(Clone, Debug)]
@@ -76,15 +75,6 @@ impl NodeConfig {
             registration_lifetime: Duration::from_secs(3600),
         }
     }
-}
-
-/// Who a session is with, as far as we know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Unknown,
-    Client,
-    Peer,
-    Relay,
 }
 
 /// Counters for the status and metrics.
@@ -123,82 +113,6 @@ pub struct Status {
     pub counters: NodeCounters,
 }
 
-/// A relay that authorised us.
-#[derive(Clone, Debug)]
-struct Relay {
-    session: SessionId,
-    udp: Vec<SocketAddr>,
-    tcp: Vec<SocketAddr>,
-    tls: Vec<SocketAddr>,
-    realm: String,
-    secret: Vec<u8>,
-    load: u32,
-}
-
-/// A request of ours waiting for its answer.
-#[derive(Clone, Debug)]
-enum Cont {
-    /// A client's lookup (or the lookup before a route), trying homes in order.
-    Lookup {
-        client: SessionId,
-        txn: TransactionId,
-        user: UserId,
-        rest: Vec<UserId>,
-        name: Option<String>,
-        route: Option<(UserId, Vec<u8>)>,
-    },
-    LookupName {
-        client: SessionId,
-        txn: TransactionId,
-        name: String,
-        rest: Vec<UserId>,
-    },
-    /// A claim sent to the name's orderer: relay its answer.
-    Claim {
-        client: SessionId,
-        txn: TransactionId,
-    },
-    /// A forward to the recipient's supernode: relay its answer.
-    Forward {
-        client: SessionId,
-        txn: TransactionId,
-    },
-    /// A delivery to our client: answer whoever asked.
-    Deliver {
-        asker: SessionId,
-        txn: TransactionId,
-    },
-    /// A client's watch, answered when the first home confirms it.
-    Watch {
-        client: SessionId,
-        txn: TransactionId,
-    },
-    /// Nothing waits on this (replication, unwatching).
-    Fire,
-    /// A failover notice to a client ([`Message::PrimaryLost`], [`Message::StandbyLost`]): sent
-    /// again when unanswered, until the client acknowledges or its session dies.
-    Notice { client: SessionId, body: Vec<u8> },
-}
-
-/// A client registered through us: its session, and the record it published (kept to publish
-/// it offline when the session ends) with its sequence number (a replay of it, or of anything
-/// older, is refused). The rest of the entry is ours ([`Supernode::own_entry`]). One map for
-/// both: a supernode holds one of these per connected client.
-struct Registered {
-    session: SessionId,
-    /// The client's standby supernode ([`standby_tag`] of its ID; 0: none told), to warn the
-    /// client when the mesh declares it dead. A tag, not the ID, keeps this entry at 32 bytes;
-    /// a collision only sends a notice the client checks against the full ID and ignores.
-    standby: u32,
-    record: std::sync::Arc<[u8]>,
-    seq: u64,
-}
-
-/// A client's standby supernode as [`Registered`] keeps it: never 0 (0 means none).
-fn standby_tag(id: &UserId) -> u32 {
-    u32::from_le_bytes(id.as_bytes()[..4].try_into().expect("4 bytes")) | 1
-}
-
 /// The supernode core.
 pub struct Supernode {
     me: UserId,
@@ -209,37 +123,16 @@ pub struct Supernode {
     dir: Directory,
     /// Monotonic instant and the Unix time it corresponds to.
     clock: crate::identity::UnixClock,
-    roles: HashMap<SessionId, Role>,
-    /// A session to each supernode we talk to (ours or theirs).
-    peers: HashMap<UserId, SessionId>,
-    /// Clients registered here: user -> session.
-    /// (A session's user is what it authenticated: [`Endpoint::peer_id`], or the `peer` of its
-    /// `Closed` event, so no reverse map is kept.)
-    clients: HashMap<UserId, Registered>,
-    /// Clients using us as their standby: session -> their primary supernode.
-    standby: HashMap<SessionId, UserId>,
-    /// watched user -> our clients watching it (by session)
-    local_watch: HashMap<UserId, HashSet<SessionId>>,
-    /// How many users each client session watches (bounded by [`MAX_WATCHES_PER_SESSION`]).
-    watch_count: HashMap<SessionId, usize>,
-    conts: HashMap<TransactionId, Cont>,
-    /// Requests for each peer supernode waiting for room in its session.
-    outq: HashMap<UserId, std::collections::VecDeque<(Vec<u8>, Cont)>>,
-    relays: HashMap<UserId, Relay>,
-    relay_of: HashMap<SessionId, UserId>,
-    /// Client watches waiting for a home's confirmation: answers still expected.
-    watch_waits: HashMap<(SessionId, TransactionId), u8>,
-    /// The last presence state our watching clients heard, per watched user (dedupes the homes'
-    /// identical pushes).
-    last_presence: HashMap<UserId, (bool, bool)>,
-    /// Members that proved their key to us in a session (we reached them with the key SWIM
-    /// gave, or their SWIM traffic came through a session they authenticated). Only these home
-    /// anything or are listed: SWIM gossip can name members that do not exist (anyone in the
-    /// mesh can gossip anything), and such a fake member must never be a home, or lookups would
-    /// wait on it.
-    verified: HashSet<UserId>,
-    /// Member IDs at the last re-homing (to push only what moved).
-    last_members: Vec<UserId>,
+    /// The other supernodes: sessions, proof of key, queued requests.
+    peers: Peers<Cont>,
+    /// Our clients, registered here or keeping a standby session with us.
+    clients: Clients,
+    /// Our clients' watches.
+    presence: Presence,
+    /// Our requests in flight and what waits on each.
+    pending: Pending,
+    /// Relays that authorised us.
+    relays: Relays,
     counters: NodeCounters,
 }
 
@@ -272,20 +165,11 @@ impl Supernode {
             ep,
             mesh,
             clock: crate::identity::UnixClock::new(now, unix_now),
-            roles: HashMap::new(),
-            peers: HashMap::new(),
-            clients: HashMap::new(),
-            standby: HashMap::new(),
-            local_watch: HashMap::new(),
-            watch_count: HashMap::new(),
-            conts: HashMap::new(),
-            outq: HashMap::new(),
-            relays: HashMap::new(),
-            relay_of: HashMap::new(),
-            watch_waits: HashMap::new(),
-            last_presence: HashMap::new(),
-            verified: HashSet::new(),
-            last_members: vec![me],
+            peers: Peers::new(me),
+            clients: Clients::default(),
+            presence: Presence::default(),
+            pending: Pending::default(),
+            relays: Relays::default(),
             counters: NodeCounters::default(),
         };
         for (k, addr) in bootstrap {
@@ -333,14 +217,12 @@ impl Supernode {
 
     /// Live members (us included) that proved their key: what homes are computed over.
     fn live_members(&self) -> Vec<UserId> {
-        let mut ids = self.mesh.member_ids();
-        ids.retain(|id| *id == self.me || self.verified.contains(id));
-        ids
+        self.peers.live(self.mesh.member_ids())
     }
 
     /// `id` proved its key in a session: once it is a member too, it counts.
     fn verify_member(&mut self, now: Instant, id: UserId) {
-        if self.mesh.is_member(&id) && id != self.me && self.verified.insert(id) {
+        if self.mesh.is_member(&id) && self.peers.verify(id) {
             self.rehome(now);
         }
     }
@@ -356,15 +238,11 @@ impl Supernode {
                 .map(|m| (m.key.id.to_string(), m.addr))
                 .collect(),
             clients: self.clients.len(),
-            standby_clients: self.standby.len(),
+            standby_clients: self.clients.standby_len(),
             homed_users: self.dir.len(),
             names: self.dir.name_count(),
             sessions: self.ep.session_count(),
-            relays: self
-                .relays
-                .iter()
-                .map(|(id, r)| (id.to_string(), r.load))
-                .collect(),
+            relays: self.relays.loads(),
             counters: self.counters.clone(),
         }
     }
@@ -446,12 +324,11 @@ impl Supernode {
 
     /// A session with member `m`, opening one if needed.
     fn peer_session(&mut self, now: Instant, m: &Member) -> Option<SessionId> {
-        if let Some(sid) = self.peers.get(&m.id) {
-            return Some(*sid);
+        if let Some(sid) = self.peers.session(&m.id) {
+            return Some(sid);
         }
         let sid = self.ep.connect(now, m.addr, &m.node_key()).ok()?;
-        self.roles.insert(sid, Role::Peer);
-        self.peers.insert(m.id, sid);
+        self.peers.add_session(m.id, sid);
         Some(sid)
     }
 
@@ -467,49 +344,38 @@ impl Supernode {
             return false;
         };
         let body = signal::encode(req);
-        let queue = self.outq.entry(id).or_default();
-        if queue.is_empty() {
+        if !self.peers.is_queued(&id) {
             match self.ep.request(now, sid, &body) {
                 Ok(txn) => {
-                    self.conts.insert(txn, cont);
+                    self.pending.insert(txn, cont);
                     return true;
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => {}
                 Err(_) => return false,
             }
         }
-        if queue.len() >= MAX_PEER_QUEUE {
+        if self.peers.enqueue(id, body, cont).is_err() {
             self.counters.refuse("peer queue full");
             return false;
         }
-        queue.push_back((body, cont));
         true
     }
 
     /// Sends what waits for `peer` while its session takes more.
     fn drain_peer_queue(&mut self, now: Instant, peer: UserId) {
-        let Some(&sid) = self.peers.get(&peer) else {
+        let Some(sid) = self.peers.session(&peer) else {
             return;
         };
-        while let Some((body, _)) = self.outq.get(&peer).and_then(|q| q.front()) {
+        while let Some(body) = self.peers.front(&peer) {
             match self.ep.request(now, sid, body) {
                 Ok(txn) => {
-                    let (_, cont) = self
-                        .outq
-                        .get_mut(&peer)
-                        .and_then(|q| q.pop_front())
-                        .expect("front exists");
-                    self.conts.insert(txn, cont);
+                    let cont = self.peers.pop(&peer).expect("front exists");
+                    self.pending.insert(txn, cont);
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => return,
                 Err(_) => {
                     // The session is gone: whatever waited fails now.
-                    let waiting: Vec<Cont> = self
-                        .outq
-                        .remove(&peer)
-                        .map(|q| q.into_iter().map(|(_, c)| c).collect())
-                        .unwrap_or_default();
-                    for c in waiting {
+                    for c in self.peers.take_queue(&peer) {
                         self.on_answer(now, c, None);
                     }
                     return;
@@ -538,14 +404,8 @@ impl Supernode {
     fn on_session_event(&mut self, now: Instant, ev: Event) {
         match ev {
             Event::Connected { session, peer } => {
-                let role = if self.mesh.is_member(&peer.id) {
-                    Role::Peer
-                } else {
-                    Role::Unknown
-                };
-                self.roles.entry(session).or_insert(role);
-                if role == Role::Peer {
-                    self.peers.entry(peer.id).or_insert(session);
+                if self.mesh.is_member(&peer.id) {
+                    self.peers.add_session(peer.id, session);
                     self.verify_member(now, peer.id);
                     self.drain_peer_queue(now, peer.id);
                 }
@@ -562,7 +422,7 @@ impl Supernode {
                 }
             },
             Event::Response { session, txn, body } => {
-                if let Some(cont) = self.conts.remove(&txn) {
+                if let Some(cont) = self.pending.take(&txn) {
                     let resp = match signal::decode::<Response>(&body) {
                         Ok(r) => r,
                         Err(_) => {
@@ -580,7 +440,7 @@ impl Supernode {
                 }
             }
             Event::TransactionFailed { session, txn, .. } => {
-                if let Some(cont) = self.conts.remove(&txn) {
+                if let Some(cont) = self.pending.take(&txn) {
                     self.on_answer(now, cont, None);
                 }
                 if let Some(peer) = self.peer_id(session) {
@@ -597,51 +457,21 @@ impl Supernode {
 
     /// Session `sid` (authenticated as `peer`, if it got that far) is gone.
     fn forget_session(&mut self, now: Instant, sid: SessionId, peer: Option<UserId>) {
-        self.roles.remove(&sid);
-        self.peers.retain(|_, s| *s != sid);
-        self.standby.remove(&sid);
-        if let Some(user) = peer
-            && self.clients.get(&user).is_some_and(|c| c.session == sid)
-            && let Some(gone) = self.clients.remove(&user)
+        self.peers.forget_session(sid);
+        if let Some(record) = self.clients.forget_session(sid, peer)
+            && let Some(user) = peer
         {
-            self.publish_offline(now, user, gone.record);
+            self.publish_offline(now, user, record);
         }
-        // A relay that reconnected already replaced this session's entry: keep that one.
-        if let Some(relay) = self.relay_of.remove(&sid)
-            && self.relays.get(&relay).is_some_and(|r| r.session == sid)
-        {
-            self.relays.remove(&relay);
-        }
+        self.relays.forget_session(sid);
         // Our clients' watches die with their session.
-        if self.watch_count.remove(&sid).is_some() {
-            let watched: Vec<UserId> = self
-                .local_watch
-                .iter()
-                .filter(|(_, set)| set.contains(&sid))
-                .map(|(u, _)| *u)
-                .collect();
-            for user in watched {
-                self.unwatch_local(now, sid, user);
-            }
+        for user in self.presence.drop_session(sid) {
+            self.unsubscribe(now, user);
         }
     }
 
-    /// Client session `sid` no longer watches `user`; when nobody here does, the homes stop
-    /// telling us.
-    fn unwatch_local(&mut self, now: Instant, sid: SessionId, user: UserId) {
-        let Some(set) = self.local_watch.get_mut(&user) else {
-            return;
-        };
-        if set.remove(&sid)
-            && let Some(c) = self.watch_count.get_mut(&sid)
-        {
-            *c = c.saturating_sub(1);
-        }
-        if !set.is_empty() {
-            return;
-        }
-        self.local_watch.remove(&user);
-        self.last_presence.remove(&user);
+    /// Nobody here watches `user` any more: the homes stop telling us.
+    fn unsubscribe(&mut self, now: Instant, user: UserId) {
         for h in user_homes(&user, &self.live_members()) {
             self.send_or_local(
                 now,
@@ -671,8 +501,7 @@ impl Supernode {
                     });
                     return;
                 }
-                self.roles.insert(sid, Role::Peer);
-                self.peers.entry(peer).or_insert(sid);
+                self.peers.add_session(peer, sid);
                 self.verify_member(now, peer);
             }
             Message::Presence {
@@ -683,110 +512,31 @@ impl Supernode {
             } if self.mesh.is_member(&peer) => {
                 self.fan_out_presence(now, user, online, last_seen, stale);
             }
-            Message::RLoad { allocations } if self.relays.contains_key(&peer) => {
-                if let Some(r) = self.relays.get_mut(&peer) {
-                    r.load = allocations;
-                }
+            Message::RLoad { allocations } if self.relays.is_relay(&peer) => {
+                self.relays.set_load(&peer, allocations);
             }
             _ => self.counters.refuse("unexpected message"),
         }
     }
 
+    /// A request on session `sid`: clients' (`C*`) and relays' (`R*`) go to their handlers;
+    /// the rest are supernode-to-supernode, and only live members may ask them.
     fn on_request(&mut self, now: Instant, sid: SessionId, txn: TransactionId, req: Request) {
         let Some(peer) = self.peer_id(sid) else {
             return;
         };
-        let is_peer = self.mesh.is_member(&peer) && peer != self.me;
         match req {
             Request::CRegister { record } => self.register(now, sid, txn, peer, &record),
-            Request::CRefresh => {
-                if self.clients.get(&peer).is_some_and(|c| c.session == sid) {
-                    self.counters.refreshes += 1;
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
-                    self.error(now, sid, txn, 403, "not registered here");
-                }
-            }
-            Request::CLookup(target) => {
-                self.counters.lookups += 1;
-                match target {
-                    Target::Id(user) => self.lookup(now, sid, txn, user, None, None),
-                    Target::Name(name) => self.lookup_name(now, sid, txn, &name),
-                }
-            }
-            Request::CWatch(user) => {
-                let already = self
-                    .local_watch
-                    .get(&user)
-                    .is_some_and(|set| set.contains(&sid));
-                if !already {
-                    let count = self.watch_count.entry(sid).or_default();
-                    if *count >= MAX_WATCHES_PER_SESSION {
-                        return self.error(now, sid, txn, 429, "too many watches");
-                    }
-                    *count += 1;
-                }
-                let first = {
-                    let set = self.local_watch.entry(user).or_default();
-                    let first = set.is_empty();
-                    set.insert(sid);
-                    first
-                };
-                if !first {
-                    return self.respond(now, sid, txn, &Response::Ok);
-                }
-                // Answer once a home holds the subscription (any one pushes every change), so
-                // a change right after the answer cannot be missed.
-                let mut pending = 0u8;
-                let mut held = false;
-                let req = Request::PWatch {
-                    user,
-                    watcher: self.me,
-                };
-                for h in user_homes(&user, &self.live_members()) {
-                    if h == self.me {
-                        self.send_or_local(now, h, req.clone());
-                        held = true;
-                    } else if self.send_to_peer(now, h, &req, Cont::Watch { client: sid, txn }) {
-                        pending += 1;
-                    }
-                }
-                if held || pending == 0 {
-                    // Held here, or no home reachable: then the homes learn of the watch when
-                    // membership settles and records re-home; answer now either way.
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
-                    self.watch_waits.insert((sid, txn), pending);
-                }
-            }
-            Request::CUnwatch(user) => {
-                self.unwatch_local(now, sid, user);
-                self.respond(now, sid, txn, &Response::Ok);
-            }
+            Request::CRefresh => self.refresh(now, sid, txn, peer),
+            Request::CLookup(target) => self.client_lookup(now, sid, txn, target),
+            Request::CWatch(user) => self.watch(now, sid, txn, user),
+            Request::CUnwatch(user) => self.unwatch(now, sid, txn, user),
             Request::CClaim { claim } => self.claim(now, sid, txn, peer, claim),
-            Request::CRoute { to, payload } => {
-                if self.clients.get(&peer).is_none_or(|c| c.session != sid) {
-                    return self.error(now, sid, txn, 403, "register before routing");
-                }
-                self.route(now, sid, txn, peer, to, payload);
-            }
+            Request::CRoute { to, payload } => self.client_route(now, sid, txn, peer, to, payload),
             Request::CRelays => self.relay_offers(now, sid, txn, peer),
-            Request::CStandby { primary } => {
-                self.standby.insert(sid, primary);
-                self.roles.insert(sid, Role::Client);
-                self.respond(now, sid, txn, &Response::Ok);
-            }
-            Request::CMembers => {
-                let m = self.members();
-                self.respond(now, sid, txn, &Response::Members(m));
-            }
-            Request::CStandbyIs { standby } => match self.clients.get_mut(&peer) {
-                Some(c) if c.session == sid => {
-                    c.standby = standby_tag(&standby);
-                    self.respond(now, sid, txn, &Response::Ok);
-                }
-                _ => self.error(now, sid, txn, 403, "not registered here"),
-            },
+            Request::CStandby { primary } => self.standby(now, sid, txn, primary),
+            Request::CMembers => self.respond(now, sid, txn, &Response::Members(self.members())),
+            Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),
             Request::RHello {
                 udp,
                 tcp,
@@ -795,87 +545,195 @@ impl Supernode {
                 secret,
                 load,
             } => {
-                if secret.is_empty() || secret.len() > 256 {
-                    return self.error(now, sid, txn, 400, "relay secret must be 1..=256 bytes");
+                let relay = Relay {
+                    udp,
+                    tcp,
+                    tls,
+                    realm,
+                    secret,
+                    load,
+                };
+                self.relay_hello(now, sid, txn, peer, relay)
+            }
+            req if self.mesh.is_member(&peer) && peer != self.me => {
+                let resp = self.on_peer_request(now, sid, txn, req);
+                if let Some(resp) = resp {
+                    self.respond(now, sid, txn, &resp);
                 }
-                self.roles.insert(sid, Role::Relay);
-                self.relay_of.insert(sid, peer);
-                self.relays.insert(
-                    peer,
-                    Relay {
-                        session: sid,
-                        udp,
-                        tcp,
-                        tls,
-                        realm,
-                        secret,
-                        load,
-                    },
-                );
-                self.respond(now, sid, txn, &Response::Ok);
             }
-            // Everything else is supernode-to-supernode: only live members may ask.
-            _ if !is_peer => {
-                self.error(now, sid, txn, 403, "supernode request from a non-member");
-            }
-            Request::PStore { user, entry } => {
-                let resp = self.store(now, user, entry);
-                self.respond(now, sid, txn, &resp);
-            }
-            Request::PFetch(user) => {
-                let resp = self
-                    .local_entry(&user)
-                    .map_or(Response::NotFound, Response::Entry);
-                self.respond(now, sid, txn, &resp);
-            }
+            _ => self.error(now, sid, txn, 403, "supernode request from a non-member"),
+        }
+    }
+
+    /// A live member's request: the answer, unless one was given already or will be later.
+    fn on_peer_request(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        req: Request,
+    ) -> Option<Response> {
+        Some(match req {
+            Request::PStore { user, entry } => self.store(now, user, entry),
+            Request::PFetch(user) => self
+                .local_entry(&user)
+                .map_or(Response::NotFound, Response::Entry),
             Request::PFetchName(name) => {
-                let now_ts = Timestamp(self.unix(now));
-                let holder = self
-                    .dir
-                    .name(&name)
-                    .filter(|n| n.held.is_live(now_ts))
-                    .map(|n| n.held.claimant);
-                self.respond(now, sid, txn, &Response::Holder(holder));
+                Response::Holder(names::holder(&self.dir, &name, Timestamp(self.unix(now))))
             }
             Request::PWatch { user, watcher } => {
-                if self.dir.watch(user, watcher) {
-                    self.respond(now, sid, txn, &Response::Ok);
-                } else {
+                if !self.dir.watch(user, watcher) {
                     self.error(now, sid, txn, 429, "too many watchers");
+                    return None;
                 }
+                Response::Ok
             }
             Request::PUnwatch { user, watcher } => {
                 self.dir.unwatch(&user, &watcher);
-                self.respond(now, sid, txn, &Response::Ok);
+                Response::Ok
             }
             Request::PForward { from, to, payload } => {
-                self.deliver(now, sid, txn, from, to, payload)
+                self.deliver(now, sid, txn, from, to, payload);
+                return None;
             }
-            Request::PClaim { claim } => {
-                let resp = self.order_claim(now, &claim);
-                self.respond(now, sid, txn, &resp);
-            }
+            Request::PClaim { claim } => self.order_claim(now, &claim),
             Request::PClaimStore {
                 claim,
                 orderer,
                 order,
                 received_at,
             } => {
+                let received_at = Timestamp(received_at);
                 let stamp = ClaimStamp {
                     orderer,
                     order,
-                    received_at: Timestamp(received_at),
+                    received_at,
                 };
-                let resp = if self.store_claim(now, &claim, stamp) {
-                    Response::Ok
-                } else {
-                    Response::Error {
-                        code: 403,
-                        reason: "bad claim record".into(),
-                    }
-                };
-                self.respond(now, sid, txn, &resp);
+                if !self.store_claim(now, &claim, stamp) {
+                    let reason = "bad claim record".into();
+                    return Some(Response::Error { code: 403, reason });
+                }
+                Response::Ok
             }
+            // on_request handles them before asking whether the sender is a member.
+            Request::CRegister { .. }
+            | Request::CRefresh
+            | Request::CLookup(_)
+            | Request::CWatch(_)
+            | Request::CUnwatch(_)
+            | Request::CClaim { .. }
+            | Request::CRoute { .. }
+            | Request::CRelays
+            | Request::CStandby { .. }
+            | Request::CMembers
+            | Request::CStandbyIs { .. }
+            | Request::RHello { .. } => unreachable!("not a supernode request"),
+        })
+    }
+
+    // ------------------------------------------------------------------ client requests
+
+    fn refresh(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId) {
+        if self.clients.is_registered(&peer, sid) {
+            self.counters.refreshes += 1;
+            self.respond(now, sid, txn, &Response::Ok);
+        } else {
+            self.error(now, sid, txn, 403, "not registered here");
+        }
+    }
+
+    fn client_lookup(&mut self, now: Instant, sid: SessionId, txn: TransactionId, t: Target) {
+        self.counters.lookups += 1;
+        match t {
+            Target::Id(user) => self.lookup(now, sid, txn, user, None, None),
+            Target::Name(name) => self.lookup_name(now, sid, txn, &name),
+        }
+    }
+
+    fn watch(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
+        match self.presence.watch(sid, user) {
+            Err(TooManyWatches) => return self.error(now, sid, txn, 429, "too many watches"),
+            Ok(false) => return self.respond(now, sid, txn, &Response::Ok),
+            Ok(true) => {}
+        }
+        // Answer once a home holds the subscription (any one pushes every change), so a change
+        // right after the answer cannot be missed.
+        let mut pending = 0u8;
+        let mut held = false;
+        let req = Request::PWatch {
+            user,
+            watcher: self.me,
+        };
+        for h in user_homes(&user, &self.live_members()) {
+            if h == self.me {
+                self.send_or_local(now, h, req.clone());
+                held = true;
+            } else if self.send_to_peer(now, h, &req, Cont::Watch { client: sid, txn }) {
+                pending += 1;
+            }
+        }
+        if held || pending == 0 {
+            // Held here, or no home reachable: then the homes learn of the watch when
+            // membership settles and records re-home; answer now either way.
+            self.respond(now, sid, txn, &Response::Ok);
+        } else {
+            self.presence.await_homes(sid, txn, pending);
+        }
+    }
+
+    fn unwatch(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
+        if self.presence.unwatch(sid, user) {
+            self.unsubscribe(now, user);
+        }
+        self.respond(now, sid, txn, &Response::Ok);
+    }
+
+    fn client_route(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        to: UserId,
+        payload: Vec<u8>,
+    ) {
+        if !self.clients.is_registered(&peer, sid) {
+            return self.error(now, sid, txn, 403, "register before routing");
+        }
+        self.route(now, sid, txn, peer, to, payload);
+    }
+
+    fn standby(&mut self, now: Instant, sid: SessionId, txn: TransactionId, primary: UserId) {
+        self.clients.standby_for(sid, primary);
+        self.respond(now, sid, txn, &Response::Ok);
+    }
+
+    fn standby_is(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        standby: UserId,
+    ) {
+        if self.clients.set_standby(&peer, sid, &standby) {
+            self.respond(now, sid, txn, &Response::Ok);
+        } else {
+            self.error(now, sid, txn, 403, "not registered here");
+        }
+    }
+
+    fn relay_hello(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        relay: Relay,
+    ) {
+        match self.relays.hello(sid, peer, relay) {
+            Ok(()) => self.respond(now, sid, txn, &Response::Ok),
+            Err(e) => self.error(now, sid, txn, 400, e.reason()),
         }
     }
 
@@ -910,13 +768,10 @@ impl Supernode {
         // The newest registration we know of this user (as one of its homes, or as the
         // supernode it is registered through) must be older: a replay of it, or of anything
         // before it, is refused. The agent signs a new record for every registration.
-        let newer_than = [
-            self.dir.get(&peer).map(|s| s.seq),
-            self.clients.get(&peer).map(|c| c.seq),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
+        let newer_than = [self.dir.get(&peer).map(|s| s.seq), self.clients.seq(&peer)]
+            .into_iter()
+            .flatten()
+            .max();
         let check = Check {
             now: Timestamp(self.unix(now)),
             expected_signer: Some(&peer),
@@ -933,8 +788,6 @@ impl Supernode {
         if rec.payload.supernode != self.me {
             return self.error(now, sid, txn, 400, "registration names another supernode");
         }
-        self.roles.insert(sid, Role::Client);
-        self.standby.remove(&sid);
         self.counters.registrations += 1;
         let entry = self.own_entry(record.into(), true, self.unix(now));
         for h in user_homes(&peer, &self.live_members()) {
@@ -947,16 +800,7 @@ impl Supernode {
                 },
             );
         }
-        // A newer session replaces an older one (a restarted client).
-        self.clients.insert(
-            peer,
-            Registered {
-                session: sid,
-                standby: 0,
-                record: entry.record,
-                seq: rec.seq,
-            },
-        );
+        self.clients.register(peer, sid, entry.record, rec.seq);
         let expires_at = rec.expires_at.0;
         self.respond(now, sid, txn, &Response::Registered { expires_at });
     }
@@ -1093,10 +937,8 @@ impl Supernode {
         last_seen: u64,
         stale: bool,
     ) {
-        let Some(set) = self.local_watch.get(&user) else {
-            return;
-        };
-        if self.last_presence.insert(user, (online, stale)) == Some((online, stale)) {
+        let sessions = self.presence.fan_out(user, online, stale);
+        if sessions.is_empty() {
             return;
         }
         let msg = signal::encode(&Message::Presence {
@@ -1105,7 +947,6 @@ impl Supernode {
             last_seen,
             stale,
         });
-        let sessions: Vec<SessionId> = set.iter().copied().collect();
         for sid in sessions {
             self.counters.presence_pushes += 1;
             let _ = self.ep.send(now, sid, &msg);
@@ -1170,26 +1011,20 @@ impl Supernode {
         entry: Option<Entry>,
         route: Option<(UserId, Vec<u8>)>,
     ) {
-        match (route, entry) {
-            (None, Some(e)) => self.respond(now, client, txn, &Response::Entry(e)),
-            (None, None) => self.respond(now, client, txn, &Response::NotFound),
-            (Some(_), None) => self.error(now, client, txn, 404, "unknown user"),
-            (Some(_), Some(e)) if !e.online || e.stale => {
-                self.error(now, client, txn, 410, "user offline")
-            }
-            (Some((from, payload)), Some(e)) => {
-                if e.via == self.me {
-                    return self.error(now, client, txn, 410, "user offline");
-                }
+        match (after_lookup(self.me, entry, route.is_some()), route) {
+            (AfterLookup::Answer(resp), _) => self.respond(now, client, txn, &resp),
+            (AfterLookup::Refuse(code, why), _) => self.error(now, client, txn, code, why),
+            (AfterLookup::Forward(via), Some((from, payload))) => {
                 let req = Request::PForward {
                     from,
                     to: user,
                     payload,
                 };
-                if !self.send_to_peer(now, e.via, &req, Cont::Forward { client, txn }) {
+                if !self.send_to_peer(now, via, &req, Cont::Forward { client, txn }) {
                     self.error(now, client, txn, 503, "the user's supernode is unreachable");
                 }
             }
+            (AfterLookup::Forward(_), None) => unreachable!("forwards only what is routed"),
         }
     }
 
@@ -1199,13 +1034,7 @@ impl Supernode {
         };
         let homes = name_homes(&name, &self.live_members());
         if homes.contains(&self.me) {
-            let now_ts = Timestamp(self.unix(now));
-            if let Some(holder) = self
-                .dir
-                .name(&name)
-                .filter(|n| n.held.is_live(now_ts))
-                .map(|n| n.held.claimant)
-            {
+            if let Some(holder) = names::holder(&self.dir, &name, Timestamp(self.unix(now))) {
                 return self.lookup(now, client, txn, holder, Some(name), None);
             }
         }
@@ -1246,7 +1075,7 @@ impl Supernode {
         payload: Vec<u8>,
     ) {
         self.counters.routed += 1;
-        if let Some(dst) = self.clients.get(&to).map(|c| c.session) {
+        if let Some(dst) = self.clients.session_of(&to) {
             return self.deliver_to(now, dst, client, txn, from, payload);
         }
         self.lookup(now, client, txn, to, None, Some((from, payload)));
@@ -1262,7 +1091,7 @@ impl Supernode {
         to: UserId,
         payload: Vec<u8>,
     ) {
-        match self.clients.get(&to).map(|c| c.session) {
+        match self.clients.session_of(&to) {
             Some(dst) => self.deliver_to(now, dst, asker, txn, from, payload),
             None => self.error(now, asker, txn, 410, "user not connected here"),
         }
@@ -1280,7 +1109,7 @@ impl Supernode {
         let body = signal::encode(&Message::Deliver { from, payload });
         match self.ep.request(now, dst, &body) {
             Ok(t) => {
-                self.conts.insert(t, Cont::Deliver { asker, txn });
+                self.pending.insert(t, Cont::Deliver { asker, txn });
             }
             Err(_) => self.error(now, asker, txn, 503, "cannot reach the user's client"),
         }
@@ -1290,7 +1119,7 @@ impl Supernode {
     /// acknowledges it (see [`Cont::Notice`]).
     fn notify(&mut self, now: Instant, client: SessionId, body: Vec<u8>) {
         if let Ok(t) = self.ep.request(now, client, &body) {
-            self.conts.insert(t, Cont::Notice { client, body });
+            self.pending.insert(t, Cont::Notice { client, body });
         }
     }
 
@@ -1303,20 +1132,17 @@ impl Supernode {
                 }
             }
             Cont::Watch { client, txn } => {
-                let Some(left) = self.watch_waits.get_mut(&(client, txn)) else {
-                    return; // already answered
-                };
-                *left -= 1;
-                if matches!(resp, Some(Response::Ok)) || *left == 0 {
-                    self.watch_waits.remove(&(client, txn));
-                    let resp = match resp {
-                        Some(Response::Ok) => Response::Ok,
-                        _ => Response::Error {
+                let held = matches!(resp, Some(Response::Ok));
+                match self.presence.home_answered(client, txn, held) {
+                    WatchAnswer::Wait => {}
+                    WatchAnswer::Held => self.respond(now, client, txn, &Response::Ok),
+                    WatchAnswer::Failed => {
+                        let resp = Response::Error {
                             code: 503,
                             reason: "no home supernode took the watch".into(),
-                        },
-                    };
-                    self.respond(now, client, txn, &resp);
+                        };
+                        self.respond(now, client, txn, &resp);
+                    }
                 }
             }
             Cont::Lookup {
@@ -1326,22 +1152,14 @@ impl Supernode {
                 rest,
                 name,
                 route,
-            } => match resp {
-                Some(Response::Entry(e)) if e.signer() == Some(user) => {
+            } => match home_answer(user, resp) {
+                HomeAnswer::Found(e) => {
                     self.lookup_done(now, client, txn, user, Some(with_name(e, name)), route)
                 }
-                // A home that hands out an entry the user did not sign (for where it is
-                // connected) is lying or broken: ask the next one.
-                Some(Response::Entry(_)) => {
-                    self.counters.refuse("bad entry from a home");
-                    self.lookup_next(now, client, txn, user, rest, name, route)
-                }
-                // Not there, or that home is gone: ask the next one.
-                Some(Response::NotFound | Response::Error { .. }) | None => {
-                    self.lookup_next(now, client, txn, user, rest, name, route)
-                }
-                Some(_) => {
-                    self.counters.refuse("unexpected answer");
+                HomeAnswer::Next(why) => {
+                    if let Some(why) = why {
+                        self.counters.refuse(why);
+                    }
                     self.lookup_next(now, client, txn, user, rest, name, route)
                 }
             },
@@ -1362,23 +1180,9 @@ impl Supernode {
                 }
             },
             Cont::Claim { client, txn } | Cont::Forward { client, txn } => {
-                let resp = resp.unwrap_or(Response::Error {
-                    code: 504,
-                    reason: "no answer from the supernode".into(),
-                });
-                self.respond(now, client, txn, &resp);
+                self.respond(now, client, txn, &relayed(resp))
             }
-            Cont::Deliver { asker, txn } => {
-                let resp = match resp {
-                    Some(Response::Ok) => Response::Routed,
-                    Some(other) => other,
-                    None => Response::Error {
-                        code: 504,
-                        reason: "the user's client did not acknowledge".into(),
-                    },
-                };
-                self.respond(now, asker, txn, &resp);
-            }
+            Cont::Deliver { asker, txn } => self.respond(now, asker, txn, &delivered(resp)),
         }
     }
 
@@ -1428,31 +1232,12 @@ impl Supernode {
     /// We are the name's first home: admit or refuse, stamp, replicate.
     fn order_claim(&mut self, now: Instant, claim: &[u8]) -> Response {
         let now_ts = Timestamp(self.unix(now));
-        let rec = match verify_record::<NameClaim>(claim, &Check::at(now_ts)) {
-            Ok(r) => r,
-            Err(e) => {
-                let reason = format!("claim refused: {}", e.code());
-                self.counters.refuse(&reason);
-                return Response::Error { code: 403, reason };
+        let (name, stamp) = match names::order(&mut self.dir, self.me, claim, now_ts) {
+            Ok(ordered) => ordered,
+            Err(refused) => {
+                self.counters.refuse(&refused.counted);
+                return refused.response;
             }
-        };
-        let name = rec.payload.name.clone();
-        let held = self.dir.name(&name).map(|n| n.held.clone());
-        if let Err(why) = admit_claim(&name, held.as_ref(), &rec, now_ts) {
-            self.counters.refuse(match why {
-                ClaimRefusal::Taken { .. } => "claim taken",
-                ClaimRefusal::Stale { .. } => "claim stale",
-                ClaimRefusal::BadName(_) | ClaimRefusal::OtherName => "claim bad name",
-            });
-            return Response::Error {
-                code: 409,
-                reason: why.to_string(),
-            };
-        }
-        let stamp = ClaimStamp {
-            orderer: self.me,
-            order: self.dir.next_order(),
-            received_at: now_ts,
         };
         self.store_claim(now, claim, stamp);
         for h in name_homes(&name, &self.live_members()) {
@@ -1472,44 +1257,22 @@ impl Supernode {
     /// Keeps a stamped claim by the replicas' rule; `false` (counted) if the record is bad.
     fn store_claim(&mut self, now: Instant, claim: &[u8], stamp: ClaimStamp) -> bool {
         let now_ts = Timestamp(self.unix(now));
-        let Ok(rec) = verify_record::<NameClaim>(claim, &Check::at(now_ts)) else {
+        let members = self.live_members();
+        let homes = |name: &str| name_homes(name, &members);
+        let stored = names::store(&mut self.dir, claim, stamp, now_ts, homes);
+        if !stored {
             self.counters.refuse("bad stored claim");
-            return false;
-        };
-        let homes = name_homes(&rec.payload.name, &self.live_members());
-        let name = Name {
-            held: HeldClaim::new(&rec, stamp),
-            record: claim.to_vec(),
-        };
-        self.dir.merge_name(name, &homes, now_ts);
-        true
+        }
+        stored
     }
 
     // ------------------------------------------------------------------ relays
 
     fn relay_offers(&mut self, now: Instant, sid: SessionId, txn: TransactionId, user: UserId) {
-        let mut relays: Vec<(&UserId, &Relay)> = self.relays.iter().collect();
-        relays.sort_by_key(|(id, r)| (r.load, **id));
         let expires_at = self.unix(now) + self.config.relay_credential_lifetime.as_secs();
-        let offers: Vec<RelayOffer> = relays
-            .into_iter()
-            .take(self.config.relay_offers)
-            .map(|(id, r)| {
-                // The relay finds our secret by our ID in the username (DESIGN §5).
-                let username = format!("{expires_at}:{}:{user}", self.me);
-                RelayOffer {
-                    relay: *id,
-                    udp: r.udp.clone(),
-                    tcp: r.tcp.clone(),
-                    tls: r.tls.clone(),
-                    realm: r.realm.clone(),
-                    password: rest_password(&r.secret, &username),
-                    username,
-                    expires_at,
-                    load: r.load,
-                }
-            })
-            .collect();
+        let offers = self
+            .relays
+            .offers(self.me, user, expires_at, self.config.relay_offers);
         self.counters.relay_offers += offers.len() as u64;
         self.respond(now, sid, txn, &Response::Relays(offers));
     }
@@ -1522,9 +1285,9 @@ impl Supernode {
                 tracing::info!("supernode {} joined ({})", m.id, m.addr);
                 // It counts once it proves its key: at once if a session with it is up, else
                 // when the session we open now is.
-                match self.peers.get(&m.id) {
-                    Some(sid) if self.ep.is_established(*sid) => {
-                        self.verified.insert(m.id);
+                match self.peers.session(&m.id) {
+                    Some(sid) if self.ep.is_established(sid) => {
+                        self.peers.verify(m.id);
                     }
                     Some(_) => {}
                     None => {
@@ -1534,15 +1297,10 @@ impl Supernode {
             }
             MeshEvent::Down(m) => {
                 tracing::info!("supernode {} is gone", m.id);
-                self.verified.remove(&m.id);
-                if let Some(sid) = self.peers.remove(&m.id) {
+                let (sid, waiting) = self.peers.remove(&m.id);
+                if let Some(sid) = sid {
                     self.ep.close(now, sid);
                 }
-                let waiting: Vec<Cont> = self
-                    .outq
-                    .remove(&m.id)
-                    .map(|q| q.into_iter().map(|(_, c)| c).collect())
-                    .unwrap_or_default();
                 for c in waiting {
                     self.on_answer(now, c, None);
                 }
@@ -1558,25 +1316,14 @@ impl Supernode {
                 }
                 self.dir.drop_watcher(&m.id);
                 // Clients using us as standby for it: switch now.
-                let lost: Vec<SessionId> = self
-                    .standby
-                    .iter()
-                    .filter(|(_, p)| **p == m.id)
-                    .map(|(s, _)| *s)
-                    .collect();
+                let lost = self.clients.standbys_of(&m.id);
                 let msg = signal::encode(&Message::PrimaryLost { primary: m.id });
                 for sid in lost {
                     self.notify(now, sid, msg.clone());
                 }
                 // Clients registered here whose standby it was: open another now, before we
                 // fail too.
-                let tag = standby_tag(&m.id);
-                let orphans: Vec<SessionId> = self
-                    .clients
-                    .values()
-                    .filter(|c| c.standby == tag)
-                    .map(|c| c.session)
-                    .collect();
+                let orphans = self.clients.with_standby(&m.id);
                 let msg = signal::encode(&Message::StandbyLost { standby: m.id });
                 for sid in orphans {
                     self.notify(now, sid, msg.clone());
@@ -1590,46 +1337,31 @@ impl Supernode {
     /// we no longer home, and re-register our clients' watches where the homes moved.
     fn rehome(&mut self, now: Instant) {
         let members = self.live_members();
-        if members == self.last_members {
+        let Some(old) = self.peers.members_changed(&members) else {
             return;
-        }
-        let old = std::mem::replace(&mut self.last_members, members.clone());
+        };
         let mut pushes = Vec::new();
         for (user, stored) in self.dir.iter() {
-            let before = user_homes(user, &old);
-            let after = user_homes(user, &members);
-            for h in &after {
-                if *h != self.me && !before.contains(h) {
-                    pushes.push((
-                        *h,
-                        Request::PStore {
-                            user: *user,
-                            entry: stored.entry.clone(),
-                        },
-                    ));
-                }
+            let (before, after) = (user_homes(user, &old), user_homes(user, &members));
+            for h in gained(self.me, &before, &after) {
+                let entry = stored.entry.clone();
+                pushes.push((h, Request::PStore { user: *user, entry }));
             }
         }
-        let now_ts = Timestamp(self.unix(now));
         for n in self.dir.names() {
             let before = name_homes(&n.held.name, &old);
             let after = name_homes(&n.held.name, &members);
-            for h in &after {
-                if *h != self.me && !before.contains(h) {
-                    let s = n.held.stamp;
-                    pushes.push((
-                        *h,
-                        Request::PClaimStore {
-                            claim: n.record.clone(),
-                            orderer: s.orderer,
-                            order: s.order,
-                            received_at: s.received_at.0,
-                        },
-                    ));
-                }
+            for h in gained(self.me, &before, &after) {
+                let s = n.held.stamp;
+                let req = Request::PClaimStore {
+                    claim: n.record.clone(),
+                    orderer: s.orderer,
+                    order: s.order,
+                    received_at: s.received_at.0,
+                };
+                pushes.push((h, req));
             }
         }
-        let _ = now_ts;
         for (h, req) in pushes {
             self.send_to_peer(now, h, &req, Cont::Fire);
         }
@@ -1637,8 +1369,7 @@ impl Supernode {
         self.dir.retain(|u| user_homes(u, &members).contains(&me));
         self.dir
             .retain_names(|n| name_homes(n, &members).contains(&me));
-        let watched: Vec<UserId> = self.local_watch.keys().copied().collect();
-        for user in watched {
+        for user in self.presence.watched_users() {
             let before = user_homes(&user, &old);
             for h in user_homes(&user, &members) {
                 if !before.contains(&h) {
