@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{BootstrapEntry, Identity};
 use voxmesh::net::ShutdownSignal;
-use voxmesh::net::agent::{AgentCommand, run_agent};
+use voxmesh::net::drivers::client::{AgentCommand, run_agent};
 use voxmesh::signal::RelayOffer;
 use voxmesh::stun::method;
 use voxmesh::turn::rest_password;

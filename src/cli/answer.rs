@@ -22,8 +22,8 @@ use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
 use crate::net::ShutdownSignals;
-use crate::net::agent::write_host_cache;
-use crate::net::call::{CallAudio, CallCommand, DriverEvent};
+use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
+use crate::net::drivers::client::write_host_cache;
 use crate::signal::Target;
 
 const EXIT_CODES: &str = "\

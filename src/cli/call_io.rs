@@ -18,7 +18,9 @@ use crate::call::ice::{CandidateKind, PathInfo};
 use crate::call::message::CallId;
 use crate::call::phone::{EndReason, Phone, PhoneConfig};
 use crate::identity::{Contacts, Identity};
-use crate::net::call::{CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint};
+use crate::net::drivers::call::{
+    CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint,
+};
 use crate::net::{Shutdown, ShutdownSignal};
 
 /// Exit statuses of a call (dial; answer --exec children see the reason in the event).

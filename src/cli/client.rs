@@ -14,7 +14,7 @@ use crate::identity::{
     BootstrapEntry, Contacts, Identity, IdentityLock, NodeKey, Target as ContactTarget,
     default_key_path,
 };
-use crate::net::agent::{AgentCommand, read_host_cache, resolve_bootstrap, run_agent};
+use crate::net::drivers::client::{AgentCommand, read_host_cache, resolve_bootstrap, run_agent};
 use crate::net::{Shutdown, ShutdownSignal};
 use crate::signal::Target;
 

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::agent::{AgentConfig, AgentEvent};
 use crate::identity::{Check, Timestamp, verify_record};
-use crate::net::agent::AgentCommand;
+use crate::net::drivers::client::AgentCommand;
 use crate::signal::{Entry, Registration, Target};
 
 /// The user is in the directory but offline (or its entry is stale).

@@ -14,7 +14,7 @@ use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
 use crate::identity::{Check, Timestamp, verify_record};
 use crate::net::ShutdownSignals;
-use crate::net::call::{CallAudio, CallCommand, DriverEvent};
+use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
 use crate::signal::{Registration, Target};
 
 /// How long a hang-up may take to be delivered before dial exits anyway.

@@ -1,10 +1,10 @@
-//! The supernode role: for now its STUN binding service; registration, presence, lookup and
-//! call signalling join it in later modules.
+//! The supernode role, sans-IO: the STUN binding service ([`BindingService`], RFC 5780) and the
+//! supernode core ([`Supernode`]: sessions, registration and presence, lookup, names, membership,
+//! relays and routing). Their driver is [`crate::net::drivers::stun_server`] (STUN port) with
+//! [`crate::net::drivers::supernode`] (the core's loop).
 
 pub mod binding;
 mod node;
-mod service;
 
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};
 pub use node::{NodeConfig, NodeCounters, Status, Supernode};
-pub use service::{StunServer, StunServerError};

@@ -26,8 +26,8 @@ use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{BootstrapEntry, Identity, NodeKey, UserId};
 use voxmesh::lab::in_netns;
 use voxmesh::net::ShutdownSignal;
-use voxmesh::net::agent::{AgentCommand, run_agent};
-use voxmesh::net::supernode::query_status;
+use voxmesh::net::drivers::client::{AgentCommand, run_agent};
+use voxmesh::net::drivers::supernode::query_status;
 use voxmesh::signal::Target;
 
 pub const SUPERNODES: usize = 5;

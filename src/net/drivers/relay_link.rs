@@ -9,9 +9,9 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::Shutdown;
 use crate::agent::relay::RelayLink;
 use crate::identity::UserId;
+use crate::net::Shutdown;
 
 /// Secrets per supernode, current first.
 pub type SupernodeSecrets = Vec<(UserId, Vec<Vec<u8>>)>;
@@ -34,7 +34,7 @@ pub async fn run_relay_link(
         while let Some(t) = link.poll_transmit() {
             let _ = socket.send_to(&t.data, t.to).await;
         }
-        let sleep = super::sleep_until(link.poll_timeout());
+        let sleep = crate::net::sleep_until(link.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
                 link.close(Instant::now());

@@ -22,9 +22,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::{BindingConfig, BindingCounters, BindingService, Via};
 use crate::net::batch::{RecvBatch, SendBatch};
 use crate::net::{Shutdown, bind_udp_std};
+use crate::supernode::{BindingConfig, BindingCounters, BindingService, Via};
 
 /// How often an idle socket thread looks at the stop flag: the longest a shutdown waits.
 const STOP_POLL: Duration = Duration::from_millis(100);
