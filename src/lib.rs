@@ -26,6 +26,7 @@ pub mod agent;
 pub mod audio;
 pub mod call;
 pub mod cli;
+pub mod demux;
 pub mod directory;
 pub mod identity;
 pub mod lab;

@@ -75,7 +75,7 @@ pub async fn run_agent(
             },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
-                    if crate::session::is_session_frame(&buf[..n]) {
+                    if crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session {
                         agent.handle_datagram(Instant::now(), from, &buf[..n]);
                     }
                 }

@@ -46,7 +46,7 @@ pub async fn run_relay_link(
             _ = sleep => link.handle_timeout(Instant::now()),
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r
-                    && crate::session::is_session_frame(&buf[..n])
+                    && crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session
                 {
                     link.handle_datagram(Instant::now(), from, &buf[..n]);
                 }
