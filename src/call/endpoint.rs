@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use super::ice::{ChangeReason, LocalCandidate, PathInfo, Route};
 use super::message::CallId;
 use super::phone::{EndReason, Phone, PhoneConfig, PhoneEvent, RouteError};
-use crate::agent::{Agent, AgentEvent};
+use crate::client::{Agent, AgentEvent};
 use crate::demux;
 use crate::identity::UserId;
 use crate::media::{self, DtmfDigit, Frame, MediaConfig, MediaSession, MediaStats, PeerReport};

@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 use super::usage;
-use crate::agent::{Agent, AgentConfig, AgentEvent};
+use crate::client::{Agent, AgentConfig, AgentEvent};
 use crate::identity::{
     BootstrapEntry, Contacts, Identity, IdentityLock, NodeKey, Target as ContactTarget,
     default_key_path,

@@ -14,7 +14,7 @@ use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
     print_stdout, report_error, runtime,
 };
-use crate::agent::{AgentConfig, AgentEvent};
+use crate::client::{AgentConfig, AgentEvent};
 use crate::identity::{Check, Timestamp, verify_record};
 use crate::net::drivers::client::AgentCommand;
 use crate::signal::{Entry, Registration, Target};

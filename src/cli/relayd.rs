@@ -17,7 +17,7 @@ use super::{
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::relay::{RelayLink, RelayLinkConfig};
+use crate::client::relay::{RelayLink, RelayLinkConfig};
 use crate::identity::{BootstrapEntry, Identity, IdentityLock, KeyFileError, default_key_path};
 use crate::net::drivers::client::resolve_bootstrap;
 use crate::net::drivers::relay::{

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{BootstrapEntry, Identity, NodeKey, UserId};
 use voxmesh::lab::in_netns;
 use voxmesh::net::ShutdownSignal;

@@ -1,4 +1,4 @@
-//! The tokio driver for [`crate::agent::Agent`]: one UDP socket, timers, commands in, events out.
+//! The tokio driver for [`crate::client::Agent`]: one UDP socket, timers, commands in, events out.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::agent::{Agent, AgentEvent};
+use crate::client::{Agent, AgentEvent};
 use crate::identity::{BootstrapEntry, NodeKey, UserId};
 use crate::net::Shutdown;
 use crate::signal::Target;

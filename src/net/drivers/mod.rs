@@ -6,7 +6,7 @@
 //! - [`supernode`]: the [`crate::supernode::Supernode`] core's loop and its status socket.
 //! - [`relay`]: the TURN relay daemon around [`crate::turn::TurnServer`].
 //! - [`relay_link`]: a relay's registration link to its supernode.
-//! - [`client`]: the client agent ([`crate::agent::Agent`]) on one UDP socket.
+//! - [`client`]: the client agent ([`crate::client::Agent`]) on one UDP socket.
 //! - [`call`]: the call endpoint ([`crate::call::endpoint::Endpoint`]) with audio channels.
 //! - [`probe`]: NAT discovery ([`crate::nat::Probe`]).
 //! - [`turn_client`]: a TURN client allocation ([`crate::turn::client`]) over UDP or TCP.

@@ -1,4 +1,4 @@
-//! The tokio driver for [`crate::agent::relay::RelayLink`]: its own UDP socket, timers, and
+//! The tokio driver for [`crate::client::relay::RelayLink`]: its own UDP socket, timers, and
 //! the relay's load in; the supernode secrets out whenever they change.
 
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use crate::agent::relay::RelayLink;
+use crate::client::relay::RelayLink;
 use crate::identity::UserId;
 use crate::net::Shutdown;
 
