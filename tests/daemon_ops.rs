@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
+use voxmesh::net::drivers::turn_client::{TurnRelay, TurnTransport};
 use voxmesh::turn::{TurnClientConfig, mint_rest_credential};
 
 /// How long any one step may take (a start, an allocation, a notification).

@@ -43,7 +43,7 @@ use std::time::Duration;
 use mesh_support::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use voxmesh::agent::AgentEvent;
+use voxmesh::client::AgentEvent;
 use voxmesh::directory::{name_homes, user_homes};
 use voxmesh::identity::{NodeKey, UserId};
 use voxmesh::mesh::{Member, Mesh, MeshConfig};

@@ -23,7 +23,7 @@ mod mesh_support;
 use std::time::{Duration, Instant};
 
 use mesh_support::*;
-use voxmesh::agent::AgentEvent;
+use voxmesh::client::AgentEvent;
 use voxmesh::directory::{name_homes, user_homes};
 use voxmesh::identity::{Identity, NodeKey, RecordKind, UserId};
 use voxmesh::mesh::{Member, Mesh, MeshConfig};
@@ -1045,7 +1045,7 @@ mod real {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+    use voxmesh::client::{Agent, AgentConfig, AgentEvent};
     use voxmesh::identity::{BootstrapEntry, Identity, NodeKey, UserId};
     use voxmesh::session::{self, Endpoint, Event, SessionId};
 

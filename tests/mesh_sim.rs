@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{Identity, NodeKey, UserId};
 use voxmesh::session;
 use voxmesh::signal::Target;

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relayd_support::{Good, Raw, udp_transport};
 use tokio::sync::mpsc;
-use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{BootstrapEntry, Identity};
 use voxmesh::net::ShutdownSignal;
-use voxmesh::net::agent::{AgentCommand, run_agent};
+use voxmesh::net::drivers::client::{AgentCommand, run_agent};
 use voxmesh::signal::RelayOffer;
 use voxmesh::stun::method;
 use voxmesh::turn::rest_password;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{Proc, start_relayd, test_cert, udp_echo};
 use voxmesh::lab::{BoxOpts, Lab, LabNat};
-use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
+use voxmesh::net::drivers::turn_client::{TurnRelay, TurnTransport};
 use voxmesh::turn::TurnClientConfig;
 
 const MODES: [(&str, &[&str]); 7] = [

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{start_relayd, test_cert, udp_echo};
 use voxmesh::lab::{BoxOpts, Lab, LabNat, in_netns};
-use voxmesh::net::turn_client::{RelayError, TurnRelay, TurnTransport};
+use voxmesh::net::drivers::turn_client::{RelayError, TurnRelay, TurnTransport};
 use voxmesh::turn::{Op, TurnClientConfig};
 
 const RELAY: &str = "198.51.100.1";

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use voxmesh::net::turn_client::{RelayError, TurnRelay, TurnTransport};
+use voxmesh::net::drivers::turn_client::{RelayError, TurnRelay, TurnTransport};
 use voxmesh::turn::TurnClientConfig;
 
 /// How long any one step may take (a start, a handshake, an allocation).

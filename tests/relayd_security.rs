@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use relayd_support::*;
 use voxmesh::lab::{BoxOpts, Lab, LabNat, in_netns};
-use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
+use voxmesh::net::drivers::turn_client::{TurnRelay, TurnTransport};
 use voxmesh::stun::{MessageBuilder, attr, long_term_key, method};
 use voxmesh::turn::auth::{CHALLENGE_BURST, CHALLENGE_BYTES, CHALLENGE_RATE};
 use voxmesh::turn::{TurnClientConfig, mint_rest_credential, rest_password};

@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use voxmesh::net::ShutdownSignal;
 use voxmesh::net::batch::MAX_DATAGRAM;
+use voxmesh::net::drivers::stun_server::StunServer;
 use voxmesh::stun::{
     ChangeRequest, Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, method,
 };
-use voxmesh::supernode::{BindingConfig, BindingCounters, StunServer, Via};
+use voxmesh::supernode::{BindingConfig, BindingCounters, Via};
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(3);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);

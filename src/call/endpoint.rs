@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use super::ice::{ChangeReason, LocalCandidate, PathInfo, Route};
 use super::message::CallId;
 use super::phone::{EndReason, Phone, PhoneConfig, PhoneEvent, RouteError};
-use crate::agent::{Agent, AgentEvent};
+use crate::client::{Agent, AgentEvent};
+use crate::demux;
 use crate::identity::UserId;
 use crate::media::{self, DtmfDigit, Frame, MediaConfig, MediaSession, MediaStats, PeerReport};
 use crate::signal::RelayOffer;
@@ -353,7 +354,7 @@ impl Endpoint {
 
     /// A datagram that arrived on the call socket.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        if crate::session::is_session_frame(data) {
+        if demux::classify(data) == demux::Kind::Session {
             self.agent.handle_datagram(now, from, data);
         } else if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay
             && t.server() == from
@@ -376,7 +377,7 @@ impl Endpoint {
 
     /// A datagram from a peer (directly or through our relay): a check or media.
     fn peer_input(&mut self, now: Instant, route: Route, from: SocketAddr, data: &[u8]) {
-        if media::is_media(data) {
+        if demux::classify(data) == demux::Kind::Media {
             let Some(call) = self.call_for_media(route, from, data) else {
                 return;
             };
@@ -569,7 +570,7 @@ impl Endpoint {
             Route::Relay(_) => {
                 if let Relay::Up(t) = &mut self.relay {
                     // Media through the relay gets a channel (4 bytes of overhead, not 36).
-                    if media::is_media(&data) && t.channel_of(to).is_none() {
+                    if demux::classify(&data) == demux::Kind::Media && t.channel_of(to).is_none() {
                         t.bind_channel(now, to);
                     }
                     if let Err(e) = t.send_to(to, &data) {

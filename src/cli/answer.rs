@@ -16,14 +16,14 @@ use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
     report_error, runtime,
 };
-use crate::agent::{AgentConfig, AgentEvent};
 use crate::audio::stream::is_std;
 use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
+use crate::client::{AgentConfig, AgentEvent};
 use crate::net::ShutdownSignals;
-use crate::net::agent::write_host_cache;
-use crate::net::call::{CallAudio, CallCommand, DriverEvent};
+use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
+use crate::net::drivers::client::write_host_cache;
 use crate::signal::Target;
 
 const EXIT_CODES: &str = "\

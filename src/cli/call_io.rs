@@ -11,14 +11,16 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::client::DirectoryArgs;
-use crate::agent::{Agent, AgentConfig, AgentEvent};
 use crate::audio::{self, Conform, Hints, SinkSpec, Spec};
 use crate::call::endpoint::{Endpoint, EndpointConfig, EndpointEvent};
 use crate::call::ice::{CandidateKind, PathInfo};
 use crate::call::message::CallId;
 use crate::call::phone::{EndReason, Phone, PhoneConfig};
+use crate::client::{Agent, AgentConfig, AgentEvent};
 use crate::identity::{Contacts, Identity};
-use crate::net::call::{CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint};
+use crate::net::drivers::call::{
+    CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint,
+};
 use crate::net::{Shutdown, ShutdownSignal};
 
 /// Exit statuses of a call (dial; answer --exec children see the reason in the event).

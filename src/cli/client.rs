@@ -9,12 +9,12 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 use super::usage;
-use crate::agent::{Agent, AgentConfig, AgentEvent};
+use crate::client::{Agent, AgentConfig, AgentEvent};
 use crate::identity::{
     BootstrapEntry, Contacts, Identity, IdentityLock, NodeKey, Target as ContactTarget,
     default_key_path,
 };
-use crate::net::agent::{AgentCommand, read_host_cache, resolve_bootstrap, run_agent};
+use crate::net::drivers::client::{AgentCommand, read_host_cache, resolve_bootstrap, run_agent};
 use crate::net::{Shutdown, ShutdownSignal};
 use crate::signal::Target;
 

@@ -14,9 +14,9 @@ use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
     print_stdout, report_error, runtime,
 };
-use crate::agent::{AgentConfig, AgentEvent};
+use crate::client::{AgentConfig, AgentEvent};
 use crate::identity::{Check, Timestamp, verify_record};
-use crate::net::agent::AgentCommand;
+use crate::net::drivers::client::AgentCommand;
 use crate::signal::{Entry, Registration, Target};
 
 /// The user is in the directory but offline (or its entry is stale).

@@ -8,13 +8,13 @@ use serde_json::json;
 use super::call_io::{self, Events, endpoint_config, event_json, exit_code, start_endpoint};
 use super::dial::{Args, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use super::{runtime, usage};
-use crate::agent::{AgentConfig, AgentEvent};
 use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
+use crate::client::{AgentConfig, AgentEvent};
 use crate::identity::{Check, Timestamp, verify_record};
 use crate::net::ShutdownSignals;
-use crate::net::call::{CallAudio, CallCommand, DriverEvent};
+use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
 use crate::signal::{Registration, Target};
 
 /// How long a hang-up may take to be delivered before dial exits anyway.

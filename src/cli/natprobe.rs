@@ -14,7 +14,7 @@ use super::{
     EXIT_OK, EXIT_USAGE, UsageError, Verbosity, is_usage, print_stdout, report_error, runtime,
 };
 use crate::nat::{MIN_DISCOVERY_INTERVAL, NatKind, ProbeConfig, Report, Stage, Timing};
-use crate::net::{ProbeError, run_probe};
+use crate::net::drivers::probe::{ProbeError, run_probe};
 
 /// UDP is blocked: no server answered.
 pub const EXIT_UDP_BLOCKED: u8 = 3;

@@ -17,14 +17,14 @@ use super::{
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::relay::{RelayLink, RelayLinkConfig};
+use crate::client::relay::{RelayLink, RelayLinkConfig};
 use crate::identity::{BootstrapEntry, Identity, IdentityLock, KeyFileError, default_key_path};
-use crate::net::agent::resolve_bootstrap;
-use crate::net::relay::{
+use crate::net::drivers::client::resolve_bootstrap;
+use crate::net::drivers::relay::{
     BoundListener, Listen, RelayOptions, ReloadableCert, bind_listeners, serve_relay,
     tls_config_reloadable,
 };
-use crate::net::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
+use crate::net::drivers::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
 use crate::net::{ShutdownSignal, serve_metrics};
 use crate::turn::peer_policy::local_addresses;
 use crate::turn::server::Transport;

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::relayd::Args;
 use super::{EXIT_FAILURE, EXIT_USAGE, is_usage, print_stdout, report_error, runtime, usage};
-use crate::net::turn_client::{TurnRelay, TurnTransport};
+use crate::net::drivers::turn_client::{TurnRelay, TurnTransport};
 use crate::turn::{TurnClientConfig, mint_rest_credential};
 
 /// `relayd mint-credential`.

@@ -16,10 +16,11 @@ use super::{
     print_stdout, report_error, runtime, usage,
 };
 use crate::identity::{BootstrapEntry, Identity, default_key_path};
-use crate::net::agent::{read_host_cache, resolve_bootstrap};
-use crate::net::supernode::{NodeSockets, query_status, run_supernode};
+use crate::net::drivers::client::{read_host_cache, resolve_bootstrap};
+use crate::net::drivers::stun_server::StunServer;
+use crate::net::drivers::supernode::{NodeSockets, query_status, run_supernode};
 use crate::net::{ShutdownSignal, ShutdownSignals, serve_metrics};
-use crate::supernode::{BindingConfig, NodeConfig, StunServer, Supernode};
+use crate::supernode::{BindingConfig, NodeConfig, Supernode};
 
 /// A socket could not be bound (address in use, not local, no permission).
 pub const EXIT_BIND: u8 = 4;
@@ -229,7 +230,7 @@ pub fn main() -> ExitCode {
             } else if is_identity_in_use(&e) {
                 EXIT_IDENTITY_IN_USE
             } else if e.chain().any(|c| {
-                c.downcast_ref::<crate::supernode::StunServerError>()
+                c.downcast_ref::<crate::net::drivers::stun_server::StunServerError>()
                     .is_some()
             }) {
                 EXIT_BIND
@@ -352,7 +353,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| crate::supernode::StunServerError::BindMetrics { addr, source })?;
+                .map_err(|source| crate::net::drivers::stun_server::StunServerError::BindMetrics { addr, source })?;
             metrics_addr = listener.local_addr().ok();
             let counters = server.counters();
             let node = Arc::new(std::sync::Mutex::new(String::new()));
@@ -444,14 +445,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_file(&control_path);
             let control = tokio::net::UnixListener::bind(&control_path)
-                .map_err(|e| crate::supernode::StunServerError::Bind { addr: advertise, source: e })
+                .map_err(|e| crate::net::drivers::stun_server::StunServerError::Bind { addr: advertise, source: e })
                 .with_context(|| format!("control socket {}", control_path.display()))?;
             // The same address over TCP, for clients whose network blocks UDP.
             let mut tcp = Vec::new();
             for c in &bound {
                 let l = tokio::net::TcpListener::bind(c.primary)
                     .await
-                    .map_err(|source| crate::supernode::StunServerError::Bind { addr: c.primary, source })?;
+                    .map_err(|source| crate::net::drivers::stun_server::StunServerError::Bind { addr: c.primary, source })?;
                 tcp.push(l);
             }
             node_task = Some(tokio::spawn(run_supernode(

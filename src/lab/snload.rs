@@ -9,7 +9,7 @@
 //!   pre-made initiations. Run it pinned to the server's core: it is the ceiling that "new
 //!   sessions per second" is set against.
 //! - `echo-server`: the STUN service's socket thread, the frame channel and supernoded's driver
-//!   loop ([`crate::net::supernode::run_echo`]) around a core that sends every frame back: what
+//!   loop ([`crate::net::drivers::supernode::run_echo`]) around a core that sends every frame back: what
 //!   moving a frame through the daemon costs with no directory behind it.
 //! - `run`: against one supernode (and the echo server), in one process: register clients, then
 //!   measure new sessions, refreshes, lookups, echoes and routing, each for a fixed window, and
@@ -502,9 +502,10 @@ fn registration_record(id: &Identity, seq: u64, node: UserId, now: Timestamp) ->
 // ---------------------------------------------------------------------------------- echo server
 
 fn echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
-    use crate::net::supernode::{NodeSockets, run_echo};
+    use crate::net::drivers::stun_server::StunServer;
+    use crate::net::drivers::supernode::{NodeSockets, run_echo};
     use crate::net::{ShutdownSignal, ShutdownSignals};
-    use crate::supernode::{BindingConfig, StunServer};
+    use crate::supernode::BindingConfig;
     ensure!(
         args.listen.ip().is_loopback(),
         "--listen {} is not a loopback address",

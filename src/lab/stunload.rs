@@ -703,7 +703,8 @@ mod tests {
     #[test]
     fn every_answer_from_a_real_server_is_valid() {
         use crate::net::ShutdownSignal;
-        use crate::supernode::{BindingConfig, StunServer};
+        use crate::net::drivers::stun_server::StunServer;
+        use crate::supernode::BindingConfig;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,25 +1,19 @@
-//! Networking: socket set-up, batched UDP I/O, the metrics endpoint and shutdown plumbing.
-//! Only this module (and the binaries) touch tokio's networking and clocks.
+//! Networking: the tokio drivers ([`drivers`]) and the plumbing they share: socket set-up,
+//! batched UDP I/O, the metrics endpoint, readiness notification and shutdown. Only this module
+//! (and the binaries) touch tokio's networking and clocks.
 
 pub mod addr_watch;
-pub mod agent;
 pub mod batch;
-pub mod call;
+pub mod drivers;
 pub mod frames;
 mod metrics;
 mod notify;
-mod probe;
 pub mod prom;
-pub mod relay;
-pub mod relay_link;
 mod shutdown;
 mod socket;
-pub mod supernode;
-pub mod turn_client;
 
 pub use metrics::serve_metrics;
 pub use notify::{notify, sd_notify};
-pub use probe::{ProbeError, local_ip_for, run_probe};
 pub use shutdown::{Shutdown, ShutdownSignal, ShutdownSignals};
 pub use socket::{bind_udp, bind_udp_std};
 

@@ -1,6 +1,7 @@
-//! The supernode role, sans-IO: the STUN binding service ([`BindingService`], stateless) and
-//! the supernode core ([`Supernode`]: sessions, registration, presence, lookup, names, routing of
-//! call signalling, relay offers, the mesh).
+//! The supernode role, sans-IO: the STUN binding service ([`BindingService`], RFC 5780) and the
+//! supernode core ([`Supernode`]: sessions, registration and presence, lookup, names, membership,
+//! relays and routing). Their driver is [`crate::net::drivers::stun_server`] (STUN port) with
+//! [`crate::net::drivers::supernode`] (the core's loop).
 
 pub mod binding;
 mod clients;
@@ -10,8 +11,6 @@ mod peers;
 mod presence;
 mod relays;
 mod routing;
-mod service;
 
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};
 pub use node::{NodeConfig, NodeCounters, Status, Supernode};
-pub use service::{StunServer, StunServerError};

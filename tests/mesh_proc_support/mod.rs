@@ -22,12 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{BootstrapEntry, Identity, NodeKey, UserId};
 use voxmesh::lab::in_netns;
 use voxmesh::net::ShutdownSignal;
-use voxmesh::net::agent::{AgentCommand, run_agent};
-use voxmesh::net::supernode::query_status;
+use voxmesh::net::drivers::client::{AgentCommand, run_agent};
+use voxmesh::net::drivers::supernode::query_status;
 use voxmesh::signal::Target;
 
 pub const SUPERNODES: usize = 5;

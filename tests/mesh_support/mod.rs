@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{Identity, NodeKey, RecordKind, Timestamp, UserId, sign_raw, sign_record};
 use voxmesh::mesh::{Member, Mesh, MeshConfig};
 use voxmesh::session::{self, Endpoint, Event, SessionId, TransactionId};

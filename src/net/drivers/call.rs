@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::Shutdown;
-use super::agent::Streams;
+use super::client::Streams;
 use crate::call::endpoint::{Endpoint, EndpointEvent};
 use crate::call::message::CallId;
 use crate::identity::UserId;
+use crate::net::Shutdown;
 use crate::signal::Target;
 
 /// Samples in one 20 ms frame at 48 kHz.
@@ -94,7 +94,7 @@ pub async fn run_endpoint(
                 return Ok(ep);
             }
         }
-        let sleep = super::sleep_until(ep.poll_timeout());
+        let sleep = crate::net::sleep_until(ep.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
                 ep.close(Instant::now());

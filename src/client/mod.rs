@@ -1,6 +1,6 @@
 //! The client side of the directory: stay registered through a supernode, keep a warm standby
 //! with a second one, watch presence, look users up, claim a name, route messages. Sans-IO over
-//! a [`crate::session::Endpoint`]; `answer` and `dial` drive it (see [`crate::net::agent`]).
+//! a [`crate::session::Endpoint`]; `answer` and `dial` drive it (see [`crate::net::drivers::client`]).
 //!
 //! Failover: the agent registers through its primary supernode and opens a standby session with
 //! another (picked by rendezvous hashing over the live members, so one supernode's clients spread

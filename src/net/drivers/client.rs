@@ -1,4 +1,4 @@
-//! The tokio driver for [`crate::agent::Agent`]: one UDP socket, timers, commands in, events out.
+//! The tokio driver for [`crate::client::Agent`]: one UDP socket, timers, commands in, events out.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,9 +8,9 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::Shutdown;
-use crate::agent::{Agent, AgentEvent};
+use crate::client::{Agent, AgentEvent};
 use crate::identity::{BootstrapEntry, NodeKey, UserId};
+use crate::net::Shutdown;
 use crate::signal::Target;
 
 /// What a program asks the running agent to do.
@@ -51,7 +51,7 @@ pub async fn run_agent(
                 return Ok(agent);
             }
         }
-        let sleep = super::sleep_until(agent.poll_timeout());
+        let sleep = crate::net::sleep_until(agent.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
                 agent.close(Instant::now());
@@ -75,7 +75,7 @@ pub async fn run_agent(
             },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
-                    if crate::session::is_session_frame(&buf[..n]) {
+                    if crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session {
                         agent.handle_datagram(Instant::now(), from, &buf[..n]);
                     }
                 }
@@ -155,7 +155,7 @@ async fn stream_task(
     mut out: mpsc::Receiver<Vec<u8>>,
     incoming: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
 ) {
-    use super::frames::{read_frame, write_frame};
+    use crate::net::frames::{read_frame, write_frame};
     let Ok(Ok(stream)) = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect(to),

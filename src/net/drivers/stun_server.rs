@@ -22,9 +22,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::{BindingConfig, BindingCounters, BindingService, Via};
+use crate::demux;
 use crate::net::batch::{RecvBatch, SendBatch};
 use crate::net::{Shutdown, bind_udp_std};
+use crate::supernode::{BindingConfig, BindingCounters, BindingService, Via};
 
 /// How often an idle socket thread looks at the stop flag: the longest a shutdown waits.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -295,7 +296,7 @@ fn serve_socket(
                 continue;
             }
             if let Some(sink) = frames
-                && crate::session::is_session_frame(d.data)
+                && demux::classify(d.data) == demux::Kind::Session
             {
                 // A full queue means the supernode core is behind: drop, like a full socket.
                 if sink.try_send((d.from, d.data.to_vec())).is_err() {

@@ -18,8 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Shutdown;
-use super::agent::write_host_cache;
+use super::client::write_host_cache;
+use crate::net::Shutdown;
 use crate::session::Transmit;
 use crate::supernode::Supernode;
 
@@ -79,7 +79,7 @@ trait Core {
     /// Shutting down: say goodbye.
     fn leave(&mut self, now: Instant);
     /// The core's counters and gauges for `/metrics`.
-    fn metrics(&self, s: &mut super::prom::Snapshot);
+    fn metrics(&self, s: &mut crate::net::prom::Snapshot);
 }
 
 impl Core for Supernode {
@@ -147,7 +147,7 @@ impl Core for Supernode {
     fn leave(&mut self, now: Instant) {
         Supernode::leave(self, now);
     }
-    fn metrics(&self, s: &mut super::prom::Snapshot) {
+    fn metrics(&self, s: &mut crate::net::prom::Snapshot) {
         let st = Supernode::status(self);
         let c = &st.counters;
         s.level(
@@ -290,7 +290,7 @@ impl Core for Echo {
         Vec::new()
     }
     fn leave(&mut self, _now: Instant) {}
-    fn metrics(&self, s: &mut super::prom::Snapshot) {
+    fn metrics(&self, s: &mut crate::net::prom::Snapshot) {
         s.count("voxmesh_echo_frames_total", "Frames echoed.", self.echoed);
     }
 }
@@ -363,7 +363,7 @@ async fn drive(
     let mut save = tokio::time::interval(Duration::from_secs(30));
     // The metrics text is rebuilt once a second here, where the core lives; a scrape copies it.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
-    let mut latency = super::prom::Histogram::default();
+    let mut latency = crate::net::prom::Histogram::default();
     loop {
         while let Some(t) = core.poll_transmit() {
             let stream = writers.lock().ok().and_then(|w| w.get(&t.to).cloned());
@@ -378,7 +378,7 @@ async fn drive(
                 }
             }
         }
-        let sleep = super::sleep_until(core.poll_timeout());
+        let sleep = crate::net::sleep_until(core.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = sleep => core.handle_timeout(Instant::now()),
@@ -396,7 +396,7 @@ async fn drive(
                 }
             },
             _ = refresh.tick(), if metrics.is_some() => {
-                let mut s = super::prom::Snapshot::default();
+                let mut s = crate::net::prom::Snapshot::default();
                 core.metrics(&mut s);
                 s.histogram(
                     "voxmesh_supernode_frame_seconds",
@@ -435,7 +435,7 @@ async fn serve_tcp(
     frames: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     writers: StreamWriters,
 ) {
-    use super::frames::{read_frame, write_frame};
+    use crate::net::frames::{read_frame, write_frame};
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             tokio::task::yield_now().await;

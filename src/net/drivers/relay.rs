@@ -28,8 +28,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use super::batch::{BATCH, RecvBatch, SendBatch};
-use super::{Shutdown, bind_udp, bind_udp_std};
+use crate::net::batch::{BATCH, RecvBatch, SendBatch};
+use crate::net::{Shutdown, bind_udp, bind_udp_std};
 use crate::turn::server::{AllocId, ClientAction, ClientAddr, Event, PeerAction, Transport};
 use crate::turn::{Credentials, TurnServer, channel};
 
@@ -152,7 +152,7 @@ struct Shared {
     timer: Notify,
     /// How long each batch of client datagrams took, from receipt to the last one handled
     /// (one clock read per batch, not per packet).
-    batch_latency: RefCell<super::prom::Histogram>,
+    batch_latency: RefCell<crate::net::prom::Histogram>,
 }
 
 impl Shared {
@@ -332,7 +332,7 @@ pub async fn serve_relay(
         out: RefCell::new(Vec::with_capacity(2048)),
         flush: Notify::new(),
         timer: Notify::new(),
-        batch_latency: RefCell::new(super::prom::Histogram::default()),
+        batch_latency: RefCell::new(crate::net::prom::Histogram::default()),
     });
     let local = tokio::task::LocalSet::new();
     local
@@ -350,7 +350,7 @@ pub async fn serve_relay(
             let reload = options.reload;
             let own_addresses = options.own_addresses;
             let mut addr_watch = match own_addresses {
-                Some(_) => match super::addr_watch::AddrWatch::new() {
+                Some(_) => match crate::net::addr_watch::AddrWatch::new() {
                     Ok(w) => Some(w),
                     Err(e) => {
                         tracing::warn!("cannot watch the host's addresses (re-read on SIGHUP only): {e}");
@@ -372,7 +372,7 @@ pub async fn serve_relay(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 let deadline = shared.core.borrow().poll_timeout();
-                let sleep = super::sleep_until(deadline);
+                let sleep = crate::net::sleep_until(deadline);
                 let draining = shared.core.borrow().draining().is_some();
                 tokio::select! {
                     _ = sleep => {}
@@ -432,7 +432,7 @@ pub async fn serve_relay(
 fn render_metrics(shared: &Shared) -> String {
     let core = shared.core.borrow();
     let c = core.counters();
-    let mut s = super::prom::Snapshot::default();
+    let mut s = crate::net::prom::Snapshot::default();
     s.build_info("relayd");
     s.level(
         "voxmesh_turn_allocations_active",

@@ -1,4 +1,4 @@
-//! The tokio driver for [`crate::agent::relay::RelayLink`]: its own UDP socket, timers, and
+//! The tokio driver for [`crate::client::relay::RelayLink`]: its own UDP socket, timers, and
 //! the relay's load in; the supernode secrets out whenever they change.
 
 use std::net::SocketAddr;
@@ -9,9 +9,9 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::Shutdown;
-use crate::agent::relay::RelayLink;
+use crate::client::relay::RelayLink;
 use crate::identity::UserId;
+use crate::net::Shutdown;
 
 /// Secrets per supernode, current first.
 pub type SupernodeSecrets = Vec<(UserId, Vec<Vec<u8>>)>;
@@ -34,7 +34,7 @@ pub async fn run_relay_link(
         while let Some(t) = link.poll_transmit() {
             let _ = socket.send_to(&t.data, t.to).await;
         }
-        let sleep = super::sleep_until(link.poll_timeout());
+        let sleep = crate::net::sleep_until(link.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
                 link.close(Instant::now());
@@ -46,7 +46,7 @@ pub async fn run_relay_link(
             _ = sleep => link.handle_timeout(Instant::now()),
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r
-                    && crate::session::is_session_frame(&buf[..n])
+                    && crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session
                 {
                     link.handle_datagram(Instant::now(), from, &buf[..n]);
                 }

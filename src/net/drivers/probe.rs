@@ -127,7 +127,7 @@ pub async fn run_probe(
                 Some((i, from, data)) => probe.handle_input(Instant::now(), i, from, &data),
                 None => probe.handle_timeout(Instant::now()),
             },
-            _ = super::sleep_until(deadline) => probe.handle_timeout(Instant::now()),
+            _ = crate::net::sleep_until(deadline) => probe.handle_timeout(Instant::now()),
         }
     }
 }

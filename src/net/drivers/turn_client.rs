@@ -300,7 +300,7 @@ async fn run(
                 TurnEvent::Refreshed { .. } => {}
             }
         }
-        let sleep = super::sleep_until(core.poll_timeout());
+        let sleep = crate::net::sleep_until(core.poll_timeout());
         tokio::select! {
             _ = sleep => core.handle_timeout(Instant::now()),
             cmd = cmds.recv() => match cmd {

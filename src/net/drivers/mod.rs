@@ -1,0 +1,21 @@
+//! The tokio drivers: each owns sockets, timers and channels and moves bytes between them and
+//! one or more sans-IO cores. No protocol logic lives here.
+//!
+//! - [`stun_server`]: the STUN (RFC 5780) and directory-port server: per-socket threads around
+//!   [`crate::supernode::BindingService`], handing session frames to the supernode driver.
+//! - [`supernode`]: the [`crate::supernode::Supernode`] core's loop and its status socket.
+//! - [`relay`]: the TURN relay daemon around [`crate::turn::TurnServer`].
+//! - [`relay_link`]: a relay's registration link to its supernode.
+//! - [`client`]: the client agent ([`crate::client::Agent`]) on one UDP socket.
+//! - [`call`]: the call endpoint ([`crate::call::endpoint::Endpoint`]) with audio channels.
+//! - [`probe`]: NAT discovery ([`crate::nat::Probe`]).
+//! - [`turn_client`]: a TURN client allocation ([`crate::turn::client`]) over UDP or TCP.
+
+pub mod call;
+pub mod client;
+pub mod probe;
+pub mod relay;
+pub mod relay_link;
+pub mod stun_server;
+pub mod supernode;
+pub mod turn_client;
