@@ -1,5 +1,6 @@
-//! The supernode role: for now its STUN binding service; registration, presence, lookup and
-//! call signalling join it in later modules.
+//! The supernode role: the STUN binding service ([`binding`]) and the supernode core
+//! ([`Supernode`]: registration, lookup, presence, names, relays, routing), which dispatches to
+//! one sub-machine per concern: `peers`, `clients`, `presence`, `names`, `relays`, `routing`.
 
 pub mod binding;
 mod clients;
