@@ -220,7 +220,7 @@ impl World {
                 }
                 let now = self.now;
                 match &mut self.nodes[j].1 {
-                    Node::Sn(s) => s.handle_datagram(now, from, &data),
+                    Node::Sn(s) => s.handle_input(now, from, &data),
                     Node::Client(a) => a.handle_datagram(now, from, &data),
                 }
             } else if let Some((_, i)) = timer {

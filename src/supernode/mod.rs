@@ -1,6 +1,7 @@
-//! The supernode role, sans-IO: the STUN binding service ([`BindingService`], RFC 5780) and the
-//! supernode core ([`Supernode`]: sessions, registration and presence, lookup, names, membership,
-//! relays and routing). Their driver is [`crate::net::drivers::stun_server`] (STUN port) with
+//! The supernode role, sans-IO: the STUN binding service ([`binding`], RFC 5780) and the
+//! supernode core ([`Supernode`]: registration, lookup, presence, names, relays, routing), which
+//! dispatches to one sub-machine per concern: `peers`, `clients`, `presence`, `names`, `relays`,
+//! `routing`. Their driver is [`crate::net::drivers::stun_server`] (STUN port) with
 //! [`crate::net::drivers::supernode`] (the core's loop).
 
 pub mod binding;

@@ -1,7 +1,18 @@
 //! The supernode core: sessions with clients, other supernodes and relays; SWIM membership; the
 //! directory of users homed here; presence fan-out; name claims; relay credentials; routing.
-//! Sans-IO: the driver feeds datagrams ([`Supernode::handle_datagram`]) and timers, and sends
-//! what [`Supernode::poll_transmit`] returns.
+//! Sans-IO: the driver feeds datagrams ([`Supernode::handle_input`]) and timers
+//! ([`Supernode::handle_timeout`]), and sends what [`Supernode::poll_transmit`] returns.
+//!
+//! # Parts
+//!
+//! `Supernode` owns the session endpoint, the SWIM mesh and the directory of records it homes,
+//! and dispatches to sub-machines that each own their state:
+//! `peers` (a session per member, proof of key, per-peer queues),
+//! `clients` (registered and standby clients),
+//! `presence` (our clients' watches and fan-out),
+//! `names` (claim ordering and storage rules),
+//! `relays` (relays that authorised us, minted credentials) and
+//! `routing` (requests in flight, lookup and routing decisions).
 //!
 //! # Flows
 //!
@@ -114,6 +125,13 @@ pub struct Status {
 }
 
 /// The supernode core.
+///
+/// Inputs: [`handle_input`](Self::handle_input) (a datagram), [`handle_timeout`](Self::handle_timeout)
+/// (when [`poll_timeout`](Self::poll_timeout) says), [`join`](Self::join) and
+/// [`leave`](Self::leave); each takes `now`, which only moves forward. After each input, send
+/// everything [`poll_transmit`](Self::poll_transmit) returns, then ask
+/// [`poll_timeout`](Self::poll_timeout) for the next wake-up. There is no `poll_event`: the
+/// supernode answers its clients itself and reports nothing to its driver.
 pub struct Supernode {
     me: UserId,
     key: NodeKey,
@@ -261,6 +279,8 @@ impl Supernode {
         self.clock.at(now)
     }
 
+    /// The next datagram to send.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.ep.poll_transmit()
     }
@@ -270,6 +290,8 @@ impl Supernode {
         self.ep.recycle(buf);
     }
 
+    /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         match (self.ep.poll_timeout(), self.mesh.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -277,6 +299,7 @@ impl Supernode {
         }
     }
 
+    /// Timers due at `now` fire.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
         self.mesh.handle_timeout(now);
@@ -284,8 +307,8 @@ impl Supernode {
     }
 
     /// A voxmesh frame (first byte 4..=15) that arrived from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        self.ep.handle_input(now, from, data);
+    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.ep.handle_input(now, from, bytes);
         self.pump(now);
     }
 

@@ -589,7 +589,7 @@ impl World {
                 }
                 self.delivered += 1;
                 match &mut self.nodes[j].1 {
-                    Node::Sn(s) => s.handle_datagram(now, from, &data),
+                    Node::Sn(s) => s.handle_input(now, from, &data),
                     Node::Client(a) => a.handle_datagram(now, from, &data),
                     Node::Raw(a) => a.ep.handle_input(now, from, &data),
                 }

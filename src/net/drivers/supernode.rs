@@ -84,7 +84,7 @@ trait Core {
 
 impl Core for Supernode {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        Supernode::handle_datagram(self, now, from, data);
+        Supernode::handle_input(self, now, from, data);
     }
     fn handle_timeout(&mut self, now: Instant) {
         Supernode::handle_timeout(self, now);
