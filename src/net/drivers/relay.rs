@@ -90,7 +90,7 @@ pub struct RelayOptions {
     /// Called on SIGHUP (and by tests) to re-read credentials; `None` to keep them.
     pub reload: Option<Box<dyn Fn() -> Option<Credentials>>>,
     /// Reads the host's own addresses (the peer policy refuses them): called on SIGHUP and
-    /// whenever the kernel reports an address added or removed ([`super::addr_watch`]).
+    /// whenever the kernel reports an address added or removed ([`crate::net::addr_watch`]).
     pub own_addresses: Option<Box<dyn Fn() -> Vec<std::net::IpAddr>>>,
     /// Rewritten with the Prometheus text every second (the metrics endpoint serves it).
     pub metrics: Option<Arc<std::sync::Mutex<String>>>,

@@ -11,7 +11,7 @@
 //! The binding service keeps no state between packets, so the threads share nothing but
 //! counters.
 //!
-//! Shutdown: every socket has a short receive timeout ([`STOP_POLL`]) after which its thread
+//! Shutdown: every socket has a short receive timeout (`STOP_POLL`) after which its thread
 //! looks at the stop flag, so a stop takes effect within that time without any wakeup channel
 //! into a blocked `recvmmsg`.
 
