@@ -20,7 +20,9 @@
 //! - [`net`]: sockets, batched UDP I/O, drivers, metrics endpoint, shutdown.
 //! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
 //! - [`cli`]: flag definitions shared by the binaries, completions and man pages.
-//! - [`lab`]: the network-namespace NAT lab used by tests, benchmarks and the demo.
+//!
+//! The network-namespace NAT lab (harness, impairment forwarder, load generators, demo, doc
+//! generation) is a separate crate, `crates/voxlab`, used by the tests and benchmarks only.
 
 pub mod agent;
 pub mod audio;
@@ -28,7 +30,6 @@ pub mod call;
 pub mod cli;
 pub mod directory;
 pub mod identity;
-pub mod lab;
 pub mod media;
 pub mod mesh;
 pub mod nat;

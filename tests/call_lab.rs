@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{Proc, start_relayd};
-use voxmesh::lab::{BoxOpts, Lab, LabNat};
+use voxlab::{BoxOpts, Lab, LabNat};
 
 const SN: &str = "198.51.100.1:3478";
 

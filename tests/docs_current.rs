@@ -1,5 +1,5 @@
 //! Completions and man pages are generated from the clap definitions; this fails when someone
-//! changes a flag without regenerating them (`cargo run --bin voxlab -- gen-docs`).
+//! changes a flag without regenerating them (`cargo run -p voxlab -- gen-docs`).
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ fn completions_and_man_pages_are_current() {
     let stale = voxmesh::cli::docs::stale(root).unwrap();
     assert!(
         stale.is_empty(),
-        "stale generated files {stale:?}: run `cargo run --bin voxlab -- gen-docs`"
+        "stale generated files {stale:?}: run `cargo run -p voxlab -- gen-docs`"
     );
 }
 

@@ -8,7 +8,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use voxmesh::lab::{BoxOpts, FilterState, Lab, LabNat};
+use voxlab::{BoxOpts, FilterState, Lab, LabNat};
 
 const LIFETIME: u32 = 3;
 const WAIT: Duration = Duration::from_secs(3);
@@ -305,14 +305,14 @@ fn udp_blocked_passes_tcp_only() {
     let (lab, info) = Lab::client_behind(LabNat::UdpBlocked).unwrap();
     let s = servers(&lab, false);
     s.a1p1.set_nonblocking(true).unwrap();
-    let listener = voxmesh::lab::in_netns(&lab.server_ns(), || {
+    let listener = voxlab::in_netns(&lab.server_ns(), || {
         std::net::TcpListener::bind("198.51.100.1:4000")
     })
     .unwrap();
     let c = client(&lab, &info.hosts[0].ns, false);
     c.send_to(b"udp", s.a1p1.local_addr().unwrap()).unwrap();
     // The TCP connection is the marker: it travels the same links after the datagram.
-    let tcp = voxmesh::lab::in_netns(&info.hosts[0].ns, || {
+    let tcp = voxlab::in_netns(&info.hosts[0].ns, || {
         std::net::TcpStream::connect_timeout(&"198.51.100.1:4000".parse().unwrap(), WAIT)
     });
     assert!(tcp.is_ok(), "TCP must pass a UDP-blocking NAT: {tcp:?}");

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_proc_support::{CLIENTS, Place, SUPERNODES, run_scenario, start_supernode};
-use voxmesh::lab::{BoxOpts, Lab, LabNat};
+use voxlab::{BoxOpts, Lab, LabNat};
 
 const PER_BOX: u32 = 10;
 

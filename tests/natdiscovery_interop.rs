@@ -5,7 +5,7 @@
 mod common;
 
 use common::{COTURN_PORT, SUPERNODE_PORT, start_coturn, start_supernoded};
-use voxmesh::lab::{BoxOpts, FilterState, Lab, LabNat};
+use voxlab::{BoxOpts, FilterState, Lab, LabNat};
 
 /// The verdict lines of a natdiscovery run: everything else (addresses, ports, diagnostics that
 /// differ between servers by design, like whether MAPPED-ADDRESS is sent) is left out.

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use common::{COTURN_PORT, SUPERNODE_PORT, natprobe, start_coturn, start_supernoded};
 use serde_json::Value;
-use voxmesh::lab::{BoxInfo, BoxOpts, FilterState, Lab, LabNat};
+use voxlab::{BoxInfo, BoxOpts, FilterState, Lab, LabNat};
 
 /// The impaired paths: name, netem SPEC (both ways), the variable naming its seeds and their
 /// default, and the most share of runs allowed a null property.

@@ -140,13 +140,7 @@ impl Lab {
     fn start_netem(&mut self, up: &str, down: &str) {
         assert!(self.netem.is_none(), "netem already running");
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.mid,
-                env!("CARGO_BIN_EXE_voxlab"),
-                "netem",
-            ])
+            .args(["netns", "exec", &self.mid, &voxlab::exe(), "netem"])
             .args(["--a", "a", "--b", "b", "--up", up, "--down", down])
             .args(["--seed", "1", "--stats-json"])
             .stdout(Stdio::piped())

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Proc, start_relayd, test_cert, udp_echo};
-use voxmesh::lab::{BoxOpts, Lab, LabNat};
+use voxlab::{BoxOpts, Lab, LabNat};
 use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
 use voxmesh::turn::TurnClientConfig;
 
@@ -340,7 +340,7 @@ fn our_client_relays_through_coturn() {
     let peer_addr: SocketAddr = format!("{}:7000", peer.hosts[0].ip4).parse().unwrap();
     let echo = udp_echo(&lab, &peer.hosts[0].ns, peer_addr, 100);
     let ns = client.hosts[0].ns.clone();
-    let got = voxmesh::lab::in_netns(&ns, || {
+    let got = voxlab::in_netns(&ns, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{start_relayd, test_cert, udp_echo};
-use voxmesh::lab::{BoxOpts, Lab, LabNat, in_netns};
+use voxlab::{BoxOpts, Lab, LabNat, in_netns};
 use voxmesh::net::turn_client::{RelayError, TurnRelay, TurnTransport};
 use voxmesh::turn::{Op, TurnClientConfig};
 

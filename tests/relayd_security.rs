@@ -34,7 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use relayd_support::*;
-use voxmesh::lab::{BoxOpts, Lab, LabNat, in_netns};
+use voxlab::{BoxOpts, Lab, LabNat, in_netns};
 use voxmesh::net::turn_client::{TurnRelay, TurnTransport};
 use voxmesh::stun::{MessageBuilder, attr, long_term_key, method};
 use voxmesh::turn::auth::{CHALLENGE_BURST, CHALLENGE_BYTES, CHALLENGE_RATE};

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use voxmesh::lab::Lab;
+use voxlab::Lab;
 
 /// A process that is killed (and reaped) when dropped.
 pub struct Proc {

@@ -1,5 +1,5 @@
 //! Two media sessions joined by a simulated network, quinn-proto `Pair` style: simulated time
-//! that jumps from event to event, the lab's seeded impairer (`voxmesh::lab::netem`) on each
+//! that jumps from event to event, the lab's seeded impairer (`voxlab::netem`) on each
 //! direction, and two audio sides capturing and playing in 20 ms ticks on their own phases.
 //! Nothing sleeps; a seed replays the same run.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use voxmesh::lab::netem::{Decision, DelayLine, Impairer, Spec};
+use voxlab::netem::{Decision, DelayLine, Impairer, Spec};
 use voxmesh::media::{
     Event, Frame, FrameKind, MediaConfig, MediaKeys, MediaSession, MediaStats, Role,
 };

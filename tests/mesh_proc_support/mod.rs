@@ -22,9 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use voxlab::in_netns;
 use voxmesh::agent::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{BootstrapEntry, Identity, NodeKey, UserId};
-use voxmesh::lab::in_netns;
 use voxmesh::net::ShutdownSignal;
 use voxmesh::net::agent::{AgentCommand, run_agent};
 use voxmesh::net::supernode::query_status;

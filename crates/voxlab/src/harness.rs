@@ -2,7 +2,7 @@
 //! when a test panics), and opens sockets inside namespaces.
 //!
 //! ```no_run
-//! use voxmesh::lab::{Lab, LabNat};
+//! use voxlab::{Lab, LabNat};
 //! let (lab, client) = Lab::client_behind(LabNat::Symmetric).unwrap();
 //! let sock = lab.udp_socket(&client.hosts[0].ns, "0.0.0.0:0".parse().unwrap()).unwrap();
 //! ```
@@ -156,7 +156,7 @@ pub const SERVER4: [&str; 2] = ["198.51.100.1", "198.51.100.2"];
 pub const SERVER6: [&str; 2] = ["2001:db8::1", "2001:db8::2"];
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/lab")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab")
 }
 
 fn run_script(args: &[&str]) -> io::Result<String> {

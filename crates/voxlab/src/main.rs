@@ -18,13 +18,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Forward frames between two interfaces with seeded delay, jitter, loss and reordering.
-    Netem(voxmesh::lab::netem::NetemArgs),
+    Netem(voxlab::netem::NetemArgs),
     /// Load a STUN server with Binding requests, check every answer, print one JSON report.
-    StunLoad(voxmesh::lab::stunload::StunLoadArgs),
+    StunLoad(voxlab::stunload::StunLoadArgs),
     /// Load a TURN relay with allocations and ChannelData both ways, check every packet, print one JSON report.
-    TurnLoad(voxmesh::lab::turnload::TurnLoadArgs),
+    TurnLoad(voxlab::turnload::TurnLoadArgs),
     /// Load supernoded with real sessions (register, refresh, lookup, route, presence), check every answer, print one JSON report.
-    SnLoad(voxmesh::lab::snload::SnLoadArgs),
+    SnLoad(voxlab::snload::SnLoadArgs),
     /// Build the lab, run natprobe behind every NAT type against supernoded, print the table.
     Demo,
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
@@ -41,12 +41,12 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Netem(a) => voxmesh::lab::netem::run(a),
-        Cmd::StunLoad(a) => voxmesh::lab::stunload::run(a),
-        Cmd::TurnLoad(a) => voxmesh::lab::turnload::run(a),
-        Cmd::SnLoad(a) => voxmesh::lab::snload::run(a),
+        Cmd::Netem(a) => voxlab::netem::run(a),
+        Cmd::StunLoad(a) => voxlab::stunload::run(a),
+        Cmd::TurnLoad(a) => voxlab::turnload::run(a),
+        Cmd::SnLoad(a) => voxlab::snload::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
-        Cmd::Demo => voxmesh::lab::demo::run().and_then(|ok| {
+        Cmd::Demo => voxlab::demo::run().and_then(|ok| {
             if ok {
                 Ok(())
             } else {

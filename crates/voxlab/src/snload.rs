@@ -9,7 +9,7 @@
 //!   pre-made initiations. Run it pinned to the server's core: it is the ceiling that "new
 //!   sessions per second" is set against.
 //! - `echo-server`: the STUN service's socket thread, the frame channel and supernoded's driver
-//!   loop ([`crate::net::supernode::run_echo`]) around a core that sends every frame back: what
+//!   loop ([`crate::echo::run_echo`]) around a core that sends every frame back: what
 //!   moving a frame through the daemon costs with no directory behind it.
 //! - `run`: against one supernode (and the echo server), in one process: register clients, then
 //!   measure new sessions, refreshes, lookups, echoes and routing, each for a fixed window, and
@@ -66,12 +66,12 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
 use super::poller::Poller;
-use crate::identity::{BootstrapEntry, Identity, NodeKey, RecordPolicy, Timestamp, UserId};
-use crate::identity::{Check, sign_record, verify_record};
-use crate::net::batch::{RecvBatch, SendBatch};
-use crate::session::crypto::{ResponderCrypto, initiation_frame};
-use crate::session::{self, Endpoint, Event, SessionId, TransactionId, wire};
-use crate::signal::{self, Entry, Message, Registration, Request, Response, Target};
+use voxmesh::identity::{BootstrapEntry, Identity, NodeKey, RecordPolicy, Timestamp, UserId};
+use voxmesh::identity::{Check, sign_record, verify_record};
+use voxmesh::net::batch::{RecvBatch, SendBatch};
+use voxmesh::session::crypto::{ResponderCrypto, initiation_frame};
+use voxmesh::session::{self, Endpoint, Event, SessionId, TransactionId, wire};
+use voxmesh::signal::{self, Entry, Message, Registration, Request, Response, Target};
 
 // ---------------------------------------------------------------------------------- flags
 
@@ -502,16 +502,17 @@ fn registration_record(id: &Identity, seq: u64, node: UserId, now: Timestamp) ->
 // ---------------------------------------------------------------------------------- echo server
 
 fn echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
-    use crate::net::supernode::{NodeSockets, run_echo};
-    use crate::net::{ShutdownSignal, ShutdownSignals};
-    use crate::supernode::{BindingConfig, StunServer};
+    use crate::echo::run_echo;
+    use voxmesh::net::supernode::NodeSockets;
+    use voxmesh::net::{ShutdownSignal, ShutdownSignals};
+    use voxmesh::supernode::{BindingConfig, StunServer};
     ensure!(
         args.listen.ip().is_loopback(),
         "--listen {} is not a loopback address",
         args.listen
     );
     // The same runtime supernoded builds.
-    let rt = crate::cli::runtime().context("cannot start the runtime")?;
+    let rt = voxmesh::cli::runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
         let config = BindingConfig {
             primary: args.listen,
@@ -726,7 +727,8 @@ impl Engine {
                 "source {ip} is outside 127.0.0.0/8; lower --source-base or --sources"
             );
             let bind = SocketAddr::new(IpAddr::V4(ip), 0);
-            let sock = crate::net::bind_udp_std(bind).with_context(|| format!("binding {bind}"))?;
+            let sock =
+                voxmesh::net::bind_udp_std(bind).with_context(|| format!("binding {bind}"))?;
             socks.push(Sock {
                 sock,
                 tx: SendBatch::default(),
@@ -953,7 +955,7 @@ impl Engine {
                     }
                     self.service(slot);
                 }
-                if n < crate::net::batch::BATCH {
+                if n < voxmesh::net::batch::BATCH {
                     break;
                 }
             }

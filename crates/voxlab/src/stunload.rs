@@ -38,8 +38,8 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
 use super::poller::Poller;
-use crate::net::batch::{BATCH, RecvBatch, SendBatch};
-use crate::stun::{Class, IntegrityCheck, Message, MessageBuilder, TransactionId, method};
+use voxmesh::net::batch::{BATCH, RecvBatch, SendBatch};
+use voxmesh::stun::{Class, IntegrityCheck, Message, MessageBuilder, TransactionId, method};
 
 /// Flags of `voxlab stun-load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -412,7 +412,7 @@ pub fn generate(args: &StunLoadArgs) -> anyhow::Result<Report> {
     let mut clients = Vec::with_capacity(args.sockets);
     for i in 0..args.sockets {
         let bind = SocketAddr::new(IpAddr::V4(sources[i % sources.len()]), 0);
-        let sock = crate::net::bind_udp_std(bind).with_context(|| format!("binding {bind}"))?;
+        let sock = voxmesh::net::bind_udp_std(bind).with_context(|| format!("binding {bind}"))?;
         let local = sock.local_addr()?;
         clients.push(Client {
             sock,
@@ -538,7 +538,7 @@ mod tests {
     fn answer(ledger: &Ledger, seq: u64, class: Class, mapped: SocketAddr) -> Vec<u8> {
         let mut buf = Vec::new();
         let mut b = MessageBuilder::new(&mut buf, method::BINDING, class, ledger.txid(seq));
-        b.xor_address(crate::stun::attr::XOR_MAPPED_ADDRESS, mapped);
+        b.xor_address(voxmesh::stun::attr::XOR_MAPPED_ADDRESS, mapped);
         let _ = b.fingerprint();
         buf
     }
@@ -702,8 +702,8 @@ mod tests {
 
     #[test]
     fn every_answer_from_a_real_server_is_valid() {
-        use crate::net::ShutdownSignal;
-        use crate::supernode::{BindingConfig, StunServer};
+        use voxmesh::net::ShutdownSignal;
+        use voxmesh::supernode::{BindingConfig, StunServer};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

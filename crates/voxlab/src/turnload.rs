@@ -49,11 +49,11 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
 use super::poller::Poller;
-use crate::net::batch::{BATCH, RecvBatch, SendBatch};
-use crate::stun::{
+use voxmesh::net::batch::{BATCH, RecvBatch, SendBatch};
+use voxmesh::stun::{
     Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method,
 };
-use crate::turn::channel;
+use voxmesh::turn::channel;
 
 /// Which way packets go through the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -1004,18 +1004,18 @@ pub fn generate(args: &TurnLoadArgs) -> anyhow::Result<Report> {
     let mut client_addr = Vec::with_capacity(n);
     for i in 0..n {
         let bind = SocketAddr::new(IpAddr::V4(args.client_ips[i % args.client_ips.len()]), 0);
-        let sock = crate::net::bind_udp_std(bind)
+        let sock = voxmesh::net::bind_udp_std(bind)
             .with_context(|| format!("binding client socket {i} on {bind}"))?;
         client_addr.push(sock.local_addr()?);
         clients.push(sock);
     }
     let bind_peers = || -> std::io::Result<Vec<UdpSocket>> {
         (0..args.peer_sockets)
-            .map(|_| crate::net::bind_udp_std(SocketAddr::new(IpAddr::V4(args.peer_ip), 0)))
+            .map(|_| voxmesh::net::bind_udp_std(SocketAddr::new(IpAddr::V4(args.peer_ip), 0)))
             .collect()
     };
     let peers = match &args.peer_netns {
-        Some(ns) => crate::lab::in_netns(ns, bind_peers)
+        Some(ns) => crate::in_netns(ns, bind_peers)
             .with_context(|| format!("opening peer sockets in namespace {ns}"))?,
         None => bind_peers().context("opening peer sockets")?,
     };
