@@ -11,7 +11,7 @@
 //! CHANGE-REQUEST is compared through their encoder and RESPONSE-PORT through their attribute
 //! decoder, both on the raw attribute value; the other direction is skipped for those two.
 
-mod stun_support;
+use crate::support::stun as stun_support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

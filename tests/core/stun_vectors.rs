@@ -9,7 +9,7 @@
 //! PASSWORD-ALGORITHM (which would mean MD5). Erratum 6268 corrects it (adds PASSWORD-ALGORITHM
 //! SHA-256, length 0x90, new HMAC); the corrected vector verifies. Both facts are pinned below.
 
-mod stun_support;
+use crate::support::stun as stun_support;
 
 use std::net::SocketAddr;
 

@@ -9,7 +9,7 @@
 //! largest body a frame carries), or mutates what is *inside* a valid message instead (the signed
 //! record of a registration, claim or entry; the SWIM datagram of a `Swim` message), then sends
 //! it inside an authenticated session (the session layer fuzzes its own frames in
-//! `tests/session_fuzz.rs`), by one of these routes:
+//! `tests/fuzz/session_fuzz.rs`), by one of these routes:
 //!
 //! - a request from a client session to a supernode, or from a member session (a supernode
 //!   with a key of its own that joined the mesh, so its P* requests are served);
@@ -33,7 +33,7 @@
 //! build), `VOXMESH_FUZZ_SEED` the seed, `VOXMESH_FUZZ_REPORT` a file for the JSON summary
 //! (`scripts/fuzz-signal` runs a million cases in release).
 
-mod mesh_support;
+use crate::support::mesh as mesh_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

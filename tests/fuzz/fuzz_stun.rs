@@ -27,7 +27,7 @@
 //! few seconds), `VOXMESH_FUZZ_SEED` the seed, and `VOXMESH_FUZZ_REPORT` a file to write the JSON
 //! summary to (`scripts/fuzz-stun` uses it). A failing case prints its number, seed and bytes.
 
-mod stun_support;
+use crate::support::stun as stun_support;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -32,7 +32,7 @@
 //! `VOXMESH_FUZZ_DAEMON_REPORT` a file for its summary. A failing case prints its number, the
 //! seed and its bytes.
 
-mod relayd_support;
+use crate::support::relayd as relayd_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};

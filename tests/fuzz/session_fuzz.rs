@@ -24,7 +24,7 @@
 //! build), `VOXMESH_FUZZ_SEED` the seed, `VOXMESH_FUZZ_REPORT` a file for the JSON summary
 //! (`scripts/fuzz-session` runs a million cases in release).
 
-mod session_support;
+use crate::support::session as session_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

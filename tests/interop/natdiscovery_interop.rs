@@ -2,7 +2,7 @@
 //! classic RFC 3489 client `stun` (stun-client) reach the same verdicts against our supernoded
 //! as against coturn's turnserver, behind every lab NAT type, with a fresh NAT for every run.
 
-mod common;
+use crate::support::common;
 
 use common::{COTURN_PORT, SUPERNODE_PORT, start_coturn, start_supernoded};
 use voxlab::{BoxOpts, FilterState, Lab, LabNat};

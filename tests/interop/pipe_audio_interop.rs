@@ -3,7 +3,7 @@
 //! `sox rate -v`). Each test skips with a message when its tool is missing, and fails instead
 //! under CI=true.
 
-mod pipe_audio_common;
+use crate::support::pipe_audio as pipe_audio_common;
 
 use pipe_audio_common::*;
 

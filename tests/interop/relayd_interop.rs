@@ -7,7 +7,7 @@
 //!   port 3478;
 //! - our TURN client relays through coturn's `turnserver`.
 
-mod common;
+use crate::support::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! Audio check: each side plays its own tone (caller 440 Hz, callee 660 Hz) and records; the
 //! other's recording must carry that tone, loud, and not its own.
 
-mod common;
+use crate::support::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

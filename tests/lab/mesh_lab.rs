@@ -4,10 +4,10 @@
 //! time down to two, and each time within 10 s every client is registered again, every lookup
 //! succeeds, every record sits on min(3, live) homes, and a client caught in the gap (it died
 //! with its supernode) is served as its last known entry, marked stale — not "unknown".
-//! The same scenario without namespaces: `tests/mesh_loopback.rs`; shared with it:
-//! `tests/mesh_proc_support`.
+//! The same scenario without namespaces: `tests/loopback/mesh_loopback.rs`; shared with it:
+//! `tests/support/mesh_proc.rs`.
 
-mod mesh_proc_support;
+use crate::support::mesh_proc as mesh_proc_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

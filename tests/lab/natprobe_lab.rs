@@ -8,7 +8,7 @@
 //! 50%; building boxes is much of this file's time). `scripts/check-natprobe-loss` runs the full
 //! 50% matrix, five seeds or more, through `NATPROBE_LAB_SEEDS_20` and `NATPROBE_LAB_SEEDS_50`.
 
-mod common;
+use crate::support::common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -3,7 +3,7 @@
 //! - a client behind a UDP-blocking NAT relays over TCP and over TLS;
 //! - a relayed flow keeps going through a SIGTERM drain, while new allocations are refused.
 
-mod common;
+use crate::support::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@
 //!
 //! Loopback only: the only data relayed goes between allocations of the same relay.
 
-mod common;
+use crate::support::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

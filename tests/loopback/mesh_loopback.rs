@@ -1,12 +1,12 @@
-//! The supernode mesh on loopback: the scenario of `tests/mesh_lab.rs` (5 `supernoded` daemons,
+//! The supernode mesh on loopback: the scenario of `tests/lab/mesh_lab.rs` (5 `supernoded` daemons,
 //! 200 clients, the full lookup matrix, presence, SIGKILLs down to two supernodes with
 //! re-registration, min(3, live) homes and a stale entry for a client lost with its supernode)
 //! without network namespaces, so it runs anywhere without root. Supernodes listen on
 //! 127.0.0.1 with ports the kernel picks; each client binds its own loopback address, so the
 //! supernodes' per-source handshake limits see 200 distinct sources, as they would on a real
-//! network. Traffic stays on 127.0.0.0/8. Shared with the lab test: `tests/mesh_proc_support`.
+//! network. Traffic stays on 127.0.0.0/8. Shared with the lab test: `tests/support/mesh_proc.rs`.
 
-mod mesh_proc_support;
+use crate::support::mesh_proc as mesh_proc_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;

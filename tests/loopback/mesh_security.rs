@@ -5,20 +5,20 @@
 //! still register, look others up and are looked up ([`assert_service`]).
 //!
 //! The first part runs supernodes, agents and attackers on the simulated network of
-//! `tests/mesh_support` (the approach of `tests/mesh_sim.rs`); the attackers are bare session
+//! `tests/support/mesh.rs` (the approach of `tests/sim/mesh_sim.rs`); the attackers are bare session
 //! endpoints that send whatever they like inside authenticated sessions. The second part runs the
 //! real `supernoded` (and `answer`, `dial`, `relayd`) on loopback: 127.0.0.1 for the daemons and
 //! the attacker, 127.0.0.2 and 127.0.0.3 for honest clients. Nothing leaves the host.
 //!
 //! What the layers below already cover, and is not repeated here: the session layer's handling of
 //! unbound Noise keys, wrong node keys, replays, floods and malformed frames
-//! (`tests/session_security.rs`, `tests/session_fuzz.rs`); record verification (forgery, replay,
+//! (`tests/sim/session_security.rs`, `tests/fuzz/session_fuzz.rs`); record verification (forgery, replay,
 //! expiry, wrong keys, domain separation) and the name-claim ordering rule
-//! (`tests/identity_records.rs`); relay credentials altered in any part
-//! (`tests/relay_directory.rs`). Malformed signalling messages by the million are in
-//! `tests/fuzz_signal.rs`.
+//! (`tests/core/identity_records.rs`); relay credentials altered in any part
+//! (`tests/loopback/relay_directory.rs`). Malformed signalling messages by the million are in
+//! `tests/fuzz/fuzz_signal.rs`.
 
-mod mesh_support;
+use crate::support::mesh as mesh_support;
 
 use std::time::{Duration, Instant};
 
@@ -1443,7 +1443,7 @@ mod real {
     }
 }
 
-mod relayd_support;
+use crate::support::relayd as relayd_support;
 
 use real::*;
 use voxmesh::session::crypto::initiation_frame;
@@ -1779,7 +1779,7 @@ fn wrong_keys_against_the_real_supernode() {
 /// per relay and supernode, the supernode's ID in the username). Supernode X, a member of the
 /// same mesh as the relay's supernode Y, mints `EXPIRY:X:USER` with a secret of its own: the
 /// relay answers 401 and counts an authentication failure; X hands its clients no offer for the
-/// relay; Y's client is served throughout. (`tests/relay_directory.rs` covers credentials
+/// relay; Y's client is served throughout. (`tests/loopback/relay_directory.rs` covers credentials
 /// altered in any part and a supernode outside the mesh.)
 #[test]
 fn a_supernode_cannot_mint_credentials_for_a_relay_that_never_authorised_it() {

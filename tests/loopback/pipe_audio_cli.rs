@@ -2,7 +2,7 @@
 //! generator and analyzer, and the ALSA `null` device through cpal. WAV files are checked
 //! with hound, an implementation independent of ours.
 
-mod pipe_audio_common;
+use crate::support::pipe_audio as pipe_audio_common;
 
 use pipe_audio_common::*;
 

@@ -5,7 +5,7 @@
 //!
 //! Network rule: everything binds and sends to 127.0.0.1 only.
 
-mod relayd_support;
+use crate::support::relayd as relayd_support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

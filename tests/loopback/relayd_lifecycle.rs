@@ -11,7 +11,7 @@
 //! Loopback only: allocations are made and released; the only data relayed goes between
 //! allocations of the same relay (uclient -y), delivered internally.
 
-mod common;
+use crate::support::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

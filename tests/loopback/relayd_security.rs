@@ -26,8 +26,8 @@
 //! Loopback relays never send data to a non-loopback peer: permissions for ordinary addresses
 //! are created (that sends nothing) but data only goes to other allocations of the same relay.
 
-mod common;
-mod relayd_support;
+use crate::support::common;
+use crate::support::relayd as relayd_support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -528,8 +528,8 @@ fn every_special_purpose_block_multicast_and_embedded_loopback_is_refused() {
     v6.allocate(BOB, true);
     let mut targets: Vec<(String, IpAddr)> = Vec::new();
     for csv in [
-        include_str!("../data/iana-ipv4-special-registry.csv"),
-        include_str!("../data/iana-ipv6-special-registry.csv"),
+        include_str!("../../data/iana-ipv4-special-registry.csv"),
+        include_str!("../../data/iana-ipv6-special-registry.csv"),
     ] {
         for (block, name) in registry(csv) {
             let (first, last) = first_last(&block);

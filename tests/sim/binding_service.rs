@@ -1,7 +1,7 @@
 //! The sans-IO STUN binding service (`BindingService::handle`), branch by branch: what it answers,
 //! from which of its four sockets, to where, with which attributes, and what it counts.
 
-mod stun_support;
+use crate::support::stun as stun_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

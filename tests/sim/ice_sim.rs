@@ -7,7 +7,7 @@
 //! Run `cargo test --test ice_sim -- --nocapture` to see the setup-time tables.
 
 #[allow(dead_code)]
-mod sim;
+use crate::support::sim;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,6 +1,6 @@
 //! The media core end to end: two `MediaSession`s over a simulated, seeded, impaired path.
 
-mod media_support;
+use crate::support::media as media_support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //!
 //! Run `cargo test --test probe_sim -- --nocapture` to see the loss summary table.
 
-mod sim;
+use crate::support::sim;
 
 use std::net::SocketAddr;
 use std::time::Duration;

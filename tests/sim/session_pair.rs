@@ -1,7 +1,7 @@
 //! Session endpoints in a deterministic in-memory network: handshakes under loss, transactions,
 //! replay protection, keepalives, failure detection, roaming, standby sessions.
 
-mod session_support;
+use crate::support::session as session_support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! malformed frames, full tables. Each attack is refused with a reason, counted, and leaves the
 //! service working for legitimate peers.
 
-mod session_support;
+use crate::support::session as session_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! Shared by `tests/mesh_security.rs` and `tests/fuzz_signal.rs`: supernodes, client agents and
+//! Shared by `tests/loopback/mesh_security.rs` and `tests/fuzz/fuzz_signal.rs`: supernodes, client agents and
 //! attackers in one process on a simulated network and clock (the approach of
-//! `tests/mesh_sim.rs`), plus record builders.
+//! `tests/sim/mesh_sim.rs`), plus record builders.
 //!
 //! An [`Attacker`] is a bare [`Endpoint`] the test drives by hand: it opens sessions with its own
 //! identity and sends whatever bytes it likes inside them (requests, messages, responses), and,
@@ -29,7 +29,7 @@ pub const LATENCY: Duration = Duration::from_millis(2);
 /// The wall-clock time (Unix seconds) at the start of every simulation.
 pub const UNIX0: u64 = 1_800_000_000;
 
-/// Session timers shortened as in `tests/mesh_sim.rs`, so dead peers are noticed in seconds.
+/// Session timers shortened as in `tests/sim/mesh_sim.rs`, so dead peers are noticed in seconds.
 pub fn fast_session(accept: bool) -> session::Config {
     session::Config {
         accept,

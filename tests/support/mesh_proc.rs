@@ -1,5 +1,5 @@
-//! Shared by `tests/mesh_lab.rs` (network namespaces, clients behind every NAT type) and
-//! `tests/mesh_loopback.rs` (plain processes on 127.0.0.0/8): 5 real `supernoded` processes and
+//! Shared by `tests/lab/mesh_lab.rs` (network namespaces, clients behind every NAT type) and
+//! `tests/loopback/mesh_loopback.rs` (plain processes on 127.0.0.0/8): 5 real `supernoded` processes and
 //! 200 client agents. Every client looks up every other; presence reaches a watcher; then
 //! supernodes are SIGKILLed one at a time down to two, and each time within 10 s every client is
 //! registered again, every record sits on min(3, live) homes, lookups succeed, and a client that
@@ -10,7 +10,7 @@
 //! Every wait is bounded polling; supernodes are killed and client agents stopped on drop, so a
 //! failing assertion leaves nothing running.
 //!
-//! (`tests/mesh_support` is something else: the in-process simulated mesh with attackers.)
+//! (`tests/support/mesh.rs` is something else: the in-process simulated mesh with attackers.)
 
 #![allow(dead_code)]
 

@@ -1,4 +1,4 @@
-//! Shared by `tests/relayd_security.rs` and `tests/fuzz_turn.rs`: the real `relayd` binary on
+//! Shared by `tests/loopback/relayd_security.rs` and `tests/fuzz/fuzz_turn.rs`: the real `relayd` binary on
 //! loopback, a raw TURN client whose every attribute the test chooses (missing or wrong
 //! MESSAGE-INTEGRITY, forged nonces, attributes after the integrity check, ...), a synchronous
 //! driver for the `TurnClient` core (the well-behaved client that must keep being served), and
