@@ -37,7 +37,9 @@
 //!   metrics endpoint, readiness notification, shutdown.
 //! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
 //! - [`cli`]: the binaries' programs: flag definitions, configuration, completions and man pages.
-//! - [`lab`]: the network-namespace NAT lab used by tests, benchmarks and the demo.
+//!
+//! The network-namespace NAT lab (harness, impairment forwarder, load generators, demo, doc
+//! generation) is a separate crate, `crates/voxlab`, used by the tests and benchmarks only.
 
 pub mod audio;
 pub mod call;
@@ -46,7 +48,6 @@ pub mod client;
 pub mod demux;
 pub mod directory;
 pub mod identity;
-pub mod lab;
 pub mod media;
 pub mod mesh;
 pub mod nat;

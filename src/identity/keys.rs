@@ -205,7 +205,7 @@ impl Identity {
 
     /// This identity presenting `binding` instead of its own. Only for tests of the refusal
     /// path (a Noise key that is not bound to the identity it claims).
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn with_binding_for_tests(mut self, binding: Binding) -> Identity {
         self.binding = binding;
         self

@@ -53,7 +53,7 @@ use zeroize::Zeroizing;
 use super::cookie::{MacKeys, mac, mac_eq};
 use super::defaults::{Config, MAX_EPOCH_SKIP};
 use super::wire::{self, INIT_LEN, INIT_MAC1, INIT_MAC2, INIT_NOISE, NOISE1_LEN, NOISE2_LEN};
-use crate::identity::{BINDING_LEN, Binding, BindingError, Identity, NodeKey, UserId};
+use crate::identity::{BINDING_LEN, Binding, BindingError, Identity, UserId};
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -554,7 +554,12 @@ impl TransportKeys {
 
 /// Builds a complete initiation frame from `identity` to `responder` (with mac1, no mac2), for
 /// benchmarks and flood tests that need many distinct, valid initiations without an endpoint.
-pub fn initiation_frame(identity: &Identity, responder: &NodeKey, sender_index: u32) -> Vec<u8> {
+#[cfg(feature = "testing")]
+pub fn initiation_frame(
+    identity: &Identity,
+    responder: &crate::identity::NodeKey,
+    sender_index: u32,
+) -> Vec<u8> {
     let local = Local::new(identity);
     let mut frame = vec![0u8; INIT_LEN];
     frame[0] = wire::HANDSHAKE_INIT;

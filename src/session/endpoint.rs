@@ -807,7 +807,7 @@ impl Endpoint {
     /// Sends `plain` (first byte the inner kind) as one encrypted frame, bypassing every check
     /// on its content. Only for fuzzing a peer's handling of malformed content from an
     /// authenticated sender. False if the session is not established.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn send_raw_inner_for_fuzzing(
         &mut self,
         now: Instant,

@@ -21,7 +21,11 @@ pub mod crypto;
 pub mod defaults;
 mod endpoint;
 mod replay;
+/// The frame layout, public only for the lab's load generator and the security tests.
+#[cfg(feature = "testing")]
 pub mod wire;
+#[cfg(not(feature = "testing"))]
+mod wire;
 
 pub use counters::{Counters, Refusal};
 pub use crypto::KeyEpochs;

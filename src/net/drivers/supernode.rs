@@ -3,8 +3,9 @@
 //! socket per family: what clients and other supernodes know us by); timers; a local control
 //! socket for `supernoded status`; the host cache file.
 //!
-//! [`run_echo`] runs the same driver around a core that only echoes frames back: the transport's
-//! own cost, which `scripts/bench-supernode` sets the directory's cost against.
+//! With the `testing` feature, [`run_core`] runs the same driver around another [`Core`] (the lab's
+//! echo core: the transport's own cost, which `scripts/bench-supernode` sets the directory's cost
+//! against).
 
 use std::collections::HashMap;
 use std::io;
@@ -65,22 +66,32 @@ type StreamWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 /// Most TCP clients served at once (each holds a connection and two small tasks).
 const MAX_STREAMS: usize = 10_000;
 
-/// What the driver loop needs from the core it drives: the supernode, or [`Echo`].
-trait Core {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_timeout(&mut self) -> Option<Instant>;
-    fn poll_transmit(&mut self) -> Option<Transmit>;
-    fn recycle(&mut self, buf: Vec<u8>);
-    /// The answer to `supernoded status` (with the homed users' IDs if `users`).
-    fn status(&self, users: bool) -> String;
-    /// The mesh members for the host cache.
-    fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)>;
-    /// Shutting down: say goodbye.
-    fn leave(&mut self, now: Instant);
-    /// The core's counters and gauges for `/metrics`.
-    fn metrics(&self, s: &mut crate::net::prom::Snapshot);
+mod core_trait {
+    use super::*;
+
+    /// What the driver loop needs from the core it drives: the supernode (or, for benchmarks, another
+    /// core; public with the `testing` feature).
+    pub trait Core {
+        fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
+        fn handle_timeout(&mut self, now: Instant);
+        fn poll_timeout(&mut self) -> Option<Instant>;
+        fn poll_transmit(&mut self) -> Option<Transmit>;
+        fn recycle(&mut self, buf: Vec<u8>);
+        /// The answer to `supernoded status` (with the homed users' IDs if `users`).
+        fn status(&self, users: bool) -> String;
+        /// The mesh members for the host cache.
+        fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)>;
+        /// Shutting down: say goodbye.
+        fn leave(&mut self, now: Instant);
+        /// The core's counters and gauges for `/metrics`.
+        fn metrics(&self, s: &mut crate::net::prom::Snapshot);
+    }
 }
+
+#[cfg(not(feature = "testing"))]
+use core_trait::Core;
+#[cfg(feature = "testing")]
+pub use core_trait::Core;
 
 impl Core for Supernode {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
@@ -249,52 +260,6 @@ impl Core for Supernode {
     }
 }
 
-/// A core that sends every frame back where it came from, unchanged: with [`run_echo`], the
-/// cost of moving a frame through the supernode's driver and nothing else.
-#[derive(Default)]
-pub struct Echo {
-    out: std::collections::VecDeque<Transmit>,
-    /// Buffers of sent frames, reused so an echo allocates no more than the supernode does.
-    pool: Vec<Vec<u8>>,
-    /// Frames echoed so far.
-    pub echoed: u64,
-}
-
-impl Core for Echo {
-    fn handle_datagram(&mut self, _now: Instant, from: SocketAddr, data: &[u8]) {
-        let mut buf = self.pool.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(data);
-        self.echoed += 1;
-        self.out.push_back(Transmit {
-            to: from,
-            data: buf,
-        });
-    }
-    fn handle_timeout(&mut self, _now: Instant) {}
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        None
-    }
-    fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
-    }
-    fn recycle(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < 64 {
-            self.pool.push(buf);
-        }
-    }
-    fn status(&self, _users: bool) -> String {
-        serde_json::json!({ "echoed": self.echoed }).to_string()
-    }
-    fn members(&self) -> Vec<(crate::identity::NodeKey, SocketAddr)> {
-        Vec::new()
-    }
-    fn leave(&mut self, _now: Instant) {}
-    fn metrics(&self, s: &mut crate::net::prom::Snapshot) {
-        s.count("voxmesh_echo_frames_total", "Frames echoed.", self.echoed);
-    }
-}
-
 /// Runs the supernode until `shutdown`, then announces its departure to the mesh. Frames from
 /// UDP arrive on `frames`; `tcp` listeners (same address as UDP) take clients whose UDP is
 /// blocked, feeding the same channel through `frames_tx`.
@@ -316,10 +281,13 @@ pub async fn run_supernode(
     .await
 }
 
-/// Runs [`Echo`] on the supernode's driver until `shutdown`: frames arrive on `frames` from the
-/// STUN service's socket threads exactly as they would for the supernode, and leave through
-/// `sockets` the same way. For benchmarks (`voxlab sn-load echo-server`).
-pub async fn run_echo(
+/// Runs any [`Core`] on the supernode's driver until `shutdown`: frames arrive on `frames`
+/// from the STUN service's socket threads exactly as they would for the supernode, and leave
+/// through `sockets` the same way. For benchmarks (`voxlab sn-load echo-server` runs an echo
+/// core on it: the transport's own cost).
+#[cfg(feature = "testing")]
+pub async fn run_core(
+    core: impl Core,
     frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     sockets: NodeSockets,
@@ -327,7 +295,7 @@ pub async fn run_echo(
     shutdown: Shutdown,
 ) -> io::Result<()> {
     drive(
-        Echo::default(),
+        core,
         frames_tx,
         frames,
         sockets,

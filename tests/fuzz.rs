@@ -1,0 +1,15 @@
+//! Test tier `fuzz`: Deterministic, seeded mutation fuzzers (the `scripts/fuzz-*` run them longer, in release).
+//!
+//! One test binary; each file under `tests/fuzz/` is a module named after the test binary it
+//! used to be, and `tests/support/` holds the helpers every tier shares.
+
+mod support;
+
+#[path = "fuzz/fuzz_signal.rs"]
+mod fuzz_signal;
+#[path = "fuzz/fuzz_stun.rs"]
+mod fuzz_stun;
+#[path = "fuzz/fuzz_turn.rs"]
+mod fuzz_turn;
+#[path = "fuzz/session_fuzz.rs"]
+mod session_fuzz;
