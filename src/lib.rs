@@ -24,17 +24,23 @@
 
 pub mod agent;
 pub mod audio;
+#[cfg(feature = "calls")]
 pub mod call;
 pub mod cli;
 pub mod directory;
 pub mod identity;
+#[cfg(feature = "supernode")]
 pub mod lab;
+#[cfg(feature = "calls")]
 pub mod media;
+#[cfg(feature = "supernode")]
 pub mod mesh;
+#[cfg(feature = "natprobe")]
 pub mod nat;
 pub mod net;
 pub mod session;
 pub mod signal;
 pub mod stun;
+#[cfg(feature = "supernode")]
 pub mod supernode;
 pub mod turn;

@@ -4,21 +4,26 @@
 pub mod addr_watch;
 pub mod agent;
 pub mod batch;
+#[cfg(feature = "calls")]
 pub mod call;
 pub mod frames;
 mod metrics;
 mod notify;
+#[cfg(feature = "natprobe")]
 mod probe;
 pub mod prom;
+#[cfg(feature = "relay")]
 pub mod relay;
 pub mod relay_link;
 mod shutdown;
 mod socket;
+#[cfg(feature = "supernode")]
 pub mod supernode;
 pub mod turn_client;
 
 pub use metrics::serve_metrics;
 pub use notify::{notify, sd_notify};
+#[cfg(feature = "natprobe")]
 pub use probe::{ProbeError, local_ip_for, run_probe};
 pub use shutdown::{Shutdown, ShutdownSignal, ShutdownSignals};
 pub use socket::{bind_udp, bind_udp_std};
