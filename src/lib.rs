@@ -42,18 +42,23 @@
 //! generation) is a separate crate, `crates/voxlab`, used by the tests and benchmarks only.
 
 pub mod audio;
+#[cfg(feature = "calls")]
 pub mod call;
 pub mod cli;
 pub mod client;
 pub mod demux;
 pub mod directory;
 pub mod identity;
+#[cfg(feature = "calls")]
 pub mod media;
+#[cfg(feature = "supernode")]
 pub mod mesh;
+#[cfg(feature = "natprobe")]
 pub mod nat;
 pub mod net;
 pub mod session;
 pub mod signal;
 pub mod stun;
+#[cfg(feature = "supernode")]
 pub mod supernode;
 pub mod turn;

@@ -72,6 +72,7 @@ impl Error {
     }
 }
 
+#[cfg(feature = "calls")]
 impl From<opus::Error> for Error {
     fn from(e: opus::Error) -> Error {
         Error::Codec(e.to_string())

@@ -2,42 +2,49 @@
 //! the consumer needs it. `pipe-audio` is a thin program over this module, and `dial`/`answer`
 //! use it for their own playing and recording.
 //!
-//! Inside, audio is interleaved `f32`. The codecs and signal processing are sans-IO and pure
-//! (WAV headers, the Ogg muxer and demuxer, the Ogg Opus mapping, the resampler, the DTMF
-//! detector, the pacer, the analyzer); [`stream`] puts files and the standard streams around
-//! them and [`device`] puts sound devices around them.
+//! Inside, audio is interleaved `f32`. The module has three layers, and a build has as many of
+//! them as its features ask for:
 //!
-//! - `pcm`: sample encodings, the call format, channel mixing, [`Conform`] (mix + resample).
-//! - `resample`: polyphase windowed-sinc resampling.
-//! - `wav`, `ogg`, `opusfile`: containers and the Ogg Opus mapping (RFC 7845).
-//! - `signal`, `dtmf`, `analyze`, `xcorr`, `fft`: test signals, DTMF, analysis, blocked
-//!   cross-correlation (and the whole-signal one it replaced); `spool`: a signal kept for it.
-//! - `pace`: holding audio to real time.
-//! - [`stream`]: sources and sinks on files and pipes; [`device`]: playback and capture.
+//! - **Pure** (always): sans-IO codecs and signal processing, no C library, no device.
+//!   - `pcm`: sample encodings, the call format, channel mixing, [`Conform`] (mix + resample).
+//!   - `resample`: polyphase windowed-sinc resampling.
+//!   - [`wav`], `ogg`: WAV headers, the Ogg muxer and demuxer.
+//!   - `signal`, `dtmf`, `analyze`, `xcorr`, `fft`: test signals, DTMF, analysis, blocked
+//!     cross-correlation (and the whole-signal one it replaced); `spool`: a signal kept for it.
+//!   - `pace`: holding audio to real time.
+//! - **Codec** (feature `calls`, libopus): `opusfile`, the Ogg Opus mapping (RFC 7845), and
+//!   [`stream`], sources and sinks on files and pipes in every format (`dial` and `answer` play
+//!   and record through it).
+//! - **Devices** (feature `devices`, cpal): [`device`], playback and capture (`pipe-audio`).
 
+// Pure.
 mod analyze;
-pub mod device;
 mod dtmf;
 mod error;
 mod fft;
 mod ogg;
-mod opusfile;
 mod pace;
 mod pcm;
 mod resample;
 mod signal;
 mod spool;
-pub mod stream;
-mod wav;
+pub mod wav;
 mod xcorr;
+
+// Codec.
+#[cfg(feature = "calls")]
+mod opusfile;
+#[cfg(feature = "calls")]
+pub mod stream;
+
+// Devices.
+#[cfg(feature = "devices")]
+pub mod device;
 
 pub use analyze::{Analysis, Analyzer, Comparison, compare, compare_samples, compare_whole};
 pub use dtmf::{DtmfDetector, DtmfEvent};
 pub use error::{Error, ErrorKind, Result};
 pub use ogg::{Assembler, Demuxer, Muxer, Page};
-pub use opusfile::{
-    Application, EncodeSettings, OPUS_RATE, OggOpusReader, OggOpusWriter, OpusHead, libopus_version,
-};
 pub use pace::{Lateness, PaceMode, Pacer};
 pub use pcm::{
     CALL_CHANNELS, CALL_RATE, CALL_SAMPLE, Conform, SampleFormat, Spec, decode as decode_samples,
@@ -46,5 +53,11 @@ pub use pcm::{
 pub use resample::{Resampler, Rounding};
 pub use signal::{Generator, Signal};
 pub use spool::{SPILL_AFTER, Spool};
-pub use stream::{FileFormat, Hints, Sink, SinkSpec, Source, open_sink, open_source};
 pub use xcorr::{MAX_BLOCK, Samples, best_lag};
+
+#[cfg(feature = "calls")]
+pub use opusfile::{
+    Application, EncodeSettings, OPUS_RATE, OggOpusReader, OggOpusWriter, OpusHead, libopus_version,
+};
+#[cfg(feature = "calls")]
+pub use stream::{FileFormat, Hints, Sink, SinkSpec, Source, open_sink, open_source};

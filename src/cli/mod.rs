@@ -5,23 +5,31 @@
 //! own), and [`EXIT_IDENTITY_IN_USE`] (10) in every program that runs as an identity. Programs
 //! add their own from 3 to 9 and list them in `--help`.
 
+#[cfg(feature = "calls")]
 pub mod answer;
+#[cfg(feature = "calls")]
 pub mod call_io;
+#[cfg(feature = "calls")]
 pub mod client;
 pub mod config;
+#[cfg(feature = "calls")]
 pub mod dial;
+#[cfg(feature = "calls")]
 mod dial_call;
 pub mod docs;
+#[cfg(feature = "natprobe")]
 pub mod natprobe;
+#[cfg(feature = "devices")]
 pub mod pipe_audio;
+#[cfg(feature = "relay")]
 pub mod relayd;
+#[cfg(feature = "relay")]
 pub mod relayd_tools;
+#[cfg(feature = "supernode")]
 pub mod supernoded;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
-
-use clap::CommandFactory;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -95,15 +103,22 @@ impl Verbosity {
     }
 }
 
-/// Every user-facing program's command definition, for completions and man pages.
+/// Every user-facing program's command definition, for completions and man pages: those this
+/// build has (the default features have them all).
 pub fn commands() -> Vec<clap::Command> {
     vec![
-        answer::Args::command(),
-        dial::Args::command(),
-        natprobe::Args::command(),
+        #[cfg(feature = "calls")]
+        <answer::Args as clap::CommandFactory>::command(),
+        #[cfg(feature = "calls")]
+        <dial::Args as clap::CommandFactory>::command(),
+        #[cfg(feature = "natprobe")]
+        <natprobe::Args as clap::CommandFactory>::command(),
+        #[cfg(feature = "relay")]
         relayd::command(),
+        #[cfg(feature = "supernode")]
         supernoded::command(),
-        pipe_audio::Args::command(),
+        #[cfg(feature = "devices")]
+        <pipe_audio::Args as clap::CommandFactory>::command(),
     ]
 }
 

@@ -11,11 +11,17 @@
 //! - [`probe`]: NAT discovery ([`crate::nat::Probe`]).
 //! - [`turn_client`]: a TURN client allocation ([`crate::turn::client`]) over UDP or TCP.
 
+// Gated like the cores they drive (see Cargo.toml's features).
+#[cfg(feature = "calls")]
 pub mod call;
 pub mod client;
+#[cfg(feature = "natprobe")]
 pub mod probe;
+#[cfg(feature = "relay")]
 pub mod relay;
 pub mod relay_link;
+#[cfg(feature = "supernode")]
 pub mod stun_server;
+#[cfg(feature = "supernode")]
 pub mod supernode;
 pub mod turn_client;
