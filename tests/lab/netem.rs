@@ -277,6 +277,21 @@ fn parse_seq(b: &[u8]) -> Option<u32> {
 /// drains `rx`, and returns the sequence numbers in arrival order.
 fn blast(tx: &UdpSocket, rx: UdpSocket, count: u32) -> Vec<u32> {
     let to: SocketAddr = rx.local_addr().unwrap();
+    // Room for every datagram of the run (~1 KiB of buffer each), so a receiver thread that waits
+    // for a CPU loses nothing: the only loss the test can see is netem's. FORCE, as root, passes
+    // the rmem_max cap (the lab needs root anyway).
+    let bytes: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt(2) on an open socket with a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&rx),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
     let done = Arc::new(AtomicBool::new(false));
     let receiver = thread::spawn({
         let done = done.clone();
@@ -301,8 +316,7 @@ fn blast(tx: &UdpSocket, rx: UdpSocket, count: u32) -> Vec<u32> {
             seqs
         }
     });
-    // 25 datagrams every 2 ms (~12 kpps) stays far below what the socket buffers along the path
-    // hold, so every loss the test sees is netem's.
+    // 25 datagrams every 2 ms (~12 kpps).
     for batch in (0..count).collect::<Vec<_>>().chunks(25) {
         for &seq in batch {
             tx.send_to(&datagram(seq), to).unwrap();
@@ -418,12 +432,19 @@ fn one_way_delay_of_50ms_shows_in_rtt() {
     echo.join().expect("echo thread panicked");
     let stats = lab.stop_netem();
     eprintln!("rtts: {rtts:?}; netem: {stats}");
+    // The delay is never shorter than configured, in any sample; a sample can be longer when the
+    // forwarder waits for a CPU (the suite shares two cores), so the typical RTT is judged by
+    // the median.
     for rtt in &rtts {
-        assert!(
-            (Duration::from_millis(50)..=Duration::from_millis(80)).contains(rtt),
-            "rtt {rtt:?} outside [50 ms, 80 ms]"
-        );
+        assert!(*rtt >= Duration::from_millis(50), "rtt {rtt:?} below 50 ms");
     }
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    assert!(
+        median <= Duration::from_millis(80),
+        "median rtt {median:?} above 80 ms: {rtts:?}"
+    );
 }
 
 #[test]

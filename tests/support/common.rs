@@ -163,7 +163,9 @@ pub fn wait_stun(lab: &Lab, ns: &str, addr: SocketAddr) {
     let sock = lab.udp_socket(ns, any).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A process start has no protocol timer to derive a bound from: this one is generous, as a
+    // loaded machine (CI beside other work) can take seconds to start coturn's threads.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut buf = Vec::new();
     while Instant::now() < deadline {
         let txid = TransactionId::random();
