@@ -7,9 +7,9 @@
 //! - [`Config`] and [`defaults`]: every timer and bound, and how they relate.
 //! - [`crypto`]: why Noise IK, how identities are bound to Noise keys, and
 //!   [`crypto::ResponderCrypto`], the bare cryptographic cost of a responder handshake.
-//! - [`wire`]: frame layouts (first byte 4..=15); transport frames name the epoch of the key that
-//!   sealed them, as each direction rekeys every 2 minutes or 2^20 frames
-//!   ([`crypto`], [`defaults`]).
+//! - `wire` (public with the `testing` feature): frame layouts (first byte 4..=15); transport
+//!   frames name the epoch of the key that sealed them, as each direction rekeys every 2
+//!   minutes or 2^20 frames ([`crypto`], [`defaults`]).
 //! - DoS protection (module `cookie`, private): mac1/mac2, stateless cookies, rate limits, as
 //!   WireGuard does; tuned by [`RateLimits`].
 //! - [`ReplayWindow`]: the 512-nonce sliding window.

@@ -3,7 +3,7 @@
 //! socket per family: what clients and other supernodes know us by); timers; a local control
 //! socket for `supernoded status`; the host cache file.
 //!
-//! With the `testing` feature, [`run_core`] runs the same driver around another [`Core`] (the lab's
+//! With the `testing` feature, `run_core` runs the same driver around another `Core` (the lab's
 //! echo core: the transport's own cost, which `scripts/bench-supernode` sets the directory's cost
 //! against).
 
