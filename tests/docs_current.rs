@@ -211,7 +211,7 @@ fn strip_comments(text: &str) -> String {
             // The character literal '"' (or '\"') does not open a string.
             ('\'', Some('"' | '\\')) => {
                 out.push(c);
-                while let Some(c) = chars.next() {
+                for c in chars.by_ref() {
                     out.push(c);
                     if c == '\'' {
                         break;
