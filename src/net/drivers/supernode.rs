@@ -266,10 +266,7 @@ impl Core for Echo {
         buf.clear();
         buf.extend_from_slice(data);
         self.echoed += 1;
-        self.out.push_back(Transmit {
-            to: from,
-            data: buf,
-        });
+        self.out.push_back(Transmit::new(from, buf));
     }
     fn handle_timeout(&mut self, _now: Instant) {}
     fn poll_timeout(&mut self) -> Option<Instant> {
