@@ -11,6 +11,8 @@
 //!
 //! - [`stun`]: STUN message parsing and building (RFC 8489, RFC 5780, RFC 3489 compatibility).
 //! - [`demux`]: the first-byte demultiplexer (RFC 7983 style) every shared port uses.
+//! - [`transmit`]: [`transmit::Transmit`], the outgoing datagram every core's `poll_transmit`
+//!   returns.
 //! - [`identity`]: Ed25519 identities, user IDs (`vx1...`), signed records, name claims, key and
 //!   contacts files.
 //! - [`session`]: the authenticated, encrypted client-supernode channel (Noise IK) as a sans-IO
@@ -61,4 +63,5 @@ pub mod signal;
 pub mod stun;
 #[cfg(feature = "supernode")]
 pub mod supernode;
+pub mod transmit;
 pub mod turn;

@@ -39,6 +39,7 @@ use crate::identity::UserId;
 use crate::media::{self, DtmfDigit, Frame, MediaConfig, MediaSession, MediaStats, PeerReport};
 use crate::signal::RelayOffer;
 use crate::stun::{Class, Message, MessageBuilder, TransactionId, method};
+use crate::transmit::Transmit;
 use crate::turn::client::{TurnClient, TurnClientConfig, TurnEvent};
 
 /// How often a server-reflexive binding request is sent until answered, and how many times.
@@ -110,13 +111,6 @@ pub enum EndpointEvent {
     },
 }
 
-/// A datagram to send from the call socket.
-#[derive(Debug)]
-pub struct Datagram {
-    pub to: SocketAddr,
-    pub data: Vec<u8>,
-}
-
 /// Settings of the endpoint.
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
@@ -171,7 +165,7 @@ pub struct Endpoint {
     relay: Relay,
     /// Server-reflexive discovery: (transaction, supernode, next send, sends so far).
     srflx: Option<(TransactionId, SocketAddr, Instant, u32)>,
-    out: VecDeque<Datagram>,
+    out: VecDeque<Transmit>,
     events: VecDeque<EndpointEvent>,
 }
 
@@ -440,6 +434,7 @@ impl Endpoint {
 
     // ------------------------------------------------------------------ timers
 
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let relay = match &self.relay {
             Relay::Up(t) | Relay::Allocating(t) => t.poll_timeout(),
@@ -489,12 +484,14 @@ impl Endpoint {
 
     // ------------------------------------------------------------------ outputs
 
-    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
     }
 
     /// The agent's datagrams go out separately: the driver sends those for a TCP-framed
     /// supernode on its stream.
+    #[must_use]
     pub fn poll_agent_transmit(&mut self) -> Option<crate::session::Transmit> {
         self.agent.poll_transmit()
     }
@@ -503,6 +500,7 @@ impl Endpoint {
         self.agent.recycle(buf);
     }
 
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
         self.events.pop_front()
     }
@@ -566,7 +564,7 @@ impl Endpoint {
     /// Sends `data` to `to` along `route`: from the socket, or through the relay.
     fn send_on(&mut self, now: Instant, route: Route, to: SocketAddr, data: Vec<u8>) {
         match route {
-            Route::Direct(_) => self.out.push_back(Datagram { to, data }),
+            Route::Direct(_) => self.out.push_back(Transmit::new(to, data)),
             Route::Relay(_) => {
                 if let Relay::Up(t) = &mut self.relay {
                     // Media through the relay gets a channel (4 bytes of overhead, not 36).
@@ -729,10 +727,7 @@ impl Endpoint {
         if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay {
             while let Some(data) = t.poll_transmit() {
                 moved = true;
-                self.out.push_back(Datagram {
-                    to: t.server(),
-                    data,
-                });
+                self.out.push_back(Transmit::new(t.server(), data));
             }
             while let Some(ev) = t.poll_event() {
                 moved = true;
@@ -777,7 +772,7 @@ impl Endpoint {
         let mut data = Vec::with_capacity(28);
         let m = MessageBuilder::new(&mut data, method::BINDING, Class::Request, txid);
         m.fingerprint();
-        self.out.push_back(Datagram { to: server, data });
+        self.out.push_back(Transmit::new(server, data));
         self.srflx = Some((txid, server, now + SRFLX_RTO * 2u32.pow(sent), sent + 1));
     }
 

@@ -316,6 +316,7 @@ impl Agent {
         self.clock.at(now)
     }
 
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.ep.poll_transmit()
     }
@@ -324,6 +325,7 @@ impl Agent {
         self.ep.recycle(buf);
     }
 
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<AgentEvent> {
         self.events.pop_front()
     }
@@ -333,6 +335,7 @@ impl Agent {
         self.stream.contains(&addr)
     }
 
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         [
             self.ep.poll_timeout(),

@@ -169,10 +169,12 @@ impl RelayLink {
         self.load = allocations;
     }
 
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.ep.poll_transmit()
     }
 
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let mut t = vec![self.next_rotation, self.next_load];
         t.extend(self.peers.iter().filter_map(|p| p.reconnect_at));

@@ -193,6 +193,7 @@ impl Mesh {
         Ok(())
     }
 
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
@@ -211,10 +212,12 @@ impl Mesh {
     }
 
     /// A datagram for a member.
+    #[must_use]
     pub fn poll_send(&mut self) -> Option<(Member, Vec<u8>)> {
         self.out.sends.pop_front()
     }
 
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<MeshEvent> {
         self.out.events.pop_front()
     }

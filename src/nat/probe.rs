@@ -61,14 +61,7 @@ pub struct ProbeConfig {
     pub timing: Timing,
 }
 
-/// A datagram to send from socket `socket`.
-#[must_use]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    pub socket: usize,
-    pub to: SocketAddr,
-    pub data: Vec<u8>,
-}
+pub use crate::transmit::Transmit;
 
 /// What the probe is doing, for a progress display.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -304,6 +297,7 @@ impl Probe {
     }
 
     /// The next datagram to send.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if self.transmits.is_empty() {
             None
@@ -313,6 +307,7 @@ impl Probe {
     }
 
     /// The finished report, once (then `None`).
+    #[must_use]
     pub fn poll_report(&mut self) -> Option<Report> {
         if self.report_taken {
             return None;
@@ -344,6 +339,7 @@ impl Probe {
     }
 
     /// When [`Probe::handle_timeout`] must next be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.is_done() {
             return None;

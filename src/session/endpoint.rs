@@ -52,13 +52,7 @@ pub struct Peer {
     pub role: Role,
 }
 
-/// A datagram to send.
-#[must_use]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    pub to: SocketAddr,
-    pub data: Vec<u8>,
-}
+pub use crate::transmit::Transmit;
 
 /// What happened, for the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -410,7 +404,7 @@ impl Io {
             return;
         }
         self.counters.frames_out += 1;
-        self.transmits.push_back(Transmit { to, data });
+        self.transmits.push_back(Transmit::new(to, data));
     }
 
     fn send_copy(&mut self, to: SocketAddr, data: &[u8]) {

@@ -268,14 +268,17 @@ impl TurnClient {
     }
 
     /// The next message for the server.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmits.pop_front()
     }
 
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<TurnEvent> {
         self.events.pop_front()
     }
 
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.txns.values().map(|t| t.next).min();
         let mut consider = |t: Option<Instant>| {

@@ -454,11 +454,13 @@ impl TurnServer {
         }
     }
 
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// The next instant something expires.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let heap = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let drain = self.drain_until.filter(|_| !self.drained);

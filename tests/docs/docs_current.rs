@@ -86,3 +86,164 @@ fn every_man_page_another_page_names_exists() {
         }
     }
 }
+
+/// The layering the module map in `src/lib.rs` promises, checked on the source text: a core is
+/// sans-IO (no tokio, sockets, threads, audio devices, CLI, lab or driver), and a driver never
+/// reaches into the CLI. A new top-level module must be placed on one side or the other here.
+#[test]
+fn cores_are_sans_io_and_drivers_do_not_use_the_cli() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let cores = [
+        "client",
+        "supernode",
+        "session",
+        "stun",
+        "turn",
+        "nat",
+        "mesh",
+        "call",
+        "media",
+        "identity",
+        "signal",
+        "directory",
+        "demux",
+        "transmit",
+    ];
+    let others = ["audio", "bin", "cli", "lab", "lib", "net"];
+    let core_forbidden = [
+        "tokio",
+        "UdpSocket",
+        "TcpListener",
+        "TcpStream",
+        "UnixDatagram",
+        "socket2",
+        "std::thread",
+        "thread::spawn",
+        "audio::device",
+        "audio::stream",
+        "cpal",
+        "crate::cli",
+        "voxmesh::cli",
+        "crate::lab",
+        "voxlab",
+        "net::drivers",
+    ];
+    let driver_forbidden = ["crate::cli", "voxmesh::cli", "crate::lab", "voxlab"];
+
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        let forbidden: &[&str] = if cores.contains(&name.as_str()) {
+            &core_forbidden
+        } else if name == "net" {
+            &driver_forbidden
+        } else {
+            assert!(
+                others.contains(&name.as_str()),
+                "src/{name}: a new top-level module; say in this test whether it is a core"
+            );
+            continue;
+        };
+        for file in rust_files(&path) {
+            let text = strip_comments(&std::fs::read_to_string(&file).unwrap());
+            for (n, line) in text.lines().enumerate() {
+                for word in forbidden {
+                    if contains_word(line, word) {
+                        let rel = file.strip_prefix(&src).unwrap().display();
+                        found.push(format!("src/{rel}:{}: {word}", n + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "layering broken (cores are sans-IO; drivers do not use the CLI):\n{}",
+        found.join("\n")
+    );
+}
+
+fn rust_files(path: &Path) -> Vec<std::path::PathBuf> {
+    if path.is_file() {
+        return if path.extension().is_some_and(|e| e == "rs") {
+            vec![path.to_owned()]
+        } else {
+            Vec::new()
+        };
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path).unwrap() {
+        out.extend(rust_files(&entry.unwrap().path()));
+    }
+    out.sort();
+    out
+}
+
+/// The text with `//` and `/* */` comments blanked (doc comments name drivers and RFCs freely),
+/// line numbers kept. Strings are kept: a forbidden name inside one is rare enough to rename.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let (mut in_str, mut block) = (false, 0usize);
+    while let Some(c) = chars.next() {
+        if block > 0 {
+            if c == '*' && chars.peek() == Some(&'/') {
+                chars.next();
+                block -= 1;
+            } else if c == '/' && chars.peek() == Some(&'*') {
+                chars.next();
+                block += 1;
+            } else if c == '\n' {
+                out.push('\n');
+            }
+            continue;
+        }
+        if in_str {
+            out.push(c);
+            if c == '\\' {
+                out.extend(chars.next());
+            } else if c == '"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            // The character literal '"' (or '\"') does not open a string.
+            ('\'', Some('"' | '\\')) => {
+                out.push(c);
+                for c in chars.by_ref() {
+                    out.push(c);
+                    if c == '\'' {
+                        break;
+                    }
+                }
+            }
+            ('"', _) => {
+                in_str = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                while chars.peek().is_some_and(|&c| c != '\n') {
+                    chars.next();
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                block = 1;
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `word` occurs in `line` not as part of a longer identifier.
+fn contains_word(line: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    line.match_indices(word).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + word.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
+}
