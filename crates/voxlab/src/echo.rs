@@ -9,7 +9,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use voxmesh::net::Shutdown;
 use voxmesh::net::drivers::supernode::{NodeSockets, run_core};
-use voxmesh::session::Transmit;
+use voxmesh::transmit::Transmit;
 
 /// A core that sends every frame back where it came from, unchanged: with [`run_echo`], the
 /// cost of moving a frame through the supernode's driver and nothing else.
@@ -28,10 +28,7 @@ impl voxmesh::net::drivers::supernode::Core for Echo {
         buf.clear();
         buf.extend_from_slice(data);
         self.echoed += 1;
-        self.out.push_back(Transmit {
-            to: from,
-            data: buf,
-        });
+        self.out.push_back(Transmit::new(from, buf));
     }
     fn handle_timeout(&mut self, _now: Instant) {}
     fn poll_timeout(&mut self) -> Option<Instant> {
