@@ -341,11 +341,48 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Attempts at a port free for both UDP and TCP when the listen port is 0.
+const PORT_PAIR_ATTEMPTS: usize = 16;
+
+/// The STUN sockets and, for the directory, a TCP listener on each primary address and port.
+/// Port 0 lets the UDP bind pick the number, which TCP must then share; another process may
+/// hold that number for TCP (an outgoing connection, say), and then both are tried again.
+async fn bind_udp_and_tcp(
+    configs: Vec<BindingConfig>,
+    tcp: bool,
+) -> anyhow::Result<(StunServer, Vec<std::net::TcpListener>)> {
+    use crate::net::drivers::stun_server::StunServerError;
+    let picked = configs.iter().any(|c| c.primary.port() == 0);
+    let mut attempt = 1;
+    loop {
+        let server = StunServer::bind(configs.clone()).await?;
+        if !tcp {
+            return Ok((server, Vec::new()));
+        }
+        let bound: Result<Vec<_>, _> = server
+            .configs()
+            .iter()
+            .map(|c| std::net::TcpListener::bind(c.primary).map_err(|e| (c.primary, e)))
+            .collect();
+        match bound {
+            Ok(listeners) => return Ok((server, listeners)),
+            Err((_, e))
+                if picked
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < PORT_PAIR_ATTEMPTS =>
+            {
+                attempt += 1; // dropping `server` frees its UDP ports
+            }
+            Err((addr, source)) => return Err(StunServerError::BindTcp { addr, source }.into()),
+        }
+    }
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let configs = binding_configs(&args)?;
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
-        let mut server = StunServer::bind(configs).await?;
+        let (mut server, mut tcp_std) = bind_udp_and_tcp(configs, !args.stun_only).await?;
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
         let mut node_metrics = None;
@@ -449,10 +486,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("control socket {}", control_path.display()))?;
             // The same address over TCP, for clients whose network blocks UDP.
             let mut tcp = Vec::new();
-            for c in &bound {
-                let l = tokio::net::TcpListener::bind(c.primary)
-                    .await
-                    .map_err(|source| crate::net::drivers::stun_server::StunServerError::Bind { addr: c.primary, source })?;
+            for (l, c) in tcp_std.drain(..).zip(&bound) {
+                let l = l
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(l))
+                    .map_err(|source| crate::net::drivers::stun_server::StunServerError::BindTcp { addr: c.primary, source })?;
                 tcp.push(l);
             }
             node_task = Some(tokio::spawn(run_supernode(

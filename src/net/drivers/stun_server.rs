@@ -42,6 +42,13 @@ pub enum StunServerError {
         #[source]
         source: io::Error,
     },
+    /// The directory's TCP listener (same address and port as the UDP socket) could not be bound.
+    #[error("cannot bind TCP {addr}")]
+    BindTcp {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     /// The metrics listener could not be bound.
     #[error("cannot bind the metrics listener on TCP {addr}")]
     BindMetrics {
