@@ -171,25 +171,21 @@ use std::os::unix::process::CommandExt;
 /// 16-bit mono 48 kHz WAV of a 1.5 s chirp (200 Hz to 4 kHz) at -10 dBFS.
 fn chirp(path: &Path) {
     let n = 72_000usize;
-    let mut data = Vec::with_capacity(44 + 2 * n);
-    data.extend_from_slice(b"RIFF");
-    data.extend_from_slice(&(36 + 2 * n as u32).to_le_bytes());
-    data.extend_from_slice(b"WAVEfmt ");
-    data.extend_from_slice(&16u32.to_le_bytes());
-    data.extend_from_slice(&[1, 0, 1, 0]);
-    data.extend_from_slice(&48_000u32.to_le_bytes());
-    data.extend_from_slice(&96_000u32.to_le_bytes());
-    data.extend_from_slice(&[2, 0, 16, 0]);
-    data.extend_from_slice(b"data");
-    data.extend_from_slice(&(2 * n as u32).to_le_bytes());
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
     let mut phase = 0.0f64;
     for i in 0..n {
         let f = 200.0 * (20.0f64).powf(i as f64 / n as f64);
         phase += 2.0 * std::f64::consts::PI * f / 48_000.0;
-        let v = (0.3 * phase.sin() * 32767.0) as i16;
-        data.extend_from_slice(&v.to_le_bytes());
+        w.write_sample((0.3 * phase.sin() * 32767.0) as i16)
+            .unwrap();
     }
-    std::fs::write(path, data).unwrap();
+    w.finalize().unwrap();
 }
 
 fn is_root() -> bool {

@@ -21,6 +21,13 @@ use voxlab::{BoxOpts, Lab, LabNat};
 
 const SN: &str = "198.51.100.1:3478";
 
+const MONO_48K: hound::WavSpec = hound::WavSpec {
+    channels: 1,
+    sample_rate: 48_000,
+    bits_per_sample: 16,
+    sample_format: hound::SampleFormat::Int,
+};
+
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vx-calllab-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -31,24 +38,13 @@ fn tmp(tag: &str) -> PathBuf {
 /// A WAV file of `secs` seconds of a `hz` tone at -10 dBFS.
 fn tone(path: &Path, hz: f64, secs: f64) {
     let n = (48_000.0 * secs) as usize;
-    let mut data = Vec::with_capacity(44 + n * 2);
-    let le32 = |v: u32| v.to_le_bytes();
-    data.extend_from_slice(b"RIFF");
-    data.extend_from_slice(&le32(36 + n as u32 * 2));
-    data.extend_from_slice(b"WAVEfmt ");
-    data.extend_from_slice(&le32(16));
-    data.extend_from_slice(&[1, 0, 1, 0]);
-    data.extend_from_slice(&le32(48_000));
-    data.extend_from_slice(&le32(96_000));
-    data.extend_from_slice(&[2, 0, 16, 0]);
-    data.extend_from_slice(b"data");
-    data.extend_from_slice(&le32(n as u32 * 2));
+    let mut w = hound::WavWriter::create(path, MONO_48K).unwrap();
     for i in 0..n {
         let v =
             (0.3 * (2.0 * std::f64::consts::PI * hz * i as f64 / 48_000.0).sin() * 32767.0) as i16;
-        data.extend_from_slice(&v.to_le_bytes());
+        w.write_sample(v).unwrap();
     }
-    std::fs::write(path, data).unwrap();
+    w.finalize().unwrap();
 }
 
 /// Power of `hz` in a recorded WAV (16-bit mono 48 kHz), relative to the signal's total power:
