@@ -2,6 +2,7 @@
 //! uses only some of them, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod common;
 pub mod media;
 pub mod mesh;
