@@ -3,6 +3,7 @@
 //! forwarder, load generators, the echo baseline). Nothing here runs in production paths: this crate
 //! is not part of the installed product (`cargo install voxmesh` does not build it).
 
+pub mod capture;
 pub mod demo;
 pub mod echo;
 mod harness;
