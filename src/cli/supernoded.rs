@@ -341,39 +341,36 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attempts at a port free for both UDP and TCP when the listen port is 0.
-const PORT_PAIR_ATTEMPTS: usize = 16;
-
 /// The STUN sockets and, for the directory, a TCP listener on each primary address and port.
-/// Port 0 lets the UDP bind pick the number, which TCP must then share; another process may
-/// hold that number for TCP (an outgoing connection, say), and then both are tried again.
-async fn bind_udp_and_tcp(
+/// Port 0 lets the UDP bind pick the number, which TCP must then share
+/// ([`bind_same_port`] retries when another process holds it for TCP).
+fn bind_udp_and_tcp(
     configs: Vec<BindingConfig>,
     tcp: bool,
 ) -> anyhow::Result<(StunServer, Vec<std::net::TcpListener>)> {
     use crate::net::drivers::stun_server::StunServerError;
+    use crate::net::socket::{SAME_PORT_ATTEMPTS, SamePortError, bind_same_port, bind_tcp_std};
+    if !tcp {
+        return Ok((StunServer::bind(configs)?, Vec::new()));
+    }
     let picked = configs.iter().any(|c| c.primary.port() == 0);
-    let mut attempt = 1;
-    loop {
-        let server = StunServer::bind(configs.clone()).await?;
-        if !tcp {
-            return Ok((server, Vec::new()));
-        }
-        let bound: Result<Vec<_>, _> = server
-            .configs()
-            .iter()
-            .map(|c| std::net::TcpListener::bind(c.primary).map_err(|e| (c.primary, e)))
-            .collect();
-        match bound {
-            Ok(listeners) => return Ok((server, listeners)),
-            Err((_, e))
-                if picked
-                    && e.kind() == std::io::ErrorKind::AddrInUse
-                    && attempt < PORT_PAIR_ATTEMPTS =>
-            {
-                attempt += 1; // dropping `server` frees its UDP ports
-            }
-            Err((addr, source)) => return Err(StunServerError::BindTcp { addr, source }.into()),
+    let bound = bind_same_port(
+        picked,
+        SAME_PORT_ATTEMPTS,
+        || StunServer::bind(configs.clone()),
+        |server| {
+            server
+                .configs()
+                .iter()
+                .map(|c| bind_tcp_std(c.primary).map_err(|e| (c.primary, e)))
+                .collect()
+        },
+    );
+    match bound {
+        Ok(pair) => Ok(pair),
+        Err(SamePortError::Udp(e)) => Err(e.into()),
+        Err(SamePortError::Tcp { addr, source }) => {
+            Err(StunServerError::BindTcp { addr, source }.into())
         }
     }
 }
@@ -382,7 +379,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let configs = binding_configs(&args)?;
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
-        let (mut server, mut tcp_std) = bind_udp_and_tcp(configs, !args.stun_only).await?;
+        let (mut server, mut tcp_std) = bind_udp_and_tcp(configs, !args.stun_only)?;
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
         let mut node_metrics = None;

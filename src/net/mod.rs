@@ -10,7 +10,7 @@ mod metrics;
 mod notify;
 pub mod prom;
 mod shutdown;
-mod socket;
+pub mod socket;
 
 pub use metrics::serve_metrics;
 pub use notify::{notify, sd_notify};

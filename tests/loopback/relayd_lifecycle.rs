@@ -213,7 +213,7 @@ fn a_port_taken_for_tcp_is_a_setup_error_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
-        err.contains(&format!("udp+tcp {addr}")) && err.contains("in use"),
+        err.contains(&format!("tcp {addr}")) && err.contains("in use"),
         "{err}"
     );
     assert!(out.stdout.is_empty(), "no listening line");

@@ -55,9 +55,10 @@ impl Server {
             .enable_all()
             .build()
             .unwrap();
-        let server = rt
-            .block_on(StunServer::bind(configs))
-            .expect("binding loopback addresses works");
+        let server = {
+            let _runtime = rt.enter(); // its sockets register with this runtime
+            StunServer::bind(configs).expect("binding loopback addresses works")
+        };
         let configs = server.configs();
         let counters = server.counters();
         let (signal, shutdown) = ShutdownSignal::new();

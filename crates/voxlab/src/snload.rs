@@ -521,7 +521,7 @@ fn echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
             rfc5780: false,
             software: None,
         };
-        let mut server = StunServer::bind(vec![config]).await?;
+        let mut server = StunServer::bind(vec![config])?;
         let (signal, shutdown) = ShutdownSignal::new();
         // As supernoded wires it: same channel bound, same sockets.
         let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(8192);

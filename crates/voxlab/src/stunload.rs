@@ -715,7 +715,10 @@ mod tests {
             rfc5780: false,
             software: Some("test".into()),
         };
-        let server = rt.block_on(StunServer::bind(vec![config])).unwrap();
+        let server = {
+            let _runtime = rt.enter();
+            StunServer::bind(vec![config]).unwrap()
+        };
         let addr = server.configs()[0].primary;
         let (signal, shutdown) = ShutdownSignal::new();
         let serving = std::thread::spawn(move || rt.block_on(server.run(shutdown)));

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::net::batch::{BATCH, RecvBatch, SendBatch};
+use crate::net::socket::{SAME_PORT_ATTEMPTS, SamePortError, bind_same_port, bind_tcp_std};
 use crate::net::{Shutdown, bind_udp, bind_udp_std};
 use crate::turn::server::{AllocId, ClientAction, ClientAddr, Event, PeerAction, Transport};
 use crate::turn::{Credentials, TurnServer, channel};
@@ -856,8 +857,20 @@ pub fn bind_listeners(
                 ))
             }
             Listen::All(_) => {
-                let (udp, tcp) = bind_same_port(a, bind_udp_std, bind_tcp_std, SAME_PORT_ATTEMPTS)
-                    .map_err(named(a, "udp+tcp"))?;
+                let (udp, tcp) = bind_same_port(
+                    a.port() == 0,
+                    SAME_PORT_ATTEMPTS,
+                    || bind_udp_std(a),
+                    |u| {
+                        let at =
+                            SocketAddr::new(a.ip(), u.local_addr().map_err(|e| (a, e))?.port());
+                        bind_tcp_std(at).map_err(|e| (at, e))
+                    },
+                )
+                .map_err(|e| match e {
+                    SamePortError::Udp(e) => named(a, "udp")(e),
+                    SamePortError::Tcp { addr, source } => named(addr, "tcp")(source),
+                })?;
                 out.push(BoundListener::Udp(UdpSocket::from_std(udp)?));
                 out.push(BoundListener::Tcp(
                     TcpListener::from_std(tcp)?,
@@ -867,87 +880,6 @@ pub fn bind_listeners(
         }
     }
     Ok(out)
-}
-
-/// Ports tried for a [`Listen::All`] on port 0 before giving up: the kernel picks a free UDP
-/// port, and the same TCP port is taken by something else only rarely (each try fails with a
-/// chance of about the share of ports in use).
-pub const SAME_PORT_ATTEMPTS: u32 = 16;
-
-/// Binds UDP on `addr`, then TCP on the port UDP got. With port 0, when that port is taken for
-/// TCP, both are released and another port is tried, up to `attempts` times; with a fixed
-/// port there is nothing else to try. The binders are parameters so tests can make ports
-/// busy on demand.
-pub fn bind_same_port<U, T>(
-    addr: SocketAddr,
-    mut udp: impl FnMut(SocketAddr) -> io::Result<U>,
-    mut tcp: impl FnMut(SocketAddr) -> io::Result<T>,
-    attempts: u32,
-) -> io::Result<(U, T)>
-where
-    U: LocalAddr,
-{
-    let mut last = None;
-    // UDP sockets whose port TCP could not have stay bound until the end, so the kernel cannot
-    // hand the same port out again.
-    let mut rejected = Vec::new();
-    for _ in 0..attempts.max(1) {
-        let u = udp(addr)?;
-        let port = u.local_addr()?.port();
-        match tcp(SocketAddr::new(addr.ip(), port)) {
-            Ok(t) => return Ok((u, t)),
-            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => {
-                last = Some(e);
-                rejected.push(u);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        format!(
-            "no port free for both UDP and TCP in {} tries (last: {})",
-            attempts.max(1),
-            last.map_or_else(String::new, |e| e.to_string())
-        ),
-    ))
-}
-
-/// A bound socket's address (implemented for the std sockets [`bind_same_port`] takes).
-pub trait LocalAddr {
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-}
-
-impl LocalAddr for std::net::UdpSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        std::net::UdpSocket::local_addr(self)
-    }
-}
-
-impl LocalAddr for std::net::TcpListener {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        std::net::TcpListener::local_addr(self)
-    }
-}
-
-/// A non-blocking TCP listener on `addr` (SO_REUSEADDR, as every server wants: a restart is
-/// not refused by the last run's connections in TIME_WAIT; IPv6 only on IPv6 addresses, so an
-/// IPv4 listener on the same port can coexist).
-pub fn bind_tcp_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -1029,76 +961,6 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::Ser
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn busy() -> io::Error {
-        io::Error::from(io::ErrorKind::AddrInUse)
-    }
-
-    /// Port 0: when the port UDP got is taken for TCP, another is tried, and the pair that
-    /// comes back shares one port number.
-    #[test]
-    fn port_zero_retries_until_udp_and_tcp_share_a_port() {
-        let mut refused = Vec::new();
-        let mut tries = 0;
-        let (udp, tcp) = bind_same_port(
-            "127.0.0.1:0".parse().unwrap(),
-            bind_udp_std,
-            |a| {
-                tries += 1;
-                if tries <= 3 {
-                    refused.push(a.port());
-                    return Err(busy());
-                }
-                bind_tcp_std(a)
-            },
-            SAME_PORT_ATTEMPTS,
-        )
-        .unwrap();
-        let port = udp.local_addr().unwrap().port();
-        assert_eq!(tcp.local_addr().unwrap().port(), port);
-        assert_eq!(tries, 4);
-        refused.push(port);
-        refused.sort();
-        refused.dedup();
-        assert_eq!(refused.len(), 4, "a different port each time: {refused:?}");
-    }
-
-    #[test]
-    fn port_zero_gives_up_after_a_bounded_number_of_tries() {
-        let mut tries = 0;
-        let e = bind_same_port(
-            "127.0.0.1:0".parse().unwrap(),
-            bind_udp_std,
-            |_| -> io::Result<std::net::TcpListener> {
-                tries += 1;
-                Err(busy())
-            },
-            5,
-        )
-        .unwrap_err();
-        assert_eq!(tries, 5);
-        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-        assert!(e.to_string().contains("in 5 tries"), "{e}");
-    }
-
-    /// A fixed port has no alternative: a TCP conflict is reported at once, a real one here.
-    #[test]
-    fn a_fixed_port_taken_for_tcp_fails_at_once() {
-        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = held.local_addr().unwrap();
-        let mut tries = 0;
-        let e = bind_same_port(
-            addr,
-            bind_udp_std,
-            |a| {
-                tries += 1;
-                bind_tcp_std(a)
-            },
-            SAME_PORT_ATTEMPTS,
-        )
-        .unwrap_err();
-        assert_eq!((tries, e.kind()), (1, io::ErrorKind::AddrInUse));
-    }
 
     #[test]
     fn tls_cannot_be_mistaken_for_stun_or_channel_data() {

@@ -95,8 +95,9 @@ const PORT_ATTEMPTS: usize = 20;
 
 impl StunServer {
     /// Binds every socket the configurations need. Port 0 (primary or alternate) picks free
-    /// ports, so tests can run many servers side by side.
-    pub async fn bind(configs: Vec<BindingConfig>) -> Result<StunServer, StunServerError> {
+    /// ports, so tests can run many servers side by side. Call it within a tokio runtime (its
+    /// sockets register with that runtime's reactor).
+    pub fn bind(configs: Vec<BindingConfig>) -> Result<StunServer, StunServerError> {
         let counters = Arc::new(BindingCounters::default());
         let mut bound = Vec::new();
         for config in configs {
