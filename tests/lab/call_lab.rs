@@ -98,3 +98,40 @@ fn calls_go_direct_through_cone_nats_and_relayed_between_symmetric_ones() {
     assert_eq!(c["local"]["type"], "relay", "{c}");
     let _ = std::fs::remove_dir_all(&m.dir);
 }
+
+/// The README's first command: natprobe behind every NAT type, then a direct and a relayed
+/// call, each row checked by the demo itself (exit 0 only when every row is as expected).
+#[test]
+fn the_demo_classifies_every_nat_and_places_a_direct_and_a_relayed_call() {
+    let test = "demo";
+    if !Lab::ready_or_skip(test) {
+        return;
+    }
+    let out = std::process::Command::new(voxlab::exe())
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "voxlab demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |label: &str| {
+        // The table's row comes after the events' heading of the same call.
+        text.lines()
+            .rfind(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label:?}:\n{text}"))
+            .to_string()
+    };
+    let direct = row("full cone -> port-restricted cone");
+    assert!(
+        direct.contains(" direct ") && direct.ends_with(" ok"),
+        "{direct}"
+    );
+    let relayed = row("symmetric -> symmetric");
+    assert!(
+        relayed.contains(" relayed ") && relayed.ends_with(" ok"),
+        "{relayed}"
+    );
+}

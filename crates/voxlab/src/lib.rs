@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod demo;
+pub mod demo_calls;
 pub mod echo;
 mod harness;
 pub mod netem;
