@@ -12,6 +12,7 @@ complete -c answer -l exec -d 'Run CMD per call with the call\'s audio on its st
 complete -c answer -l max-calls -d 'Calls at once; beyond, callers get busy' -r
 complete -c answer -l duration -d 'Hang up each call this many seconds after it connects' -r
 complete -c answer -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
+complete -c answer -l media-trace -d 'Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late or not) to this file as JSON lines: what scripts/bench-media decodes offline' -r -F
 complete -c answer -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
 complete -c answer -l auto -d 'Accept every call at once'
 complete -c answer -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'

@@ -3,6 +3,7 @@ complete -c dial -l record -d 'Where to write the audio received: a file, or - f
 complete -c dial -l duration -d 'Hang up this many seconds after the call connects' -r
 complete -c dial -l dtmf -d 'Send these keypad digits (0-9, *, #, A-D) once the call connects' -r
 complete -c dial -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
+complete -c dial -l media-trace -d 'Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late or not) to this file as JSON lines: what scripts/bench-media decodes offline' -r -F
 complete -c dial -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
 complete -c dial -l timeout -d 'Give up when no supernode answers (or a --lookup gets no answer) within this many seconds' -r
 complete -c dial -s s -l supernode -d 'A supernode as KEY@HOST:PORT (what `supernoded` prints); repeat for several' -r

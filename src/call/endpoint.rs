@@ -100,6 +100,11 @@ pub enum EndpointEvent {
         call: CallId,
         stats: Box<MediaStats>,
     },
+    /// An audio packet sent or received (only with the media trace on, `MediaConfig::trace`).
+    Trace {
+        call: CallId,
+        record: media::TraceRecord,
+    },
     /// The relay allocation is up (its address is offered as a candidate).
     Relay {
         relayed: SocketAddr,
@@ -502,6 +507,16 @@ impl Endpoint {
 
     #[must_use]
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        if self.config.media.trace {
+            for (call, m) in &mut self.media {
+                while let Some(record) = m.session.poll_trace() {
+                    self.events.push_back(EndpointEvent::Trace {
+                        call: *call,
+                        record,
+                    });
+                }
+            }
+        }
         self.events.pop_front()
     }
 

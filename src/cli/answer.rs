@@ -126,6 +126,11 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
+    /// Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late
+    /// or not) to this file as JSON lines: what scripts/bench-media decodes offline.
+    #[arg(long = "media-trace", value_name = "FILE")]
+    pub media_trace: Option<PathBuf>,
+
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]
     pub control: Option<PathBuf>,
@@ -231,12 +236,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Resolve --watch targets before going online, so typos fail fast.
         let targets: Vec<Target> = args.watch.iter().map(|w| args.directory.target(w)).collect::<anyhow::Result<_>>()?;
         let mut events = Events::open(args.events.as_deref())?;
+        if let Some(p) = &args.media_trace {
+            events.trace_to(p)?;
+        }
         let mut control = match &args.control {
             Some(p) => Some(call_io::read_control(p.clone())?),
             None => None,
         };
         let phone = PhoneConfig { max_calls: args.max_calls, ..PhoneConfig::default() };
-        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only)).await?;
+        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only, args.media_trace.is_some())).await?;
         let cmd = running.commands.clone();
         if let Some(name) = &args.name {
             cmd.send(CallCommand::Claim(name.clone())).await.ok();

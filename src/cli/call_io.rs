@@ -18,6 +18,7 @@ use crate::call::message::CallId;
 use crate::call::phone::{EndReason, Phone, PhoneConfig};
 use crate::client::{Agent, AgentConfig, AgentEvent};
 use crate::identity::{Contacts, Identity};
+use crate::media::TraceRecord;
 use crate::net::drivers::call::{
     CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint,
 };
@@ -93,16 +94,20 @@ pub async fn start_endpoint(
 }
 
 /// The endpoint settings the flags choose.
-pub fn endpoint_config(relay_only: bool) -> EndpointConfig {
-    EndpointConfig {
+pub fn endpoint_config(relay_only: bool, media_trace: bool) -> EndpointConfig {
+    let mut c = EndpointConfig {
         relay_only,
         ..EndpointConfig::default()
-    }
+    };
+    c.media.trace = media_trace;
+    c
 }
 
-/// Where events go: stdout, or a file when stdout carries audio.
+/// Where events go: stdout, or a file when stdout carries audio. Media trace lines (`"event":
+/// "trace"`, only with `--media-trace`) go to their own file instead.
 pub struct Events {
     out: Box<dyn Write + Send>,
+    trace: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Events {
@@ -118,15 +123,43 @@ impl Events {
                     .with_context(|| format!("cannot open the events file {}", p.display()))?,
             ),
         };
-        Ok(Events { out })
+        Ok(Events { out, trace: None })
+    }
+
+    /// Sends media trace lines to `path` (created or truncated).
+    pub fn trace_to(&mut self, path: &Path) -> anyhow::Result<()> {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create the media trace {}", path.display()))?;
+        self.trace = Some(std::io::BufWriter::new(f));
+        Ok(())
     }
 
     /// Writes one event line; false when nobody reads any more.
     pub fn emit(&mut self, v: Value) -> bool {
+        if v["event"] == "trace" {
+            // Buffered: 100 lines a second per call; flushed when the program ends.
+            if let Some(t) = &mut self.trace {
+                let _ = writeln!(t, "{v}");
+            }
+            return true;
+        }
         writeln!(self.out, "{v}")
             .and_then(|_| self.out.flush())
             .is_ok()
     }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        if let Some(t) = &mut self.trace {
+            let _ = t.flush();
+        }
+    }
+}
+
+/// Lower-case hex of `bytes` (media trace payloads).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn kind(k: CandidateKind) -> &'static str {
@@ -216,6 +249,14 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 "replayed": s.drops.duplicate + s.drops.too_old,
                 "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
             }),
+            EndpointEvent::Trace { call, record } => match record {
+                TraceRecord::Sent { ts, opus } => {
+                    json!({"event": "trace", "call": call.to_string(), "dir": "sent", "ts": ts, "opus": hex(opus)})
+                }
+                TraceRecord::Received { ts, at_ms, late } => {
+                    json!({"event": "trace", "call": call.to_string(), "dir": "received", "ts": ts, "at_ms": at_ms, "late": late})
+                }
+            },
             EndpointEvent::Relay { relayed, server } => {
                 json!({"event": "relay", "relayed": relayed.to_string(), "server": server.to_string()})
             }

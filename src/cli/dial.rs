@@ -117,6 +117,11 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
+    /// Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late
+    /// or not) to this file as JSON lines: what scripts/bench-media decodes offline.
+    #[arg(long = "media-trace", value_name = "FILE")]
+    pub media_trace: Option<PathBuf>,
+
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]
     pub control: Option<PathBuf>,

@@ -45,6 +45,9 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
     let target = args.directory.target(&args.user)?;
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut events = Events::open(args.events.as_deref())?;
+    if let Some(p) = &args.media_trace {
+        events.trace_to(p)?;
+    }
     let mut control = match &args.control {
         Some(p) => Some(call_io::read_control(p.clone())?),
         None => None,
@@ -70,7 +73,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         identity,
         agent,
         PhoneConfig::default(),
-        endpoint_config(args.relay_only),
+        endpoint_config(args.relay_only, args.media_trace.is_some()),
     )
     .await?;
     let cmd = running.commands.clone();

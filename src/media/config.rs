@@ -32,6 +32,10 @@ pub struct MediaConfig {
     /// beyond that the oldest is dropped (and counted): a driver that stopped polling must not
     /// grow memory, and stale audio is worthless anyway.
     pub send_queue: usize,
+    /// Keep a [`TraceRecord`](super::TraceRecord) of every audio packet sent and received,
+    /// for [`poll_trace`](super::MediaSession::poll_trace): what the call-quality bench
+    /// decodes offline to compare against. Off in normal calls.
+    pub trace: bool,
 }
 
 impl Default for MediaConfig {
@@ -44,6 +48,7 @@ impl Default for MediaConfig {
             auto_loss: true,
             dtmf: DtmfConfig::default(),
             send_queue: 64,
+            trace: false,
         }
     }
 }

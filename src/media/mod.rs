@@ -35,4 +35,6 @@ pub use jitter::{Frame, FrameKind, PlayoutStats};
 pub use packet::{Header, PayloadType, is_media, stream_of};
 pub use report::PeerReport;
 pub use seal::{KeyError, MediaKeys, Role};
-pub use session::{Drops, Event, MediaError, MediaSession, MediaStats, ReceiveStats, SendStats};
+pub use session::{
+    Drops, Event, MediaError, MediaSession, MediaStats, ReceiveStats, SendStats, TraceRecord,
+};

@@ -174,6 +174,20 @@ pub struct MediaSession {
     sent: SendStats,
     received: ReceiveStats,
     drops: Drops,
+    /// Audio packets sent and received, when [`MediaConfig::trace`] is on.
+    trace: VecDeque<TraceRecord>,
+}
+
+/// One audio packet in the media trace ([`MediaConfig::trace`]): the call-quality bench
+/// decodes the sent Opus packets offline with the receiver's loss pattern, to compare the
+/// call's sound with what plain concealment or FEC alone would give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceRecord {
+    /// We sent this Opus packet; `ts` is its 48 kHz timestamp, counted from the first frame.
+    Sent { ts: i64, opus: Vec<u8> },
+    /// An authenticated audio packet with timestamp `ts` arrived `at_ms` after the session
+    /// started (`late`: after its slot was played, so it was not heard).
+    Received { ts: i64, at_ms: u64, late: bool },
 }
 
 impl MediaSession {
@@ -213,6 +227,7 @@ impl MediaSession {
             sent: SendStats::default(),
             received: ReceiveStats::default(),
             drops: Drops::default(),
+            trace: VecDeque::new(),
             config,
         })
     }
@@ -243,6 +258,7 @@ impl MediaSession {
                 let arrival = self.clock(now);
                 let ts = self.jitter.unwrap_ts(h.timestamp);
                 let len = opened.payload.len() as u64;
+                let mut late = false;
                 match self
                     .jitter
                     .insert(arrival, opened.index, ts, opened.payload)
@@ -252,7 +268,15 @@ impl MediaSession {
                         self.drops.bad_payload += 1;
                         return;
                     }
-                    Err(Refused::Late | Refused::Duplicate) => self.drops.late += 1,
+                    Err(Refused::Late | Refused::Duplicate) => {
+                        self.drops.late += 1;
+                        late = true;
+                    }
+                }
+                if self.config.trace {
+                    let at_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+                    self.trace
+                        .push_back(TraceRecord::Received { ts, at_ms, late });
                 }
                 // Late packets still arrived: they count for loss and jitter.
                 self.reception.on_packet(opened.index, ts, arrival);
@@ -319,6 +343,12 @@ impl MediaSession {
                 let marker = std::mem::take(&mut self.talkspurt);
                 self.sent.audio_packets += 1;
                 self.sent.audio_bytes += p.len() as u64;
+                if self.config.trace {
+                    self.trace.push_back(TraceRecord::Sent {
+                        ts: self.send_ts - len as i64,
+                        opus: p.to_vec(),
+                    });
+                }
                 if let Some(d) = self.sealer.seal(PayloadType::Opus, marker, ts, p) {
                     self.queue(d);
                 }
@@ -466,6 +496,12 @@ impl MediaSession {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The next media trace record (only with [`MediaConfig::trace`]).
+    #[must_use]
+    pub fn poll_trace(&mut self) -> Option<TraceRecord> {
+        self.trace.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run.

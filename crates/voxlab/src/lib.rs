@@ -8,6 +8,7 @@ pub mod demo;
 pub mod demo_calls;
 pub mod echo;
 mod harness;
+pub mod mediaref;
 pub mod netem;
 mod poller;
 pub mod snload;

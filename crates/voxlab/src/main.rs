@@ -25,8 +25,12 @@ enum Cmd {
     TurnLoad(voxlab::turnload::TurnLoadArgs),
     /// Load supernoded with real sessions (register, refresh, lookup, route, presence), check every answer, print one JSON report.
     SnLoad(voxlab::snload::SnLoadArgs),
-    /// Build the lab, run natprobe behind every NAT type against supernoded, print the table.
+    /// Build the lab, run natprobe behind every NAT type against supernoded, print the table,
+    /// then place a direct and a relayed call.
     Demo,
+    /// Decode a call's sent Opus packets offline from its media traces: clean, with the
+    /// receiver's losses concealed, and with them rebuilt from FEC (bench-media's references).
+    MediaRef(voxlab::mediaref::MediaRefArgs),
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
     GenDocs {
         /// Only report stale files; exit 1 if any.
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Cmd::StunLoad(a) => voxlab::stunload::run(a),
         Cmd::TurnLoad(a) => voxlab::turnload::run(a),
         Cmd::SnLoad(a) => voxlab::snload::run(a),
+        Cmd::MediaRef(a) => voxlab::mediaref::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
         Cmd::Demo => voxlab::demo::run().and_then(|ok| {
             if ok {

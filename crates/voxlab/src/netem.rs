@@ -48,9 +48,11 @@ pub struct NetemArgs {
     ///
     /// Comma-separated key=value pairs, all optional: delay=DUR (fixed one-way delay),
     /// jitter=DUR (uniform extra delay in [0, jitter]; reorders frames by itself),
-    /// loss=P (drop probability), reorder=P (probability a frame skips the delay and overtakes
-    /// queued frames), rate=RATE (bottleneck, e.g. 10mbit), limit=N (max frames queued; more
-    /// are dropped). DUR takes us, ms or s; P is 0..1 or a percentage like 20%.
+    /// loss=P (drop probability), burst=N (losses in bursts of N frames on average, a
+    /// Gilbert-Elliott channel whose average loss is P), reorder=P (probability a frame skips
+    /// the delay and overtakes queued frames), rate=RATE (bottleneck, e.g. 10mbit), limit=N
+    /// (max frames queued; more are dropped). DUR takes us, ms or s; P is 0..1 or a
+    /// percentage like 20%.
     /// Loss and reorder never touch ARP or IPv6 neighbour discovery.
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
     pub up: Option<Spec>,
@@ -80,8 +82,13 @@ pub struct Spec {
     /// Upper bound of a uniform random extra delay. Frames with different draws can swap order,
     /// as on a real path with variable queueing.
     pub jitter: Duration,
-    /// Probability that an IP frame is dropped.
+    /// Probability that an IP frame is dropped (the long-run average, with `burst`).
     pub loss: f64,
+    /// Mean length of a loss burst, in frames: losses come in bursts (a Gilbert–Elliott
+    /// channel: a good state that loses nothing and a bad one that loses everything, whose
+    /// mean stay is `burst` frames, entered often enough that `loss` is the average). `None`:
+    /// independent losses.
+    pub burst: Option<f64>,
     /// Probability that a (not dropped) IP frame skips the delay line and overtakes queued frames.
     pub reorder: f64,
     /// Bottleneck rate in bits per second; `None` means unlimited.
@@ -97,8 +104,8 @@ pub enum SpecError {
     /// An item was not `key=value`.
     #[error("expected key=value, got {0:?}")]
     NotKeyValue(String),
-    /// A key other than delay, jitter, loss, reorder, rate, limit.
-    #[error("unknown key {0:?} (expected delay, jitter, loss, reorder, rate or limit)")]
+    /// A key other than delay, jitter, loss, burst, reorder, rate, limit.
+    #[error("unknown key {0:?} (expected delay, jitter, loss, burst, reorder, rate or limit)")]
     UnknownKey(String),
     /// The same key twice; which one was meant is ambiguous.
     #[error("key {0:?} given twice")]
@@ -139,6 +146,13 @@ impl FromStr for Spec {
                 "delay" => spec.delay = parse_duration(value).ok_or_else(|| bad(DUR_HELP))?,
                 "jitter" => spec.jitter = parse_duration(value).ok_or_else(|| bad(DUR_HELP))?,
                 "loss" => spec.loss = parse_probability(value).ok_or_else(|| bad(P_HELP))?,
+                "burst" => {
+                    let n: f64 = value.parse().map_err(|_| bad(BURST_HELP))?;
+                    if !(n >= 1.0 && n.is_finite()) {
+                        return Err(bad(BURST_HELP));
+                    }
+                    spec.burst = Some(n);
+                }
                 "reorder" => spec.reorder = parse_probability(value).ok_or_else(|| bad(P_HELP))?,
                 "rate" => spec.rate_bps = Some(parse_rate(value).ok_or_else(|| bad(RATE_HELP))?),
                 "limit" => {
@@ -154,6 +168,7 @@ impl FromStr for Spec {
 
 const DUR_HELP: &str = "a duration like 75ms, 500us or 1.5s, at most 3600s";
 const P_HELP: &str = "a probability in 0..1 or a percentage like 20%";
+const BURST_HELP: &str = "a mean burst length in frames, 1 or more (with loss= as the average)";
 const RATE_HELP: &str = "a positive rate like 10mbit, 800kbit, 1gbit or bits per second";
 
 /// Splits `"12.5ms"` into `(12.5, "ms")`.
@@ -220,6 +235,9 @@ impl fmt::Display for Spec {
         }
         if self.loss > 0.0 {
             items.push(format!("loss={}", self.loss));
+        }
+        if let Some(b) = self.burst {
+            items.push(format!("burst={b}"));
         }
         if self.reorder > 0.0 {
             items.push(format!("reorder={}", self.reorder));
@@ -350,6 +368,8 @@ pub struct Impairer {
     /// When the emulated bottleneck finishes sending the last accepted frame (`rate` only). The
     /// bottleneck sits before the delay line, so a backlog there delays every later frame.
     link_free_at: Option<Instant>,
+    /// In the bursty channel's bad state (`burst` only).
+    in_burst: bool,
 }
 
 impl Impairer {
@@ -359,7 +379,30 @@ impl Impairer {
             spec,
             rng: StdRng::seed_from_u64(seed),
             link_free_at: None,
+            in_burst: false,
         }
+    }
+
+    /// Whether an IP frame is lost, given a uniform draw `u`. With `burst`, a two-state
+    /// channel: the bad state (everything lost) is left with probability 1/burst per frame, so
+    /// bursts last `burst` frames on average, and entered with p = loss·r/(1 − loss), so the
+    /// long-run share of frames in it (p/(p + r)) is `loss`.
+    fn lost(&mut self, u: f64) -> bool {
+        let Some(burst) = self.spec.burst else {
+            return u < self.spec.loss;
+        };
+        let loss = self.spec.loss;
+        if loss <= 0.0 {
+            return false;
+        }
+        let r = 1.0 / burst;
+        let p = if loss >= 1.0 {
+            1.0
+        } else {
+            (loss * r / (1.0 - loss)).min(1.0)
+        };
+        self.in_burst = if self.in_burst { u >= r } else { u < p };
+        self.in_burst
     }
 
     /// The spec this impairer applies.
@@ -380,7 +423,7 @@ impl Impairer {
         // rate would turn into rare second-long stalls instead of the packet loss under test.
         // Those frames are still delayed, since resolution crosses the same path.
         let impairable = FrameKind::of(frame) == FrameKind::Ip;
-        if impairable && u_loss < self.spec.loss {
+        if impairable && self.lost(u_loss) {
             return Decision::Drop;
         }
 
@@ -1162,6 +1205,29 @@ mod tests {
         // Binomial sd = sqrt(n p (1-p)) ≈ 126 frames; allow about 4 sd.
         let rate = lost as f64 / n as f64;
         assert!((rate - 0.2).abs() < 0.005, "loss rate {rate}");
+    }
+
+    /// Gilbert–Elliott: the average is the loss asked for, and losses come in runs of the
+    /// mean burst length (independent 5% loss would give runs of 1.05).
+    #[test]
+    fn bursty_loss_keeps_its_average_and_burst_length() {
+        let mut imp = Impairer::new(spec("loss=5%,burst=3"), 42);
+        let now = Instant::now();
+        let n = 200_000;
+        let drops: Vec<bool> = (0..n)
+            .map(|_| imp.decide(now, &ipv4()) == Decision::Drop)
+            .collect();
+        let lost = drops.iter().filter(|d| **d).count();
+        let runs = drops.windows(2).filter(|w| w[1] && !w[0]).count();
+        let rate = lost as f64 / n as f64;
+        let mean_run = lost as f64 / runs as f64;
+        assert!((rate - 0.05).abs() < 0.005, "loss rate {rate}");
+        assert!((mean_run - 3.0).abs() < 0.2, "mean burst {mean_run}");
+        assert_eq!(
+            "loss=5%,burst=3".parse::<Spec>().unwrap().to_string(),
+            "loss=0.05,burst=3"
+        );
+        assert!("loss=5%,burst=0.5".parse::<Spec>().is_err());
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! `voxlab media-ref`: the offline references of the call-quality bench. From the media traces
+//! of a real call (`dial --media-trace` at the sender, `answer --media-trace` at the receiver)
+//! it decodes the very Opus packets the sender sent, with the product's own libopus, three ways:
+//! - `clean.wav`: every packet (what the codec gives on a perfect network);
+//! - `plc.wav`: the packets the network lost concealed by the decoder (the anchor);
+//! - `fec.wav`: a lost packet rebuilt from the next packet's in-band FEC when that one arrived,
+//!   else concealed (the ceiling of this codec setting).
+//!
+//! "Lost" is lost by the network: never received. A packet that arrived after its playout slot
+//! (`late`) counts as received here, so the call's own jitter-buffer misses show against it.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use voxmesh::media::codec::{Decoder, has_fec, packet_samples};
+
+#[derive(Args, Debug)]
+pub struct MediaRefArgs {
+    /// The sender's media trace (its `--media-trace` file).
+    #[arg(long)]
+    pub sent: PathBuf,
+    /// The receiver's media trace.
+    #[arg(long)]
+    pub received: PathBuf,
+    /// Where to write clean.wav, plc.wav and fec.wav.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+}
+
+/// Sent packets: (48 kHz timestamp, Opus bytes).
+type Packets = Vec<(i64, Vec<u8>)>;
+
+/// The sent packets of the trace's first call (its ID), in timestamp order.
+fn sent_packets(path: &Path) -> anyhow::Result<(String, Packets)> {
+    let mut call = None;
+    let mut out = Vec::new();
+    for line in lines(path)? {
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        if v["dir"] != "sent" {
+            continue;
+        }
+        let c = v["call"].as_str().unwrap_or_default().to_string();
+        if *call.get_or_insert_with(|| c.clone()) != c {
+            continue;
+        }
+        let ts = v["ts"].as_i64().context("a sent record without ts")?;
+        let hex = v["opus"].as_str().context("a sent record without opus")?;
+        out.push((ts, unhex(hex)?));
+    }
+    out.sort_by_key(|(ts, _)| *ts);
+    let call = call.with_context(|| format!("no sent packet in {}", path.display()))?;
+    Ok((call, out))
+}
+
+/// The timestamps of `call`'s packets the receiver got (late ones included), and how many late.
+fn received(path: &Path, call: &str) -> anyhow::Result<(HashSet<i64>, u64)> {
+    let (mut got, mut late) = (HashSet::new(), 0);
+    for line in lines(path)? {
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        if v["dir"] != "received" || v["call"] != call {
+            continue;
+        }
+        got.insert(v["ts"].as_i64().context("a received record without ts")?);
+        late += v["late"].as_bool().unwrap_or(false) as u64;
+    }
+    Ok((got, late))
+}
+
+fn lines(path: &Path) -> anyhow::Result<Vec<String>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(std::io::BufReader::new(f)
+        .lines()
+        .collect::<Result<_, _>>()?)
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        bail!("odd hex length");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).context("bad hex"))
+        .collect()
+}
+
+fn write_wav(path: &Path, pcm: &[f32]) -> anyhow::Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for &x in pcm {
+        w.write_sample((x.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+    }
+    w.finalize()?;
+    Ok(())
+}
+
+/// How a lost packet is filled.
+#[derive(Clone, Copy, PartialEq)]
+enum Fill {
+    /// Never lost (the clean decode).
+    None,
+    Conceal,
+    Fec,
+}
+
+/// Decodes `packets` in order; the ones not in `got` are filled as `fill` says. Timestamp gaps
+/// between packets (frames not sent) become silence.
+fn decode(packets: &[(i64, Vec<u8>)], got: &HashSet<i64>, fill: Fill) -> anyhow::Result<Vec<f32>> {
+    let mut dec = Decoder::new()?;
+    let mut out = Vec::new();
+    let first = packets.first().map_or(0, |p| p.0);
+    for (i, (ts, p)) in packets.iter().enumerate() {
+        let start = (ts - first) as usize;
+        if out.len() < start {
+            out.resize(start, 0.0);
+        }
+        let samples = packet_samples(p).context("a sent packet that is not Opus")? as usize;
+        let lost = fill != Fill::None && !got.contains(ts);
+        if !lost {
+            dec.decode(p, &mut out)?;
+            continue;
+        }
+        let next = packets
+            .get(i + 1)
+            .filter(|(nts, np)| *nts == ts + samples as i64 && got.contains(nts) && has_fec(np));
+        match (fill, next) {
+            (Fill::Fec, Some((_, np))) => dec.recover(np, samples, &mut out)?,
+            _ => dec.conceal(samples, &mut out)?,
+        };
+    }
+    Ok(out)
+}
+
+pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
+    let (call, packets) = sent_packets(&a.sent)?;
+    let (got, late) = received(&a.received, &call)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    let lost = packets.iter().filter(|(ts, _)| !got.contains(ts)).count();
+    for (name, fill) in [
+        ("clean.wav", Fill::None),
+        ("plc.wav", Fill::Conceal),
+        ("fec.wav", Fill::Fec),
+    ] {
+        write_wav(&a.out_dir.join(name), &decode(&packets, &got, fill)?)?;
+    }
+    let with_fec = packets.iter().filter(|(_, p)| has_fec(p)).count();
+    println!(
+        "{}",
+        serde_json::json!({
+            "call": call,
+            "sent": packets.len(),
+            "lost": lost,
+            "late": late,
+            "loss_percent": 100.0 * lost as f64 / packets.len().max(1) as f64,
+            "with_fec": with_fec,
+        })
+    );
+    Ok(())
+}
