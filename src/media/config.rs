@@ -36,6 +36,9 @@ pub struct MediaConfig {
     /// for [`poll_trace`](super::MediaSession::poll_trace): what the call-quality bench
     /// decodes offline to compare against. Off in normal calls.
     pub trace: bool,
+    /// Adapt the send rate (Opus bitrate, then frame length) to the loss the peer reports
+    /// ([`super::rate`]); `opus.bitrate` and `opus.frame` are then the most it sends.
+    pub adapt_rate: bool,
 }
 
 impl Default for MediaConfig {
@@ -49,6 +52,7 @@ impl Default for MediaConfig {
             dtmf: DtmfConfig::default(),
             send_queue: 64,
             trace: false,
+            adapt_rate: true,
         }
     }
 }

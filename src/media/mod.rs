@@ -14,6 +14,7 @@
 //! - `jitter`: the adaptive jitter buffer with FEC recovery and PLC ([`Frame`], [`FrameKind`]).
 //! - `report`: receiver reports (RFC 3550 §6.4.1 block, A.8 jitter, LSR/DLSR round trip).
 //! - `dtmf`: RFC 4733 events, sent with redundancy and received exactly once.
+//! - [`rate`]: send-rate adaptation to the loss the peer reports (bitrate, then frame length).
 //! - `config`: every setting and timer, and how they relate ([`MediaConfig`]).
 //!
 //! A sealed audio packet is 12 (header) + Opus + 16 (tag) bytes: 28 bytes of overhead against
@@ -24,6 +25,7 @@ mod config;
 mod dtmf;
 mod jitter;
 pub mod packet;
+pub mod rate;
 mod report;
 pub mod seal;
 mod session;

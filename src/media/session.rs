@@ -10,6 +10,7 @@ use super::config::MediaConfig;
 use super::dtmf::{DtmfDigit, DtmfError, DtmfReceiver, DtmfSender, EventPayload, Outgoing};
 use super::jitter::{Frame, JitterBuffer, PlayoutStats, Refused, samples_of};
 use super::packet::PayloadType;
+use super::rate::{self, RateControl};
 use super::report::{PeerReport, ReceptionStats, Report, report_clock, round_trip};
 use super::seal::{KeyError, MediaKeys, OpenError, Opener, Role, Sealer};
 
@@ -176,6 +177,10 @@ pub struct MediaSession {
     drops: Drops,
     /// Audio packets sent and received, when [`MediaConfig::trace`] is on.
     trace: VecDeque<TraceRecord>,
+    rate: RateControl,
+    /// When the last receiver report came, and our send counters then (packets, Opus bytes):
+    /// what we sent in the interval the next report describes.
+    sent_mark: (Instant, u64, u64),
 }
 
 /// One audio packet in the media trace ([`MediaConfig::trace`]): the call-quality bench
@@ -228,6 +233,8 @@ impl MediaSession {
             received: ReceiveStats::default(),
             drops: Drops::default(),
             trace: VecDeque::new(),
+            rate: RateControl::new(config.opus.bitrate, config.opus.frame),
+            sent_mark: (now, 0, 0),
             config,
         })
     }
@@ -457,16 +464,29 @@ impl MediaSession {
         } else {
             0.8 * self.loss_estimate + 0.2 * fraction
         };
+        let mut want = *self.encoder.settings();
         if self.config.auto_loss {
-            let percent = (self.loss_estimate * 100.0).round() as u8;
-            let s = *self.encoder.settings();
-            if s.loss_percent != percent {
-                // A loss percentage within 0..=100 is always accepted by libopus.
-                let _ = self.encoder.apply(OpusSettings {
-                    loss_percent: percent,
-                    ..s
-                });
-            }
+            want.loss_percent = (self.loss_estimate * 100.0).round() as u8;
+        }
+        if self.config.adapt_rate {
+            let (t, packets, bytes) = self.sent_mark;
+            let secs = now.saturating_duration_since(t).as_secs_f64();
+            let wire_bytes = (self.sent.audio_bytes - bytes)
+                + (self.sent.audio_packets - packets) * u64::from(rate::WIRE_OVERHEAD);
+            let sent_bps = if secs > 0.0 {
+                wire_bytes as f64 * 8.0 / secs
+            } else {
+                0.0
+            };
+            let c = self.rate.on_report(now, fraction, sent_bps, self.rtt);
+            want.bitrate = c.bitrate;
+            want.frame = c.frame;
+        }
+        self.sent_mark = (now, self.sent.audio_packets, self.sent.audio_bytes);
+        if want != *self.encoder.settings() {
+            // Loss 0..=100, a bitrate the controller keeps within libopus's range and a frame
+            // duration libopus takes: always accepted.
+            let _ = self.encoder.apply(want);
         }
         self.peer = Some(peer.clone());
         self.events.push_back(Event::Report(peer));
@@ -540,6 +560,8 @@ impl MediaSession {
         c.validate().map_err(MediaError::Config)?;
         self.encoder.apply(settings)?;
         self.config.opus = settings;
+        // The new settings are the most the rate controller may send.
+        self.rate = RateControl::new(settings.bitrate, settings.frame);
         Ok(())
     }
 

@@ -45,8 +45,8 @@ pub struct Link {
 impl Link {
     pub fn new(spec: Spec, seed: u64) -> Link {
         Link {
+            line: DelayLine::new(spec.delay_line_limit()),
             impairer: Impairer::new(spec, seed),
-            line: DelayLine::new(None),
             duplicate: 0.0,
             rng: StdRng::seed_from_u64(seed ^ 0x5eed),
             captured: Vec::new(),
@@ -78,7 +78,7 @@ impl Link {
             return;
         }
         match self.impairer.decide(now, &frame) {
-            Decision::Drop => {
+            Decision::Drop | Decision::Overflow => {
                 self.dropped += 1;
                 self.dropped_idx.push(self.captured.len() - 1);
             }

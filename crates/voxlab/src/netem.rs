@@ -19,7 +19,7 @@
 //! sequence give the same decisions.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::ffi::CString;
 use std::fmt;
 use std::io;
@@ -51,7 +51,8 @@ pub struct NetemArgs {
     /// loss=P (drop probability), burst=N (losses in bursts of N frames on average, a
     /// Gilbert-Elliott channel whose average loss is P), reorder=P (probability a frame skips
     /// the delay and overtakes queued frames), rate=RATE (bottleneck, e.g. 10mbit), limit=N
-    /// (max frames queued; more are dropped). DUR takes us, ms or s; P is 0..1 or a
+    /// (max frames queued: at the bottleneck with rate, else in the delay line; more are
+    /// dropped). DUR takes us, ms or s; P is 0..1 or a
     /// percentage like 20%.
     /// Loss and reorder never touch ARP or IPv6 neighbour discovery.
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
@@ -93,9 +94,21 @@ pub struct Spec {
     pub reorder: f64,
     /// Bottleneck rate in bits per second; `None` means unlimited.
     pub rate_bps: Option<u64>,
-    /// Most frames waiting in the delay line; `None` means unbounded. Unbounded is the default
-    /// because a default limit (tc netem's 1000) silently drops at high delay × rate.
+    /// Most frames waiting: with `rate`, in the bottleneck's queue (tail drop, like a router);
+    /// without, in the delay line. `None` means unbounded. Unbounded is the default because a
+    /// default limit (tc netem's 1000) silently drops at high delay × rate.
     pub limit: Option<usize>,
+}
+
+impl Spec {
+    /// The delay line's bound: `limit` unless the bottleneck's queue has it.
+    pub fn delay_line_limit(&self) -> Option<usize> {
+        if self.rate_bps.is_some() {
+            None
+        } else {
+            self.limit
+        }
+    }
 }
 
 /// Why a SPEC string was rejected. The message names the offending item; fix the flag value.
@@ -350,6 +363,9 @@ fn read_u16(b: &[u8], off: usize) -> Option<u16> {
 pub enum Decision {
     /// Drop it (random loss).
     Drop,
+    /// Drop it: the bottleneck's queue (`rate` with `limit`) is full. A dropped frame takes no
+    /// time on the link.
+    Overflow,
     /// Deliver it at `at`. `reordered` is true when it skipped the delay line.
     DeliverAt {
         /// When to transmit it on the other interface.
@@ -370,6 +386,9 @@ pub struct Impairer {
     link_free_at: Option<Instant>,
     /// In the bursty channel's bad state (`burst` only).
     in_burst: bool,
+    /// When each frame waiting for the bottleneck leaves it (`rate` only): its queue, which
+    /// `limit` bounds.
+    backlog: VecDeque<Instant>,
 }
 
 impl Impairer {
@@ -380,6 +399,7 @@ impl Impairer {
             rng: StdRng::seed_from_u64(seed),
             link_free_at: None,
             in_burst: false,
+            backlog: VecDeque::new(),
         }
     }
 
@@ -428,13 +448,22 @@ impl Impairer {
         }
 
         // The bottleneck: the frame leaves it once it and everything before it are serialized.
+        // With a limit, a frame finding the queue full is dropped there, as a router's tail
+        // drop does, without taking link time (so an overload does not leave a phantom backlog).
         let sent = match self.spec.rate_bps {
             Some(bps) => {
+                while self.backlog.front().is_some_and(|&t| t <= now) {
+                    self.backlog.pop_front();
+                }
+                if self.spec.limit.is_some_and(|l| self.backlog.len() >= l) {
+                    return Decision::Overflow;
+                }
                 let start = self.link_free_at.map_or(now, |t| t.max(now));
                 let bits = frame.len() as u128 * 8;
                 let nanos = (bits * 1_000_000_000).div_ceil(u128::from(bps));
                 let done = start + Duration::from_nanos(nanos.try_into().unwrap_or(u64::MAX));
                 self.link_free_at = Some(done);
+                self.backlog.push_back(done);
                 done
             }
             None => now,
@@ -829,7 +858,7 @@ impl Direction {
             name,
             rx,
             tx,
-            line: DelayLine::new(spec.limit),
+            line: DelayLine::new(spec.delay_line_limit()),
             impairer: Impairer::new(spec, seed),
             stats: DirectionStats::default(),
         }
@@ -839,6 +868,7 @@ impl Direction {
     fn accept(&mut self, now: Instant, frame: &[u8]) {
         match self.impairer.decide(now, frame) {
             Decision::Drop => self.stats.dropped_loss += 1,
+            Decision::Overflow => self.stats.dropped_limit += 1,
             Decision::DeliverAt { at, reordered } => match self.line.push(at, frame.to_vec()) {
                 Ok(()) => self.stats.reordered += u64::from(reordered),
                 Err(QueueFull) => self.stats.dropped_limit += 1,
@@ -1018,7 +1048,7 @@ mod tests {
 
     fn at(d: Decision) -> Option<Instant> {
         match d {
-            Decision::Drop => None,
+            Decision::Drop | Decision::Overflow => None,
             Decision::DeliverAt { at, .. } => Some(at),
         }
     }
@@ -1207,6 +1237,28 @@ mod tests {
         assert!((rate - 0.2).abs() < 0.005, "loss rate {rate}");
     }
 
+    /// A bottleneck with a queue limit drops what finds the queue full (tail drop), and a
+    /// dropped frame takes no link time: once the overload ends the queue is gone at once.
+    #[test]
+    fn a_full_bottleneck_queue_drops_without_a_phantom_backlog() {
+        // 1000-byte frames at 80 kbit/s: 100 ms each; a queue of 3.
+        let mut imp = Impairer::new(spec("rate=80kbit,limit=3"), 1);
+        let t0 = Instant::now();
+        let frame = {
+            let mut f = ipv4();
+            f.resize(1000, 0);
+            f
+        };
+        let ds: Vec<Decision> = (0..10).map(|_| imp.decide(t0, &frame)).collect();
+        assert_eq!(ds.iter().filter(|d| **d == Decision::Overflow).count(), 7);
+        // 300 ms later the three queued frames have left: a new one goes straight out.
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(
+            at(imp.decide(later, &frame)),
+            Some(later + Duration::from_millis(100))
+        );
+    }
+
     /// Gilbert–Elliott: the average is the loss asked for, and losses come in runs of the
     /// mean burst length (independent 5% loss would give runs of 1.05).
     #[test]
@@ -1268,7 +1320,7 @@ mod tests {
                 } => {
                     assert_eq!(at, now + Duration::from_millis(50));
                 }
-                Decision::Drop => panic!("no loss configured"),
+                Decision::Drop | Decision::Overflow => panic!("no loss configured"),
             }
         }
         assert!((2200..2800).contains(&skipped), "{skipped}");

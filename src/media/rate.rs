@@ -1,0 +1,309 @@
+//! Send-rate adaptation from the peer's receiver reports: a call through a narrow link lowers
+//! its rate instead of drowning in loss (in the spirit of WebRTC's loss-based controller).
+//!
+//! The controller works in bit/s on the wire (IP and UDP headers, our header, the AEAD tag and
+//! Opus), because that is what a bottleneck carries: at 20 ms packets the overhead alone is
+//! ~22 kbit/s (56 bytes × 50 packets/s over IPv4), so a 32 kbit/s link cannot carry 20 ms
+//! packets of any useful Opus rate, and the controller lengthens frames (40, then 60 ms) before
+//! it starves the codec.
+//!
+//! Each report (one a second) gives the loss of the last interval and a round trip. Loss alone
+//! does not say the link is too narrow: random loss (a radio link) stays whatever the rate, and
+//! cutting the rate then only costs quality. A full bottleneck queue also delays every packet,
+//! so the controller calls loss above [`LOW_LOSS`] congestion when it comes with a round trip
+//! [`QUEUE_DELAY`] above the least seen, or when it is too heavy to be anything else
+//! ([`SEVERE_LOSS`]). Then the
+//! link delivered about `sent × (1 − loss)`, and the target drops to a margin below that at
+//! once (one report, not a slow multiplicative walk: a queue that overflows every second is
+//! audible), and that delivered rate is remembered. Below [`LOW_LOSS`], the target grows by
+//! [`GROWTH`] per report up to the configured maximum, only by [`PROBE_GROWTH`] near the rate
+//! that last overflowed; in between it holds. No growth for [`HOLD_AFTER_DECREASE`] after a
+//! decrease.
+
+use std::time::{Duration, Instant};
+
+use super::codec::FrameDuration;
+
+/// Bytes around each Opus payload on the wire over IPv4: IP (20) + UDP (8) + our header (12) +
+/// AEAD tag (16). (IPv6 adds 20, a relay's ChannelData 4: the margin below absorbs them.)
+pub const WIRE_OVERHEAD: u32 = 56;
+/// Loss taken for congestion whatever the round trip.
+pub const SEVERE_LOSS: f64 = 0.25;
+/// Round-trip growth over the least seen that means a queue is building.
+pub const QUEUE_DELAY: Duration = Duration::from_millis(50);
+/// Growth per clean report near the rate that last overflowed.
+pub const PROBE_GROWTH: f64 = 1.01;
+/// Loss below which the rate may grow.
+pub const LOW_LOSS: f64 = 0.02;
+/// Growth per clean report.
+pub const GROWTH: f64 = 1.08;
+/// Share of the delivered rate aimed at after a loss: room for the queue to drain.
+pub const MARGIN: f64 = 0.85;
+/// No growth this long after a decrease (the queue drains, the next report is fair).
+pub const HOLD_AFTER_DECREASE: Duration = Duration::from_secs(2);
+/// No second decrease this soon after one: the next report still describes packets sent
+/// before the cut (a report interval plus a round trip).
+pub const DECREASE_GAP: Duration = Duration::from_millis(1500);
+/// Loss at or above which an interval says nothing about the link's rate: it was down (an
+/// outage, a path being switched), and cutting the rate would only slow the recovery.
+pub const OUTAGE_LOSS: f64 = 0.9;
+/// Round-trip growth that means a queue is filling even without loss (a deep buffer): the
+/// target is cut by [`DELAY_CUT`].
+pub const DEEP_QUEUE: Duration = Duration::from_millis(100);
+pub const DELAY_CUT: f64 = 0.9;
+/// Least Opus rate worth sending, bit/s: below it speech is not intelligible.
+pub const MIN_OPUS: u32 = 6_000;
+
+/// What the encoder should use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateChoice {
+    pub frame: FrameDuration,
+    /// Opus bitrate, bit/s.
+    pub bitrate: u32,
+}
+
+/// The rate controller of one call direction.
+#[derive(Debug)]
+pub struct RateControl {
+    /// The most Opus rate wanted (the configured bitrate) and the frame it is sent in.
+    max_opus: u32,
+    preferred: FrameDuration,
+    /// Target on the wire, bit/s.
+    target: f64,
+    last_decrease: Option<Instant>,
+    /// What the link delivered when it last overflowed, bit/s on the wire.
+    overflowed_at: Option<f64>,
+    min_rtt: Option<Duration>,
+}
+
+fn wire(opus: u32, frame: FrameDuration) -> f64 {
+    let per_second = 1000.0 / frame.millis() as f64;
+    opus as f64 + f64::from(WIRE_OVERHEAD * 8) * per_second
+}
+
+impl RateControl {
+    /// Starts at the configured bitrate and frame.
+    pub fn new(opus: u32, frame: FrameDuration) -> RateControl {
+        RateControl {
+            max_opus: opus,
+            preferred: frame,
+            target: wire(opus, frame),
+            last_decrease: None,
+            overflowed_at: None,
+            min_rtt: None,
+        }
+    }
+
+    /// The target on the wire, bit/s.
+    pub fn target(&self) -> f64 {
+        self.target
+    }
+
+    /// A report: `loss` (0..=1) in the interval in which we sent `sent_wire_bps` on average,
+    /// and the latest round trip. Returns the encoder settings to use.
+    pub fn on_report(
+        &mut self,
+        now: Instant,
+        loss: f64,
+        sent_wire_bps: f64,
+        rtt: Option<Duration>,
+    ) -> RateChoice {
+        if let Some(r) = rtt {
+            self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
+        }
+        let grown = |by: Duration| matches!((rtt, self.min_rtt), (Some(r), Some(m)) if r >= m + by);
+        // A queue that overflows a little (probing just above the link) loses a few percent:
+        // with the delay to show it is a queue, that is enough.
+        let congested =
+            loss < OUTAGE_LOSS && (loss > SEVERE_LOSS || (loss > LOW_LOSS && grown(QUEUE_DELAY)));
+        let ceiling = wire(self.max_opus, self.preferred);
+        let may_cut = self
+            .last_decrease
+            .is_none_or(|t| now.saturating_duration_since(t) >= DECREASE_GAP);
+        if (congested || grown(DEEP_QUEUE)) && !may_cut {
+            // Still the cut's own aftermath: wait for a report about the new rate.
+        } else if congested && sent_wire_bps > 0.0 {
+            let delivered = sent_wire_bps * (1.0 - loss);
+            self.overflowed_at = Some(delivered);
+            // At most halved per report: a loss figure from a short interval can mislead.
+            let aim = (delivered * MARGIN).max(self.target * 0.5);
+            if aim < self.target {
+                self.target = aim;
+                self.last_decrease = Some(now);
+            }
+        } else if loss < OUTAGE_LOSS && grown(DEEP_QUEUE) {
+            self.target *= DELAY_CUT;
+            self.last_decrease = Some(now);
+        } else if loss < LOW_LOSS
+            && self
+                .last_decrease
+                .is_none_or(|t| now.saturating_duration_since(t) >= HOLD_AFTER_DECREASE)
+        {
+            let near = self
+                .overflowed_at
+                .is_some_and(|o| self.target * GROWTH > 0.95 * o);
+            let growth = if near { PROBE_GROWTH } else { GROWTH };
+            self.target = (self.target * growth).min(ceiling);
+        }
+        let floor = wire(MIN_OPUS, FrameDuration::Ms60);
+        self.target = self.target.max(floor);
+        self.choice()
+    }
+
+    /// The shortest frame (from the preferred one up to 60 ms) that leaves Opus a useful rate
+    /// within the target, and that rate.
+    pub fn choice(&self) -> RateChoice {
+        let frames = [
+            FrameDuration::Ms10,
+            FrameDuration::Ms20,
+            FrameDuration::Ms40,
+            FrameDuration::Ms60,
+        ];
+        for frame in frames
+            .into_iter()
+            .filter(|f| f.millis() >= self.preferred.millis())
+        {
+            let overhead = wire(0, frame);
+            let opus = (self.target - overhead).min(f64::from(self.max_opus));
+            // Shorter frames need more Opus rate to be worth their overhead: 24 kbit/s at 10
+            // ms, 16 at 20, 12 at 40, the floor at 60.
+            let need = match frame.millis() {
+                0..=10 => 24_000,
+                11..=20 => 16_000,
+                21..=40 => 12_000,
+                _ => MIN_OPUS,
+            };
+            if opus >= f64::from(need.min(self.max_opus)) {
+                return RateChoice {
+                    frame,
+                    bitrate: opus.round() as u32,
+                };
+            }
+        }
+        RateChoice {
+            frame: FrameDuration::Ms60,
+            bitrate: MIN_OPUS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 32 kbit/s link under a 32 kbit/s Opus call at 20 ms (~54 kbit/s on the wire): one
+    /// lossy report brings the wire rate under the link, with longer frames; clean reports
+    /// then grow it again, never above the configured rate.
+    #[test]
+    fn a_narrow_link_lowers_the_rate_at_once_and_clean_reports_raise_it() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(32_000, FrameDuration::Ms20);
+        assert!((rc.target() - 54_400.0).abs() < 1.0, "{}", rc.target());
+        // The link delivered 32 of the 54.4 kbit/s sent: 41% loss.
+        let loss = 1.0 - 32_000.0 / 54_400.0;
+        let c = rc.on_report(t0 + Duration::from_secs(1), loss, 54_400.0, None);
+        assert!(rc.target() <= 32_000.0 * MARGIN + 1.0, "{}", rc.target());
+        // 20 ms packets' overhead alone would take 22 of the 27 kbit/s: longer frames.
+        assert!(c.frame.millis() >= 40, "{c:?}");
+        assert!(wire(c.bitrate, c.frame) <= 32_000.0, "{c:?}");
+        assert!(c.bitrate >= MIN_OPUS, "{c:?}");
+        // Clean reports within the hold time change nothing; later ones grow the rate.
+        let held = rc.on_report(t0 + Duration::from_secs(2), 0.0, 27_000.0, None);
+        assert_eq!(held, c);
+        // Near the rate that overflowed, growth is slow: ten clean seconds stay within a few
+        // percent of it.
+        for s in 4..14 {
+            rc.on_report(t0 + Duration::from_secs(s), 0.0, rc.target(), None);
+        }
+        assert!(rc.target() < 32_000.0 * 1.1, "{}", rc.target());
+        let mut last = c;
+        for s in 14..400 {
+            last = rc.on_report(t0 + Duration::from_secs(s), 0.0, rc.target(), None);
+        }
+        assert_eq!(
+            last,
+            RateChoice {
+                frame: FrameDuration::Ms20,
+                bitrate: 32_000
+            }
+        );
+    }
+
+    /// Loss without queueing delay is not congestion (random loss stays whatever the rate);
+    /// the same loss with a grown round trip is.
+    #[test]
+    fn random_loss_keeps_the_rate_and_queueing_loss_cuts_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut rc = RateControl::new(32_000, FrameDuration::Ms20);
+        let before = rc.target();
+        for s in 0..10 {
+            rc.on_report(t0 + Duration::from_secs(s), 0.15, before, Some(ms(50)));
+        }
+        assert_eq!(
+            rc.target(),
+            before,
+            "random 15% loss is FEC's job, not a rate cut"
+        );
+        rc.on_report(t0 + Duration::from_secs(10), 0.15, before, Some(ms(130)));
+        assert!(rc.target() < before * 0.8, "{}", rc.target());
+    }
+
+    /// An outage (everything lost) is not a narrow link; a deep queue without loss is.
+    #[test]
+    fn an_outage_keeps_the_rate_and_a_deep_queue_lowers_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut rc = RateControl::new(32_000, FrameDuration::Ms20);
+        let before = rc.target();
+        rc.on_report(t0, 0.0, before, Some(ms(40)));
+        rc.on_report(t0 + ms(1000), 1.0, before, None);
+        assert_eq!(rc.target(), before);
+        rc.on_report(t0 + ms(2000), 0.0, before, Some(ms(150)));
+        assert!(
+            (rc.target() - before * DELAY_CUT).abs() < 1.0,
+            "{}",
+            rc.target()
+        );
+    }
+
+    /// The configured frame is kept on a good link, 10 ms included.
+    #[test]
+    fn a_good_link_keeps_the_configured_frame_and_rate() {
+        for frame in [
+            FrameDuration::Ms10,
+            FrameDuration::Ms20,
+            FrameDuration::Ms60,
+        ] {
+            let mut rc = RateControl::new(32_000, frame);
+            let c = rc.on_report(Instant::now(), 0.0, 0.0, None);
+            assert_eq!(
+                c,
+                RateChoice {
+                    frame,
+                    bitrate: 32_000
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn moderate_loss_holds_and_the_rate_never_falls_below_the_floor() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(32_000, FrameDuration::Ms20);
+        let before = rc.target();
+        rc.on_report(t0, 0.05, before, None);
+        assert_eq!(rc.target(), before, "5% loss is FEC's job, not a rate cut");
+        for s in 1..20 {
+            rc.on_report(t0 + Duration::from_secs(s), 0.8, 1_000.0, None);
+        }
+        let c = rc.choice();
+        assert_eq!(
+            c,
+            RateChoice {
+                frame: FrameDuration::Ms60,
+                bitrate: MIN_OPUS
+            }
+        );
+    }
+}
