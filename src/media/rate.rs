@@ -9,10 +9,12 @@
 //!
 //! Each report (one a second) gives the loss of the last interval and a round trip. Loss alone
 //! does not say the link is too narrow: random loss (a radio link) stays whatever the rate, and
-//! cutting the rate then only costs quality. A full bottleneck queue also delays every packet,
-//! so the controller calls loss above [`LOW_LOSS`] congestion when it comes with a round trip
-//! [`QUEUE_DELAY`] above the least seen, or when it is too heavy to be anything else
-//! ([`SEVERE_LOSS`]). Then the
+//! an outage loses everything for a while; cutting the rate then only costs quality. A full
+//! bottleneck queue also delays every packet, so the controller calls loss above [`LOW_LOSS`]
+//! congestion when it comes with a round trip [`QUEUE_DELAY`] above the least seen. A call that
+//! starts into a full queue never saw the unloaded round trip, so heavy loss
+//! ([`SEVERE_LOSS`]) on two reports in a row counts too (an outage's edges are separated by its
+//! all-lost reports, which count for nothing). Then the
 //! link delivered about `sent × (1 − loss)`, and the target drops to a margin below that at
 //! once (one report, not a slow multiplicative walk: a queue that overflows every second is
 //! audible), and that delivered rate is remembered. Below [`LOW_LOSS`], the target grows by
@@ -27,10 +29,10 @@ use super::codec::FrameDuration;
 /// Bytes around each Opus payload on the wire over IPv4: IP (20) + UDP (8) + our header (12) +
 /// AEAD tag (16). (IPv6 adds 20, a relay's ChannelData 4: the margin below absorbs them.)
 pub const WIRE_OVERHEAD: u32 = 56;
-/// Loss taken for congestion whatever the round trip.
-pub const SEVERE_LOSS: f64 = 0.25;
 /// Round-trip growth over the least seen that means a queue is building.
 pub const QUEUE_DELAY: Duration = Duration::from_millis(50);
+/// Loss taken for congestion when two reports in a row show it, whatever the round trip.
+pub const SEVERE_LOSS: f64 = 0.25;
 /// Growth per clean report near the rate that last overflowed.
 pub const PROBE_GROWTH: f64 = 1.01;
 /// Loss below which the rate may grow.
@@ -74,6 +76,8 @@ pub struct RateControl {
     /// What the link delivered when it last overflowed, bit/s on the wire.
     overflowed_at: Option<f64>,
     min_rtt: Option<Duration>,
+    /// Reports in a row with loss in [`SEVERE_LOSS`]..[`OUTAGE_LOSS`].
+    severe: u32,
 }
 
 fn wire(opus: u32, frame: FrameDuration) -> f64 {
@@ -91,12 +95,20 @@ impl RateControl {
             last_decrease: None,
             overflowed_at: None,
             min_rtt: None,
+            severe: 0,
         }
     }
 
     /// The target on the wire, bit/s.
     pub fn target(&self) -> f64 {
         self.target
+    }
+
+    /// Whether a cut was made within [`DECREASE_GAP`]: the loss reported meanwhile is the
+    /// queue's, which the cut answers.
+    pub fn cut_recently(&self, now: Instant) -> bool {
+        self.last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < DECREASE_GAP)
     }
 
     /// A report: `loss` (0..=1) in the interval in which we sent `sent_wire_bps` on average,
@@ -114,8 +126,13 @@ impl RateControl {
         let grown = |by: Duration| matches!((rtt, self.min_rtt), (Some(r), Some(m)) if r >= m + by);
         // A queue that overflows a little (probing just above the link) loses a few percent:
         // with the delay to show it is a queue, that is enough.
+        self.severe = if (SEVERE_LOSS..OUTAGE_LOSS).contains(&loss) {
+            self.severe + 1
+        } else {
+            0
+        };
         let congested =
-            loss < OUTAGE_LOSS && (loss > SEVERE_LOSS || (loss > LOW_LOSS && grown(QUEUE_DELAY)));
+            loss < OUTAGE_LOSS && ((loss > LOW_LOSS && grown(QUEUE_DELAY)) || self.severe >= 2);
         let ceiling = wire(self.max_opus, self.preferred);
         let may_cut = self
             .last_decrease
@@ -201,7 +218,9 @@ mod tests {
         assert!((rc.target() - 54_400.0).abs() < 1.0, "{}", rc.target());
         // The link delivered 32 of the 54.4 kbit/s sent: 41% loss.
         let loss = 1.0 - 32_000.0 / 54_400.0;
-        let c = rc.on_report(t0 + Duration::from_secs(1), loss, 54_400.0, None);
+        let ms = Duration::from_millis;
+        rc.on_report(t0, 0.0, 54_400.0, Some(ms(40)));
+        let c = rc.on_report(t0 + Duration::from_secs(1), loss, 54_400.0, Some(ms(140)));
         assert!(rc.target() <= 32_000.0 * MARGIN + 1.0, "{}", rc.target());
         // 20 ms packets' overhead alone would take 22 of the 27 kbit/s: longer frames.
         assert!(c.frame.millis() >= 40, "{c:?}");
@@ -294,8 +313,10 @@ mod tests {
         let before = rc.target();
         rc.on_report(t0, 0.05, before, None);
         assert_eq!(rc.target(), before, "5% loss is FEC's job, not a rate cut");
+        rc.on_report(t0, 0.0, before, Some(Duration::from_millis(40)));
         for s in 1..20 {
-            rc.on_report(t0 + Duration::from_secs(s), 0.8, 1_000.0, None);
+            let rtt = Some(Duration::from_millis(200));
+            rc.on_report(t0 + Duration::from_secs(s), 0.8, 1_000.0, rtt);
         }
         let c = rc.choice();
         assert_eq!(

@@ -455,19 +455,8 @@ impl MediaSession {
             rtt_ms: self.rtt.map(ms),
             packets_sent: r.packets_sent,
         };
-        // Loss comes in bursts and one clean second says little: follow a rise at once, let a
-        // fall pull the estimate down slowly (a fifth per report), so FEC is not switched off
-        // between two lossy seconds.
         let fraction = f64::from(rx.fraction_lost) / 256.0;
-        self.loss_estimate = if fraction >= self.loss_estimate {
-            fraction
-        } else {
-            0.8 * self.loss_estimate + 0.2 * fraction
-        };
         let mut want = *self.encoder.settings();
-        if self.config.auto_loss {
-            want.loss_percent = (self.loss_estimate * 100.0).round() as u8;
-        }
         if self.config.adapt_rate {
             let (t, packets, bytes) = self.sent_mark;
             let secs = now.saturating_duration_since(t).as_secs_f64();
@@ -481,6 +470,24 @@ impl MediaSession {
             let c = self.rate.on_report(now, fraction, sent_bps, self.rtt);
             want.bitrate = c.bitrate;
             want.frame = c.frame;
+        }
+        // Loss a rate cut answers (a queue overflowing) is not what FEC is for: sized to it,
+        // FEC would eat the little rate left and narrow the audio band. Only other loss counts.
+        let random = if self.config.adapt_rate && self.rate.cut_recently(now) {
+            0.0
+        } else {
+            fraction
+        };
+        // Loss comes in bursts and one clean second says little: follow a rise at once, let a
+        // fall pull the estimate down slowly (a fifth per report), so FEC is not switched off
+        // between two lossy seconds.
+        self.loss_estimate = if random >= self.loss_estimate {
+            random
+        } else {
+            0.8 * self.loss_estimate + 0.2 * random
+        };
+        if self.config.auto_loss {
+            want.loss_percent = (self.loss_estimate * 100.0).round() as u8;
         }
         self.sent_mark = (now, self.sent.audio_packets, self.sent.audio_bytes);
         if want != *self.encoder.settings() {
