@@ -90,19 +90,17 @@ fn udp_blocked_caller_ringing_time_with_25ms_links() {
             let ringing = d
                 .event("ringing")
                 .unwrap_or_else(|| panic!("round {round}, box {from}: rings: {:#?}", d.events));
-            assert_eq!(
-                d.code,
-                Some(0),
-                "round {round}, box {from}: {:#?}",
-                d.events
+            // Whether the call then connects is the other test's business: this one also
+            // measures older builds (through VX_CALL_BINS), whose UDP-blocked calls fail.
+            let ms = ringing["ms"].as_f64().expect("ringing carries ms");
+            println!(
+                "round {round}, box {from}: ringing at {ms:.1} ms, exit {:?}",
+                d.code
             );
-            rings[k].push(ringing["ms"].as_f64().expect("ringing carries ms"));
-            // The callee takes the next call only once this one has ended there.
-            assert!(
-                bob.wait("ended", Duration::from_secs(10)).is_some(),
-                "the callee sees the end: {:#?}",
-                bob.seen
-            );
+            rings[k].push(ms);
+            // The callee takes the next call once this one has ended there (a call that never
+            // connected may end there without an event: the next one then rings or says why).
+            let _ = bob.wait("ended", Duration::from_secs(10));
         }
     }
     // RTT caller ↔ callee: 25 ms one way on each of the two boxes' links, so 100 ms.

@@ -28,6 +28,15 @@ pub const MONO_48K: hound::WavSpec = hound::WavSpec {
     sample_format: hound::SampleFormat::Int,
 };
 
+/// The program `name` to run: the one this build made, or with `VX_CALL_BINS=DIR` set, DIR's
+/// (to measure another build's `dial`, `answer` and `supernoded` in the same lab, as a baseline).
+pub fn program(name: &str, built: &str) -> String {
+    match std::env::var_os("VX_CALL_BINS") {
+        Some(dir) => Path::new(&dir).join(name).to_string_lossy().into_owned(),
+        None => built.to_string(),
+    }
+}
+
 /// A fresh scratch directory for `tag` (per process).
 pub fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vx-calls-{tag}-{}", std::process::id()));
@@ -194,7 +203,10 @@ impl CallLab {
         }
         let dir = tmp(tag);
         let mut sn = lab
-            .command(&lab.server_ns(), env!("CARGO_BIN_EXE_supernoded"))
+            .command(
+                &lab.server_ns(),
+                &program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
+            )
             .args(["--listen", SN, "--no-rfc5780", "--identity"])
             .arg(dir.join("sn.key"))
             .arg("--control")
@@ -259,7 +271,7 @@ impl CallLab {
     /// `args`, and waits for its registration.
     pub fn answer(&self, ns: &str, name: &str, args: &[&str]) -> Answerer {
         let mut child = self
-            .program(ns, env!("CARGO_BIN_EXE_answer"))
+            .program(ns, &program("answer", env!("CARGO_BIN_EXE_answer")))
             .arg("--identity")
             .arg(self.dir.join(format!("{name}.key")))
             .args(args)
@@ -286,7 +298,7 @@ impl CallLab {
 
     /// A `dial` from `ns` as `name` (its own identity) to `user`, with `args`; not started.
     pub fn dial(&self, ns: &str, name: &str, user: &str, args: &[&str]) -> Command {
-        let mut c = self.program(ns, env!("CARGO_BIN_EXE_dial"));
+        let mut c = self.program(ns, &program("dial", env!("CARGO_BIN_EXE_dial")));
         c.arg("--identity")
             .arg(self.dir.join(format!("{name}.key")))
             .arg(user)
