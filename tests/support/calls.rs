@@ -205,7 +205,7 @@ impl CallLab {
         let mut sn = lab
             .command(
                 &lab.server_ns(),
-                &program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
+                program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
             )
             .args(["--listen", SN, "--no-rfc5780", "--identity"])
             .arg(dir.join("sn.key"))
