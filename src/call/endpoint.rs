@@ -22,6 +22,13 @@
 //! our socket's family, the least loaded (allocations each relay reported to the mesh), ties
 //! broken by the relay's ID so that every client decides alike.
 //!
+//! A network that blocks UDP: the allocation over UDP gets a head start
+//! ([`RELAY_UDP_HEAD_START`]), then one over TCP to the same relay races it and the first to
+//! allocate is kept; when the agent reaches its supernode over TCP only, the relay is allocated
+//! over TCP at once (among offers with a TCP address). The TURN client then runs in stream mode
+//! (padded ChannelData) and its messages go out with `Transmit::socket` =
+//! [`crate::transmit::STREAM`]: the driver owns the TCP stream, this core stays socket-free.
+//!
 //! Media flows once a call is answered and ICE has a path; the first authenticated packet from
 //! the peer makes the call `Connected` (what a user hears), with the path and the short
 //! authentication string both ends show.

@@ -17,6 +17,11 @@
 //! standby, while any other candidate is left, and is forgiven once it answers a handshake.
 //! Nothing latches: every loss of the primary starts a new attempt, and when no supernode is
 //! connected a retry timer is always armed (see [`Agent::is_recovering`]).
+//!
+//! UDP-blocked networks: a handshake over UDP runs alone for [`UDP_HEAD_START`], then a second
+//! session to the same supernode over TCP races it (its frames carry `Transmit::socket` =
+//! [`crate::transmit::STREAM`]; the driver owns the stream); the first to complete becomes the
+//! primary and the other is closed. Later sessions to a supernode TCP won for start on TCP.
 
 pub mod relay;
 
