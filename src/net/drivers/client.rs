@@ -147,11 +147,22 @@ impl Streams {
     /// Queues a frame for `to`, connecting first if needed. A broken stream is dropped; the
     /// session layer's retransmission then opens a new one.
     pub(crate) fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
-        if let Some(w) = self.writers.get(&to)
-            && w.try_send(data.clone()).is_ok()
-        {
-            return;
-        }
+        let data = match self.writers.get(&to) {
+            None => data,
+            Some(w) => match w.try_send(data) {
+                Ok(()) => return,
+                // The stream is backed up (or still connecting): this frame is lost, as a
+                // datagram would be. A second connection would not help, and for TURN it
+                // would carry no allocation.
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(data)) => data,
+            },
+        };
+        self.open(to, data);
+    }
+
+    /// Opens a stream to `to` (replacing a closed one), with `data` as its first frame.
+    fn open(&mut self, to: SocketAddr, data: Vec<u8>) {
         let (tx, rx) = mpsc::channel(64);
         let _ = tx.try_send(data);
         self.writers.insert(to, tx);
