@@ -4,6 +4,14 @@
 
 use std::net::SocketAddr;
 
+/// [`Transmit::socket`] of the client's UDP socket (the default).
+pub const UDP: usize = 0;
+/// [`Transmit::socket`] of a client's TCP stream to `to` (opened by the driver on first use):
+/// the agent's supernode sessions when UDP is blocked, framed with a 2-byte length, and the
+/// call endpoint's TURN allocation over TCP, framed as RFC 8656 §12 says (STUN messages and
+/// padded ChannelData back to back).
+pub const STREAM: usize = 1;
+
 /// A datagram to send: `data` to `to`, from the driver's socket number `socket`.
 #[must_use]
 #[derive(Clone, Debug, PartialEq, Eq)]

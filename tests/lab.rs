@@ -10,6 +10,8 @@ mod support;
 mod call_lab;
 #[path = "lab/call_security.rs"]
 mod call_security;
+#[path = "lab/call_tcp.rs"]
+mod call_tcp;
 #[path = "lab/lab_selftest.rs"]
 mod lab_selftest;
 #[path = "lab/mesh_lab.rs"]

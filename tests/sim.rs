@@ -5,6 +5,8 @@
 
 mod support;
 
+#[path = "sim/agent_race.rs"]
+mod agent_race;
 #[path = "sim/binding_service.rs"]
 mod binding_service;
 #[path = "sim/ice_sim.rs"]

@@ -22,6 +22,13 @@
 //! our socket's family, the least loaded (allocations each relay reported to the mesh), ties
 //! broken by the relay's ID so that every client decides alike.
 //!
+//! A network that blocks UDP: the allocation over UDP gets a head start
+//! ([`RELAY_UDP_HEAD_START`]), then one over TCP to the same relay races it and the first to
+//! allocate is kept; when the agent reaches its supernode over TCP only, the relay is allocated
+//! over TCP at once (among offers with a TCP address). The TURN client then runs in stream mode
+//! (padded ChannelData) and its messages go out with `Transmit::socket` =
+//! [`crate::transmit::STREAM`]: the driver owns the TCP stream, this core stays socket-free.
+//!
 //! Media flows once a call is answered and ICE has a path; the first authenticated packet from
 //! the peer makes the call `Connected` (what a user hears), with the path and the short
 //! authentication string both ends show.
@@ -41,6 +48,16 @@ use crate::signal::RelayOffer;
 use crate::stun::{Class, Message, MessageBuilder, TransactionId, method};
 use crate::transmit::Transmit;
 use crate::turn::client::{TurnClient, TurnClientConfig, TurnEvent};
+
+/// How long the relay allocation over UDP runs alone before one over TCP races it (when the
+/// relay offers TCP): the first to allocate is kept, the other released. A relay answers an
+/// Allocate within one round trip (its 401 challenge), so on a network that passes UDP the
+/// TCP allocation is never started; 150 ms is also under the TURN client's first
+/// retransmission (250 ms), so a blocked or lossy UDP path costs no more than that. The same
+/// reasoning as the agent's head start to its supernode ([`crate::client::UDP_HEAD_START`]).
+/// When the agent already reaches its supernode over TCP only (UDP lost that race), the relay
+/// is allocated over TCP straight away.
+pub const RELAY_UDP_HEAD_START: Duration = Duration::from_millis(150);
 
 /// How often a server-reflexive binding request is sent until answered, and how many times.
 const SRFLX_RTO: Duration = Duration::from_millis(250);
@@ -168,6 +185,16 @@ pub struct Endpoint {
     /// Phone tag of each routed message, by agent route number.
     routes: HashMap<u64, u64>,
     relay: Relay,
+    /// The client in `relay` talks to its server over TCP (`Transmit::socket` is
+    /// [`crate::transmit::STREAM`]; the driver frames it as TURN over TCP).
+    relay_stream: bool,
+    /// The relay allocation over TCP racing the UDP one in `relay`, and before it starts: when,
+    /// with what settings. `relay_heard`: the relay answered us over UDP (then no race).
+    relay_race: Option<Box<TurnClient>>,
+    relay_race_at: Option<(Instant, TurnClientConfig)>,
+    relay_heard: bool,
+    /// TCP streams to relays that no allocation uses any more: the driver closes them.
+    close_streams: VecDeque<SocketAddr>,
     /// Server-reflexive discovery: (transaction, supernode, next send, sends so far).
     srflx: Option<(TransactionId, SocketAddr, Instant, u32)>,
     out: VecDeque<Transmit>,
@@ -186,6 +213,11 @@ impl Endpoint {
             media: HashMap::new(),
             routes: HashMap::new(),
             relay: Relay::None,
+            relay_stream: false,
+            relay_race: None,
+            relay_race_at: None,
+            relay_heard: false,
+            close_streams: VecDeque::new(),
             srflx: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -344,6 +376,10 @@ impl Endpoint {
         if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay {
             t.release(now);
         }
+        if let Some(t) = &mut self.relay_race {
+            t.release(now);
+        }
+        self.relay_race_at = None;
         self.pump(now);
         self.agent.close(now);
         self.pump(now);
@@ -355,9 +391,11 @@ impl Endpoint {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if demux::classify(data) == demux::Kind::Session {
             self.agent.handle_datagram(now, from, data);
-        } else if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay
+        } else if !self.relay_stream
+            && let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay
             && t.server() == from
         {
+            self.relay_heard = true;
             if let Some(r) = t.handle_input(now, data) {
                 let relayed = t.relayed();
                 let inner = data[r.data].to_vec();
@@ -372,6 +410,50 @@ impl Endpoint {
             self.peer_input(now, route, from, data);
         }
         self.pump(now);
+    }
+
+    /// One message from a TURN server over our TCP stream to it (`from` is the server).
+    pub fn handle_stream(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let t = match &mut self.relay {
+            Relay::Up(t) | Relay::Allocating(t) if self.relay_stream && t.server() == from => t,
+            _ => match &mut self.relay_race {
+                Some(t) if t.server() == from => t,
+                _ => return,
+            },
+        };
+        if let Some(r) = t.handle_input(now, data)
+            && let Some(relayed) = t.relayed()
+        {
+            let inner = data[r.data].to_vec();
+            self.peer_input(now, Route::Relay(relayed), r.peer, &inner);
+        }
+        self.pump(now);
+    }
+
+    /// Our TCP stream to the TURN server at `from` closed: an allocation over it is gone.
+    pub fn relay_stream_closed(&mut self, now: Instant, from: SocketAddr) {
+        if self.relay_race.as_ref().is_some_and(|t| t.server() == from) {
+            self.relay_race = None;
+        } else if self.relay_stream
+            && matches!(&self.relay, Relay::Up(t) | Relay::Allocating(t) if t.server() == from)
+        {
+            tracing::warn!("the TCP connection to the relay closed: calls go without a relay");
+            self.relay = Relay::Failed;
+        }
+        self.pump(now);
+    }
+
+    /// A TCP stream to a relay no allocation uses any more (a race's loser): the driver
+    /// closes it once what is queued on it is written.
+    #[must_use]
+    pub fn poll_relay_stream_close(&mut self) -> Option<SocketAddr> {
+        self.close_streams.pop_front()
+    }
+
+    /// A TCP stream to a supernode the agent no longer uses: the driver closes it.
+    #[must_use]
+    pub fn poll_stream_close(&mut self) -> Option<SocketAddr> {
+        self.agent.poll_stream_close()
     }
 
     /// A datagram from a peer (directly or through our relay): a check or media.
@@ -445,6 +527,13 @@ impl Endpoint {
             Relay::Up(t) | Relay::Allocating(t) => t.poll_timeout(),
             _ => None,
         };
+        let race = [
+            self.relay_race.as_ref().and_then(|t| t.poll_timeout()),
+            self.relay_race_at.as_ref().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let media = self
             .media
             .values()
@@ -454,6 +543,7 @@ impl Endpoint {
             self.agent.poll_timeout(),
             self.phone.poll_timeout(),
             relay,
+            race,
             media,
             self.srflx.map(|(_, _, t, _)| t),
         ]
@@ -469,6 +559,22 @@ impl Endpoint {
             && t.poll_timeout().is_some_and(|d| d <= now)
         {
             t.handle_timeout(now);
+        }
+        if let Some(t) = &mut self.relay_race
+            && t.poll_timeout().is_some_and(|d| d <= now)
+        {
+            t.handle_timeout(now);
+        }
+        if self.relay_race_at.as_ref().is_some_and(|(t, _)| *t <= now)
+            && let Some((_, cfg)) = self.relay_race_at.take()
+            && matches!(self.relay, Relay::Allocating(_))
+            && !self.relay_heard
+        {
+            // No answer over UDP within its head start: race an allocation over TCP.
+            tracing::info!("no answer from the relay over UDP yet; racing TCP");
+            let mut t = TurnClient::new(cfg);
+            t.allocate(now);
+            self.relay_race = Some(Box::new(t));
         }
         for m in self.media.values_mut() {
             if m.session.poll_timeout().is_some_and(|d| d <= now) {
@@ -721,28 +827,59 @@ impl Endpoint {
             return;
         }
         let v4 = self.hosts.iter().any(|h| h.is_ipv4());
-        let best = pick_relay(offers, v4);
-        let Some((offer, server)) = best else {
-            tracing::info!("no relay offered: calls go without one");
-            self.relay = Relay::Failed;
-            return;
+        let config = |server: SocketAddr, offer: &RelayOffer, stream: bool| {
+            let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
+            cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
+            cfg.stream = stream;
+            cfg
         };
-        let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
-        cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
+        // Our supernode answered over TCP only: UDP is most likely blocked here, so the relay
+        // goes over TCP at once (waiting for UDP to fail would add its head start to the call).
+        let tcp_first = self.agent.on_stream();
+        let udp = if tcp_first {
+            None
+        } else {
+            pick_relay(offers, v4)
+        };
+        let (cfg, stream) = match udp {
+            Some((offer, server)) => {
+                if let Some(tcp) = tcp_address(offer, v4) {
+                    self.relay_race_at =
+                        Some((now + RELAY_UDP_HEAD_START, config(tcp, offer, true)));
+                }
+                (config(server, offer, false), false)
+            }
+            None => match pick_relay_tcp(offers, v4) {
+                Some((offer, server)) => (config(server, offer, true), true),
+                None => {
+                    tracing::info!("no relay offered: calls go without one");
+                    self.relay = Relay::Failed;
+                    return;
+                }
+            },
+        };
         let mut t = TurnClient::new(cfg);
         t.allocate(now);
         self.relay = Relay::Allocating(Box::new(t));
+        self.relay_stream = stream;
     }
 
-    /// Moves the TURN client's output and events; true if anything moved.
+    /// Moves the TURN clients' output and events; true if anything moved.
     fn pump_relay(&mut self, now: Instant) -> bool {
-        let mut moved = false;
+        let mut moved = self.pump_relay_race(now);
         let mut allocated = None;
         let mut failed = false;
+        let socket = if self.relay_stream {
+            crate::transmit::STREAM
+        } else {
+            crate::transmit::UDP
+        };
         if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay {
             while let Some(data) = t.poll_transmit() {
                 moved = true;
-                self.out.push_back(Transmit::new(t.server(), data));
+                let mut tx = Transmit::new(t.server(), data);
+                tx.socket = socket;
+                self.out.push_back(tx);
             }
             while let Some(ev) = t.poll_event() {
                 moved = true;
@@ -761,6 +898,13 @@ impl Endpoint {
         if let Some((relayed, server)) = allocated
             && let Relay::Allocating(t) = std::mem::replace(&mut self.relay, Relay::None)
         {
+            // This allocation won: a TCP one racing it (or about to) is not needed.
+            self.relay_race_at = None;
+            if let Some(mut r) = self.relay_race.take() {
+                r.release(now);
+                self.flush_race(&mut r);
+                self.close_streams.push_back(r.server());
+            }
             self.relay = Relay::Up(t);
             self.phone
                 .add_local_candidate(now, LocalCandidate::Relayed(relayed));
@@ -768,10 +912,100 @@ impl Endpoint {
                 .push_back(EndpointEvent::Relay { relayed, server });
         }
         if failed {
-            tracing::warn!("the relay allocation failed: calls go without a relay");
-            self.relay = Relay::Failed;
+            if let Some(r) = self.relay_race.take() {
+                // UDP failed outright while TCP is still trying: TCP carries on alone.
+                self.relay = Relay::Allocating(r);
+                self.relay_stream = true;
+            } else if let Some((_, cfg)) = self.relay_race_at.take() {
+                let mut t = TurnClient::new(cfg);
+                t.allocate(now);
+                self.relay = Relay::Allocating(Box::new(t));
+                self.relay_stream = true;
+            } else {
+                tracing::warn!("the relay allocation failed: calls go without a relay");
+                if self.relay_stream
+                    && let Relay::Up(t) | Relay::Allocating(t) = &self.relay
+                {
+                    self.close_streams.push_back(t.server());
+                }
+                self.relay = Relay::Failed;
+            }
+            moved = true;
         }
         moved
+    }
+
+    /// Queues what the racing TCP client wants sent.
+    fn flush_race(&mut self, t: &mut TurnClient) {
+        while let Some(data) = t.poll_transmit() {
+            let mut tx = Transmit::new(t.server(), data);
+            tx.socket = crate::transmit::STREAM;
+            self.out.push_back(tx);
+        }
+    }
+
+    /// Moves the racing TCP allocation's output and events: when it allocates before the UDP
+    /// one, it becomes the relay and the UDP attempt is dropped. True if anything moved.
+    fn pump_relay_race(&mut self, now: Instant) -> bool {
+        let Some(mut t) = self.relay_race.take() else {
+            return false;
+        };
+        let mut moved = false;
+        self.flush_race(&mut t);
+        let mut won = None;
+        let mut failed = false;
+        while let Some(ev) = t.poll_event() {
+            moved = true;
+            match ev {
+                TurnEvent::Allocated { relayed, .. } => won = Some(relayed),
+                TurnEvent::Failed {
+                    op: crate::turn::client::Op::Allocate,
+                    code,
+                    reason,
+                } => {
+                    tracing::info!("relay over TCP: allocation failed: {code} {reason}");
+                    failed = true;
+                }
+                other => tracing::debug!("relay over TCP: {other:?}"),
+            }
+        }
+        if failed {
+            self.close_streams.push_back(t.server());
+            return true;
+        }
+        match won {
+            Some(relayed) if matches!(self.relay, Relay::Allocating(_)) => {
+                tracing::info!("the relay answered over TCP first; UDP allocation dropped");
+                if let Relay::Allocating(mut udp) = std::mem::replace(&mut self.relay, Relay::None)
+                {
+                    // Nothing reached us over UDP: releasing it would most likely be lost
+                    // too; an allocation it made anyway expires on its own.
+                    udp.release(now);
+                    while let Some(data) = udp.poll_transmit() {
+                        self.out.push_back(Transmit::new(udp.server(), data));
+                    }
+                }
+                let server = t.server();
+                self.relay = Relay::Up(t);
+                self.relay_stream = true;
+                self.phone
+                    .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+                self.events
+                    .push_back(EndpointEvent::Relay { relayed, server });
+                true
+            }
+            Some(_) => {
+                // Too late: UDP is already up.
+                t.release(now);
+                self.flush_race(&mut t);
+                self.close_streams.push_back(t.server());
+                true
+            }
+            None => {
+                self.relay_race = Some(t);
+                moved
+            }
+        }
     }
 
     // ------------------------------------------------------------------ server-reflexive
@@ -815,6 +1049,24 @@ impl Endpoint {
         self.phone
             .add_local_candidate(now, LocalCandidate::ServerReflexive { addr: mapped, base });
     }
+}
+
+/// The TCP address of `offer` of our family, if it serves TCP.
+fn tcp_address(offer: &RelayOffer, v4: bool) -> Option<SocketAddr> {
+    offer
+        .tcp
+        .iter()
+        .find(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified())
+        .copied()
+}
+
+/// The relay to use over TCP (UDP is blocked here): like [`pick_relay`], among offers with a
+/// TCP address of our family.
+pub fn pick_relay_tcp(offers: &[RelayOffer], v4: bool) -> Option<(&RelayOffer, SocketAddr)> {
+    offers
+        .iter()
+        .filter_map(|o| tcp_address(o, v4).map(|a| (o, a)))
+        .min_by_key(|(o, _)| (o.load, o.relay.as_bytes().to_vec()))
 }
 
 /// The relay to use: among offers with a UDP address of our family, the least loaded, then the

@@ -17,6 +17,11 @@
 //! standby, while any other candidate is left, and is forgiven once it answers a handshake.
 //! Nothing latches: every loss of the primary starts a new attempt, and when no supernode is
 //! connected a retry timer is always armed (see [`Agent::is_recovering`]).
+//!
+//! UDP-blocked networks: a handshake over UDP runs alone for [`UDP_HEAD_START`], then a second
+//! session to the same supernode over TCP races it (its frames carry `Transmit::socket` =
+//! [`crate::transmit::STREAM`]; the driver owns the stream); the first to complete becomes the
+//! primary and the other is closed. Later sessions to a supernode TCP won for start on TCP.
 
 pub mod relay;
 
@@ -46,9 +51,11 @@ pub struct AgentConfig {
     pub register: bool,
     /// Keep a standby session with a second supernode.
     pub standby: bool,
-    /// How long a handshake over UDP may go unanswered before the agent tries TCP instead (a
-    /// network that blocks UDP; the session is the same, framed on a stream).
-    pub udp_patience: Duration,
+    /// How long a handshake over UDP runs alone before the agent starts a second one to the
+    /// same supernode over TCP, racing it ("happy eyeballs", RFC 8305 style): whichever session
+    /// completes first is kept and the other is closed. A network that blocks UDP then costs
+    /// this head start, not a timeout. See [`UDP_HEAD_START`] for the choice of value.
+    pub udp_head_start: Duration,
     /// How long a standby handshake may go unanswered before that supernode is demoted and
     /// another is tried. A standby is not urgent, but while we wait on a dead one we have none:
     /// the session layer's own handshake timeout (20 s) is far too patient for that.
@@ -67,11 +74,20 @@ impl AgentConfig {
             record_lifetime: Duration::from_secs(3600),
             register: true,
             standby: true,
-            udp_patience: Duration::from_secs(2),
+            udp_head_start: UDP_HEAD_START,
             standby_patience: Duration::from_secs(3),
         }
     }
 }
+
+/// The head start a UDP handshake gets before TCP races it ([`AgentConfig::udp_head_start`]).
+/// 150 ms is more than one round trip to a supernode on nearly any working path (UDP then
+/// answers first and no TCP connection is even opened), and far less than the session's first
+/// handshake retransmission (500 ms): when the first UDP handshake is lost or blocked, TCP is
+/// already under way before UDP would have tried again. RFC 8305 recommends 250 ms for its
+/// connection attempt delay and allows 100 ms; a supernode handshake is one round trip and
+/// this delay adds directly to a UDP-blocked caller's ringing time, so we sit near the low end.
+pub const UDP_HEAD_START: Duration = Duration::from_millis(150);
 
 /// After a handshake with every known supernode has failed in a row, the agent waits this long
 /// before the next round, doubling per round up to [`RETRY_MAX`]: a wrong bootstrap entry or a
@@ -167,6 +183,8 @@ struct Link {
     node: UserId,
     addr: SocketAddr,
     session: SessionId,
+    /// The session runs on a TCP stream (`Transmit::socket` [`crate::transmit::STREAM`]).
+    tcp: bool,
 }
 
 /// Deliveries kept waiting for the application's acknowledgement, at most (the oldest is
@@ -211,8 +229,13 @@ pub struct Agent {
     /// Supernode addresses reached over TCP (UDP went unanswered).
     stream: HashSet<SocketAddr>,
     refreshes: u64,
-    /// The primary's handshake over UDP, and when to give up on UDP for it.
+    /// The primary's handshake over UDP, and when TCP starts racing it.
     attempt: Option<(SessionId, Instant)>,
+    /// The session to the primary's supernode over TCP racing the primary's UDP handshake: the
+    /// first of the two to complete becomes the primary, the other is closed.
+    race: Option<Link>,
+    /// TCP streams the driver should close (a race's loser): no session uses them any more.
+    close_streams: VecDeque<SocketAddr>,
     /// The standby session being opened and when we give up on it.
     standby_attempt: Option<(SessionId, Instant)>,
     /// When to sign a fresh registration record: half way through the current one's life, so
@@ -260,6 +283,8 @@ impl Agent {
             stream: HashSet::new(),
             refreshes: 0,
             attempt: None,
+            race: None,
+            close_streams: VecDeque::new(),
             standby_attempt: None,
             renew_at: None,
             failed_handshakes: 0,
@@ -330,9 +355,22 @@ impl Agent {
         self.events.pop_front()
     }
 
-    /// Whether datagrams for `addr` must go over a TCP stream (2-byte length prefix per frame).
+    /// Whether the agent reaches the supernode at `addr` over TCP (UDP did not answer first).
+    /// Which transport each frame takes is its `Transmit::socket`; this is for the call
+    /// endpoint, which then starts its relay allocation over TCP at once.
     pub fn uses_stream(&self, addr: SocketAddr) -> bool {
         self.stream.contains(&addr)
+    }
+
+    /// Whether the primary supernode session runs over TCP.
+    pub fn on_stream(&self) -> bool {
+        self.primary.is_some_and(|p| p.tcp)
+    }
+
+    /// A TCP stream no session uses any more (the loser of a race): the driver closes it.
+    #[must_use]
+    pub fn poll_stream_close(&mut self) -> Option<SocketAddr> {
+        self.close_streams.pop_front()
     }
 
     #[must_use]
@@ -369,15 +407,21 @@ impl Agent {
             if let Some(p) = self
                 .primary
                 .filter(|p| p.session == sid && !self.ep.is_established(sid))
+                && self.race.is_none()
             {
-                // UDP is not getting through: the same supernode, over TCP.
-                tracing::info!("no answer over UDP from {}; trying TCP", p.addr);
-                self.ep.close(now, sid);
-                self.stream.insert(p.addr);
+                // UDP has not answered within its head start: race TCP to the same supernode,
+                // keeping the UDP handshake going (it may only have lost a packet).
+                tracing::info!("no answer over UDP from {} yet; racing TCP", p.addr);
                 if let Some(&(key, _)) = self.known.iter().find(|(k, _)| k.id == p.node)
-                    && let Ok(session) = self.ep.connect(now, p.addr, &key)
+                    && let Ok(session) =
+                        self.ep
+                            .connect_via(now, p.addr, &key, crate::transmit::STREAM as u8)
                 {
-                    self.primary = Some(Link { session, ..p });
+                    self.race = Some(Link {
+                        session,
+                        tcp: true,
+                        ..p
+                    });
                 }
             }
         }
@@ -422,12 +466,16 @@ impl Agent {
     /// The TCP stream to `addr` broke (the supernode died or the path failed): sessions over it
     /// are gone, without waiting for keepalives to notice.
     pub fn stream_closed(&mut self, now: Instant, addr: SocketAddr) {
-        if self
+        if let Some(r) = self.race.filter(|r| r.addr == addr) {
+            // TCP lost the race by itself (refused, reset): UDP carries on alone.
+            self.race = None;
+            self.ep.close(now, r.session);
+        } else if self
             .primary
-            .is_some_and(|p| p.addr == addr && self.ep.is_established(p.session))
+            .is_some_and(|p| p.tcp && p.addr == addr && self.ep.is_established(p.session))
         {
             self.fail_over(now, "the TCP connection to the supernode closed");
-        } else if self.standby.is_some_and(|s| s.addr == addr) {
+        } else if self.standby.is_some_and(|s| s.tcp && s.addr == addr) {
             self.drop_standby(now, "its TCP connection closed");
         }
         self.pump(now);
@@ -435,7 +483,7 @@ impl Agent {
 
     /// Closes every session (going offline politely: the supernode publishes it at once).
     pub fn close(&mut self, now: Instant) {
-        for l in [self.primary.take(), self.standby.take()]
+        for l in [self.primary.take(), self.standby.take(), self.race.take()]
             .into_iter()
             .flatten()
         {
@@ -517,8 +565,10 @@ impl Agent {
 
     /// Sends on the primary, or queues until one is connected.
     fn ask(&mut self, now: Instant, req: Request, p: Pending) {
+        // Only on an established session: before that, the primary's session may still be
+        // replaced by the one racing it over TCP (requests on the loser would fail).
         match self.primary {
-            Some(l) if self.ep.is_established(l.session) || !self.config.register => {
+            Some(l) if self.ep.is_established(l.session) => {
                 self.request_on(now, l.session, &req, p);
             }
             _ => self.queued.push_back((req, p)),
@@ -566,14 +616,10 @@ impl Agent {
         for i in alive.into_iter().chain(rest) {
             let (key, addr) = self.known[i];
             self.next_try = i + 1;
-            if let Ok(session) = self.ep.connect(now, addr, &key) {
-                self.primary = Some(Link {
-                    node: key.id,
-                    addr,
-                    session,
-                });
-                if !self.stream.contains(&addr) {
-                    self.attempt = Some((session, now + self.config.udp_patience));
+            if let Ok(link) = self.open(now, key, addr) {
+                self.primary = Some(link);
+                if !link.tcp {
+                    self.attempt = Some((link.session, now + self.config.udp_head_start));
                 }
                 return;
             }
@@ -621,13 +667,43 @@ impl Agent {
             // UDP did not work for the primary: do not wait for it to fail again.
             self.stream.insert(addr);
         }
-        if let Ok(session) = self.ep.connect(now, addr, &key) {
-            self.standby = Some(Link {
-                node: key.id,
-                addr,
-                session,
-            });
-            self.standby_attempt = Some((session, now + self.config.standby_patience));
+        if let Ok(link) = self.open(now, key, addr) {
+            self.standby = Some(link);
+            self.standby_attempt = Some((link.session, now + self.config.standby_patience));
+        }
+    }
+
+    /// Opens a session to `key` at `addr`: over TCP if that supernode was reached over TCP
+    /// before (UDP lost a race to it), else over UDP.
+    fn open(
+        &mut self,
+        now: Instant,
+        key: NodeKey,
+        addr: SocketAddr,
+    ) -> Result<Link, session::ConnectError> {
+        let tcp = self.stream.contains(&addr);
+        let socket = if tcp {
+            crate::transmit::STREAM
+        } else {
+            crate::transmit::UDP
+        };
+        let session = self.ep.connect_via(now, addr, &key, socket as u8)?;
+        Ok(Link {
+            node: key.id,
+            addr,
+            session,
+            tcp,
+        })
+    }
+
+    /// Ends a race of TCP against the primary's UDP handshake, closing the racing session and
+    /// its stream (UDP won, or the primary is being replaced).
+    fn end_race(&mut self, now: Instant) {
+        if let Some(r) = self.race.take() {
+            self.ep.close(now, r.session);
+            if self.standby.is_none_or(|s| s.addr != r.addr || !s.tcp) {
+                self.close_streams.push_back(r.addr);
+            }
         }
     }
 
@@ -732,6 +808,7 @@ impl Agent {
         self.next_refresh = None;
         self.renew_at = None;
         self.attempt = None;
+        self.end_race(now);
         self.after_loss = true;
         if let Some(o) = old {
             self.ep.close(now, o.session);
@@ -743,8 +820,8 @@ impl Agent {
                 self.primary = Some(s);
                 if self.ep.is_established(s.session) {
                     self.register_on(now, s, true);
-                } else if !self.stream.contains(&s.addr) {
-                    self.attempt = Some((s.session, now + self.config.udp_patience));
+                } else if !s.tcp {
+                    self.attempt = Some((s.session, now + self.config.udp_head_start));
                 }
             }
             Some(s) => {
@@ -766,6 +843,21 @@ impl Agent {
             Event::Connected { session, peer } => {
                 // It answered: forgiven.
                 self.dead.remove(&peer.id);
+                if let Some(r) = self.race.filter(|r| r.session == session) {
+                    // TCP won the race: it becomes the primary's session; UDP is given up (and
+                    // later sessions to this supernode start on TCP).
+                    tracing::info!("{} answered over TCP first; UDP given up", r.addr);
+                    self.race = None;
+                    self.attempt = None;
+                    if let Some(p) = self.primary.replace(r) {
+                        self.ep.close(now, p.session);
+                    }
+                    self.stream.insert(r.addr);
+                } else if self.primary.is_some_and(|p| p.session == session) {
+                    // UDP won (or ran alone): a racing TCP session is not needed.
+                    self.attempt = None;
+                    self.end_race(now);
+                }
                 if let Some(p) = self.primary.filter(|p| p.session == session) {
                     self.failed_handshakes = 0;
                     if self.config.register {
@@ -778,6 +870,18 @@ impl Agent {
                 }
             }
             Event::HandshakeFailed { session, error } => {
+                if self.race.is_some_and(|r| r.session == session) {
+                    self.end_race(now);
+                    return;
+                }
+                if let Some(p) = self.primary.filter(|p| p.session == session)
+                    && let Some(r) = self.race.take()
+                {
+                    // UDP gave up while TCP is still trying: TCP carries on as the primary.
+                    self.primary = Some(Link { node: p.node, ..r });
+                    self.stream.insert(r.addr);
+                    return;
+                }
                 if let Some(p) = self.primary.filter(|p| p.session == session) {
                     self.events.push_back(AgentEvent::Error {
                         message: format!("supernode unreachable: {error}"),

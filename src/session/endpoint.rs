@@ -277,6 +277,10 @@ struct Session {
     role: Role,
     /// Where the peer's last authenticated frame came from (its [`Peer::addr`]).
     addr: SocketAddr,
+    /// Which of the driver's transports carries this session (its frames' [`Transmit::socket`]):
+    /// 0 the datagram socket; an initiator may pick another (the client's TCP stream to a
+    /// supernode when UDP is blocked, see [`Endpoint::connect_via`]). Small: see above.
+    socket: u8,
     remote_idx: u32,
     stage: Stage,
     peer: Option<PeerKey>,
@@ -306,6 +310,7 @@ impl Session {
             id,
             role,
             addr,
+            socket: 0,
             remote_idx: 0,
             stage,
             peer: None,
@@ -399,12 +404,19 @@ impl Io {
     }
 
     fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
+        self.send_via(0, to, data);
+    }
+
+    /// Queues `data` for `to` on the driver's transport number `socket`.
+    fn send_via(&mut self, socket: u8, to: SocketAddr, data: Vec<u8>) {
         if self.transmits.len() >= MAX_QUEUE {
             self.counters.queue_overflows += 1;
             return;
         }
         self.counters.frames_out += 1;
-        self.transmits.push_back(Transmit::new(to, data));
+        let mut t = Transmit::new(to, data);
+        t.socket = socket as usize;
+        self.transmits.push_back(t);
     }
 
     fn send_copy(&mut self, to: SocketAddr, data: &[u8]) {
@@ -469,7 +481,7 @@ impl Io {
             None => return false,
         }
         s.last_send = now;
-        self.send(s.addr, buf);
+        self.send_via(s.socket, s.addr, buf);
         true
     }
 }
@@ -672,6 +684,20 @@ impl Endpoint {
         addr: SocketAddr,
         key: &NodeKey,
     ) -> Result<SessionId, ConnectError> {
+        self.connect_via(now, addr, key, 0)
+    }
+
+    /// [`Endpoint::connect`] over the driver's transport number `socket`: every frame of the
+    /// session goes out with that [`Transmit::socket`]. The client opens a second session to
+    /// the same supernode over its TCP stream this way, racing the first over UDP (a session is
+    /// found by its index, not its address, so the two never mix).
+    pub fn connect_via(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        key: &NodeKey,
+        socket: u8,
+    ) -> Result<SessionId, ConnectError> {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(ConnectError::TooManySessions);
         }
@@ -702,15 +728,18 @@ impl Endpoint {
             deadline: now + self.config.handshake_timeout,
             ambiguous: false,
         };
-        self.io.send_copy(addr, &init.frame);
+        let mut first = self.io.buf();
+        first.extend_from_slice(&init.frame);
+        self.io.send_via(socket, addr, first);
         self.io.counters.handshakes_initiated += 1;
-        let s = Session::new(
+        let mut s = Session::new(
             SessionId(idx),
             Role::Initiator,
             addr,
             Stage::Initiating(Box::new(init)),
             now,
         );
+        s.socket = socket;
         self.sessions.insert(idx, Box::new(s));
         self.reschedule(idx);
         Ok(SessionId(idx))
@@ -1105,10 +1134,10 @@ impl Endpoint {
         init.sends += 1;
         init.ambiguous = true;
         self.io.counters.handshake_retransmits += 1;
-        let addr = s.addr;
+        let (socket, addr) = (s.socket, s.addr);
         let mut b = self.io.buf();
         b.extend_from_slice(&init.frame);
-        self.io.send(addr, b);
+        self.io.send_via(socket, addr, b);
     }
 
     fn on_response(&mut self, now: Instant, from: SocketAddr, frame: &[u8]) {
@@ -1297,10 +1326,10 @@ impl Endpoint {
                     init.ambiguous = true;
                     init.next = now + rto.min(c.handshake_max_rto);
                     self.io.counters.handshake_retransmits += 1;
-                    let addr = s.addr;
+                    let (socket, addr) = (s.socket, s.addr);
                     let mut b = self.io.buf();
                     b.extend_from_slice(&init.frame);
-                    self.io.send(addr, b);
+                    self.io.send_via(socket, addr, b);
                 }
             }
             Stage::Unconfirmed(u) => {

@@ -28,6 +28,15 @@ pub const MONO_48K: hound::WavSpec = hound::WavSpec {
     sample_format: hound::SampleFormat::Int,
 };
 
+/// The program `name` to run: the one this build made, or with `VX_CALL_BINS=DIR` set, DIR's
+/// (to measure another build's `dial`, `answer` and `supernoded` in the same lab, as a baseline).
+pub fn program(name: &str, built: &str) -> String {
+    match std::env::var_os("VX_CALL_BINS") {
+        Some(dir) => Path::new(&dir).join(name).to_string_lossy().into_owned(),
+        None => built.to_string(),
+    }
+}
+
 /// A fresh scratch directory for `tag` (per process).
 pub fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vx-calls-{tag}-{}", std::process::id()));
@@ -72,6 +81,40 @@ pub fn tone_share(path: &Path, hz: f64) -> (f64, f64) {
     let tone_power = 2.0 * (c * c + s * s) / pcm.len().max(1) as f64;
     let rms = (total / pcm.len().max(1) as f64).sqrt();
     (tone_power / total.max(1e-12), rms)
+}
+
+/// Per 100 ms block of a recorded WAV, the share of the block's power that is the `hz` tone
+/// (near 1 where the recording is that tone; a loud block of anything else is near 0, a silent
+/// one 0).
+pub fn tone_blocks(path: &Path, hz: f64) -> Vec<f64> {
+    let pcm = read_wav(path);
+    pcm.chunks(4800)
+        .enumerate()
+        .map(|(k, block)| {
+            let total: f64 = block.iter().map(|&x| x as f64 * x as f64).sum();
+            let (mut c, mut s) = (0.0, 0.0);
+            for (i, &x) in block.iter().enumerate() {
+                let ph = 2.0 * std::f64::consts::PI * hz * (k * 4800 + i) as f64 / 48_000.0;
+                c += x as f64 * ph.cos();
+                s += x as f64 * ph.sin();
+            }
+            // Silence (below -50 dBFS) is not the tone.
+            if total / (block.len() as f64) < 1e-5 {
+                return 0.0;
+            }
+            2.0 * (c * c + s * s) / block.len() as f64 / total
+        })
+        .collect()
+}
+
+/// The longest run of consecutive values at or above `min`.
+pub fn longest_run(values: &[f64], min: f64) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for &v in values {
+        run = if v >= min { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
 }
 
 /// The best normalised correlation of `probe` (a stretch of the sent signal) against any
@@ -160,7 +203,10 @@ impl CallLab {
         }
         let dir = tmp(tag);
         let mut sn = lab
-            .command(&lab.server_ns(), env!("CARGO_BIN_EXE_supernoded"))
+            .command(
+                &lab.server_ns(),
+                program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
+            )
             .args(["--listen", SN, "--no-rfc5780", "--identity"])
             .arg(dir.join("sn.key"))
             .arg("--control")
@@ -225,7 +271,7 @@ impl CallLab {
     /// `args`, and waits for its registration.
     pub fn answer(&self, ns: &str, name: &str, args: &[&str]) -> Answerer {
         let mut child = self
-            .program(ns, env!("CARGO_BIN_EXE_answer"))
+            .program(ns, &program("answer", env!("CARGO_BIN_EXE_answer")))
             .arg("--identity")
             .arg(self.dir.join(format!("{name}.key")))
             .args(args)
@@ -252,7 +298,7 @@ impl CallLab {
 
     /// A `dial` from `ns` as `name` (its own identity) to `user`, with `args`; not started.
     pub fn dial(&self, ns: &str, name: &str, user: &str, args: &[&str]) -> Command {
-        let mut c = self.program(ns, env!("CARGO_BIN_EXE_dial"));
+        let mut c = self.program(ns, &program("dial", env!("CARGO_BIN_EXE_dial")));
         c.arg("--identity")
             .arg(self.dir.join(format!("{name}.key")))
             .arg(user)
@@ -302,5 +348,114 @@ impl Dialled {
 
     pub fn event(&self, name: &str) -> Option<&serde_json::Value> {
         self.events.iter().find(|e| e["event"] == name)
+    }
+}
+
+/// What [`CallLab::tone_call`] saw: the caller's events and the callee's `connected` event.
+pub struct ToneCall {
+    pub dial: Dialled,
+    pub connected: serde_json::Value,
+    pub callee_connected: serde_json::Value,
+    /// Everything the callee printed during the call.
+    pub callee_events: Vec<serde_json::Value>,
+}
+
+/// The path a party's call settled on first: its `connected` event's, or, when media arrived
+/// before its own checks picked a pair (`connected` then has no path), the first `path` event's.
+pub fn first_path(events: &[serde_json::Value]) -> Option<serde_json::Value> {
+    let connected = events.iter().find(|e| e["event"] == "connected")?;
+    if !connected["path"].is_null() {
+        return Some(connected.clone());
+    }
+    events
+        .iter()
+        .find(|e| e["event"] == "path" && !e["path"].is_null())
+        .cloned()
+}
+
+impl CallLab {
+    /// One call from host 0 of box `from` to host 0 of box `to` (`answer --auto`), each side
+    /// playing its own tone (caller 440 Hz for 3 s, callee 660 Hz) and recording the other.
+    /// Checks that it connects at both ends with one SAS, ends by the caller's hang-up, and that
+    /// each recording carries the far end's tone, loud; returns what it saw for path checks.
+    pub fn tone_call(&self, from: u32, to: u32, caller_flags: &[&str], tag: &str) -> ToneCall {
+        let dir = self.dir.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = |n: &str| dir.join(n).to_str().unwrap().to_string();
+        tone(&dir.join("a.wav"), 440.0, 3.0);
+        tone(&dir.join("b.wav"), 660.0, 6.0);
+        let mut bob = self.answer(
+            &self.host_ns(to, 0),
+            &format!("{tag}-bob"),
+            &[
+                "--auto",
+                "--play",
+                &f("b.wav"),
+                "--record",
+                &f("at-bob.wav"),
+            ],
+        );
+        let mut args: Vec<String> = ["--play", &f("a.wav"), "--record", &f("at-alice.wav")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(caller_flags.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let d = Dialled::run(self.dial(
+            &self.host_ns(from, 0),
+            &format!("{tag}-alice"),
+            &bob.id,
+            &args,
+        ));
+        let events = &d.events;
+        assert_eq!(d.code, Some(0), "{tag}: dial: {events:#?}");
+        let connected = d
+            .event("connected")
+            .unwrap_or_else(|| panic!("{tag}: the call connects: {events:#?}"))
+            .clone();
+        assert_eq!(
+            d.event("ended").unwrap()["reason"],
+            "hangup",
+            "{tag}: {events:#?}"
+        );
+        // The callee hears the hang-up within its own signalling round trip.
+        assert!(
+            bob.wait("ended", Duration::from_secs(10)).is_some(),
+            "{tag}: the callee sees the end: {:#?}",
+            bob.seen
+        );
+        let callee_connected = bob
+            .seen("connected")
+            .unwrap_or_else(|| panic!("{tag}: the callee connects: {:#?}", bob.seen))
+            .clone();
+        assert_eq!(
+            callee_connected["sas"], connected["sas"],
+            "{tag}: both show one SAS"
+        );
+        let callee_events = std::mem::take(&mut bob.seen);
+        drop(bob); // stops answer, which finishes its recording
+        // Each far end's recording must hold one second of the tone sent to it, unbroken:
+        // ten 100 ms blocks in a row that are that tone (a path change mid-call may glitch
+        // once, which a whole-recording tone share counts against the call; audio that does
+        // not flow, or flows broken, holds no such second).
+        for (hz, got, who) in [
+            (440.0, "at-bob.wav", "the callee heard the caller"),
+            (660.0, "at-alice.wav", "the caller heard the callee"),
+        ] {
+            let blocks = tone_blocks(&dir.join(got), hz);
+            let run = longest_run(&blocks, 0.9);
+            assert!(
+                run >= 10,
+                "{tag}: {who}: longest clean run {run} blocks of 100 ms, shares {blocks:.2?}: \
+                 {events:#?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        ToneCall {
+            dial: d,
+            connected,
+            callee_connected,
+            callee_events,
+        }
     }
 }

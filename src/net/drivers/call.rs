@@ -1,5 +1,6 @@
 //! The tokio driver for [`crate::call::endpoint::Endpoint`]: the call socket, the supernode
-//! streams (when UDP does not reach one), timers, the 20 ms audio clock, commands in and events
+//! streams (when UDP does not reach one), the relay stream (TURN over TCP, when UDP does not
+//! reach the relay), timers, the 20 ms audio clock, commands in and events
 //! out.
 //!
 //! Audio is attached per call as two channels of 20 ms frames (48 kHz mono `f32`): the driver
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::client::Streams;
+use super::client::{Framing, Streams};
 use crate::call::endpoint::{Endpoint, EndpointEvent};
 use crate::call::message::CallId;
 use crate::identity::UserId;
@@ -80,12 +81,13 @@ pub async fn run_endpoint(
 ) -> io::Result<Endpoint> {
     let mut buf = vec![0u8; 2048];
     let mut streams = Streams::new();
+    let mut relay_streams = Streams::with(Framing::Turn);
     let mut audio: HashMap<CallId, Attached> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut commands_open = true;
     loop {
-        flush(&mut ep, &socket, &mut streams).await;
+        flush(&mut ep, &socket, &mut streams, &mut relay_streams).await;
         while let Some(ev) = ep.poll_event() {
             if let EndpointEvent::Ended { call, .. } = &ev {
                 audio.remove(call);
@@ -98,8 +100,9 @@ pub async fn run_endpoint(
         tokio::select! {
             _ = shutdown.wait() => {
                 ep.close(Instant::now());
-                flush(&mut ep, &socket, &mut streams).await;
+                flush(&mut ep, &socket, &mut streams, &mut relay_streams).await;
                 streams.finish().await;
+                relay_streams.finish().await;
                 return Ok(ep);
             }
             _ = sleep => ep.handle_timeout(Instant::now()),
@@ -143,6 +146,13 @@ pub async fn run_endpoint(
                 None => {
                     streams.writers.remove(&from);
                     ep.stream_closed(Instant::now(), from);
+                }
+            },
+            Some((from, data)) = relay_streams.incoming.recv() => match data {
+                Some(data) => ep.handle_stream(Instant::now(), from, &data),
+                None => {
+                    relay_streams.writers.remove(&from);
+                    ep.relay_stream_closed(Instant::now(), from);
                 }
             },
             r = socket.recv_from(&mut buf) => match r {
@@ -219,10 +229,17 @@ fn play(ep: &mut Endpoint, now: Instant, call: CallId, a: &mut Attached) {
 }
 
 /// Sends everything the endpoint queued: the agent's frames (on a stream for a TCP-framed
-/// supernode), then the call socket's datagrams.
-async fn flush(ep: &mut Endpoint, socket: &UdpSocket, streams: &mut Streams) {
+/// supernode), then the call socket's datagrams and the relay stream's messages; then closes
+/// the streams nothing uses any more.
+async fn flush(
+    ep: &mut Endpoint,
+    socket: &UdpSocket,
+    streams: &mut Streams,
+    relay_streams: &mut Streams,
+) {
+    use crate::transmit::STREAM;
     while let Some(t) = ep.poll_agent_transmit() {
-        if ep.uses_stream(t.to) {
+        if t.socket == STREAM {
             streams.send(t.to, t.data);
         } else {
             // A lost datagram is just loss: the session layer retransmits.
@@ -231,7 +248,17 @@ async fn flush(ep: &mut Endpoint, socket: &UdpSocket, streams: &mut Streams) {
         }
     }
     while let Some(d) = ep.poll_transmit() {
-        let _ = socket.send_to(&d.data, d.to).await;
+        if d.socket == STREAM {
+            relay_streams.send(d.to, d.data);
+        } else {
+            let _ = socket.send_to(&d.data, d.to).await;
+        }
+    }
+    while let Some(addr) = ep.poll_stream_close() {
+        streams.close(addr);
+    }
+    while let Some(addr) = ep.poll_relay_stream_close() {
+        relay_streams.close(addr);
     }
 }
 

@@ -39,12 +39,15 @@ pub async fn run_agent(
     loop {
         while let Some(t) = agent.poll_transmit() {
             // A lost datagram is just loss: the session layer retransmits.
-            if agent.uses_stream(t.to) {
+            if t.socket == crate::transmit::STREAM {
                 streams.send(t.to, t.data);
             } else {
                 let _ = socket.send_to(&t.data, t.to).await;
                 agent.recycle(t.data);
             }
+        }
+        while let Some(addr) = agent.poll_stream_close() {
+            streams.close(addr);
         }
         while let Some(ev) = agent.poll_event() {
             if events.send(ev).await.is_err() {
@@ -56,7 +59,7 @@ pub async fn run_agent(
             _ = shutdown.wait() => {
                 agent.close(Instant::now());
                 while let Some(t) = agent.poll_transmit() {
-                    if agent.uses_stream(t.to) {
+                    if t.socket == crate::transmit::STREAM {
                         streams.send(t.to, t.data);
                     } else {
                         let _ = socket.send_to(&t.data, t.to).await;
@@ -105,8 +108,19 @@ pub async fn run_agent(
     }
 }
 
+/// How a stream cuts its bytes into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Session frames: a 2-byte big-endian length before each ([`crate::net::frames`]).
+    Session,
+    /// TURN over TCP (RFC 8656 §12): STUN messages and ChannelData (padded to 4 bytes) back to
+    /// back, each message's length read from its own header.
+    Turn,
+}
+
 /// TCP streams to supernodes that UDP does not reach: one per address, opened on first use.
 pub(crate) struct Streams {
+    framing: Framing,
     pub(crate) writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Frames from every stream; `None` when a stream ended.
@@ -116,8 +130,13 @@ pub(crate) struct Streams {
 
 impl Streams {
     pub(crate) fn new() -> Streams {
+        Streams::with(Framing::Session)
+    }
+
+    pub(crate) fn with(framing: Framing) -> Streams {
         let (incoming_tx, incoming) = mpsc::channel(256);
         Streams {
+            framing,
             writers: std::collections::HashMap::new(),
             tasks: Vec::new(),
             incoming_tx,
@@ -128,17 +147,38 @@ impl Streams {
     /// Queues a frame for `to`, connecting first if needed. A broken stream is dropped; the
     /// session layer's retransmission then opens a new one.
     pub(crate) fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
-        if let Some(w) = self.writers.get(&to)
-            && w.try_send(data.clone()).is_ok()
-        {
-            return;
-        }
+        let data = match self.writers.get(&to) {
+            None => data,
+            Some(w) => match w.try_send(data) {
+                Ok(()) => return,
+                // The stream is backed up (or still connecting): this frame is lost, as a
+                // datagram would be. A second connection would not help, and for TURN it
+                // would carry no allocation.
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(data)) => data,
+            },
+        };
+        self.open(to, data);
+    }
+
+    /// Opens a stream to `to` (replacing a closed one), with `data` as its first frame.
+    fn open(&mut self, to: SocketAddr, data: Vec<u8>) {
         let (tx, rx) = mpsc::channel(64);
         let _ = tx.try_send(data);
         self.writers.insert(to, tx);
         self.tasks.retain(|t| !t.is_finished());
-        self.tasks
-            .push(tokio::spawn(stream_task(to, rx, self.incoming_tx.clone())));
+        self.tasks.push(tokio::spawn(stream_task(
+            to,
+            self.framing,
+            rx,
+            self.incoming_tx.clone(),
+        )));
+    }
+
+    /// Closes the stream to `to` (nothing uses it any more): its task ends once what is
+    /// queued is written, and no `None` is reported for it.
+    pub(crate) fn close(&mut self, to: SocketAddr) {
+        self.writers.remove(&to);
     }
 
     /// Lets every stream write what is queued (a goodbye), then closes them (bounded).
@@ -152,6 +192,7 @@ impl Streams {
 
 async fn stream_task(
     to: SocketAddr,
+    framing: Framing,
     mut out: mpsc::Receiver<Vec<u8>>,
     incoming: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
 ) {
@@ -169,10 +210,22 @@ async fn stream_task(
     let (mut rd, mut wr) = stream.into_split();
     let done = incoming.clone();
     let mut reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        while let Ok(Some(())) = read_frame(&mut rd, &mut buf).await {
-            if incoming.send((to, Some(buf.clone()))).await.is_err() {
-                return;
+        match framing {
+            Framing::Session => {
+                let mut buf = Vec::new();
+                while let Ok(Some(())) = read_frame(&mut rd, &mut buf).await {
+                    if incoming.send((to, Some(buf.clone()))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Framing::Turn => {
+                let mut reader = TurnReader::default();
+                while let Ok(Some(m)) = reader.next(&mut rd).await {
+                    if incoming.send((to, Some(m))).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
@@ -182,7 +235,13 @@ async fn stream_task(
             _ = &mut reader => break,
             m = out.recv() => match m {
                 Some(m) => {
-                    if write_frame(&mut wr, &m).await.is_err() {
+                    let w = match framing {
+                        Framing::Session => write_frame(&mut wr, &m).await,
+                        // TURN messages carry their own length (and ChannelData its padding,
+                        // added by the TURN client in stream mode).
+                        Framing::Turn => tokio::io::AsyncWriteExt::write_all(&mut wr, &m).await,
+                    };
+                    if w.is_err() {
                         break;
                     }
                 }
@@ -195,6 +254,69 @@ async fn stream_task(
     }
     reader.abort();
     let _ = done.send((to, None)).await;
+}
+
+/// Cuts a TURN-over-TCP byte stream into messages: a STUN message (20-byte header plus its
+/// length) or a ChannelData message (4-byte header plus its length; the padding to 4 bytes is
+/// read and dropped).
+#[derive(Default)]
+struct TurnReader {
+    buf: Vec<u8>,
+}
+
+/// Largest message taken from a TURN stream (a relayed datagram is at most 64 KiB).
+const MAX_TURN_MESSAGE: usize = 70_000;
+
+impl TurnReader {
+    async fn next<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+    ) -> io::Result<Option<Vec<u8>>> {
+        use crate::turn::channel;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let framed = if self
+                .buf
+                .first()
+                .is_some_and(|b| channel::is_channel_data(*b))
+            {
+                channel::framed_len(&self.buf).map(|f| {
+                    let len = u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize;
+                    (f, channel::HEADER + len)
+                })
+            } else if self.buf.len() >= 4 {
+                match crate::stun::framed_len(&self.buf) {
+                    Some(f) => Some((f, f)),
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "not a TURN message",
+                        ));
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some((frame, message)) = framed {
+                if frame > MAX_TURN_MESSAGE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "oversized TURN message",
+                    ));
+                }
+                if self.buf.len() >= frame {
+                    let m = self.buf[..message].to_vec();
+                    self.buf.drain(..frame);
+                    return Ok(Some(m));
+                }
+            }
+            let n = tokio::io::AsyncReadExt::read(rd, &mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
 /// Resolves bootstrap entries (`KEY@HOST:PORT`) to addresses.

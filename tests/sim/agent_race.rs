@@ -1,0 +1,174 @@
+//! The directory agent's race of TCP against UDP to its supernode ("happy eyeballs"), on a
+//! simulated network with a hand-driven supernode session endpoint: frames the agent marks for
+//! its TCP stream (`Transmit::socket` = `STREAM`) travel apart from its UDP datagrams, and a
+//! network may drop all of the latter.
+
+use crate::support::session::{addr, identity};
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use voxmesh::client::{Agent, AgentConfig, AgentEvent, UDP_HEAD_START};
+use voxmesh::session::{Config, Endpoint, Event};
+use voxmesh::signal::{self, Request, Response};
+use voxmesh::transmit::STREAM;
+
+const SN: &str = "198.51.100.1:3478";
+/// The client's UDP socket, and its TCP connection's source (another port, as in reality).
+const CLIENT_UDP: &str = "203.0.113.5:40000";
+const CLIENT_TCP: &str = "203.0.113.5:40001";
+
+struct Net {
+    now: Instant,
+    agent: Agent,
+    sn: Endpoint,
+    /// One-way delay.
+    delay: Duration,
+    udp_blocked: bool,
+    /// In flight: (arrival, to the supernode?, from, bytes).
+    flight: Vec<(Instant, bool, SocketAddr, Vec<u8>)>,
+    /// Frames the agent sent on its TCP stream, and streams it asked to close.
+    tcp_frames: usize,
+    closed: Vec<SocketAddr>,
+    registered: Option<(Duration, bool)>,
+}
+
+impl Net {
+    fn new(delay: Duration, udp_blocked: bool) -> Net {
+        let now = Instant::now();
+        let sn_id = identity(1);
+        let sn = Endpoint::new(Config::default(), &sn_id, now, [1; 32]);
+        let mut cfg = AgentConfig::new(vec![(sn_id.node_key(), addr(SN))]);
+        cfg.standby = false;
+        let agent = Agent::new(identity(2), cfg, now, 1_800_000_000, [2; 32]);
+        Net {
+            now,
+            agent,
+            sn,
+            delay,
+            udp_blocked,
+            flight: Vec::new(),
+            tcp_frames: 0,
+            closed: Vec::new(),
+            registered: None,
+        }
+    }
+
+    fn pump(&mut self, start: Instant) {
+        while let Some(t) = self.agent.poll_transmit() {
+            if t.socket == STREAM {
+                self.tcp_frames += 1;
+                self.flight
+                    .push((self.now + self.delay, true, addr(CLIENT_TCP), t.data));
+            } else if !self.udp_blocked {
+                self.flight
+                    .push((self.now + self.delay, true, addr(CLIENT_UDP), t.data));
+            }
+        }
+        while let Some(a) = self.agent.poll_stream_close() {
+            self.closed.push(a);
+        }
+        while let Some(ev) = self.agent.poll_event() {
+            if let AgentEvent::Registered { .. } = ev {
+                self.registered = Some((self.now - start, self.agent.on_stream()));
+            }
+        }
+        while let Some(ev) = self.sn.poll_event() {
+            if let Event::Request { session, txn, body } = ev {
+                let resp = match signal::decode::<Request>(&body) {
+                    Ok(Request::CRegister { .. }) => Response::Registered {
+                        expires_at: 1_800_003_600,
+                    },
+                    Ok(Request::CMembers) => Response::Members(Vec::new()),
+                    _ => Response::Ok,
+                };
+                let _ = self
+                    .sn
+                    .respond(self.now, session, txn, &signal::encode(&resp));
+            }
+        }
+        while let Some(t) = self.sn.poll_transmit() {
+            // Whatever the transport, the client hears it from the supernode's address.
+            self.flight
+                .push((self.now + self.delay, false, addr(SN), t.data));
+            let _ = t.to;
+        }
+    }
+
+    /// Runs until `until` has passed.
+    fn run(&mut self, until: Duration) {
+        let start = self.now;
+        let end = start + until;
+        for _ in 0..100_000 {
+            self.pump(start);
+            let next = [
+                self.flight.iter().map(|f| f.0).min(),
+                self.agent.poll_timeout(),
+                self.sn.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(next) = next.filter(|t| *t <= end) else {
+                return;
+            };
+            self.now = next.max(self.now);
+            let now = self.now;
+            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flight)
+                .into_iter()
+                .partition(|f| f.0 <= now);
+            self.flight = rest;
+            for (_, to_sn, from, data) in due {
+                if to_sn {
+                    self.sn.handle_input(now, from, &data);
+                } else {
+                    self.agent.handle_datagram(now, from, &data);
+                }
+            }
+            if self.agent.poll_timeout().is_some_and(|t| t <= now) {
+                self.agent.handle_timeout(now);
+            }
+            if self.sn.poll_timeout().is_some_and(|t| t <= now) {
+                self.sn.handle_timeout(now);
+            }
+        }
+        panic!("the simulation did not settle");
+    }
+}
+
+#[test]
+fn udp_that_answers_never_opens_tcp() {
+    let mut n = Net::new(Duration::from_millis(25), false);
+    n.run(Duration::from_secs(3));
+    let (at, tcp) = n.registered.expect("registers");
+    assert!(!tcp, "registered over UDP");
+    assert_eq!(n.tcp_frames, 0, "no frame went to a TCP stream");
+    // Handshake and registration: two round trips of 50 ms.
+    assert!(at <= Duration::from_millis(110), "{at:?}");
+}
+
+#[test]
+fn blocked_udp_costs_only_the_head_start() {
+    let mut n = Net::new(Duration::from_millis(25), true);
+    n.run(Duration::from_secs(3));
+    let (at, tcp) = n.registered.expect("registers over TCP");
+    assert!(tcp, "the primary runs over TCP");
+    // The head start, then handshake and registration over TCP (the simulated stream has no
+    // connection set-up): far below the old 2 s wait for UDP to time out.
+    assert!(
+        at >= UDP_HEAD_START && at <= UDP_HEAD_START + Duration::from_millis(110),
+        "{at:?}"
+    );
+}
+
+#[test]
+fn a_slow_udp_path_races_tcp_and_the_first_to_answer_wins() {
+    // 200 ms one way: UDP's handshake is unanswered when its head start ends, so TCP races it;
+    // UDP, 150 ms ahead on an equal path, completes first and the TCP stream is closed.
+    let mut n = Net::new(Duration::from_millis(200), false);
+    n.run(Duration::from_secs(5));
+    let (_, tcp) = n.registered.expect("registers");
+    assert!(!tcp, "UDP answered first");
+    assert!(n.tcp_frames > 0, "TCP raced");
+    assert_eq!(n.closed, vec![addr(SN)], "the losing stream is closed");
+}
