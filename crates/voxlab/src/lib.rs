@@ -9,6 +9,7 @@ pub mod echo;
 mod harness;
 pub mod netem;
 mod poller;
+pub mod sim;
 pub mod snload;
 pub mod stunload;
 pub mod turnload;
