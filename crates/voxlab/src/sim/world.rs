@@ -363,11 +363,13 @@ impl World {
 
     /// Every internet path's counts added up.
     pub fn path_stats(&self) -> LinkStats {
-        self.paths.values().fold(LinkStats::default(), |a, l| LinkStats {
-            sent: a.sent + l.stats.sent,
-            lost: a.lost + l.stats.lost,
-            duplicated: a.duplicated + l.stats.duplicated,
-        })
+        self.paths
+            .values()
+            .fold(LinkStats::default(), |a, l| LinkStats {
+                sent: a.sent + l.stats.sent,
+                lost: a.lost + l.stats.lost,
+                duplicated: a.duplicated + l.stats.duplicated,
+            })
     }
 
     pub fn instant(&self) -> Instant {
@@ -473,6 +475,14 @@ impl World {
                 self.stats.sent += 1;
                 match self.hosts[host].uplink.cross(t, data.len()) {
                     Crossing::Lost => self.settle(log, Fate::Lost),
+                    // On the internet at once: it takes its path now, so cutting a path right
+                    // after a send does not catch a datagram that already left.
+                    Crossing::Arrives { after, twice } if after.is_zero() => {
+                        if twice {
+                            self.route(src, dst, data.clone(), None);
+                        }
+                        self.route(src, dst, data, log);
+                    }
                     Crossing::Arrives { after, twice } => {
                         if twice {
                             let ev = Ev::Internet {
@@ -503,15 +513,7 @@ impl World {
     /// `dst` like any other.
     pub fn inject(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
         let log = self.log(None, src, dst, &data);
-        self.schedule(
-            Duration::ZERO,
-            Ev::Internet {
-                src,
-                dst,
-                data,
-                log,
-            },
-        );
+        self.route(src, dst, data, log);
     }
 
     /// Sends from a server on the internet (no access link).
