@@ -1,6 +1,6 @@
-//! The ICE agent (`voxmesh::call::ice`) between two clients on a simulated network
-//! (`voxlab::sim::World`): each behind its own modelled NAT, a real STUN binding service standing in
-//! for the supernode, a real TURN server core as the relay, and each client's one socket shared
+//! The ICE agent (`voxmesh::call::ice`) between two clients on the simulated network
+//! (`voxlab::sim::World`): each behind its own modelled NAT, a real STUN binding service standing
+//! in for the supernode, a real TURN server core as the relay, and each client's one socket shared
 //! by STUN, TURN and the checks as in the product (first-byte demultiplexing, RFC 7983).
 //! Deterministic: a seed replays a run exactly; time is simulated.
 //!
