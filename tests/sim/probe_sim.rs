@@ -3,7 +3,7 @@
 //!
 //! Run `cargo test --test probe_sim -- --nocapture` to see the loss summary table.
 
-use crate::support::sim;
+use crate::support::probe as sim;
 
 use std::net::SocketAddr;
 use std::time::Duration;
