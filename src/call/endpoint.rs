@@ -780,6 +780,12 @@ impl Endpoint {
                 self.events.push_back(EndpointEvent::Answered { call })
             }
             PhoneEvent::Path { call, path, reason } => {
+                // The checks' round trip is the path's unloaded one: the rate controller's
+                // baseline for telling a filling queue (a call that starts into a full one
+                // would otherwise never see the baseline).
+                if let (Some(m), Some(rtt)) = (self.media.get_mut(&call), path.rtt) {
+                    m.session.note_path_rtt(rtt);
+                }
                 self.events
                     .push_back(EndpointEvent::Path { call, path, reason });
             }

@@ -104,6 +104,11 @@ impl RateControl {
         self.target
     }
 
+    /// A round trip measured elsewhere on the same path (ICE's checks, before media loaded it).
+    pub fn note_rtt(&mut self, rtt: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+    }
+
     /// Whether a cut was made within [`DECREASE_GAP`]: the loss reported meanwhile is the
     /// queue's, which the cut answers.
     pub fn cut_recently(&self, now: Instant) -> bool {

@@ -525,6 +525,12 @@ impl MediaSession {
         self.events.pop_front()
     }
 
+    /// The round trip of the path the media takes, measured outside the media (ICE's checks):
+    /// the rate controller's unloaded baseline.
+    pub fn note_path_rtt(&mut self, rtt: Duration) {
+        self.rate.note_rtt(rtt);
+    }
+
     /// The next media trace record (only with [`MediaConfig::trace`]).
     #[must_use]
     pub fn poll_trace(&mut self) -> Option<TraceRecord> {

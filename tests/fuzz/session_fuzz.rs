@@ -89,7 +89,7 @@ fn world(seed: u64) -> World {
     let client = sim.add(client_cfg.clone(), &identity(2), CLIENT);
     let client2 = sim.add(client_cfg, &identity(3), CLIENT2);
     sim.nodes[server].auto_answer = Some(echo);
-    sim.record = true;
+    sim.world.record = true;
     let session = sim.connect(client, server);
     let s2 = sim.connect(client2, server);
     let now = sim.now;
@@ -108,9 +108,9 @@ fn world(seed: u64) -> World {
     }
     sim.nodes[client2].ep.request(now, s2, &[7; 300]).unwrap();
     sim.run_for(Duration::from_secs(25));
-    let seeds: Vec<Vec<u8>> = sim.sent.iter().map(|p| p.data.clone()).collect();
-    sim.record = false;
-    sim.sent.clear();
+    let seeds: Vec<Vec<u8>> = sim.world.sent.iter().map(|p| p.data.clone()).collect();
+    sim.world.record = false;
+    sim.world.sent.clear();
     let kinds: std::collections::BTreeSet<u8> = seeds.iter().map(|s| s[0]).collect();
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
@@ -343,7 +343,7 @@ fn fuzz_session_endpoint() {
         // Keep the real sessions alive: time moves 1 ms per case. Event logs are bounded.
         if case % 100 == 99 {
             w.sim.run_for(Duration::from_millis(100));
-            w.sim.sink.clear();
+            w.sim.world.sink.clear();
             for n in &mut w.sim.nodes {
                 n.events.clear();
             }

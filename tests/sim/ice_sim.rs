@@ -1,13 +1,10 @@
-//! The ICE agent (`voxmesh::call::ice`) between two clients on a simulated network
-//! (`sim/world.rs`): each behind its own modelled NAT, a real STUN binding service standing in
-//! for the supernode, a real TURN server core as the relay, and each client's one socket shared
+//! The ICE agent (`voxmesh::call::ice`) between two clients on the simulated network
+//! (`voxlab::sim::World`): each behind its own modelled NAT, a real STUN binding service standing
+//! in for the supernode, a real TURN server core as the relay, and each client's one socket shared
 //! by STUN, TURN and the checks as in the product (first-byte demultiplexing, RFC 7983).
 //! Deterministic: a seed replays a run exactly; time is simulated.
 //!
 //! Run `cargo test --test ice_sim -- --nocapture` to see the setup-time tables.
-
-#[allow(dead_code)]
-use crate::support::sim;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sim::world::{Delivery, World};
-use sim::{Filtering, Mapping, NatConfig, Path};
+use voxlab::sim::{Delivery, Filtering, Mapping, Nat, NatConfig, Path, World};
 use voxmesh::call::ice::{
     Candidate, CandidateKind, ChangeReason, Credentials, Event, IceAgent, IceConfig, Inbound,
     LocalCandidate, PathInfo, Refusal, Route, Timing,
@@ -1282,7 +1278,7 @@ fn media_can_stay_silent_for_longer_than_the_nat_lifetime() {
         let wan = call.world.hosts[host].nat_wan();
         let kind = [spec.a, spec.b][i];
         call.world.hosts[host].nat =
-            sim::Nat::with_wan(kind.nat().lifetime(Duration::from_secs(20)), wan);
+            Nat::with_wan(kind.nat().lifetime(Duration::from_secs(20)), wan);
     }
     call.start();
     assert!(call.run_until(Duration::from_secs(5), |c| c.both_connected()));
@@ -1406,7 +1402,7 @@ fn forged_unsigned_and_wrongly_signed_messages_are_refused_and_never_answered() 
             .world
             .sent
             .iter()
-            .any(|(_, _, _, dst, _)| *dst == spoofed),
+            .any(|s| s.host.is_some() && s.dst == spoofed),
         "nothing was ever sent to the spoofed address"
     );
     assert_eq!(call.selected(), before, "the call did not move");
@@ -1516,9 +1512,8 @@ fn a_seed_replays_the_same_run() {
     let (e2, s2) = run(21);
     assert_eq!(e1, e2);
     assert_eq!(s1.len(), s2.len());
-    let ice = |s: &[(Duration, usize, SocketAddr, SocketAddr, Vec<u8>)]| -> Vec<Vec<u8>> {
-        s.iter().map(|x| x.4.clone()).collect()
-    };
+    let ice =
+        |s: &[voxlab::sim::Sent]| -> Vec<Vec<u8>> { s.iter().map(|x| x.data.clone()).collect() };
     assert_eq!(ice(&s1), ice(&s2));
     let (_, s3) = run(22);
     assert_ne!(ice(&s1), ice(&s3), "another seed, another run");

@@ -2,289 +2,48 @@
 //! forms, clients register, look each other up, watch presence, route messages, claim names,
 //! and fail over when supernodes die. Deterministic except for key generation.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use voxmesh::client::{Agent, AgentConfig, AgentEvent};
-use voxmesh::identity::{Identity, NodeKey, UserId};
+use crate::support::mesh::{self as mesh_support, UNIX0, World};
+use voxmesh::client::{AgentConfig, AgentEvent};
+use voxmesh::identity::{NodeKey, UserId};
 use voxmesh::session;
 use voxmesh::signal::Target;
-use voxmesh::supernode::{NodeConfig, Supernode};
 
-const LATENCY: Duration = Duration::from_millis(2);
-const UNIX0: u64 = 1_800_000_000;
-
-fn fast_session(accept: bool) -> session::Config {
-    session::Config {
-        accept,
-        keepalive_interval: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(8),
-        ..session::Config::default()
-    }
-}
-
-enum Node {
-    Sn(Box<Supernode>),
-    Client(Box<Agent>),
-}
-
-/// A datagram in flight: (arrival, sequence, destination node, source, bytes).
-type InFlight = (Instant, u64, usize, SocketAddr, Vec<u8>);
-
-struct World {
-    now: Instant,
-    nodes: Vec<(SocketAddr, Node, bool)>,
-    queue: BinaryHeap<Reverse<InFlight>>,
-    seq: u64,
-    events: HashMap<usize, Vec<AgentEvent>>,
-    /// One-way faults: datagrams from node `.0` to node `.1` are dropped, the next `n` of them
-    /// (`Some(n)`) or all (`None`).
-    faults: HashMap<(usize, usize), Option<u32>>,
-    /// Datagrams dropped by `faults`.
-    dropped: u32,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            now: Instant::now(),
-            nodes: Vec::new(),
-            queue: BinaryHeap::new(),
-            seq: 0,
-            events: HashMap::new(),
-            faults: HashMap::new(),
-            dropped: 0,
-        }
-    }
-
-    /// Drops every datagram from `from` to `to` from now on.
-    fn cut(&mut self, from: usize, to: usize) {
-        self.faults.insert((from, to), None);
-    }
-
-    /// Drops the next `n` datagrams from `from` to `to`.
-    fn lose_next(&mut self, from: usize, to: usize, n: u32) {
-        self.faults.insert((from, to), Some(n));
-    }
-
-    /// Whether a datagram from `from` to `to` is lost to a fault (counting it down).
-    fn faulty(&mut self, from: usize, to: usize) -> bool {
-        let lost = match self.faults.get_mut(&(from, to)) {
-            None => false,
-            Some(None) => true,
-            Some(Some(0)) => false,
-            Some(Some(n)) => {
-                *n -= 1;
-                true
-            }
-        };
-        self.dropped += lost as u32;
-        lost
-    }
-
-    fn add_supernode(
-        &mut self,
-        bootstrap: &[(NodeKey, SocketAddr)],
-    ) -> (usize, NodeKey, SocketAddr) {
-        let i = self.nodes.len();
-        let addr: SocketAddr = format!("10.0.0.{}:4000", i + 1).parse().unwrap();
-        let mut cfg = NodeConfig::new(addr);
-        cfg.session = fast_session(true);
-        let sn = Supernode::new(
-            &Identity::generate(),
-            cfg,
-            bootstrap,
-            self.now,
-            UNIX0,
-            [i as u8 + 1; 32],
-        );
-        let key = sn.node_key();
-        self.nodes.push((addr, Node::Sn(Box::new(sn)), true));
-        (i, key, addr)
-    }
-
-    fn add_client(&mut self, supernodes: Vec<(NodeKey, SocketAddr)>, register: bool) -> usize {
-        let mut cfg = AgentConfig::new(supernodes);
-        cfg.session = fast_session(false);
-        cfg.register = register;
-        cfg.refresh_interval = Duration::from_secs(3);
-        self.add_client_with(cfg)
-    }
-
-    fn add_client_with(&mut self, cfg: AgentConfig) -> usize {
-        let i = self.nodes.len();
-        let addr: SocketAddr = format!("10.1.{}.{}:5000", i / 250, i % 250 + 1)
-            .parse()
-            .unwrap();
-        let a = Agent::new(
-            Identity::generate(),
-            cfg,
-            self.now,
-            UNIX0,
-            [200 + (i % 50) as u8; 32],
-        );
-        self.nodes.push((addr, Node::Client(Box::new(a)), true));
-        i
-    }
-
-    fn agent(&mut self, i: usize) -> &mut Agent {
-        match &mut self.nodes[i].1 {
-            Node::Client(a) => a,
-            _ => panic!("not a client"),
-        }
-    }
-
-    fn sn(&self, i: usize) -> &Supernode {
-        match &self.nodes[i].1 {
-            Node::Sn(s) => s,
-            _ => panic!("not a supernode"),
-        }
-    }
-
-    fn kill(&mut self, i: usize) {
-        self.nodes[i].2 = false;
-    }
-
-    fn collect(&mut self) {
-        for i in 0..self.nodes.len() {
-            let (from, alive) = (self.nodes[i].0, self.nodes[i].2);
-            loop {
-                let t = match &mut self.nodes[i].1 {
-                    Node::Sn(s) => s.poll_transmit(),
-                    Node::Client(a) => a.poll_transmit(),
-                };
-                let Some(t) = t else { break };
-                if !alive {
-                    continue;
-                }
-                if let Some(j) = self.nodes.iter().position(|(a, _, _)| *a == t.to) {
-                    if self.faulty(i, j) {
-                        continue;
-                    }
-                    self.seq += 1;
-                    self.queue
-                        .push(Reverse((self.now + LATENCY, self.seq, j, from, t.data)));
-                }
-            }
-            if let Node::Client(a) = &mut self.nodes[i].1 {
-                while let Some(ev) = a.poll_event() {
-                    // Every client acknowledges a delivery at once, replying "re:" + payload.
-                    if let AgentEvent::Delivered { id, payload, .. } = &ev {
-                        let reply = [b"re:".as_slice(), payload].concat();
-                        a.acknowledge(self.now, *id, Some(reply));
-                    }
-                    self.events.entry(i).or_default().push(ev);
-                }
-            }
-        }
-    }
-
-    /// Runs the network until `d` has passed.
-    fn run(&mut self, d: Duration) {
-        let end = self.now + d;
-        for _ in 0..5_000_000 {
-            self.collect();
-            let net = self.queue.peek().map(|Reverse((t, ..))| *t);
-            let mut timer: Option<(Instant, usize)> = None;
-            for (i, (_, n, alive)) in self.nodes.iter_mut().enumerate() {
-                if !*alive {
-                    continue;
-                }
-                let t = match n {
-                    Node::Sn(s) => s.poll_timeout(),
-                    Node::Client(a) => a.poll_timeout(),
-                };
-                if let Some(t) = t
-                    && timer.is_none_or(|(b, _)| t < b)
-                {
-                    timer = Some((t, i));
-                }
-            }
-            let next = match (net, timer) {
-                (Some(n), Some((t, _))) => n.min(t),
-                (Some(n), None) => n,
-                (None, Some((t, _))) => t,
-                (None, None) => end,
-            };
-            if next > end {
-                self.now = end;
-                return;
-            }
-            self.now = self.now.max(next);
-            if net == Some(next) {
-                let Reverse((_, _, j, from, data)) = self.queue.pop().unwrap();
-                if !self.nodes[j].2 {
-                    continue;
-                }
-                let now = self.now;
-                match &mut self.nodes[j].1 {
-                    Node::Sn(s) => s.handle_input(now, from, &data),
-                    Node::Client(a) => a.handle_datagram(now, from, &data),
-                }
-            } else if let Some((_, i)) = timer {
-                let now = self.now;
-                match &mut self.nodes[i].1 {
-                    Node::Sn(s) => s.handle_timeout(now),
-                    Node::Client(a) => a.handle_timeout(now),
-                }
-            }
-        }
-        panic!("simulation did not settle");
-    }
-
-    fn take_events(&mut self, i: usize) -> Vec<AgentEvent> {
-        self.events.remove(&i).unwrap_or_default()
-    }
-
-    /// The node index of supernode `id`.
-    fn sn_index(&self, id: UserId) -> usize {
-        (0..self.nodes.len())
-            .find(|i| matches!(&self.nodes[*i].1, Node::Sn(s) if s.id() == id))
-            .expect("a supernode")
-    }
-
-    /// Runs in steps of `step` until `cond` holds (returning how long that took), for at most
-    /// `limit`; after every step, checks that client `c` is never stranded (registered, or
-    /// connecting, or with a retry scheduled).
-    fn run_until(
-        &mut self,
-        c: usize,
-        limit: Duration,
-        mut cond: impl FnMut(&mut World) -> bool,
-    ) -> Option<Duration> {
-        let step = Duration::from_millis(50);
-        let t0 = self.now;
-        while self.now - t0 < limit {
-            self.run(step);
-            assert!(self.agent(c).is_recovering(), "client {c} stranded");
-            if cond(self) {
-                return Some(self.now - t0);
-            }
-        }
-        None
-    }
-}
-
+/// The shared mesh world (`tests/support/mesh.rs`), with every client answering a delivery with
+/// "re:" + payload.
 fn mesh(n: usize) -> (World, Vec<(NodeKey, SocketAddr)>) {
-    let mut w = World::new();
-    let (_, k0, a0) = w.add_supernode(&[]);
-    let mut keys = vec![(k0, a0)];
-    for _ in 1..n {
-        let (_, k, a) = w.add_supernode(&[(k0, a0)]);
-        keys.push((k, a));
+    let (mut w, sns) = mesh_support::mesh(n);
+    w.reply_to_deliveries = true;
+    (w, sns)
+}
+
+/// A client with its own configuration and a fresh identity.
+fn add_client_with(w: &mut World, cfg: AgentConfig) -> usize {
+    let id = w.fresh_identity();
+    w.add_client_config(id, cfg)
+}
+
+/// Runs in steps of 50 ms until `cond` holds (returning how long that took), for at most
+/// `limit`; after every step, checks that client `c` is never stranded (registered, or
+/// connecting, or with a retry scheduled).
+fn run_recovering(
+    w: &mut World,
+    c: usize,
+    limit: Duration,
+    mut cond: impl FnMut(&mut World) -> bool,
+) -> Option<Duration> {
+    let step = Duration::from_millis(50);
+    let t0 = w.now;
+    while w.now - t0 < limit {
+        w.run(step);
+        assert!(w.agent(c).is_recovering(), "client {c} stranded");
+        if cond(w) {
+            return Some(w.now - t0);
+        }
     }
-    w.run(Duration::from_secs(6));
-    for i in 0..n {
-        assert_eq!(
-            w.sn(i).members().len(),
-            n,
-            "supernode {i} sees {} members",
-            w.sn(i).members().len()
-        );
-    }
-    (w, keys)
+    None
 }
 
 fn lookup(
@@ -533,8 +292,8 @@ fn patient_client(w: &mut World, sns: &[(NodeKey, SocketAddr)]) -> usize {
         ..session::Config::default()
     };
     cfg.refresh_interval = Duration::from_secs(600);
-    let c = w.add_client_with(cfg);
-    let t = w.run_until(c, Duration::from_secs(5), |w| {
+    let c = add_client_with(w, cfg);
+    let t = run_recovering(w, c, Duration::from_secs(5), |w| {
         let a = w.agent(c);
         a.is_registered() && a.standby_node().is_some()
     });
@@ -553,7 +312,7 @@ fn standby_dead_before_the_primary_is_replaced_then_the_primary_fails_over() {
     w.kill(w.sn_index(s));
     // The primary hears from SWIM that the standby is dead and tells the client, which opens
     // another standby, not on a dead node.
-    let took = w.run_until(c, DETECT, |w| {
+    let took = run_recovering(&mut w, c, DETECT, |w| {
         w.agent(c).standby_node().is_some_and(|n| n != s)
     });
     assert!(took.is_some(), "a new standby after the old one died");
@@ -565,7 +324,9 @@ fn standby_dead_before_the_primary_is_replaced_then_the_primary_fails_over() {
     w.run(Duration::from_millis(500));
     w.take_events(c);
     w.kill(w.sn_index(p));
-    let took = w.run_until(c, DETECT, |w| w.agent(c).primary().map(|x| x.0) == Some(s2));
+    let took = run_recovering(&mut w, c, DETECT, |w| {
+        w.agent(c).primary().map(|x| x.0) == Some(s2)
+    });
     assert!(took.is_some(), "registered through the new standby");
     let ev = w.take_events(c);
     assert!(
@@ -593,13 +354,13 @@ fn a_failover_registration_that_fails_fails_over_again() {
     };
     cfg.refresh_interval = Duration::from_secs(2);
     let timeout = cfg.session.transaction_timeout;
-    let c = w.add_client_with(cfg);
+    let c = add_client_with(&mut w, cfg);
     assert!(
-        w.run_until(c, Duration::from_secs(5), |w| w
+        run_recovering(&mut w, c, Duration::from_secs(5), |w| w
             .agent(c)
             .standby_node()
             .is_some())
-            .is_some()
+        .is_some()
     );
     w.run(Duration::from_millis(200));
     let p = w.agent(c).primary().unwrap().0;
@@ -611,7 +372,7 @@ fn a_failover_registration_that_fails_fails_over_again() {
     // transaction timeout), registers on the standby (no answer: one more transaction
     // timeout), then on a third supernode (a handshake and a registration); margin 5 s.
     let limit = Duration::from_secs(2) + timeout * 2 + Duration::from_secs(5);
-    let took = w.run_until(c, limit, |w| {
+    let took = run_recovering(&mut w, c, limit, |w| {
         w.agent(c).primary().is_some_and(|(n, _)| n != p && n != s)
     });
     assert!(took.is_some(), "registered through a third supernode");
@@ -619,7 +380,7 @@ fn a_failover_registration_that_fails_fails_over_again() {
         w.agent(c).is_demoted(&s),
         "the unanswering standby is demoted"
     );
-    assert!(w.dropped > 0, "the fault dropped the standby's traffic");
+    assert!(w.dropped() > 0, "the fault dropped the standby's traffic");
     let ev = w.take_events(c);
     assert!(
         ev.iter()
@@ -638,12 +399,14 @@ fn a_lost_primary_lost_notice_is_sent_again() {
     // two datagrams from it to the client are its notice and the notice's first retransmission.
     w.lose_next(w.sn_index(s), c, 2);
     w.kill(w.sn_index(p));
-    let took = w.run_until(c, DETECT, |w| w.agent(c).primary().map(|x| x.0) == Some(s));
+    let took = run_recovering(&mut w, c, DETECT, |w| {
+        w.agent(c).primary().map(|x| x.0) == Some(s)
+    });
     assert!(
         took.is_some(),
         "registered through the standby after a retransmitted notice"
     );
-    assert_eq!(w.dropped, 2, "both lost notices were sent");
+    assert_eq!(w.dropped(), 2, "both lost notices were sent");
 }
 
 #[test]
@@ -668,7 +431,9 @@ fn every_standby_candidate_dead_but_one() {
     // costs one standby patience before the client demotes it and asks again.
     let patience = AgentConfig::new(Vec::new()).standby_patience;
     let limit = DETECT + patience * 2;
-    let took = w.run_until(c, limit, |w| w.agent(c).standby_node() == Some(survivor));
+    let took = run_recovering(&mut w, c, limit, |w| {
+        w.agent(c).standby_node() == Some(survivor)
+    });
     assert!(
         took.is_some(),
         "the one live candidate becomes the standby: {:?}",
@@ -676,7 +441,7 @@ fn every_standby_candidate_dead_but_one() {
     );
     w.run(Duration::from_millis(500));
     w.kill(w.sn_index(p));
-    let took = w.run_until(c, DETECT, |w| {
+    let took = run_recovering(&mut w, c, DETECT, |w| {
         w.agent(c).primary().map(|x| x.0) == Some(survivor)
     });
     assert!(took.is_some(), "registered through the last live supernode");

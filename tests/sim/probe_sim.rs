@@ -3,12 +3,13 @@
 //!
 //! Run `cargo test --test probe_sim -- --nocapture` to see the loss summary table.
 
-use crate::support::sim;
+use crate::support::probe as sim;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sim::{Filtering, Mapping, NatConfig, Path, ServerSpec, Sim};
+use sim::{ServerSpec, Sim};
+use voxlab::sim::{Filtering, Mapping, NatConfig, Path};
 use voxmesh::nat::{Behavior, NatKind, ProbeConfig, Report, Stage, Timing};
 
 const EIM: Behavior = Behavior::EndpointIndependent;
@@ -151,7 +152,8 @@ fn assert_exact(name: &str, r: &Report, want: &Want, sim: &Sim) {
     );
     assert_eq!(
         r.mapped_address,
-        sim.nat.first_mapping(sim.local(0), sim::rfc5780_primary()),
+        sim.nat()
+            .first_mapping(sim.local(0), sim::rfc5780_primary()),
         "{name}: mapped address"
     );
 }
@@ -196,7 +198,10 @@ fn restricted_cone_reads_as_restricted_with_per_box_and_per_mapping_state() {
                 "{filtering:?}: {r:#?}"
             );
             assert_eq!(r.filtering, Some(AD), "{filtering:?}");
-            assert!(sim.nat.drops.filtered > 0, "the filter was never exercised");
+            assert!(
+                sim.nat().drops.filtered > 0,
+                "the filter was never exercised"
+            );
         }
     }
 }
@@ -488,7 +493,7 @@ fn tally(
         t.nulls[i] += null as u32;
     }
     if let Some(m) = r.mapped_address
-        && Some(m) != sim.nat.first_mapping(sim.local(0), server)
+        && Some(m) != sim.nat().first_mapping(sim.local(0), server)
     {
         t.wrong
             .push(format!("{name}, seed {seed}: mapped address {m}"));
@@ -496,7 +501,7 @@ fn tally(
     t.runs += 1;
     t.undecided_runs += !r.undecided.is_empty() as u32;
     t.durations_ms.push(r.duration_ms);
-    let st = sim.stats;
+    let st = sim.stats();
     for (i, n) in [st.sent_up, st.lost_up, st.sent_down, st.lost_down]
         .into_iter()
         .enumerate()
@@ -700,7 +705,7 @@ fn a_dead_server_does_not_spoil_the_result() {
             let dead = r.servers.iter().find(|s| s.address == sim::dead()).unwrap();
             assert_eq!((dead.responses, dead.rtt_ms), (0, None), "{name}");
             assert!(
-                sim.stats.to_dead_server > 0,
+                sim.stats().to_dead_server > 0,
                 "{name}: dead server never tried"
             );
         }
@@ -919,7 +924,7 @@ fn the_same_seed_gives_the_same_report() {
         let specs = [ServerSpec::rfc5780(), ServerSpec::plain(sim::plain_a())];
         let mut sim = Sim::new(nat, &specs, path, seed);
         let r = sim.run(config(&[sim::rfc5780_primary(), sim::plain_a()], false));
-        (r, sim.elapsed(), sim.nat.history.clone())
+        (r, sim.elapsed(), sim.nat().history.clone())
     };
     for seed in [1, 2, 42] {
         assert_eq!(run(seed), run(seed), "seed {seed}");

@@ -6,6 +6,7 @@ use crate::support::session as session_support;
 use std::time::Duration;
 
 use session_support::*;
+use voxlab::netem::Spec;
 use voxmesh::session::{
     CloseReason, Config, Event, HandshakeError, Refusal, SendError, TransactionError,
 };
@@ -96,7 +97,7 @@ fn handshake_and_transactions_survive_thirty_percent_loss() {
     let mut handshake_times = Vec::new();
     for seed in 0..25 {
         let (mut sim, client, server) = pair(100 + seed);
-        sim.default_link = Link::lossy(0.30);
+        sim.set_default_link(lossy(0.30));
         let s = sim.connect(client, server);
         handshake_times.push(sim.elapsed());
         let now = sim.now;
@@ -145,17 +146,11 @@ fn duplicate_requests_are_answered_from_the_cache() {
     let s = sim.connect(client, server);
     // Answers from the server are lost for a while: the client retransmits, and the server
     // answers the duplicates from its cache without asking the application again.
-    sim.links.insert(
-        (addr(SERVER), addr(CLIENT)),
-        Link {
-            down: true,
-            ..Link::default()
-        },
-    );
+    sim.cut(addr(SERVER), addr(CLIENT));
     let now = sim.now;
     sim.nodes[client].ep.request(now, s, b"once").unwrap();
     sim.run_for(Duration::from_millis(900));
-    sim.links.clear();
+    sim.reset_links();
     assert!(sim.drive_until(Duration::from_secs(10), |sim| {
         !responses(sim, client).is_empty()
     }));
@@ -260,14 +255,7 @@ fn keepalives_hold_an_idle_session() {
 fn lost_peer_is_detected_by_both_sides() {
     let (mut sim, client, server) = pair(7);
     let s = sim.connect(client, server);
-    sim.set_link(
-        client,
-        server,
-        Link {
-            down: true,
-            ..Link::default()
-        },
-    );
+    sim.cut_between(client, server);
     let start = sim.now;
     assert!(sim.drive_until(Duration::from_secs(60), |sim| {
         sim.count(client, |e| matches!(e, Event::Closed { .. })) > 0
@@ -309,14 +297,7 @@ fn a_request_fails_fast_when_the_supernode_dies_and_the_standby_takes_over() {
     let b = sim.connect(client, standby);
     sim.run_for(Duration::from_secs(30));
     // The primary dies.
-    sim.set_link(
-        client,
-        primary,
-        Link {
-            down: true,
-            ..Link::default()
-        },
-    );
+    sim.cut_between(client, primary);
     let now = sim.now;
     sim.nodes[client].ep.request(now, a, b"register").unwrap();
     let start = sim.now;
@@ -418,7 +399,7 @@ fn nonce_exhaustion_closes_the_session_instead_of_reusing_a_nonce() {
 fn handshake_timer_follows_the_documented_schedule() {
     let mut sim = Sim::new(12);
     let client = sim.add(Config::client(), &identity(2), CLIENT);
-    sim.record = true;
+    sim.world.record = true;
     let key = identity(1).node_key();
     let now = sim.now;
     let s = sim.nodes[client]
@@ -426,13 +407,13 @@ fn handshake_timer_follows_the_documented_schedule() {
         .connect(now, addr(SERVER), &key)
         .unwrap();
     sim.run_for(Duration::from_secs(25));
-    assert_eq!(sim.sent.len(), 12, "12 sends in 20 s");
+    assert_eq!(sim.world.sent.len(), 12, "12 sends in 20 s");
     assert!(sim.nodes[client].events.contains(&Event::HandshakeFailed {
         session: s,
         error: HandshakeError::TimedOut { attempts: 12 }
     }));
     // All 12 were the same initiation (so a responder can answer duplicates from its cache).
-    assert!(sim.sent.windows(2).all(|w| w[0].data == w[1].data));
+    assert!(sim.world.sent.windows(2).all(|w| w[0].data == w[1].data));
 }
 
 #[test]
@@ -474,13 +455,14 @@ fn traffic_continues_across_rekeys_in_both_directions_under_loss_and_reordering(
     let server = sim.add(rekeying(true), &identity(1), SERVER);
     let client = sim.add(rekeying(false), &identity(2), CLIENT);
     sim.nodes[server].auto_answer = Some(echo);
-    sim.default_link = Link {
+    // 30 % of the datagrams overtake the others, which get up to 80 ms of jitter.
+    sim.set_default_link(Spec {
         loss: 0.10,
         duplicate: 0.05,
         reorder: 0.30,
-        reorder_delay: Duration::from_millis(80),
-        ..Link::default()
-    };
+        jitter: Duration::from_millis(80),
+        ..clean()
+    });
     let s = sim.connect(client, server);
     sim.run_for(Duration::from_millis(100));
     let srv = sim.connected_sessions(server)[0];

@@ -156,7 +156,12 @@ fn a_handshake_flood_from_one_source_gets_cookies_and_the_client_gets_through() 
     assert!(c.cookies_sent >= 150 - max_work, "{c:?}");
     // The attacker's inbox: cookie replies (62 bytes) and handshake answers, all smaller than
     // what it sent.
-    let to_attacker: Vec<_> = sim.sink.iter().filter(|p| p.to == addr(ATTACKER)).collect();
+    let to_attacker: Vec<_> = sim
+        .world
+        .sink
+        .iter()
+        .filter(|p| p.to == addr(ATTACKER))
+        .collect();
     assert!(to_attacker.iter().all(|p| p.data.len() < wire::INIT_LEN));
     assert!(
         to_attacker
@@ -283,6 +288,7 @@ fn duplicate_initiations_are_answered_without_crypto() {
     assert_eq!(c.handshake_duplicates, 4);
     sim.run_for(Duration::from_millis(100));
     let resp: Vec<_> = sim
+        .world
         .sink
         .iter()
         .filter(|p| p.data[0] == wire::HANDSHAKE_RESP)
@@ -301,10 +307,11 @@ fn duplicate_initiations_are_answered_without_crypto() {
 #[test]
 fn a_replayed_initiation_establishes_nothing() {
     let (mut sim, server) = server_sim(29, Config::default());
-    sim.record = true;
+    sim.world.record = true;
     let client = sim.add(Config::client(), &identity(2), CLIENT);
     let s = sim.connect(client, server);
     let init = sim
+        .world
         .sent
         .iter()
         .find(|p| p.data[0] == wire::HANDSHAKE_INIT)
@@ -335,24 +342,19 @@ fn replay_window_refuses_replays_and_accepts_reordering() {
     let s = sim.connect(client, server);
     sim.run_for(Duration::from_millis(100));
     // Capture the client's next frames instead of delivering them.
-    sim.links.insert(
-        (addr(CLIENT), addr(SERVER)),
-        Link {
-            down: true,
-            ..Link::default()
-        },
-    );
-    sim.record = true;
-    sim.sent.clear();
+    sim.cut(addr(CLIENT), addr(SERVER));
+    sim.world.record = true;
+    sim.world.sent.clear();
     for i in 0..700u32 {
         let now = sim.now;
         sim.nodes[client].ep.send(now, s, &i.to_be_bytes()).unwrap();
         sim.drain(client);
     }
     let frames: Vec<Vec<u8>> = sim
+        .world
         .sent
         .iter()
-        .filter(|p| p.from == addr(CLIENT))
+        .filter(|p| p.src == addr(CLIENT))
         .map(|p| p.data.clone())
         .collect();
     assert_eq!(frames.len(), 700);
@@ -583,7 +585,7 @@ fn a_client_refuses_initiations() {
             .refused(Refusal::NotAccepting),
         1
     );
-    assert!(sim.sink.is_empty(), "no answer at all");
+    assert!(sim.world.sink.is_empty(), "no answer at all");
 }
 
 #[test]
@@ -634,24 +636,19 @@ fn rekey_reordering_replays_and_erased_keys() {
     sim.run_for(Duration::from_millis(100));
     let srv = sim.connected_sessions(server)[0];
     // Capture the client's next frames instead of delivering them.
-    sim.links.insert(
-        (addr(CLIENT), addr(SERVER)),
-        Link {
-            down: true,
-            ..Link::default()
-        },
-    );
-    sim.record = true;
-    sim.sent.clear();
+    sim.cut(addr(CLIENT), addr(SERVER));
+    sim.world.record = true;
+    sim.world.sent.clear();
     for i in 0..40u32 {
         let now = sim.now;
         sim.nodes[client].ep.send(now, s, &i.to_be_bytes()).unwrap();
         sim.drain(client);
     }
     let frames: Vec<Vec<u8>> = sim
+        .world
         .sent
         .iter()
-        .filter(|p| p.from == addr(CLIENT))
+        .filter(|p| p.src == addr(CLIENT))
         .map(|p| p.data.clone())
         .collect();
     assert_eq!(frames.len(), 40);
@@ -757,7 +754,7 @@ fn rekey_reordering_replays_and_erased_keys() {
     assert_eq!(messages(&sim), 21);
 
     // And the session carries on in both directions.
-    sim.links.clear();
+    sim.reset_links();
     let now = sim.now;
     sim.nodes[client]
         .ep

@@ -1,15 +1,16 @@
-//! Two media sessions joined by a simulated network, quinn-proto `Pair` style: simulated time
-//! that jumps from event to event, the lab's seeded impairer (`voxlab::netem`) on each
-//! direction, and two audio sides capturing and playing in 20 ms ticks on their own phases.
-//! Nothing sleeps; a seed replays the same run.
+//! Two media sessions joined by the one simulated network (`voxlab::sim::World`), quinn-proto
+//! `Pair` style: two public hosts, the internet path each way impaired by the lab's seeded
+//! impairer, and two audio sides capturing and playing in 20 ms ticks on their own phases.
+//! Simulated time jumps from event to event; nothing sleeps; a seed replays the same run.
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use voxlab::netem::{Decision, DelayLine, Impairer, Spec};
+use voxlab::netem::Spec;
+use voxlab::sim::{Fate, Link, World};
 use voxmesh::media::{
     Event, Frame, FrameKind, MediaConfig, MediaKeys, MediaSession, MediaStats, Role,
 };
@@ -22,77 +23,13 @@ pub fn keys() -> MediaKeys {
     MediaKeys::new([0x11; 32], [0x22; 32])
 }
 
-/// One direction of the path.
-pub struct Link {
-    impairer: Impairer,
-    line: DelayLine,
-    /// Probability a delivered datagram arrives twice (the second copy 1 ms later).
-    pub duplicate: f64,
-    rng: StdRng,
-    /// Every datagram put on the link, in order (what a relay on the path would see).
-    pub captured: Vec<Vec<u8>>,
-    pub delivered: u64,
-    pub duplicated: u64,
-    /// When each extra copy is due.
-    duplicate_due: Vec<Instant>,
-    pub dropped: u64,
-    /// Indices into `captured` of the datagrams the link dropped.
-    pub dropped_idx: Vec<usize>,
-    /// Drop everything while set (an outage).
-    pub down: bool,
-}
+/// The direction A→B (A is host 0) ...
+pub const AB: usize = 0;
+/// ... and B→A.
+pub const BA: usize = 1;
 
-impl Link {
-    pub fn new(spec: Spec, seed: u64) -> Link {
-        Link {
-            line: DelayLine::new(spec.delay_line_limit()),
-            impairer: Impairer::new(spec, seed),
-            duplicate: 0.0,
-            rng: StdRng::seed_from_u64(seed ^ 0x5eed),
-            captured: Vec::new(),
-            delivered: 0,
-            duplicated: 0,
-            duplicate_due: Vec::new(),
-            dropped: 0,
-            dropped_idx: Vec::new(),
-            down: false,
-        }
-    }
-
-    /// Extra copies delivered by `now`.
-    pub fn duplicates_delivered(&self, now: Instant) -> u64 {
-        self.duplicate_due.iter().filter(|&&t| t <= now).count() as u64
-    }
-
-    fn send(&mut self, now: Instant, datagram: Vec<u8>) {
-        self.captured.push(datagram.clone());
-        // The impairer judges Ethernet frames: wrap the datagram in an IPv4 one so loss and
-        // reordering apply (its length only matters for rate limits, which we do not use).
-        let mut frame = vec![0u8; 14];
-        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        frame.extend_from_slice(&datagram);
-        let dup: f64 = self.rng.random();
-        if self.down {
-            self.dropped += 1;
-            self.dropped_idx.push(self.captured.len() - 1);
-            return;
-        }
-        match self.impairer.decide(now, &frame) {
-            Decision::Drop | Decision::Overflow => {
-                self.dropped += 1;
-                self.dropped_idx.push(self.captured.len() - 1);
-            }
-            Decision::DeliverAt { at, .. } => {
-                if dup < self.duplicate {
-                    self.duplicated += 1;
-                    let due = at + Duration::from_millis(1);
-                    self.duplicate_due.push(due);
-                    let _ = self.line.push(due, datagram.clone());
-                }
-                let _ = self.line.push(at, datagram);
-            }
-        }
-    }
+fn host_addr(host: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, host as u8 + 1], 5004))
 }
 
 /// One end: a session, what it captures, what it played.
@@ -154,12 +91,17 @@ impl Side {
 
 /// Two sessions (A initiator, B responder) and the path between them.
 pub struct Pair {
+    pub world: World,
     pub t0: Instant,
+    /// The world's clock, as an instant.
     pub now: Instant,
     pub a: Side,
     pub b: Side,
-    pub ab: Link,
-    pub ba: Link,
+    /// Datagrams that reached the other side, per direction ([`AB`], [`BA`]), copies included ...
+    pub delivered: [u64; 2],
+    /// ... and of those, extra copies of a datagram delivered before.
+    pub duplicates_delivered: [u64; 2],
+    seen: [HashSet<Vec<u8>>; 2],
 }
 
 impl Pair {
@@ -174,21 +116,66 @@ impl Pair {
         mut ca: MediaConfig,
         mut cb: MediaConfig,
     ) -> Pair {
-        let t0 = Instant::now();
+        let mut world = World::new(seed);
+        for host in [AB, BA] {
+            world.add_public(host_addr(host).ip());
+        }
+        world.set_path(host_addr(AB), host_addr(BA), ab);
+        world.set_path(host_addr(BA), host_addr(AB), ba);
+        let t0 = world.instant();
         ca.stream = 0xa11ce;
         cb.stream = 0xb0b;
         let a = MediaSession::new(t0, &keys(), Role::Initiator, ca).unwrap();
         let b = MediaSession::new(t0, &keys(), Role::Responder, cb).unwrap();
         let ms = Duration::from_millis;
         Pair {
+            world,
             t0,
             now: t0,
             // Capture and playout ticks on different phases, as two sound cards would be.
             a: Side::new(a, t0, ms(20), ms(7)),
             b: Side::new(b, t0, ms(23), ms(13)),
-            ab: Link::new(ab, seed),
-            ba: Link::new(ba, seed.wrapping_add(1)),
+            delivered: [0; 2],
+            duplicates_delivered: [0; 2],
+            seen: [HashSet::new(), HashSet::new()],
         }
+    }
+
+    /// The path from `from` ([`AB`] or [`BA`]): its `cut` switch and its counts.
+    pub fn link(&mut self, from: usize) -> &mut Link {
+        self.world.path(host_addr(from), host_addr(1 - from))
+    }
+
+    /// Makes the path from `from` deliver a datagram twice with probability `p`.
+    pub fn set_duplicate(&mut self, from: usize, p: f64) {
+        let spec = Spec {
+            duplicate: p,
+            ..*self.link(from).spec()
+        };
+        self.world
+            .set_path(host_addr(from), host_addr(1 - from), spec);
+    }
+
+    /// Every datagram put on the path from `from`, in order (what a relay on it would see).
+    pub fn captured(&self, from: usize) -> Vec<Vec<u8>> {
+        self.world
+            .sent
+            .iter()
+            .filter(|s| s.host == Some(from))
+            .map(|s| s.data.clone())
+            .collect()
+    }
+
+    /// Indices into [`Pair::captured`] of the datagrams the path lost.
+    pub fn dropped_idx(&self, from: usize) -> Vec<usize> {
+        self.world
+            .sent
+            .iter()
+            .filter(|s| s.host == Some(from))
+            .enumerate()
+            .filter(|(_, s)| s.fate == Fate::Lost)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Runs the simulation for `d` of simulated time.
@@ -200,8 +187,7 @@ impl Pair {
                 Some(self.b.capture_at),
                 Some(self.a.pop_at),
                 Some(self.b.pop_at),
-                self.ab.line.next_due(),
-                self.ba.line.next_due(),
+                self.world.next_event(),
                 self.a.session.poll_timeout(),
                 self.b.session.poll_timeout(),
             ]
@@ -211,23 +197,33 @@ impl Pair {
             .unwrap()
             .max(self.now);
             if next > end {
-                self.now = end;
+                self.advance(end);
                 break;
             }
-            self.now = next;
+            self.advance(next);
             self.step();
         }
     }
 
+    fn advance(&mut self, t: Instant) {
+        self.world.advance_to(t);
+        self.now = self.world.instant();
+    }
+
     fn step(&mut self) {
         let now = self.now;
-        while let Some(d) = self.ab.line.pop_due(now) {
-            self.ab.delivered += 1;
-            self.b.session.handle_input(now, &d);
-        }
-        while let Some(d) = self.ba.line.pop_due(now) {
-            self.ba.delivered += 1;
-            self.a.session.handle_input(now, &d);
+        for d in self.world.deliver_due() {
+            let dir = 1 - d.host;
+            self.delivered[dir] += 1;
+            if !self.seen[dir].insert(d.data.clone()) {
+                self.duplicates_delivered[dir] += 1;
+            }
+            let side = if d.host == BA {
+                &mut self.b
+            } else {
+                &mut self.a
+            };
+            side.session.handle_input(now, &d.data);
         }
         for side in [&mut self.a, &mut self.b] {
             if side.session.poll_timeout().is_some_and(|t| t <= now) {
@@ -258,10 +254,10 @@ impl Pair {
             }
         }
         while let Some(d) = self.a.session.poll_transmit() {
-            self.ab.send(now, d);
+            self.world.send(AB, host_addr(AB), host_addr(BA), d);
         }
         while let Some(d) = self.b.session.poll_transmit() {
-            self.ba.send(now, d);
+            self.world.send(BA, host_addr(BA), host_addr(AB), d);
         }
     }
 }
@@ -269,18 +265,18 @@ impl Pair {
 /// Lost audio packets of A→B that FEC could rebuild: the next audio packet arrived and carries
 /// FEC (opened with the test's own copy of the keys). Only packets with timestamps before
 /// `before` count (later ones may not have been played when the run stopped).
-pub fn recoverable(link: &Link, before: u32) -> usize {
+pub fn recoverable(p: &Pair, before: u32) -> usize {
     use voxmesh::media::codec::has_fec;
     let (_, mut opener) = keys().for_role(Role::Responder, 0).unwrap();
     let mut audio = Vec::new(); // (captured index, has FEC)
-    for (i, d) in link.captured.iter().enumerate() {
+    for (i, d) in p.captured(AB).iter().enumerate() {
         let o = opener.open(d).expect("every captured packet opens");
         if o.header.payload_type == voxmesh::media::PayloadType::Opus && o.header.timestamp < before
         {
             audio.push((i, has_fec(&o.payload)));
         }
     }
-    let lost: std::collections::HashSet<usize> = link.dropped_idx.iter().copied().collect();
+    let lost: HashSet<usize> = p.dropped_idx(AB).into_iter().collect();
     // Playout starts with the first packet that arrives; nothing before it is ever played.
     let first = audio.iter().position(|a| !lost.contains(&a.0)).unwrap_or(0);
     audio[first..]

@@ -1,6 +1,7 @@
-//! Shared by `tests/loopback/mesh_security.rs` and `tests/fuzz/fuzz_signal.rs`: supernodes, client agents and
-//! attackers in one process on a simulated network and clock (the approach of
-//! `tests/sim/mesh_sim.rs`), plus record builders.
+//! Shared by `tests/sim/mesh_sim.rs`, `tests/loopback/mesh_security.rs` and
+//! `tests/fuzz/fuzz_signal.rs`: supernodes, client agents and attackers in one process on the one
+//! simulated network (`voxlab::sim::World`: every node a public host, 2 ms one way on every
+//! path), plus record builders.
 //!
 //! An [`Attacker`] is a bare [`Endpoint`] the test drives by hand: it opens sessions with its own
 //! identity and sends whatever bytes it likes inside them (requests, messages, responses), and,
@@ -12,10 +13,11 @@
 
 #![allow(dead_code)]
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use voxlab::netem::Spec;
 
 use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{Identity, NodeKey, RecordKind, Timestamp, UserId, sign_raw, sign_record};
@@ -110,9 +112,6 @@ pub enum Answer {
 
 /// Which requests an attacker holds for the test to answer.
 pub type HoldRule = Box<dyn Fn(&Request) -> bool>;
-
-/// A datagram on the simulated wire: (due, sequence, to node, from, bytes).
-type InFlight = (Instant, u64, usize, SocketAddr, Vec<u8>);
 
 /// A bare endpoint driven by the test.
 pub struct Attacker {
@@ -288,16 +287,19 @@ pub enum Node {
 
 /// Supernodes, agents and attackers on one simulated network.
 pub struct World {
+    /// The network: node `i` is its host `i`.
+    pub net: voxlab::sim::World,
+    /// The network's clock, as an instant.
     pub now: Instant,
     pub start: Instant,
     pub nodes: Vec<(SocketAddr, Node, bool)>,
     index: HashMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<InFlight>>,
-    seq: u64,
     pub events: HashMap<usize, Vec<AgentEvent>>,
     next_identity: u64,
     /// Datagrams delivered so far.
     pub delivered: u64,
+    /// Clients acknowledge a delivery with `"re:"` + payload (else with no reply).
+    pub reply_to_deliveries: bool,
 }
 
 impl Default for World {
@@ -308,17 +310,24 @@ impl Default for World {
 
 impl World {
     pub fn new() -> World {
-        let now = Instant::now();
+        let mut net = voxlab::sim::World::new(0);
+        net.set_internet(Spec {
+            delay: LATENCY,
+            ..Spec::default()
+        });
+        // Long runs: keep no log of every datagram.
+        net.record = false;
+        let now = net.instant();
         World {
+            net,
             now,
             start: now,
             nodes: Vec::new(),
             index: HashMap::new(),
-            queue: BinaryHeap::new(),
-            seq: 0,
             events: HashMap::new(),
             next_identity: 1000,
             delivered: 0,
+            reply_to_deliveries: false,
         }
     }
 
@@ -336,6 +345,8 @@ impl World {
     fn push(&mut self, addr: SocketAddr, node: Node) -> usize {
         let i = self.nodes.len();
         assert!(self.index.insert(addr, i).is_none(), "{addr} taken");
+        let host = self.net.add_public(addr.ip());
+        assert_eq!(host, i, "one host per node");
         self.nodes.push((addr, node, true));
         i
     }
@@ -383,14 +394,19 @@ impl World {
         supernodes: Vec<(NodeKey, SocketAddr)>,
         register: bool,
     ) -> usize {
-        let n = self.nodes.len();
-        let addr: SocketAddr = format!("10.1.{}.{}:5000", n / 250, n % 250 + 1)
-            .parse()
-            .unwrap();
         let mut cfg = AgentConfig::new(supernodes);
         cfg.session = fast_session(false);
         cfg.register = register;
         cfg.refresh_interval = Duration::from_secs(3);
+        self.add_client_config(identity, cfg)
+    }
+
+    /// A client with its own configuration.
+    pub fn add_client_config(&mut self, identity: Identity, cfg: AgentConfig) -> usize {
+        let n = self.nodes.len();
+        let addr: SocketAddr = format!("10.1.{}.{}:5000", n / 250, n % 250 + 1)
+            .parse()
+            .unwrap();
         let a = Agent::new(
             identity,
             cfg,
@@ -487,15 +503,40 @@ impl World {
         }
     }
 
+    /// Node `i` dies: it sends, receives and times out no more.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].2 = false;
+        self.net.hosts[i].down = true;
+    }
+
+    /// Drops every datagram from node `from` to node `to` from now on.
+    pub fn cut(&mut self, from: usize, to: usize) {
+        let (a, b) = (self.addr(from), self.addr(to));
+        self.net.path(a, b).cut = true;
+    }
+
+    /// Drops the next `n` datagrams from node `from` to node `to`.
+    pub fn lose_next(&mut self, from: usize, to: usize, n: u32) {
+        let (a, b) = (self.addr(from), self.addr(to));
+        self.net.path(a, b).lose_next = n;
+    }
+
+    /// Datagrams lost on the paths (to [`World::cut`] and [`World::lose_next`]).
+    pub fn dropped(&self) -> u64 {
+        self.net.path_stats().lost
+    }
+
+    /// The node index of supernode `id`.
+    pub fn sn_index(&self, id: UserId) -> usize {
+        (0..self.nodes.len())
+            .find(|i| matches!(&self.nodes[*i].1, Node::Sn(s) if s.id() == id))
+            .expect("a supernode")
     }
 
     /// Puts a datagram on the wire as if `from` sent it to node `to`.
     pub fn inject(&mut self, from: SocketAddr, to: usize, data: Vec<u8>) {
-        self.seq += 1;
-        self.queue
-            .push(Reverse((self.now + LATENCY, self.seq, to, from, data)));
+        let to = self.addr(to);
+        self.net.inject(from, to, data);
     }
 
     fn collect(&mut self) {
@@ -515,18 +556,15 @@ impl World {
                 if !alive {
                     continue;
                 }
-                // Datagrams to addresses where nothing lives are lost.
-                if let Some(&j) = self.index.get(&t.to) {
-                    self.seq += 1;
-                    self.queue
-                        .push(Reverse((now + LATENCY, self.seq, j, from, t.data)));
-                }
+                self.net.send(i, from, t.to, t.data);
             }
+            let reply = self.reply_to_deliveries;
             if let Node::Client(a) = &mut self.nodes[i].1 {
                 while let Some(ev) = a.poll_event() {
-                    // Clients acknowledge deliveries at once (no reply).
-                    if let AgentEvent::Delivered { id, .. } = &ev {
-                        a.acknowledge(now, *id, None);
+                    // Clients acknowledge deliveries at once.
+                    if let AgentEvent::Delivered { id, payload, .. } = &ev {
+                        let reply = reply.then(|| [b"re:".as_slice(), payload].concat());
+                        a.acknowledge(now, *id, reply);
                     }
                     self.events.entry(i).or_default().push(ev);
                 }
@@ -553,7 +591,7 @@ impl World {
             if done(self) {
                 return true;
             }
-            let net = self.queue.peek().map(|Reverse((t, ..))| *t);
+            let net = self.net.next_event();
             let mut timer: Option<(Instant, usize)> = None;
             for (i, (_, n, alive)) in self.nodes.iter_mut().enumerate() {
                 if !*alive {
@@ -577,21 +615,25 @@ impl World {
                 (None, None) => end,
             };
             if next > end {
-                self.now = end;
+                self.advance(end);
                 return false;
             }
-            self.now = self.now.max(next);
+            self.advance(self.now.max(next));
             let now = self.now;
             if net == Some(next) {
-                let Reverse((_, _, j, from, data)) = self.queue.pop().unwrap();
-                if !self.nodes[j].2 {
-                    continue;
-                }
-                self.delivered += 1;
-                match &mut self.nodes[j].1 {
-                    Node::Sn(s) => s.handle_input(now, from, &data),
-                    Node::Client(a) => a.handle_datagram(now, from, &data),
-                    Node::Raw(a) => a.ep.handle_input(now, from, &data),
+                for d in self.net.deliver_due() {
+                    let j = d.host;
+                    // A datagram already on its way when its node died.
+                    if !self.nodes[j].2 || self.nodes[j].0 != d.to {
+                        continue;
+                    }
+                    self.delivered += 1;
+                    let (from, data) = (d.from, &d.data);
+                    match &mut self.nodes[j].1 {
+                        Node::Sn(s) => s.handle_input(now, from, data),
+                        Node::Client(a) => a.handle_datagram(now, from, data),
+                        Node::Raw(a) => a.ep.handle_input(now, from, data),
+                    }
                 }
             } else if let Some((_, i)) = timer {
                 match &mut self.nodes[i].1 {
@@ -602,6 +644,11 @@ impl World {
             }
         }
         panic!("simulation did not settle");
+    }
+
+    fn advance(&mut self, t: Instant) {
+        self.net.advance_to(t);
+        self.now = self.net.instant();
     }
 
     pub fn take_events(&mut self, i: usize) -> Vec<AgentEvent> {

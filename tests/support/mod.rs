@@ -8,7 +8,7 @@ pub mod media;
 pub mod mesh;
 pub mod mesh_proc;
 pub mod pipe_audio;
+pub mod probe;
 pub mod relayd;
 pub mod session;
-pub mod sim;
 pub mod stun;

@@ -1,60 +1,43 @@
-//! A deterministic in-memory network for session endpoints, in the manner of quinn-proto's
-//! `Pair`: endpoints joined by a packet queue with a simulated clock, and seeded impairment
-//! (loss, duplication, reordering through extra delay) per link. `drive_until` moves time from
-//! event to event, so a test of minutes of protocol time runs in milliseconds.
+//! Session endpoints on the one simulated network (`voxlab::sim::World`), in the manner of
+//! quinn-proto's `Pair`: every endpoint is a public host, the internet path between each pair
+//! of addresses is impaired per direction by the lab's seeded impairer (20 ms one way by
+//! default; loss, duplication and reordering where a test asks), and time jumps from event to
+//! event, so a test of minutes of protocol time runs in milliseconds.
 //!
-//! Packets to addresses with no endpoint land in a sink that tests can read (an attacker's
-//! inbox), and tests can inject raw datagrams from any address.
+//! Packets to addresses with no endpoint land in the world's sink that tests can read (an
+//! attacker's inbox), and tests can inject raw datagrams from any address.
 
 #![allow(dead_code)]
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
+use voxlab::netem::Spec;
+use voxlab::sim::{Datagram, World};
 use voxmesh::identity::Identity;
 use voxmesh::session::{Config, Endpoint, Event, SessionId};
 
-/// Impairment of packets between two addresses (or all, by default).
-#[derive(Clone, Copy, Debug)]
-pub struct Link {
-    pub latency: Duration,
-    /// Probability that a packet is lost.
-    pub loss: f64,
-    /// Probability that a packet is delivered twice.
-    pub duplicate: f64,
-    /// Probability that a packet gets up to `reorder_delay` of extra delay (and so overtakes or
-    /// is overtaken by its neighbours).
-    pub reorder: f64,
-    pub reorder_delay: Duration,
-    /// Everything is dropped (a dead node or a blocked path).
-    pub down: bool,
-}
+/// One-way latency of every path unless a test says otherwise.
+pub const LATENCY: Duration = Duration::from_millis(20);
 
-impl Default for Link {
-    fn default() -> Self {
-        Link {
-            latency: Duration::from_millis(20),
-            loss: 0.0,
-            duplicate: 0.0,
-            reorder: 0.0,
-            reorder_delay: Duration::from_millis(60),
-            down: false,
-        }
+/// The default path: 20 ms one way, nothing else.
+pub fn clean() -> Spec {
+    Spec {
+        delay: LATENCY,
+        ..Spec::default()
     }
 }
 
-impl Link {
-    pub fn lossy(loss: f64) -> Link {
-        Link {
-            loss,
-            duplicate: 0.05,
-            reorder: 0.2,
-            ..Link::default()
-        }
+/// A bad path: `loss`, 5 % duplicates, and 20 % of datagrams overtaking the others (they skip
+/// the delay while the rest get up to 60 ms of jitter on top of it).
+pub fn lossy(loss: f64) -> Spec {
+    Spec {
+        loss,
+        duplicate: 0.05,
+        reorder: 0.2,
+        jitter: Duration::from_millis(60),
+        ..clean()
     }
 }
 
@@ -64,36 +47,20 @@ pub type Answerer = fn(&[u8]) -> Vec<u8>;
 pub struct Node {
     pub ep: Endpoint,
     pub addr: SocketAddr,
+    /// The world's host at `addr`'s IP.
+    pub host: usize,
     /// Every event, in order.
     pub events: Vec<Event>,
     /// Answer requests automatically with this function of the body (None: leave them).
     pub auto_answer: Option<Answerer>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Packet {
-    pub from: SocketAddr,
-    pub to: SocketAddr,
-    pub data: Vec<u8>,
-}
-
 pub struct Sim {
+    pub world: World,
     pub start: Instant,
+    /// The world's clock, as an instant.
     pub now: Instant,
     pub nodes: Vec<Node>,
-    rng: SmallRng,
-    pub default_link: Link,
-    /// Per (from, to) overrides.
-    pub links: HashMap<(SocketAddr, SocketAddr), Link>,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    in_flight: HashMap<usize, Packet>,
-    next_id: usize,
-    seq: u64,
-    /// Packets to addresses with no node.
-    pub sink: Vec<Packet>,
-    /// Every packet sent (before impairment), when `record` is on.
-    pub record: bool,
-    pub sent: Vec<Packet>,
 }
 
 pub fn addr(s: &str) -> SocketAddr {
@@ -112,29 +79,30 @@ pub fn echo(body: &[u8]) -> Vec<u8> {
 
 impl Sim {
     pub fn new(seed: u64) -> Sim {
-        let start = Instant::now();
+        let mut world = World::new(seed);
+        world.set_internet(clean());
+        // Off unless a test wants the log (fuzzers send millions of datagrams).
+        world.record = false;
+        let start = world.instant();
         Sim {
+            world,
             start,
             now: start,
             nodes: Vec::new(),
-            rng: SmallRng::seed_from_u64(seed),
-            default_link: Link::default(),
-            links: HashMap::new(),
-            queue: BinaryHeap::new(),
-            in_flight: HashMap::new(),
-            next_id: 0,
-            seq: 0,
-            sink: Vec::new(),
-            record: false,
-            sent: Vec::new(),
         }
     }
 
     pub fn add(&mut self, config: Config, identity: &Identity, at: &str) -> usize {
-        let seed: [u8; 32] = self.rng.random();
+        let seed: [u8; 32] = self.world.rng.random();
+        let addr = addr(at);
+        let host = match self.world.host_at(addr.ip()) {
+            Some(h) => h,
+            None => self.world.add_public(addr.ip()),
+        };
         self.nodes.push(Node {
             ep: Endpoint::new(config, identity, self.now, seed),
-            addr: addr(at),
+            addr,
+            host,
             events: Vec::new(),
             auto_answer: None,
         });
@@ -145,56 +113,44 @@ impl Sim {
         self.now - self.start
     }
 
-    pub fn link(&self, from: SocketAddr, to: SocketAddr) -> Link {
-        self.links
-            .get(&(from, to))
-            .copied()
-            .unwrap_or(self.default_link)
+    /// The path every pair of addresses without one of its own takes; forgets per-pair paths.
+    pub fn set_default_link(&mut self, spec: Spec) {
+        self.world.set_internet(spec);
+        self.world.reset_paths();
+    }
+
+    /// Every pair back on the default path.
+    pub fn reset_links(&mut self) {
+        self.world.reset_paths();
+    }
+
+    /// Impairment from `from` to `to` (one direction).
+    pub fn set_path(&mut self, from: SocketAddr, to: SocketAddr, spec: Spec) {
+        self.world.set_path(from, to, spec);
+    }
+
+    /// Nothing passes from `from` to `to` (a dead node or a blocked path, one direction).
+    pub fn cut(&mut self, from: SocketAddr, to: SocketAddr) {
+        self.world.path(from, to).cut = true;
+    }
+
+    /// Nothing passes between two nodes, either way.
+    pub fn cut_between(&mut self, a: usize, b: usize) {
+        let (x, y) = (self.nodes[a].addr, self.nodes[b].addr);
+        self.cut(x, y);
+        self.cut(y, x);
     }
 
     /// Sets impairment in both directions between two nodes.
-    pub fn set_link(&mut self, a: usize, b: usize, link: Link) {
+    pub fn set_link(&mut self, a: usize, b: usize, spec: Spec) {
         let (x, y) = (self.nodes[a].addr, self.nodes[b].addr);
-        self.links.insert((x, y), link);
-        self.links.insert((y, x), link);
+        self.set_path(x, y, spec);
+        self.set_path(y, x, spec);
     }
 
-    /// Puts a datagram on the wire from `from` to `to`, impaired like any other.
+    /// Puts a datagram on the wire from `from` (any address) to `to`, impaired like any other.
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
-        let link = self.link(from, to);
-        if self.record {
-            self.sent.push(Packet {
-                from,
-                to,
-                data: data.clone(),
-            });
-        }
-        if link.down || self.rng.random_bool(link.loss.clamp(0.0, 1.0)) {
-            return;
-        }
-        let copies = if self.rng.random_bool(link.duplicate.clamp(0.0, 1.0)) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut at = self.now + link.latency;
-            if self.rng.random_bool(link.reorder.clamp(0.0, 1.0)) {
-                at += link.reorder_delay.mul_f64(self.rng.random_range(0.0..1.0));
-            }
-            let id = self.next_id;
-            self.next_id += 1;
-            self.in_flight.insert(
-                id,
-                Packet {
-                    from,
-                    to,
-                    data: data.clone(),
-                },
-            );
-            self.seq += 1;
-            self.queue.push(Reverse((at, self.seq, id)));
-        }
+        self.world.inject(from, to, data);
     }
 
     /// Delivers a datagram straight to a node now, bypassing the network.
@@ -210,8 +166,8 @@ impl Sim {
             let mut progressed = false;
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
                 progressed = true;
-                let from = self.nodes[i].addr;
-                self.inject(from, t.to, t.data);
+                let (host, from) = (self.nodes[i].host, self.nodes[i].addr);
+                self.world.send(host, from, t.to, t.data);
             }
             while let Some(e) = self.nodes[i].ep.poll_event() {
                 progressed = true;
@@ -241,13 +197,18 @@ impl Sim {
 
     /// The next instant anything happens.
     fn next_time(&mut self) -> Option<Instant> {
-        let mut t = self.queue.peek().map(|Reverse((t, _, _))| *t);
+        let mut t = self.world.next_event();
         for n in &mut self.nodes {
             if let Some(x) = n.ep.poll_timeout() {
                 t = Some(t.map_or(x, |t| t.min(x)));
             }
         }
         t
+    }
+
+    fn advance(&mut self, t: Instant) {
+        self.world.advance_to(t);
+        self.now = self.world.instant();
     }
 
     /// Runs one step: advance to the next instant, deliver packets due, fire timers due.
@@ -258,23 +219,23 @@ impl Sim {
             return false;
         };
         if t > limit {
-            self.now = limit;
+            self.advance(limit);
             return false;
         }
-        self.now = self.now.max(t);
+        self.advance(self.now.max(t));
         let now = self.now;
-        while let Some(&Reverse((at, _, id))) = self.queue.peek() {
-            if at > now {
-                break;
-            }
-            self.queue.pop();
-            let p = self.in_flight.remove(&id).expect("queued packet");
-            match self.nodes.iter().position(|n| n.addr == p.to) {
+        for d in self.world.deliver_due() {
+            match self.nodes.iter().position(|n| n.addr == d.to) {
                 Some(i) => {
-                    self.nodes[i].ep.handle_input(now, p.from, &p.data);
+                    self.nodes[i].ep.handle_input(now, d.from, &d.data);
                     self.drain(i);
                 }
-                None => self.sink.push(p),
+                // A host but no endpoint on that port.
+                None => self.world.sink.push(Datagram {
+                    from: d.from,
+                    to: d.to,
+                    data: d.data,
+                }),
             }
         }
         for i in 0..self.nodes.len() {

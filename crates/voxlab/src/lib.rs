@@ -1,7 +1,8 @@
 //! The NAT lab: network namespaces, veth links and nftables NATs built by `scripts/lab`, plus
 //! the pieces tests and benchmarks need in-process (entering a namespace, the path impairment
-//! forwarder, load generators, the echo baseline). Nothing here runs in production paths: this crate
-//! is not part of the installed product (`cargo install voxmesh` does not build it).
+//! forwarder, load generators, the echo baseline), and the one discrete-event network simulator
+//! the simulated tests run on ([`sim`]). Nothing here runs in production paths: this crate is
+//! not part of the installed product (`cargo install voxmesh` does not build it).
 
 pub mod capture;
 pub mod demo;
@@ -11,6 +12,7 @@ mod harness;
 pub mod mediaref;
 pub mod netem;
 mod poller;
+pub mod sim;
 pub mod snload;
 pub mod stunload;
 pub mod turnload;

@@ -50,10 +50,10 @@ pub struct NetemArgs {
     /// jitter=DUR (uniform extra delay in [0, jitter]; reorders frames by itself),
     /// loss=P (drop probability), burst=N (losses in bursts of N frames on average, a
     /// Gilbert-Elliott channel whose average loss is P), reorder=P (probability a frame skips
-    /// the delay and overtakes queued frames), rate=RATE (bottleneck, e.g. 10mbit), limit=N
-    /// (max frames queued: at the bottleneck with rate, else in the delay line; more are
-    /// dropped). DUR takes us, ms or s; P is 0..1 or a
-    /// percentage like 20%.
+    /// the delay and overtakes queued frames), duplicate=P (probability a frame is delivered
+    /// twice), rate=RATE (bottleneck, e.g. 10mbit), limit=N (max frames queued: at the
+    /// bottleneck with rate, else in the delay line; more are dropped). DUR takes us, ms or s;
+    /// P is 0..1 or a percentage like 20%.
     /// Loss and reorder never touch ARP or IPv6 neighbour discovery.
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
     pub up: Option<Spec>,
@@ -76,7 +76,7 @@ pub struct NetemArgs {
 // ---------------------------------------------------------------------------------------------
 
 /// One direction's impairment. The default impairs nothing.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Spec {
     /// Fixed one-way delay added to every frame.
     pub delay: Duration,
@@ -92,6 +92,9 @@ pub struct Spec {
     pub burst: Option<f64>,
     /// Probability that a (not dropped) IP frame skips the delay line and overtakes queued frames.
     pub reorder: f64,
+    /// Probability that a (not dropped) IP frame is delivered twice, the copy right after it
+    /// (a retransmitting link layer or a routing loop; replay defences must absorb it).
+    pub duplicate: f64,
     /// Bottleneck rate in bits per second; `None` means unlimited.
     pub rate_bps: Option<u64>,
     /// Most frames waiting: with `rate`, in the bottleneck's queue (tail drop, like a router);
@@ -117,8 +120,10 @@ pub enum SpecError {
     /// An item was not `key=value`.
     #[error("expected key=value, got {0:?}")]
     NotKeyValue(String),
-    /// A key other than delay, jitter, loss, burst, reorder, rate, limit.
-    #[error("unknown key {0:?} (expected delay, jitter, loss, burst, reorder, rate or limit)")]
+    /// A key other than delay, jitter, loss, burst, reorder, duplicate, rate, limit.
+    #[error(
+        "unknown key {0:?} (expected delay, jitter, loss, burst, reorder, duplicate, rate or limit)"
+    )]
     UnknownKey(String),
     /// The same key twice; which one was meant is ambiguous.
     #[error("key {0:?} given twice")]
@@ -167,6 +172,9 @@ impl FromStr for Spec {
                     spec.burst = Some(n);
                 }
                 "reorder" => spec.reorder = parse_probability(value).ok_or_else(|| bad(P_HELP))?,
+                "duplicate" => {
+                    spec.duplicate = parse_probability(value).ok_or_else(|| bad(P_HELP))?
+                }
                 "rate" => spec.rate_bps = Some(parse_rate(value).ok_or_else(|| bad(RATE_HELP))?),
                 "limit" => {
                     let n: usize = value.parse().map_err(|_| bad("a frame count"))?;
@@ -254,6 +262,9 @@ impl fmt::Display for Spec {
         }
         if self.reorder > 0.0 {
             items.push(format!("reorder={}", self.reorder));
+        }
+        if self.duplicate > 0.0 {
+            items.push(format!("duplicate={}", self.duplicate));
         }
         if let Some(r) = self.rate_bps {
             items.push(format!("rate={}", fmt_rate(r)));
@@ -372,6 +383,8 @@ pub enum Decision {
         at: Instant,
         /// It skipped the fixed delay and jitter, overtaking frames already queued.
         reordered: bool,
+        /// Deliver a second copy right after it.
+        duplicate: bool,
     },
 }
 
@@ -432,17 +445,29 @@ impl Impairer {
 
     /// Decides the fate of `frame`, received at `now`.
     pub fn decide(&mut self, now: Instant, frame: &[u8]) -> Decision {
-        // Draw the same three values for every frame, used or not, so the random stream position
+        self.decide_kind(now, FrameKind::of(frame), frame.len())
+    }
+
+    /// Decides the fate of an IP datagram of `len` bytes received at `now`: what a simulated
+    /// network (`crate::sim`), which carries datagrams rather than frames, asks.
+    pub fn decide_ip(&mut self, now: Instant, len: usize) -> Decision {
+        self.decide_kind(now, FrameKind::Ip, len)
+    }
+
+    fn decide_kind(&mut self, now: Instant, kind: FrameKind, len: usize) -> Decision {
+        // Draw the same four values for every frame, used or not, so the random stream position
         // depends only on how many frames came by, not on their kinds or on the spec.
         let u_loss: f64 = self.rng.random();
         let u_reorder: f64 = self.rng.random();
         let u_jitter: f64 = self.rng.random();
+        let u_duplicate: f64 = self.rng.random();
 
-        // Loss and reorder apply to IP traffic only. Dropping ARP or neighbour discovery would
-        // not model the path: the host just retries resolution after about a second, so a loss
-        // rate would turn into rare second-long stalls instead of the packet loss under test.
-        // Those frames are still delayed, since resolution crosses the same path.
-        let impairable = FrameKind::of(frame) == FrameKind::Ip;
+        // Loss, reorder and duplication apply to IP traffic only. Dropping ARP or neighbour
+        // discovery would not model the path: the host just retries resolution after about a
+        // second, so a loss rate would turn into rare second-long stalls instead of the packet
+        // loss under test. Those frames are still delayed, since resolution crosses the same path.
+        let impairable = kind == FrameKind::Ip;
+        let duplicate = impairable && u_duplicate < self.spec.duplicate;
         if impairable && self.lost(u_loss) {
             return Decision::Drop;
         }
@@ -459,7 +484,7 @@ impl Impairer {
                     return Decision::Overflow;
                 }
                 let start = self.link_free_at.map_or(now, |t| t.max(now));
-                let bits = frame.len() as u128 * 8;
+                let bits = len as u128 * 8;
                 let nanos = (bits * 1_000_000_000).div_ceil(u128::from(bps));
                 let done = start + Duration::from_nanos(nanos.try_into().unwrap_or(u64::MAX));
                 self.link_free_at = Some(done);
@@ -473,12 +498,14 @@ impl Impairer {
             return Decision::DeliverAt {
                 at: sent,
                 reordered: true,
+                duplicate,
             };
         }
         let at = sent + self.spec.delay + self.spec.jitter.mul_f64(u_jitter);
         Decision::DeliverAt {
             at,
             reordered: false,
+            duplicate,
         }
     }
 }
@@ -586,6 +613,8 @@ pub struct DirectionStats {
     pub dropped_limit: u64,
     /// Frames that skipped the delay line (the `reorder` probability).
     pub reordered: u64,
+    /// Extra copies queued by `duplicate`.
+    pub duplicated: u64,
     /// Frames the kernel refused to send (interface down, no buffer space, too big).
     pub tx_errors: u64,
     /// Frames larger than the 64 KiB receive buffer, dropped (offloads left on?).
@@ -869,10 +898,20 @@ impl Direction {
         match self.impairer.decide(now, frame) {
             Decision::Drop => self.stats.dropped_loss += 1,
             Decision::Overflow => self.stats.dropped_limit += 1,
-            Decision::DeliverAt { at, reordered } => match self.line.push(at, frame.to_vec()) {
-                Ok(()) => self.stats.reordered += u64::from(reordered),
-                Err(QueueFull) => self.stats.dropped_limit += 1,
-            },
+            Decision::DeliverAt {
+                at,
+                reordered,
+                duplicate,
+            } => {
+                let copies = if duplicate { 2 } else { 1 };
+                for copy in 0..copies {
+                    match self.line.push(at, frame.to_vec()) {
+                        Ok(()) if copy == 0 => self.stats.reordered += u64::from(reordered),
+                        Ok(()) => self.stats.duplicated += 1,
+                        Err(QueueFull) => self.stats.dropped_limit += 1,
+                    }
+                }
+            }
         }
     }
 
@@ -898,8 +937,8 @@ const DOWN_SEED_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Runs the forwarder until SIGTERM or SIGINT, then prints the counters.
 pub fn run(args: NetemArgs) -> anyhow::Result<()> {
-    let up_spec = args.up.clone().unwrap_or_default();
-    let down_spec = args.down.clone().unwrap_or_default();
+    let up_spec = args.up.unwrap_or_default();
+    let down_spec = args.down.unwrap_or_default();
     if args.a == args.b {
         bail!(
             "--a and --b are both {:?}; a wire needs two interfaces",
@@ -991,12 +1030,13 @@ pub fn run(args: NetemArgs) -> anyhow::Result<()> {
             let s = &d.stats;
             eprintln!(
                 "voxlab netem: {name} ({from} -> {to}): forwarded {}, dropped by loss {}, \
-                 dropped by limit {}, reordered {}, tx errors {}, truncated {}, \
+                 dropped by limit {}, reordered {}, duplicated {}, tx errors {}, truncated {}, \
                  queued at exit {}",
                 s.forwarded,
                 s.dropped_loss,
                 s.dropped_limit,
                 s.reordered,
+                s.duplicated,
                 s.tx_errors,
                 s.truncated,
                 s.queued_at_exit,
@@ -1169,7 +1209,7 @@ mod tests {
     fn spec_display_round_trips() {
         for s in [
             "",
-            "delay=75ms,jitter=10ms,loss=0.2,reorder=0.05,rate=10mbit,limit=7",
+            "delay=75ms,jitter=10ms,loss=0.2,reorder=0.05,duplicate=0.01,rate=10mbit,limit=7",
         ] {
             let parsed = spec(s);
             assert_eq!(spec(&parsed.to_string().replace("none", "")), parsed);
@@ -1215,7 +1255,7 @@ mod tests {
         let s = spec("delay=10ms,jitter=20ms,loss=0.3,reorder=0.1");
         let t0 = Instant::now();
         let run = |seed| {
-            let mut imp = Impairer::new(s.clone(), seed);
+            let mut imp = Impairer::new(s, seed);
             (0..1000)
                 .map(|i| imp.decide(t0 + Duration::from_millis(i), &ipv4()))
                 .collect::<Vec<_>>()
@@ -1310,6 +1350,7 @@ mod tests {
                 Decision::DeliverAt {
                     at,
                     reordered: true,
+                    ..
                 } => {
                     assert_eq!(at, now);
                     skipped += 1;
@@ -1317,6 +1358,7 @@ mod tests {
                 Decision::DeliverAt {
                     at,
                     reordered: false,
+                    ..
                 } => {
                     assert_eq!(at, now + Duration::from_millis(50));
                 }
@@ -1327,8 +1369,27 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_rate_over_10k_frames() {
+        let mut imp = Impairer::new(spec("delay=5ms,duplicate=0.1"), 9);
+        let now = Instant::now();
+        let twice = (0..10_000)
+            .filter(|_| {
+                matches!(
+                    imp.decide(now, &ipv4()),
+                    Decision::DeliverAt {
+                        duplicate: true,
+                        ..
+                    }
+                )
+            })
+            .count();
+        // Binomial sd = 30 frames; allow about 4 sd.
+        assert!((880..1120).contains(&twice), "{twice}");
+    }
+
+    #[test]
     fn address_resolution_is_never_dropped_or_reordered_but_is_delayed() {
-        let mut imp = Impairer::new(spec("delay=30ms,loss=1,reorder=1"), 5);
+        let mut imp = Impairer::new(spec("delay=30ms,loss=1,reorder=1,duplicate=1"), 5);
         let now = Instant::now();
         for frame in [arp(), icmpv6(135), icmpv6(136), eth(0x88cc, &[0; 20])] {
             for _ in 0..100 {
@@ -1336,7 +1397,8 @@ mod tests {
                     imp.decide(now, &frame),
                     Decision::DeliverAt {
                         at: now + Duration::from_millis(30),
-                        reordered: false
+                        reordered: false,
+                        duplicate: false,
                     }
                 );
             }
