@@ -5,7 +5,7 @@
   scripts/benchplot.py report DIR                      DIR/README.md: a table of every DIR/*.json
 
 BENCH names the script whose JSON it is (stun, relayd, natprobe, pipe-audio, analyze,
-interop-burst). Each panel of a chart is one headline figure with its own scale, our bar first,
+interop-burst, calls). Each panel of a chart is one headline figure with its own scale, our bar first,
 the reference tool's after; the caption says which way is better and the ratio. Nothing is
 drawn by hand: `scripts/bench-save` runs a bench, keeps its JSON in docs/bench/ and calls this.
 Standard library only.
@@ -69,6 +69,18 @@ def figures(bench, d):
             ("wall time", "s", "lower", [("relayd", r["wall_s"]), ("coturn", c["wall_s"])]),
             ("server CPU", "s", "lower", [("relayd", r["server_cpu_s"]), ("coturn", c["server_cpu_s"])]),
         ], f"median of {d['conditions']['runs']} runs; {d['command']}")
+    if bench == "calls":
+        panels = []
+        for pair, r in d["pairs"].items():
+            for key, what in [("ringing_ms", "dial to ringing"), ("ringing_by_name_ms", "ringing by name"),
+                              ("ringing_through_answer_ms", "ringing through a running answer"),
+                              ("first_media_ms", "accept to first media"), ("direct_path_ms", "accept to direct path")]:
+                f = r.get(key)
+                if f and f.get("n"):
+                    panels.append((f"{pair} (RTT {r['rtt_ms']} ms): {what}, p95", "ms", "lower",
+                                   [("measured p95", f["p95"]), ("target", f["target"])]))
+        return ("Call set-up in the lab (25 ms each way per NAT link) against issue 11's targets", panels,
+                f"p50/p95 over {d['calls_per_pair']} calls per pair")
     raise SystemExit(f"benchplot: unknown bench '{bench}'")
 
 
@@ -134,6 +146,8 @@ def report(directory):
         for ptitle, unit, better, series in panels:
             (a, ours), (b, ref) = series[0], series[1]
             ratio = f"{ours / ref:.2f}" if ours is not None and ref else "n/a"
+            if bench == "calls":  # each row is a figure against its own target
+                met = ours is not None and ref is not None and ours <= ref
             lines.append(f"| {bench} | {ptitle} ({unit}) | {a}: {fmt(ours)} | {b}: {fmt(ref)} | {ratio} | "
                          f"{better} | {'yes' if met else 'no' if met is False else 'n/a'} |")
         charts.append(f"![{title}]({bench}.svg)")

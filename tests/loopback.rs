@@ -9,6 +9,8 @@ mod support;
 mod call_loopback;
 #[path = "loopback/daemon_ops.rs"]
 mod daemon_ops;
+#[path = "loopback/dial_through_answer.rs"]
+mod dial_through_answer;
 #[path = "loopback/identity_lock.rs"]
 mod identity_lock;
 #[path = "loopback/mesh_loopback.rs"]

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::call_io::{self, Events, event_json, start_endpoint};
 use super::client::DirectoryArgs;
+use super::local::{self, DialRequest, Local};
 use super::{
     EXIT_FAILURE, EXIT_IDENTITY_IN_USE, EXIT_USAGE, Verbosity, is_identity_in_use, is_usage,
     report_error, runtime,
@@ -21,10 +22,11 @@ use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
 use crate::client::{AgentConfig, AgentEvent};
+use crate::identity::{Check, Timestamp, verify_record};
 use crate::net::ShutdownSignals;
 use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
 use crate::net::drivers::client::write_host_cache;
-use crate::signal::Target;
+use crate::signal::{Registration, Target};
 
 const EXIT_CODES: &str = "\
 Events (one JSON object per line on stdout, or --events FILE):
@@ -32,7 +34,8 @@ Events (one JSON object per line on stdout, or --events FILE):
   {\"event\":\"standby\",\"supernode\":\"vx1...\"}     (a warm standby is ready; null: lost it)
   {\"event\":\"presence\",\"user\":\"vx1...\",\"online\":true,\"last_seen\":1790000000,\"stale\":false}
   {\"event\":\"claimed\",\"name\":\"alice\"}
-  {\"event\":\"incoming\",\"call\":\"...\",\"from\":\"vx1...\"}
+  {\"event\":\"incoming\",\"call\":\"...\",\"from\":\"vx1...\",\"at\":1790000000000.0}   (at: Unix ms)
+  {\"event\":\"accepting\",\"call\":\"...\",\"ms\":2000.1,\"at\":...}   (ms: since it rang)
   {\"event\":\"connected\",\"call\":\"...\",\"sas\":\"k3xo\",\"path\":\"direct\",...}   (as dial prints)
   {\"event\":\"dtmf\",\"call\":\"...\",\"digit\":\"5\"}  {\"event\":\"stats\",...}
   {\"event\":\"ended\",\"call\":\"...\",\"reason\":\"remote-hangup\",\"exit\":0}
@@ -48,6 +51,13 @@ the caller gives up). Beyond --max-calls calls at once, callers get busy. --exec
 (with sh -c) per call, accepted at once, with the caller's audio on its stdin and its stdout
 sent to the caller, both raw PCM 48 kHz mono s16le; its environment has VOXMESH_CALL,
 VOXMESH_PEER (the caller's verified ID) and VOXMESH_USER. The call ends when CMD exits.
+
+Local control socket: while online, answer listens on KEYFILE.sock next to its key file
+(a Unix socket, mode 0600, peers of another uid refused, removed on exit). A `dial` of the same
+identity places its call through it instead of registering a second time: it sends
+{\"cmd\":\"dial\",\"user\":\"vx1...\"} (or \"name\"; optional \"play\"/\"record\" file paths,
+\"hangup_at_end\") and then control lines as on --control; it gets the call's events (also
+printed here) and the connection closes after \"ended\" (closing it hangs the call up).
 
 Exit status:
   0   stopped by SIGTERM or SIGINT
@@ -263,6 +273,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Timed actions: (when, call, accept (true) or hang up).
         let mut timers: Vec<(tokio::time::Instant, CallId, bool)> = Vec::new();
         let mut reap = tokio::time::interval(std::time::Duration::from_millis(200));
+        // The local control socket: `dial` on this identity calls through us (see `local`).
+        // Without it (a path too long for a socket, a read-only directory) calls still come
+        // in; only a local `dial` cannot go through us.
+        let sock = local::socket_path(&args.directory.identity_path()?);
+        let (_listening, mut local_rx) = match local::listen(&sock) {
+            Ok((l, rx)) => (Some(l), Some(rx)),
+            Err(e) => {
+                tracing::warn!("no local control socket: {e:#}");
+                (None, None)
+            }
+        };
+        let mut locals = Locals::default();
         loop {
             let next = timers.iter().map(|t| t.0).min();
             tokio::select! {
@@ -273,7 +295,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 _ = sleep_opt(next) => {
                     let now = tokio::time::Instant::now();
                     for (_, call, accept) in timers.iter().filter(|t| t.0 <= now) {
-                        let c = if *accept { CallCommand::Accept(*call) } else { CallCommand::Hangup(*call) };
+                        let c = if *accept {
+                            events.emit(accepting(*call, calls.get(call).copied()));
+                            CallCommand::Accept(*call)
+                        } else {
+                            CallCommand::Hangup(*call)
+                        };
                         cmd.send(c).await.ok();
                     }
                     timers.retain(|t| t.0 > now);
@@ -308,7 +335,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                                 continue;
                             }
                         };
+                        if let CallCommand::Accept(c) = &command {
+                            events.emit(accepting(*c, calls.get(c).copied()));
+                        }
                         cmd.send(command).await.ok();
+                    }
+                },
+                l = recv_local(&mut local_rx) => match l {
+                    None => local_rx = None,
+                    Some(l) => {
+                        for c in locals.on_local(l) {
+                            cmd.send(c).await.ok();
+                        }
                     }
                 },
                 ev = running.events.recv() => {
@@ -325,6 +363,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                                 Err(e) => { events.emit(json!({"event": "error", "message": format!("{e:#}")})); }
                             }
                             if args.auto || args.exec.is_some() {
+                                events.emit(accepting(*call, calls.get(call).copied()));
                                 cmd.send(CallCommand::Accept(*call)).await.ok();
                             } else if let Some(s) = args.answer_after {
                                 timers.push((tokio::time::Instant::now() + std::time::Duration::from_secs_f64(s.max(0.0)), *call, true));
@@ -348,6 +387,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
                             }
                         }
+                        DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Lookup { target: Target::Name(n), result })) if locals.wants_name(n) => {
+                            if let Some(c) = locals.on_lookup(n, result) {
+                                cmd.send(c).await.ok();
+                            }
+                        }
                         DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Lookup { target: Target::Name(n), result })) => {
                             match result {
                                 Ok(Some(entry)) => {
@@ -361,6 +405,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                             }
                         }
                         _ => {}
+                    }
+                    for c in locals.on_event(&ev, &mut resident) {
+                        cmd.send(c).await.ok();
                     }
                     let line = match &ev {
                         DriverEvent::Endpoint(EndpointEvent::Agent(AgentEvent::Registered { supernode, addr, failover })) => {
@@ -394,6 +441,241 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The line saying a call is being accepted now (`ms`: since it rang; `at`: wall clock).
+fn accepting(call: CallId, rang: Option<Instant>) -> serde_json::Value {
+    let ms = rang.map(|t| (t.elapsed().as_secs_f64() * 10_000.0).round() / 10.0);
+    json!({"event": "accepting", "call": call.to_string(), "ms": ms, "at": call_io::unix_ms()})
+}
+
+async fn recv_local(rx: &mut Option<tokio::sync::mpsc::Receiver<Local>>) -> Option<Local> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A local `dial`'s connection (see [`local`]).
+struct Conn {
+    req: DialRequest,
+    events: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
+    since: Instant,
+    call: Option<CallId>,
+    /// The dial went away before its call was placed: hang up once it is.
+    closed: bool,
+}
+
+/// Calls placed for local `dial`s through the control socket.
+#[derive(Default)]
+struct Locals {
+    conns: HashMap<u64, Conn>,
+    /// Connections whose `Dial` command awaits its `Dialed` answer, in command order.
+    placing: std::collections::VecDeque<u64>,
+    /// Connections waiting for a name's lookup.
+    lookups: Vec<(String, u64)>,
+    calls: HashMap<CallId, u64>,
+}
+
+impl Locals {
+    fn fail(&mut self, conn: u64, message: String, exit: u8) {
+        if let Some(c) = self.conns.remove(&conn) {
+            let _ = c
+                .events
+                .send(json!({"event": "error", "message": message, "exit": exit}));
+        }
+    }
+
+    /// What the answer's loop must do for a connection's news.
+    fn on_local(&mut self, l: Local) -> Vec<CallCommand> {
+        match l {
+            Local::Dial { conn, req, events } => {
+                let to = req.user.clone();
+                let name = req.name.clone();
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        req,
+                        events,
+                        since: Instant::now(),
+                        call: None,
+                        closed: false,
+                    },
+                );
+                match (to, name) {
+                    (Some(id), _) => match id.parse() {
+                        Ok(id) => {
+                            self.placing.push_back(conn);
+                            vec![CallCommand::Dial(id)]
+                        }
+                        Err(e) => {
+                            self.fail(conn, format!("bad user ID {id}: {e}"), super::EXIT_USAGE);
+                            vec![]
+                        }
+                    },
+                    (None, Some(n)) => {
+                        self.lookups.push((n.clone(), conn));
+                        vec![CallCommand::Lookup(Target::Name(n))]
+                    }
+                    (None, None) => vec![],
+                }
+            }
+            Local::Control { conn, control } => {
+                let Some(c) = self.conns.get(&conn) else {
+                    return vec![];
+                };
+                let Some(call) = c.call else {
+                    let _ = c
+                        .events
+                        .send(json!({"event": "error", "message": "no call yet"}));
+                    return vec![];
+                };
+                match call_io::control_command(control, call) {
+                    Ok(cmd) => vec![cmd],
+                    Err(e) => {
+                        let _ = c.events.send(json!({"event": "error", "message": e}));
+                        vec![]
+                    }
+                }
+            }
+            Local::Closed { conn } => match self.conns.get_mut(&conn) {
+                Some(c) => match c.call {
+                    Some(call) => vec![CallCommand::Hangup(call)],
+                    None => {
+                        c.closed = true;
+                        vec![]
+                    }
+                },
+                None => vec![],
+            },
+        }
+    }
+
+    fn wants_name(&self, name: &str) -> bool {
+        self.lookups.iter().any(|(n, _)| n == name)
+    }
+
+    fn on_lookup(
+        &mut self,
+        name: &str,
+        result: &Result<Option<crate::signal::Entry>, String>,
+    ) -> Option<CallCommand> {
+        let i = self.lookups.iter().position(|(n, _)| n == name)?;
+        let (_, conn) = self.lookups.remove(i);
+        match result {
+            Ok(Some(entry)) => {
+                match verify_record::<Registration>(&entry.record, &Check::at(Timestamp::now())) {
+                    Ok(r) => {
+                        self.placing.push_back(conn);
+                        Some(CallCommand::Dial(r.id))
+                    }
+                    Err(e) => {
+                        self.fail(
+                            conn,
+                            format!("the directory entry for {name} does not verify: {e}"),
+                            super::EXIT_FAILURE,
+                        );
+                        None
+                    }
+                }
+            }
+            Ok(None) => {
+                self.fail(
+                    conn,
+                    format!("no such user: {name}"),
+                    super::dial::EXIT_UNKNOWN,
+                );
+                None
+            }
+            Err(e) => {
+                self.fail(
+                    conn,
+                    format!("lookup failed: {e}"),
+                    super::dial::EXIT_UNREACHABLE,
+                );
+                None
+            }
+        }
+    }
+
+    /// Routes a driver event to the local call it belongs to, if any.
+    fn on_event(&mut self, ev: &DriverEvent, resident: &mut Resident) -> Vec<CallCommand> {
+        let mut out = Vec::new();
+        match ev {
+            DriverEvent::Dialed(call) => {
+                let Some(conn) = self.placing.pop_front() else {
+                    return out;
+                };
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return out;
+                };
+                c.call = Some(*call);
+                self.calls.insert(*call, conn);
+                let capture = match &c.req.play {
+                    Some(p) => match call_io::play_file(p) {
+                        Ok(rx) => Some(rx),
+                        Err(e) => {
+                            let _ = c
+                                .events
+                                .send(json!({"event": "error", "message": format!("{e:#}")}));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let playback = match &c.req.record {
+                    Some(p) => match call_io::record_file(p) {
+                        Ok((tx, t)) => {
+                            resident.recorders.insert(*call, t);
+                            Some(tx)
+                        }
+                        Err(e) => {
+                            let _ = c
+                                .events
+                                .send(json!({"event": "error", "message": format!("{e:#}")}));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                out.push(CallCommand::Audio(*call, CallAudio { capture, playback }));
+                if c.closed {
+                    out.push(CallCommand::Hangup(*call));
+                }
+            }
+            DriverEvent::DialFailed(e) => {
+                if let Some(conn) = self.placing.pop_front() {
+                    self.fail(conn, format!("cannot dial: {e}"), super::EXIT_FAILURE);
+                }
+                return out;
+            }
+            DriverEvent::CaptureEnded(call) => {
+                if let Some(c) = self.calls.get(call).and_then(|k| self.conns.get(k))
+                    && c.req.hangup_at_end
+                {
+                    out.push(CallCommand::Hangup(*call));
+                }
+            }
+            _ => {}
+        }
+        let Some(call) = call_io::call_of(ev) else {
+            return out;
+        };
+        let Some(conn) = self.calls.get(&call).copied() else {
+            return out;
+        };
+        if let Some(c) = self.conns.get(&conn)
+            && let Some(v) = event_json(ev, Some(c.since))
+        {
+            let _ = c.events.send(v);
+        }
+        if let DriverEvent::Endpoint(EndpointEvent::Ended { .. }) = ev {
+            // Dropping the sender closes the connection once the last line is out.
+            self.calls.remove(&call);
+            self.conns.remove(&conn);
+        }
+        out
+    }
 }
 
 async fn sleep_opt(at: Option<tokio::time::Instant>) {

@@ -69,8 +69,10 @@ pub async fn start_endpoint(
     let bound = socket.local_addr()?;
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or_default();
+    // Record sequence numbers from the millisecond clock (see `AgentConfig::first_seq`).
+    agent_config.first_seq = Some(unix.as_millis() as u64);
+    let unix = unix.as_secs();
     if let Some(p) = args.contacts_path()
         && p.exists()
     {
@@ -192,7 +194,7 @@ fn merge(mut base: Value, extra: Value) -> Value {
 /// times), or None for what is not reported.
 pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
     let ms = || since.map(|t| (t.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
-    Some(match ev {
+    let v = Some(match ev {
         DriverEvent::Endpoint(e) => match e {
             EndpointEvent::Agent(a) => match a {
                 AgentEvent::Registered {
@@ -215,7 +217,7 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 _ => return None,
             },
             EndpointEvent::Incoming { call, from } => {
-                json!({"event": "incoming", "call": call.to_string(), "from": from.to_string()})
+                json!({"event": "incoming", "call": call.to_string(), "from": from.to_string(), "at": unix_ms()})
             }
             EndpointEvent::Ringing { call } => {
                 json!({"event": "ringing", "call": call.to_string(), "ms": ms()})
@@ -228,7 +230,7 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 path.as_ref().map(path_json).unwrap_or(Value::Null),
             ),
             EndpointEvent::Path { call, path, reason } => merge(
-                json!({"event": "path", "call": call.to_string(), "reason": reason.map(|r| format!("{r:?}").to_lowercase())}),
+                json!({"event": "path", "call": call.to_string(), "reason": reason.map(|r| format!("{r:?}").to_lowercase()), "ms": ms()}),
                 path_json(path),
             ),
             EndpointEvent::PathLost { call } => {
@@ -277,7 +279,45 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
         DriverEvent::Dialed(call) => {
             json!({"event": "dialing", "call": call.to_string(), "ms": ms()})
         }
+    });
+    // Set-up moments also carry the wall clock, so that times taken by two processes (the
+    // callee's accept, the caller's first media) can be compared on one host.
+    v.map(|mut v| {
+        if v.get("ms").is_some() {
+            v["at"] = json!(unix_ms());
+        }
+        v
     })
+}
+
+/// The call an event is about, if any.
+pub fn call_of(ev: &DriverEvent) -> Option<CallId> {
+    Some(match ev {
+        DriverEvent::Endpoint(e) => match e {
+            EndpointEvent::Incoming { call, .. }
+            | EndpointEvent::Ringing { call }
+            | EndpointEvent::Answered { call }
+            | EndpointEvent::Connected { call, .. }
+            | EndpointEvent::Path { call, .. }
+            | EndpointEvent::PathLost { call }
+            | EndpointEvent::Held { call, .. }
+            | EndpointEvent::Dtmf { call, .. }
+            | EndpointEvent::Report { call, .. }
+            | EndpointEvent::Stats { call, .. }
+            | EndpointEvent::Ended { call, .. } => *call,
+            EndpointEvent::Agent(_) | EndpointEvent::Relay { .. } => return None,
+        },
+        DriverEvent::CaptureEnded(call) | DriverEvent::Dialed(call) => *call,
+        DriverEvent::DialFailed(_) | DriverEvent::Refused(_) => return None,
+    })
+}
+
+/// The wall clock in Unix milliseconds (0.1 ms steps).
+pub fn unix_ms() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 /// The call format: 48 kHz mono.
@@ -417,7 +457,7 @@ pub fn exec_for_call(
 /// A control command, one JSON object per line: `{"cmd":"hangup"}`, `{"cmd":"dtmf","digits":"12#"}`,
 /// `mute`, `unmute`, `hold`, `resume`, `accept`, `reject`, `stats` (with `"call"` where several
 /// calls may be up), `dial` with `"user"`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
 pub struct Control {
     pub cmd: String,
     #[serde(default)]

@@ -150,8 +150,10 @@ pub async fn start_agent(
         .with_context(|| format!("cannot bind UDP {}", args.bind))?;
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or_default();
+    // Record sequence numbers from the millisecond clock (see `AgentConfig::first_seq`).
+    config.first_seq = Some(unix.as_millis() as u64);
+    let unix = unix.as_secs();
     let agent = Agent::new(identity, config, Instant::now(), unix, rand::random());
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);

@@ -30,7 +30,7 @@ const EXIT_CODES: &str = "\
 Events (one JSON object per line, on stdout or --events FILE):
   {\"event\":\"dialing\",\"call\":\"...\",\"ms\":0.4}
   {\"event\":\"ringing\",\"call\":\"...\",\"ms\":61.2}          (ms: since dial started)
-  {\"event\":\"answered\",\"call\":\"...\",\"ms\":2071.0}
+  {\"event\":\"answered\",\"call\":\"...\",\"ms\":2071.0}   (set-up events also carry \"at\": Unix ms)
   {\"event\":\"connected\",\"call\":\"...\",\"sas\":\"k3xo\",\"path\":\"direct\",
    \"local\":{\"type\":\"srflx\",\"addr\":\"...\"},\"remote\":{\"type\":\"host\",\"addr\":\"...\"},\"rtt_ms\":50.1}
   {\"event\":\"path\",...}  {\"event\":\"dtmf\",\"digit\":\"5\"}  {\"event\":\"stats\",...}
@@ -56,8 +56,16 @@ Exit status:
   7   the callee is busy
   8   no answer (the call rang for 60 s)
   9   no network path to the callee (or the path broke and none was found)
-  10  the identity is in use (an `answer` runs as this user: give dial its own --identity)
+  10  the identity is in use by a process that takes no calls for us (no answer's control
+      socket next to the key file)
   11  cancelled (SIGINT or SIGTERM before the callee answered)
+
+Through a running answer: when an `answer` is online as this identity, dial places the call
+through it (its control socket, KEYFILE.sock next to the key file, owner-only) instead of
+registering a second time; events and exit codes are the same, --play/--record take files
+only, and the answer's --relay-only setting applies. Socket protocol (JSON lines): dial sends
+{\"cmd\":\"dial\",\"user\":\"vx1...\"} (or \"name\"; optional \"play\", \"record\" paths),
+then control commands; the answer sends the call's events and closes after \"ended\".
 
 Audio: --play and --record take WAV (.wav), Ogg Opus (.opus, .ogg) or raw PCM (anything else;
 `-` is raw 48 kHz mono s16le on stdin/stdout). Playback is paced in real time; when it ends the

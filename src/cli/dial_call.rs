@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::call_io::{self, Events, endpoint_config, event_json, exit_code, start_endpoint};
 use super::dial::{Args, EXIT_UNKNOWN, EXIT_UNREACHABLE};
-use super::{runtime, usage};
+use super::local::{self, DialRequest};
+use super::{is_identity_in_use, runtime, usage};
 use crate::call::endpoint::EndpointEvent;
 use crate::call::message::CallId;
 use crate::call::phone::PhoneConfig;
@@ -16,6 +17,8 @@ use crate::identity::{Check, Timestamp, verify_record};
 use crate::net::ShutdownSignals;
 use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
 use crate::signal::{Registration, Target};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
 
 /// How long a hang-up may take to be delivered before dial exits anyway.
 const BYE_GRACE: Duration = Duration::from_secs(3);
@@ -40,8 +43,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 }
 
 async fn run_call(args: Args) -> anyhow::Result<u8> {
-    // A call registers this identity: it must be the only process online as it.
-    let (identity, _lock) = args.directory.load_identity_locked()?;
+    // A call registers this identity: it must be the only process online as it. When an
+    // `answer` is online as it, the call goes through that answer (its control socket).
+    let (identity, _lock) = match args.directory.load_identity_locked() {
+        Ok(x) => x,
+        Err(e) if is_identity_in_use(&e) => {
+            let sock = local::socket_path(&args.directory.identity_path()?);
+            match UnixStream::connect(&sock).await {
+                Ok(s) => return through_answer(args, s).await,
+                Err(c) => {
+                    tracing::debug!("no control socket at {}: {c}", sock.display());
+                    return Err(e);
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let target = args.directory.target(&args.user)?;
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut events = Events::open(args.events.as_deref())?;
@@ -218,4 +235,112 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     Ok(code)
+}
+
+/// Places the call through the `answer` running as this identity, on its control socket
+/// `stream` (see [`local`]): sends the request, prints the call's events (their `ms` taken on
+/// our own clock, since this dial started), forwards control lines, hangs up on a signal.
+async fn through_answer(args: Args, stream: UnixStream) -> anyhow::Result<u8> {
+    let t0 = Instant::now();
+    let file = |p: &Option<std::path::PathBuf>, flag: &str| -> anyhow::Result<_> {
+        match p {
+            Some(p) if crate::audio::stream::is_std(p) => Err(usage(format!(
+                "{flag} -: an answer runs as this identity and the call goes through it, which \
+                 takes files only; give dial its own --identity to use a pipe"
+            ))),
+            Some(p) => Ok(Some(std::path::absolute(p)?)),
+            None => Ok(None),
+        }
+    };
+    let mut req = DialRequest {
+        cmd: "dial".into(),
+        play: file(&args.play, "--play")?,
+        record: file(&args.record, "--record")?,
+        hangup_at_end: args.duration.is_none(),
+        ..DialRequest::default()
+    };
+    if args.relay_only {
+        eprintln!(
+            "dial: --relay-only is ignored: the call goes through the running answer, with its settings"
+        );
+    }
+    match args.directory.target(&args.user)? {
+        Target::Id(id) => req.user = Some(id.to_string()),
+        Target::Name(n) => req.name = Some(n),
+    }
+    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let mut events = Events::open(args.events.as_deref())?;
+    let mut control = match &args.control {
+        Some(p) => Some(call_io::read_control(p.clone())?),
+        None => None,
+    };
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    wr.write_all(format!("{}\n", serde_json::to_string(&req)?).as_bytes())
+        .await
+        .context("the running answer closed its control socket")?;
+    let hangup_at = tokio::time::sleep(Duration::from_secs(86400 * 365));
+    tokio::pin!(hangup_at);
+    let mut hangup_armed = false;
+    let mut placed = false;
+    let mut quitting = false;
+    let hangup = format!("{}\n", json!({"cmd": "hangup"}));
+    loop {
+        tokio::select! {
+            name = signals.recv(), if !quitting => {
+                tracing::info!("{name}: hanging up");
+                quitting = true;
+                if !placed {
+                    // Closing the connection hangs the call up once the answer places it.
+                    return Ok(call_io::EXIT_CANCELLED);
+                }
+                wr.write_all(hangup.as_bytes()).await.ok();
+            }
+            _ = &mut hangup_at, if hangup_armed => {
+                hangup_armed = false;
+                wr.write_all(hangup.as_bytes()).await.ok();
+            }
+            c = call_io::recv_control(&mut control) => match c {
+                None => control = None,
+                Some(Err(e)) => { events.emit(json!({"event": "error", "message": e})); }
+                Some(Ok(c)) => {
+                    let line = format!("{}\n", serde_json::to_string(&c)?);
+                    wr.write_all(line.as_bytes()).await.ok();
+                }
+            },
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else {
+                    eprintln!("dial: the running answer closed the call's connection");
+                    return Ok(1);
+                };
+                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                if v.get("ms").is_some_and(|m| !m.is_null()) {
+                    v["ms"] = json!((t0.elapsed().as_secs_f64() * 10_000.0).round() / 10.0);
+                }
+                match v["event"].as_str() {
+                    Some("dialing") => placed = true,
+                    Some("connected") => {
+                        if let Some(d) = &args.dtmf {
+                            let l = format!("{}\n", json!({"cmd": "dtmf", "digits": d}));
+                            wr.write_all(l.as_bytes()).await.ok();
+                        }
+                        if let Some(secs) = args.duration {
+                            hangup_at.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs_f64(secs.max(0.0)));
+                            hangup_armed = true;
+                        }
+                    }
+                    _ => {}
+                }
+                let exit = v["exit"].as_u64();
+                let ended = v["event"] == "ended";
+                if v["event"] == "error" && exit.is_some() {
+                    eprintln!("dial: {}", v["message"].as_str().unwrap_or("the call failed"));
+                }
+                events.emit(v);
+                if ended || exit.is_some() {
+                    return Ok(exit.unwrap_or(1).min(255) as u8);
+                }
+            }
+        }
+    }
 }

@@ -17,6 +17,8 @@ pub mod dial;
 #[cfg(feature = "calls")]
 mod dial_call;
 pub mod docs;
+#[cfg(feature = "calls")]
+pub mod local;
 #[cfg(feature = "natprobe")]
 pub mod natprobe;
 #[cfg(feature = "devices")]

@@ -60,6 +60,12 @@ pub struct AgentConfig {
     /// another is tried. A standby is not urgent, but while we wait on a dead one we have none:
     /// the session layer's own handshake timeout (20 s) is far too patient for that.
     pub standby_patience: Duration,
+    /// The first record sequence number, when the program knows the wall clock finer than the
+    /// `unix_now` seconds [`Agent::new`] gets (milliseconds since the epoch): two processes of
+    /// one identity started within the same second then still sign growing sequence numbers
+    /// (a `dial` right after another would otherwise be refused as a replay). `None`: the
+    /// seconds times 1000.
+    pub first_seq: Option<u64>,
 }
 
 impl AgentConfig {
@@ -76,6 +82,7 @@ impl AgentConfig {
             standby: true,
             udp_head_start: UDP_HEAD_START,
             standby_patience: Duration::from_secs(3),
+            first_seq: None,
         }
     }
 }
@@ -174,7 +181,10 @@ enum Pending {
     Watch,
     Lookup(Target),
     Claim(String),
-    Route(UserId, u64),
+    /// A routed payload: recipient, route number, and the payload itself while our
+    /// registration is still on its way (sent right behind it, the request is refused if it
+    /// overtakes the registration; it is then sent again once registered).
+    Route(UserId, u64, Option<Vec<u8>>),
     Relays,
 }
 
@@ -268,7 +278,7 @@ impl Agent {
             next_try: 0,
             registered: false,
             // Sequence numbers must grow across restarts: start from the clock.
-            seq: unix_now * 1000,
+            seq: config.first_seq.unwrap_or(unix_now * 1000),
             watches: HashSet::new(),
             pending: HashMap::new(),
             queued: VecDeque::new(),
@@ -532,7 +542,12 @@ impl Agent {
     pub fn route(&mut self, now: Instant, to: UserId, payload: Vec<u8>) -> u64 {
         self.next_route += 1;
         let id = self.next_route;
-        self.ask(now, Request::CRoute { to, payload }, Pending::Route(to, id));
+        let early = (!self.registered && self.config.register).then(|| payload.clone());
+        self.ask(
+            now,
+            Request::CRoute { to, payload },
+            Pending::Route(to, id, early),
+        );
         id
     }
 
@@ -795,6 +810,21 @@ impl Agent {
                 &Request::CRegister { record },
                 Pending::Register { failover },
             );
+            // What waited for the session goes right behind the registration, in the same
+            // flight, instead of a round trip later: a fresh `dial`'s invite reaches the callee
+            // one round trip sooner (the supernode handles a session's requests in order; one
+            // that overtakes a lost registration is refused and sent again, see
+            // `Pending::Route`). Lookups and relay offers need no registration at all;
+            // claims and watches still wait for it.
+            let (early, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queued)
+                .into_iter()
+                .partition(|(_, p)| {
+                    matches!(p, Pending::Route(..) | Pending::Lookup(_) | Pending::Relays)
+                });
+            self.queued = later;
+            for (req, pend) in early {
+                self.request_on(now, link.session, &req, pend);
+            }
         }
     }
 
@@ -1135,7 +1165,16 @@ impl Agent {
                     message: format!("claim of '{name}' refused: {}", err(&other)),
                 }),
             },
-            Pending::Route(to, id) => {
+            Pending::Route(to, id, Some(payload))
+                if !self.registered && matches!(&resp, Some(Response::Error { code: 403, .. })) =>
+            {
+                // It overtook our registration: again once registered.
+                self.queued.push_back((
+                    Request::CRoute { to, payload },
+                    Pending::Route(to, id, None),
+                ));
+            }
+            Pending::Route(to, id, _) => {
                 let result = match resp {
                     Some(Response::Routed) => Ok(None),
                     Some(Response::Reply(r)) => Ok(Some(r)),
