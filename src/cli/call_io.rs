@@ -304,6 +304,7 @@ pub fn call_of(ev: &DriverEvent) -> Option<CallId> {
             | EndpointEvent::Dtmf { call, .. }
             | EndpointEvent::Report { call, .. }
             | EndpointEvent::Stats { call, .. }
+            | EndpointEvent::Trace { call, .. }
             | EndpointEvent::Ended { call, .. } => *call,
             EndpointEvent::Agent(_) | EndpointEvent::Relay { .. } => return None,
         },

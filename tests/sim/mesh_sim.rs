@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::mesh::{self as mesh_support, UNIX0, World};
+use crate::support::mesh::{self as mesh_support, LATENCY, UNIX0, World};
 use voxmesh::client::{AgentConfig, AgentEvent};
 use voxmesh::identity::{NodeKey, UserId};
 use voxmesh::session;
@@ -197,10 +197,10 @@ fn a_fresh_clients_routed_message_rides_behind_its_registration() {
     let now = w.now;
     w.agent(c).route(now, to, b"INVITE".to_vec());
     w.run(LATENCY + LATENCY / 2);
-    let dropped = w.dropped;
+    let dropped = w.dropped();
     w.lose_next(c, 0, 1);
     let (reg, routed) = until_routed(&mut w, c, Duration::from_secs(5));
-    assert_eq!(w.dropped, dropped + 1, "the registration was lost");
+    assert_eq!(w.dropped(), dropped + 1, "the registration was lost");
     assert!(reg.is_some(), "registered after all");
     let (_, ok) = routed.expect("routed");
     assert!(ok, "delivered after the registration");
