@@ -8,6 +8,8 @@ mod support;
 
 #[path = "lab/call_lab.rs"]
 mod call_lab;
+#[path = "lab/call_matrix.rs"]
+mod call_matrix;
 #[path = "lab/lab_selftest.rs"]
 mod lab_selftest;
 #[path = "lab/mesh_lab.rs"]
