@@ -126,19 +126,23 @@ pub fn sweep(path: &Path, f0: f64, f1: f64, secs: f64) -> Vec<f32> {
     out
 }
 
-/// Where `probe` sits in `got` and how well it matches there: [`best_correlation`], but the
-/// delay is found on both signals decimated by 8 (box-filtered; fine for content below
-/// 1.5 kHz) and refined at full rate around it, so seconds of audio cost a debug build
-/// milliseconds rather than the full search's seconds.
+/// Where `probe` sits in `got` and how well it matches there: [`best_correlation`]'s answer,
+/// found fast enough for a debug build (the direct search over seconds of audio takes it tens
+/// of seconds, and even the FFT's generic code is compiled unoptimised into the test): the
+/// delay is searched through the FFT on both signals decimated by 8 (box-filtered, fine for
+/// content below 1.5 kHz), then refined at full rate around it.
 pub fn locate(probe: &[f32], got: &[f32]) -> (f64, usize) {
     const D: usize = 8;
     let n = probe.len();
+    if n < D || got.len() < n {
+        return (0.0, 0);
+    }
     let dec = |x: &[f32]| -> Vec<f32> {
         x.chunks_exact(D)
             .map(|c| c.iter().sum::<f32>() / D as f32)
             .collect()
     };
-    let (_, coarse) = best_correlation(&dec(probe), &dec(got));
+    let coarse = fft_best_lag(&dec(probe), &dec(got));
     let from = (coarse * D).saturating_sub(2 * D);
     let to = (coarse * D + 2 * D + n).min(got.len());
     if to < from + n {
@@ -146,6 +150,57 @@ pub fn locate(probe: &[f32], got: &[f32]) -> (f64, usize) {
     }
     let (c, lag) = best_correlation(probe, &got[from..to]);
     (c, from + lag)
+}
+
+/// The position in `got` where `probe` correlates best (normalised), through the FFT.
+/// Positions where `got` holds less than a thousandth of the probe's energy do not count:
+/// rounding could make a near-silent window look like a match.
+fn fft_best_lag(probe: &[f32], got: &[f32]) -> usize {
+    use realfft::RealFftPlanner;
+    use realfft::num_complex::Complex;
+    let n = probe.len();
+    if n == 0 || got.len() < n {
+        return 0;
+    }
+    let size = (got.len() + n).next_power_of_two();
+    let mut planner = RealFftPlanner::<f64>::new();
+    let fwd = planner.plan_fft_forward(size);
+    let inv = planner.plan_fft_inverse(size);
+    let spectrum = |x: &[f32]| -> Vec<Complex<f64>> {
+        let mut t = fwd.make_input_vec();
+        for (d, v) in t.iter_mut().zip(x) {
+            *d = *v as f64;
+        }
+        let mut out = fwd.make_output_vec();
+        fwd.process(&mut t, &mut out).expect("forward FFT");
+        out
+    };
+    let (g, p) = (spectrum(got), spectrum(probe));
+    let mut prod: Vec<Complex<f64>> = g.iter().zip(&p).map(|(a, b)| a * b.conj()).collect();
+    // DC and Nyquist of a real signal's spectrum are real; rounding must not say otherwise.
+    prod[0].im = 0.0;
+    let last = prod.len() - 1;
+    prod[last].im = 0.0;
+    let mut dots = inv.make_output_vec();
+    inv.process(&mut prod, &mut dots).expect("inverse FFT");
+    let pe: f64 = probe.iter().map(|&x| x as f64 * x as f64).sum();
+    let mut energy = Vec::with_capacity(got.len() + 1);
+    energy.push(0.0f64);
+    for &x in got {
+        energy.push(energy.last().unwrap() + x as f64 * x as f64);
+    }
+    let mut best = (f64::MIN, 0);
+    for lag in 0..=got.len() - n {
+        let ge = energy[lag + n] - energy[lag];
+        if ge < pe * 1e-3 {
+            continue;
+        }
+        let c = dots[lag] / (pe * ge).sqrt();
+        if c > best.0 {
+            best = (c, lag);
+        }
+    }
+    best.1
 }
 
 /// How well `got` (a far end's recording) carries the middle `window_s` seconds of `sent`: the
