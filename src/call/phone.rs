@@ -371,6 +371,13 @@ impl Phone {
     }
 
     /// Calls not yet ended.
+    /// Whether call messages are still on their way (queued, or routed and not yet
+    /// acknowledged): a program about to exit keeps its endpoint running a moment for them,
+    /// or a lost hang-up would never be sent again.
+    pub fn signals_pending(&self) -> bool {
+        !self.signals.is_empty() || !self.in_flight.is_empty()
+    }
+
     pub fn live_calls(&self) -> usize {
         self.calls
             .values()
@@ -1476,7 +1483,11 @@ mod tests {
                 .any(|e| matches!(e, PhoneEvent::Answered { .. }))
         );
         n.phones[0].hangup(now, call).unwrap();
+        // The bye is on its way until its delivery is acknowledged: a program about to exit
+        // waits for that.
+        assert!(n.phones[0].signals_pending());
         n.settle();
+        assert!(!n.phones[0].signals_pending());
         assert_eq!(ended(&n.take(0)), Some(EndReason::HungUp));
         assert_eq!(ended(&n.take(1)), Some(EndReason::PeerHungUp));
         assert_eq!(n.phones[0].live_calls() + n.phones[1].live_calls(), 0);

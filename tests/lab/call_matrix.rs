@@ -310,8 +310,9 @@ impl Worker {
             Some(c) => {
                 // A callee who does not know the caller offers only its relayed candidate
                 // until it accepts (privacy): such a call may connect on the relay and move
-                // to the direct path a moment later, which is the path it has.
-                if want == "relayed" && c["path"] != want {
+                // to the direct path a moment later, which is the path it has. (A call may
+                // also connect before its own agent has selected a pair: path null.)
+                if want == "relayed" && c["path"] == "direct" {
                     errors.push(format!("connected on {} (want {want})", c["path"]));
                 }
                 if final_path != want {
