@@ -5,11 +5,19 @@
 //! stateful IPv6 firewalls), and two clients behind one NAT box (they must go direct over
 //! their LAN). UDP-blocked pairs are another test's.
 //!
-//! Every call must connect, on the direct path except port-restricted ↔ symmetric (both
-//! orders) and symmetric ↔ symmetric, which only a relay can join; audio must flow both ways:
-//! each side plays its own frequency sweep and the far end's recording must carry the middle
-//! of it (delay-compensated normalised correlation ≥ 0.9). Then the whole matrix again with
-//! 5 % loss and 25 ms one-way delay on every box's WAN link, both directions: same paths.
+//! Every call must connect and end on the direct path except port-restricted ↔ symmetric
+//! (both orders) and symmetric ↔ symmetric, which only a relay can join (those must also
+//! connect on the relay). The callee does not know the caller, so it offers only its relayed
+//! candidate until it accepts: a direct pair may connect on the relay and move to the direct
+//! path a moment later (`connected_path` in the table); it must have moved by the end.
+//! Audio must flow both ways: each side plays its own frequency sweep (Opus keeps its
+//! waveform) and the far end's recording must carry it: the signal (less 0.25 s at each end)
+//! is cut into 100 ms segments, each looked for in the recording with its own delay (a jitter
+//! buffer changes the delay as it plays), and a segment counts as heard at normalised
+//! correlation ≥ 0.9; a share of the segments must be heard ([`MIN_SHARE_CLEAN`],
+//! [`MIN_SHARE_IMPAIRED`]). The table also gives the single-delay correlation of a 0.4 s probe
+//! from the middle of the signal (`probe_at_*`). Then the whole matrix again with 5 % loss and
+//! 25 ms one-way delay on every box's WAN link, both directions: same paths.
 //!
 //! The calls run in a few lab instances at once (each with its own supernode and relay, and
 //! fresh boxes per call, so no call inherits another's NAT state). One JSON line per call goes
@@ -49,14 +57,16 @@ const EDGE_S: f64 = 0.25;
 const SLACK_S: f64 = 0.3;
 /// Share of segments that must be heard on a clean network. Not all: on a busy machine a
 /// packet is sometimes late, and the jitter buffer conceals or stretches a frame and changes
-/// its delay (seen in the lab: two such moments in a 3 s call, each spoiling two or three
-/// segments); a clean call heard 0.84 to 1.0 of its segments.
-const MIN_SHARE_CLEAN: f64 = 0.75;
-/// On the impaired network: at least half. Each direction crosses two impaired links (about
-/// 10 % of packets lost) and the jitter buffer conceals and stretches; the lab's impaired calls
-/// heard 0.68 to 1.0 of their segments (mean 0.84). Half still means the signal was recovered:
-/// an unrelated signal never reaches 0.9 on a 100 ms segment.
-const MIN_SHARE_IMPAIRED: f64 = 0.5;
+/// its delay, spoiling the two or three segments around that moment (a 3 s call saw up to
+/// three). Over five runs of this matrix on 2 busy cores (load 9 to 11), clean calls heard
+/// 0.977 of their segments on average, 0.8 at worst (290 recordings).
+const MIN_SHARE_CLEAN: f64 = 0.7;
+/// On the impaired network, relaxed: each direction crosses two impaired links (about 10 % of
+/// packets lost) and the jitter buffer conceals and stretches. Over the same five runs impaired
+/// calls heard 0.848 on average (sd 0.098), 0.52 at worst, lowest in the most loaded run. A
+/// third still proves the signal recovered both ways (an unrelated or silent recording scores
+/// 0: nothing else reaches 0.9 on a 100 ms stretch of a sweep) while leaving room for load.
+const MIN_SHARE_IMPAIRED: f64 = 0.35;
 /// Lab instances running calls at once.
 const LABS: usize = 5;
 
