@@ -314,6 +314,12 @@ impl Worker {
             .map(|p| p["path"].clone())
             .or(connect_path.clone())
             .unwrap_or(Value::Null);
+        // Candidates of the path the call ended on (the connected event's when it never
+        // changed; a call can connect before its own agent selected a pair: null there).
+        let on = last_path
+            .clone()
+            .or(connected.clone())
+            .unwrap_or(Value::Null);
         let want = job.expected_path();
         match &connected {
             None => errors.push("the caller never connected".into()),
@@ -336,16 +342,16 @@ impl Worker {
                 if v6 {
                     for end in ["local", "remote"] {
                         let a: Option<SocketAddr> =
-                            c[end]["addr"].as_str().and_then(|a| a.parse().ok());
+                            on[end]["addr"].as_str().and_then(|a| a.parse().ok());
                         if !a.is_some_and(|a| a.is_ipv6()) {
-                            errors.push(format!("{end} candidate not IPv6: {}", c[end]));
+                            errors.push(format!("{end} candidate not IPv6: {}", on[end]));
                         }
                     }
                 }
                 if job.case == Case::SameNat {
                     for end in ["local", "remote"] {
-                        if c[end]["type"] != "host" {
-                            errors.push(format!("{end} candidate not host: {}", c[end]));
+                        if on[end]["type"] != "host" {
+                            errors.push(format!("{end} candidate not host: {}", on[end]));
                         }
                     }
                 }
@@ -384,7 +390,6 @@ impl Worker {
             }
         }
         let (caller, callee) = job.names();
-        let c = connected.unwrap_or(Value::Null);
         let row = json!({
             "caller": caller,
             "callee": callee,
@@ -392,10 +397,10 @@ impl Worker {
             "path": final_path,
             "connected_path": connect_path,
             "expected": want,
-            "local": c["local"]["type"],
-            "remote": c["remote"]["type"],
-            "local_addr": c["local"]["addr"],
-            "remote_addr": c["remote"]["addr"],
+            "local": on["local"]["type"],
+            "remote": on["remote"]["type"],
+            "local_addr": on["local"]["addr"],
+            "remote_addr": on["remote"]["addr"],
             "setup_ms": setup_ms,
             "ringing_ms": ms(&ev("ringing")),
             "path_change_ms": ms(&last_path.filter(|_| connect_path.as_ref() != Some(&final_path))),
