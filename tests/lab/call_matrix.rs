@@ -302,24 +302,23 @@ impl Worker {
             (Some(a), Some(b)) => Some(((b - a) * 10.0).round() / 10.0),
             _ => None,
         };
-        // The path the call ended on: the connected one, or the last change after it.
+        // The path the call ended on: the latest event naming one, the connected event or a
+        // change after it. (A path event before the connected one is the same selection,
+        // named with what was known then: a peer-reflexive candidate the signalling later
+        // names as a host.)
         let last_path = events
             .iter()
             .rev()
-            .find(|e| e["event"] == "path" && e["path"].is_string())
+            .find(|e| (e["event"] == "path" || e["event"] == "connected") && e["path"].is_string())
             .cloned();
         let connect_path = connected.as_ref().map(|c| c["path"].clone());
         let final_path = last_path
             .as_ref()
             .map(|p| p["path"].clone())
-            .or(connect_path.clone())
             .unwrap_or(Value::Null);
         // Candidates of the path the call ended on (the connected event's when it never
         // changed; a call can connect before its own agent selected a pair: null there).
-        let on = last_path
-            .clone()
-            .or(connected.clone())
-            .unwrap_or(Value::Null);
+        let on = last_path.clone().unwrap_or(Value::Null);
         let want = job.expected_path();
         match &connected {
             None => errors.push("the caller never connected".into()),
@@ -403,7 +402,6 @@ impl Worker {
             "remote_addr": on["remote"]["addr"],
             "setup_ms": setup_ms,
             "ringing_ms": ms(&ev("ringing")),
-            "path_change_ms": ms(&last_path.filter(|_| connect_path.as_ref() != Some(&final_path))),
             "box_ms": box_ms,
             "call_ms": call_ms,
             "analysis_ms": analysis_ms,
