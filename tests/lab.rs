@@ -8,6 +8,8 @@ mod support;
 
 #[path = "lab/call_lab.rs"]
 mod call_lab;
+#[path = "lab/call_matrix.rs"]
+mod call_matrix;
 #[path = "lab/call_security.rs"]
 mod call_security;
 #[path = "lab/call_tcp.rs"]

@@ -317,6 +317,12 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Whether call messages (a hang-up's bye, say) still wait for their delivery to be
+    /// acknowledged: see [`Phone::signals_pending`].
+    pub fn signals_pending(&self) -> bool {
+        self.phone.signals_pending()
+    }
+
     /// Whether `call` exists and has not ended (audio attached to it will be used).
     pub fn is_live(&self, call: &CallId) -> bool {
         self.phone.is_live(call)

@@ -73,7 +73,9 @@ pub struct PhoneConfig {
     pub ice: Timing,
     /// How long an answered call may go without a working path (never found one, or lost it
     /// and found none) before it ends with "no path". Longer than the consent timeout plus an
-    /// ICE restart's round trips, shorter than a user's patience.
+    /// ICE restart's round trips, shorter than a user's patience. An answered call whose key
+    /// exchange has not completed this long after the answer ends the same way (its messages
+    /// are retransmitted by the routing layer meanwhile).
     pub path_timeout: Duration,
     /// How long a lost path waits for ICE to find another on its own (a standby pair, a
     /// renomination after a NAT rebinding) before the phone restarts ICE.
@@ -282,6 +284,9 @@ struct Call {
     pathless_since: Option<Instant>,
     /// Whether the phone already restarted ICE for the current loss of path.
     restarted: bool,
+    /// When the call was answered (None: not yet). An answered call whose key exchange has
+    /// not completed within `path_timeout` of it ends: it could never carry media.
+    answered_at: Option<Instant>,
     held: bool,
 }
 
@@ -366,6 +371,13 @@ impl Phone {
     }
 
     /// Calls not yet ended.
+    /// Whether call messages are still on their way (queued, or routed and not yet
+    /// acknowledged): a program about to exit keeps its endpoint running a moment for them,
+    /// or a lost hang-up would never be sent again.
+    pub fn signals_pending(&self) -> bool {
+        !self.signals.is_empty() || !self.in_flight.is_empty()
+    }
+
     pub fn live_calls(&self) -> usize {
         self.calls
             .values()
@@ -443,6 +455,9 @@ impl Phone {
                             self.config.restart_after
                         }
                     }),
+                c.answered_at
+                    .filter(|_| c.stage == Stage::Active && !c.keys_done)
+                    .map(|t| t + self.config.path_timeout),
                 // An ended call's agent is idle: nothing of it is sent any more.
                 c.ice.poll_timeout().filter(|_| c.stage != Stage::Ended),
             ]
@@ -514,6 +529,7 @@ impl Phone {
             deadline: None,
             pathless_since: None,
             restarted: false,
+            answered_at: None,
             held: false,
         })
     }
@@ -526,6 +542,7 @@ impl Phone {
         }
         c.stage = Stage::Active;
         c.deadline = None;
+        c.answered_at = Some(now);
         c.reveal_all = true;
         if c.ice.selected().is_none() {
             c.pathless_since = Some(now);
@@ -839,6 +856,21 @@ impl Phone {
                 self.fail(now, id, "no network path to the peer");
             }
         }
+        // Answered calls whose key exchange never completed (its messages kept being lost):
+        // they cannot carry media, so they end rather than hang.
+        let keyless: Vec<CallId> = self
+            .calls
+            .values()
+            .filter(|c| c.stage == Stage::Active && !c.keys_done)
+            .filter(|c| {
+                c.answered_at
+                    .is_some_and(|t| now >= t + self.config.path_timeout)
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in keyless {
+            self.fail(now, id, "the key exchange did not complete");
+        }
         let due: Vec<(CallId, Stage, bool)> = self
             .calls
             .values()
@@ -981,9 +1013,21 @@ impl Phone {
             return;
         }
         match body {
-            Body::Ringing(offer) if outgoing && stage == Stage::Inviting => {
-                c.stage = Stage::Ringing;
-                c.deadline = c.deadline.map(|_| now + self.config.ring_timeout);
+            // The ringing rides the invite's delivery acknowledgement, the accept is a message
+            // of its own: when that acknowledgement is lost (the invite is sent again and the
+            // duplicate answered with the same ringing), the accept can come first. The call
+            // is answered then, but its keys, and the callee's ICE credentials and first
+            // candidates, are in the ringing: take them, without ringing any more.
+            Body::Ringing(offer)
+                if outgoing
+                    && (stage == Stage::Inviting
+                        || (stage == Stage::Active && c.handshake.is_some())) =>
+            {
+                let late = stage == Stage::Active;
+                if !late {
+                    c.stage = Stage::Ringing;
+                    c.deadline = c.deadline.map(|_| now + self.config.ring_timeout);
+                }
                 let hs = c
                     .handshake
                     .take()
@@ -992,7 +1036,9 @@ impl Phone {
                     Ok((msg3, keys)) => {
                         c.keys_done = true;
                         Self::take_offer(now, c, &offer);
-                        self.events.push_back(PhoneEvent::Ringing { call });
+                        if !late {
+                            self.events.push_back(PhoneEvent::Ringing { call });
+                        }
                         self.events.push_back(PhoneEvent::Keys { call, keys });
                         self.send(now, call, Body::Confirm { noise: msg3 });
                     }
@@ -1026,6 +1072,7 @@ impl Phone {
             Body::Accept if outgoing && matches!(stage, Stage::Inviting | Stage::Ringing) => {
                 c.stage = Stage::Active;
                 c.deadline = None;
+                c.answered_at = Some(now);
                 if c.ice.selected().is_none() {
                     c.pathless_since = Some(now);
                 }
@@ -1436,7 +1483,11 @@ mod tests {
                 .any(|e| matches!(e, PhoneEvent::Answered { .. }))
         );
         n.phones[0].hangup(now, call).unwrap();
+        // The bye is on its way until its delivery is acknowledged: a program about to exit
+        // waits for that.
+        assert!(n.phones[0].signals_pending());
         n.settle();
+        assert!(!n.phones[0].signals_pending());
         assert_eq!(ended(&n.take(0)), Some(EndReason::HungUp));
         assert_eq!(ended(&n.take(1)), Some(EndReason::PeerHungUp));
         assert_eq!(n.phones[0].live_calls() + n.phones[1].live_calls(), 0);
@@ -1566,6 +1617,78 @@ mod tests {
         let r2 = n.phones[1].handle_signal(now, alice, &out.payload).unwrap();
         assert_eq!(r1, r2);
         assert_eq!(n.phones[1].live_calls(), 1);
+    }
+
+    /// The ringing (on the invite's delivery acknowledgement) arrives after the accept, as when
+    /// that acknowledgement was lost and the invite resent: the caller still completes the key
+    /// exchange, and both ends hold one SAS.
+    #[test]
+    fn a_ringing_that_comes_after_the_accept_still_gives_the_keys() {
+        let mut n = Net::new(2, |_| PhoneConfig::default());
+        let now = n.now;
+        let (alice, bob) = (n.id(0), n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        let invite = n.phones[0].poll_signal().unwrap();
+        let ringing = n.phones[1]
+            .handle_signal(now, alice, &invite.payload)
+            .unwrap();
+        n.phones[1].accept(now, call).unwrap();
+        // The accept goes through; the invite's acknowledgement (with the ringing) is late.
+        let accept = n.phones[1].poll_signal().unwrap();
+        assert!(
+            n.phones[0]
+                .handle_signal(now, bob, &accept.payload)
+                .is_none()
+        );
+        n.phones[1].handle_route_result(now, accept.tag, Ok(None));
+        n.phones[0].handle_route_result(now, invite.tag, Ok(Some(ringing)));
+        n.settle();
+        let (a, b) = (n.take(0), n.take(1));
+        assert!(a.iter().any(|e| matches!(e, PhoneEvent::Answered { .. })));
+        assert!(
+            !a.iter().any(|e| matches!(e, PhoneEvent::Ringing { .. })),
+            "no ringing once answered: {a:?}"
+        );
+        let (sa, sb) = (sas(&a), sas(&b));
+        assert!(sa.is_some() && sa == sb, "{sa:?} {sb:?}");
+        // Keyed, the call has no key deadline: it outlives the path timeout (no path is
+        // needed here, none was ever looked for).
+        assert!(ended(&a).is_none() && ended(&b).is_none());
+    }
+
+    /// When the ringing never arrives, the answered call cannot carry media: both ends give
+    /// up after the path timeout instead of hanging.
+    #[test]
+    fn an_answered_call_without_keys_ends_after_the_path_timeout() {
+        let cfg = PhoneConfig::default();
+        // With sockets on one network, so that a path is found and only the keys are missing.
+        let mut n = Net::new(2, |_| PhoneConfig::default()).with_sockets();
+        let now = n.now;
+        let (alice, bob) = (n.id(0), n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        let invite = n.phones[0].poll_signal().unwrap();
+        let _lost = n.phones[1]
+            .handle_signal(now, alice, &invite.payload)
+            .unwrap();
+        n.phones[1].accept(now, call).unwrap();
+        let accept = n.phones[1].poll_signal().unwrap();
+        assert!(
+            n.phones[0]
+                .handle_signal(now, bob, &accept.payload)
+                .is_none()
+        );
+        n.phones[1].handle_route_result(now, accept.tag, Ok(None));
+        n.settle();
+        assert!(ended(&n.take(0)).is_none());
+        n.advance(cfg.path_timeout - Duration::from_millis(100));
+        assert!(ended(&n.take(0)).is_none(), "not before the path timeout");
+        n.advance(Duration::from_millis(200));
+        let (a, b) = (n.take(0), n.take(1));
+        assert!(
+            matches!(ended(&a), Some(EndReason::NoPath(ref w)) if w.contains("key exchange")),
+            "{a:?}"
+        );
+        assert!(matches!(ended(&b), Some(EndReason::NoPath(_))), "{b:?}");
     }
 
     #[test]

@@ -20,6 +20,10 @@ use voxlab::{BoxOpts, Lab};
 pub const SN: &str = "198.51.100.1:3478";
 /// The relay's address in the server namespace.
 pub const RELAY: &str = "198.51.100.2:3478";
+/// The supernode's IPv6 address in a dual-stack lab.
+pub const SN6: &str = "[2001:db8::1]:3478";
+/// The relay's IPv6 address in a dual-stack lab.
+pub const RELAY6: &str = "[2001:db8::2]:3478";
 
 pub const MONO_48K: hound::WavSpec = hound::WavSpec {
     channels: 1,
@@ -146,6 +150,146 @@ pub fn best_correlation(probe: &[f32], got: &[f32]) -> (f64, usize) {
     best
 }
 
+/// A linear frequency sweep from `f0` to `f1` Hz over `secs` seconds at -10 dBFS, written to
+/// `path` (16-bit mono 48 kHz WAV); returns its samples. Unlike a steady tone it matches itself
+/// at one delay only, and Opus (VoIP mode) keeps its waveform, so [`recovered`] can find it.
+pub fn sweep(path: &Path, f0: f64, f1: f64, secs: f64) -> Vec<f32> {
+    let n = (48_000.0 * secs) as usize;
+    let k = (f1 - f0) / secs;
+    let mut w = hound::WavWriter::create(path, MONO_48K).unwrap();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = i as f64 / 48_000.0;
+        let v = (0.3 * (2.0 * std::f64::consts::PI * (f0 * t + 0.5 * k * t * t)).sin() * 32767.0)
+            as i16;
+        w.write_sample(v).unwrap();
+        out.push(v as f32 / 32768.0);
+    }
+    w.finalize().unwrap();
+    out
+}
+
+/// Where `probe` sits in `got` and how well it matches there: [`best_correlation`]'s answer,
+/// found fast enough for a debug build (the direct search over seconds of audio takes it tens
+/// of seconds, and even the FFT's generic code is compiled unoptimised into the test): the
+/// delay is searched through the FFT on both signals decimated by 8 (box-filtered, fine for
+/// content below 1.5 kHz), then refined at full rate around it.
+pub fn locate(probe: &[f32], got: &[f32]) -> (f64, usize) {
+    const D: usize = 8;
+    let n = probe.len();
+    if n < D || got.len() < n {
+        return (0.0, 0);
+    }
+    let dec = |x: &[f32]| -> Vec<f32> {
+        x.chunks_exact(D)
+            .map(|c| c.iter().sum::<f32>() / D as f32)
+            .collect()
+    };
+    let coarse = fft_best_lag(&dec(probe), &dec(got));
+    let from = (coarse * D).saturating_sub(2 * D);
+    let to = (coarse * D + 2 * D + n).min(got.len());
+    if to < from + n {
+        return (0.0, 0);
+    }
+    let (c, lag) = best_correlation(probe, &got[from..to]);
+    (c, from + lag)
+}
+
+/// The position in `got` where `probe` correlates best (normalised), through the FFT.
+/// Positions where `got` holds less than a thousandth of the probe's energy do not count:
+/// rounding could make a near-silent window look like a match.
+fn fft_best_lag(probe: &[f32], got: &[f32]) -> usize {
+    use realfft::RealFftPlanner;
+    use realfft::num_complex::Complex;
+    let n = probe.len();
+    if n == 0 || got.len() < n {
+        return 0;
+    }
+    let size = (got.len() + n).next_power_of_two();
+    let mut planner = RealFftPlanner::<f64>::new();
+    let fwd = planner.plan_fft_forward(size);
+    let inv = planner.plan_fft_inverse(size);
+    let spectrum = |x: &[f32]| -> Vec<Complex<f64>> {
+        let mut t = fwd.make_input_vec();
+        for (d, v) in t.iter_mut().zip(x) {
+            *d = *v as f64;
+        }
+        let mut out = fwd.make_output_vec();
+        fwd.process(&mut t, &mut out).expect("forward FFT");
+        out
+    };
+    let (g, p) = (spectrum(got), spectrum(probe));
+    let mut prod: Vec<Complex<f64>> = g.iter().zip(&p).map(|(a, b)| a * b.conj()).collect();
+    // DC and Nyquist of a real signal's spectrum are real; rounding must not say otherwise.
+    prod[0].im = 0.0;
+    let last = prod.len() - 1;
+    prod[last].im = 0.0;
+    let mut dots = inv.make_output_vec();
+    inv.process(&mut prod, &mut dots).expect("inverse FFT");
+    let pe: f64 = probe.iter().map(|&x| x as f64 * x as f64).sum();
+    let mut energy = Vec::with_capacity(got.len() + 1);
+    energy.push(0.0f64);
+    for &x in got {
+        energy.push(energy.last().unwrap() + x as f64 * x as f64);
+    }
+    let mut best = (f64::MIN, 0);
+    for lag in 0..=got.len() - n {
+        let ge = energy[lag + n] - energy[lag];
+        if ge < pe * 1e-3 {
+            continue;
+        }
+        let c = dots[lag] / (pe * ge).sqrt();
+        if c > best.0 {
+            best = (c, lag);
+        }
+    }
+    best.1
+}
+
+/// How well `got` (a far end's recording) carries the middle `window_s` seconds of `sent`: the
+/// delay-compensated normalised correlation of that probe ([`locate`]), and where it sits.
+pub fn recovered(sent: &[f32], got: &[f32], window_s: f64) -> (f64, usize) {
+    let n = ((48_000.0 * window_s) as usize).min(sent.len());
+    let start = (sent.len() - n) / 2;
+    locate(&sent[start..start + n], got)
+}
+
+/// The correlation of each `seg_s`-second segment of `sent` (leaving out `edge_s` at both
+/// ends, where the two sides' start and hang-up differ) with `got`, each delay-compensated on
+/// its own within `slack_s` of where the middle second of `sent` sits: a jitter buffer
+/// changes the delay while it plays (a concealed or stretched frame), which one long probe
+/// would count as a mismatch.
+pub fn segment_correlations(
+    sent: &[f32],
+    got: &[f32],
+    seg_s: f64,
+    edge_s: f64,
+    slack_s: f64,
+) -> Vec<f64> {
+    let seg = (48_000.0 * seg_s) as usize;
+    let edge = (48_000.0 * edge_s) as usize;
+    let slack = (48_000.0 * slack_s) as usize;
+    let mid = 48_000.min(sent.len());
+    let mid_start = (sent.len() - mid) / 2;
+    let (_, at) = locate(&sent[mid_start..mid_start + mid], got);
+    let offset = at as i64 - mid_start as i64;
+    let mut out = Vec::new();
+    let mut start = edge;
+    while start + seg + edge <= sent.len() {
+        let expect = start as i64 + offset;
+        let from = (expect - slack as i64).max(0) as usize;
+        let to = ((expect + (seg + slack) as i64).max(0) as usize).min(got.len());
+        let c = if to >= from + seg {
+            locate(&sent[start..start + seg], &got[from..to]).0
+        } else {
+            0.0
+        };
+        out.push(c);
+        start += seg;
+    }
+    out
+}
+
 /// Lines of a child's stdout as JSON values, on a channel (lines that are not JSON are dropped).
 pub fn json_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
     let out = child.stdout.take().unwrap();
@@ -197,17 +341,32 @@ pub struct CallLab {
 impl CallLab {
     /// A lab with `boxes` (index, options), `supernoded` on [`SN`] and `relayd` on [`RELAY`].
     pub fn new(boxes: &[(u32, BoxOpts)], tag: &str) -> CallLab {
+        CallLab::build(boxes, tag, false)
+    }
+
+    /// As [`CallLab::new`], with the supernode and the relay also on IPv6 ([`SN6`], [`RELAY6`]):
+    /// a party whose call socket is IPv6 (`--bind [::]:0`) reaches them with
+    /// [`CallLab::node6`].
+    pub fn dual_stack(boxes: &[(u32, BoxOpts)], tag: &str) -> CallLab {
+        CallLab::build(boxes, tag, true)
+    }
+
+    fn build(boxes: &[(u32, BoxOpts)], tag: &str, v6: bool) -> CallLab {
         let mut lab = Lab::new().unwrap();
         for (i, opts) in boxes {
             lab.add(*i, opts).unwrap();
         }
         let dir = tmp(tag);
-        let mut sn = lab
-            .command(
-                &lab.server_ns(),
-                program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
-            )
-            .args(["--listen", SN, "--no-rfc5780", "--identity"])
+        let mut sn = lab.command(
+            &lab.server_ns(),
+            program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
+        );
+        sn.args(["--listen", SN]);
+        if v6 {
+            sn.args(["--listen", SN6]);
+        }
+        let mut sn = sn
+            .args(["--no-rfc5780", "--identity"])
             .arg(dir.join("sn.key"))
             .arg("--control")
             .arg(dir.join("sn.sock"))
@@ -223,19 +382,20 @@ impl CallLab {
             serde_json::from_str(&first).expect("supernoded's listening line");
         let node = v["node"].as_str().unwrap().to_string();
         let relay_key = dir.join("relay.key");
-        let relay = start_relayd(
-            &lab,
-            &[
-                "--listen",
-                RELAY,
-                "--supernode",
-                &node,
-                "--identity",
-                relay_key.to_str().unwrap(),
-                "--allow-peer",
-                "198.51.100.0/24",
-            ],
-        );
+        let mut args = vec![
+            "--listen",
+            RELAY,
+            "--supernode",
+            &node,
+            "--identity",
+            relay_key.to_str().unwrap(),
+            "--allow-peer",
+            "198.51.100.0/24",
+        ];
+        if v6 {
+            args.extend(["--listen", RELAY6, "--allow-peer", "2001:db8::/32"]);
+        }
+        let relay = start_relayd(&lab, &args);
         CallLab {
             lab,
             node,
@@ -246,6 +406,12 @@ impl CallLab {
             }),
             relay: Some(relay),
         }
+    }
+
+    /// The supernode's entry on IPv6 (a [`CallLab::dual_stack`] lab), for `-s`.
+    pub fn node6(&self) -> String {
+        let key = self.node.split('@').next().unwrap();
+        format!("{key}@{SN6}")
     }
 
     /// The namespace of host `host` (0-based) behind box `index`.
@@ -262,16 +428,26 @@ impl CallLab {
 
     /// A program of ours in namespace `ns`, pointed at the supernode.
     pub fn program(&self, ns: &str, program: &str) -> Command {
+        self.program_via(ns, program, &self.node)
+    }
+
+    /// A program of ours in namespace `ns`, pointed at the supernode entry `node`.
+    pub fn program_via(&self, ns: &str, program: &str, node: &str) -> Command {
         let mut c = self.lab.command(ns, program);
-        c.args(["-s", &self.node]);
+        c.args(["-s", node]);
         c
     }
 
     /// Starts `answer` in `ns` with its own identity (`NAME.key` in the lab's directory) and
     /// `args`, and waits for its registration.
     pub fn answer(&self, ns: &str, name: &str, args: &[&str]) -> Answerer {
+        self.answer_via(ns, name, &self.node, args)
+    }
+
+    /// [`CallLab::answer`] through the supernode entry `node` (e.g. [`CallLab::node6`]).
+    pub fn answer_via(&self, ns: &str, name: &str, node: &str, args: &[&str]) -> Answerer {
         let mut child = self
-            .program(ns, &program("answer", env!("CARGO_BIN_EXE_answer")))
+            .program_via(ns, &program("answer", env!("CARGO_BIN_EXE_answer")), node)
             .arg("--identity")
             .arg(self.dir.join(format!("{name}.key")))
             .args(args)
@@ -298,7 +474,12 @@ impl CallLab {
 
     /// A `dial` from `ns` as `name` (its own identity) to `user`, with `args`; not started.
     pub fn dial(&self, ns: &str, name: &str, user: &str, args: &[&str]) -> Command {
-        let mut c = self.program(ns, &program("dial", env!("CARGO_BIN_EXE_dial")));
+        self.dial_via(ns, name, &self.node, user, args)
+    }
+
+    /// [`CallLab::dial`] through the supernode entry `node`.
+    pub fn dial_via(&self, ns: &str, name: &str, node: &str, user: &str, args: &[&str]) -> Command {
+        let mut c = self.program_via(ns, &program("dial", env!("CARGO_BIN_EXE_dial")), node);
         c.arg("--identity")
             .arg(self.dir.join(format!("{name}.key")))
             .arg(user)

@@ -99,6 +99,7 @@ pub async fn run_endpoint(
         let sleep = crate::net::sleep_until(ep.poll_timeout());
         tokio::select! {
             _ = shutdown.wait() => {
+                drain(&mut ep, &socket, &mut streams, &mut relay_streams).await;
                 ep.close(Instant::now());
                 flush(&mut ep, &socket, &mut streams, &mut relay_streams).await;
                 streams.finish().await;
@@ -217,6 +218,54 @@ pub async fn run_endpoint(
 }
 
 const SILENCE: [f32; FRAME] = [0.0; FRAME];
+
+/// How long a stopping endpoint keeps running for call messages still in flight. A program
+/// exits right after its call ends (`dial` after a hang-up): the bye has been sent once, and
+/// only the running session retransmits it when that one is lost. Two seconds cover several
+/// of the session's retransmissions on a lossy path; `dial` waits three for the whole stop.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs the endpoint's network side (no audio, no commands) until no call message is in
+/// flight or [`DRAIN`] has passed.
+async fn drain(
+    ep: &mut Endpoint,
+    socket: &UdpSocket,
+    streams: &mut Streams,
+    relay_streams: &mut Streams,
+) {
+    let until = Instant::now() + DRAIN;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        flush(ep, socket, streams, relay_streams).await;
+        // Events of an endpoint being stopped have no reader any more.
+        while ep.poll_event().is_some() {}
+        if !ep.signals_pending() || Instant::now() >= until {
+            return;
+        }
+        let wake = ep.poll_timeout().map_or(until, |t| t.min(until));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => ep.handle_timeout(Instant::now()),
+            Some((from, data)) = streams.incoming.recv() => match data {
+                Some(data) => ep.handle_datagram(Instant::now(), from, &data),
+                None => {
+                    streams.writers.remove(&from);
+                    ep.stream_closed(Instant::now(), from);
+                }
+            },
+            Some((from, data)) = relay_streams.incoming.recv() => match data {
+                Some(data) => ep.handle_stream(Instant::now(), from, &data),
+                None => {
+                    relay_streams.writers.remove(&from);
+                    ep.relay_stream_closed(Instant::now(), from);
+                }
+            },
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => ep.handle_datagram(Instant::now(), from, &buf[..n]),
+                Err(_) => tokio::task::yield_now().await,
+            },
+        }
+    }
+}
 
 /// Hands the call's next played frame to its sink; a sink that cannot keep up loses it.
 fn play(ep: &mut Endpoint, now: Instant, call: CallId, a: &mut Attached) {
