@@ -35,6 +35,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     {
         return Err(usage(format!("--dtmf: '{bad}' is not a keypad digit")));
     }
+    if !(args.ring_timeout.is_finite() && args.ring_timeout > 0.0) {
+        return Err(usage("--ring-timeout: give a positive number of seconds"));
+    }
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(run_call(args))
 }
@@ -69,7 +72,10 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         &args.directory,
         identity,
         agent,
-        PhoneConfig::default(),
+        PhoneConfig {
+            ring_timeout: Duration::from_secs_f64(args.ring_timeout),
+            ..PhoneConfig::default()
+        },
         endpoint_config(args.relay_only),
     )
     .await?;
