@@ -787,7 +787,18 @@ impl Phone {
                     .calls
                     .get(&f.call)
                     .is_none_or(|c| c.stage == Stage::Ended);
+                let answered = self
+                    .calls
+                    .get(&f.call)
+                    .is_some_and(|c| c.stage == Stage::Active);
                 let final_reason = match e.code {
+                    // During a call, a peer the directory no longer knows or lists as online
+                    // (it went away with its supernode, or quit without its bye arriving) is a
+                    // lost connection, not a wrong number: no path (exit 9), not offline (3).
+                    404 | 410 if answered => Some(EndReason::NoPath(format!(
+                        "the peer is unreachable: {} {}",
+                        e.code, e.reason
+                    ))),
                     404 => Some(EndReason::UnknownUser),
                     410 => Some(EndReason::Offline),
                     400 | 403 => Some(EndReason::NoPath(format!("{} {}", e.code, e.reason))),
@@ -1706,6 +1717,29 @@ mod tests {
                 "after accept every candidate is known: {after:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_answered_call_whose_peer_went_offline_ends_with_no_path() {
+        let mut n = Net::new(2, |_| PhoneConfig::default()).with_sockets();
+        let (now, bob) = (n.now, n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        n.settle();
+        n.phones[1].accept(now, call).unwrap();
+        n.settle();
+        n.advance(Duration::from_secs(1));
+        let _ = (n.take(0), n.take(1));
+        // Bob's registration is gone (his supernode died, or he quit and his bye was lost):
+        // the restart's signalling comes back 410.
+        n.offline.insert(bob);
+        let now = n.now;
+        n.phones[0].restart(now, call).unwrap();
+        n.settle();
+        let r = ended(&n.take(0));
+        assert!(
+            matches!(&r, Some(EndReason::NoPath(why)) if why.contains("410")),
+            "{r:?}"
+        );
     }
 
     #[test]

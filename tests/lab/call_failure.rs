@@ -75,14 +75,23 @@ fn flows(a: &mut Live, b: &mut Live, window: Duration, what: &str) {
     }
 }
 
-/// Places a call from box `from` to `callee` (started `--auto`), the caller playing `a`;
-/// returns (caller, callee) once both are connected.
-fn call(m: &CallLab, from: u32, a: &str, callee: Live, callee_id: &str, tag: &str) -> (Live, Live) {
+/// Places a call from box `from` to `callee` (started `--auto`), the caller playing `a` and
+/// hanging up after `secs` (unless told earlier); returns (caller, callee) once both are
+/// connected.
+fn call(
+    m: &CallLab,
+    from: u32,
+    a: &str,
+    callee: Live,
+    callee_id: &str,
+    tag: &str,
+    secs: f64,
+) -> (Live, Live) {
     let mut alice = m.dial_live(
         &m.host_ns(from, 0),
         &format!("{tag}-alice"),
         callee_id,
-        &["--play", a, "--duration", "300"],
+        &["--play", a, "--duration", &secs.to_string()],
     );
     let mut bob = callee;
     alice
@@ -119,7 +128,7 @@ fn a_relayed_call_ends_with_no_path_within_10_s_when_its_relay_dies() {
     );
     let (a, b) = tones(&m);
     let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", &b]);
-    let (mut alice, mut bob) = call(&m, 1, &a, bob, &bob_id, "relay");
+    let (mut alice, mut bob) = call(&m, 1, &a, bob, &bob_id, "relay", 300.0);
     assert_eq!(
         alice.seen("connected").unwrap()["path"],
         "relayed",
@@ -180,7 +189,7 @@ fn a_direct_call_survives_the_relay_and_the_callees_supernode_dying() {
     if !Lab::ready_or_skip("call_failure_direct_survives_callee_sn") {
         return;
     }
-    survives(false);
+    survives(false, false);
 }
 
 #[test]
@@ -188,23 +197,32 @@ fn a_direct_call_survives_the_callers_supernode_dying() {
     if !Lab::ready_or_skip("call_failure_direct_survives_caller_sn") {
         return;
     }
-    survives(true);
+    survives(true, false);
+}
+
+#[test]
+fn a_hang_up_while_the_callers_supernode_is_dead_still_ends_the_call_at_both_ends() {
+    if !Lab::ready_or_skip("call_failure_hang_up_in_failover") {
+        return;
+    }
+    survives(true, true);
 }
 
 /// A direct call between two supernodes' users: the relay is killed (unless `callers`), then
 /// the supernode of the callee (or, with `callers`, of the caller: a `dial`, which keeps no
 /// standby session); the call goes on, the party re-registers, and the hang-up reaches the
-/// callee.
-fn survives(callers: bool) {
+/// callee. With `at_once`, the caller hangs up right after its supernode died, before it could
+/// re-register: its bye has no route, and the callee must still end (once consent lapses).
+fn survives(callers: bool, at_once: bool) {
     let mut m = CallLab::new(
         &[
             (1, BoxOpts::new(LabNat::FullCone)),
             (2, BoxOpts::new(LabNat::PortRestrictedCone)),
         ],
-        if callers {
-            "call-fail-direct-caller"
-        } else {
-            "call-fail-direct-callee"
+        match (callers, at_once) {
+            (true, true) => "call-fail-direct-caller-gap",
+            (true, false) => "call-fail-direct-caller",
+            _ => "call-fail-direct-callee",
         },
     );
     // A second supernode in a mesh with the first; the party whose supernode dies registers
@@ -249,7 +267,7 @@ fn survives(callers: bool) {
         .arg("--host-cache")
         .arg(m.dir.join("alice.hosts"))
         .arg(&bob_id)
-        .args(["--control", "-", "--play", &a, "--duration", "300"])
+        .args(["--control", "-", "--play", &a, "--duration", "300"]) // hung up below
         .stderr(std::process::Stdio::inherit());
     let mut alice = Live::spawn(cmd, "dial");
     alice
@@ -287,6 +305,28 @@ fn survives(callers: bool) {
     // through the other one (learnt from the mesh).
     sn2.kill();
     let killed = Instant::now();
+    if at_once {
+        alice.control(serde_json::json!({"cmd": "hangup"}));
+        let (ea, _) = ended_after(&mut alice, killed, SIGNAL);
+        assert_eq!(ea["reason"], "hangup", "{ea}");
+        assert_eq!(alice.exit(SIGNAL), Some(0), "dial exits");
+        // The bye cannot arrive; the callee notices the caller gone as a dead path: consent
+        // lapses, one ICE restart (whose signalling finds the caller offline), the end.
+        let budget = cfg.ice.consent_timeout + cfg.restart_after + cfg.path_timeout;
+        let (eb, tb) = ended_after(&mut bob, killed, budget + SIGNAL);
+        eprintln!(
+            "call_failure: hang-up with the caller's supernode dead: the callee ended {:.2} s later ({}: {})",
+            tb.as_secs_f64(),
+            eb["reason"],
+            eb["detail"]
+        );
+        assert!(
+            eb["reason"] == "remote-hangup" || eb["reason"] == "no-path",
+            "the callee ends as a hang-up or a lost path, not as anything else: {eb}"
+        );
+        assert!(tb <= budget + Duration::from_secs(2), "{tb:?}");
+        return;
+    }
     flows(&mut alice, &mut bob, watch, "after a supernode died");
     let party = if callers { &mut alice } else { &mut bob };
     // The re-registration may have come while audio was being watched (then it is in `seen`).
@@ -343,6 +383,22 @@ fn poll_received(
     v
 }
 
+/// From samples (time, count), the longest time the count did not grow.
+fn longest_gap_in(samples: &[(Duration, u64)]) -> Duration {
+    let (mut gap, mut since) = (
+        Duration::ZERO,
+        samples.first().map(|s| s.0).unwrap_or_default(),
+    );
+    for w in samples.windows(2) {
+        if w[1].1 > w[0].1 {
+            since = w[1].0;
+        } else {
+            gap = gap.max(w[1].0 - since);
+        }
+    }
+    gap
+}
+
 /// From samples (time, count), the end of the last stall: the time of the last sample whose
 /// count did not grow over the preceding `stall` (zero when the count never stalled).
 fn last_stall_end(samples: &[(Duration, u64)], stall: Duration) -> Duration {
@@ -375,7 +431,7 @@ fn a_nat_rebinding_mid_call_recovers_within_2_s() {
     );
     let (a, b) = tones(&m);
     let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", &b]);
-    let (mut alice, mut bob) = call(&m, 1, &a, bob, &bob_id, "rebind");
+    let (mut alice, mut bob) = call(&m, 1, &a, bob, &bob_id, "rebind", 300.0);
     let c = alice.seen("connected").unwrap().clone();
     assert_eq!(c["path"], "direct", "symmetric ↔ full cone: {c}");
     flows(
@@ -392,12 +448,13 @@ fn a_nat_rebinding_mid_call_recovers_within_2_s() {
     // restart) and the flow after it.
     let window = cfg.ice.consent_timeout + cfg.restart_after + Duration::from_secs(4);
     let samples = poll_received(&mut alice, &mut bob, flushed, window);
-    // A 20 ms packet stream whose counter does not move for 300 ms has stopped (the stats
+    // A 20 ms packet stream whose counter does not move for 200 ms (10 packets) has stopped (the stats
     // sampling itself takes a few ms; the jitter buffer does not delay the counter).
-    let stall = Duration::from_millis(300);
+    let stall = Duration::from_millis(200);
     let at_a: Vec<_> = samples.iter().map(|s| (s.0, s.1)).collect();
     let at_b: Vec<_> = samples.iter().map(|s| (s.0, s.2)).collect();
     let (ra, rb) = (last_stall_end(&at_a, stall), last_stall_end(&at_b, stall));
+    let (ga, gb) = (longest_gap_in(&at_a), longest_gap_in(&at_b));
     alice.drain();
     bob.drain();
     let paths: Vec<_> = alice
@@ -407,9 +464,11 @@ fn a_nat_rebinding_mid_call_recovers_within_2_s() {
         .filter(|e| e["event"] == "path" || e["event"] == "path-lost")
         .collect();
     eprintln!(
-        "call_failure: NAT rebinding → media flowing again: at the caller {:.2} s, at the callee {:.2} s; {paths:?}",
+        "call_failure: NAT rebinding → media flowing again: at the caller {:.2} s (longest gap {:.0} ms), at the callee {:.2} s (longest gap {:.0} ms); {paths:?}",
         ra.as_secs_f64(),
-        rb.as_secs_f64()
+        ga.as_secs_f64() * 1000.0,
+        rb.as_secs_f64(),
+        gb.as_secs_f64() * 1000.0
     );
     // Flowing at the end of the window (the stall, if any, ended).
     flows(
@@ -535,7 +594,7 @@ fn long_calls() {
             tone(&b, 660.0, secs + 60.0);
             let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
             let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", b]);
-            let (mut alice, mut bob) = call(&m, 1, a, bob, &bob_id, tag);
+            let (mut alice, mut bob) = call(&m, 1, a, bob, &bob_id, tag, secs + 120.0);
             let path = alice.seen("connected").unwrap()["path"].clone();
             let window = mute.then_some((secs / 3.0, 2.0 * secs / 3.0));
             let l = hold_call(&mut alice, &mut bob, secs, window);
