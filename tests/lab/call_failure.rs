@@ -484,6 +484,10 @@ fn a_nat_rebinding_mid_call_recovers_within_2_s() {
         ra <= limit && rb <= limit,
         "media flows again within {limit:?} of the rebinding: caller {ra:?}, callee {rb:?}"
     );
+    assert!(
+        ga <= limit && gb <= limit,
+        "no gap in the media longer than {limit:?}: caller {ga:?}, callee {gb:?}"
+    );
     alice.control(serde_json::json!({"cmd": "hangup"}));
     let (ea, _) = ended_after(&mut alice, Instant::now(), SIGNAL);
     assert_eq!(ea["reason"], "hangup", "{ea}");
