@@ -5,9 +5,14 @@
 //!   `no-path` (exit 9 for `dial`) within 10 s of the kill;
 //! - a direct call survives the relay's death and the death of the callee's supernode, or of
 //!   the caller's (a mesh of two): audio keeps flowing, the party re-registers through the
-//!   other supernode, and the hang-up afterwards still reaches the callee;
-//! - a NAT rebinding mid-call (the caller's NAT forgets its mappings) recovers within 2 s (plus
-//!   the margin below), audio continues, the call does not end.
+//!   other supernode, and the hang-up afterwards still reaches the callee; a hang-up while the
+//!   caller's supernode is dead (its bye has no route) still ends the callee, with `no-path`,
+//!   once consent lapses;
+//! - a NAT rebinding mid-call (the caller's symmetric NAT forgets its mappings, so the caller
+//!   comes back from a new port) recovers within 2 s (plus the 200 ms resolution of the stall
+//!   detection): the caller's next consent check (every 1 s ± 20 %) sees the new mapping and
+//!   renominates; audio continues, the call does not end;
+//! - `long_calls` (ignored; `scripts/check-long-call`): 15-minute relayed and direct calls.
 //!
 //! "Audio flows" is read from each end's `stats` (packets received), asked on the control
 //! stream: both ends play a tone without pauses (no DTX), 50 packets a second each way.
