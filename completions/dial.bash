@@ -23,7 +23,7 @@ _dial() {
 
     case "${cmd}" in
         dial)
-            opts="-s -v -q -h -V --lookup --play --record --duration --dtmf --relay-only --events --media-trace --control --timeout --supernode --identity --host-cache --contacts --bind --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --lookup --play --record --duration --dtmf --relay-only --events --media-trace --control --ring-timeout --timeout --supernode --identity --host-cache --contacts --bind --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -54,6 +54,10 @@ _dial() {
                     return 0
                     ;;
                 --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ring-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

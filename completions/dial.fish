@@ -5,6 +5,7 @@ complete -c dial -l dtmf -d 'Send these keypad digits (0-9, *, #, A-D) once the 
 complete -c dial -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
 complete -c dial -l media-trace -d 'Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late or not) to this file as JSON lines: what scripts/bench-media decodes offline' -r -F
 complete -c dial -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
+complete -c dial -l ring-timeout -d 'Give up ringing ("no answer", exit 8) after this many seconds' -r
 complete -c dial -l timeout -d 'Give up when no supernode answers (or a --lookup gets no answer) within this many seconds' -r
 complete -c dial -s s -l supernode -d 'A supernode as KEY@HOST:PORT (what `supernoded` prints); repeat for several' -r
 complete -c dial -l identity -d 'Identity key file (created on first use, mode 0600); default under $XDG_CONFIG_HOME/voxmesh' -r -F

@@ -6,6 +6,8 @@
 
 mod support;
 
+#[path = "lab/call_failure.rs"]
+mod call_failure;
 #[path = "lab/call_lab.rs"]
 mod call_lab;
 #[path = "lab/call_matrix.rs"]

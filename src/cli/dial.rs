@@ -54,7 +54,7 @@ Exit status:
   5   no supernode answered
   6   the callee rejected the call
   7   the callee is busy
-  8   no answer (the call rang for 60 s)
+  8   no answer (the call rang for --ring-timeout seconds, 60 by default)
   9   no network path to the callee (or the path broke and none was found)
   10  the identity is in use by a process that takes no calls for us (no answer's control
       socket next to the key file)
@@ -133,6 +133,10 @@ pub struct Args {
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]
     pub control: Option<PathBuf>,
+
+    /// Give up ringing ("no answer", exit 8) after this many seconds.
+    #[arg(long = "ring-timeout", value_name = "SECONDS", default_value_t = 60.0)]
+    pub ring_timeout: f64,
 
     /// Give up when no supernode answers (or a --lookup gets no answer) within this many
     /// seconds.

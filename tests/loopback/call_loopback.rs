@@ -2,7 +2,10 @@
 //! - a call to an ID nobody registered: `unknown-user`, exit 4;
 //! - a call the callee rejects (on its control stream): `rejected`, exit 6;
 //! - a call to a callee already in a call (`--max-calls 1`): `busy`, exit 7;
-//! - a normal call: both ends show one SAS, DTMF digits arrive, the callee sees `remote-hangup`.
+//! - a normal call: both ends show one SAS, DTMF digits arrive, the callee sees `remote-hangup`;
+//! - a call nobody picks up: `no-answer` after `--ring-timeout`, exit 8 (the callee: `cancelled`);
+//! - SIGINT or SIGTERM to `dial` while it rings: `cancelled`, exit 11, at both ends;
+//! - a call to a user who registered and then left: `offline`, exit 3.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -204,5 +207,127 @@ fn calls_end_with_the_documented_reason_and_exit_status() {
     }
     assert_eq!(digits, "42");
     assert_eq!(reason, "remote-hangup");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `dial` as `me` to `who` with `args`, still running: the child and its events.
+fn dial_spawn(
+    dir: &std::path::Path,
+    node: &str,
+    me: &str,
+    who: &str,
+    args: &[&str],
+) -> (Kill, mpsc::Receiver<serde_json::Value>) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dial"))
+        .args(["-s", node, "--identity"])
+        .arg(dir.join(format!("{me}.key")))
+        .arg(who)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut c);
+    (Kill(c), rx)
+}
+
+/// The events left on `rx` once the process exited (its stdout closes; the reader thread
+/// drains it within moments).
+fn rest(rx: &mpsc::Receiver<serde_json::Value>) -> Vec<serde_json::Value> {
+    let mut v = Vec::new();
+    while let Ok(e) = rx.recv_timeout(Duration::from_secs(5)) {
+        v.push(e);
+    }
+    v
+}
+
+/// Waits (bounded) for `child` to exit; its status code (-1 for a signal).
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The `ended` event's reason among the events still to come on `rx` (bounded by `limit`).
+fn ended_within(rx: &mpsc::Receiver<serde_json::Value>, limit: Duration) -> String {
+    wait_event(rx, "ended", limit)
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn unanswered_cancelled_and_offline_calls_end_with_their_exit_status() {
+    let dir = tmp("noanswer");
+    let (_sn, node) = supernode(&dir);
+    // Signalling on loopback takes milliseconds; the bounds below are the session layer's
+    // retransmission budget (a few seconds), so a loaded machine still fits.
+    let signal = Duration::from_secs(10);
+
+    // No answer: bob rings (no --auto, nothing on his control stream) until the caller's
+    // --ring-timeout passes; the caller sends a cancel as it gives up.
+    let (_bob, bob_rx, bob_id) = answer(&dir, &node, "bob", &[]);
+    let ring = 2.0;
+    let t0 = Instant::now();
+    let (mut d, rx) = dial_spawn(&dir, &node, "alice", &bob_id, &["--ring-timeout", "2"]);
+    wait_event(&bob_rx, "incoming", signal).expect("bob's phone rings");
+    let code = exit_within(&mut d.0, signal + Duration::from_secs_f64(ring));
+    let rang = t0.elapsed();
+    let events = rest(&rx);
+    assert_eq!(
+        (code, ended(&events).as_str()),
+        (Some(8), "no-answer"),
+        "{events:#?}"
+    );
+    // It gave up after the ring timeout, not before (the timer starts when the invite goes out,
+    // after the process started).
+    assert!(
+        rang >= Duration::from_secs_f64(ring),
+        "gave up after {rang:?}"
+    );
+    assert_eq!(
+        ended_within(&bob_rx, signal),
+        "cancelled",
+        "bob stops ringing"
+    );
+
+    // Cancel: SIGINT, then SIGTERM, to a dial that rings; both ends say cancelled.
+    for (n, sig) in [libc::SIGINT, libc::SIGTERM].into_iter().enumerate() {
+        let (mut d, rx) = dial_spawn(&dir, &node, &format!("carol{n}"), &bob_id, &[]);
+        let ringing = wait_event(&rx, "ringing", signal);
+        assert!(ringing.is_some(), "the caller hears ringing (signal {sig})");
+        wait_event(&bob_rx, "incoming", signal).expect("bob's phone rings");
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(d.0.id() as i32, sig) }, 0);
+        let code = exit_within(&mut d.0, signal);
+        let events = rest(&rx);
+        assert_eq!(
+            (code, ended(&events).as_str()),
+            (Some(11), "cancelled"),
+            "signal {sig}: {events:#?}"
+        );
+        assert_eq!(
+            ended_within(&bob_rx, signal),
+            "cancelled",
+            "bob hears the cancel (signal {sig})"
+        );
+    }
+
+    // Offline: erin registers, then stops (SIGTERM: she says goodbye to her supernode).
+    let (mut erin, erin_rx, erin_id) = answer(&dir, &node, "erin", &[]);
+    drop(erin_rx);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(erin.0.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        exit_within(&mut erin.0, signal),
+        Some(0),
+        "answer stops on SIGTERM"
+    );
+    let (code, ev) = dial(&dir, &node, &erin_id, &[]);
+    assert_eq!((code, ended(&ev).as_str()), (3, "offline"), "{ev:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -640,3 +640,109 @@ impl CallLab {
         }
     }
 }
+
+/// A running party (`dial`, or `answer` started with `--control -`): its events as they come,
+/// and its control stream on stdin.
+pub struct Live {
+    pub proc: Proc,
+    pub rx: mpsc::Receiver<serde_json::Value>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Live {
+    /// Starts `cmd` with stdin (control) and stdout (events) piped.
+    pub fn spawn(mut cmd: Command, name: &'static str) -> Live {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let rx = json_lines(&mut child);
+        Live {
+            proc: Proc { child, name },
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for its next `name` event (bounded by `limit`).
+    pub fn wait(&mut self, name: &str, limit: Duration) -> Option<serde_json::Value> {
+        wait_event(&self.rx, name, limit, &mut self.seen)
+    }
+
+    /// The first `name` event seen so far.
+    pub fn seen(&self, name: &str) -> Option<&serde_json::Value> {
+        self.seen.iter().find(|e| e["event"] == name)
+    }
+
+    /// Takes whatever events arrived by now (without waiting) into `seen`.
+    pub fn drain(&mut self) {
+        while let Ok(v) = self.rx.try_recv() {
+            self.seen.push(v);
+        }
+    }
+
+    /// Sends one control command (a JSON object) on its stdin.
+    pub fn control(&mut self, cmd: serde_json::Value) {
+        use std::io::Write;
+        let stdin = self.proc.child.stdin.as_mut().expect("control on stdin");
+        writeln!(stdin, "{cmd}").expect("write a control command");
+        stdin.flush().unwrap();
+    }
+
+    /// Asks for the call's statistics and waits for them (the answer is immediate: a local
+    /// command, so one second is plenty even on a busy machine).
+    pub fn stats(&mut self) -> serde_json::Value {
+        self.control(serde_json::json!({"cmd": "stats"}));
+        self.wait("stats", Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("{} answers stats: {:#?}", self.proc.name, self.seen))
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its status code.
+    pub fn exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.proc.child.try_wait() {
+                return s.code();
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. libc::SIGINT) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(self.proc.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.proc.child.id());
+    }
+}
+
+impl CallLab {
+    /// Starts `answer` in `ns` as `name` with its control stream on stdin, and waits for its
+    /// registration; returns it and its user ID.
+    pub fn answer_live(&self, ns: &str, name: &str, args: &[&str]) -> (Live, String) {
+        let mut cmd = self.program(ns, env!("CARGO_BIN_EXE_answer"));
+        cmd.arg("--identity")
+            .arg(self.dir.join(format!("{name}.key")))
+            .args(["--control", "-"])
+            .args(args)
+            .stderr(Stdio::inherit());
+        let mut a = Live::spawn(cmd, "answer");
+        // Registration: a handshake and a request, each retransmitted on the session's schedule.
+        let reg = a
+            .wait("registered", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{name} registers: {:#?}", a.seen));
+        let id = reg["user"].as_str().unwrap().to_string();
+        (a, id)
+    }
+
+    /// Starts a `dial` from `ns` as `name` to `user` with its control stream on stdin.
+    pub fn dial_live(&self, ns: &str, name: &str, user: &str, args: &[&str]) -> Live {
+        let mut cmd = self.dial(ns, name, user, args);
+        cmd.args(["--control", "-"]);
+        Live::spawn(cmd, "dial")
+    }
+}
