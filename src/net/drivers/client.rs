@@ -114,7 +114,8 @@ pub(crate) enum Framing {
     /// Session frames: a 2-byte big-endian length before each ([`crate::net::frames`]).
     Session,
     /// TURN over TCP (RFC 8656 §12): STUN messages and ChannelData (padded to 4 bytes) back to
-    /// back, each message's length read from its own header.
+    /// back, each message's length read from its own header. Only calls (to a relay) use it.
+    #[cfg_attr(not(feature = "calls"), allow(dead_code))]
     Turn,
 }
 
