@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!                  ┌ session frame ───────────────▶ Agent (registration, routing, presence)
-//!  handle_datagram ┼ from the TURN server ────────▶ TurnClient ─▶ (data from a peer, as below)
+//!  handle_input ┼ from the TURN server ────────▶ TurnClient ─▶ (data from a peer, as below)
 //!                  ┼ STUN ─ our binding answer ───▶ server-reflexive candidate
 //!                  │      └ a connectivity check ─▶ Phone ─▶ the call's ICE agent
 //!                  └ media (first byte 128-191) ──▶ the call's MediaSession
@@ -394,9 +394,9 @@ impl Endpoint {
     // ------------------------------------------------------------------ network inputs
 
     /// A datagram that arrived on the call socket.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if demux::classify(data) == demux::Kind::Session {
-            self.agent.handle_datagram(now, from, data);
+            self.agent.handle_input(now, from, data);
         } else if !self.relay_stream
             && let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay
             && t.server() == from

@@ -468,7 +468,7 @@ impl Agent {
         self.pump(now);
     }
 
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.ep.handle_input(now, from, data);
         self.pump(now);
     }

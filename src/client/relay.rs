@@ -187,7 +187,7 @@ impl RelayLink {
         t.into_iter().min()
     }
 
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.ep.handle_input(now, from, data);
         self.pump(now);
     }

@@ -1413,7 +1413,7 @@ mod real {
             ))
             .unwrap();
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                agent.handle_datagram(Instant::now(), from, &buf[..n]);
+                agent.handle_input(Instant::now(), from, &buf[..n]);
             }
             let now = Instant::now();
             if agent.poll_timeout().is_some_and(|t| t <= now) {

@@ -122,7 +122,7 @@ impl Net {
                 if to_sn {
                     self.sn.handle_input(now, from, &data);
                 } else {
-                    self.agent.handle_datagram(now, from, &data);
+                    self.agent.handle_input(now, from, &data);
                 }
             }
             if self.agent.poll_timeout().is_some_and(|t| t <= now) {

@@ -631,7 +631,7 @@ impl World {
                     let (from, data) = (d.from, &d.data);
                     match &mut self.nodes[j].1 {
                         Node::Sn(s) => s.handle_input(now, from, data),
-                        Node::Client(a) => a.handle_datagram(now, from, data),
+                        Node::Client(a) => a.handle_input(now, from, data),
                         Node::Raw(a) => a.ep.handle_input(now, from, data),
                     }
                 }

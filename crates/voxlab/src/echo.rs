@@ -23,7 +23,7 @@ pub struct Echo {
 }
 
 impl voxmesh::net::drivers::supernode::Core for Echo {
-    fn handle_datagram(&mut self, _now: Instant, from: SocketAddr, data: &[u8]) {
+    fn handle_input(&mut self, _now: Instant, from: SocketAddr, data: &[u8]) {
         let mut buf = self.pool.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(data);

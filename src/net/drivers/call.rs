@@ -143,7 +143,7 @@ pub async fn run_endpoint(
                 }
             }
             Some((from, data)) = streams.incoming.recv() => match data {
-                Some(data) => ep.handle_datagram(Instant::now(), from, &data),
+                Some(data) => ep.handle_input(Instant::now(), from, &data),
                 None => {
                     streams.writers.remove(&from);
                     ep.stream_closed(Instant::now(), from);
@@ -157,7 +157,7 @@ pub async fn run_endpoint(
                 }
             },
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => ep.handle_datagram(Instant::now(), from, &buf[..n]),
+                Ok((n, from)) => ep.handle_input(Instant::now(), from, &buf[..n]),
                 // An ICMP error for an earlier send (a peer's closed port): nothing to do.
                 Err(_) => tokio::task::yield_now().await,
             },
@@ -246,7 +246,7 @@ async fn drain(
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => ep.handle_timeout(Instant::now()),
             Some((from, data)) = streams.incoming.recv() => match data {
-                Some(data) => ep.handle_datagram(Instant::now(), from, &data),
+                Some(data) => ep.handle_input(Instant::now(), from, &data),
                 None => {
                     streams.writers.remove(&from);
                     ep.stream_closed(Instant::now(), from);
@@ -260,7 +260,7 @@ async fn drain(
                 }
             },
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => ep.handle_datagram(Instant::now(), from, &buf[..n]),
+                Ok((n, from)) => ep.handle_input(Instant::now(), from, &buf[..n]),
                 Err(_) => tokio::task::yield_now().await,
             },
         }

@@ -70,7 +70,7 @@ pub async fn run_agent(
             }
             _ = sleep => agent.handle_timeout(Instant::now()),
             Some((from, data)) = streams.incoming.recv() => match data {
-                Some(data) => agent.handle_datagram(Instant::now(), from, &data),
+                Some(data) => agent.handle_input(Instant::now(), from, &data),
                 None => {
                     streams.writers.remove(&from);
                     agent.stream_closed(Instant::now(), from);
@@ -79,7 +79,7 @@ pub async fn run_agent(
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     if crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session {
-                        agent.handle_datagram(Instant::now(), from, &buf[..n]);
+                        agent.handle_input(Instant::now(), from, &buf[..n]);
                     }
                 }
                 Err(_) => tokio::task::yield_now().await,

@@ -48,7 +48,7 @@ pub async fn run_relay_link(
                 if let Ok((n, from)) = r
                     && crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session
                 {
-                    link.handle_datagram(Instant::now(), from, &buf[..n]);
+                    link.handle_input(Instant::now(), from, &buf[..n]);
                 }
             }
         }

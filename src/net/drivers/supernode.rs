@@ -72,7 +72,7 @@ mod core_trait {
     /// What the driver loop needs from the core it drives: the supernode (or, for benchmarks, another
     /// core; public with the `testing` feature).
     pub trait Core {
-        fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
+        fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
         fn handle_timeout(&mut self, now: Instant);
         fn poll_timeout(&mut self) -> Option<Instant>;
         fn poll_transmit(&mut self) -> Option<Transmit>;
@@ -94,7 +94,7 @@ use core_trait::Core;
 pub use core_trait::Core;
 
 impl Core for Supernode {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         Supernode::handle_input(self, now, from, data);
     }
     fn handle_timeout(&mut self, now: Instant) {
@@ -353,7 +353,7 @@ async fn drive(
             f = frames.recv() => match f {
                 Some((from, data)) => {
                     let now = Instant::now();
-                    core.handle_datagram(now, from, &data);
+                    core.handle_input(now, from, &data);
                     latency.observe(now.elapsed());
                 }
                 None => break,
