@@ -7,73 +7,20 @@
 //! - SIGINT or SIGTERM to `dial` while it rings: `cancelled`, exit 11, at both ends;
 //! - a call to a user who registered and then left: `offline`, exit 3.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::loopback::{Kill, ended, lines, run, supernode, tmp};
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vx-callloop-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn supernode(dir: &std::path::Path) -> (Kill, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_supernoded"))
-        .args(["--listen", "127.0.0.1:0", "--no-rfc5780", "--identity"])
-        .arg(dir.join("sn.key"))
-        .arg("--control")
-        .arg(dir.join("sn.sock"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (Kill(c), v["node"].as_str().unwrap().to_string())
-}
-
-fn lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&l)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
+/// Waits (at most `limit`) for the event `name` on `rx`.
 fn wait_event(
     rx: &mpsc::Receiver<serde_json::Value>,
     name: &str,
     limit: Duration,
 ) -> Option<serde_json::Value> {
-    let end = Instant::now() + limit;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        let v = rx.recv_timeout(left).ok()?;
-        if v["event"] == name {
-            return Some(v);
-        }
-    }
-    None
+    crate::support::loopback::wait_event(rx, name, limit, &mut Vec::new())
 }
 
 /// An `answer` with `args`, its control stream on stdin; returns it, its events and its ID.
@@ -83,48 +30,21 @@ fn answer(
     name: &str,
     args: &[&str],
 ) -> (Kill, mpsc::Receiver<serde_json::Value>, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_answer"))
-        .args(["-s", node, "--control", "-", "--identity"])
-        .arg(dir.join(format!("{name}.key")))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let rx = lines(&mut c);
-    let reg = wait_event(&rx, "registered", Duration::from_secs(10)).expect("answer registers");
-    let id = reg["user"].as_str().unwrap().to_string();
-    (Kill(c), rx, id)
+    let mut a = vec!["--control", "-"];
+    a.extend_from_slice(args);
+    crate::support::loopback::answer(dir, node, name, &a)
 }
 
+/// A `dial` as alice to `who`, run to its end.
 fn dial(
     dir: &std::path::Path,
     node: &str,
     who: &str,
     args: &[&str],
 ) -> (i32, Vec<serde_json::Value>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dial"))
-        .args(["-s", node, "--identity"])
-        .arg(dir.join("alice.key"))
-        .arg(who)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (out.status.code().unwrap_or(-1), events)
-}
-
-fn ended(events: &[serde_json::Value]) -> String {
-    events
-        .iter()
-        .find(|e| e["event"] == "ended")
-        .map(|e| e["reason"].as_str().unwrap().to_string())
-        .unwrap_or_default()
+    run(crate::support::loopback::dial_cmd(
+        dir, node, "alice", who, args,
+    ))
 }
 
 #[test]

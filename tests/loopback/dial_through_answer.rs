@@ -6,121 +6,16 @@
 //! - a `dial` stopped while the call rings cancels it at the callee (exit 11);
 //! - without a running answer, the socket file is gone and a `dial` registers by itself.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::loopback::{answer, event, lines, run, supernode, tmp, wait_event};
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vx-via-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn supernode(dir: &Path) -> (Kill, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_supernoded"))
-        .args(["--listen", "127.0.0.1:0", "--no-rfc5780", "--identity"])
-        .arg(dir.join("sn.key"))
-        .arg("--control")
-        .arg(dir.join("sn.sock"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (Kill(c), v["node"].as_str().unwrap().to_string())
-}
-
-fn lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&l)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for event `name`; every event seen on the way is appended to `seen`.
-fn wait_event(
-    rx: &mpsc::Receiver<serde_json::Value>,
-    name: &str,
-    limit: Duration,
-    seen: &mut Vec<serde_json::Value>,
-) -> Option<serde_json::Value> {
-    let end = Instant::now() + limit;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        let v = rx.recv_timeout(left).ok()?;
-        seen.push(v.clone());
-        if v["event"] == name {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn answer(
-    dir: &Path,
-    node: &str,
-    name: &str,
-    args: &[&str],
-) -> (Kill, mpsc::Receiver<serde_json::Value>, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_answer"))
-        .args(["-s", node, "--identity"])
-        .arg(dir.join(format!("{name}.key")))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let rx = lines(&mut c);
-    let reg = wait_event(&rx, "registered", Duration::from_secs(10), &mut Vec::new())
-        .expect("answer registers");
-    let id = reg["user"].as_str().unwrap().to_string();
-    (Kill(c), rx, id)
-}
-
+/// A `dial` as alice to `who`.
 fn dial_cmd(dir: &Path, node: &str, who: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dial"));
-    c.args(["-s", node, "--identity"])
-        .arg(dir.join("alice.key"))
-        .arg(who)
-        .args(args)
-        .stderr(Stdio::inherit());
-    c
-}
-
-fn run(mut c: Command) -> (i32, Vec<serde_json::Value>) {
-    let out = c.output().unwrap();
-    let events = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (out.status.code().unwrap_or(-1), events)
-}
-
-fn event<'a>(events: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
-    events.iter().find(|e| e["event"] == name)
+    crate::support::loopback::dial_cmd(dir, node, "alice", who, args)
 }
 
 #[test]
