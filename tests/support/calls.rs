@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -290,43 +290,7 @@ pub fn segment_correlations(
     out
 }
 
-/// Lines of a child's stdout as JSON values, on a channel (lines that are not JSON are dropped).
-pub fn json_lines(child: &mut Child) -> mpsc::Receiver<serde_json::Value> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str(&l) else {
-                continue;
-            };
-            if tx.send(v).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits (at most `limit`) for an event named `name` on `rx`; every event seen, that one
-/// included, is appended to `seen`.
-pub fn wait_event(
-    rx: &mpsc::Receiver<serde_json::Value>,
-    name: &str,
-    limit: Duration,
-    seen: &mut Vec<serde_json::Value>,
-) -> Option<serde_json::Value> {
-    let end = Instant::now() + limit;
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        let Ok(v) = rx.recv_timeout(left) else {
-            return None;
-        };
-        seen.push(v.clone());
-        if v["event"] == name {
-            return Some(v);
-        }
-    }
-    None
-}
+pub use voxlab::events::{json_lines, wait_event};
 
 /// A lab with NAT boxes, a supernode and a relay that offers itself through it.
 pub struct CallLab {

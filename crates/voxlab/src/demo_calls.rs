@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -185,28 +185,10 @@ pub fn place_call(
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start answer")?;
-    let out = bob.stdout.take().context("stdout not piped")?;
+    let rx = crate::events::json_lines(&mut bob);
     let bob = Killed(bob);
-    let (tx, rx) = mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&l)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let wait = |name: &str, limit: Duration| -> Option<serde_json::Value> {
-        let end = Instant::now() + limit;
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            let v = rx.recv_timeout(left).ok()?;
-            if v["event"] == name {
-                return Some(v);
-            }
-        }
-        None
-    };
+    let wait =
+        |name: &str, limit: Duration| crate::events::wait_event(&rx, name, limit, &mut Vec::new());
     let reg = wait("registered", Duration::from_secs(20))
         .context("the callee did not register within 20 s")?;
     let bob_id = reg["user"]

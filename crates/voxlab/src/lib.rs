@@ -8,6 +8,7 @@ pub mod capture;
 pub mod demo;
 pub mod demo_calls;
 pub mod echo;
+pub mod events;
 mod harness;
 pub mod mediaref;
 pub mod netem;
