@@ -8,69 +8,25 @@
 //! Audio check: each side plays its own tone (caller 440 Hz, callee 660 Hz) and records; the
 //! other's recording must carry that tone, loud, and not its own.
 
-use crate::support::calls::{CallLab, Dialled, tone, tone_share};
-
-use std::time::Duration;
+use crate::support::calls::CallLab;
 
 use voxlab::{BoxOpts, Lab, LabNat};
 
-/// Runs one call from the host of box `from` to the host of box `to`; returns the caller's
-/// connected event after checking audio went both ways and both ends show one SAS.
+/// A tone call (`CallLab::tone_call`: both ends connect with one SAS, hang up cleanly and hear
+/// an unbroken second of the other's tone), and most of each whole recording is that tone.
 fn call(m: &CallLab, from: u32, to: u32, caller_flags: &[&str], tag: &str) -> serde_json::Value {
-    let dir = m.dir.join(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    tone(&dir.join("a.wav"), 440.0, 3.0);
-    tone(&dir.join("b.wav"), 660.0, 6.0);
-    let mut bob = m.answer(
-        &m.host_ns(to, 0),
-        &format!("{tag}-bob"),
-        &[
-            "--auto",
-            "--play",
-            &f("b.wav"),
-            "--record",
-            &f("at-bob.wav"),
-        ],
-    );
-    let mut args = vec!["--play", &f("a.wav"), "--record", &f("at-alice.wav")]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-    args.extend(caller_flags.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Dialled::run(m.dial(&m.host_ns(from, 0), &format!("{tag}-alice"), &bob.id, &args));
-    let events = &d.events;
-    assert_eq!(d.code, Some(0), "dial: {events:#?}");
-    let connected = d
-        .event("connected")
-        .unwrap_or_else(|| panic!("the call connects: {events:#?}"))
-        .clone();
-    assert_eq!(d.event("ended").unwrap()["reason"], "hangup", "{events:#?}");
-    // The callee hears the hang-up within its own signalling round trip.
-    assert!(
-        bob.wait("ended", Duration::from_secs(10)).is_some(),
-        "the callee sees the end: {:#?}",
-        bob.seen
-    );
-    let bob_connected = bob
-        .seen("connected")
-        .unwrap_or_else(|| panic!("the callee connects: {:#?}", bob.seen));
-    assert_eq!(bob_connected["sas"], connected["sas"], "both show one SAS");
-    drop(bob); // stops answer, which finishes its recording
-    let (at_bob, rms_b) = tone_share(&dir.join("at-bob.wav"), 440.0);
-    let (at_alice, rms_a) = tone_share(&dir.join("at-alice.wav"), 660.0);
+    let c = m.tone_call(from, to, caller_flags, tag);
+    let [(at_bob, rms_b), (at_alice, rms_a)] = c.shares;
     // Recordings start at the answer and include the path's set-up: most, not all, is tone.
     assert!(
         at_bob > 0.5 && rms_b > 0.05,
-        "the callee heard 440 Hz: share {at_bob:.2}, rms {rms_b:.3}"
+        "{tag}: the callee heard 440 Hz: share {at_bob:.2}, rms {rms_b:.3}"
     );
     assert!(
         at_alice > 0.5 && rms_a > 0.05,
-        "the caller heard 660 Hz: share {at_alice:.2}, rms {rms_a:.3}"
+        "{tag}: the caller heard 660 Hz: share {at_alice:.2}, rms {rms_a:.3}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    connected
+    c.connected
 }
 
 #[test]

@@ -503,6 +503,8 @@ pub struct ToneCall {
     pub callee_connected: serde_json::Value,
     /// Everything the callee printed during the call.
     pub callee_events: Vec<serde_json::Value>,
+    /// [`tone_share`] of the whole recordings: (callee heard 440 Hz, caller heard 660 Hz).
+    pub shares: [(f64, f64); 2],
 }
 
 /// The path a party's call settled on first: its `connected` event's, or, when media arrived
@@ -595,12 +597,17 @@ impl CallLab {
                  {events:#?}"
             );
         }
+        let shares = [
+            tone_share(&dir.join("at-bob.wav"), 440.0),
+            tone_share(&dir.join("at-alice.wav"), 660.0),
+        ];
         let _ = std::fs::remove_dir_all(&dir);
         ToneCall {
             dial: d,
             connected,
             callee_connected,
             callee_events,
+            shares,
         }
     }
 }
