@@ -1166,13 +1166,19 @@ impl Agent {
                 }),
             },
             Pending::Route(to, id, Some(payload))
-                if !self.registered && matches!(&resp, Some(Response::Error { code: 403, .. })) =>
+                if matches!(&resp, Some(Response::Error { code: 403, .. })) =>
             {
-                // It overtook our registration: again once registered.
+                // It overtook our registration: again once registered. The refusal can arrive
+                // after the registration did (the first one was lost and the supernode repeats
+                // its cached answer to our retransmission), so this does not ask whether we are
+                // registered now, only whether the route left before we were.
                 self.queued.push_back((
                     Request::CRoute { to, payload },
                     Pending::Route(to, id, None),
                 ));
+                if self.registered {
+                    self.flush_queue(now);
+                }
             }
             Pending::Route(to, id, _) => {
                 let result = match resp {
