@@ -252,11 +252,19 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
             }),
             EndpointEvent::Trace { call, record } => match record {
-                TraceRecord::Sent { ts, opus } => {
-                    json!({"event": "trace", "call": call.to_string(), "dir": "sent", "ts": ts, "opus": hex(opus)})
+                TraceRecord::Sent { ts, opus, at } => {
+                    json!({"event": "trace", "call": call.to_string(), "dir": "sent", "ts": ts, "opus": hex(opus), "unix_ms": unix_ms_of(*at)})
                 }
-                TraceRecord::Received { ts, at_ms, late } => {
-                    json!({"event": "trace", "call": call.to_string(), "dir": "received", "ts": ts, "at_ms": at_ms, "late": late})
+                TraceRecord::Received {
+                    ts,
+                    at_ms,
+                    late,
+                    at,
+                } => {
+                    json!({"event": "trace", "call": call.to_string(), "dir": "received", "ts": ts, "at_ms": at_ms, "late": late, "unix_ms": unix_ms_of(*at)})
+                }
+                TraceRecord::Played { samples, at } => {
+                    json!({"event": "trace", "call": call.to_string(), "dir": "played", "samples": samples, "unix_ms": unix_ms_of(*at)})
                 }
             },
             EndpointEvent::Relay { relayed, server } => {
@@ -311,6 +319,13 @@ pub fn call_of(ev: &DriverEvent) -> Option<CallId> {
         DriverEvent::CaptureEnded(call) | DriverEvent::Dialed(call) => *call,
         DriverEvent::DialFailed(_) | DriverEvent::Refused(_) => return None,
     })
+}
+
+/// The wall-clock time of `at`, in ms since the epoch (0.01 ms steps): trace records of two
+/// processes on one machine compare on it.
+fn unix_ms_of(at: Instant) -> f64 {
+    let ago = Instant::now().saturating_duration_since(at).as_secs_f64() * 1000.0;
+    ((unix_ms() - ago) * 100.0).round() / 100.0
 }
 
 /// The wall clock in Unix milliseconds (0.1 ms steps).

@@ -188,11 +188,21 @@ pub struct MediaSession {
 /// call's sound with what plain concealment or FEC alone would give.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceRecord {
-    /// We sent this Opus packet; `ts` is its 48 kHz timestamp, counted from the first frame.
-    Sent { ts: i64, opus: Vec<u8> },
+    /// We sent this Opus packet at `at`; `ts` is its 48 kHz timestamp, counted from the first
+    /// frame.
+    Sent { ts: i64, opus: Vec<u8>, at: Instant },
     /// An authenticated audio packet with timestamp `ts` arrived `at_ms` after the session
-    /// started (`late`: after its slot was played, so it was not heard).
-    Received { ts: i64, at_ms: u64, late: bool },
+    /// started, at `at` (`late`: after its slot was played, so it was not heard).
+    Received {
+        ts: i64,
+        at_ms: u64,
+        late: bool,
+        at: Instant,
+    },
+    /// A frame of `samples` was handed to playout at `at`. With the sent packets' times this
+    /// gives the pipeline's delay: a sound's place in the recording (every played frame, in
+    /// order) says which played frame carried it, hence when it was played.
+    Played { samples: usize, at: Instant },
 }
 
 impl MediaSession {
@@ -282,8 +292,12 @@ impl MediaSession {
                 }
                 if self.config.trace {
                     let at_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-                    self.trace
-                        .push_back(TraceRecord::Received { ts, at_ms, late });
+                    self.trace.push_back(TraceRecord::Received {
+                        ts,
+                        at_ms,
+                        late,
+                        at: now,
+                    });
                 }
                 // Late packets still arrived: they count for loss and jitter.
                 self.reception.on_packet(opened.index, ts, arrival);
@@ -319,7 +333,7 @@ impl MediaSession {
     /// Captured audio: 48 kHz mono, any number of samples. Every whole frame is encoded, and
     /// sealed and queued unless it is DTX silence. (`now` is unused today; the call-quality
     /// work's send-side rate control will want the capture time.)
-    pub fn send_audio(&mut self, _now: Instant, pcm: &[f32]) -> Result<(), MediaError> {
+    pub fn send_audio(&mut self, now: Instant, pcm: &[f32]) -> Result<(), MediaError> {
         self.pending.extend_from_slice(pcm);
         let mut at = 0;
         let result = loop {
@@ -328,7 +342,7 @@ impl MediaSession {
             if self.pending.len() - at < frame {
                 break Ok(());
             }
-            if let Err(e) = self.encode(at, frame) {
+            if let Err(e) = self.encode(now, at, frame) {
                 break Err(e);
             }
             at += frame;
@@ -338,7 +352,7 @@ impl MediaSession {
     }
 
     /// Encodes `pending[at..at + len]` and queues the packet.
-    fn encode(&mut self, at: usize, len: usize) -> Result<(), MediaError> {
+    fn encode(&mut self, now: Instant, at: usize, len: usize) -> Result<(), MediaError> {
         let ts = self.send_ts as u32;
         self.send_ts += len as i64;
         match self.encoder.encode(&self.pending[at..at + len])? {
@@ -354,6 +368,7 @@ impl MediaSession {
                     self.trace.push_back(TraceRecord::Sent {
                         ts: self.send_ts - len as i64,
                         opus: p.to_vec(),
+                        at: now,
                     });
                 }
                 if let Some(d) = self.sealer.seal(PayloadType::Opus, marker, ts, p) {
@@ -556,7 +571,14 @@ impl MediaSession {
     /// [`PlayoutConfig::frame`]: super::PlayoutConfig::frame
     #[must_use]
     pub fn pop_frame(&mut self, now: Instant) -> Frame {
-        self.jitter.pop(self.clock(now))
+        let frame = self.jitter.pop(self.clock(now));
+        if self.config.trace {
+            self.trace.push_back(TraceRecord::Played {
+                samples: frame.pcm.len(),
+                at: now,
+            });
+        }
+        frame
     }
 
     // ----- settings and state -------------------------------------------------------------
@@ -667,6 +689,48 @@ mod tests {
         s.send_audio(now, &[0.1; 440]).unwrap();
         let d = s.poll_transmit().unwrap();
         assert_eq!(Header::parse(&d).unwrap().timestamp, 960);
+    }
+
+    /// The trace says when each packet left and arrived and when each frame went to playout:
+    /// what the delay bench (`scripts/bench-delay`) measures the pipeline with.
+    #[test]
+    fn the_trace_times_sending_arrival_and_playout() {
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let c = MediaConfig {
+            trace: true,
+            ..MediaConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
+        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        let t1 = t0 + Duration::from_millis(20);
+        a.send_audio(t1, &[0.2; 960]).unwrap();
+        let d = a.poll_transmit().unwrap();
+        let t2 = t1 + Duration::from_millis(7);
+        b.handle_input(t2, &d);
+        let t3 = t2 + Duration::from_millis(40);
+        let frame = b.pop_frame(t3);
+        assert!(
+            matches!(a.poll_trace(), Some(TraceRecord::Sent { ts: 0, at, .. }) if at == t1),
+            "sent at t1"
+        );
+        assert_eq!(
+            b.poll_trace(),
+            Some(TraceRecord::Received {
+                ts: 0,
+                at_ms: 27,
+                late: false,
+                at: t2
+            })
+        );
+        assert_eq!(
+            b.poll_trace(),
+            Some(TraceRecord::Played {
+                samples: frame.pcm.len(),
+                at: t3
+            })
+        );
+        assert_eq!(frame.pcm.len(), 960);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use voxmesh::media::codec::{Decoder, has_fec, packet_samples};
+use voxmesh::media::OpusSettings;
+use voxmesh::media::codec::{Decoder, Encoder, has_fec, packet_samples};
 
 #[derive(Args, Debug)]
 pub struct MediaRefArgs {
@@ -152,6 +153,9 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
         write_wav(&a.out_dir.join(name), &decode(&packets, &got, fill)?)?;
     }
     let with_fec = packets.iter().filter(|(_, p)| has_fec(p)).count();
+    // The codec's own delay: a sound decoded from the packets sits this many samples later
+    // than it was in the sender's input (the delay bench takes it off to find the input time).
+    let lookahead = Encoder::new(OpusSettings::default())?.lookahead()?;
     println!(
         "{}",
         serde_json::json!({
@@ -161,6 +165,7 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
             "late": late,
             "loss_percent": 100.0 * lost as f64 / packets.len().max(1) as f64,
             "with_fec": with_fec,
+            "lookahead_samples": lookahead,
         })
     );
     Ok(())
