@@ -23,7 +23,7 @@ _answer() {
 
     case "${cmd}" in
         answer)
-            opts="-s -v -q -h -V --supernode --identity --host-cache --contacts --bind --name --watch --auto --answer-after --play --record --exec --max-calls --duration --relay-only --events --media-trace --control --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --supernode --identity --host-cache --contacts --bind --name --watch --auto --answer-after --play --record --exec --max-calls --duration --relay-only --events --media-trace --dtx --control --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

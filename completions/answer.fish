@@ -12,10 +12,11 @@ complete -c answer -l exec -d 'Run CMD per call with the call\'s audio on its st
 complete -c answer -l max-calls -d 'Calls at once; beyond, callers get busy' -r
 complete -c answer -l duration -d 'Hang up each call this many seconds after it connects' -r
 complete -c answer -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
-complete -c answer -l media-trace -d 'Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late or not) to this file as JSON lines: what scripts/bench-media decodes offline' -r -F
+complete -c answer -l media-trace -d 'Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival, late or not), and when each frame went to playout, to this file as JSON lines: what scripts/bench-media decodes offline and scripts/bench-delay times' -r -F
 complete -c answer -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
 complete -c answer -l auto -d 'Accept every call at once'
 complete -c answer -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'
+complete -c answer -l dtx -d 'Discontinuous transmission: in silence (and while muted) send a packet only every 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives keep the path open meanwhile'
 complete -c answer -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c answer -s q -l quiet -d 'Log only errors'
 complete -c answer -s h -l help -d 'Print help (see more with \'--help\')'

@@ -3,7 +3,7 @@ complete -c dial -l record -d 'Where to write the audio received: a file, or - f
 complete -c dial -l duration -d 'Hang up this many seconds after the call connects' -r
 complete -c dial -l dtmf -d 'Send these keypad digits (0-9, *, #, A-D) once the call connects' -r
 complete -c dial -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
-complete -c dial -l media-trace -d 'Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late or not) to this file as JSON lines: what scripts/bench-media decodes offline' -r -F
+complete -c dial -l media-trace -d 'Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival, late or not), and when each frame went to playout, to this file as JSON lines: what scripts/bench-media decodes offline and scripts/bench-delay times' -r -F
 complete -c dial -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
 complete -c dial -l ring-timeout -d 'Give up ringing ("no answer", exit 8) after this many seconds' -r
 complete -c dial -l timeout -d 'Give up when no supernode answers (or a --lookup gets no answer) within this many seconds' -r
@@ -14,6 +14,7 @@ complete -c dial -l contacts -d 'Contacts file (aliases for IDs); default next t
 complete -c dial -l bind -d 'Local UDP address to use' -r
 complete -c dial -l lookup -d 'Print the directory record of USER and exit'
 complete -c dial -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'
+complete -c dial -l dtx -d 'Discontinuous transmission: in silence (and while muted) send a packet only every 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives keep the path open meanwhile'
 complete -c dial -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c dial -s q -l quiet -d 'Log only errors'
 complete -c dial -s h -l help -d 'Print help (see more with \'--help\')'

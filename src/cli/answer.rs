@@ -136,10 +136,17 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
-    /// Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late
-    /// or not) to this file as JSON lines: what scripts/bench-media decodes offline.
+    /// Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival,
+    /// late or not), and when each frame went to playout, to this file as JSON lines: what
+    /// scripts/bench-media decodes offline and scripts/bench-delay times.
     #[arg(long = "media-trace", value_name = "FILE")]
     pub media_trace: Option<PathBuf>,
+
+    /// Discontinuous transmission: in silence (and while muted) send a packet only every
+    /// 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives
+    /// keep the path open meanwhile.
+    #[arg(long)]
+    pub dtx: bool,
 
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]
@@ -254,7 +261,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => None,
         };
         let phone = PhoneConfig { max_calls: args.max_calls, ..PhoneConfig::default() };
-        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only, args.media_trace.is_some())).await?;
+        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx)).await?;
         let cmd = running.commands.clone();
         if let Some(name) = &args.name {
             cmd.send(CallCommand::Claim(name.clone())).await.ok();

@@ -96,12 +96,13 @@ pub async fn start_endpoint(
 }
 
 /// The endpoint settings the flags choose.
-pub fn endpoint_config(relay_only: bool, media_trace: bool) -> EndpointConfig {
+pub fn endpoint_config(relay_only: bool, media_trace: bool, dtx: bool) -> EndpointConfig {
     let mut c = EndpointConfig {
         relay_only,
         ..EndpointConfig::default()
     };
     c.media.trace = media_trace;
+    c.media.opus.dtx = dtx;
     c
 }
 

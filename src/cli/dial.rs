@@ -125,10 +125,17 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
-    /// Write every audio packet sent (its Opus bytes) and received (timestamp, arrival, late
-    /// or not) to this file as JSON lines: what scripts/bench-media decodes offline.
+    /// Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival,
+    /// late or not), and when each frame went to playout, to this file as JSON lines: what
+    /// scripts/bench-media decodes offline and scripts/bench-delay times.
     #[arg(long = "media-trace", value_name = "FILE")]
     pub media_trace: Option<PathBuf>,
+
+    /// Discontinuous transmission: in silence (and while muted) send a packet only every
+    /// 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives
+    /// keep the path open meanwhile.
+    #[arg(long)]
+    pub dtx: bool,
 
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]

@@ -99,7 +99,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
             ring_timeout: Duration::from_secs_f64(args.ring_timeout),
             ..PhoneConfig::default()
         },
-        endpoint_config(args.relay_only, args.media_trace.is_some()),
+        endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx),
     )
     .await?;
     let cmd = running.commands.clone();

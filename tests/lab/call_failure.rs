@@ -80,23 +80,26 @@ fn flows(a: &mut Live, b: &mut Live, window: Duration, what: &str) {
     }
 }
 
-/// Places a call from box `from` to `callee` (started `--auto`), the caller playing `a` and
-/// hanging up after `secs` (unless told earlier); returns (caller, callee) once both are
-/// connected.
+/// Places a call from box `from` to `callee` (started `--auto`), the caller with `caller_args`
+/// (`--play FILE` and more) and hanging up after `secs` (unless told earlier); returns
+/// (caller, callee) once both are connected.
 fn call(
     m: &CallLab,
     from: u32,
-    a: &str,
+    caller_args: &[&str],
     callee: Live,
     callee_id: &str,
     tag: &str,
     secs: f64,
 ) -> (Live, Live) {
+    let secs = secs.to_string();
+    let mut args = vec!["--duration", &secs];
+    args.extend_from_slice(caller_args);
     let mut alice = m.dial_live(
         &m.host_ns(from, 0),
         &format!("{tag}-alice"),
         callee_id,
-        &["--play", a, "--duration", &secs.to_string()],
+        &args,
     );
     let mut bob = callee;
     alice
@@ -133,7 +136,7 @@ fn a_relayed_call_ends_with_no_path_within_10_s_when_its_relay_dies() {
     );
     let (a, b) = tones(&m);
     let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", &b]);
-    let (mut alice, mut bob) = call(&m, 1, &a, bob, &bob_id, "relay", 300.0);
+    let (mut alice, mut bob) = call(&m, 1, &["--play", &a], bob, &bob_id, "relay", 300.0);
     assert_eq!(
         alice.seen("connected").unwrap()["path"],
         "relayed",
@@ -436,7 +439,7 @@ fn a_nat_rebinding_mid_call_recovers_within_2_s() {
     );
     let (a, b) = tones(&m);
     let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", &b]);
-    let (mut alice, mut bob) = call(&m, 1, &a, bob, &bob_id, "rebind", 300.0);
+    let (mut alice, mut bob) = call(&m, 1, &["--play", &a], bob, &bob_id, "rebind", 300.0);
     let c = alice.seen("connected").unwrap().clone();
     assert_eq!(c["path"], "direct", "symmetric ↔ full cone: {c}");
     flows(
@@ -581,6 +584,18 @@ fn between(
 /// permission lifetime, 300 s, and the allocation's, 600 s), side by side; the direct call's
 /// caller is muted for the middle third. Prints one JSON line (`long-call: {...}`). Not in the
 /// suite (minutes long).
+/// A tone in 3 s bursts with 3 s of digital silence between (what DTX stops sending in).
+fn bursts(path: &std::path::Path, hz: f64, secs: f64) {
+    let mut w = hound::WavWriter::create(path, crate::support::calls::MONO_48K).unwrap();
+    for i in 0..(48_000.0 * secs) as usize {
+        let on = (i / (3 * 48_000)) % 2 == 0;
+        let v = (2.0 * std::f64::consts::PI * hz * i as f64 / 48_000.0).sin();
+        w.write_sample(if on { (0.3 * v * 32767.0) as i16 } else { 0 })
+            .unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 #[test]
 #[ignore = "minutes long: run by scripts/check-long-call"]
 fn long_calls() {
@@ -592,6 +607,11 @@ fn long_calls() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(900.0);
+    // With DTX (`--dtx` at both ends), the callee talks in 3 s bursts with 3 s of silence
+    // between: in silence it sends a packet only every 400 ms, and the caller's longest gap
+    // (at most 2 s, below) shows the path stayed open and audio resumed after each pause.
+    let dtx = std::env::var("VOXMESH_LONG_CALL_DTX").is_ok_and(|v| v == "1");
+    let extra: &'static [&'static str] = if dtx { &["--dtx"] } else { &[] };
     let run = |nat_a: LabNat, nat_b: LabNat, tag: &'static str, mute: bool| {
         std::thread::spawn(move || {
             let m = CallLab::new(
@@ -600,10 +620,18 @@ fn long_calls() {
             );
             let (a, b) = (m.dir.join("a.wav"), m.dir.join("b.wav"));
             tone(&a, 440.0, secs + 60.0);
-            tone(&b, 660.0, secs + 60.0);
+            if dtx {
+                bursts(&b, 660.0, secs + 60.0);
+            } else {
+                tone(&b, 660.0, secs + 60.0);
+            }
             let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-            let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", b]);
-            let (mut alice, mut bob) = call(&m, 1, a, bob, &bob_id, tag, secs + 120.0);
+            let mut args = vec!["--auto", "--play", b];
+            args.extend_from_slice(extra);
+            let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &args);
+            let mut caller_args = vec!["--play", a];
+            caller_args.extend_from_slice(extra);
+            let (mut alice, mut bob) = call(&m, 1, &caller_args, bob, &bob_id, tag, secs + 120.0);
             let path = alice.seen("connected").unwrap()["path"].clone();
             let window = mute.then_some((secs / 3.0, 2.0 * secs / 3.0));
             let l = hold_call(&mut alice, &mut bob, secs, window);
@@ -659,7 +687,7 @@ fn long_calls() {
     let relayed = run(LabNat::Symmetric, LabNat::Symmetric, "relayed", false);
     let direct = run(LabNat::FullCone, LabNat::PortRestrictedCone, "direct", true);
     let (r, d) = (relayed.join().unwrap(), direct.join().unwrap());
-    let out = serde_json::json!({"seconds": secs, "relayed": r, "direct_muted": d});
+    let out = serde_json::json!({"seconds": secs, "dtx": dtx, "relayed": r, "direct_muted": d});
     println!("long-call: {out}");
     // The acceptance: both calls stay up and lose no audio (after the mute, for the direct one).
     assert_eq!(r["path"], "relayed", "{out}");
