@@ -54,13 +54,16 @@ pub struct RunningCall {
 }
 
 /// Starts an endpoint for `identity`: the agent registers (no standby for a one-call `dial`),
-/// the phone knows the contacts, the socket is bound to `--bind`.
+/// the phone knows the contacts, the socket is bound to `--bind`. `clock_ppm` makes the audio
+/// clock (capture and playout) run that much fast (a test knob: clock drift between two ends
+/// on one machine); 0 normally.
 pub async fn start_endpoint(
     args: &DirectoryArgs,
     identity: Identity,
     mut agent_config: AgentConfig,
     mut phone: PhoneConfig,
     config: EndpointConfig,
+    clock_ppm: f64,
 ) -> anyhow::Result<RunningCall> {
     agent_config.supernodes = args.supernodes().await?;
     let socket = tokio::net::UdpSocket::bind(args.bind)
@@ -86,7 +89,8 @@ pub async fn start_endpoint(
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let (stop, shutdown): (ShutdownSignal, Shutdown) = ShutdownSignal::new();
-    let task = tokio::spawn(run_endpoint(ep, socket, cmd_rx, ev_tx, shutdown));
+    let tick = crate::net::drivers::call::audio_tick(clock_ppm);
+    let task = tokio::spawn(run_endpoint(ep, socket, cmd_rx, ev_tx, shutdown, tick));
     Ok(RunningCall {
         commands: cmd_tx,
         events: ev_rx,
@@ -251,6 +255,9 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 "rtt_ms": s.rtt_ms, "dropped": s.drops.total(), "forged": s.drops.forged,
                 "replayed": s.drops.duplicate + s.drops.too_old,
                 "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
+                "buffer_ms": (s.playout.delay_ms * 10.0).round() / 10.0,
+                "drift_ppm": s.playout.drift_ppm.round(),
+                "accelerated": s.playout.accelerate,
             }),
             EndpointEvent::Trace { call, record } => match record {
                 TraceRecord::Sent { ts, opus, at } => {

@@ -137,6 +137,17 @@ pub struct Args {
     #[arg(long)]
     pub dtx: bool,
 
+    /// Test knob: run this end's audio clock (capture and playout ticks) this many ppm fast,
+    /// to measure clock drift between two ends that share one machine's clock.
+    #[arg(
+        long = "clock-ppm",
+        value_name = "PPM",
+        default_value_t = 0.0,
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    pub clock_ppm: f64,
+
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]
     pub control: Option<PathBuf>,

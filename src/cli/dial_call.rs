@@ -100,6 +100,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
             ..PhoneConfig::default()
         },
         endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx),
+        args.clock_ppm,
     )
     .await?;
     let cmd = running.commands.clone();

@@ -44,9 +44,10 @@
 //! audio side stalls so that the offset passes the delay bound with packets waiting, the stale
 //! ones are dropped at once rather than played late or fast.
 //!
-//! What the call-quality work will change, and where: time-stretching instead of whole-frame
-//! accelerate/expand (the decisions in `step`), and clock drift (the transit window already
-//! follows a drifting offset; a resampler would absorb it between the decoder and the FIFO).
+//! Clock drift between the sender's clock and our playout is absorbed between the FIFO and the
+//! frames handed out: [`Drift`] estimates it over a minute and reads the decoded audio at a
+//! ratio within ±0.1 %, so a drifting call needs no periodic accelerate or expand. (Whole-frame
+//! accelerate/expand remain for jitter; time-stretching them is still to come.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -55,6 +56,7 @@ use serde::Serialize;
 
 use super::codec::{Decoder, RATE, has_fec, packet_samples};
 use super::config::PlayoutConfig;
+use super::drift::Drift;
 
 /// Concealment granularity: Opus decodes in multiples of 2.5 ms.
 const GRAIN: i64 = 120;
@@ -117,6 +119,9 @@ pub struct PlayoutStats {
     pub target_delay_ms: f64,
     /// Buffering over the fastest recent packet at the last frame, ms.
     pub delay_ms: f64,
+    /// The clock drift being absorbed: how much faster (positive) the sender's clock runs
+    /// than our playout, ppm (0 within the dead band).
+    pub drift_ppm: f64,
 }
 
 struct Buffered {
@@ -155,6 +160,9 @@ pub struct JitterBuffer {
     /// Concealed slots since the last packet played, with nothing buffered and the delay bound
     /// reached: relabelled comfort noise if the gap turns out to be silence.
     waiting_run: u64,
+    /// Clock drift between the sender and our playout, absorbed by reading the decoded audio
+    /// a little faster or slower (see [`Drift`]).
+    drift: Drift,
     stats: PlayoutStats,
 }
 
@@ -176,6 +184,7 @@ impl JitterBuffer {
             last_kind: FrameKind::Idle,
             expand_run: 0,
             waiting_run: 0,
+            drift: Drift::default(),
             stats: PlayoutStats::default(),
         }
     }
@@ -210,6 +219,7 @@ impl JitterBuffer {
         }
         self.transits.push_back((arrival - ts, fec));
         self.fec_in_window += usize::from(fec);
+        self.drift.on_packet(ts, arrival);
         if self.next_ts.is_some_and(|n| ts < n) {
             return Err(Refused::Late);
         }
@@ -245,11 +255,18 @@ impl JitterBuffer {
         t.sort_unstable();
         let q = t[((t.len() - 1) as f64 * self.cfg.quantile).round() as usize];
         let min = t[0];
-        let margin = if self.fec_in_window > 0 {
+        let mut margin = if self.fec_in_window > 0 {
             self.last_dur
         } else {
             0
         };
+        if self.drift.correction() < 0.0 {
+            // A slow sender: we read slower than we decode, so leftover audio builds up in the
+            // FIFO and a packet is decoded up to a frame before its slot plays. It must be
+            // here by then; otherwise each packet arrives a little later than the last until
+            // one misses its decode, and that glitch comes back every frame's worth of drift.
+            margin += self.last_dur;
+        }
         Some(((q + margin).min(min + self.max_delay()), min))
     }
 
@@ -294,10 +311,11 @@ impl JitterBuffer {
     /// The next frame of playout at `now` (samples on our clock).
     pub fn pop(&mut self, now: i64) -> Frame {
         let want = self.cfg.frame.samples();
+        let need = self.drift.needs(want);
         let mut first: Option<FrameKind> = None;
         // Each step yields audio or consumes a packet, so this ends; the bound is a backstop.
         for _ in 0..4 * self.cfg.capacity + 16 {
-            if self.fifo.len() >= want {
+            if self.fifo.len() >= need {
                 break;
             }
             let before = self.fifo.len();
@@ -316,7 +334,8 @@ impl JitterBuffer {
                 self.stats.delay_ms = ms(now - n - min).max(0.0);
             }
         }
-        if self.fifo.len() < want {
+        self.stats.drift_ppm = self.drift.correction() * 1e6;
+        if self.fifo.len() < need {
             // Not started: silence, and the decoder stays untouched.
             self.stats.idle_frames += 1;
             let mut pcm: Vec<f32> = self.fifo.drain(..).collect();
@@ -330,7 +349,7 @@ impl JitterBuffer {
             self.last_kind = k;
         }
         Frame {
-            pcm: self.fifo.drain(..want).collect(),
+            pcm: self.drift.take(now, &mut self.fifo, want),
             kind: self.last_kind,
         }
     }
@@ -495,4 +514,67 @@ impl JitterBuffer {
 /// Samples of `d` at 48 kHz.
 pub fn samples_of(d: Duration) -> i64 {
     (d.as_nanos() * u128::from(RATE) / 1_000_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::OpusSettings;
+    use crate::media::codec::{Encoded, Encoder};
+
+    /// Ten minutes of a steady tone from a sender whose clock is `ppm` off ours, each packet
+    /// arriving 20 ms after it was sent. Returns (accelerates, expands and concealments after
+    /// the first minute, mean buffering of minute 10 less that of minute 3 in ms).
+    fn drifting(ppm: f64) -> (u64, u64, f64) {
+        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
+        let tone: Vec<f32> = (0..960).map(|i| (i as f32 * 0.0575).sin() * 0.3).collect();
+        let payload = match enc.encode(&tone).unwrap() {
+            Encoded::Packet(p) => p.to_vec(),
+            Encoded::Dtx => panic!("a tone is not silence"),
+        };
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        let (mut seq, mut sent_at) = (0u64, 0.0f64);
+        let mut minute_one = PlayoutStats::default();
+        let mean = |d: &[f64]| d.iter().sum::<f64>() / d.len() as f64;
+        let (mut third, mut tenth) = (Vec::new(), Vec::new());
+        for pop in 0..30_000i64 {
+            let now = pop * 960;
+            // The sender's 20 ms are 960 / (1 + ppm) of our samples.
+            while sent_at + 960.0 <= now as f64 {
+                let ts = seq as i64 * 960;
+                jb.insert(sent_at as i64 + 960, seq, ts, payload.clone())
+                    .unwrap();
+                seq += 1;
+                sent_at += 960.0 / (1.0 + ppm * 1e-6);
+            }
+            let _ = jb.pop(now);
+            let s = jb.stats();
+            match pop / 3000 {
+                1 if pop == 3000 => minute_one = s.clone(),
+                2 => third.push(s.delay_ms),
+                9 => tenth.push(s.delay_ms),
+                _ => {}
+            }
+        }
+        let s = jb.stats();
+        (
+            s.accelerate - minute_one.accelerate,
+            s.expand + s.plc - minute_one.expand - minute_one.plc,
+            mean(&tenth) - mean(&third),
+        )
+    }
+
+    /// A sender 100 ppm fast or slow: no periodic accelerate or expand (a 20 ms glitch every
+    /// 200 s uncorrected), and the buffering does not grow or shrink over the call.
+    #[test]
+    fn clock_drift_is_absorbed_without_glitches_or_a_growing_delay() {
+        for ppm in [100.0, -100.0] {
+            let (accelerated, concealed, grew_ms) = drifting(ppm);
+            assert_eq!((accelerated, concealed), (0, 0), "{ppm} ppm");
+            assert!(
+                grew_ms.abs() < 5.0,
+                "{ppm} ppm: the delay moved {grew_ms:.1} ms"
+            );
+        }
+    }
 }

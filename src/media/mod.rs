@@ -22,6 +22,7 @@
 
 pub mod codec;
 mod config;
+mod drift;
 mod dtmf;
 mod jitter;
 pub mod packet;

@@ -27,6 +27,12 @@ use crate::signal::Target;
 pub const FRAME: usize = 960;
 const TICK: Duration = Duration::from_millis(20);
 
+/// The audio clock's tick: 20 ms, or `ppm` shorter (a clock that fast; negative: slow). A test
+/// knob: two ends on one machine share its clock, so drift between sound cards is made here.
+pub fn audio_tick(ppm: f64) -> Duration {
+    TICK.div_f64(1.0 + ppm.clamp(-10_000.0, 10_000.0) * 1e-6)
+}
+
 /// A call's audio: frames to send (closed: the source ended) and frames played.
 pub struct CallAudio {
     pub capture: Option<mpsc::Receiver<Vec<f32>>>,
@@ -78,12 +84,13 @@ pub async fn run_endpoint(
     mut commands: mpsc::Receiver<CallCommand>,
     events: mpsc::Sender<DriverEvent>,
     mut shutdown: Shutdown,
+    tick_every: Duration,
 ) -> io::Result<Endpoint> {
     let mut buf = vec![0u8; 2048];
     let mut streams = Streams::new();
     let mut relay_streams = Streams::with(Framing::Turn);
     let mut audio: HashMap<CallId, Attached> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut commands_open = true;
     loop {
