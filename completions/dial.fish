@@ -4,6 +4,7 @@ complete -c dial -l duration -d 'Hang up this many seconds after the call connec
 complete -c dial -l dtmf -d 'Send these keypad digits (0-9, *, #, A-D) once the call connects' -r
 complete -c dial -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
 complete -c dial -l media-trace -d 'Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival, late or not), and when each frame went to playout, to this file as JSON lines: what scripts/bench-media decodes offline and scripts/bench-delay times' -r -F
+complete -c dial -l clock-ppm -d 'Test knob: run this end\'s audio clock (capture and playout ticks) this many ppm fast, to measure clock drift between two ends that share one machine\'s clock' -r
 complete -c dial -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
 complete -c dial -l ring-timeout -d 'Give up ringing ("no answer", exit 8) after this many seconds' -r
 complete -c dial -l timeout -d 'Give up when no supernode answers (or a --lookup gets no answer) within this many seconds' -r
