@@ -33,8 +33,9 @@
 
 mod defaults;
 mod grant;
+pub mod probe;
 mod promoter;
-mod rng;
+pub(crate) mod rng;
 
 pub use defaults::{Config, GrantConfig};
 pub use grant::{GrantBook, Need, NeedInputs, need};

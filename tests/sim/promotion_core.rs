@@ -468,3 +468,95 @@ fn grant_book_rate_limits_and_expires() {
     // Unconfirmed grants expire and free their slots.
     assert!(book.request(t1 + g.ttl, &3u32, Role::Relay, &need));
 }
+
+// ---- the supernode's side, through the real supernode core and client agent ----
+
+mod through_supernode {
+    use std::time::Duration;
+
+    use crate::support::mesh::World;
+    use voxmesh::client::AgentEvent;
+    use voxmesh::roles::{Role, probe};
+    use voxmesh::signal::{RolesAnswer, RolesRequest};
+
+    /// Asks `req` through client `c` and waits (bounded by the session's retransmissions) for
+    /// the answer.
+    fn ask(w: &mut World, c: usize, req: RolesRequest) -> RolesAnswer {
+        let now = w.now;
+        w.agent(c).roles(now, req);
+        let mut got = None;
+        let done = w.run_until(Duration::from_secs(10), |w| {
+            for e in w.take_events(c) {
+                if let AgentEvent::Roles(r) = e {
+                    got = Some(r);
+                }
+            }
+            got.is_some()
+        });
+        assert!(done, "no answer");
+        got.unwrap().expect("answered")
+    }
+
+    #[test]
+    fn need_dial_back_and_grants() {
+        let mut w = World::new();
+        let (sn, key, addr) = w.add_supernode(&[]);
+        let clients: Vec<usize> = (0..6)
+            .map(|_| w.add_client(vec![(key, addr)], true))
+            .collect();
+        assert!(w.run_until(Duration::from_secs(20), |w| {
+            w.sn(sn).status().clients == clients.len()
+        }));
+        let a = clients[0];
+        let b = clients[1];
+        let RolesAnswer::Need(n) = ask(&mut w, a, RolesRequest::Need) else {
+            panic!("not a need")
+        };
+        assert_eq!(
+            (n.supernodes_wanted, n.supernodes_have),
+            (3, 1),
+            "the floor of 3"
+        );
+        assert_eq!((n.relays_wanted, n.relays_have), (4, 0));
+
+        // Dial-back: the probe goes to the session's source, from the driver's own socket.
+        let RolesAnswer::DialBack { reflexive } = ask(&mut w, a, RolesRequest::DialBack) else {
+            panic!("not a dial-back")
+        };
+        assert_eq!(reflexive, w.addr(a));
+        let (to, data) = w.sn_mut(sn).poll_probe().expect("a probe");
+        assert_eq!(to, w.addr(a));
+        let nonce = probe::decode(&data).expect("a probe datagram");
+        assert!(w.sn_mut(sn).poll_probe().is_none(), "one probe per request");
+
+        let id_a = w.fresh_identity().id();
+        let promote = |proof, id| RolesRequest::Promote {
+            role: Role::Relay,
+            proof,
+            id,
+        };
+        let granted = |ans| match ans {
+            RolesAnswer::Grant { granted, .. } => granted,
+            other => panic!("not a grant: {other:?}"),
+        };
+        assert!(
+            !granted(ask(&mut w, a, promote(nonce ^ 1, id_a))),
+            "a wrong proof is refused"
+        );
+        assert!(granted(ask(&mut w, a, promote(nonce, id_a))));
+
+        // Another eligible client at once: rate limited; after the interval, granted.
+        let _ = ask(&mut w, b, RolesRequest::DialBack);
+        let (_, data) = w.sn_mut(sn).poll_probe().expect("a probe");
+        let nonce_b = probe::decode(&data).unwrap();
+        let id_b = w.fresh_identity().id();
+        assert!(!granted(ask(&mut w, b, promote(nonce_b, id_b))));
+        w.run(Duration::from_secs(2));
+        assert!(granted(ask(&mut w, b, promote(nonce_b, id_b))));
+        // Without a proof from a dial-back, no grant.
+        let c = clients[2];
+        w.run(Duration::from_secs(2));
+        let id_c = w.fresh_identity().id();
+        assert!(!granted(ask(&mut w, c, promote(nonce, id_c))));
+    }
+}
