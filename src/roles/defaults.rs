@@ -67,7 +67,38 @@ impl Default for Config {
     }
 }
 
+/// The load ramp of a new supernode: it accepts `start_clients` at once and grows linearly to
+/// `max_clients` over `over`, so a fresh node is not flooded by every client that fails over
+/// or spreads out at once (and a node that fails under load early costs few clients).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ramp {
+    pub start_clients: u32,
+    pub max_clients: u32,
+    pub over: Duration,
+}
+
+impl Ramp {
+    /// Clients accepted `elapsed` after the role was taken.
+    pub fn limit(&self, elapsed: Duration) -> u32 {
+        let (lo, hi) = (self.start_clients, self.max_clients);
+        if self.over.is_zero() || hi <= lo {
+            return hi.max(lo);
+        }
+        let f = (elapsed.as_secs_f64() / self.over.as_secs_f64()).min(1.0);
+        lo + (f64::from(hi - lo) * f) as u32
+    }
+}
+
 impl Config {
+    /// The supernode role's load ramp.
+    pub fn ramp(&self) -> Ramp {
+        Ramp {
+            start_clients: self.ramp_start_clients,
+            max_clients: self.supernode_max_clients,
+            over: self.ramp,
+        }
+    }
+
     /// The test and operator knob `--promote-after`: both uptimes become `after`, the jitter a
     /// quarter of it and the ramp `after`; tenure stays at least ten times `after`.
     pub fn with_promote_after(mut self, after: Duration) -> Self {

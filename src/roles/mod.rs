@@ -37,7 +37,7 @@ pub mod probe;
 mod promoter;
 pub(crate) mod rng;
 
-pub use defaults::{Config, GrantConfig};
+pub use defaults::{Config, GrantConfig, Ramp};
 pub use grant::{GrantBook, Need, NeedInputs, need};
 pub use promoter::{Event, Input, Promoter, Reachability};
 

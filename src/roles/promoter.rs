@@ -140,13 +140,7 @@ impl Promoter {
         let Some(since) = self.roles[idx(Role::Supernode)].held_since else {
             return 0;
         };
-        let (lo, hi) = (self.cfg.ramp_start_clients, self.cfg.supernode_max_clients);
-        if self.cfg.ramp.is_zero() || hi <= lo {
-            return hi.max(lo);
-        }
-        let f = now.saturating_duration_since(since).as_secs_f64() / self.cfg.ramp.as_secs_f64();
-        let grown = (f64::from(hi - lo) * f.min(1.0)) as u32;
-        lo + grown
+        self.cfg.ramp().limit(now.saturating_duration_since(since))
     }
 
     // ---- inputs ----

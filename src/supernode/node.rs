@@ -81,6 +81,10 @@ pub struct NodeConfig {
     pub registration_lifetime: Duration,
     /// How many relays and supernodes the mesh wants, and how grants are handed out.
     pub grants: GrantConfig,
+    /// A promoted supernode's load ramp ([`crate::roles::Ramp`]), from the core's start:
+    /// registrations beyond it are refused (503) and the client registers elsewhere. `None`
+    /// (a `supernoded`): no ramp.
+    pub client_ramp: Option<crate::roles::Ramp>,
 }
 
 impl NodeConfig {
@@ -95,6 +99,7 @@ impl NodeConfig {
             relay_credential_lifetime: Duration::from_secs(600),
             registration_lifetime: Duration::from_secs(3600),
             grants: GrantConfig::default(),
+            client_ramp: None,
         }
     }
 }
@@ -164,6 +169,8 @@ pub struct Supernode {
     relays: Relays,
     /// Need, dial-back and grants.
     promotion: Promotion,
+    /// When the core started (the load ramp's origin).
+    started: Instant,
     counters: NodeCounters,
 }
 
@@ -191,6 +198,7 @@ impl Supernode {
         let promotion = Promotion::new(config.grants.clone(), mesh_seed ^ 0x5eed);
         let mut node = Supernode {
             promotion,
+            started: now,
             me,
             key,
             dir: Directory::new(config.max_users),
@@ -830,6 +838,14 @@ impl Supernode {
         };
         if rec.payload.supernode != self.me {
             return self.error(now, sid, txn, 400, "registration names another supernode");
+        }
+        if let Some(ramp) = self.config.client_ramp
+            && self.clients.session_of(&peer).is_none()
+            && self.clients.len()
+                >= ramp.limit(now.saturating_duration_since(self.started)) as usize
+        {
+            self.counters.refuse("ramping up");
+            return self.error(now, sid, txn, 503, "ramping up: register elsewhere");
         }
         self.counters.registrations += 1;
         let entry = self.own_entry(record.into(), true, self.unix(now));

@@ -559,4 +559,35 @@ mod through_supernode {
         let id_c = w.fresh_identity().id();
         assert!(!granted(ask(&mut w, c, promote(nonce, id_c))));
     }
+
+    #[test]
+    fn a_new_supernode_ramps_its_client_load() {
+        let mut w = World::new();
+        let (_, key0, addr0) = w.add_supernode(&[]);
+        let id = w.fresh_identity();
+        let (ramped, key, addr) = w.add_supernode_config(&id, &[(key0, addr0)], |c| {
+            c.client_ramp = Some(voxmesh::roles::Ramp {
+                start_clients: 2,
+                max_clients: 4,
+                over: Duration::from_secs(60),
+            });
+        });
+        w.run(Duration::from_secs(5));
+        // Three clients that try the new supernode first: two fit, the third moves on.
+        let clients: Vec<usize> = (0..3)
+            .map(|_| w.add_client(vec![(key, addr), (key0, addr0)], true))
+            .collect();
+        let registered = |w: &mut World, c: &[usize]| c.iter().all(|i| w.agent(*i).is_registered());
+        assert!(w.run_until(Duration::from_secs(20), |w| registered(w, &clients)));
+        assert_eq!(w.sn(ramped).status().clients, 2, "the ramp starts at 2");
+        assert_eq!(
+            w.sn(ramped).status().counters.refused.get("ramping up"),
+            Some(&1)
+        );
+        // Half way through the ramp it takes a third.
+        w.run(Duration::from_secs(30));
+        let late = w.add_client(vec![(key, addr), (key0, addr0)], true);
+        assert!(w.run_until(Duration::from_secs(20), |w| w.agent(late).is_registered()));
+        assert_eq!(w.sn(ramped).status().clients, 3);
+    }
 }

@@ -180,7 +180,8 @@ pub async fn run_roles(
                 Event::BecomeSupernode => {
                     let ip = promoted_ip(local, reflexive_ip);
                     let known = agent.known_supernodes().to_vec();
-                    match start_supernode(&setup.supernode_identity, ip, known) {
+                    let ramp = setup.config.ramp();
+                    match start_supernode(&setup.supernode_identity, ip, known, ramp) {
                         Ok((h, entry)) => {
                             supernode = Some(h);
                             notify(&notices, Role::Supernode, None, Some(entry)).await;
@@ -453,6 +454,7 @@ fn start_supernode(
     identity: &Identity,
     ip: IpAddr,
     bootstrap: Vec<(NodeKey, SocketAddr)>,
+    ramp: crate::roles::Ramp,
 ) -> io::Result<(Hosted, String)> {
     let (stop, shutdown) = ShutdownSignal::new();
     let (tx, rx) = std::sync::mpsc::channel::<io::Result<String>>();
@@ -485,9 +487,11 @@ fn start_supernode(
                     let _ = tx.send(Err(io::Error::other("no supernode socket")));
                     return;
                 };
+                let mut node_config = NodeConfig::new(addr);
+                node_config.client_ramp = Some(ramp);
                 let core = Supernode::new(
                     &identity,
-                    NodeConfig::new(addr),
+                    node_config,
                     &bootstrap,
                     Instant::now(),
                     unix_now(),
