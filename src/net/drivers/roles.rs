@@ -268,17 +268,26 @@ pub async fn run_roles(
     }
     let now = Instant::now();
     promoter.shutdown(now);
+    // Every role is told to stop at once, then waited for: a relay draining its allocations
+    // must not delay the supernode's goodbye, which is what moves its clients.
+    let mut stopping = Vec::new();
     while let Some(ev) = promoter.poll_event() {
         if let Event::Demote { role, reason } = ev {
             let hosted = match role {
                 Role::Relay => relay.take(),
                 Role::Supernode => supernode.take(),
             };
-            if let Some(h) = hosted {
-                h.stop().await;
+            if let Some(h) = &hosted {
+                h.stop.trigger();
             }
-            notify(&notices, role, Some(reason), None).await;
+            stopping.push((role, reason, hosted));
         }
+    }
+    for (role, reason, hosted) in stopping {
+        if let Some(h) = hosted {
+            h.stop().await;
+        }
+        notify(&notices, role, Some(reason), None).await;
     }
     agent.close(now);
     while let Some(t) = agent.poll_transmit() {
