@@ -581,6 +581,12 @@ impl Agent {
         self.ask(now, Request::CRelays, Pending::Relays);
     }
 
+    /// Asks the primary for the mesh's members (merged into [`Agent::known_supernodes`]): for
+    /// an agent that does not register, which otherwise never asks.
+    pub fn members(&mut self, now: Instant) {
+        self.ask(now, Request::CMembers, Pending::Members);
+    }
+
     /// A promotion request ([`crate::roles`]) to the primary; answered by [`AgentEvent::Roles`].
     pub fn roles(&mut self, now: Instant, req: signal::RolesRequest) {
         self.ask(now, Request::CRoles(req), Pending::Roles);

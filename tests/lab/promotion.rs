@@ -203,6 +203,37 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         }
     }
 
+    // The bootstrap sees it too: 3 live members, 4 relays (the roles' hellos and joins).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let out = m
+            .lab
+            .command(&m.lab.server_ns(), env!("CARGO_BIN_EXE_supernoded"))
+            .args(["status", "--json", "--control"])
+            .arg(dir.join("sn.sock"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let members = v["members"].as_array().map_or(0, Vec::len);
+        let relays = v["relays"].as_array().map_or(0, Vec::len);
+        // Membership settles within a SWIM round of the join; bounded by `deadline`.
+        if (members == 3 && relays == 4) || Instant::now() >= deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    assert_eq!(
+        status["relays"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
+
     // A call between two symmetric-NAT hosts: only a relay connects them, and only clients relay.
     let c = m.tone_call(8, 9, &[], "sym");
     assert_eq!(

@@ -73,10 +73,12 @@ const PROBE_WAIT: Duration = Duration::from_secs(3);
 /// How long a stopping role gets to redirect its clients and say goodbye.
 const ROLE_STOP: Duration = Duration::from_secs(3);
 
-/// A hosted role: its thread and its stop signal.
+/// A hosted role: its thread and its stop signal; for the relay, where supernodes that
+/// joined later go (its link authorises them too).
 struct Hosted {
     stop: ShutdownSignal,
     thread: std::thread::JoinHandle<()>,
+    more: Option<mpsc::Sender<(NodeKey, SocketAddr)>>,
 }
 
 impl Hosted {
@@ -240,6 +242,16 @@ pub async fn run_roles(
                 // change (a laptop moving to a NAT) demotes within that.
                 if polls % 10 == 0 {
                     agent.roles(now, RolesRequest::DialBack);
+                    agent.members(now);
+                }
+                // The hosted relay authorises every supernode the mesh lists, also those that
+                // joined after it started (their clients need relay offers too).
+                if let Some(h) = &relay
+                    && let Some(more) = &h.more
+                {
+                    for (key, addr) in agent.known_supernodes() {
+                        let _ = more.try_send((*key, *addr));
+                    }
                 }
                 polls += 1;
             }
@@ -359,6 +371,7 @@ fn start_relay(
 ) -> io::Result<(Hosted, SocketAddr)> {
     let (stop, shutdown) = ShutdownSignal::new();
     let (tx, rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+    let (more_tx, more_rx) = mpsc::channel(64);
     let identity = setup.relay_identity.clone();
     let allow = setup.relay_allow_peer.clone();
     // `--max-relay-kbps` caps each allocation's rate (bytes/s both ways) at the role's budget.
@@ -421,6 +434,7 @@ fn start_relay(
                     link_socket,
                     load.clone(),
                     secrets_tx,
+                    Some(more_rx),
                     shutdown.clone(),
                 ));
                 let (upd_tx, upd_rx) = mpsc::channel(4);
@@ -451,7 +465,14 @@ fn start_relay(
             });
         })?;
     match rx.recv_timeout(ROLE_STOP) {
-        Ok(Ok(addr)) => Ok((Hosted { stop, thread }, addr)),
+        Ok(Ok(addr)) => Ok((
+            Hosted {
+                stop,
+                thread,
+                more: Some(more_tx),
+            },
+            addr,
+        )),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::other("the relay role did not start")),
     }
@@ -536,7 +557,14 @@ fn start_supernode(
             });
         })?;
     match rx.recv_timeout(ROLE_STOP) {
-        Ok(Ok(entry)) => Ok((Hosted { stop, thread }, entry)),
+        Ok(Ok(entry)) => Ok((
+            Hosted {
+                stop,
+                thread,
+                more: None,
+            },
+            entry,
+        )),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::other("the supernode role did not start")),
     }
