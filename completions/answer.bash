@@ -23,7 +23,7 @@ _answer() {
 
     case "${cmd}" in
         answer)
-            opts="-s -v -q -h -V --supernode --identity --host-cache --contacts --bind --name --watch --auto --answer-after --play --record --exec --max-calls --duration --relay-only --events --media-trace --dtx --control --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --supernode --identity --host-cache --contacts --bind --name --watch --auto --answer-after --play --record --exec --max-calls --duration --relay-only --events --media-trace --dtx --control --no-relay --no-supernode --max-relay-kbps --uplink-kbps --promote-after --cpu-headroom --relay-allow-peer --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -94,6 +94,26 @@ _answer() {
                     return 0
                     ;;
                 --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-relay-kbps)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --uplink-kbps)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --promote-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cpu-headroom)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --relay-allow-peer)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -14,9 +14,16 @@ complete -c answer -l duration -d 'Hang up each call this many seconds after it 
 complete -c answer -l events -d 'Write events here instead of stdout (needed when stdout carries audio)' -r -F
 complete -c answer -l media-trace -d 'Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival, late or not), and when each frame went to playout, to this file as JSON lines: what scripts/bench-media decodes offline and scripts/bench-delay times' -r -F
 complete -c answer -l control -d 'Read control commands (JSON lines) from this file, or - for stdin' -r -F
+complete -c answer -l max-relay-kbps -d 'Relay at most this many kbit/s (each relayed allocation is capped to it; below 1024 the relay role is never taken)' -r
+complete -c answer -l uplink-kbps -d 'Spare uplink this host offers, in kbit/s (declared, not measured)' -r
+complete -c answer -l promote-after -d 'Test and operator knob: promote after this many seconds of stable uptime instead of 5 min (relay) and 15 min (supernode); the jitter becomes a quarter of it' -r
+complete -c answer -l cpu-headroom -d 'Test knob: take this CPU headroom (0-1) as measured instead of reading /proc/stat' -r
+complete -c answer -l relay-allow-peer -d 'Test knob: the hosted relay may relay to this block (as relayd\'s --allow-peer)' -r
 complete -c answer -l auto -d 'Accept every call at once'
 complete -c answer -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'
 complete -c answer -l dtx -d 'Discontinuous transmission: in silence (and while muted) send a packet only every 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives keep the path open meanwhile'
+complete -c answer -l no-relay -d 'Never become a relay for other users\' calls'
+complete -c answer -l no-supernode -d 'Never become a supernode (a directory node of the mesh)'
 complete -c answer -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c answer -s q -l quiet -d 'Log only errors'
 complete -c answer -s h -l help -d 'Print help (see more with \'--help\')'

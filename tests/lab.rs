@@ -24,5 +24,7 @@ mod mesh_lab;
 mod natprobe_lab;
 #[path = "lab/netem.rs"]
 mod netem;
+#[path = "lab/promotion.rs"]
+mod promotion;
 #[path = "lab/relayd_lab.rs"]
 mod relayd_lab;

@@ -17,6 +17,8 @@ mod media_pair;
 mod mesh_sim;
 #[path = "sim/probe_sim.rs"]
 mod probe_sim;
+#[path = "sim/promotion_core.rs"]
+mod promotion_core;
 #[path = "sim/session_pair.rs"]
 mod session_pair;
 #[path = "sim/session_security.rs"]

@@ -28,6 +28,18 @@ use crate::net::drivers::call::{CallAudio, CallCommand, DriverEvent};
 use crate::net::drivers::client::write_host_cache;
 use crate::signal::{Registration, Target};
 
+/// A role taken or given up (the driver's notice; a plain record without the roles driver).
+#[cfg(all(feature = "relay", feature = "supernode"))]
+use crate::net::drivers::roles::RoleNotice;
+#[cfg(not(all(feature = "relay", feature = "supernode")))]
+#[derive(Debug)]
+pub struct RoleNotice {
+    pub role: crate::roles::Role,
+    pub on: bool,
+    pub reason: Option<crate::roles::DemoteReason>,
+    pub serves: Option<String>,
+}
+
 const EXIT_CODES: &str = "\
 Events (one JSON object per line on stdout, or --events FILE):
   {\"event\":\"registered\",\"supernode\":\"vx1...\",\"addr\":\"HOST:PORT\",\"failover\":false,\"user\":\"vx1...\"}
@@ -40,6 +52,20 @@ Events (one JSON object per line on stdout, or --events FILE):
   {\"event\":\"dtmf\",\"call\":\"...\",\"digit\":\"5\"}  {\"event\":\"stats\",...}
   {\"event\":\"ended\",\"call\":\"...\",\"reason\":\"remote-hangup\",\"exit\":0}
   {\"event\":\"error\",\"message\":\"...\"}
+  {\"event\":\"role\",\"role\":\"relay\",\"state\":\"on\",\"reason\":null,\"serves\":\"HOST:PORT\"}
+  {\"event\":\"role\",\"role\":\"supernode\",\"state\":\"off\",\"reason\":\"shutdown\",\"serves\":null}
+      (serves: the relay's address, or the supernode's KEY@HOST:PORT entry; reasons: refused,
+      unreachable, bandwidth, cpu, surplus, shutdown)
+
+Roles: a client whose address is public (proved by a supernode's dial-back probe from a
+port it never contacted) and that has spare uplink (--uplink-kbps, at least 1024 kbit/s for
+the relay role) becomes a relay after 5 minutes of stable uptime, and a supernode after 15
+minutes with at least 50 % CPU idle, when the mesh wants more of them (3 supernodes at least,
+so every record has 3 homes; 4 relays at least) and a supernode grants it. It keeps a role
+30 minutes at least unless refused, unreachable or stopping; on SIGTERM a supernode role
+leaves the mesh, whose members tell its clients to register elsewhere. --no-relay,
+--no-supernode and --max-relay-kbps refuse or cap. The roles run under their own identities,
+KEYFILE-relay.key and KEYFILE-supernode.key next to the key file.
 
 Control (--control FILE or -, one JSON object per line; \"call\" may be left out when one call
 is up or ringing):
@@ -153,6 +179,9 @@ pub struct Args {
     pub control: Option<PathBuf>,
 
     #[command(flatten)]
+    pub roles: RoleArgs,
+
+    #[command(flatten)]
     pub verbosity: Verbosity,
 }
 
@@ -173,6 +202,40 @@ pub fn main() -> ExitCode {
             },
         ),
     }
+}
+
+/// Promotion: whether and how this client may become a relay or a supernode.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RoleArgs {
+    /// Never become a relay for other users' calls.
+    #[arg(long = "no-relay")]
+    pub no_relay: bool,
+
+    /// Never become a supernode (a directory node of the mesh).
+    #[arg(long = "no-supernode")]
+    pub no_supernode: bool,
+
+    /// Relay at most this many kbit/s (each relayed allocation is capped to it; below 1024 the
+    /// relay role is never taken).
+    #[arg(long = "max-relay-kbps", value_name = "N")]
+    pub max_relay_kbps: Option<u32>,
+
+    /// Spare uplink this host offers, in kbit/s (declared, not measured).
+    #[arg(long = "uplink-kbps", value_name = "N", default_value_t = 2048)]
+    pub uplink_kbps: u32,
+
+    /// Test and operator knob: promote after this many seconds of stable uptime instead of
+    /// 5 min (relay) and 15 min (supernode); the jitter becomes a quarter of it.
+    #[arg(long = "promote-after", value_name = "SECONDS", hide = true)]
+    pub promote_after: Option<f64>,
+
+    /// Test knob: take this CPU headroom (0-1) as measured instead of reading /proc/stat.
+    #[arg(long = "cpu-headroom", value_name = "FRACTION", hide = true)]
+    pub cpu_headroom: Option<f32>,
+
+    /// Test knob: the hosted relay may relay to this block (as relayd's --allow-peer).
+    #[arg(long = "relay-allow-peer", value_name = "CIDR", hide = true)]
+    pub relay_allow_peer: Vec<String>,
 }
 
 /// A call's audio from the flags, or from --exec.
@@ -274,6 +337,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         let cache = args.directory.host_cache_path().ok();
+        let (roles_stop, mut role_rx, roles_task, _role_locks) = start_roles(&args).await?;
         let mut resident = Resident { recorders: HashMap::new(), children: HashMap::new(), stdin_used: false };
         // Calls not ended, with when they rang.
         let mut calls: HashMap<CallId, Instant> = HashMap::new();
@@ -348,6 +412,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                         cmd.send(command).await.ok();
                     }
                 },
+                Some(n) = role_rx.recv() => {
+                    events.emit(role_json(&n));
+                }
                 l = recv_local(&mut local_rx) => match l {
                     None => local_rx = None,
                     Some(l) => {
@@ -433,6 +500,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        // Roles first: a supernode role leaves the mesh (its clients are told to move) while
+        // our own registration still stands.
+        roles_stop.trigger();
+        if let Some(t) = roles_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(8), t).await;
+        }
+        while let Ok(n) = role_rx.try_recv() {
+            events.emit(role_json(&n));
+        }
         running.stop.trigger();
         if let Ok(Ok(ep)) = running.task.await
             && let Some(path) = cache
@@ -447,6 +523,95 @@ fn run(args: Args) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         Ok(())
+    })
+}
+
+/// Role notices, as the driver sends them.
+type RoleRx = tokio::sync::mpsc::Receiver<RoleNotice>;
+
+/// Starts promotion (unless both roles are refused or this build has neither): the role
+/// identities (locked), the driver task, and the channel its notices arrive on.
+async fn start_roles(
+    args: &Args,
+) -> anyhow::Result<(
+    crate::net::ShutdownSignal,
+    RoleRx,
+    Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    Vec<crate::identity::IdentityLock>,
+)> {
+    let (stop, shutdown) = crate::net::ShutdownSignal::new();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let r = &args.roles;
+    if r.no_relay && r.no_supernode {
+        return Ok((stop, rx, None, Vec::new()));
+    }
+    #[cfg(all(feature = "relay", feature = "supernode"))]
+    {
+        use crate::net::drivers::roles::{RolesSetup, run_roles};
+        let key = args.directory.identity_path()?;
+        let stem = key
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "identity".into());
+        let role_key = |role: &str| key.with_file_name(format!("{stem}-{role}.key"));
+        let (relay_identity, _, relay_lock) =
+            crate::identity::Identity::load_or_create_locked(&role_key("relay"))?;
+        let (supernode_identity, _, sn_lock) =
+            crate::identity::Identity::load_or_create_locked(&role_key("supernode"))?;
+        let mut config = crate::roles::Config {
+            allow_relay: !r.no_relay,
+            allow_supernode: !r.no_supernode,
+            max_relay_kbps: r.max_relay_kbps,
+            ..crate::roles::Config::default()
+        };
+        let mut poll_every = std::time::Duration::from_secs(30);
+        if let Some(s) = r.promote_after {
+            let after = std::time::Duration::from_secs_f64(s.max(0.0));
+            config = config.with_promote_after(after);
+            poll_every = (after / 4).clamp(
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_secs(30),
+            );
+        }
+        let relay_allow_peer = r
+            .relay_allow_peer
+            .iter()
+            .map(|p| {
+                crate::turn::parse_allow_peer(p)
+                    .map_err(|e| super::usage(format!("--relay-allow-peer '{p}': {e}")))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let setup = RolesSetup {
+            config,
+            relay_identity,
+            supernode_identity,
+            supernodes: args.directory.supernodes().await?,
+            bind: args.directory.bind.ip(),
+            uplink_kbps: r.uplink_kbps,
+            cpu_headroom: r.cpu_headroom,
+            poll_every,
+            relay_allow_peer,
+            seed: rand::random(),
+        };
+        let task = tokio::spawn(run_roles(setup, tx, shutdown));
+        Ok((stop, rx, Some(task), vec![relay_lock, sn_lock]))
+    }
+    #[cfg(not(all(feature = "relay", feature = "supernode")))]
+    {
+        drop((tx, shutdown));
+        tracing::info!("this build hosts no relay or supernode role");
+        Ok((stop, rx, None, Vec::new()))
+    }
+}
+
+/// The `role` event line.
+fn role_json(n: &RoleNotice) -> serde_json::Value {
+    json!({
+        "event": "role",
+        "role": n.role.name(),
+        "state": if n.on { "on" } else { "off" },
+        "reason": n.reason.map(|r| r.name()),
+        "serves": n.serves,
     })
 }
 

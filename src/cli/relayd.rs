@@ -517,7 +517,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let socket = UdpSocket::bind(bind)
                 .await
                 .map_err(|e| setup(format!("cannot bind the supernode link socket on {bind}: {e}")))?;
-            link_task = Some(tokio::spawn(run_relay_link(link, socket, load.clone(), secrets_tx, shutdown.clone())));
+            link_task = Some(tokio::spawn(run_relay_link(link, socket, load.clone(), secrets_tx, None, shutdown.clone())));
             let (tx, rx) = mpsc::channel(4);
             updates = Some(rx);
             let (base, mut secrets_rx) = (base.clone(), secrets_rx.clone());

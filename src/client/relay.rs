@@ -118,6 +118,25 @@ impl RelayLink {
         link
     }
 
+    /// Authorises one more supernode (one that joined the mesh after the link started); a
+    /// supernode already on the list is left as it is.
+    pub fn add_supernode(&mut self, now: Instant, key: NodeKey, addr: SocketAddr) {
+        if self.peers.iter().any(|p| p.key.id == key.id) {
+            return;
+        }
+        self.config.supernodes.push((key, addr));
+        self.peers.push(Peer {
+            key,
+            addr,
+            session: None,
+            current: fresh_secret(),
+            previous: None,
+            acknowledged: false,
+            reconnect_at: Some(now),
+        });
+        self.handle_timeout(now);
+    }
+
     /// This relay's identity, as supernodes see it.
     pub fn id(&self) -> UserId {
         self.ep.id()

@@ -108,6 +108,7 @@ fn cores_are_sans_io_and_drivers_do_not_use_the_cli() {
         "directory",
         "demux",
         "transmit",
+        "roles",
     ];
     let others = ["audio", "bin", "cli", "lab", "lib", "net"];
     let core_forbidden = [

@@ -364,12 +364,23 @@ impl World {
         identity: &Identity,
         bootstrap: &[(NodeKey, SocketAddr)],
     ) -> (usize, NodeKey, SocketAddr) {
+        self.add_supernode_config(identity, bootstrap, |_| {})
+    }
+
+    /// A supernode whose configuration `tune` adjusts (after the test defaults).
+    pub fn add_supernode_config(
+        &mut self,
+        identity: &Identity,
+        bootstrap: &[(NodeKey, SocketAddr)],
+        tune: impl FnOnce(&mut NodeConfig),
+    ) -> (usize, NodeKey, SocketAddr) {
         let n = self.nodes.len();
         let addr: SocketAddr = format!("10.0.{}.{}:4000", n / 250, n % 250 + 1)
             .parse()
             .unwrap();
         let mut cfg = NodeConfig::new(addr);
         cfg.session = fast_session(true);
+        tune(&mut cfg);
         let sn = Supernode::new(
             identity,
             cfg,

@@ -6,6 +6,8 @@
 //! - [`supernode`]: the [`crate::supernode::Supernode`] core's loop and its status socket.
 //! - [`relay`]: the TURN relay daemon around [`crate::turn::TurnServer`].
 //! - [`relay_link`]: a relay's registration link to its supernode.
+//! - [`roles`]: promotion ([`crate::roles::Promoter`]) and the relay and supernode roles it
+//!   hosts in `answer`.
 //! - [`client`]: the client agent ([`crate::client::Agent`]) on one UDP socket.
 //! - [`call`]: the call endpoint ([`crate::call::endpoint::Endpoint`]) with audio channels.
 //! - [`probe`]: NAT discovery ([`crate::nat::Probe`]).
@@ -20,6 +22,8 @@ pub mod probe;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod relay_link;
+#[cfg(all(feature = "calls", feature = "relay", feature = "supernode"))]
+pub mod roles;
 #[cfg(feature = "supernode")]
 pub mod stun_server;
 #[cfg(feature = "supernode")]

@@ -17,12 +17,14 @@ use crate::net::Shutdown;
 pub type SupernodeSecrets = Vec<(UserId, Vec<Vec<u8>>)>;
 
 /// Runs the link until `shutdown`. `load` is read for each load report; every change of the
-/// accepted secrets is published on `secrets`.
+/// accepted secrets is published on `secrets`; supernodes arriving on `more` are authorised
+/// too (a relay hosted by a client learns of supernodes that join later).
 pub async fn run_relay_link(
     mut link: RelayLink,
     socket: UdpSocket,
     load: Arc<AtomicU32>,
     secrets: watch::Sender<SupernodeSecrets>,
+    mut more: Option<tokio::sync::mpsc::Receiver<(crate::identity::NodeKey, SocketAddr)>>,
     mut shutdown: Shutdown,
 ) {
     let mut buf = vec![0u8; 2048];
@@ -44,6 +46,10 @@ pub async fn run_relay_link(
                 return;
             }
             _ = sleep => link.handle_timeout(Instant::now()),
+            m = async { more.as_mut()?.recv().await }, if more.is_some() => match m {
+                Some((key, addr)) => link.add_supernode(Instant::now(), key, addr),
+                None => more = None,
+            },
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r
                     && crate::demux::classify(&buf[..n]) == crate::demux::Kind::Session
