@@ -88,11 +88,23 @@ impl PhoneConfig {
     /// 3 s of silence. RFC 7675's 5 s / 30 s would leave a call whose relay died silent for
     /// half a minute; 3 s lets a dead path be replaced (standby pair, ICE restart) well within
     /// the 10 s a user waits. Traffic: one ~100-byte check and answer per second each way.
+    ///
+    /// Relayed pairs are checked faster: every 200 ms (±20 %), every 100 ms once one goes
+    /// unanswered, lost after [`RELAYED_CONSENT_TIMEOUT`] (700 ms). A relay that dies is then
+    /// noticed within 0.7 s and the call moves to the standby relay's pair (which consent keeps
+    /// checked at the same pace) within 1 s of the death, DTX or not: consent runs on its own
+    /// timer. 700 ms allows paths up to ~450 ms of round trip (it must exceed the round trip
+    /// plus 240 ms), and a false alarm needs every probe of 0.7 s lost (5 or more), at worst a
+    /// move to the standby. Traffic: ~100 bytes each way per 200 ms, 4 kbit/s, a tenth of the
+    /// call's media, on relayed calls only.
     pub fn ice_timing() -> Timing {
         Timing {
             consent_interval: Duration::from_secs(1),
             consent_retry: Duration::from_millis(200),
             consent_timeout: Duration::from_secs(3),
+            relayed_consent_interval: Duration::from_millis(200),
+            relayed_consent_retry: Duration::from_millis(100),
+            relayed_consent_timeout: RELAYED_CONSENT_TIMEOUT,
             ..Timing::default()
         }
     }
@@ -120,6 +132,10 @@ impl Default for PhoneConfig {
         }
     }
 }
+
+/// How long a relayed path goes unanswered before consent is lost (see
+/// [`PhoneConfig::ice_timing`]).
+pub const RELAYED_CONSENT_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// The reason a `Bye` carries when a user hung up (any other reason is a failure).
 const HANGUP: &str = "hangup";

@@ -103,6 +103,18 @@ impl Pair {
             || self.remote_kind == CandidateKind::Relayed
             || self.remote_priority >> 24 == 0
     }
+
+    /// The relays this pair goes through, by relayed IP: ours, the peer's.
+    fn relay_ips(&self) -> [Option<IpAddr>; 2] {
+        let ours = match self.route {
+            Route::Relay(a) => Some(a.ip()),
+            Route::Direct(_) => None,
+        };
+        let theirs = (self.remote_kind == CandidateKind::Relayed
+            || self.remote_priority >> 24 == 0)
+            .then(|| self.remote.ip());
+        [ours, theirs]
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -595,7 +607,7 @@ impl IceAgent {
                 at(t);
             }
             if let Some(t) = pair.last_response {
-                at(t + self.timing.consent_timeout);
+                at(t + self.timing.consent(pair.relayed()).2);
             }
         }
         if let Some(t) = self.grace_end() {
@@ -718,14 +730,14 @@ impl IceAgent {
 }
 
 /// A consent interval with RFC 7675 §5.1's randomisation.
-fn jittered(rng: &mut StdRng, t: &Timing) -> Duration {
+fn jittered(rng: &mut StdRng, t: &Timing, relayed: bool) -> Duration {
     let j = t.consent_jitter;
     let f = if j > 0.0 {
         rng.random_range(1.0 - j..1.0 + j)
     } else {
         1.0
     };
-    t.consent_interval.mul_f64(f)
+    t.consent(relayed).0.mul_f64(f)
 }
 
 /// Addresses that can be a peer at all: unicast, a real port.
