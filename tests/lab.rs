@@ -24,5 +24,7 @@ mod mesh_lab;
 mod natprobe_lab;
 #[path = "lab/netem.rs"]
 mod netem;
+#[path = "lab/relay_failover.rs"]
+mod relay_failover;
 #[path = "lab/relayd_lab.rs"]
 mod relayd_lab;

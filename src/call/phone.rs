@@ -90,11 +90,12 @@ impl PhoneConfig {
     /// the 10 s a user waits. Traffic: one ~100-byte check and answer per second each way.
     ///
     /// Relayed pairs are checked faster: every 200 ms (±20 %), every 100 ms once one goes
-    /// unanswered, lost after [`RELAYED_CONSENT_TIMEOUT`] (700 ms). A relay that dies is then
-    /// noticed within 0.7 s and the call moves to the standby relay's pair (which consent keeps
-    /// checked at the same pace) within 1 s of the death, DTX or not: consent runs on its own
-    /// timer. 700 ms allows paths up to ~450 ms of round trip (it must exceed the round trip
-    /// plus 240 ms), and a false alarm needs every probe of 0.7 s lost (5 or more), at worst a
+    /// unanswered, lost after [`RELAYED_CONSENT_TIMEOUT`] (600 ms). A relay that dies is then
+    /// noticed 0.36–0.6 s later and the call moves to the standby relay's pair (which consent
+    /// keeps checked at the same pace) within 1 s of the death, DTX or not: consent runs on
+    /// its own timer. On a path whose round trip exceeds 180 ms the agent stretches the
+    /// timeout to 240 ms plus two round trips, so a long path is not declared dead between two
+    /// answers. A false alarm needs every probe of 0.6 s lost (4 or more), and costs at worst a
     /// move to the standby. Traffic: ~100 bytes each way per 200 ms, 4 kbit/s, a tenth of the
     /// call's media, on relayed calls only.
     pub fn ice_timing() -> Timing {
@@ -135,7 +136,7 @@ impl Default for PhoneConfig {
 
 /// How long a relayed path goes unanswered before consent is lost (see
 /// [`PhoneConfig::ice_timing`]).
-pub const RELAYED_CONSENT_TIMEOUT: Duration = Duration::from_millis(700);
+pub const RELAYED_CONSENT_TIMEOUT: Duration = Duration::from_millis(600);
 
 /// The reason a `Bye` carries when a user hung up (any other reason is a failure).
 const HANGUP: &str = "hangup";

@@ -390,7 +390,7 @@ impl IceAgent {
             let p = &self.pairs[&id];
             if p.state == State::Succeeded
                 && p.last_response
-                    .is_some_and(|t| now >= t + self.timing.consent(p.relayed()).2)
+                    .is_some_and(|t| now >= t + self.timing.consent_timeout(p.relayed(), p.rtt))
             {
                 let info = self.info(id);
                 let p = self.pairs.get_mut(&id).expect("listed");
@@ -405,10 +405,13 @@ impl IceAgent {
     }
 
     pub(super) fn send_consent(&mut self, now: Instant, id: u32) {
-        let relayed = self.pairs.get(&id).is_some_and(|p| p.relayed());
+        let (relayed, rtt) = self
+            .pairs
+            .get(&id)
+            .map_or((false, None), |p| (p.relayed(), p.rtt));
         let interval = jittered(&mut self.rng, &self.timing, relayed);
         let rto = self.rto();
-        let timeout = self.timing.consent(relayed).2;
+        let timeout = self.timing.consent_timeout(relayed, rtt);
         if let Some(t) = self.send_request(now, id, TxnKind::Consent) {
             t.next = Some(now + rto);
             t.expires = now + timeout;

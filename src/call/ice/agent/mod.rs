@@ -607,7 +607,7 @@ impl IceAgent {
                 at(t);
             }
             if let Some(t) = pair.last_response {
-                at(t + self.timing.consent(pair.relayed()).2);
+                at(t + self.timing.consent_timeout(pair.relayed(), pair.rtt));
             }
         }
         if let Some(t) = self.grace_end() {

@@ -16,7 +16,7 @@ impl IceAgent {
         self.pairs.get(&id).is_some_and(|p| {
             p.state == State::Succeeded
                 && p.last_response
-                    .is_some_and(|t| now < t + self.timing.consent(p.relayed()).2)
+                    .is_some_and(|t| now < t + self.timing.consent_timeout(p.relayed(), p.rtt))
         })
     }
 
