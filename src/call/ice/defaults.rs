@@ -41,7 +41,8 @@
 //! 1 s, use e.g. [`Timing::fast_consent`] (interval 200 ms, retry 100 ms, timeout 1 s), or give
 //! only relayed pairs (either end a relay) such timers with the `relayed_consent_*` fields: a
 //! dead relay is what a standby relay allocation is for, while a direct path has no such
-//! fallback and keeps the calmer timers. The
+//! fallback and keeps the calmer timers (and so does a relayed pair while no standby pair
+//! avoiding its relays is held). The
 //! relations to respect: `consent_timeout` must exceed the path's round trip plus
 //! `consent_interval·(1 + jitter)`, or a healthy path is declared dead between two probes; and
 //! `consent_timeout / consent_retry` is the number of probes that must all be lost for a false
@@ -87,7 +88,10 @@ pub struct Timing {
     /// Consent is lost after this long without an answer.
     pub consent_timeout: Duration,
     /// The same three for pairs through a relay (either end relayed): a relay that dies should
-    /// be noticed faster than a direct path, because a standby relay is waiting.
+    /// be noticed faster than a direct path when a standby relay is waiting. The interval and
+    /// retry apply to every relayed pair; the timeout only while the agent holds a standby
+    /// pair that shares no relay with the selected one (with nowhere to go, a fast verdict
+    /// would only turn a lossy moment into a disconnection): otherwise `consent_timeout`.
     pub relayed_consent_interval: Duration,
     pub relayed_consent_retry: Duration,
     pub relayed_consent_timeout: Duration,

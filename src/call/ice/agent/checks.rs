@@ -390,7 +390,7 @@ impl IceAgent {
             let p = &self.pairs[&id];
             if p.state == State::Succeeded
                 && p.last_response
-                    .is_some_and(|t| now >= t + self.timing.consent_timeout(p.relayed(), p.rtt))
+                    .is_some_and(|t| now >= t + self.consent_timeout_of(p))
             {
                 let info = self.info(id);
                 let p = self.pairs.get_mut(&id).expect("listed");
@@ -405,13 +405,10 @@ impl IceAgent {
     }
 
     pub(super) fn send_consent(&mut self, now: Instant, id: u32) {
-        let (relayed, rtt) = self
-            .pairs
-            .get(&id)
-            .map_or((false, None), |p| (p.relayed(), p.rtt));
+        let Some(p) = self.pairs.get(&id) else { return };
+        let (relayed, timeout) = (p.relayed(), self.consent_timeout_of(p));
         let interval = jittered(&mut self.rng, &self.timing, relayed);
         let rto = self.rto();
-        let timeout = self.timing.consent_timeout(relayed, rtt);
         if let Some(t) = self.send_request(now, id, TxnKind::Consent) {
             t.next = Some(now + rto);
             t.expires = now + timeout;

@@ -16,7 +16,7 @@ impl IceAgent {
         self.pairs.get(&id).is_some_and(|p| {
             p.state == State::Succeeded
                 && p.last_response
-                    .is_some_and(|t| now < t + self.timing.consent_timeout(p.relayed(), p.rtt))
+                    .is_some_and(|t| now < t + self.consent_timeout_of(p))
         })
     }
 
@@ -192,21 +192,17 @@ impl IceAgent {
         let new = self.selected.and_then(|s| {
             let sel = &self.pairs[&s];
             let sel_relayed = sel.relayed();
-            let sel_relays = sel.relay_ips();
             let g = sel.sess;
             self.pairs
                 .iter()
                 .filter(|(id, p)| **id != s && p.sess == g && self.alive(**id, now))
-                .max_by_key(|(_, p)| {
-                    let disjoint = p
-                        .relay_ips()
-                        .iter()
-                        .flatten()
-                        .all(|ip| !sel_relays.iter().flatten().any(|s| s == ip));
-                    (disjoint, p.relayed() != sel_relayed, p.priority)
-                })
+                .max_by_key(|(_, p)| (!p.shares_relay(sel), p.relayed() != sel_relayed, p.priority))
                 .map(|(id, _)| *id)
         });
+        self.fallback = match (self.selected, new) {
+            (Some(s), Some(n)) => !self.pairs[&n].shares_relay(&self.pairs[&s]),
+            _ => false,
+        };
         if new == self.standby {
             return;
         }

@@ -395,6 +395,10 @@ fn a_dead_relay_moves_the_call_to_the_standby_relay_within_the_relayed_consent_t
             [y, y],
             "{who}: the standby shares no relay with it"
         );
+        assert!(
+            ag.fallback,
+            "{who}: so relayed pairs use the fast consent timeout"
+        );
     }
     while a.poll_event().is_some() || b.poll_event().is_some() {}
 
@@ -424,4 +428,50 @@ fn a_dead_relay_moves_the_call_to_the_standby_relay_within_the_relayed_consent_t
             "{who}: never without a path: {events:?}"
         );
     }
+}
+
+#[test]
+fn with_one_relay_consent_keeps_the_ordinary_timeout() {
+    // Nowhere to move to: a fast verdict would only disconnect sooner.
+    let timing = crate::call::phone::PhoneConfig::ice_timing();
+    let mk = |controlling, seed| {
+        IceAgent::new(IceConfig {
+            controlling,
+            seed: [seed; 32],
+            timing: timing.clone(),
+        })
+        .unwrap()
+    };
+    let mut now = Instant::now();
+    let (mut a, mut b) = (mk(true, 30), mk(false, 31));
+    let x: IpAddr = "203.0.113.1".parse().unwrap();
+    let ca = a
+        .add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(x, 50_000)))
+        .unwrap();
+    let cb = b
+        .add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(x, 60_000)))
+        .unwrap();
+    a.set_remote_credentials(now, b.local_credentials().clone())
+        .unwrap();
+    b.set_remote_credentials(now, a.local_credentials().clone())
+        .unwrap();
+    a.add_remote_candidate(now, cb).unwrap();
+    b.add_remote_candidate(now, ca).unwrap();
+    let until = now + Duration::from_secs(3);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[]);
+    assert!(a.selected().is_some() && !a.fallback);
+    while a.poll_event().is_some() || b.poll_event().is_some() {}
+    let died = now;
+    // Past the fast timeout: still holding on.
+    let until = died + crate::call::phone::RELAYED_CONSENT_TIMEOUT + Duration::from_millis(100);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[x]);
+    assert!(a.selected().is_some(), "not dropped on the fast timeout");
+    // Past the ordinary one: disconnected.
+    let until = died + timing.consent_timeout + Duration::from_millis(1);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[x]);
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Disconnected)),
+        "{events:?}"
+    );
 }
