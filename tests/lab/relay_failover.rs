@@ -15,6 +15,10 @@
 //!   a while, so this reads short of the concealed audio: it is what a listener hears missing;
 //! - the packet counters' longest stall (`stats` polled every 50 ms: up to that much long).
 //!
+//! A second test mutes both ends first (no media either way, as in DTX silence): consent alone
+//! notices the dead relay, and both ends move within 1 s of the kill (by the `path` events'
+//! wall clock).
+//!
 //! With one relay only, the call ends with `no-path` instead (`call_failure`).
 
 use crate::support::calls::{CallLab, Live, RELAY, read_wav, tone};
@@ -130,21 +134,49 @@ fn wait_relays(control: &Path, n: usize) {
     }
 }
 
-#[test]
-fn a_relayed_call_moves_to_the_standby_relay_within_1_s_when_its_relay_dies() {
-    let test = "relay_failover";
-    if !Lab::ready_or_skip(test) {
-        return;
+/// A relayed call in progress over two relays: the lab, the second relay, both parties.
+struct Failover {
+    m: CallLab,
+    relay2: Option<Proc>,
+    alice: Live,
+    bob: Live,
+}
+
+/// SIGKILLs the relay at `ip` (the one carrying the call; it says goodbye to nobody): the
+/// lab's first relay or `relay2`. Returns its IP and the survivor's.
+fn kill_carrier(
+    m: &mut CallLab,
+    relay2: &mut Option<Proc>,
+    ip: &str,
+) -> (&'static str, &'static str) {
+    let relay1_ip = RELAY.split(':').next().unwrap();
+    let relay2_ip = RELAY2.split(':').next().unwrap();
+    if ip == relay1_ip {
+        drop(m.relay.take());
+        (relay1_ip, relay2_ip)
+    } else {
+        assert_eq!(ip, relay2_ip, "the path's relay is one of ours");
+        drop(relay2.take());
+        (relay2_ip, relay1_ip)
     }
-    let mut m = CallLab::new(
+}
+
+/// Sets up the lab (two relays), places a call between two symmetric-NAT parties, checks both
+/// ranked both relays and that audio flows through a relay; returns it, and the IP of the
+/// relay carrying the call. `None` when the lab cannot run here.
+fn start(test: &str) -> Option<(Failover, String)> {
+    if !Lab::ready_or_skip(test) {
+        return None;
+    }
+    let m = CallLab::new(
         &[
             (1, BoxOpts::new(LabNat::Symmetric)),
             (2, BoxOpts::new(LabNat::Symmetric)),
         ],
-        "relay-failover",
+        test,
     );
     let key2 = m.dir.join("relay2.key");
-    let mut relay2: Option<Proc> = Some(start_relayd(
+    let relay2: Option<Proc> = Some(start_relayd(
         &m.lab,
         &[
             "--listen",
@@ -229,23 +261,32 @@ fn a_relayed_call_moves_to_the_standby_relay_within_1_s_when_its_relay_dies() {
     let before = current_path(&alice);
     let ip = relay_ip_of(&before)
         .unwrap_or_else(|| panic!("the caller's path goes through a relay: {before}"));
-    let relay1_ip = RELAY.split(':').next().unwrap();
-    let relay2_ip = RELAY2.split(':').next().unwrap();
-    let (killed_ip, survivor_ip) = if ip == relay1_ip {
-        (relay1_ip, relay2_ip)
-    } else {
-        assert_eq!(ip, relay2_ip, "the path's relay is one of ours: {before}");
-        (relay2_ip, relay1_ip)
+    Some((
+        Failover {
+            m,
+            relay2,
+            alice,
+            bob,
+        },
+        ip,
+    ))
+}
+
+#[test]
+fn a_relayed_call_moves_to_the_standby_relay_within_1_s_when_its_relay_dies() {
+    let Some((f, ip)) = start("relay_failover") else {
+        return;
     };
+    let Failover {
+        mut m,
+        mut relay2,
+        mut alice,
+        mut bob,
+    } = f;
     let (seen_a, seen_b) = (alice.seen.len(), bob.seen.len());
     let (ca0, cb0) = (concealed(&mut alice), concealed(&mut bob));
 
-    // SIGKILL the relay carrying the call: it says goodbye to nobody.
-    if killed_ip == relay1_ip {
-        drop(m.relay.take());
-    } else {
-        drop(relay2.take());
-    }
+    let (killed_ip, survivor_ip) = kill_carrier(&mut m, &mut relay2, &ip);
     let killed = Instant::now();
     // Watch the packet counters for the consent timeout plus the move and a margin: the
     // stall, if any, is over within it.
@@ -348,4 +389,96 @@ fn a_relayed_call_moves_to_the_standby_relay_within_1_s_when_its_relay_dies() {
     );
     drop(relay2);
     let _ = std::fs::remove_dir_all(&m.dir);
+}
+
+#[test]
+fn a_silent_call_moves_to_the_standby_relay_within_1_s_too() {
+    // Both ends muted (no media either way, as in DTX silence): only consent, on its own timer,
+    // can notice the dead relay. The move is timed by the `path` events' wall clock.
+    let Some((f, ip)) = start("relay_failover_silent") else {
+        return;
+    };
+    let Failover {
+        mut m,
+        mut relay2,
+        mut alice,
+        mut bob,
+    } = f;
+    for p in [&mut alice, &mut bob] {
+        p.control(serde_json::json!({"cmd": "mute"}));
+    }
+    // Wait (bounded) until no media arrives at either end any more: the mutes took effect.
+    let t0 = Instant::now();
+    let mut last = (received(&mut alice), received(&mut bob));
+    loop {
+        // The measurement step: 200 ms is ten frames of a stream that still flows.
+        std::thread::sleep(Duration::from_millis(200));
+        let now = (received(&mut alice), received(&mut bob));
+        if now == last {
+            break;
+        }
+        last = now;
+        assert!(t0.elapsed() < SIGNAL, "muting stops the media");
+    }
+    alice.drain();
+    bob.drain();
+    let (seen_a, seen_b) = (alice.seen.len(), bob.seen.len());
+    let (_, survivor_ip) = kill_carrier(&mut m, &mut relay2, &ip);
+    let killed_ms = unix_ms();
+    let limit = RELAYED_CONSENT_TIMEOUT + Duration::from_secs(3);
+    let mut moves = Vec::new();
+    for (p, from, who) in [(&mut alice, seen_a, "caller"), (&mut bob, seen_b, "callee")] {
+        let moved = p
+            .wait("path", limit)
+            .unwrap_or_else(|| panic!("the silent {who} moves: {:#?}", &p.seen[from..]));
+        assert_eq!(
+            relay_ip_of(&moved).as_deref(),
+            Some(survivor_ip),
+            "the {who} moved to the standby relay: {moved}"
+        );
+        let at = moved["at"]
+            .as_f64()
+            .expect("a path event carries the wall clock");
+        moves.push(at - killed_ms);
+    }
+    eprintln!(
+        "relay_failover: silent call, relay {ip} killed → moved after: caller {:.0} ms, callee \
+         {:.0} ms",
+        moves[0], moves[1]
+    );
+    assert!(
+        moves.iter().all(|ms| *ms <= MAX_GAP.as_millis() as f64),
+        "both ends move within {MAX_GAP:?} of the kill: {moves:?} ms"
+    );
+    // Unmuted, audio flows both ways on the standby.
+    for p in [&mut alice, &mut bob] {
+        p.control(serde_json::json!({"cmd": "unmute"}));
+    }
+    let (a0, b0) = (received(&mut alice), received(&mut bob));
+    let t1 = Instant::now();
+    // The measurement window itself (not a synchronisation): media is sent every 20 ms.
+    std::thread::sleep(Duration::from_secs(2));
+    let want = (0.6 * 50.0 * t1.elapsed().as_secs_f64()) as u64;
+    let (a1, b1) = (received(&mut alice), received(&mut bob));
+    assert!(
+        a1 - a0 >= want && b1 - b0 >= want,
+        "audio flows after the move: caller got {}, callee {} (want {want})",
+        a1 - a0,
+        b1 - b0
+    );
+    alice.control(serde_json::json!({"cmd": "hangup"}));
+    assert!(alice.wait("ended", SIGNAL).is_some(), "{:#?}", alice.seen);
+    // The callee's recording closes with its call, before the directory goes.
+    assert!(bob.wait("ended", SIGNAL).is_some(), "{:#?}", bob.seen);
+    drop(relay2);
+    let _ = std::fs::remove_dir_all(&m.dir);
+}
+
+/// The wall clock in Unix milliseconds, as the events' `at`.
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }
