@@ -26,8 +26,12 @@
 //! when the chosen relay dies, consent on the relayed path notices within
 //! [`PhoneConfig::ice_timing`]'s relayed consent timeout and ICE moves the call to the
 //! standby's pair, which consent has kept checked, with no signalling. The others are
-//! released. [`EndpointEvent::RelayChoice`] reports the ranking. Over TCP (UDP blocked) only one
-//! relay is allocated, the least loaded, ties broken by relay ID.
+//! released. [`EndpointEvent::RelayChoice`] reports the ranking. When the path moves, every
+//! allocation of ours refreshes its permission for the peer: one whose relay died times out
+//! (the TURN client's seven sends, ~13 s), is dropped with its candidate, the standby takes the
+//! active role if it was the dead one, and a new standby is allocated from fresh offers (not
+//! on the dead relay); its candidate reaches the peer by trickle. Over TCP (UDP blocked) only
+//! one relay is allocated, the least loaded, ties broken by relay ID.
 //!
 //! A network that blocks UDP: the allocation over UDP gets a head start
 //! ([`RELAY_UDP_HEAD_START`]), then one over TCP to the same relay races it and the first to
@@ -228,6 +232,8 @@ pub struct Endpoint {
     ranked: bool,
     /// When the first allocation succeeded: the ranking waits [`RANK_WAIT`] after it at most.
     first_up: Option<Instant>,
+    /// A new standby is being asked for (offers requested), not on these relays.
+    replenish: Option<Vec<UserId>>,
     /// Server-reflexive discovery: (transaction, supernode, next send, sends so far).
     srflx: Option<(TransactionId, SocketAddr, Instant, u32)>,
     out: VecDeque<Transmit>,
@@ -255,6 +261,7 @@ impl Endpoint {
             trials: Vec::new(),
             ranked: true,
             first_up: None,
+            replenish: None,
             srflx: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -794,9 +801,14 @@ impl Endpoint {
                 let reply = self.phone.handle_signal(now, from, &payload);
                 self.agent.acknowledge(now, id, reply);
             }
-            AgentEvent::Relays(Ok(offers)) => self.on_relay_offers(now, &offers),
+            AgentEvent::Relays(Ok(offers)) => match self.replenish.take() {
+                Some(exclude) => self.on_standby_offers(now, &offers, &exclude),
+                None => self.on_relay_offers(now, &offers),
+            },
             AgentEvent::Relays(Err(e)) => {
-                if matches!(self.relay, Relay::Asked) {
+                if self.replenish.take().is_some() {
+                    tracing::info!("no new standby relay: {e}");
+                } else if matches!(self.relay, Relay::Asked) {
                     tracing::info!("no relay: {e}");
                     self.relay = Relay::Failed;
                 }
@@ -853,6 +865,12 @@ impl Endpoint {
                 self.events.push_back(EndpointEvent::Answered { call })
             }
             PhoneEvent::Path { call, path, reason } => {
+                if let Route::Relay(a) = path.route {
+                    self.on_standby_used(now, a);
+                }
+                if reason.is_some() {
+                    self.probe_relays(now, path.remote);
+                }
                 // The checks' round trip is the path's unloaded one: the rate controller's
                 // baseline for telling a filling queue (a call that starts into a full one
                 // would otherwise never see the baseline).
@@ -906,12 +924,7 @@ impl Endpoint {
             return;
         }
         let v4 = self.hosts.iter().any(|h| h.is_ipv4());
-        let config = |server: SocketAddr, offer: &RelayOffer, stream: bool| {
-            let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
-            cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
-            cfg.stream = stream;
-            cfg
-        };
+        let config = turn_config;
         // Our supernode answered over TCP only: UDP is most likely blocked here, so the relay
         // goes over TCP at once (waiting for UDP to fail would add its head start to the call).
         let tcp_first = self.agent.on_stream();
@@ -986,9 +999,12 @@ impl Endpoint {
             .find(|t| t.relayed() == Some(relayed))
     }
 
-    /// Moves the trial allocations' output and events; true if anything moved.
+    /// Moves the trial allocations' output and events; true if anything moved. After the
+    /// ranking, a new standby that comes up becomes a candidate, and a standby that stops
+    /// answering (a transaction timed out: its relay is gone) is dropped and replaced.
     fn pump_trials(&mut self, now: Instant) -> bool {
         let mut moved = false;
+        let mut came_up = Vec::new();
         for t in &mut self.trials {
             while let Some(data) = t.turn.poll_transmit() {
                 moved = true;
@@ -997,21 +1013,129 @@ impl Endpoint {
             while let Some(ev) = t.turn.poll_event() {
                 moved = true;
                 match ev {
-                    TurnEvent::Allocated { .. } => {
+                    TurnEvent::Allocated { relayed, .. } => {
                         t.up = true;
                         self.first_up.get_or_insert(now);
+                        came_up.push((relayed, t.turn.server()));
                     }
                     TurnEvent::Failed { op, code, reason } => {
                         tracing::debug!("relay {}: {op:?} failed: {code} {reason}", t.relay);
-                        t.failed |= op == crate::turn::client::Op::Allocate;
+                        t.failed |= op == crate::turn::client::Op::Allocate || (t.up && code == 0);
                     }
                     other => tracing::debug!("relay {}: {other:?}", t.relay),
                 }
             }
         }
-        let before = self.trials.len();
+        let gone: Vec<(Option<SocketAddr>, UserId)> = self
+            .trials
+            .iter()
+            .filter(|t| t.failed)
+            .map(|t| (t.turn.relayed().filter(|_| t.up), t.relay))
+            .collect();
         self.trials.retain(|t| !t.failed);
-        moved | (before != self.trials.len())
+        if !self.ranked {
+            return moved | !gone.is_empty();
+        }
+        for (relayed, server) in came_up {
+            tracing::info!("a new standby relay is up at {server}");
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+            self.events
+                .push_back(EndpointEvent::Relay { relayed, server });
+        }
+        for (relayed, relay) in &gone {
+            if let Some(relayed) = relayed {
+                tracing::info!("the standby relay {relay} stopped answering: dropped");
+                self.phone.remove_local_candidate(now, *relayed);
+            }
+        }
+        if !gone.is_empty() {
+            self.want_standby(now, gone.into_iter().map(|(_, r)| r).collect());
+            moved = true;
+        }
+        moved
+    }
+
+    /// Asks for offers for a new standby relay (none held now), not on `exclude`.
+    fn want_standby(&mut self, now: Instant, exclude: Vec<UserId>) {
+        if self.config.relay
+            && !self.relay_stream
+            && self.replenish.is_none()
+            && self.trials.is_empty()
+            && matches!(self.relay, Relay::Up(_))
+        {
+            self.replenish = Some(exclude);
+            self.agent.relays(now);
+        }
+    }
+
+    /// Offers for a new standby: allocates on the least loaded one that is neither the active
+    /// relay nor excluded (its candidate goes to ICE once allocated).
+    fn on_standby_offers(&mut self, now: Instant, offers: &[RelayOffer], exclude: &[UserId]) {
+        let v4 = self.hosts.iter().any(|h| h.is_ipv4());
+        let active = self.relay_offer.map(|(id, _)| id);
+        let pick = offers
+            .iter()
+            .filter(|o| Some(o.relay) != active && !exclude.contains(&o.relay))
+            .filter_map(|o| pick_relay(std::slice::from_ref(o), v4))
+            .min_by_key(|(o, _)| (o.load, o.relay));
+        let Some((offer, server)) = pick else {
+            tracing::info!("no other relay offered: no standby for now");
+            return;
+        };
+        let mut t = TurnClient::new(turn_config(server, offer, false));
+        t.allocate(now);
+        self.trials.push(Trial {
+            turn: Box::new(t),
+            relay: offer.relay,
+            load: offer.load,
+            up: false,
+            failed: false,
+        });
+    }
+
+    /// A call's path changed (to `peer`): a relay of ours may have died. Each allocation is
+    /// asked to refresh the permission for the peer; one whose relay is gone times out and is
+    /// replaced ([`Endpoint::pump_trials`], [`Endpoint::pump_relay`]).
+    fn probe_relays(&mut self, now: Instant, peer: SocketAddr) {
+        if self.relay_stream || !self.ranked {
+            return;
+        }
+        if let Relay::Up(t) = &mut self.relay {
+            t.create_permission(now, peer);
+        }
+        for t in self.trials.iter_mut().filter(|t| t.up) {
+            t.turn.create_permission(now, peer);
+        }
+    }
+
+    /// A call's path now runs through our allocation `relayed`: if that is the standby's,
+    /// the standby is the active relay now (the old one's path was lost, or the peer chose
+    /// this one), and the old allocation the standby.
+    fn on_standby_used(&mut self, _now: Instant, relayed: SocketAddr) {
+        if self.relay_stream || !self.ranked {
+            return;
+        }
+        let Some(i) = self
+            .trials
+            .iter()
+            .position(|t| t.up && t.turn.relayed() == Some(relayed))
+        else {
+            return;
+        };
+        let won = self.trials.remove(i);
+        tracing::info!("the call moved to the standby relay {}", won.relay);
+        let old = std::mem::replace(&mut self.relay, Relay::Up(won.turn));
+        let old_offer = self.relay_offer.replace((won.relay, won.load));
+        if let (Relay::Up(turn), Some((relay, load))) = (old, old_offer) {
+            self.trials.push(Trial {
+                turn,
+                relay,
+                load,
+                up: true,
+                failed: false,
+            });
+        }
     }
 
     /// Ranks the measured relays once all answered, or [`RANK_WAIT`] after the first did: the
@@ -1133,6 +1257,7 @@ impl Endpoint {
         moved |= self.pump_trials(now);
         let mut allocated = None;
         let mut failed = false;
+        let mut gone = false;
         let socket = if self.relay_stream {
             crate::transmit::STREAM
         } else {
@@ -1151,9 +1276,11 @@ impl Endpoint {
                     TurnEvent::Allocated { relayed, .. } => allocated = Some((relayed, t.server())),
                     TurnEvent::Failed { op, code, reason } => {
                         // A refused permission is routine: ICE pairs our relay with every
-                        // candidate of the peer, private and relayed ones included.
+                        // candidate of the peer, private and relayed ones included. A
+                        // timeout (code 0) of an allocation that is up: the relay is gone.
                         tracing::debug!("relay: {op:?} failed: {code} {reason}");
                         failed |= op == crate::turn::client::Op::Allocate;
+                        gone |= code == 0 && t.relayed().is_some() && !self.relay_stream;
                     }
                     other => tracing::debug!("relay: {other:?}"),
                 }
@@ -1203,7 +1330,32 @@ impl Endpoint {
             }
             moved = true;
         }
+        if gone && self.ranked {
+            moved = true;
+            self.on_active_relay_gone(now);
+        }
         moved | self.maybe_rank(now)
+    }
+
+    /// The active relay stopped answering: the standby (if up) takes its place, the dead
+    /// allocation's candidate goes, and a new standby is asked for.
+    fn on_active_relay_gone(&mut self, now: Instant) {
+        let Some(i) = self.trials.iter().position(|t| t.up) else {
+            tracing::warn!("the relay stopped answering and no standby is up");
+            return;
+        };
+        let won = self.trials.remove(i);
+        let dead = self.relay_offer.replace((won.relay, won.load));
+        if let Relay::Up(t) = std::mem::replace(&mut self.relay, Relay::Up(won.turn)) {
+            if let Some(relayed) = t.relayed() {
+                self.phone.remove_local_candidate(now, relayed);
+            }
+        }
+        tracing::info!(
+            "the active relay stopped answering: {} takes its place",
+            won.relay
+        );
+        self.want_standby(now, dead.map(|(id, _)| id).into_iter().collect());
     }
 
     /// Queues what the racing TCP client wants sent.
@@ -1323,6 +1475,14 @@ impl Endpoint {
         self.phone
             .add_local_candidate(now, LocalCandidate::ServerReflexive { addr: mapped, base });
     }
+}
+
+/// A TURN client's settings for `offer` at `server` (over a stream or not).
+fn turn_config(server: SocketAddr, offer: &RelayOffer, stream: bool) -> TurnClientConfig {
+    let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
+    cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
+    cfg.stream = stream;
+    cfg
 }
 
 /// What the ranking needs of an allocation: our round trip to its relay (the smallest sample;

@@ -165,7 +165,7 @@ impl Timing {
     /// before it loses consent: the configured timeout, but never less than one jittered
     /// interval plus two round trips, so a path longer than the timeout was sized for is not
     /// declared dead between two answers (fast relayed timers on an intercontinental relay).
-    pub(crate) fn consent_timeout(&self, relayed: bool, rtt: Option<Duration>) -> Duration {
+    pub(crate) fn consent_timeout_for(&self, relayed: bool, rtt: Option<Duration>) -> Duration {
         let (interval, _, timeout) = self.consent(relayed);
         let floor = interval.mul_f64(1.0 + self.consent_jitter) + rtt.unwrap_or_default() * 2;
         timeout.max(floor)

@@ -635,7 +635,7 @@ impl IceAgent {
     /// relayed timers only while a standby with no relay in common is held ([`Timing`]).
     fn consent_timeout_of(&self, p: &Pair) -> Duration {
         self.timing
-            .consent_timeout(p.relayed() && self.fallback, p.rtt)
+            .consent_timeout_for(p.relayed() && self.fallback, p.rtt)
     }
 
     fn refuse(&mut self, r: Refusal) -> Inbound {
