@@ -50,9 +50,7 @@ use std::time::{Duration, Instant};
 
 use super::ice::{ChangeReason, LocalCandidate, PathInfo, Route};
 use super::message::CallId;
-#[allow(unused_imports)] // named by the module docs
-use super::phone::PhoneConfig;
-use super::phone::{EndReason, Phone, PhoneEvent, RouteError};
+use super::phone::{EndReason, Phone, PhoneConfig, PhoneEvent, RouteError};
 use super::relay_rank::{self, Measured, RANK_WAIT, Scored, TRIALS};
 use crate::client::{Agent, AgentEvent};
 use crate::demux;
