@@ -263,9 +263,11 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 json!({"event": "relay", "relayed": relayed.to_string(), "server": server.to_string()})
             }
             EndpointEvent::RelayChoice { ranking } => {
+                // Milliseconds to the microsecond, as measured.
+                let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
                 let ranked: Vec<Value> = ranking
                     .iter()
-                    .map(|s| json!({"relay": s.m.relay.to_string(), "server": s.m.server.to_string(), "rtt_ms": s.m.rtt.as_secs_f64() * 1000.0, "far_rtt_ms": s.m.far_rtt.map(|f| f.as_secs_f64() * 1000.0), "load": s.m.load, "score": s.score_ms}))
+                    .map(|s| json!({"relay": s.m.relay.to_string(), "server": s.m.server.to_string(), "rtt_ms": ms(s.m.rtt), "far_rtt_ms": s.m.far_rtt.map(ms), "load": s.m.load, "score": (s.score_ms * 1000.0).round() / 1000.0}))
                     .collect();
                 json!({"event": "relay-choice", "active": ranked.first().map(|r| r["relay"].clone()), "standby": ranked.get(1).map(|r| r["relay"].clone()), "ranking": ranked})
             }
