@@ -26,5 +26,7 @@ mod natprobe_lab;
 mod netem;
 #[path = "lab/promotion.rs"]
 mod promotion;
+#[path = "lab/relay_failover.rs"]
+mod relay_failover;
 #[path = "lab/relayd_lab.rs"]
 mod relayd_lab;

@@ -18,9 +18,20 @@
 //! relay our supernode offers, started when a call is placed or rings (in parallel with the
 //! call's set-up, never after a failure).
 //!
-//! Relay choice (explicit, as the caller's side picks): among the offers with a UDP address of
-//! our socket's family, the least loaded (allocations each relay reported to the mesh), ties
-//! broken by the relay's ID so that every client decides alike.
+//! Relay choice ([`super::relay_rank`], on each side of a call alike): the offers with a UDP
+//! address of our socket's family are allocated on in parallel (up to [`TRIALS`], least loaded
+//! first), each allocation's round trip is measured, and the ranking by measured round trip
+//! plus reported load picks the relay that carries calls and the **standby**, kept allocated
+//! with its relayed candidate known to ICE (added after the chosen one, so it ranks below it):
+//! when the chosen relay dies, consent on the relayed path notices within
+//! [`PhoneConfig::ice_timing`]'s relayed consent timeout and ICE moves the call to the
+//! standby's pair, which consent has kept checked, with no signalling. The others are
+//! released. [`EndpointEvent::RelayChoice`] reports the ranking. When the path moves, every
+//! allocation of ours refreshes its permission for the peer: one whose relay died times out
+//! (the TURN client's seven sends, ~13 s), is dropped with its candidate, the standby takes the
+//! active role if it was the dead one, and a new standby is allocated from fresh offers (not
+//! on the dead relay); its candidate reaches the peer by trickle. Over TCP (UDP blocked) only
+//! one relay is allocated, the least loaded, ties broken by relay ID.
 //!
 //! A network that blocks UDP: the allocation over UDP gets a head start
 //! ([`RELAY_UDP_HEAD_START`]), then one over TCP to the same relay races it and the first to
@@ -40,6 +51,7 @@ use std::time::{Duration, Instant};
 use super::ice::{ChangeReason, LocalCandidate, PathInfo, Route};
 use super::message::CallId;
 use super::phone::{EndReason, Phone, PhoneConfig, PhoneEvent, RouteError};
+use super::relay_rank::{self, Measured, RANK_WAIT, Scored, TRIALS};
 use crate::client::{Agent, AgentEvent};
 use crate::demux;
 use crate::identity::UserId;
@@ -127,6 +139,11 @@ pub enum EndpointEvent {
         relayed: SocketAddr,
         server: SocketAddr,
     },
+    /// The measured relays ranked, best first: the first carries calls, the second (if any) is
+    /// the standby; the others were released.
+    RelayChoice {
+        ranking: Vec<Scored>,
+    },
     Ended {
         call: CallId,
         reason: EndReason,
@@ -174,6 +191,16 @@ enum Relay {
     Failed,
 }
 
+/// Another relay allocated on in parallel with the first, to be measured for the ranking;
+/// the runner-up stays as the standby.
+struct Trial {
+    turn: Box<TurnClient>,
+    relay: UserId,
+    load: u32,
+    up: bool,
+    failed: bool,
+}
+
 /// The endpoint: see the module documentation.
 pub struct Endpoint {
     agent: Agent,
@@ -195,6 +222,16 @@ pub struct Endpoint {
     relay_heard: bool,
     /// TCP streams to relays that no allocation uses any more: the driver closes them.
     close_streams: VecDeque<SocketAddr>,
+    /// The offer `relay` allocates on: relay ID and reported load.
+    relay_offer: Option<(UserId, u32)>,
+    /// Relays measured alongside `relay` until the ranking; after it, at most the standby.
+    trials: Vec<Trial>,
+    /// The ranking is done: relayed candidates are known to ICE.
+    ranked: bool,
+    /// When the first allocation succeeded: the ranking waits [`RANK_WAIT`] after it at most.
+    first_up: Option<Instant>,
+    /// A new standby is being asked for (offers requested), not on these relays.
+    replenish: Option<Vec<UserId>>,
     /// Server-reflexive discovery: (transaction, supernode, next send, sends so far).
     srflx: Option<(TransactionId, SocketAddr, Instant, u32)>,
     out: VecDeque<Transmit>,
@@ -218,6 +255,11 @@ impl Endpoint {
             relay_race_at: None,
             relay_heard: false,
             close_streams: VecDeque::new(),
+            relay_offer: None,
+            trials: Vec::new(),
+            ranked: true,
+            first_up: None,
+            replenish: None,
             srflx: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -385,6 +427,9 @@ impl Endpoint {
         if let Some(t) = &mut self.relay_race {
             t.release(now);
         }
+        for t in &mut self.trials {
+            t.turn.release(now);
+        }
         self.relay_race_at = None;
         self.pump(now);
         self.agent.close(now);
@@ -408,6 +453,17 @@ impl Endpoint {
                 if let Some(relayed) = relayed {
                     self.peer_input(now, Route::Relay(relayed), r.peer, &inner);
                 }
+            }
+        } else if let Some(t) = self.trials.iter_mut().find(|t| t.turn.server() == from) {
+            let got = t.turn.handle_input(now, data).and_then(|r| {
+                let relayed = t.turn.relayed()?;
+                Some((relayed, r.peer, data[r.data].to_vec()))
+            });
+            // Before the ranking ICE knows no candidate of a trial allocation.
+            if let Some((relayed, peer, inner)) = got
+                && self.ranked
+            {
+                self.peer_input(now, Route::Relay(relayed), peer, &inner);
             }
         } else if self.is_srflx_answer(data) {
             self.on_srflx_answer(now, data);
@@ -540,6 +596,16 @@ impl Endpoint {
         .into_iter()
         .flatten()
         .min();
+        let trials = self
+            .trials
+            .iter()
+            .filter_map(|t| t.turn.poll_timeout())
+            .chain(
+                self.first_up
+                    .filter(|_| !self.ranked)
+                    .map(|t| t + RANK_WAIT),
+            )
+            .min();
         let media = self
             .media
             .values()
@@ -550,6 +616,7 @@ impl Endpoint {
             self.phone.poll_timeout(),
             relay,
             race,
+            trials,
             media,
             self.srflx.map(|(_, _, t, _)| t),
         ]
@@ -570,6 +637,11 @@ impl Endpoint {
             && t.poll_timeout().is_some_and(|d| d <= now)
         {
             t.handle_timeout(now);
+        }
+        for t in &mut self.trials {
+            if t.turn.poll_timeout().is_some_and(|d| d <= now) {
+                t.turn.handle_timeout(now);
+            }
         }
         if self.relay_race_at.as_ref().is_some_and(|(t, _)| *t <= now)
             && let Some((_, cfg)) = self.relay_race_at.take()
@@ -692,8 +764,8 @@ impl Endpoint {
     fn send_on(&mut self, now: Instant, route: Route, to: SocketAddr, data: Vec<u8>) {
         match route {
             Route::Direct(_) => self.out.push_back(Transmit::new(to, data)),
-            Route::Relay(_) => {
-                if let Relay::Up(t) = &mut self.relay {
+            Route::Relay(relayed) => {
+                if let Some(t) = self.turn_for(relayed) {
                     // Media through the relay gets a channel (4 bytes of overhead, not 36).
                     if demux::classify(&data) == demux::Kind::Media && t.channel_of(to).is_none() {
                         t.bind_channel(now, to);
@@ -727,9 +799,14 @@ impl Endpoint {
                 let reply = self.phone.handle_signal(now, from, &payload);
                 self.agent.acknowledge(now, id, reply);
             }
-            AgentEvent::Relays(Ok(offers)) => self.on_relay_offers(now, &offers),
+            AgentEvent::Relays(Ok(offers)) => match self.replenish.take() {
+                Some(exclude) => self.on_standby_offers(now, &offers, &exclude),
+                None => self.on_relay_offers(now, &offers),
+            },
             AgentEvent::Relays(Err(e)) => {
-                if matches!(self.relay, Relay::Asked) {
+                if self.replenish.take().is_some() {
+                    tracing::info!("no new standby relay: {e}");
+                } else if matches!(self.relay, Relay::Asked) {
                     tracing::info!("no relay: {e}");
                     self.relay = Relay::Failed;
                 }
@@ -786,6 +863,12 @@ impl Endpoint {
                 self.events.push_back(EndpointEvent::Answered { call })
             }
             PhoneEvent::Path { call, path, reason } => {
+                if let Route::Relay(a) = path.route {
+                    self.on_standby_used(now, a);
+                }
+                if reason.is_some() {
+                    self.probe_relays(now, path.remote);
+                }
                 // The checks' round trip is the path's unloaded one: the rate controller's
                 // baseline for telling a filling queue (a call that starts into a full one
                 // would otherwise never see the baseline).
@@ -798,8 +881,8 @@ impl Endpoint {
             PhoneEvent::PathLost { call } => {
                 self.events.push_back(EndpointEvent::PathLost { call })
             }
-            PhoneEvent::RelayPermission { peer, .. } => {
-                if let Relay::Up(t) = &mut self.relay
+            PhoneEvent::RelayPermission { relayed, peer } => {
+                if let Some(t) = self.turn_for(relayed)
                     && !t.has_permission(peer)
                 {
                     t.create_permission(now, SocketAddr::new(peer, 0));
@@ -839,12 +922,7 @@ impl Endpoint {
             return;
         }
         let v4 = self.hosts.iter().any(|h| h.is_ipv4());
-        let config = |server: SocketAddr, offer: &RelayOffer, stream: bool| {
-            let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
-            cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
-            cfg.stream = stream;
-            cfg
-        };
+        let config = turn_config;
         // Our supernode answered over TCP only: UDP is most likely blocked here, so the relay
         // goes over TCP at once (waiting for UDP to fail would add its head start to the call).
         let tcp_first = self.agent.on_stream();
@@ -874,13 +952,310 @@ impl Endpoint {
         t.allocate(now);
         self.relay = Relay::Allocating(Box::new(t));
         self.relay_stream = stream;
+        let first = udp
+            .or_else(|| pick_relay_tcp(offers, v4))
+            .map(|(o, _)| o.relay);
+        self.relay_offer = first.and_then(|id| {
+            let o = offers.iter().find(|o| o.relay == id)?;
+            Some((o.relay, o.load))
+        });
+        if stream {
+            return;
+        }
+        // The other relays, allocated in parallel to be measured; the ranking keeps one as
+        // the standby.
+        let mut others: Vec<(&RelayOffer, SocketAddr)> = offers
+            .iter()
+            .filter(|o| Some(o.relay) != first)
+            .filter_map(|o| pick_relay(std::slice::from_ref(o), v4))
+            .collect();
+        others.sort_by_key(|(o, _)| (o.load, o.relay));
+        for (offer, server) in others.into_iter().take(TRIALS - 1) {
+            let mut t = TurnClient::new(config(server, offer, false));
+            t.allocate(now);
+            self.trials.push(Trial {
+                turn: Box::new(t),
+                relay: offer.relay,
+                load: offer.load,
+                up: false,
+                failed: false,
+            });
+        }
+        self.ranked = self.trials.is_empty();
+    }
+
+    /// The allocation (chosen or standby) whose relayed address is `relayed`.
+    fn turn_for(&mut self, relayed: SocketAddr) -> Option<&mut TurnClient> {
+        if let Relay::Up(t) = &mut self.relay
+            && t.relayed() == Some(relayed)
+        {
+            return Some(t);
+        }
+        self.trials
+            .iter_mut()
+            .map(|t| &mut *t.turn)
+            .find(|t| t.relayed() == Some(relayed))
+    }
+
+    /// Moves the trial allocations' output and events; true if anything moved. After the
+    /// ranking, a new standby that comes up becomes a candidate, and a standby that stops
+    /// answering (a transaction timed out: its relay is gone) is dropped and replaced.
+    fn pump_trials(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let mut came_up = Vec::new();
+        for t in &mut self.trials {
+            while let Some(data) = t.turn.poll_transmit() {
+                moved = true;
+                self.out.push_back(Transmit::new(t.turn.server(), data));
+            }
+            while let Some(ev) = t.turn.poll_event() {
+                moved = true;
+                match ev {
+                    TurnEvent::Allocated { relayed, .. } => {
+                        t.up = true;
+                        self.first_up.get_or_insert(now);
+                        came_up.push((relayed, t.turn.server()));
+                    }
+                    TurnEvent::Failed { op, code, reason } => {
+                        tracing::debug!("relay {}: {op:?} failed: {code} {reason}", t.relay);
+                        t.failed |= op == crate::turn::client::Op::Allocate || (t.up && code == 0);
+                    }
+                    other => tracing::debug!("relay {}: {other:?}", t.relay),
+                }
+            }
+        }
+        let gone: Vec<(Option<SocketAddr>, UserId)> = self
+            .trials
+            .iter()
+            .filter(|t| t.failed)
+            .map(|t| (t.turn.relayed().filter(|_| t.up), t.relay))
+            .collect();
+        self.trials.retain(|t| !t.failed);
+        if !self.ranked {
+            return moved | !gone.is_empty();
+        }
+        for (relayed, server) in came_up {
+            tracing::info!("a new standby relay is up at {server}");
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+            self.events
+                .push_back(EndpointEvent::Relay { relayed, server });
+        }
+        for (relayed, relay) in &gone {
+            if let Some(relayed) = relayed {
+                tracing::info!("the standby relay {relay} stopped answering: dropped");
+                self.phone.remove_local_candidate(now, *relayed);
+            }
+        }
+        if !gone.is_empty() {
+            self.want_standby(now, gone.into_iter().map(|(_, r)| r).collect());
+            moved = true;
+        }
+        moved
+    }
+
+    /// Asks for offers for a new standby relay (none held now), not on `exclude`.
+    fn want_standby(&mut self, now: Instant, exclude: Vec<UserId>) {
+        if self.config.relay
+            && !self.relay_stream
+            && self.replenish.is_none()
+            && self.trials.is_empty()
+            && matches!(self.relay, Relay::Up(_))
+        {
+            self.replenish = Some(exclude);
+            self.agent.relays(now);
+        }
+    }
+
+    /// Offers for a new standby: allocates on the least loaded one that is neither the active
+    /// relay nor excluded (its candidate goes to ICE once allocated).
+    fn on_standby_offers(&mut self, now: Instant, offers: &[RelayOffer], exclude: &[UserId]) {
+        let v4 = self.hosts.iter().any(|h| h.is_ipv4());
+        let active = self.relay_offer.map(|(id, _)| id);
+        let pick = offers
+            .iter()
+            .filter(|o| Some(o.relay) != active && !exclude.contains(&o.relay))
+            .filter_map(|o| pick_relay(std::slice::from_ref(o), v4))
+            .min_by_key(|(o, _)| (o.load, o.relay));
+        let Some((offer, server)) = pick else {
+            tracing::info!("no other relay offered: no standby for now");
+            return;
+        };
+        let mut t = TurnClient::new(turn_config(server, offer, false));
+        t.allocate(now);
+        self.trials.push(Trial {
+            turn: Box::new(t),
+            relay: offer.relay,
+            load: offer.load,
+            up: false,
+            failed: false,
+        });
+    }
+
+    /// A call's path changed (to `peer`): a relay of ours may have died. Each allocation is
+    /// asked to refresh the permission for the peer; one whose relay is gone times out and is
+    /// replaced ([`Endpoint::pump_trials`], [`Endpoint::pump_relay`]).
+    fn probe_relays(&mut self, now: Instant, peer: SocketAddr) {
+        if self.relay_stream || !self.ranked {
+            return;
+        }
+        if let Relay::Up(t) = &mut self.relay {
+            t.create_permission(now, peer);
+        }
+        for t in self.trials.iter_mut().filter(|t| t.up) {
+            t.turn.create_permission(now, peer);
+        }
+    }
+
+    /// A call's path now runs through our allocation `relayed`: if that is the standby's,
+    /// the standby is the active relay now (the old one's path was lost, or the peer chose
+    /// this one), and the old allocation the standby.
+    fn on_standby_used(&mut self, _now: Instant, relayed: SocketAddr) {
+        if self.relay_stream || !self.ranked {
+            return;
+        }
+        let Some(i) = self
+            .trials
+            .iter()
+            .position(|t| t.up && t.turn.relayed() == Some(relayed))
+        else {
+            return;
+        };
+        let won = self.trials.remove(i);
+        tracing::info!("the call moved to the standby relay {}", won.relay);
+        let old = std::mem::replace(&mut self.relay, Relay::Up(won.turn));
+        let old_offer = self.relay_offer.replace((won.relay, won.load));
+        if let (Relay::Up(turn), Some((relay, load))) = (old, old_offer) {
+            self.trials.push(Trial {
+                turn,
+                relay,
+                load,
+                up: true,
+                failed: false,
+            });
+        }
+    }
+
+    /// Ranks the measured relays once all answered, or [`RANK_WAIT`] after the first did: the
+    /// best carries calls, the second stands by, both become ICE candidates in that order.
+    fn maybe_rank(&mut self, now: Instant) -> bool {
+        if self.ranked {
+            return false;
+        }
+        let primary_done = !matches!(self.relay, Relay::Allocating(_));
+        let all_done = primary_done && self.trials.iter().all(|t| t.up);
+        let waited = self.first_up.is_some_and(|t| now >= t + RANK_WAIT);
+        if !(all_done || waited) {
+            return false;
+        }
+        if self.relay_stream && matches!(self.relay, Relay::Up(_) | Relay::Allocating(_)) {
+            // The first relay answered over TCP: UDP is blocked here, the trials are moot.
+            for mut t in std::mem::take(&mut self.trials) {
+                t.turn.release(now);
+            }
+            self.ranked = true;
+            self.add_relayed_candidates(now);
+            return true;
+        }
+        self.ranked = true;
+        let mut measured = Vec::new();
+        if let (Relay::Up(t), Some((relay, load))) = (&self.relay, self.relay_offer) {
+            measured.push(measure(relay, load, t, now));
+        }
+        for t in self.trials.iter().filter(|t| t.up) {
+            measured.push(measure(t.relay, t.load, &t.turn, now));
+        }
+        let ranking = relay_rank::rank(measured);
+        let Some(best) = ranking.first().map(|s| s.m.server) else {
+            // Nothing measured: the first allocation's own outcome decides, as without trials.
+            return true;
+        };
+        let standby = ranking.get(1).map(|s| s.m.server);
+        let primary_server = match &self.relay {
+            Relay::Up(t) => Some(t.server()),
+            _ => None,
+        };
+        if primary_server != Some(best) {
+            // A trial won: it becomes the relay; the first allocation becomes a trial (it may
+            // be the standby) or, still allocating or failed, is dropped with its TCP race.
+            let i = self
+                .trials
+                .iter()
+                .position(|t| t.turn.server() == best)
+                .expect("ranked trials are listed");
+            let won = self.trials.remove(i);
+            self.relay_race_at = None;
+            if let Some(mut r) = self.relay_race.take() {
+                r.release(now);
+                self.flush_race(&mut r);
+                self.close_streams.push_back(r.server());
+            }
+            let old = std::mem::replace(&mut self.relay, Relay::Up(won.turn));
+            let old_offer = self.relay_offer.replace((won.relay, won.load));
+            match (old, old_offer) {
+                (Relay::Up(turn), Some((relay, load))) => self.trials.push(Trial {
+                    turn,
+                    relay,
+                    load,
+                    up: true,
+                    failed: false,
+                }),
+                (Relay::Allocating(mut turn), _) => {
+                    turn.release(now);
+                    while let Some(data) = turn.poll_transmit() {
+                        self.out.push_back(Transmit::new(turn.server(), data));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Everything but the standby is released.
+        let (keep, drop): (Vec<Trial>, Vec<Trial>) = std::mem::take(&mut self.trials)
+            .into_iter()
+            .partition(|t| Some(t.turn.server()) == standby);
+        for mut t in drop {
+            t.turn.release(now);
+            while let Some(data) = t.turn.poll_transmit() {
+                self.out.push_back(Transmit::new(t.turn.server(), data));
+            }
+        }
+        self.trials = keep;
+        self.events
+            .push_back(EndpointEvent::RelayChoice { ranking });
+        self.add_relayed_candidates(now);
+        true
+    }
+
+    /// Gives ICE the chosen relay's candidate, then the standby's (ranked below it).
+    fn add_relayed_candidates(&mut self, now: Instant) {
+        if let Relay::Up(t) = &self.relay
+            && let Some(relayed) = t.relayed()
+        {
+            let server = t.server();
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+            self.events
+                .push_back(EndpointEvent::Relay { relayed, server });
+        }
+        let standby: Vec<SocketAddr> = self
+            .trials
+            .iter()
+            .filter(|t| t.up)
+            .filter_map(|t| t.turn.relayed())
+            .collect();
+        for relayed in standby {
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+        }
     }
 
     /// Moves the TURN clients' output and events; true if anything moved.
     fn pump_relay(&mut self, now: Instant) -> bool {
         let mut moved = self.pump_relay_race(now);
+        moved |= self.pump_trials(now);
         let mut allocated = None;
         let mut failed = false;
+        let mut gone = false;
         let socket = if self.relay_stream {
             crate::transmit::STREAM
         } else {
@@ -899,9 +1274,11 @@ impl Endpoint {
                     TurnEvent::Allocated { relayed, .. } => allocated = Some((relayed, t.server())),
                     TurnEvent::Failed { op, code, reason } => {
                         // A refused permission is routine: ICE pairs our relay with every
-                        // candidate of the peer, private and relayed ones included.
+                        // candidate of the peer, private and relayed ones included. A
+                        // timeout (code 0) of an allocation that is up: the relay is gone.
                         tracing::debug!("relay: {op:?} failed: {code} {reason}");
                         failed |= op == crate::turn::client::Op::Allocate;
+                        gone |= code == 0 && t.relayed().is_some() && !self.relay_stream;
                     }
                     other => tracing::debug!("relay: {other:?}"),
                 }
@@ -918,10 +1295,13 @@ impl Endpoint {
                 self.close_streams.push_back(r.server());
             }
             self.relay = Relay::Up(t);
-            self.phone
-                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
-            self.events
-                .push_back(EndpointEvent::Relay { relayed, server });
+            self.first_up.get_or_insert(now);
+            if self.ranked {
+                self.phone
+                    .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+                self.events
+                    .push_back(EndpointEvent::Relay { relayed, server });
+            }
         }
         if failed {
             if let Some(r) = self.relay_race.take() {
@@ -934,7 +1314,11 @@ impl Endpoint {
                 self.relay = Relay::Allocating(Box::new(t));
                 self.relay_stream = true;
             } else {
-                tracing::warn!("the relay allocation failed: calls go without a relay");
+                if self.trials.is_empty() {
+                    tracing::warn!("the relay allocation failed: calls go without a relay");
+                } else {
+                    tracing::info!("the first relay's allocation failed: the others are measured");
+                }
                 if self.relay_stream
                     && let Relay::Up(t) | Relay::Allocating(t) = &self.relay
                 {
@@ -944,7 +1328,32 @@ impl Endpoint {
             }
             moved = true;
         }
-        moved
+        if gone && self.ranked {
+            moved = true;
+            self.on_active_relay_gone(now);
+        }
+        moved | self.maybe_rank(now)
+    }
+
+    /// The active relay stopped answering: the standby (if up) takes its place, the dead
+    /// allocation's candidate goes, and a new standby is asked for.
+    fn on_active_relay_gone(&mut self, now: Instant) {
+        let Some(i) = self.trials.iter().position(|t| t.up) else {
+            tracing::warn!("the relay stopped answering and no standby is up");
+            return;
+        };
+        let won = self.trials.remove(i);
+        let dead = self.relay_offer.replace((won.relay, won.load));
+        if let Relay::Up(t) = std::mem::replace(&mut self.relay, Relay::Up(won.turn)) {
+            if let Some(relayed) = t.relayed() {
+                self.phone.remove_local_candidate(now, relayed);
+            }
+        }
+        tracing::info!(
+            "the active relay stopped answering: {} takes its place",
+            won.relay
+        );
+        self.want_standby(now, dead.map(|(id, _)| id).into_iter().collect());
     }
 
     /// Queues what the racing TCP client wants sent.
@@ -1000,10 +1409,13 @@ impl Endpoint {
                 let server = t.server();
                 self.relay = Relay::Up(t);
                 self.relay_stream = true;
-                self.phone
-                    .add_local_candidate(now, LocalCandidate::Relayed(relayed));
-                self.events
-                    .push_back(EndpointEvent::Relay { relayed, server });
+                self.first_up.get_or_insert(now);
+                if self.ranked {
+                    self.phone
+                        .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+                    self.events
+                        .push_back(EndpointEvent::Relay { relayed, server });
+                }
                 true
             }
             Some(_) => {
@@ -1060,6 +1472,27 @@ impl Endpoint {
         let base = self.host_for(mapped);
         self.phone
             .add_local_candidate(now, LocalCandidate::ServerReflexive { addr: mapped, base });
+    }
+}
+
+/// A TURN client's settings for `offer` at `server` (over a stream or not).
+fn turn_config(server: SocketAddr, offer: &RelayOffer, stream: bool) -> TurnClientConfig {
+    let mut cfg = TurnClientConfig::new(server, &offer.username, &offer.password);
+    cfg.software = Some(concat!("voxmesh ", env!("CARGO_PKG_VERSION")).to_string());
+    cfg.stream = stream;
+    cfg
+}
+
+/// What the ranking needs of an allocation: our round trip to its relay (the smallest sample;
+/// half the time since the client was made is never used, an allocation over UDP always has
+/// one), the relay's reported load.
+fn measure(relay: UserId, load: u32, t: &TurnClient, _now: Instant) -> Measured {
+    Measured {
+        relay,
+        server: t.server(),
+        rtt: t.min_rtt().unwrap_or(Duration::from_secs(1)),
+        far_rtt: None,
+        load,
     }
 }
 

@@ -278,6 +278,15 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
             EndpointEvent::Relay { relayed, server } => {
                 json!({"event": "relay", "relayed": relayed.to_string(), "server": server.to_string()})
             }
+            EndpointEvent::RelayChoice { ranking } => {
+                // Milliseconds to the microsecond, as measured.
+                let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
+                let ranked: Vec<Value> = ranking
+                    .iter()
+                    .map(|s| json!({"relay": s.m.relay.to_string(), "server": s.m.server.to_string(), "rtt_ms": ms(s.m.rtt), "far_rtt_ms": s.m.far_rtt.map(ms), "load": s.m.load, "score": (s.score_ms * 1000.0).round() / 1000.0}))
+                    .collect();
+                json!({"event": "relay-choice", "active": ranked.first().map(|r| r["relay"].clone()), "standby": ranked.get(1).map(|r| r["relay"].clone()), "ranking": ranked})
+            }
             EndpointEvent::Ended { call, reason } => {
                 let detail = match reason {
                     EndReason::Rejected(s) | EndReason::NoPath(s) => Some(s.clone()),
@@ -322,7 +331,9 @@ pub fn call_of(ev: &DriverEvent) -> Option<CallId> {
             | EndpointEvent::Stats { call, .. }
             | EndpointEvent::Trace { call, .. }
             | EndpointEvent::Ended { call, .. } => *call,
-            EndpointEvent::Agent(_) | EndpointEvent::Relay { .. } => return None,
+            EndpointEvent::Agent(_)
+            | EndpointEvent::Relay { .. }
+            | EndpointEvent::RelayChoice { .. } => return None,
         },
         DriverEvent::CaptureEnded(call) | DriverEvent::Dialed(call) => *call,
         DriverEvent::DialFailed(_) | DriverEvent::Refused(_) => return None,

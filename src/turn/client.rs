@@ -189,6 +189,12 @@ impl TurnClient {
         self.relayed
     }
 
+    /// The smallest round trip measured to the server (first-try transactions over UDP only:
+    /// none over a stream, where a retransmission is invisible).
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.rtt.min_rtt()
+    }
+
     /// The channel bound to `peer`, if any (bound or being bound).
     pub fn channel_of(&self, peer: SocketAddr) -> Option<u16> {
         self.channels.get(&peer).map(|(c, _)| *c)

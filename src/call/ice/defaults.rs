@@ -38,7 +38,11 @@
 //!
 //! The RFC defaults notice a dead path only after 30 s, which is right for "may I still send"
 //! but far too slow for moving a call to a standby path: to notice a dead relayed path within
-//! 1 s, use e.g. [`Timing::fast_consent`] (interval 200 ms, retry 100 ms, timeout 1 s). The
+//! 1 s, use e.g. [`Timing::fast_consent`] (interval 200 ms, retry 100 ms, timeout 1 s), or give
+//! only relayed pairs (either end a relay) such timers with the `relayed_consent_*` fields: a
+//! dead relay is what a standby relay allocation is for, while a direct path has no such
+//! fallback and keeps the calmer timers (and so does a relayed pair while no standby pair
+//! avoiding its relays is held). The
 //! relations to respect: `consent_timeout` must exceed the path's round trip plus
 //! `consent_interval·(1 + jitter)`, or a healthy path is declared dead between two probes; and
 //! `consent_timeout / consent_retry` is the number of probes that must all be lost for a false
@@ -83,6 +87,14 @@ pub struct Timing {
     pub consent_retry: Duration,
     /// Consent is lost after this long without an answer.
     pub consent_timeout: Duration,
+    /// The same three for pairs through a relay (either end relayed): a relay that dies should
+    /// be noticed faster than a direct path when a standby relay is waiting. The interval and
+    /// retry apply to every relayed pair; the timeout only while the agent holds a standby
+    /// pair that shares no relay with the selected one (with nowhere to go, a fast verdict
+    /// would only turn a lossy moment into a disconnection): otherwise `consent_timeout`.
+    pub relayed_consent_interval: Duration,
+    pub relayed_consent_retry: Duration,
+    pub relayed_consent_timeout: Duration,
     /// Bound on candidate pairs.
     pub max_pairs: usize,
     /// Bound on remote candidates, signalled and peer-reflexive.
@@ -102,6 +114,9 @@ impl Default for Timing {
             consent_jitter: 0.2,
             consent_retry: Duration::from_secs(1),
             consent_timeout: Duration::from_secs(30),
+            relayed_consent_interval: Duration::from_secs(5),
+            relayed_consent_retry: Duration::from_secs(1),
+            relayed_consent_timeout: Duration::from_secs(30),
             max_pairs: 100,
             max_remote_candidates: 32,
         }
@@ -117,8 +132,9 @@ pub enum TimingError {
     /// A check must be sent at least once and retransmission must be able to wait.
     #[error("check_sends must be at least 1 and rto_floor <= initial_rto <= max_rto")]
     BadRetransmission,
-    /// `consent_timeout` must exceed `consent_interval·(1 + consent_jitter)` and `consent_retry`,
-    /// or consent is declared lost between two probes. Lengthen the timeout.
+    /// `consent_timeout` must exceed `consent_interval·(1 + consent_jitter)` and `consent_retry`
+    /// (and likewise the `relayed_consent_*` three), or consent is declared lost between two
+    /// probes. Lengthen the timeout.
     #[error("consent_timeout must exceed consent_interval (with jitter) and consent_retry")]
     ConsentTimeoutTooShort,
     /// `consent_jitter` must lie in 0..1.
@@ -138,7 +154,37 @@ impl Timing {
             consent_interval: Duration::from_millis(200),
             consent_retry: Duration::from_millis(100),
             consent_timeout: Duration::from_secs(1),
+            relayed_consent_interval: Duration::from_millis(200),
+            relayed_consent_retry: Duration::from_millis(100),
+            relayed_consent_timeout: Duration::from_secs(1),
             ..Timing::default()
+        }
+    }
+
+    /// How long a pair (relayed or not, last measured round trip `rtt`) may go unanswered
+    /// before it loses consent: the configured timeout, but never less than one jittered
+    /// interval plus two round trips, so a path longer than the timeout was sized for is not
+    /// declared dead between two answers (fast relayed timers on an intercontinental relay).
+    pub(crate) fn consent_timeout_for(&self, relayed: bool, rtt: Option<Duration>) -> Duration {
+        let (interval, _, timeout) = self.consent(relayed);
+        let floor = interval.mul_f64(1.0 + self.consent_jitter) + rtt.unwrap_or_default() * 2;
+        timeout.max(floor)
+    }
+
+    /// The consent timers of a pair, relayed or not: (interval, retry, timeout).
+    pub(crate) fn consent(&self, relayed: bool) -> (Duration, Duration, Duration) {
+        if relayed {
+            (
+                self.relayed_consent_interval,
+                self.relayed_consent_retry,
+                self.relayed_consent_timeout,
+            )
+        } else {
+            (
+                self.consent_interval,
+                self.consent_retry,
+                self.consent_timeout,
+            )
         }
     }
 
@@ -157,9 +203,12 @@ impl Timing {
         if !(0.0..1.0).contains(&self.consent_jitter) {
             return Err(TimingError::BadJitter);
         }
-        let longest = self.consent_interval.mul_f64(1.0 + self.consent_jitter);
-        if self.consent_timeout <= longest || self.consent_timeout <= self.consent_retry {
-            return Err(TimingError::ConsentTimeoutTooShort);
+        for relayed in [false, true] {
+            let (interval, retry, timeout) = self.consent(relayed);
+            let longest = interval.mul_f64(1.0 + self.consent_jitter);
+            if timeout <= longest || timeout <= retry {
+                return Err(TimingError::ConsentTimeoutTooShort);
+            }
         }
         if self.max_pairs == 0 || self.max_remote_candidates == 0 {
             return Err(TimingError::BadBounds);

@@ -350,8 +350,8 @@ impl IceAgent {
                 TxnKind::Consent => {
                     t.next = None;
                     // Missed: probe again sooner than the regular interval.
-                    let retry = next + self.timing.consent_retry.saturating_sub(rto);
                     if let Some(p) = self.pairs.get_mut(&t.pair) {
+                        let retry = next + self.timing.consent(p.relayed()).1.saturating_sub(rto);
                         p.consent_next = Some(p.consent_next.map_or(retry, |c| c.min(retry)));
                     }
                 }
@@ -390,7 +390,7 @@ impl IceAgent {
             let p = &self.pairs[&id];
             if p.state == State::Succeeded
                 && p.last_response
-                    .is_some_and(|t| now >= t + self.timing.consent_timeout)
+                    .is_some_and(|t| now >= t + self.consent_timeout_of(p))
             {
                 let info = self.info(id);
                 let p = self.pairs.get_mut(&id).expect("listed");
@@ -405,9 +405,10 @@ impl IceAgent {
     }
 
     pub(super) fn send_consent(&mut self, now: Instant, id: u32) {
-        let interval = jittered(&mut self.rng, &self.timing);
+        let Some(p) = self.pairs.get(&id) else { return };
+        let (relayed, timeout) = (p.relayed(), self.consent_timeout_of(p));
+        let interval = jittered(&mut self.rng, &self.timing, relayed);
         let rto = self.rto();
-        let timeout = self.timing.consent_timeout;
         if let Some(t) = self.send_request(now, id, TxnKind::Consent) {
             t.next = Some(now + rto);
             t.expires = now + timeout;

@@ -98,10 +98,31 @@ impl Pair {
         self.priority = pair_priority_for(controlling, local, self.remote_priority);
     }
 
-    fn relayed(&self) -> bool {
+    pub(super) fn relayed(&self) -> bool {
         self.route.is_relay()
             || self.remote_kind == CandidateKind::Relayed
             || self.remote_priority >> 24 == 0
+    }
+
+    /// Whether this pair and `other` go through a relay in common (by relayed IP).
+    fn shares_relay(&self, other: &Pair) -> bool {
+        let theirs = other.relay_ips();
+        self.relay_ips()
+            .iter()
+            .flatten()
+            .any(|ip| theirs.iter().flatten().any(|o| o == ip))
+    }
+
+    /// The relays this pair goes through, by relayed IP: ours, the peer's.
+    fn relay_ips(&self) -> [Option<IpAddr>; 2] {
+        let ours = match self.route {
+            Route::Relay(a) => Some(a.ip()),
+            Route::Direct(_) => None,
+        };
+        let theirs = (self.remote_kind == CandidateKind::Relayed
+            || self.remote_priority >> 24 == 0)
+            .then(|| self.remote.ip());
+        [ours, theirs]
     }
 }
 
@@ -181,6 +202,9 @@ pub struct IceAgent {
     /// `from` of the next path change.
     lost: Option<PathInfo>,
     standby: Option<u32>,
+    /// The standby shares no relay with the selected pair: a dead relay has somewhere to go,
+    /// so relayed pairs lose consent on the fast relayed timeout (else on the ordinary one).
+    fallback: bool,
     checks_started: Option<Instant>,
     permissions: BTreeSet<(SocketAddr, IpAddr)>,
     next_foundation: u32,
@@ -226,6 +250,7 @@ impl IceAgent {
             selected: None,
             lost: None,
             standby: None,
+            fallback: false,
             checks_started: None,
             permissions: BTreeSet::new(),
             next_foundation: 1,
@@ -595,7 +620,7 @@ impl IceAgent {
                 at(t);
             }
             if let Some(t) = pair.last_response {
-                at(t + self.timing.consent_timeout);
+                at(t + self.consent_timeout_of(pair));
             }
         }
         if let Some(t) = self.grace_end() {
@@ -605,6 +630,13 @@ impl IceAgent {
     }
 
     // ------------------------------------------------------------------ internals
+
+    /// How long `p` may go unanswered before it loses consent: relayed pairs use the fast
+    /// relayed timers only while a standby with no relay in common is held ([`Timing`]).
+    fn consent_timeout_of(&self, p: &Pair) -> Duration {
+        self.timing
+            .consent_timeout_for(p.relayed() && self.fallback, p.rtt)
+    }
 
     fn refuse(&mut self, r: Refusal) -> Inbound {
         *self.counters.refused.entry(r).or_default() += 1;
@@ -718,14 +750,14 @@ impl IceAgent {
 }
 
 /// A consent interval with RFC 7675 §5.1's randomisation.
-fn jittered(rng: &mut StdRng, t: &Timing) -> Duration {
+fn jittered(rng: &mut StdRng, t: &Timing, relayed: bool) -> Duration {
     let j = t.consent_jitter;
     let f = if j > 0.0 {
         rng.random_range(1.0 - j..1.0 + j)
     } else {
         1.0
     };
-    t.consent_interval.mul_f64(f)
+    t.consent(relayed).0.mul_f64(f)
 }
 
 /// Addresses that can be a peer at all: unicast, a real port.

@@ -16,7 +16,7 @@ impl IceAgent {
         self.pairs.get(&id).is_some_and(|p| {
             p.state == State::Succeeded
                 && p.last_response
-                    .is_some_and(|t| now < t + self.timing.consent_timeout)
+                    .is_some_and(|t| now < t + self.consent_timeout_of(p))
         })
     }
 
@@ -121,7 +121,8 @@ impl IceAgent {
                 let to = self.info(n);
                 let pair = self.pairs.get_mut(&n).expect("selected exists");
                 if pair.consent_next.is_none() {
-                    pair.consent_next = Some(now + jittered(&mut self.rng, &self.timing));
+                    pair.consent_next =
+                        Some(now + jittered(&mut self.rng, &self.timing, pair.relayed()));
                 }
                 let reason = match old {
                     Some(o)
@@ -183,18 +184,25 @@ impl IceAgent {
         }
     }
 
-    /// The standby: the best other working pair, of the other kind (relayed or direct) than
-    /// the selected one when there is one, kept fresh by consent so a fallback is known to work.
+    /// The standby: the best other working pair, kept fresh by consent so a fallback is known
+    /// to work. Preferred, in order: one that shares no relay with the selected pair (a dead
+    /// relay must not take the standby with it: with a standby relay allocation, its pairs
+    /// qualify), then one of the other kind (relayed or direct), then priority.
     pub(super) fn pick_standby(&mut self, now: Instant) {
         let new = self.selected.and_then(|s| {
-            let sel_relayed = self.pairs[&s].relayed();
-            let g = self.pairs[&s].sess;
+            let sel = &self.pairs[&s];
+            let sel_relayed = sel.relayed();
+            let g = sel.sess;
             self.pairs
                 .iter()
                 .filter(|(id, p)| **id != s && p.sess == g && self.alive(**id, now))
-                .max_by_key(|(_, p)| (p.relayed() != sel_relayed, p.priority))
+                .max_by_key(|(_, p)| (!p.shares_relay(sel), p.relayed() != sel_relayed, p.priority))
                 .map(|(id, _)| *id)
         });
+        self.fallback = match (self.selected, new) {
+            (Some(s), Some(n)) => !self.pairs[&n].shares_relay(&self.pairs[&s]),
+            _ => false,
+        };
         if new == self.standby {
             return;
         }
@@ -206,7 +214,7 @@ impl IceAgent {
         }
         self.standby = new;
         if let Some(n) = new {
-            let t = now + jittered(&mut self.rng, &self.timing);
+            let t = now + jittered(&mut self.rng, &self.timing, self.pairs[&n].relayed());
             let p = self.pairs.get_mut(&n).expect("standby exists");
             p.consent_next.get_or_insert(t);
         }

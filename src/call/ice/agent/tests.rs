@@ -294,3 +294,184 @@ fn nothing_unauthenticated_is_ever_answered() {
     assert_eq!(a.counters().refused_total(), refused);
     assert_eq!(a.counters().requests_answered, 0);
 }
+
+/// Like [`exchange`] between agents that have relayed candidates only: a transmit from our
+/// allocation `t.route` to the peer's relayed address `t.to` arrives on the peer's
+/// allocation. Packets touching a relay IP in `dead` are lost. Runs until `until`.
+fn exchange_relayed(
+    a: &mut IceAgent,
+    b: &mut IceAgent,
+    now: &mut Instant,
+    until: Instant,
+    dead: &[IpAddr],
+) {
+    while *now < until {
+        loop {
+            let mut moved = false;
+            for dir in 0..2 {
+                let (from, to) = if dir == 0 {
+                    (&mut *a, &mut *b)
+                } else {
+                    (&mut *b, &mut *a)
+                };
+                while let Some(t) = from.poll_transmit() {
+                    moved = true;
+                    let src = t.route.local();
+                    if dead.contains(&src.ip()) || dead.contains(&t.to.ip()) {
+                        continue;
+                    }
+                    let _ = to.handle_input(*now, Route::Relay(t.to), src, &t.data);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        let next = [a.poll_timeout(), b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next else { break };
+        *now = next.max(*now).min(until);
+        a.handle_timeout(*now);
+        b.handle_timeout(*now);
+    }
+}
+
+#[test]
+fn a_dead_relay_moves_the_call_to_the_standby_relay_within_the_relayed_consent_timeout() {
+    let timing = crate::call::phone::PhoneConfig::ice_timing();
+    let mk = |controlling, seed| {
+        IceAgent::new(IceConfig {
+            controlling,
+            seed: [seed; 32],
+            timing: timing.clone(),
+        })
+        .unwrap()
+    };
+    let mut now = Instant::now();
+    let (mut a, mut b) = (mk(true, 20), mk(false, 21));
+    // Relays X and Y; each end allocated on both, X ranked first.
+    let (x, y): (IpAddr, IpAddr) = (
+        "203.0.113.1".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    );
+    let alloc = |ip: IpAddr, port| SocketAddr::new(ip, port);
+    let mut ca = Vec::new();
+    let mut cb = Vec::new();
+    for ip in [x, y] {
+        ca.push(
+            a.add_local_candidate(now, LocalCandidate::Relayed(alloc(ip, 50_000)))
+                .unwrap(),
+        );
+        cb.push(
+            b.add_local_candidate(now, LocalCandidate::Relayed(alloc(ip, 60_000)))
+                .unwrap(),
+        );
+    }
+    a.set_remote_credentials(now, b.local_credentials().clone())
+        .unwrap();
+    b.set_remote_credentials(now, a.local_credentials().clone())
+        .unwrap();
+    for c in cb {
+        a.add_remote_candidate(now, c).unwrap();
+    }
+    for c in ca {
+        b.add_remote_candidate(now, c).unwrap();
+    }
+    let until = now + Duration::from_secs(3);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[]);
+    let relays_of = |p: PathInfo| [p.route.local().ip(), p.remote.ip()];
+    for (ag, who) in [(&a, "caller"), (&b, "callee")] {
+        let sel = ag.selected().unwrap_or_else(|| panic!("{who} connects"));
+        assert_eq!(
+            relays_of(sel),
+            [x, x],
+            "{who}: the first-ranked relay carries the call"
+        );
+        let standby = ag.info(ag.standby.expect("a standby pair"));
+        assert_eq!(
+            relays_of(standby),
+            [y, y],
+            "{who}: the standby shares no relay with it"
+        );
+        assert!(
+            ag.fallback,
+            "{who}: so relayed pairs use the fast consent timeout"
+        );
+    }
+    while a.poll_event().is_some() || b.poll_event().is_some() {}
+
+    // X dies. Each end's last answer through X came at most one probe interval before, so
+    // both have moved by the relayed consent timeout after the death.
+    let died = now;
+    let until = died + crate::call::phone::RELAYED_CONSENT_TIMEOUT + Duration::from_millis(1);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[x]);
+    for (ag, who) in [(&mut a, "caller"), (&mut b, "callee")] {
+        let sel = ag
+            .selected()
+            .unwrap_or_else(|| panic!("{who} keeps a path"));
+        assert_eq!(
+            relays_of(sel),
+            [y, y],
+            "{who}: the call is on the standby relay"
+        );
+        let events: Vec<Event> = std::iter::from_fn(|| ag.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::PathChanged { .. })),
+            "{who}: the move is reported: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Disconnected)),
+            "{who}: never without a path: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn with_one_relay_consent_keeps_the_ordinary_timeout() {
+    // Nowhere to move to: a fast verdict would only disconnect sooner.
+    let timing = crate::call::phone::PhoneConfig::ice_timing();
+    let mk = |controlling, seed| {
+        IceAgent::new(IceConfig {
+            controlling,
+            seed: [seed; 32],
+            timing: timing.clone(),
+        })
+        .unwrap()
+    };
+    let mut now = Instant::now();
+    let (mut a, mut b) = (mk(true, 30), mk(false, 31));
+    let x: IpAddr = "203.0.113.1".parse().unwrap();
+    let ca = a
+        .add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(x, 50_000)))
+        .unwrap();
+    let cb = b
+        .add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(x, 60_000)))
+        .unwrap();
+    a.set_remote_credentials(now, b.local_credentials().clone())
+        .unwrap();
+    b.set_remote_credentials(now, a.local_credentials().clone())
+        .unwrap();
+    a.add_remote_candidate(now, cb).unwrap();
+    b.add_remote_candidate(now, ca).unwrap();
+    let until = now + Duration::from_secs(3);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[]);
+    assert!(a.selected().is_some() && !a.fallback);
+    while a.poll_event().is_some() || b.poll_event().is_some() {}
+    let died = now;
+    // Past the fast timeout: still holding on.
+    let until = died + crate::call::phone::RELAYED_CONSENT_TIMEOUT + Duration::from_millis(100);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[x]);
+    assert!(a.selected().is_some(), "not dropped on the fast timeout");
+    // Past the ordinary one: disconnected.
+    let until = died + timing.consent_timeout + Duration::from_millis(1);
+    exchange_relayed(&mut a, &mut b, &mut now, until, &[x]);
+    let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Disconnected)),
+        "{events:?}"
+    );
+}
