@@ -1004,9 +1004,9 @@ impl Endpoint {
         let mut moved = false;
         let mut came_up = Vec::new();
         for t in &mut self.trials {
-            while let Some(data) = t.turn.poll_transmit() {
+            while let Some(tx) = t.turn.poll_transmit() {
                 moved = true;
-                self.out.push_back(Transmit::new(t.turn.server(), data));
+                self.out.push_back(tx);
             }
             while let Some(ev) = t.turn.poll_event() {
                 moved = true;
@@ -1202,8 +1202,8 @@ impl Endpoint {
                 }),
                 (Relay::Allocating(mut turn), _) => {
                     turn.release(now);
-                    while let Some(data) = turn.poll_transmit() {
-                        self.out.push_back(Transmit::new(turn.server(), data));
+                    while let Some(tx) = turn.poll_transmit() {
+                        self.out.push_back(tx);
                     }
                 }
                 _ => {}
@@ -1215,8 +1215,8 @@ impl Endpoint {
             .partition(|t| Some(t.turn.server()) == standby);
         for mut t in drop {
             t.turn.release(now);
-            while let Some(data) = t.turn.poll_transmit() {
-                self.out.push_back(Transmit::new(t.turn.server(), data));
+            while let Some(tx) = t.turn.poll_transmit() {
+                self.out.push_back(tx);
             }
         }
         self.trials = keep;
@@ -1262,9 +1262,8 @@ impl Endpoint {
             crate::transmit::UDP
         };
         if let Relay::Up(t) | Relay::Allocating(t) = &mut self.relay {
-            while let Some(data) = t.poll_transmit() {
+            while let Some(mut tx) = t.poll_transmit() {
                 moved = true;
-                let mut tx = Transmit::new(t.server(), data);
                 tx.socket = socket;
                 self.out.push_back(tx);
             }
@@ -1358,8 +1357,7 @@ impl Endpoint {
 
     /// Queues what the racing TCP client wants sent.
     fn flush_race(&mut self, t: &mut TurnClient) {
-        while let Some(data) = t.poll_transmit() {
-            let mut tx = Transmit::new(t.server(), data);
+        while let Some(mut tx) = t.poll_transmit() {
             tx.socket = crate::transmit::STREAM;
             self.out.push_back(tx);
         }
@@ -1402,8 +1400,8 @@ impl Endpoint {
                     // Nothing reached us over UDP: releasing it would most likely be lost
                     // too; an allocation it made anyway expires on its own.
                     udp.release(now);
-                    while let Some(data) = udp.poll_transmit() {
-                        self.out.push_back(Transmit::new(udp.server(), data));
+                    while let Some(tx) = udp.poll_transmit() {
+                        self.out.push_back(tx);
                     }
                 }
                 let server = t.server();

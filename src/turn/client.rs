@@ -24,6 +24,7 @@ use crate::stun::timers::RttEstimator;
 use crate::stun::{
     Class, IntegrityCheck, Message, MessageBuilder, TransactionId, attr, long_term_key, method,
 };
+use crate::transmit::Transmit;
 
 /// How the client is configured.
 #[derive(Clone, Debug)]
@@ -273,10 +274,10 @@ impl TurnClient {
         Ok(())
     }
 
-    /// The next message for the server.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmits.pop_front()
+    /// The next message for the server (always addressed to it: one allocation, one server).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let data = self.transmits.pop_front()?;
+        Some(Transmit::new(self.config.server, data))
     }
 
     #[must_use]

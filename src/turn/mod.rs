@@ -29,8 +29,8 @@
 //!     server: &mut TurnServer,
 //! ) -> Vec<(AllocId, SocketAddr, Vec<u8>)> {
 //!     let (mut out, mut to_peers) = (Vec::new(), Vec::new());
-//!     while let Some(msg) = client.poll_transmit() {
-//!         let mut action = server.handle_client(now, me, &msg, &mut out);
+//!     while let Some(t) = client.poll_transmit() {
+//!         let mut action = server.handle_client(now, me, &t.data, &mut out);
 //!         // A real driver binds the allocation's UDP socket here, then reports the outcome.
 //!         while let ClientAction::Bind { pending, .. } = action {
 //!             action = server.relay_bound(now, pending, Ok(()), &mut out);

@@ -34,15 +34,15 @@ fn allocate(server: SocketAddr, secret: &[u8]) -> Result<SocketAddr, u16> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = [0u8; 1500];
     while Instant::now() < deadline {
-        while let Some(m) = c.poll_transmit() {
-            sock.send_to(&m, server).unwrap();
+        while let Some(t) = c.poll_transmit() {
+            sock.send_to(&t.data, t.to).unwrap();
         }
         while let Some(ev) = c.poll_event() {
             match ev {
                 TurnEvent::Allocated { relayed, .. } => {
                     c.release(Instant::now());
-                    while let Some(m) = c.poll_transmit() {
-                        sock.send_to(&m, server).unwrap();
+                    while let Some(t) = c.poll_transmit() {
+                        sock.send_to(&t.data, t.to).unwrap();
                     }
                     return Ok(relayed);
                 }

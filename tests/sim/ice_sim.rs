@@ -534,10 +534,10 @@ impl Peer {
                         _ => {}
                     }
                 }
-                while let Some(bytes) = turn.poll_transmit() {
+                while let Some(t) = turn.poll_transmit() {
                     progress = true;
                     let v4 = self.ifaces[0];
-                    world.send(v4.host, v4.socket, self.turn_server, bytes);
+                    world.send(v4.host, v4.socket, t.to, t.data);
                 }
             }
             if let Some(relayed) = allocated {

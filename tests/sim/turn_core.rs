@@ -78,8 +78,8 @@ impl World {
     fn pump(&mut self, client: &mut TurnClient, from: ClientAddr) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut got = Vec::new();
         let mut out = Vec::new();
-        while let Some(msg) = client.poll_transmit() {
-            let mut action = self.server.handle_client(self.now, from, &msg, &mut out);
+        while let Some(t) = client.poll_transmit() {
+            let mut action = self.server.handle_client(self.now, from, &t.data, &mut out);
             loop {
                 match action {
                     ClientAction::Bind { pending, .. } => {
@@ -94,7 +94,7 @@ impl World {
                     }
                     ClientAction::ToPeer { id, peer, data } => {
                         let relay = self.server.relay_of(id).unwrap();
-                        self.at_peers.push((relay, peer, msg[data].to_vec()));
+                        self.at_peers.push((relay, peer, t.data[data].to_vec()));
                     }
                     ClientAction::None => {}
                 }
@@ -442,7 +442,7 @@ fn two_clients_on_one_relay_talk_through_it_internally() {
     a.send_to(relay_b, b"internal").unwrap();
     // A's ChannelData reaches B as a Data indication from A's relayed address, never a socket.
     let mut out = Vec::new();
-    let msg = a.poll_transmit().unwrap();
+    let msg = a.poll_transmit().unwrap().data;
     match w.server.handle_client(w.now, from_a, &msg, &mut out) {
         ClientAction::ToClient { to, len } => {
             assert_eq!(to, from_b);
@@ -511,7 +511,7 @@ fn unauthenticated_floods_are_rate_limited_per_source() {
     for i in 0..50 {
         let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), "alice", "secret"));
         c.allocate(w.now);
-        let msg = c.poll_transmit().unwrap();
+        let msg = c.poll_transmit().unwrap().data;
         let mut out = Vec::new();
         if let ClientAction::ToClient { .. } = w.server.handle_client(
             w.now,
@@ -599,7 +599,7 @@ fn a_burst_of_100_first_allocates_from_one_address_is_answered() {
     for i in 0..100 {
         let mut c = TurnClient::new(TurnClientConfig::new(addr(LISTEN), "alice", "secret"));
         c.allocate(w.now);
-        let msg = c.poll_transmit().unwrap();
+        let msg = c.poll_transmit().unwrap().data;
         let from = World::client_addr(&format!("198.51.100.62:{}", 10_000 + i));
         if let ClientAction::ToClient { to, len } =
             w.server.handle_client(w.now, from, &msg, &mut out)
@@ -608,7 +608,7 @@ fn a_burst_of_100_first_allocates_from_one_address_is_answered() {
             assert!(c.handle_input(w.now, &out[..len]).is_none());
             // The client took the challenge: its next message is the signed Allocate, not a
             // retransmission of the first.
-            let next = c.poll_transmit().expect("a signed Allocate");
+            let next = c.poll_transmit().expect("a signed Allocate").data;
             assert_ne!(next, msg);
             answered += 1;
         }

@@ -711,8 +711,8 @@ impl Good {
     }
 
     fn flush(&mut self) {
-        while let Some(m) = self.core.poll_transmit() {
-            self.sock.send_to(&m, self.server).unwrap();
+        while let Some(t) = self.core.poll_transmit() {
+            self.sock.send_to(&t.data, t.to).unwrap();
         }
     }
 

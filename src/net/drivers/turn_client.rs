@@ -213,10 +213,11 @@ async fn run(
     let mut have = 0usize;
     loop {
         // Send what the core wants sent.
-        while let Some(m) = core.poll_transmit() {
+        // (The socket is connected to the core's one server, where every transmit goes.)
+        while let Some(t) = core.poll_transmit() {
             let r = match &mut conn {
-                Conn::Udp(s) => s.send(&m).await.map(|_| ()),
-                Conn::Stream(s) => s.write_all(&m).await,
+                Conn::Udp(s) => s.send(&t.data).await.map(|_| ()),
+                Conn::Stream(s) => s.write_all(&t.data).await,
             };
             if r.is_err() && matches!(conn, Conn::Stream(_)) {
                 return;
@@ -307,10 +308,10 @@ async fn run(
                 None => {
                     core.release(Instant::now());
                     // One best-effort send of the release, then stop.
-                    if let Some(m) = core.poll_transmit() {
+                    if let Some(t) = core.poll_transmit() {
                         let _ = match &mut conn {
-                            Conn::Udp(s) => s.send(&m).await.map(|_| ()),
-                            Conn::Stream(s) => s.write_all(&m).await,
+                            Conn::Udp(s) => s.send(&t.data).await.map(|_| ()),
+                            Conn::Stream(s) => s.write_all(&t.data).await,
                         };
                     }
                     return;
