@@ -40,7 +40,7 @@
 //!                 let _ = client.handle_input(now, &out[..len]);
 //!             }
 //!             ClientAction::ToPeer { id, peer, data } => {
-//!                 to_peers.push((id, peer, msg[data].to_vec()))
+//!                 to_peers.push((id, peer, t.data[data].to_vec()))
 //!             }
 //!             _ => {}
 //!         }
