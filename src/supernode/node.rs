@@ -558,7 +558,14 @@ impl Supernode {
             Request::CRoute { to, payload } => self.client_route(now, sid, txn, peer, to, payload),
             Request::CRelays => self.relay_offers(now, sid, txn, peer),
             Request::CStandby { primary } => self.standby(now, sid, txn, primary),
-            Request::CMembers => self.respond(now, sid, txn, &Response::Members(self.members())),
+            Request::CMembers => self.members_whole(now, sid, txn),
+            Request::CMembersPage { after, digest } => {
+                let list = self.members();
+                let d = signal::members_digest(&list);
+                let budget = self.ep.config().max_body();
+                let resp = signal::members_page(&list, d, after, digest, budget);
+                self.respond(now, sid, txn, &resp);
+            }
             Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),
             Request::RHello {
                 udp,
@@ -649,12 +656,30 @@ impl Supernode {
             | Request::CRelays
             | Request::CStandby { .. }
             | Request::CMembers
+            | Request::CMembersPage { .. }
             | Request::CStandbyIs { .. }
             | Request::RHello { .. } => unreachable!("not a supernode request"),
         })
     }
 
     // ------------------------------------------------------------------ client requests
+
+    /// The whole member list in one answer, or a refusal that says why: a list too long for
+    /// one frame used to go unanswered, which the asker took for a dead supernode.
+    fn members_whole(&mut self, now: Instant, sid: SessionId, txn: TransactionId) {
+        let body = signal::encode(&Response::Members(self.members()));
+        if body.len() <= self.ep.config().max_body() {
+            let _ = self.ep.respond(now, sid, txn, &body);
+        } else {
+            self.error(
+                now,
+                sid,
+                txn,
+                413,
+                "member list exceeds one frame: ask by pages",
+            );
+        }
+    }
 
     fn refresh(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId) {
         if self.clients.is_registered(&peer, sid) {

@@ -239,6 +239,9 @@ impl Attacker {
                     (Answer::Directory, Some(Request::CMembers)) => {
                         Some(Response::Members(Vec::new()))
                     }
+                    (Answer::Directory, Some(Request::CMembersPage { .. })) => Some(
+                        signal::members_page(&[], signal::members_digest(&[]), None, None, 1200),
+                    ),
                     (
                         Answer::Directory,
                         Some(
