@@ -303,6 +303,10 @@ pub struct World {
     pub delivered: u64,
     /// Clients acknowledge a delivery with `"re:"` + payload (else with no reply).
     pub reply_to_deliveries: bool,
+    /// `NodeConfig::peer_idle` of supernodes added from now on.
+    pub peer_idle: Duration,
+    /// Datagrams and bytes (UDP payload) each node sent.
+    pub sent: Vec<(u64, u64)>,
 }
 
 impl Default for World {
@@ -331,6 +335,8 @@ impl World {
             next_identity: 1000,
             delivered: 0,
             reply_to_deliveries: false,
+            peer_idle: voxmesh::supernode::PEER_IDLE,
+            sent: Vec::new(),
         }
     }
 
@@ -351,6 +357,7 @@ impl World {
         let host = self.net.add_public(addr.ip());
         assert_eq!(host, i, "one host per node");
         self.nodes.push((addr, node, true));
+        self.sent.push((0, 0));
         i
     }
 
@@ -373,6 +380,7 @@ impl World {
             .unwrap();
         let mut cfg = NodeConfig::new(addr);
         cfg.session = fast_session(true);
+        cfg.peer_idle = self.peer_idle;
         let sn = Supernode::new(
             identity,
             cfg,
@@ -559,6 +567,9 @@ impl World {
                 if !alive {
                     continue;
                 }
+                let sent = &mut self.sent[i];
+                sent.0 += 1;
+                sent.1 += t.data.len() as u64;
                 self.net.send(i, from, t.to, t.data);
             }
             let reply = self.reply_to_deliveries;
