@@ -203,6 +203,8 @@ fn measure_mesh_cost() {
         let wall = std::time::Instant::now();
         let rss0 = rss();
         let mut w = World::new();
+        // The daemons' session timers (20 s keepalives), not the tests' shortened ones.
+        w.sn_session = Some(voxmesh::session::Config::default());
         let (_, k0, a0) = w.add_supernode(&[]);
         for _ in 1..n {
             w.add_supernode(&[(k0, a0)]);
@@ -240,6 +242,7 @@ fn measure_mesh_cost() {
             "members_complete_at_end": all_converged,
             "window_s": secs,
             "peer_idle_s": idle.as_secs(),
+            "keepalive_s": voxmesh::session::Config::default().keepalive_interval.as_secs(),
             "peer_sessions_mean": mean(&sess),
             "peer_sessions_max": max(&sess),
             "full_mesh_sessions": n - 1,

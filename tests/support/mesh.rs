@@ -305,6 +305,8 @@ pub struct World {
     pub reply_to_deliveries: bool,
     /// `NodeConfig::peer_idle` of supernodes added from now on.
     pub peer_idle: Duration,
+    /// Session settings of supernodes added from now on (`None`: [`fast_session`]).
+    pub sn_session: Option<session::Config>,
     /// Datagrams and bytes (UDP payload) each node sent.
     pub sent: Vec<(u64, u64)>,
 }
@@ -336,6 +338,7 @@ impl World {
             delivered: 0,
             reply_to_deliveries: false,
             peer_idle: voxmesh::supernode::PEER_IDLE,
+            sn_session: None,
             sent: Vec::new(),
         }
     }
@@ -379,7 +382,10 @@ impl World {
             .parse()
             .unwrap();
         let mut cfg = NodeConfig::new(addr);
-        cfg.session = fast_session(true);
+        cfg.session = self
+            .sn_session
+            .clone()
+            .unwrap_or_else(|| fast_session(true));
         cfg.peer_idle = self.peer_idle;
         let sn = Supernode::new(
             identity,
