@@ -198,13 +198,18 @@ fn measure_mesh_cost() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
-    let idle = voxmesh::supernode::PEER_IDLE;
+    // `MESH_PEER_IDLE_S=100000`: sessions never close, the old full mesh, for comparison.
+    let idle = std::env::var("MESH_PEER_IDLE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(voxmesh::supernode::PEER_IDLE, Duration::from_secs);
     for n in sizes {
         let wall = std::time::Instant::now();
         let rss0 = rss();
         let mut w = World::new();
         // The daemons' session timers (20 s keepalives), not the tests' shortened ones.
         w.sn_session = Some(voxmesh::session::Config::default());
+        w.peer_idle = idle;
         let (_, k0, a0) = w.add_supernode(&[]);
         for _ in 1..n {
             w.add_supernode(&[(k0, a0)]);
@@ -213,7 +218,7 @@ fn measure_mesh_cost() {
         let limit = Duration::from_secs(n as u64 + 60);
         let converged = run_steps(&mut w, limit, |w| all_see(w, n));
         let converge_s = converged.map(|d| d.as_secs_f64());
-        w.run(idle + Duration::from_secs(10));
+        w.run(idle.min(Duration::from_secs(60)) + Duration::from_secs(10));
         let before = w.sent.clone();
         let mut samples = Vec::new();
         let t0 = w.now;
