@@ -13,6 +13,8 @@ mod binding_service;
 mod ice_sim;
 #[path = "sim/media_pair.rs"]
 mod media_pair;
+#[path = "sim/mesh_scale.rs"]
+mod mesh_scale;
 #[path = "sim/mesh_sim.rs"]
 mod mesh_sim;
 #[path = "sim/probe_sim.rs"]

@@ -34,7 +34,8 @@ use crate::identity::{
 };
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
 use crate::signal::{
-    self, Entry, Message, NodeInfo, Registration, RelayOffer, Request, Response, Target,
+    self, Entry, Message, NodeInfo, Pager, PagerStep, Registration, RelayOffer, Request, Response,
+    Target,
 };
 
 /// Agent settings.
@@ -179,7 +180,8 @@ enum Pending {
     Standby,
     /// On the primary's session: who our standby is.
     StandbyIs,
-    Members,
+    /// A page of the member list, for fetch number `n` (answers to an older fetch are ignored).
+    Members(u32),
     Watch,
     Lookup(Target),
     Claim(String),
@@ -234,6 +236,11 @@ pub struct Agent {
     /// The mesh's members as our primary last listed them (`None` before the first list): a
     /// standby the mesh no longer lists is not promoted.
     members: Option<HashSet<UserId>>,
+    /// Collects the member list page by page, and remembers the digest of the last complete
+    /// one (so an unchanged list costs one small answer).
+    pager: Pager,
+    /// Number of the current member list fetch.
+    members_fetch: u32,
     /// Number of the last [`Agent::route`].
     next_route: u64,
     /// Deliveries awaiting [`Agent::acknowledge`]: number -> the request to answer.
@@ -290,6 +297,8 @@ impl Agent {
             after_loss: false,
             dead: HashMap::new(),
             members: None,
+            pager: Pager::default(),
+            members_fetch: 0,
             next_route: 0,
             deliveries: HashMap::new(),
             next_delivery: 0,
@@ -464,7 +473,7 @@ impl Agent {
                 // primary fails too.
                 self.refreshes += 1;
                 if self.refreshes % 3 == 0 {
-                    self.request_on(now, p.session, &Request::CMembers, Pending::Members);
+                    self.ask_members(now, p.session);
                 }
             }
         }
@@ -584,7 +593,17 @@ impl Agent {
     /// Asks the primary for the mesh's members (merged into [`Agent::known_supernodes`]): for
     /// an agent that does not register, which otherwise never asks.
     pub fn members(&mut self, now: Instant) {
-        self.ask(now, Request::CMembers, Pending::Members);
+        // By pages, on the primary once one is up (like `ask`, which cannot page).
+        match self.primary {
+            Some(l) if self.ep.is_established(l.session) => self.ask_members(now, l.session),
+            _ => {
+                self.members_fetch = self.members_fetch.wrapping_add(1);
+                let req = self.pager.first();
+                self.queued
+                    .push_back((req, Pending::Members(self.members_fetch)));
+            }
+        }
+        self.pump(now);
     }
 
     /// A promotion request ([`crate::roles`]) to the primary; answered by [`AgentEvent::Roles`].
@@ -742,7 +761,7 @@ impl Agent {
     fn drop_standby(&mut self, now: Instant, why: &str) {
         self.lose_standby(now, why);
         match self.primary.filter(|_| self.registered) {
-            Some(p) => self.request_on(now, p.session, &Request::CMembers, Pending::Members),
+            Some(p) => self.ask_members(now, p.session),
             None => self.open_standby(now),
         }
     }
@@ -1066,8 +1085,9 @@ impl Agent {
         match p {
             // Connection management answers from a session that is no longer ours (closed by a
             // failover, which fails its outstanding requests) are about the past.
-            Pending::Register { .. } | Pending::Renew | Pending::Refresh | Pending::Members
+            Pending::Register { .. } | Pending::Renew | Pending::Refresh | Pending::Members(_)
                 if !on_primary => {}
+            Pending::Members(n) if n != self.members_fetch => {}
             Pending::Standby if !on_standby => {}
             Pending::StandbyIs => {}
             // A lookup or relay request that went down with a session we closed: ask again on
@@ -1098,7 +1118,7 @@ impl Agent {
                     for user in self.watches.clone() {
                         self.request_on(now, l.session, &Request::CWatch(user), Pending::Watch);
                     }
-                    self.request_on(now, l.session, &Request::CMembers, Pending::Members);
+                    self.ask_members(now, l.session);
                     self.flush_queue(now);
                     // A standby whose primary was the dead one must learn the new primary.
                     self.announce_standby(now);
@@ -1127,23 +1147,30 @@ impl Agent {
                     self.fail_over(now, "registration renewal failed");
                 }
             },
-            Pending::Members => {
-                if let Some(Response::Members(list)) = resp {
-                    self.merge_members(&list);
-                    self.members = Some(list.iter().map(|n| n.key.id).collect());
-                    // A standby the mesh no longer lists is dead: replace it.
-                    if self.standby.is_some_and(|s| !self.plausible(&s.node)) {
-                        self.lose_standby(now, "the mesh no longer lists it");
+            Pending::Members(_) => match resp {
+                Some(page @ Response::MembersPage { .. }) => match self.pager.on_page(page) {
+                    Some(PagerStep::Ask(req)) => {
+                        let n = self.members_fetch;
+                        self.request_on(now, sid, &req, Pending::Members(n));
                     }
-                    self.open_standby(now);
-                } else if resp.is_none() {
-                    // The primary did not answer at all: as telling as an unanswered refresh.
-                    self.fail_over(now, "the primary did not answer");
-                } else {
-                    // Refused: pick from the list we have rather than sit without a standby.
-                    self.open_standby(now);
-                }
-            }
+                    Some(PagerStep::Done(list, _)) => {
+                        if let Some(list) = list {
+                            self.merge_members(&list);
+                            self.members = Some(list.iter().map(|n| n.key.id).collect());
+                        }
+                        // A standby the mesh no longer lists is dead: replace it.
+                        if self.standby.is_some_and(|s| !self.plausible(&s.node)) {
+                            self.lose_standby(now, "the mesh no longer lists it");
+                        }
+                        self.open_standby(now);
+                    }
+                    None => unreachable!("a page is a page"),
+                },
+                // The primary did not answer at all: as telling as an unanswered refresh.
+                None => self.fail_over(now, "the primary did not answer"),
+                // Refused: pick from the list we have rather than sit without a standby.
+                Some(_) => self.open_standby(now),
+            },
             Pending::Standby => {
                 // The standby did not take it (or did not answer): it cannot be relied on.
                 if matches!(resp, Some(Response::Ok)) {
@@ -1219,6 +1246,14 @@ impl Agent {
         }
     }
 
+    /// Starts fetching the member list on `session` (a fetch under way is abandoned: its
+    /// answers are ignored).
+    fn ask_members(&mut self, now: Instant, session: SessionId) {
+        self.members_fetch = self.members_fetch.wrapping_add(1);
+        let req = self.pager.first();
+        self.request_on(now, session, &req, Pending::Members(self.members_fetch));
+    }
+
     /// Adds supernodes learnt from the mesh to the host cache (bounded).
     fn merge_members(&mut self, list: &[NodeInfo]) {
         for n in list {
@@ -1242,7 +1277,7 @@ fn answers(p: &Pending, resp: &Response) -> bool {
                 Pending::Refresh | Pending::Standby | Pending::Watch,
                 Response::Ok
             )
-            | (Pending::Members, Response::Members(_))
+            | (Pending::Members(_), Response::MembersPage { .. })
             | (Pending::Lookup(_), Response::Entry(_) | Response::NotFound)
             | (Pending::Claim(_), Response::Claimed { .. })
             | (Pending::Route(..), Response::Routed | Response::Reply(_))

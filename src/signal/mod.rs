@@ -6,7 +6,14 @@
 //! layer bounds every message to one datagram, so nothing here needs its own fragmentation.
 //! Human-facing JSON never travels between nodes (DESIGN §3).
 
+mod members;
+
 use std::net::SocketAddr;
+
+pub use members::{
+    Digest, MAX_RESTARTS, PAGE_MARGIN, Pager, PagerStep, digest as members_digest,
+    page as members_page,
+};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -169,7 +176,8 @@ pub enum Request {
     CStandby {
         primary: UserId,
     },
-    /// The supernodes this one knows (for the client's host cache).
+    /// The supernodes this one knows (for the client's host cache), in one answer: refused
+    /// (413) when the list does not fit in one frame. Superseded by [`Request::CMembersPage`].
     CMembers,
 
     /// Store (replicate) an entry at one of its homes.
@@ -223,6 +231,13 @@ pub enum Request {
     /// before the primary fails too. (Appended last: variant indexes are the wire format.)
     CStandbyIs {
         standby: UserId,
+    },
+    /// One page of the supernodes this one knows, sorted by ID: those after the ID `after`
+    /// (from the start with `None`). With `digest` the asker holds a complete list: an
+    /// unchanged list is answered with an empty page. See [`members`](self::members_page).
+    CMembersPage {
+        after: Option<UserId>,
+        digest: Option<Digest>,
     },
     /// Promotion ([`crate::roles`]): what the mesh needs, dial-back, grants. One variant with
     /// its own enum, appended last, so later promotion messages extend that enum instead.
@@ -286,6 +301,14 @@ pub enum Response {
     /// A client's acknowledgement of a routed payload, with a reply for the sender (the callee's
     /// ringing rides it). Supernodes pass it back unread. (Appended last: the wire format.)
     Reply(Vec<u8>),
+    /// A page of members ([`Request::CMembersPage`]): `next` is the cursor for the next page
+    /// (`None`: the last one), `digest` that of the whole list, `total` its length.
+    MembersPage {
+        members: Vec<NodeInfo>,
+        next: Option<UserId>,
+        digest: Digest,
+        total: u32,
+    },
     /// The answer to [`Request::CRoles`]. (Appended last.)
     Roles(RolesAnswer),
 }

@@ -15,4 +15,4 @@ mod relays;
 mod routing;
 
 pub use binding::{BindingConfig, BindingCounters, BindingService, Reply, Via};
-pub use node::{NodeConfig, NodeCounters, Status, Supernode};
+pub use node::{NodeConfig, NodeCounters, PEER_IDLE, Status, Supernode};

@@ -85,6 +85,14 @@ pub struct NodeConfig {
     /// registrations beyond it are refused (503) and the client registers elsewhere. `None`
     /// (a `supernoded`): no ramp.
     pub client_ramp: Option<crate::roles::Ramp>,
+    /// A session with another supernode that carried nothing (but keepalives) for this long is
+    /// closed; the next thing to send opens one again. Sessions are on demand, so a large mesh
+    /// holds sessions only with the peers it works with and probes. Must exceed twice the
+    /// session's transaction timeout (no request of either side can still be in flight on a
+    /// session this idle); above the keepalive interval, an idle session costs at most a
+    /// keepalive or two before it goes. SWIM probes each member about once per (members ×
+    /// probe period): meshes smaller than `peer_idle / probe_period` keep every session open.
+    pub peer_idle: Duration,
 }
 
 impl NodeConfig {
@@ -100,9 +108,14 @@ impl NodeConfig {
             registration_lifetime: Duration::from_secs(3600),
             grants: GrantConfig::default(),
             client_ramp: None,
+            peer_idle: PEER_IDLE,
         }
     }
 }
+
+/// Default [`NodeConfig::peer_idle`]: 30 s, six session transaction timeouts and one and a half
+/// keepalive intervals.
+pub const PEER_IDLE: Duration = Duration::from_secs(30);
 
 /// Counters for the status and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -114,6 +127,8 @@ pub struct NodeCounters {
     pub presence_pushes: u64,
     pub claims: u64,
     pub relay_offers: u64,
+    /// Requests to other supernodes sent again because their session closed under them.
+    pub peer_retries: u64,
     /// Refusals by reason (bad records, impostors, unknown roles...).
     pub refused: HashMap<String, u64>,
 }
@@ -136,6 +151,8 @@ pub struct Status {
     pub homed_users: usize,
     pub names: usize,
     pub sessions: usize,
+    /// Of those, sessions with other supernodes (opened on demand, closed when idle).
+    pub peer_sessions: usize,
     pub relays: Vec<(String, u32)>,
     pub counters: NodeCounters,
 }
@@ -171,6 +188,12 @@ pub struct Supernode {
     promotion: Promotion,
     /// When the core started (the load ramp's origin).
     started: Instant,
+    /// Our requests to other supernodes in flight, with their bodies: one that fails because
+    /// its session closed under it (an idle close crossing it, two sessions settling on one)
+    /// is sent once more on a fresh session.
+    retry: HashMap<TransactionId, (UserId, Vec<u8>)>,
+    /// When to close idle peer sessions next.
+    next_sweep: Instant,
     counters: NodeCounters,
 }
 
@@ -196,6 +219,7 @@ impl Supernode {
         let mesh_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
         let mesh = Mesh::new(member, &config.mesh, mesh_seed, now);
         let promotion = Promotion::new(config.grants.clone(), mesh_seed ^ 0x5eed);
+        let next_sweep = now + config.peer_idle / 4;
         let mut node = Supernode {
             promotion,
             started: now,
@@ -211,6 +235,8 @@ impl Supernode {
             presence: Presence::default(),
             pending: Pending::default(),
             relays: Relays::default(),
+            retry: HashMap::new(),
+            next_sweep,
             counters: NodeCounters::default(),
         };
         for (k, addr) in bootstrap {
@@ -283,6 +309,7 @@ impl Supernode {
             homed_users: self.dir.len(),
             names: self.dir.name_count(),
             sessions: self.ep.session_count(),
+            peer_sessions: self.peers.session_count(),
             relays: self.relays.loads(),
             counters: self.counters.clone(),
         }
@@ -316,16 +343,28 @@ impl Supernode {
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        match (self.ep.poll_timeout(), self.mesh.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.ep.poll_timeout(),
+            self.mesh.poll_timeout(),
+            Some(self.next_sweep),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Timers due at `now` fire.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
         self.mesh.handle_timeout(now);
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.peer_idle / 4;
+            for (id, sid) in self.peers.idle(now, self.config.peer_idle) {
+                tracing::debug!("closing the idle session with supernode {id}");
+                self.ep.close(now, sid);
+                self.forget_session(now, sid, Some(id));
+            }
+        }
         self.pump(now);
     }
 
@@ -371,10 +410,12 @@ impl Supernode {
     /// A session with member `m`, opening one if needed.
     fn peer_session(&mut self, now: Instant, m: &Member) -> Option<SessionId> {
         if let Some(sid) = self.peers.session(&m.id) {
+            self.peers.touch(m.id, now);
             return Some(sid);
         }
         let sid = self.ep.connect(now, m.addr, &m.node_key()).ok()?;
         self.peers.add_session(m.id, sid);
+        self.peers.touch(m.id, now);
         Some(sid)
     }
 
@@ -383,17 +424,32 @@ impl Supernode {
     /// fans out to the same homes), the request waits in a per-peer queue, in order, and goes
     /// as answers come back. `false` only when the peer is unreachable or its queue is full.
     fn send_to_peer(&mut self, now: Instant, id: UserId, req: &Request, cont: Cont) -> bool {
+        self.send_body_to_peer(now, id, signal::encode(req), cont, true)
+    }
+
+    /// [`send_to_peer`](Self::send_to_peer) with the request encoded; `retry`: remember the
+    /// body to send it once more if its session closes under it.
+    fn send_body_to_peer(
+        &mut self,
+        now: Instant,
+        id: UserId,
+        body: Vec<u8>,
+        cont: Cont,
+        retry: bool,
+    ) -> bool {
         let Some(m) = self.mesh.member(&id).cloned() else {
             return false;
         };
         let Some(sid) = self.peer_session(now, &m) else {
             return false;
         };
-        let body = signal::encode(req);
         if !self.peers.is_queued(&id) {
             match self.ep.request(now, sid, &body) {
                 Ok(txn) => {
                     self.pending.insert(txn, cont);
+                    if retry {
+                        self.retry.insert(txn, (id, body));
+                    }
                     return true;
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => {}
@@ -412,11 +468,14 @@ impl Supernode {
         let Some(sid) = self.peers.session(&peer) else {
             return;
         };
+        self.peers.touch(peer, now);
         while let Some(body) = self.peers.front(&peer) {
             match self.ep.request(now, sid, body) {
                 Ok(txn) => {
+                    let body = body.to_vec();
                     let cont = self.peers.pop(&peer).expect("front exists");
                     self.pending.insert(txn, cont);
+                    self.retry.insert(txn, (peer, body));
                 }
                 Err(session::SendError::TooManyInFlight | session::SendError::QueueFull) => return,
                 Err(_) => {
@@ -451,23 +510,33 @@ impl Supernode {
         match ev {
             Event::Connected { session, peer } => {
                 if self.mesh.is_member(&peer.id) {
+                    // Two sessions with one peer (both opened at once) are both kept: each end
+                    // sends on its own and closes it when idle, and so does the other end.
+                    // (Settling on one by closing the other cost SWIM its queued datagrams
+                    // and slowed convergence.)
                     self.peers.add_session(peer.id, session);
+                    self.peers.touch(peer.id, now);
                     self.verify_member(now, peer.id);
                     self.drain_peer_queue(now, peer.id);
                 }
             }
             Event::HandshakeFailed { session, .. } => self.forget_session(now, session, None),
             Event::Closed { session, peer, .. } => self.forget_session(now, session, peer),
-            Event::Request { session, txn, body } => match signal::decode::<Request>(&body) {
-                Ok(req) => self.on_request(now, session, txn, req),
-                Err(e) => {
-                    // Counted under one reason (the detail varies), answered with the detail.
-                    self.counters.refuse("bad request");
-                    let reason = format!("bad request: {e}");
-                    self.respond(now, session, txn, &Response::Error { code: 400, reason });
+            Event::Request { session, txn, body } => {
+                self.touch_peer(now, session);
+                match signal::decode::<Request>(&body) {
+                    Ok(req) => self.on_request(now, session, txn, req),
+                    Err(e) => {
+                        // Counted under one reason (the detail varies), answered with it.
+                        self.counters.refuse("bad request");
+                        let reason = format!("bad request: {e}");
+                        self.respond(now, session, txn, &Response::Error { code: 400, reason });
+                    }
                 }
-            },
+            }
             Event::Response { session, txn, body } => {
+                self.retry.remove(&txn);
+                self.touch_peer(now, session);
                 if let Some(cont) = self.pending.take(&txn) {
                     let resp = match signal::decode::<Response>(&body) {
                         Ok(r) => r,
@@ -485,15 +554,43 @@ impl Supernode {
                     self.drain_peer_queue(now, peer);
                 }
             }
-            Event::TransactionFailed { session, txn, .. } => {
+            Event::TransactionFailed {
+                session,
+                txn,
+                error,
+            } => {
+                let again = self.retry.remove(&txn);
                 if let Some(cont) = self.pending.take(&txn) {
-                    self.on_answer(now, cont, None);
+                    match again {
+                        Some((peer, body)) if error == session::TransactionError::SessionClosed => {
+                            // Once more on a fresh session; the continuation fails only if
+                            // that cannot even be sent.
+                            self.counters.peer_retries += 1;
+                            let cont_copy = cont.clone();
+                            if !self.send_body_to_peer(now, peer, body, cont, false) {
+                                self.on_answer(now, cont_copy, None);
+                            }
+                        }
+                        _ => self.on_answer(now, cont, None),
+                    }
                 }
                 if let Some(peer) = self.peer_id(session) {
                     self.drain_peer_queue(now, peer);
                 }
             }
-            Event::Message { session, body } => self.on_message(now, session, &body),
+            Event::Message { session, body } => {
+                self.touch_peer(now, session);
+                self.on_message(now, session, &body)
+            }
+        }
+    }
+
+    /// Traffic on `sid`: if it is the session we hold with a supernode, it is in use.
+    fn touch_peer(&mut self, now: Instant, sid: SessionId) {
+        if let Some(peer) = self.peer_id(sid)
+            && self.peers.session(&peer) == Some(sid)
+        {
+            self.peers.touch(peer, now);
         }
     }
 
@@ -581,7 +678,14 @@ impl Supernode {
             Request::CRoute { to, payload } => self.client_route(now, sid, txn, peer, to, payload),
             Request::CRelays => self.relay_offers(now, sid, txn, peer),
             Request::CStandby { primary } => self.standby(now, sid, txn, primary),
-            Request::CMembers => self.respond(now, sid, txn, &Response::Members(self.members())),
+            Request::CMembers => self.members_whole(now, sid, txn),
+            Request::CMembersPage { after, digest } => {
+                let list = self.members();
+                let d = signal::members_digest(&list);
+                let budget = self.ep.config().max_body();
+                let resp = signal::members_page(&list, d, after, digest, budget);
+                self.respond(now, sid, txn, &resp);
+            }
             Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),
             Request::CRoles(r) => self.roles(now, sid, txn, peer, r),
             Request::RHello {
@@ -673,6 +777,7 @@ impl Supernode {
             | Request::CRelays
             | Request::CStandby { .. }
             | Request::CMembers
+            | Request::CMembersPage { .. }
             | Request::CStandbyIs { .. }
             | Request::CRoles(_)
             | Request::RHello { .. } => unreachable!("not a supernode request"),
@@ -680,6 +785,23 @@ impl Supernode {
     }
 
     // ------------------------------------------------------------------ client requests
+
+    /// The whole member list in one answer, or a refusal that says why: a list too long for
+    /// one frame used to go unanswered, which the asker took for a dead supernode.
+    fn members_whole(&mut self, now: Instant, sid: SessionId, txn: TransactionId) {
+        let body = signal::encode(&Response::Members(self.members()));
+        if body.len() <= self.ep.config().max_body() {
+            let _ = self.ep.respond(now, sid, txn, &body);
+        } else {
+            self.error(
+                now,
+                sid,
+                txn,
+                413,
+                "member list exceeds one frame: ask by pages",
+            );
+        }
+    }
 
     fn refresh(&mut self, now: Instant, sid: SessionId, txn: TransactionId, peer: UserId) {
         if self.clients.is_registered(&peer, sid) {

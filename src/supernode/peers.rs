@@ -9,6 +9,7 @@
 //! through a session they authenticated) are homes or listed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::identity::UserId;
 use crate::session::SessionId;
@@ -32,6 +33,8 @@ pub(super) struct Peers<C> {
     queues: HashMap<UserId, VecDeque<(Vec<u8>, C)>>,
     /// Live members at the last re-homing (to push only what moved).
     last_members: Vec<UserId>,
+    /// When each peer's session last carried something of ours or theirs (not keepalives).
+    used: HashMap<UserId, Instant>,
 }
 
 impl<C> Peers<C> {
@@ -42,6 +45,7 @@ impl<C> Peers<C> {
             verified: HashSet::new(),
             queues: HashMap::new(),
             last_members: vec![me],
+            used: HashMap::new(),
         }
     }
 
@@ -60,6 +64,39 @@ impl<C> Peers<C> {
         self.sessions.retain(|_, s| *s != sid);
     }
 
+    /// Traffic with `id` (either way) at `now`: its session is in use.
+    pub fn touch(&mut self, id: UserId, now: Instant) {
+        if self.sessions.contains_key(&id) {
+            self.used.insert(id, now);
+        }
+    }
+
+    /// Sessions unused for `limit` (and with no requests waiting for them): to close. Their
+    /// entries are forgotten here; the members stay verified.
+    pub fn idle(&mut self, now: Instant, limit: Duration) -> Vec<(UserId, SessionId)> {
+        let mut out = Vec::new();
+        let used = &mut self.used;
+        let queues = &self.queues;
+        self.sessions.retain(|id, sid| {
+            let last = *used.entry(*id).or_insert(now);
+            let busy = queues.get(id).is_some_and(|q| !q.is_empty());
+            if now.saturating_duration_since(last) >= limit && !busy {
+                out.push((*id, *sid));
+                false
+            } else {
+                true
+            }
+        });
+        used.retain(|id, _| self.sessions.contains_key(id));
+        out.sort();
+        out
+    }
+
+    /// Sessions held with other supernodes.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// `id` proved its key. `true` if it had not before.
     pub fn verify(&mut self, id: UserId) -> bool {
         id != self.me && self.verified.insert(id)
@@ -68,6 +105,7 @@ impl<C> Peers<C> {
     /// Supernode `id` left the mesh: its session (to close) and what waited on it (to fail).
     pub fn remove(&mut self, id: &UserId) -> (Option<SessionId>, Vec<C>) {
         self.verified.remove(id);
+        self.used.remove(id);
         (self.sessions.remove(id), self.take_queue(id))
     }
 
@@ -184,6 +222,41 @@ mod tests {
         assert_eq!(p.session(&id(1)), Some(SessionId(1)));
         p.forget_session(SessionId(1));
         assert_eq!(p.session(&id(1)), None);
+    }
+
+    #[test]
+    fn sessions_unused_for_the_limit_are_closed_and_proof_of_key_stays() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(30);
+        let mut p: Peers<()> = Peers::new(id(0));
+        p.add_session(id(1), SessionId(1));
+        p.add_session(id(2), SessionId(2));
+        p.add_session(id(3), SessionId(3));
+        p.verify(id(1));
+        p.touch(id(1), t0);
+        p.touch(id(2), t0);
+        p.touch(id(3), t0);
+        p.enqueue(id(3), vec![1], ()).unwrap();
+        p.touch(id(2), t0 + Duration::from_secs(20));
+        assert!(p.idle(t0 + Duration::from_secs(29), limit).is_empty());
+        // 1 is idle; 2 was used later; 3 has a request waiting.
+        let closed = p.idle(t0 + Duration::from_secs(30), limit);
+        assert_eq!(closed, vec![(id(1), SessionId(1))]);
+        assert_eq!(p.session(&id(1)), None);
+        assert_eq!(p.session_count(), 2);
+        assert_eq!(
+            p.live(vec![id(0), id(1)]),
+            vec![id(0), id(1)],
+            "still verified"
+        );
+        // A touch without a session records nothing (it must not keep a future one alive).
+        p.touch(id(1), t0 + Duration::from_secs(31));
+        p.add_session(id(1), SessionId(4));
+        // Never touched: its idle time counts from the first sweep that sees it.
+        let closed = p.idle(t0 + Duration::from_secs(61), limit);
+        assert_eq!(closed, vec![(id(2), SessionId(2))]);
+        let closed = p.idle(t0 + Duration::from_secs(91), limit);
+        assert!(closed.contains(&(id(1), SessionId(4))), "{closed:?}");
     }
 
     #[test]

@@ -310,6 +310,10 @@ fn setup() -> Fuzz {
             standby: sns[2].0.id,
         },
         Request::CMembers,
+        Request::CMembersPage {
+            after: Some(sns[1].0.id),
+            digest: None,
+        },
         Request::PStore {
             user: honest_id,
             entry: entry.clone(),
@@ -368,6 +372,12 @@ fn setup() -> Fuzz {
                 addr: sns[2].1,
             },
         ]),
+        Response::MembersPage {
+            members: vec![node.clone()],
+            next: Some(sns[2].0.id),
+            digest: voxmesh::signal::Digest([9; 16]),
+            total: 40,
+        },
         Response::Error {
             code: 404,
             reason: "unknown user".into(),

@@ -9,7 +9,7 @@ use crate::support::mesh::{self as mesh_support, LATENCY, UNIX0, World};
 use voxmesh::client::{AgentConfig, AgentEvent};
 use voxmesh::identity::{NodeKey, UserId};
 use voxmesh::session;
-use voxmesh::signal::Target;
+use voxmesh::signal::{Pager, PagerStep, Request, Response, Target};
 
 /// The shared mesh world (`tests/support/mesh.rs`), with every client answering a delivery with
 /// "re:" + payload.
@@ -519,4 +519,58 @@ fn every_standby_candidate_dead_but_one() {
         w.agent(c).primary().map(|x| x.0) == Some(survivor)
     });
     assert!(took.is_some(), "registered through the last live supernode");
+}
+
+/// Regression: a member list longer than one frame (about 19 supernodes) went unanswered, and a
+/// client took the silence for a dead primary. Now the list arrives in pages that each fit, the
+/// whole-list request is refused out loud, and the client keeps its primary.
+#[test]
+fn a_member_list_longer_than_a_frame_arrives_in_pages() {
+    let n = 25;
+    let (mut w, sns) = mesh(n);
+    let c = w.add_client(vec![sns[0]], true);
+    let learnt = w.run_until(Duration::from_secs(5), |w| {
+        w.agent(c).is_registered() && w.agent(c).known_supernodes().len() == n
+    });
+    assert!(learnt, "the client learnt {} of {n} supernodes", {
+        w.agent(c).known_supernodes().len()
+    });
+    // Three refresh periods (the list is asked again every third, by digest): no failover.
+    w.run(Duration::from_secs(10));
+    assert_eq!(w.agent(c).primary().map(|p| p.0), Some(sns[0].0.id));
+    assert!(
+        w.agent(c).standby_node().is_some(),
+        "a standby from the list"
+    );
+
+    // By hand: the whole list is refused with a reason; the pages carry everyone, each fits.
+    let id = w.fresh_identity();
+    let raw = w.add_attacker(id, false);
+    let s = w.attacker_connect(raw, &sns[1].0, sns[1].1);
+    match w.ask(raw, s, &Request::CMembers) {
+        Response::Error { code: 413, .. } => {}
+        other => panic!("whole list: {other:?}"),
+    }
+    let max = session::Config::default().max_body();
+    let mut pager = Pager::new(None);
+    let mut req = pager.first();
+    let mut pages = 0;
+    let list = loop {
+        pages += 1;
+        assert!(pages <= n, "paging does not end");
+        let body = w
+            .ask_raw(raw, s, &voxmesh::signal::encode(&req))
+            .expect("a page");
+        assert!(body.len() <= max, "a page of {} bytes", body.len());
+        let page: Response = voxmesh::signal::decode(&body).unwrap();
+        match pager.on_page(page).expect("a page") {
+            PagerStep::Ask(r) => req = r,
+            PagerStep::Done(list, _) => break list.expect("a first fetch has a list"),
+        }
+    };
+    assert!(pages >= 2, "25 members need more than one page");
+    let mut want: Vec<UserId> = sns.iter().map(|(k, _)| k.id).collect();
+    want.sort();
+    let got: Vec<UserId> = list.iter().map(|m| m.key.id).collect();
+    assert_eq!(got, want);
 }

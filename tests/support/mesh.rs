@@ -41,6 +41,19 @@ pub fn fast_session(accept: bool) -> session::Config {
     }
 }
 
+/// The seed of the `n`th node's supernode core: as it always was below 255 (tests keep their
+/// runs), distinct above.
+fn sn_seed(n: usize) -> [u8; 32] {
+    match u8::try_from(n + 1) {
+        Ok(b) => [b; 32],
+        Err(_) => {
+            let mut s = [0xa5; 32];
+            s[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            s
+        }
+    }
+}
+
 /// A deterministic identity: the same `n` always gives the same keys.
 pub fn identity(n: u64) -> Identity {
     let mut seed = [0u8; 32];
@@ -239,6 +252,9 @@ impl Attacker {
                     (Answer::Directory, Some(Request::CMembers)) => {
                         Some(Response::Members(Vec::new()))
                     }
+                    (Answer::Directory, Some(Request::CMembersPage { .. })) => Some(
+                        signal::members_page(&[], signal::members_digest(&[]), None, None, 1200),
+                    ),
                     (
                         Answer::Directory,
                         Some(
@@ -300,6 +316,12 @@ pub struct World {
     pub delivered: u64,
     /// Clients acknowledge a delivery with `"re:"` + payload (else with no reply).
     pub reply_to_deliveries: bool,
+    /// `NodeConfig::peer_idle` of supernodes added from now on.
+    pub peer_idle: Duration,
+    /// Session settings of supernodes added from now on (`None`: [`fast_session`]).
+    pub sn_session: Option<session::Config>,
+    /// Datagrams and bytes (UDP payload) each node sent.
+    pub sent: Vec<(u64, u64)>,
 }
 
 impl Default for World {
@@ -328,6 +350,9 @@ impl World {
             next_identity: 1000,
             delivered: 0,
             reply_to_deliveries: false,
+            peer_idle: voxmesh::supernode::PEER_IDLE,
+            sn_session: None,
+            sent: Vec::new(),
         }
     }
 
@@ -348,6 +373,7 @@ impl World {
         let host = self.net.add_public(addr.ip());
         assert_eq!(host, i, "one host per node");
         self.nodes.push((addr, node, true));
+        self.sent.push((0, 0));
         i
     }
 
@@ -379,16 +405,13 @@ impl World {
             .parse()
             .unwrap();
         let mut cfg = NodeConfig::new(addr);
-        cfg.session = fast_session(true);
+        cfg.session = self
+            .sn_session
+            .clone()
+            .unwrap_or_else(|| fast_session(true));
+        cfg.peer_idle = self.peer_idle;
         tune(&mut cfg);
-        let sn = Supernode::new(
-            identity,
-            cfg,
-            bootstrap,
-            self.now,
-            self.unix(),
-            [n as u8 + 1; 32],
-        );
+        let sn = Supernode::new(identity, cfg, bootstrap, self.now, self.unix(), sn_seed(n));
         let key = sn.node_key();
         let i = self.push(addr, Node::Sn(Box::new(sn)));
         (i, key, addr)
@@ -567,6 +590,9 @@ impl World {
                 if !alive {
                     continue;
                 }
+                let sent = &mut self.sent[i];
+                sent.0 += 1;
+                sent.1 += t.data.len() as u64;
                 self.net.send(i, from, t.to, t.data);
             }
             let reply = self.reply_to_deliveries;
