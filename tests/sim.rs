@@ -15,6 +15,8 @@ mod ice_sim;
 mod media_pair;
 #[path = "sim/mesh_sim.rs"]
 mod mesh_sim;
+#[path = "sim/pop_sim.rs"]
+mod pop_sim;
 #[path = "sim/probe_sim.rs"]
 mod probe_sim;
 #[path = "sim/session_pair.rs"]
