@@ -29,6 +29,8 @@
 //! - [`nat`]: NAT behaviour discovery (RFC 5780 / RFC 4787) as a state machine and its report.
 //! - [`call`]: calls: signalling, end-to-end keys, call state, connectivity (ICE, RFC 8445), and
 //!   the client endpoint joining agent, phone, media, relay and STUN on one socket.
+//! - [`roles`]: promotion: when a client takes on the relay or supernode role, and how many
+//!   of each the mesh wants (need and grants).
 //! - [`media`]: call media: RTP-style framing, end-to-end sealing, Opus, jitter buffer, FEC and
 //!   PLC, receiver reports, DTMF events.
 //!
@@ -58,6 +60,7 @@ pub mod mesh;
 #[cfg(feature = "natprobe")]
 pub mod nat;
 pub mod net;
+pub mod roles;
 pub mod session;
 pub mod signal;
 pub mod stun;

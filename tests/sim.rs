@@ -19,6 +19,8 @@ mod mesh_sim;
 mod pop_sim;
 #[path = "sim/probe_sim.rs"]
 mod probe_sim;
+#[path = "sim/promotion_core.rs"]
+mod promotion_core;
 #[path = "sim/session_pair.rs"]
 mod session_pair;
 #[path = "sim/session_security.rs"]

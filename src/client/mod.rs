@@ -146,6 +146,8 @@ pub enum AgentEvent {
         id: u64,
     },
     Relays(Result<Vec<RelayOffer>, String>),
+    /// The answer to [`Agent::roles`] (promotion).
+    Roles(Result<signal::RolesAnswer, String>),
     /// Something failed that the agent will retry or cannot fix (a message for the user).
     Error {
         message: String,
@@ -186,6 +188,7 @@ enum Pending {
     /// overtakes the registration; it is then sent again once registered).
     Route(UserId, u64, Option<Vec<u8>>),
     Relays,
+    Roles,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -576,6 +579,11 @@ impl Agent {
     /// Asks for relay candidates with credentials.
     pub fn relays(&mut self, now: Instant) {
         self.ask(now, Request::CRelays, Pending::Relays);
+    }
+
+    /// A promotion request ([`crate::roles`]) to the primary; answered by [`AgentEvent::Roles`].
+    pub fn roles(&mut self, now: Instant, req: signal::RolesRequest) {
+        self.ask(now, Request::CRoles(req), Pending::Roles);
     }
 
     /// Sends on the primary, or queues until one is connected.
@@ -1189,6 +1197,13 @@ impl Agent {
                 };
                 self.events.push_back(AgentEvent::Relays(result));
             }
+            Pending::Roles => {
+                let result = match resp {
+                    Some(Response::Roles(r)) => Ok(r),
+                    other => Err(err(&other)),
+                };
+                self.events.push_back(AgentEvent::Roles(result));
+            }
         }
     }
 
@@ -1220,5 +1235,6 @@ fn answers(p: &Pending, resp: &Response) -> bool {
             | (Pending::Claim(_), Response::Claimed { .. })
             | (Pending::Route(..), Response::Routed | Response::Reply(_))
             | (Pending::Relays, Response::Relays(_))
+            | (Pending::Roles, Response::Roles(_))
     )
 }

@@ -224,6 +224,41 @@ pub enum Request {
     CStandbyIs {
         standby: UserId,
     },
+    /// Promotion ([`crate::roles`]): what the mesh needs, dial-back, grants. One variant with
+    /// its own enum, appended last, so later promotion messages extend that enum instead.
+    CRoles(RolesRequest),
+}
+
+/// A client's promotion request ([`Request::CRoles`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum RolesRequest {
+    /// How many relays and supernodes the mesh wants and has.
+    Need,
+    /// Probe my address (this session's source) from a socket I never contacted; the probe
+    /// carries a nonce ([`crate::roles::probe`]) that I echo in [`RolesRequest::Promote`].
+    DialBack,
+    /// May I take `role`? `proof`: the nonce of your last dial-back probe; `id`: the ID the
+    /// role will run as (its relay hello or mesh join confirms the grant).
+    Promote {
+        role: crate::roles::Role,
+        proof: u64,
+        id: UserId,
+    },
+}
+
+/// The answer to a [`RolesRequest`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum RolesAnswer {
+    Need(crate::roles::Need),
+    /// The probe is on its way; `reflexive` is where this session is seen from.
+    DialBack {
+        reflexive: SocketAddr,
+    },
+    Grant {
+        role: crate::roles::Role,
+        granted: bool,
+        need: crate::roles::Need,
+    },
 }
 
 /// Responses (one per request).
@@ -251,6 +286,8 @@ pub enum Response {
     /// A client's acknowledgement of a routed payload, with a reply for the sender (the callee's
     /// ringing rides it). Supernodes pass it back unread. (Appended last: the wire format.)
     Reply(Vec<u8>),
+    /// The answer to [`Request::CRoles`]. (Appended last.)
+    Roles(RolesAnswer),
 }
 
 /// Unreliable messages.

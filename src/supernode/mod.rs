@@ -1,7 +1,7 @@
 //! The supernode role, sans-IO: the STUN binding service ([`binding`], RFC 5780) and the
 //! supernode core ([`Supernode`]: registration, lookup, presence, names, relays, routing), which
 //! dispatches to one sub-machine per concern: `peers`, `clients`, `presence`, `names`, `relays`,
-//! `routing`. Their driver is [`crate::net::drivers::stun_server`] (STUN port) with
+//! `routing`, `promotion`. Their driver is [`crate::net::drivers::stun_server`] (STUN port) with
 //! [`crate::net::drivers::supernode`] (the core's loop).
 
 pub mod binding;
@@ -10,6 +10,7 @@ mod names;
 mod node;
 mod peers;
 mod presence;
+mod promotion;
 mod relays;
 mod routing;
 

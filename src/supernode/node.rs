@@ -11,8 +11,9 @@
 //! `clients` (registered and standby clients),
 //! `presence` (our clients' watches and fan-out),
 //! `names` (claim ordering and storage rules),
-//! `relays` (relays that authorised us, minted credentials) and
-//! `routing` (requests in flight, lookup and routing decisions).
+//! `relays` (relays that authorised us, minted credentials),
+//! `routing` (requests in flight, lookup and routing decisions) and
+//! `promotion` (the mesh's need, dial-back probes, role grants).
 //!
 //! # Flows
 //!
@@ -33,6 +34,8 @@
 //! - **Names**: a claim is ordered by the name's first home and replicated to the others.
 //! - **Relays**: relays that authorised us give us a secret each; we mint time-limited TURN
 //!   credentials with it, with our ID in the username so the relay knows whose secret to use.
+//! - **Promotion**: clients ask what the mesh needs, get dialled back from a socket they never
+//!   contacted ([`Supernode::poll_probe`]) and are granted roles, at most the deficit at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ use super::clients::Clients;
 use super::names;
 use super::peers::{Peers, gained};
 use super::presence::{Presence, TooManyWatches, WatchAnswer};
+use super::promotion::Promotion;
 use super::relays::{Relay, Relays};
 use super::routing::{
     AfterLookup, Cont, HomeAnswer, Pending, after_lookup, delivered, home_answer, relayed,
@@ -52,8 +56,12 @@ use crate::identity::{
     normalize_name, verify_record,
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
+use crate::roles::{GrantConfig, NeedInputs, Role};
 use crate::session::{self, Endpoint, Event, SessionId, TransactionId, Transmit};
-use crate::signal::{self, Entry, Message, NodeInfo, Registration, Request, Response, Target};
+use crate::signal::{
+    self, Entry, Message, NodeInfo, Registration, Request, Response, RolesAnswer, RolesRequest,
+    Target,
+};
 
 /// Supernode settings.
 #[derive(Clone, Debug)]
@@ -71,6 +79,8 @@ pub struct NodeConfig {
     pub relay_credential_lifetime: Duration,
     /// Registrations expire this long after the record's expiry at the latest.
     pub registration_lifetime: Duration,
+    /// How many relays and supernodes the mesh wants, and how grants are handed out.
+    pub grants: GrantConfig,
 }
 
 impl NodeConfig {
@@ -84,6 +94,7 @@ impl NodeConfig {
             relay_offers: 3,
             relay_credential_lifetime: Duration::from_secs(600),
             registration_lifetime: Duration::from_secs(3600),
+            grants: GrantConfig::default(),
         }
     }
 }
@@ -151,6 +162,8 @@ pub struct Supernode {
     pending: Pending,
     /// Relays that authorised us.
     relays: Relays,
+    /// Need, dial-back and grants.
+    promotion: Promotion,
     counters: NodeCounters,
 }
 
@@ -175,7 +188,9 @@ impl Supernode {
         };
         let mesh_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
         let mesh = Mesh::new(member, &config.mesh, mesh_seed, now);
+        let promotion = Promotion::new(config.grants.clone(), mesh_seed ^ 0x5eed);
         let mut node = Supernode {
+            promotion,
             me,
             key,
             dir: Directory::new(config.max_users),
@@ -560,6 +575,7 @@ impl Supernode {
             Request::CStandby { primary } => self.standby(now, sid, txn, primary),
             Request::CMembers => self.respond(now, sid, txn, &Response::Members(self.members())),
             Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),
+            Request::CRoles(r) => self.roles(now, sid, txn, peer, r),
             Request::RHello {
                 udp,
                 tcp,
@@ -650,6 +666,7 @@ impl Supernode {
             | Request::CStandby { .. }
             | Request::CMembers
             | Request::CStandbyIs { .. }
+            | Request::CRoles(_)
             | Request::RHello { .. } => unreachable!("not a supernode request"),
         })
     }
@@ -755,7 +772,10 @@ impl Supernode {
         relay: Relay,
     ) {
         match self.relays.hello(sid, peer, relay) {
-            Ok(()) => self.respond(now, sid, txn, &Response::Ok),
+            Ok(()) => {
+                self.promotion.confirmed(&peer, Role::Relay);
+                self.respond(now, sid, txn, &Response::Ok)
+            }
             Err(e) => self.error(now, sid, txn, 400, e.reason()),
         }
     }
@@ -1300,12 +1320,63 @@ impl Supernode {
         self.respond(now, sid, txn, &Response::Relays(offers));
     }
 
+    // ------------------------------------------------------------------ promotion
+
+    /// The mesh's need as this supernode sees it: its clients times the live members estimate
+    /// the population (rendezvous hashing spreads clients evenly enough for a count).
+    fn need(&self) -> crate::roles::Need {
+        let members = self.live_members().len().max(1);
+        let clients = self.clients.len().saturating_mul(members);
+        let (relays, load) = self.relays.count_and_load();
+        let typical = u64::from(self.config.grants.typical_relay_kbps);
+        self.promotion.need(&NeedInputs {
+            registered_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+            supernodes: u32::try_from(members).unwrap_or(u32::MAX),
+            relays,
+            relay_capacity_kbps: u64::from(relays) * typical,
+            // An allocation is one side of a relayed call: two make one call.
+            relayed_calls: load.div_ceil(2),
+        })
+    }
+
+    fn roles(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        txn: TransactionId,
+        peer: UserId,
+        req: RolesRequest,
+    ) {
+        let answer = match req {
+            RolesRequest::Need => RolesAnswer::Need(self.need()),
+            RolesRequest::DialBack => {
+                let Some(source) = self.ep.peer(sid).map(|p| p.addr) else {
+                    return;
+                };
+                self.promotion.dial_back(now, peer, source)
+            }
+            RolesRequest::Promote { role, proof, id } => {
+                let need = self.need();
+                self.promotion.promote(now, peer, role, proof, id, need)
+            }
+        };
+        self.respond(now, sid, txn, &Response::Roles(answer));
+    }
+
+    /// The next dial-back probe: the driver sends `data` to `to` from a socket of its own that
+    /// no client has contacted (not the supernode's port).
+    #[must_use]
+    pub fn poll_probe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.promotion.poll_probe()
+    }
+
     // ------------------------------------------------------------------ membership
 
     fn on_mesh_event(&mut self, now: Instant, ev: MeshEvent) {
         match ev {
             MeshEvent::Up(m) => {
                 tracing::info!("supernode {} joined ({})", m.id, m.addr);
+                self.promotion.confirmed(&m.id, Role::Supernode);
                 // It counts once it proves its key: at once if a session with it is up, else
                 // when the session we open now is.
                 match self.peers.session(&m.id) {

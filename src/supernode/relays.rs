@@ -84,6 +84,13 @@ impl Relays {
         }
     }
 
+    /// How many relays, and their allocations summed (the need's inputs).
+    pub fn count_and_load(&self) -> (u32, u32) {
+        let n = u32::try_from(self.by_id.len()).unwrap_or(u32::MAX);
+        let load = self.by_id.values().map(|(_, r)| r.load).sum();
+        (n, load)
+    }
+
     /// Each relay's ID and load, for the status.
     pub fn loads(&self) -> Vec<(String, u32)> {
         self.by_id

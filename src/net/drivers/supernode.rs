@@ -85,6 +85,10 @@ mod core_trait {
         fn leave(&mut self, now: Instant);
         /// The core's counters and gauges for `/metrics`.
         fn metrics(&self, s: &mut crate::net::prom::Snapshot);
+        /// A dial-back probe to send from a socket no client contacted (promotion).
+        fn poll_probe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+            None
+        }
     }
 }
 
@@ -157,6 +161,9 @@ impl Core for Supernode {
     }
     fn leave(&mut self, now: Instant) {
         Supernode::leave(self, now);
+    }
+    fn poll_probe(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        Supernode::poll_probe(self)
     }
     fn metrics(&self, s: &mut crate::net::prom::Snapshot) {
         let st = Supernode::status(self);
@@ -332,7 +339,21 @@ async fn drive(
     // The metrics text is rebuilt once a second here, where the core lives; a scrape copies it.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut latency = crate::net::prom::Histogram::default();
+    // Dial-back probes leave from sockets of their own (per family, opened on first use): a
+    // source port no client ever sent to, so only a host without NAT or filter receives them.
+    let mut probe_sockets: HashMap<bool, std::net::UdpSocket> = HashMap::new();
     loop {
+        while let Some((to, data)) = core.poll_probe() {
+            let sock = match probe_sockets.entry(to.is_ipv4()) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    probe_socket(&sockets, to.is_ipv4()).map(|s| e.insert(s))
+                }
+            };
+            if let Some(s) = sock {
+                let _ = s.send_to(&data, to);
+            }
+        }
         while let Some(t) = core.poll_transmit() {
             let stream = writers.lock().ok().and_then(|w| w.get(&t.to).cloned());
             match stream {
@@ -396,6 +417,16 @@ async fn drive(
         t.abort();
     }
     Ok(())
+}
+
+/// A non-blocking socket on the supernode's own address of that family (the same interface the
+/// client reaches), on a port the system picks.
+fn probe_socket(sockets: &NodeSockets, v4: bool) -> Option<std::net::UdpSocket> {
+    let main = if v4 { &sockets.v4 } else { &sockets.v6 };
+    let ip = main.as_ref()?.local_addr().ok()?.ip();
+    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).ok()?;
+    s.set_nonblocking(true).ok()?;
+    Some(s)
 }
 
 async fn serve_tcp(
