@@ -18,6 +18,10 @@ use rand::{Rng, SeedableRng};
 use voxmesh::client::relay::{RelayLink, RelayLinkConfig};
 use voxmesh::client::{Agent, AgentConfig, AgentEvent};
 use voxmesh::identity::{Identity, NodeKey, UserId};
+use voxmesh::roles::{
+    self, DemoteReason, GrantBook, GrantConfig, Input, Need, NeedInputs, Promoter, Reachability,
+    Role,
+};
 use voxmesh::signal::Target;
 use voxmesh::supernode::{NodeConfig, Supernode};
 
@@ -92,7 +96,19 @@ enum Core {
     Agent(Box<Agent>),
     Sn(Box<Supernode>),
     Link(Box<RelayLink>),
+    /// A public client's promotion core (no socket: its messages to the mesh are abstracted).
+    Promoter(Box<Promoter>),
     Gone,
+}
+
+/// Who decides promotions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Promotion {
+    /// The product's sans-IO [`Promoter`] on every public client, with the supernodes' real
+    /// need formula and grant books.
+    Real,
+    /// The simulator's stand-in policy ([`super::promote::StandIn`]).
+    StandIn,
 }
 
 struct Node {
@@ -130,10 +146,19 @@ struct Client {
     /// Its supernode node, since when, and how others reach it.
     sn: Option<(u32, Duration, NodeKey, SocketAddr)>,
     link: Option<u32>,
+    /// Its promotion core (public clients, with the real promoter).
+    promoter: Option<u32>,
+    /// A relay role it took on its own (not beside its supernode).
+    relay_only: bool,
+    /// When its relay or supernode role began, as the promoter holds it.
+    cpu: f32,
     /// Relayed calls it carries now, and how many it may.
     relay_load: u32,
     relay_limit: u32,
     registered_at: Option<Duration>,
+    /// Its latest registration after the first (a failover: the agent then watches its
+    /// contacts again and hears their current state, which is not news of a change).
+    reregistered_at: Option<Duration>,
     primary: Option<UserId>,
     /// Clients registered through its supernode, as the simulator saw them register.
     sn_clients: usize,
@@ -206,11 +231,21 @@ pub struct Engine<P: Policy> {
     sns: Vec<u32>,
     sn_by_id: HashMap<UserId, u32>,
     relay_by_id: HashMap<UserId, u32>,
+    /// Clients that relay now (beside their supernode or on their own).
+    relays: Vec<u32>,
+    /// Each supernode's grant book (by the supernode's client), as `supernoded` keeps one.
+    books: HashMap<u32, GrantBook<u32>>,
+    grant_cfg: GrantConfig,
+    promotion: Promotion,
+    registered_online: u32,
+    relayed_now: u32,
     pub counts: Counts,
     pub samples: Vec<Sample>,
     pub sn_loads: Vec<f64>,
     pub relay_loads: Vec<f64>,
     pub presence: Vec<f64>,
+    /// (watcher, user, change) already measured: a change counts once per watcher.
+    presence_seen: std::collections::HashSet<(u32, u32, Duration)>,
     pub setup: Vec<f64>,
     pub tenures: Vec<f64>,
     pub errors: BTreeMap<String, u64>,
@@ -254,13 +289,17 @@ fn derive(seed: u64, what: u8, n: u64) -> [u8; 32] {
 }
 
 impl<P: Policy> Engine<P> {
-    pub fn new(cfg: Config, policy: P) -> Self {
+    pub fn new(cfg: Config, policy: P, promotion: Promotion) -> Self {
         let world = {
             let mut w = World::new(cfg.seed);
             w.record = false;
             w
         };
         let base = world.instant();
+        let grant_cfg = GrantConfig {
+            clients_per_supernode: cfg.clients_per_supernode as u32,
+            ..GrantConfig::default()
+        };
         Engine {
             rng: StdRng::seed_from_u64(cfg.seed),
             cfg,
@@ -281,11 +320,18 @@ impl<P: Policy> Engine<P> {
             sns: Vec::new(),
             sn_by_id: HashMap::new(),
             relay_by_id: HashMap::new(),
+            relays: Vec::new(),
+            books: HashMap::new(),
+            grant_cfg,
+            promotion,
+            registered_online: 0,
+            relayed_now: 0,
             counts: Counts::default(),
             samples: Vec::new(),
             sn_loads: Vec::new(),
             relay_loads: Vec::new(),
             presence: Vec::new(),
+            presence_seen: std::collections::HashSet::new(),
             setup: Vec::new(),
             tenures: Vec::new(),
             errors: BTreeMap::new(),
@@ -364,7 +410,7 @@ impl<P: Policy> Engine<P> {
                         Core::Agent(a) => a.handle_input(next, d.from, &d.data),
                         Core::Sn(s) => s.handle_input(next, d.from, &d.data),
                         Core::Link(l) => l.handle_input(next, d.from, &d.data),
-                        Core::Gone => continue,
+                        Core::Promoter(_) | Core::Gone => continue,
                     }
                     self.flush(node);
                 }
@@ -379,6 +425,7 @@ impl<P: Policy> Engine<P> {
                     Core::Agent(a) => a.handle_timeout(t),
                     Core::Sn(s) => s.handle_timeout(t),
                     Core::Link(l) => l.handle_timeout(t),
+                    Core::Promoter(p) => p.handle_timeout(t),
                     Core::Gone => continue,
                 }
                 self.flush(node);
@@ -422,7 +469,7 @@ impl<P: Policy> Engine<P> {
                     Core::Agent(a) => a.poll_transmit(),
                     Core::Sn(s) => s.poll_transmit(),
                     Core::Link(l) => l.poll_transmit(),
-                    Core::Gone => None,
+                    Core::Promoter(_) | Core::Gone => None,
                 };
                 let Some(t) = t else { break };
                 // The simulated network has no streams: the agent's TCP race is switched off.
@@ -438,17 +485,29 @@ impl<P: Policy> Engine<P> {
                 self.world.send(host, addr, t.to, t.data);
             }
             let mut evs = Vec::new();
-            if let Core::Agent(a) = &mut self.nodes[n as usize].core {
-                while let Some(e) = a.poll_event() {
-                    evs.push(e);
+            let mut pevs = Vec::new();
+            match &mut self.nodes[n as usize].core {
+                Core::Agent(a) => {
+                    while let Some(e) = a.poll_event() {
+                        evs.push(e);
+                    }
                 }
+                Core::Promoter(p) => {
+                    while let Some(e) = p.poll_event() {
+                        pevs.push(e);
+                    }
+                }
+                _ => {}
             }
-            if evs.is_empty() {
+            if evs.is_empty() && pevs.is_empty() {
                 break;
             }
             let c = self.nodes[n as usize].client;
             for e in evs {
                 self.on_agent(c, e);
+            }
+            for e in pevs {
+                self.on_promoter(c, n, e);
             }
         }
         let node = &mut self.nodes[n as usize];
@@ -456,6 +515,7 @@ impl<P: Policy> Engine<P> {
             Core::Agent(a) => a.poll_timeout(),
             Core::Sn(s) => s.poll_timeout(),
             Core::Link(l) => l.poll_timeout(),
+            Core::Promoter(p) => p.poll_timeout(),
             Core::Gone => None,
         };
         if t != node.armed {
@@ -502,16 +562,22 @@ impl<P: Policy> Engine<P> {
     /// A session length: lognormal with the configured median and sigma; for a client already
     /// online at the start, the rest of a session in progress (length-biased: lognormal with
     /// mu + sigma², times a uniform fraction), so the population starts in its steady state.
-    fn session_length(&mut self, initial: bool) -> Duration {
+    /// Also returns how long it has been online already (0 for a new arrival).
+    fn session_length(&mut self, initial: bool) -> (Duration, Duration) {
         let mu = self.cfg.session_median.as_secs_f64().ln();
         let s = self.cfg.session_sigma;
         let z = normal(&mut self.rng);
-        let secs = if initial {
-            (mu + s * s + s * z).exp() * self.rng.random::<f64>()
+        let (rest, age) = if initial {
+            let whole = (mu + s * s + s * z).exp();
+            let u: f64 = self.rng.random();
+            (whole * u, whole * (1.0 - u))
         } else {
-            (mu + s * z).exp()
+            ((mu + s * z).exp(), 0.0)
         };
-        Duration::from_secs_f64(secs.clamp(10.0, 30.0 * 86400.0))
+        (
+            Duration::from_secs_f64(rest.clamp(10.0, 30.0 * 86400.0)),
+            Duration::from_secs_f64(age.min(30.0 * 86400.0)),
+        )
     }
 
     /// A client arrives (`founder`: a public one that serves as a supernode from the start;
@@ -570,7 +636,8 @@ impl<P: Policy> Engine<P> {
         );
         assert_eq!(host, self.host_nodes.len());
         self.host_nodes.push([NONE; 3]);
-        let length = self.session_length(initial);
+        let (length, age) = self.session_length(initial);
+        let cpu = 0.1 + 0.8 * self.rng.random::<f32>();
         self.clients.push(Client {
             user,
             nat,
@@ -582,9 +649,13 @@ impl<P: Policy> Engine<P> {
             agent: NONE,
             sn: None,
             link: None,
+            promoter: None,
+            relay_only: false,
+            cpu,
             relay_load: 0,
             relay_limit: 0,
             registered_at: None,
+            reregistered_at: None,
             primary: None,
             sn_clients: 0,
             call: None,
@@ -606,7 +677,7 @@ impl<P: Policy> Engine<P> {
                 break;
             }
             let s = self.sns[self.rng.random_range(0..self.sns.len())];
-            if !cache.contains(&s) {
+            if !cache.contains(&s) && self.sn_has_room(s) {
                 cache.push(s);
             }
         }
@@ -635,6 +706,9 @@ impl<P: Policy> Engine<P> {
             }
         }
         self.flush(node);
+        if nat == NatKind::Public && !founder && self.promotion == Promotion::Real {
+            self.add_promoter(c, age);
+        }
         self.at(length, Ev::Leave(c));
         let gap = exponential(&mut self.rng, 3600.0 / self.cfg.calls_per_hour);
         self.at(Duration::from_secs_f64(gap), Ev::Call(c));
@@ -660,9 +734,18 @@ impl<P: Policy> Engine<P> {
         self.reap(node);
         let host = self.clients[c as usize].host;
         self.world.hosts[host].down = true;
+        if let Some(p) = self.clients[c as usize].promoter.take() {
+            self.reap(p);
+        }
+        if self.clients[c as usize].relay_only {
+            self.stop_relay(c);
+        }
         let cl = &mut self.clients[c as usize];
         cl.alive = false;
         cl.call = None;
+        if cl.registered_at.is_some() {
+            self.registered_online -= 1;
+        }
         if let Some(p) = cl.primary.take() {
             self.unload(p);
         }
@@ -727,8 +810,17 @@ impl<P: Policy> Engine<P> {
         self.sns.push(c);
         self.counts.promotions += 1;
         // Every supernode also relays: a relay link to itself and up to three others.
-        let mut links = vec![(key, addr)];
-        links.extend(bootstrap);
+        if self.clients[c as usize].link.is_none() {
+            let mut links = vec![(key, addr)];
+            links.extend(bootstrap);
+            self.start_relay(c, links);
+        }
+    }
+
+    /// Starts `c`'s relay: the real relay link to `links`, which then offer it to callers.
+    fn start_relay(&mut self, c: u32, links: Vec<(NodeKey, SocketAddr)>) {
+        let t = self.base + self.now();
+        let wan = self.world.hosts[self.clients[c as usize].host].nat_wan();
         let rid = Identity::from_seed(&derive(self.cfg.seed, 5, u64::from(c)));
         let mut lcfg = RelayLinkConfig::new(links);
         lcfg.udp = vec![SocketAddr::new(wan, TURN_PORT)];
@@ -739,6 +831,164 @@ impl<P: Policy> Engine<P> {
         self.clients[c as usize].relay_limit = (up / 2 / (2 * CALL_KBPS)).min(500);
         let lnode = self.add_node(Core::Link(Box::new(link)), c, 2, LINK_PORT);
         self.clients[c as usize].link = Some(lnode);
+        self.relays.push(c);
+    }
+
+    /// Closes `c`'s relay link (calls it carries run on: media is not simulated).
+    fn stop_relay(&mut self, c: u32) {
+        let t = self.base + self.now();
+        self.clients[c as usize].relay_only = false;
+        if let Some(l) = self.clients[c as usize].link.take() {
+            if let Core::Link(link) = &mut self.nodes[l as usize].core {
+                link.close(t);
+                let id = link.id();
+                self.relay_by_id.remove(&id);
+            }
+            self.flush(l);
+            self.at(Duration::from_secs(3), Ev::Reap(l));
+        }
+        self.relays.retain(|r| *r != c);
+    }
+
+    /// Whether supernode `s` takes more clients: under its promoter's load ramp (founders:
+    /// under the configured limit).
+    fn sn_has_room(&self, s: u32) -> bool {
+        let cl = &self.clients[s as usize];
+        let limit = match cl.promoter.map(|p| &self.nodes[p as usize].core) {
+            Some(Core::Promoter(p)) => p.supernode_client_limit(self.base + self.now()) as usize,
+            _ => self.cfg.sn_max_clients,
+        };
+        cl.sn_clients < limit.min(self.cfg.sn_max_clients)
+    }
+
+    /// The mesh's need by the supernodes' formula, from what the simulator knows (a supernode
+    /// estimates the same from its own counts and the member list).
+    fn need_now(&self) -> Need {
+        let cap: u64 = self
+            .relays
+            .iter()
+            .map(|r| u64::from(self.clients[*r as usize].up_kbps / 2))
+            .sum();
+        roles::need(
+            &self.grant_cfg,
+            &NeedInputs {
+                registered_clients: self.registered_online,
+                supernodes: self.sns.len() as u32,
+                relays: self.relays.len() as u32,
+                relay_capacity_kbps: cap,
+                relayed_calls: self.relayed_now,
+            },
+        )
+    }
+
+    /// A public client's promoter: dial-back is abstracted (the simulator knows the NAT: only
+    /// public clients get one, proved reachable), uplink half the line, CPU headroom drawn.
+    /// Clients online at the start have been so for `age`: their uptime counts from then.
+    fn add_promoter(&mut self, c: u32, age: Duration) {
+        let t = self.base + self.now();
+        let since = t.checked_sub(age).unwrap_or(t);
+        let pcfg = roles::Config {
+            min_tenure: self.cfg.min_tenure,
+            supernode_max_clients: self.cfg.sn_max_clients as u32,
+            ..roles::Config::default()
+        };
+        let seed = u64::from_le_bytes(
+            derive(self.cfg.seed, 7, u64::from(c))[..8]
+                .try_into()
+                .expect("8"),
+        );
+        let mut p = Promoter::new(since, pcfg, seed);
+        let cl = &self.clients[c as usize];
+        let wan = self.world.hosts[cl.host].nat_wan();
+        p.handle_input(
+            t,
+            Input::Reachability(Reachability {
+                reflexive: SocketAddr::new(wan, AGENT_PORT),
+                host_is_reflexive: true,
+                unsolicited_probe: true,
+            }),
+        );
+        p.handle_input(t, Input::UplinkKbps(cl.up_kbps / 2));
+        p.handle_input(t, Input::CpuHeadroom(cl.cpu));
+        p.handle_input(t, Input::Need(self.need_now()));
+        let i = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            core: Core::Promoter(Box::new(p)),
+            client: c,
+            host: cl.host,
+            addr: SocketAddr::new(wan, 0),
+            armed: None,
+        });
+        self.clients[c as usize].promoter = Some(i);
+        self.flush(i);
+    }
+
+    fn on_promoter(&mut self, c: u32, n: u32, ev: roles::Event) {
+        let t = self.base + self.now();
+        if !self.clients[c as usize].alive {
+            return;
+        }
+        match ev {
+            roles::Event::RequestGrant(role) => {
+                // Asked of its primary supernode's grant book; the answer's round trip is
+                // abstracted (it comes at once).
+                let need = self.need_now();
+                let owner = self.clients[c as usize]
+                    .primary
+                    .and_then(|p| self.sn_by_id.get(&p).copied());
+                let cfg = self.grant_cfg.clone();
+                let granted = owner.is_some_and(|s| {
+                    self.books
+                        .entry(s)
+                        .or_insert_with(|| GrantBook::new(cfg))
+                        .request(t, &c, role, &need)
+                });
+                self.counts.grant_requests += 1;
+                self.counts.grants += u64::from(granted);
+                if let Core::Promoter(p) = &mut self.nodes[n as usize].core {
+                    p.handle_input(t, Input::Grant { role, granted });
+                }
+            }
+            roles::Event::BecomeSupernode => {
+                for b in self.books.values_mut() {
+                    b.confirmed(&c, Role::Supernode);
+                }
+                if self.clients[c as usize].sn.is_none() {
+                    self.promote(c);
+                }
+            }
+            roles::Event::BecomeRelay => {
+                for b in self.books.values_mut() {
+                    b.confirmed(&c, Role::Relay);
+                }
+                if self.clients[c as usize].link.is_none() && !self.sns.is_empty() {
+                    let mut links: Vec<(NodeKey, SocketAddr)> = Vec::new();
+                    for _ in 0..8 {
+                        if links.len() >= 4 {
+                            break;
+                        }
+                        let s = self.sns[self.rng.random_range(0..self.sns.len())];
+                        let (_, _, k, a) = self.clients[s as usize].sn.expect("a supernode");
+                        if !links.iter().any(|(b, _)| b.id == k.id) {
+                            links.push((k, a));
+                        }
+                    }
+                    self.start_relay(c, links);
+                    self.clients[c as usize].relay_only = true;
+                    self.counts.relay_promotions += 1;
+                }
+            }
+            roles::Event::Demote { role, reason } => {
+                if reason == DemoteReason::Shutdown {
+                    return;
+                }
+                match role {
+                    Role::Supernode => self.demote(c, true),
+                    Role::Relay if self.clients[c as usize].relay_only => self.stop_relay(c),
+                    Role::Relay => {}
+                }
+            }
+        }
     }
 
     /// Stops `c`'s supernode and relay gracefully: the supernode leaves the mesh and lingers a
@@ -752,7 +1002,7 @@ impl<P: Policy> Engine<P> {
         let tenure = (now - since).as_secs_f64();
         if by_policy {
             self.counts.demotions += 1;
-            if now - since < self.policy.min_tenure() {
+            if now - since < self.cfg.min_tenure {
                 self.counts.demoted_below_min += 1;
             }
             self.tenures.push(tenure);
@@ -766,14 +1016,8 @@ impl<P: Policy> Engine<P> {
         self.at(Duration::from_secs(3), Ev::Reap(node));
         self.sn_by_id.remove(&key.id);
         self.sns.retain(|s| *s != c);
-        if let Some(l) = self.clients[c as usize].link.take() {
-            if let Core::Link(link) = &mut self.nodes[l as usize].core {
-                link.close(t);
-                let id = link.id();
-                self.relay_by_id.remove(&id);
-            }
-            self.flush(l);
-            self.at(Duration::from_secs(3), Ev::Reap(l));
+        if !self.clients[c as usize].relay_only {
+            self.stop_relay(c);
         }
         self.clients[c as usize].sn_clients = 0;
     }
@@ -814,6 +1058,7 @@ impl<P: Policy> Engine<P> {
                 }
             }
             Ev::CallEnd(r) => {
+                self.relayed_now = self.relayed_now.saturating_sub(1);
                 let l = &mut self.clients[r as usize].relay_load;
                 *l = l.saturating_sub(1);
                 self.report_load(r);
@@ -919,6 +1164,9 @@ impl<P: Policy> Engine<P> {
                 let first = cl.registered_at.is_none();
                 if first {
                     cl.registered_at = Some(now);
+                    self.registered_online += 1;
+                } else {
+                    cl.reregistered_at = Some(now);
                 }
                 let user = cl.user;
                 if let Some(o) = old {
@@ -948,7 +1196,21 @@ impl<P: Policy> Engine<P> {
                     return;
                 };
                 // A change the watcher was there to see, seen through another supernode.
-                if ch.online == online && ch.at >= reg + SETTLED && ch.via != cl.primary {
+                let rewatched = cl.reregistered_at.is_some_and(|r| r + SETTLED >= ch.at);
+                // A user that failed over to another supernode is announced again: no change.
+                let reannounced = online
+                    && self.users[u as usize]
+                        .client
+                        .and_then(|x| self.clients[x as usize].reregistered_at)
+                        .is_some_and(|r| r > ch.at);
+                let first = self.presence_seen.insert((c, u, ch.at));
+                if ch.online == online
+                    && ch.at >= reg + SETTLED
+                    && !rewatched
+                    && !reannounced
+                    && first
+                    && ch.via != cl.primary
+                {
                     self.presence.push((now - ch.at).as_secs_f64());
                 }
             }
@@ -1025,6 +1287,7 @@ impl<P: Policy> Engine<P> {
                 match best {
                     Some(r) => {
                         self.clients[r as usize].relay_load += 1;
+                        self.relayed_now += 1;
                         self.report_load(r);
                         self.call_ok(c, true);
                         let len = self.call_length();
@@ -1042,7 +1305,7 @@ impl<P: Policy> Engine<P> {
             AgentEvent::Error { message } => {
                 *self.errors.entry(short(&message)).or_default() += 1;
             }
-            AgentEvent::Standby { .. } | AgentEvent::Claimed { .. } => {}
+            AgentEvent::Standby { .. } | AgentEvent::Claimed { .. } | AgentEvent::Roles(_) => {}
         }
     }
 
@@ -1074,7 +1337,7 @@ impl<P: Policy> Engine<P> {
             }
         }
         let (mut relay_max, mut relayed) = (0, 0);
-        for &s in &self.sns {
+        for &s in &self.relays {
             let c = &self.clients[s as usize];
             relay_max = relay_max.max(c.relay_load);
             relayed += c.relay_load;
@@ -1090,7 +1353,7 @@ impl<P: Policy> Engine<P> {
             registered,
             supernodes: self.sns.len(),
             fraction: super::stats::round_fine(self.sns.len() as f64 / online.max(1) as f64),
-            relays: self.sns.len(),
+            relays: self.relays.len(),
             sn_load_max: sn_max,
             relay_load_max: relay_max,
             relayed_calls: relayed,
@@ -1098,6 +1361,9 @@ impl<P: Policy> Engine<P> {
     }
 
     fn tick(&mut self) {
+        if self.promotion == Promotion::Real {
+            return self.tick_real();
+        }
         let now = self.now();
         let candidates: Vec<Candidate> = self
             .online
@@ -1138,6 +1404,40 @@ impl<P: Policy> Engine<P> {
                     }
                 }
                 Action::Demote(c) => self.demote(c, true),
+            }
+        }
+    }
+
+    /// Every promoter hears the need (as from its supernode's periodic answer); a surplus
+    /// beyond a quarter asks the least loaded promoted supernodes to retire (their promoters
+    /// honour it once the minimum tenure has passed).
+    fn tick_real(&mut self) {
+        let t = self.base + self.now();
+        let need = self.need_now();
+        for i in 0..self.online.len() {
+            let c = self.online[i];
+            if let Some(p) = self.clients[c as usize].promoter {
+                if let Core::Promoter(pr) = &mut self.nodes[p as usize].core {
+                    pr.handle_input(t, Input::Need(need));
+                }
+                self.flush(p);
+            }
+        }
+        let (want, have) = (need.supernodes_wanted as usize, self.sns.len());
+        if have > want + want / 4 + 1 {
+            let mut by_load: Vec<(usize, u32)> = self
+                .sns
+                .iter()
+                .filter(|s| self.clients[**s as usize].promoter.is_some())
+                .map(|s| (self.clients[*s as usize].sn_clients, *s))
+                .collect();
+            by_load.sort_unstable();
+            for (_, s) in by_load.into_iter().take((have - want).div_ceil(4)) {
+                let p = self.clients[s as usize].promoter.expect("filtered");
+                if let Core::Promoter(pr) = &mut self.nodes[p as usize].core {
+                    pr.handle_input(t, Input::Retire(Role::Supernode));
+                }
+                self.flush(p);
             }
         }
     }

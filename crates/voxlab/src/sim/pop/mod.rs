@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use engine::Promotion;
 use engine::{Engine, NatKind, Sample};
 use promote::StandIn;
 use stats::{Dist, ratio, round};
@@ -46,15 +47,19 @@ pub struct SimArgs {
     /// Users each client watches (its contacts; presence latency is measured on them).
     #[arg(long, default_value_t = 2)]
     pub watches: usize,
-    /// Online clients per supernode the promotion policy aims for.
-    #[arg(long, default_value_t = 400)]
+    /// Who promotes: the product's promoter (`real`) or the simulator's stand-in policy.
+    #[arg(long, value_enum, default_value_t = Promotion::Real)]
+    pub promotion: Promotion,
+    /// Registered clients per supernode the mesh's need aims for (the supernodes' default).
+    #[arg(long, default_value_t = 200)]
     pub clients_per_supernode: usize,
     /// A supernode's configured load limit (registered clients), reported against.
     #[arg(long, default_value_t = 2000)]
     pub supernode_max_clients: usize,
-    /// Minimum tenure of a promoted supernode before the policy may demote it, seconds.
-    #[arg(long, default_value_t = 300)]
-    pub min_tenure: u64,
+    /// Minimum tenure of a promoted node before a surplus may demote it, seconds (default: the
+    /// promoter's own, 1800).
+    #[arg(long)]
+    pub min_tenure: Option<u64>,
     /// Seconds of arrivals of the initial population (samples start after it).
     #[arg(long, default_value_t = 60)]
     pub warmup: u64,
@@ -119,7 +124,10 @@ impl Config {
             sn_max_clients: a.supernode_max_clients,
             // Records homed: three homes each, spread over the supernodes, with room.
             sn_max_records: 2_000_000,
-            min_tenure: Duration::from_secs(a.min_tenure),
+            min_tenure: a.min_tenure.map_or(
+                voxmesh::roles::Config::default().min_tenure,
+                Duration::from_secs,
+            ),
             warmup: Duration::from_secs(a.warmup),
             sample_every: Duration::from_secs(a.sample_every.max(1)),
             loss: a.loss,
@@ -142,6 +150,9 @@ pub struct Counts {
     pub sn_departures: u64,
     pub sn_over_limit: u64,
     pub relay_over_limit: u64,
+    pub grant_requests: u64,
+    pub grants: u64,
+    pub relay_promotions: u64,
     pub presence_events: u64,
     pub lookups: u64,
     pub lookups_ok: u64,
@@ -209,6 +220,9 @@ pub struct Supernodes {
     pub promotions: u64,
     pub demotions: u64,
     pub departures_with_user: u64,
+    pub grant_requests: u64,
+    pub grants: u64,
+    pub relay_only_promotions: u64,
     pub samples: Vec<Sample>,
 }
 
@@ -290,7 +304,7 @@ pub fn simulate(args: &SimArgs) -> Report {
         min_tenure: cfg.min_tenure,
         period: Duration::from_secs(10),
     };
-    let mut e = Engine::new(cfg.clone(), policy);
+    let mut e = Engine::new(cfg.clone(), policy, args.promotion);
     e.run();
     let mut c = e.counts.clone();
     let (pending, pending_lookups) = e.calls_in_flight();
@@ -312,7 +326,7 @@ pub fn simulate(args: &SimArgs) -> Report {
             watches: cfg.watches,
             clients_per_supernode: cfg.clients_per_supernode,
             supernode_max_clients: cfg.sn_max_clients,
-            min_tenure_s: args.min_tenure,
+            min_tenure_s: cfg.min_tenure.as_secs(),
             nat_mix: NatKind::MIX
                 .iter()
                 .map(|(k, s)| {
@@ -326,9 +340,19 @@ pub fn simulate(args: &SimArgs) -> Report {
                     )
                 })
                 .collect(),
-            promotion: "STAND-IN policy (public, uplink >= 5 Mbit/s, uptime >= 120 s; target \
-                        online/clients_per_supernode, 50 % hysteresis, jittered ramp, minimum \
-                        tenure), not the product's promoter",
+            promotion: match args.promotion {
+                Promotion::Real => {
+                    "real: voxmesh::roles::Promoter on every public client (dial-back result \
+                     given: the simulator knows the NAT), need() and one GrantBook per \
+                     supernode (grant round trip abstracted); the first \
+                     ceil(clients/clients_per_supernode) supernodes are founders set at t=0"
+                }
+                Promotion::StandIn => {
+                    "STAND-IN policy (public, uplink >= 5 Mbit/s, uptime >= 120 s; target \
+                     online/clients_per_supernode, 50 % hysteresis, jittered ramp, minimum \
+                     tenure), not the product's promoter"
+                }
+            },
             cores: "real: client Agent, Supernode, RelayLink (voxmesh); simulated: network, NATs",
             abstracted: "media (relay slots for the call's length), ICE (path from NAT types), \
                          TURN allocations (counted, reported through the real relay link)",
@@ -353,6 +377,9 @@ pub fn simulate(args: &SimArgs) -> Report {
             promotions: c.promotions,
             demotions: c.demotions,
             departures_with_user: c.sn_departures,
+            grant_requests: c.grant_requests,
+            grants: c.grants,
+            relay_only_promotions: c.relay_promotions,
             samples: e.samples.clone(),
         },
         relays: Relays {
@@ -383,7 +410,7 @@ pub fn simulate(args: &SimArgs) -> Report {
             failures: e.call_failures.clone(),
         },
         tenure: Tenure {
-            min_tenure_s: args.min_tenure,
+            min_tenure_s: cfg.min_tenure.as_secs(),
             policy_demotions: c.demotions,
             policy_demotions_below_min: c.demoted_below_min,
             ended_s: Dist::of(&e.tenures),
