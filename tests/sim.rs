@@ -17,6 +17,8 @@ mod media_pair;
 mod mesh_scale;
 #[path = "sim/mesh_sim.rs"]
 mod mesh_sim;
+#[path = "sim/pop_sim.rs"]
+mod pop_sim;
 #[path = "sim/probe_sim.rs"]
 mod probe_sim;
 #[path = "sim/promotion_core.rs"]

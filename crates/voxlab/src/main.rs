@@ -25,6 +25,10 @@ enum Cmd {
     TurnLoad(voxlab::turnload::TurnLoadArgs),
     /// Load supernoded with real sessions (register, refresh, lookup, route, presence), check every answer, print one JSON report.
     SnLoad(voxlab::snload::SnLoadArgs),
+    /// Simulate a population of clients on the real cores (churn, promotion, calls), print one
+    /// JSON report (defaults: 30 simulated minutes, lognormal sessions with a 10 min median,
+    /// one call per online user per simulated hour).
+    Sim(voxlab::sim::pop::SimArgs),
     /// Build the lab, run natprobe behind every NAT type against supernoded, print the table,
     /// then place a direct and a relayed call.
     Demo,
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::StunLoad(a) => voxlab::stunload::run(a),
         Cmd::TurnLoad(a) => voxlab::turnload::run(a),
         Cmd::SnLoad(a) => voxlab::snload::run(a),
+        Cmd::Sim(a) => voxlab::sim::pop::run(a),
         Cmd::MediaRef(a) => voxlab::mediaref::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
         Cmd::Demo => voxlab::demo::run().and_then(|ok| {

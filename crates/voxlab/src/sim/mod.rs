@@ -30,6 +30,7 @@
 
 mod link;
 mod nat;
+pub mod pop;
 mod world;
 
 pub use link::{Crossing, Link, LinkStats, Path};

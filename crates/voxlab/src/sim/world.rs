@@ -190,6 +190,9 @@ pub struct World {
     /// The NATs' random ports and the relay's secrets come from here; links draw their own.
     pub rng: StdRng,
     pub hosts: Vec<Host>,
+    /// Host by WAN address (the first host added at an address), so routing a datagram costs
+    /// one lookup however many hosts the world holds.
+    host_index: HashMap<IpAddr, usize>,
     stun: Vec<StunServer>,
     /// Every STUN server socket: address -> (server, which socket).
     stun_routes: BTreeMap<SocketAddr, (usize, Via)>,
@@ -221,6 +224,7 @@ impl World {
             queue: BinaryHeap::new(),
             rng: StdRng::seed_from_u64(seed),
             hosts: Vec::new(),
+            host_index: HashMap::new(),
             stun: Vec::new(),
             stun_routes: BTreeMap::new(),
             relay: None,
@@ -243,6 +247,7 @@ impl World {
         );
         let i = self.hosts.len();
         let tag = |dir: &str| format!("host {i} {dir}").into_bytes();
+        self.host_index.entry(wan).or_insert(i);
         self.hosts.push(Host {
             lan,
             nat: Nat::with_wan(nat, wan),
@@ -264,7 +269,7 @@ impl World {
 
     /// The host that owns `ip` (its WAN address), if any.
     pub fn host_at(&self, ip: IpAddr) -> Option<usize> {
-        self.hosts.iter().position(|h| h.nat_wan() == ip)
+        self.host_index.get(&ip).copied()
     }
 
     /// A STUN binding server at `addr` (one address, no RFC 5780).
