@@ -273,13 +273,6 @@ impl Nat {
             self.drops.blocked += 1;
             return Outbound::Drop;
         }
-        let c = self.config;
-        if !c.translate && c.filtering == Filtering::EndpointIndependent && dst.ip() != self.wan {
-            // A public host keeps no state: inbound lets everything in (see `inbound`), and
-            // a supernode talking to thousands of clients must not pay for a table of them on
-            // every packet.
-            return Outbound::Wan(src);
-        }
         self.expire(now);
         if dst.ip() == self.wan {
             if !self.config.translate {
