@@ -548,7 +548,8 @@ fn a_call_on_a_client_relay_moves_to_another_client_relay_within_1_s_when_its_ho
         m,
         dir,
         mut clients,
-        seen,
+        rx,
+        mut seen,
         start,
         ..
     } = p;
@@ -571,6 +572,10 @@ fn a_call_on_a_client_relay_moves_to_another_client_relay_within_1_s_when_its_ho
         .find(|(_, serves)| ip_of(serves) == ip)
         .unwrap_or_else(|| panic!("the call's relay {ip} is a promoted client's: {relays:?}"))
         .0;
+    eprintln!(
+        "{test}: killing client {carrier} at {:.1?}",
+        start.elapsed()
+    );
     let (stall, moves) = watch_failover(&mut alice, &mut bob, || {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(clients[carrier].child.id() as i32, libc::SIGKILL) };
@@ -593,7 +598,24 @@ fn a_call_on_a_client_relay_moves_to_another_client_relay_within_1_s_when_its_ho
         &stall,
         &format!("{test}: client {carrier}'s relay {ip} killed"),
     );
-    eprintln!("{test}: whole test {:.1?}", start.elapsed());
+    // No role went off meanwhile: the dial-backs repeated every 10 polls (7.5 s here), from
+    // two supernodes once a second one was promoted, kept proving every relay reachable.
+    let now = Instant::now();
+    while let Ok((i, v)) = rx.try_recv() {
+        seen.push((i, v, now));
+    }
+    let sns: Vec<(usize, Duration)> = roles_on(&seen, "supernode")
+        .map(|e| (e.0, e.2 - start))
+        .collect();
+    let off: Vec<_> = seen
+        .iter()
+        .filter(|(i, v, _)| *i != carrier && v["event"] == "role" && v["state"] == "off")
+        .collect();
+    assert!(off.is_empty(), "no surviving role went off: {off:#?}");
+    eprintln!(
+        "{test}: promoted supernodes (client, when) {sns:.1?}, no role lost; whole test {:.1?}",
+        start.elapsed()
+    );
     // Reap the killed one; the others stop with the lab.
     drop(clients.remove(carrier));
     drop(clients);

@@ -224,7 +224,12 @@ pub async fn run_roles(
                 {
                     waiting = None;
                     proof = None;
-                    promoter.handle_input(now, reach(reflexive, host, false));
+                    // No probe at all: not reachable. Some but not all: inconclusive (the
+                    // helping supernode may have died unnoticed yet): no proof to promote
+                    // with, but a held role is not dropped for it; the next dial-back decides.
+                    if probes_seen.is_empty() {
+                        promoter.handle_input(now, reach(reflexive, host, false));
+                    }
                 }
             }
             _ = poll.tick() => {
