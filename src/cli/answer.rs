@@ -57,8 +57,8 @@ Events (one JSON object per line on stdout, or --events FILE):
       (serves: the relay's address, or the supernode's KEY@HOST:PORT entry; reasons: refused,
       unreachable, bandwidth, cpu, surplus, shutdown)
 
-Roles: a client whose address is public (proved by a supernode's dial-back probe from a
-port it never contacted) and that has spare uplink (--uplink-kbps, at least 1024 kbit/s for
+Roles: a client whose address is public (proved by dial-back probes from ports it never
+contacted: from two supernodes once two exist, from the only one before) and that has spare uplink (--uplink-kbps, at least 1024 kbit/s for
 the relay role) becomes a relay after 5 minutes of stable uptime, and a supernode after 15
 minutes with at least 50 % CPU idle, when the mesh wants more of them (3 supernodes at least,
 so every record has 3 homes; 4 relays at least) and a supernode grants it. It keeps a role

@@ -6,8 +6,8 @@
 //!
 //! What goes in ([`Promoter::handle_input`], each with `now`; time only moves forward):
 //! - [`Input::Reachability`]: the dial-back result. A public address is *proved*, never assumed:
-//!   the host address equals the server-reflexive one **and** an unsolicited probe from a source
-//!   we never contacted reached us.
+//!   the host address equals the server-reflexive one **and** unsolicited probes from sources
+//!   we never contacted reached us (from two supernodes once the mesh has two).
 //! - [`Input::UplinkKbps`] (measured or declared spare uplink; capped by
 //!   [`Config::max_relay_kbps`]) and [`Input::CpuHeadroom`] (0.0–1.0).
 //! - [`Input::Need`]: how many relays and supernodes the mesh still wants (from a supernode).

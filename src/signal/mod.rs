@@ -242,6 +242,12 @@ pub enum Request {
     /// Promotion ([`crate::roles`]): what the mesh needs, dial-back, grants. One variant with
     /// its own enum, appended last, so later promotion messages extend that enum instead.
     CRoles(RolesRequest),
+    /// A member asks: send this dial-back probe (its client's second, from another vantage
+    /// point) to `to`, from the socket no client contacted. Appended last.
+    PProbe {
+        to: SocketAddr,
+        nonce: u64,
+    },
 }
 
 /// A client's promotion request ([`Request::CRoles`]).
@@ -252,7 +258,7 @@ pub enum RolesRequest {
     /// Probe my address (this session's source) from a socket I never contacted; the probe
     /// carries a nonce ([`crate::roles::probe`]) that I echo in [`RolesRequest::Promote`].
     DialBack,
-    /// May I take `role`? `proof`: the nonce of your last dial-back probe; `id`: the ID the
+    /// May I take `role`? `proof`: the nonces of your last dial-back's probes, XORed; `id`: the ID the
     /// role will run as (its relay hello or mesh join confirms the grant).
     Promote {
         role: crate::roles::Role,
@@ -265,9 +271,12 @@ pub enum RolesRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum RolesAnswer {
     Need(crate::roles::Need),
-    /// The probe is on its way; `reflexive` is where this session is seen from.
+    /// The probes are on their way (`probes` of them, from as many supernodes: 2 once the
+    /// mesh has two); `reflexive` is where this session is seen from. The proof in
+    /// [`RolesRequest::Promote`] is their nonces XORed.
     DialBack {
         reflexive: SocketAddr,
+        probes: u8,
     },
     Grant {
         role: crate::roles::Role,

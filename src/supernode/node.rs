@@ -726,6 +726,10 @@ impl Supernode {
     ) -> Option<Response> {
         Some(match req {
             Request::PStore { user, entry } => self.store(now, user, entry),
+            Request::PProbe { to, nonce } => {
+                self.promotion.probe_for_peer(to, nonce);
+                Response::Ok
+            }
             Request::PFetch(user) => self
                 .local_entry(&user)
                 .map_or(Response::NotFound, Response::Entry),
@@ -1491,7 +1495,19 @@ impl Supernode {
                 let Some(source) = self.ep.peer(sid).map(|p| p.addr) else {
                     return;
                 };
-                self.promotion.dial_back(now, peer, source)
+                // A second vantage point once one exists: another live member probes too.
+                let helper = self
+                    .live_members()
+                    .into_iter()
+                    .find(|m| *m != self.me && self.mesh.member(m).is_some());
+                let (answer, second) =
+                    self.promotion
+                        .dial_back(now, peer, source, helper.is_some());
+                if let (Some(h), Some(nonce)) = (helper, second) {
+                    let req = Request::PProbe { to: source, nonce };
+                    self.send_to_peer(now, h, &req, Cont::Fire);
+                }
+                answer
             }
             RolesRequest::Promote { role, proof, id } => {
                 let need = self.need();

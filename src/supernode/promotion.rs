@@ -6,6 +6,10 @@
 //! ephemeral socket, [`Promotion::poll_probe`]) towards the address the client's session comes
 //! from. A NAT or a filtering firewall drops it; a public host gets it and echoes its nonce.
 //! Only the session's own source is ever probed, so nobody can aim probes elsewhere.
+//!
+//! Once the mesh has a second supernode, a second probe comes from another member (asked with
+//! [`crate::signal::Request::PProbe`]): the address is proved reachable from two independent
+//! vantage points, not one, and the proof is both nonces XORed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ const MAX_NONCES: usize = 10_000;
 
 pub(super) struct Promotion {
     book: GrantBook<UserId>,
-    /// client -> (nonce, when sent).
+    /// client -> (proof expected: the XOR of the nonces sent, when sent).
     nonces: HashMap<UserId, (u64, Instant)>,
     rng: SplitMix,
     probes: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -46,12 +50,22 @@ impl Promotion {
         need(self.book.config(), inputs)
     }
 
-    /// `client`, whose session comes from `source`, asks for a dial-back.
-    pub fn dial_back(&mut self, now: Instant, client: UserId, source: SocketAddr) -> RolesAnswer {
+    /// `client`, whose session comes from `source`, asks for a dial-back. With `helper`
+    /// (another live supernode exists), a second nonce is returned for that member to probe
+    /// with ([`crate::signal::Request::PProbe`]); the proof is then both nonces XORed.
+    pub fn dial_back(
+        &mut self,
+        now: Instant,
+        client: UserId,
+        source: SocketAddr,
+        helper: bool,
+    ) -> (RolesAnswer, Option<u64>) {
+        let probes = if helper { 2 } else { 1 };
         let recent = self
             .nonces
             .get(&client)
             .is_some_and(|(_, at)| now.saturating_duration_since(*at) < PROBE_INTERVAL);
+        let mut second = None;
         if !recent {
             if self.nonces.len() >= MAX_NONCES {
                 self.nonces
@@ -64,10 +78,30 @@ impl Promotion {
                 }
             }
             let nonce = self.rng.next_u64();
-            self.nonces.insert(client, (nonce, now));
+            let mut proof = nonce;
+            if helper {
+                let other = self.rng.next_u64();
+                proof ^= other;
+                second = Some(other);
+            }
+            self.nonces.insert(client, (proof, now));
             self.probes.push_back((source, probe::encode(nonce)));
         }
-        RolesAnswer::DialBack { reflexive: source }
+        (
+            RolesAnswer::DialBack {
+                reflexive: source,
+                probes,
+            },
+            second,
+        )
+    }
+
+    /// A mesh member asks us to send its client's second dial-back probe.
+    pub fn probe_for_peer(&mut self, to: SocketAddr, nonce: u64) {
+        // Bounded like our own: a member cannot make us queue without end.
+        if self.probes.len() < MAX_NONCES {
+            self.probes.push_back((to, probe::encode(nonce)));
+        }
     }
 
     /// `client` asks to take `role` as `id`, proving its address with `proof`.

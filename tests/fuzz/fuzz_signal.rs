@@ -350,6 +350,10 @@ fn setup() -> Fuzz {
             secret: vec![7; 32],
             load: 1,
         },
+        Request::PProbe {
+            to: "10.9.0.1:3478".parse().unwrap(),
+            nonce: 7,
+        },
     ];
     let responses = vec![
         Response::Ok,

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::calls::{CallLab, program, tmp};
 use crate::support::common::Proc;
+use crate::support::failover::{
+    audio_flows, hang_up_and_check_gaps, relay_ip_of, relayed_tone_call, watch_failover,
+};
 use voxlab::{BoxOpts, Lab, LabNat};
 
 const SN: &str = "198.51.100.1:3478";
@@ -84,12 +87,40 @@ fn roles_on<'a>(
         .filter(move |(_, v, _)| v["event"] == "role" && v["role"] == role && v["state"] == "on")
 }
 
-#[test]
-fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
-    let test = "promotion";
+/// The tests of this area run one at a time: each runs 20 clients and a supernode in a lab of
+/// its own, which two shared cores cannot run twice over and still time sub-second moves.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The promotion lab, running: 20 `answer` clients (index = position in `hosts`), the
+/// bootstrap supernode, and every client's events so far.
+struct Promoted {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    m: CallLab,
+    dir: std::path::PathBuf,
+    /// Each client's namespace and whether it is public.
+    hosts: Vec<(String, bool)>,
+    clients: Vec<Proc>,
+    /// The public clients' indexes.
+    public: Vec<usize>,
+    tx: mpsc::Sender<(usize, serde_json::Value)>,
+    rx: Events,
+    seen: Vec<(usize, serde_json::Value, Instant)>,
+    /// When the clients were started.
+    start: Instant,
+}
+
+/// Builds the lab, starts the bootstrap and the 20 clients, and waits (bounded by
+/// [`PROMOTION_LIMIT`]) until `promoted` holds of their events; asserts it does. `None` when
+/// the lab cannot run here.
+fn promoted_lab(
+    test: &str,
+    promoted: impl FnMut(&[(usize, serde_json::Value, Instant)]) -> bool,
+) -> Option<Promoted> {
     if !Lab::ready_or_skip(test) {
-        return;
+        return None;
     }
+    // A test that failed holding the lock poisons it; the next one still runs.
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new().unwrap();
     // Boxes 1-4: public hosts; then 16 hosts behind every NAT kind that can host a client.
     let layout = [
@@ -118,7 +149,7 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         );
     }
     assert_eq!(hosts.len(), 20);
-    let dir = tmp("promotion");
+    let dir = tmp(test);
     let mut sn = lab
         .command(
             &lab.server_ns(),
@@ -178,16 +209,73 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
     }
     let public: Vec<usize> = (0..hosts.len()).filter(|i| hosts[*i].1).collect();
     let mut seen = Vec::new();
-    let promoted = wait_until(&rx, start + PROMOTION_LIMIT, &mut seen, |s| {
+    let ok = wait_until(&rx, start + PROMOTION_LIMIT, &mut seen, promoted);
+    assert!(ok, "promoted within {PROMOTION_LIMIT:?}: {seen:#?}");
+    Some(Promoted {
+        _serial: serial,
+        m,
+        dir,
+        hosts,
+        clients,
+        public,
+        tx,
+        rx,
+        seen,
+        start,
+    })
+}
+
+/// Polls the bootstrap's status (bounded: 10 s, membership and relay hellos settle within a
+/// SWIM round of the joins) until `done` holds of it; returns the last status.
+fn bootstrap_status(m: &CallLab, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = m
+            .lab
+            .command(&m.lab.server_ns(), env!("CARGO_BIN_EXE_supernoded"))
+            .args(["status", "--json", "--control"])
+            .arg(m.dir.join("sn.sock"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if done(&v) || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The relays' served addresses by client index, from their `role` events.
+fn relays_of(seen: &[(usize, serde_json::Value, Instant)]) -> Vec<(usize, String)> {
+    roles_on(seen, "relay")
+        .map(|e| (e.0, e.1["serves"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
+    // All public clients relay, and the supernodes reached the floor.
+    let Some(p) = promoted_lab("promotion", |s| {
         let relays: std::collections::HashSet<usize> = roles_on(s, "relay").map(|e| e.0).collect();
-        let supernodes = roles_on(s, "supernode").count();
-        relays.len() == public.len() && supernodes >= 2
-    });
+        relays.len() == 4 && roles_on(s, "supernode").count() >= 2
+    }) else {
+        return;
+    };
+    let Promoted {
+        _serial,
+        m,
+        dir,
+        hosts,
+        clients,
+        public,
+        tx,
+        rx,
+        mut seen,
+        start,
+    } = p;
+    assert_eq!(public.len(), 4);
     let took = start.elapsed();
-    assert!(
-        promoted,
-        "within {PROMOTION_LIMIT:?}: 4 relays and 2 promoted supernodes: {seen:#?}"
-    );
     let last = |role| roles_on(&seen, role).map(|e| e.2 - start).max().unwrap();
     eprintln!(
         "promotion: 4 relays by {:.1} s, supernodes at the floor of 3 (bootstrap + 2) by {:.1} s, \
@@ -204,25 +292,10 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
     }
 
     // The bootstrap sees it too: 3 live members, 4 relays (the roles' hellos and joins).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let out = m
-            .lab
-            .command(&m.lab.server_ns(), env!("CARGO_BIN_EXE_supernoded"))
-            .args(["status", "--json", "--control"])
-            .arg(dir.join("sn.sock"))
-            .output()
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        let members = v["members"].as_array().map_or(0, Vec::len);
-        let relays = v["relays"].as_array().map_or(0, Vec::len);
-        // Membership settles within a SWIM round of the join; bounded by `deadline`.
-        if (members == 3 && relays == 4) || Instant::now() >= deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = bootstrap_status(&m, |v| {
+        v["members"].as_array().map_or(0, Vec::len) == 3
+            && v["relays"].as_array().map_or(0, Vec::len) == 4
+    });
     assert_eq!(
         status["members"].as_array().map(Vec::len),
         Some(3),
@@ -246,9 +319,7 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         "relayed call's tone shares (callee, caller): {:?}",
         c.shares
     );
-    let relays: Vec<String> = roles_on(&seen, "relay")
-        .map(|e| e.1["serves"].as_str().unwrap().to_string())
-        .collect();
+    let relays: Vec<String> = relays_of(&seen).into_iter().map(|r| r.1).collect();
     let relay_ips: Vec<&str> = relays
         .iter()
         .map(|r| r.rsplit_once(':').unwrap().0)
@@ -455,5 +526,99 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
     eprintln!("whole promotion test: {:.1?}", start.elapsed());
     drop(moved);
     drop(clients);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_call_on_a_client_relay_moves_to_another_client_relay_within_1_s_when_its_host_dies() {
+    // Acceptance 2, the relay half, with client relays: a relayed call between the two
+    // symmetric NATs ranks the promoted clients' relays and keeps a standby on a second one;
+    // SIGKILL of the `answer` whose relay carries the call (it says goodbye to nobody).
+    // Consent on the relayed path (200 ms probes, 600 ms timeout) notices and ICE moves the
+    // call to the standby pair: the gap is measured as `relay_failover` measures it.
+    let test = "promotion_relay_failover";
+    let Some(p) = promoted_lab(test, |s| {
+        let relays: std::collections::HashSet<usize> = roles_on(s, "relay").map(|e| e.0).collect();
+        relays.len() == 4
+    }) else {
+        return;
+    };
+    let Promoted {
+        _serial,
+        m,
+        dir,
+        mut clients,
+        rx,
+        mut seen,
+        start,
+        ..
+    } = p;
+    let relays = relays_of(&seen);
+    eprintln!(
+        "{test}: 4 client relays by {:.1?}: {relays:?}",
+        start.elapsed()
+    );
+    // The bootstrap offers them: each relay role's hello reached it.
+    let status = bootstrap_status(&m, |v| v["relays"].as_array().map_or(0, Vec::len) == 4);
+    assert_eq!(
+        status["relays"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
+    let ip_of = |serves: &str| serves.rsplit_once(':').unwrap().0.to_string();
+    let (mut alice, mut bob, ip) = relayed_tone_call(&m, &m.host_ns(8, 1), &m.host_ns(9, 1), test);
+    let carrier = relays
+        .iter()
+        .find(|(_, serves)| ip_of(serves) == ip)
+        .unwrap_or_else(|| panic!("the call's relay {ip} is a promoted client's: {relays:?}"))
+        .0;
+    eprintln!(
+        "{test}: killing client {carrier} at {:.1?}",
+        start.elapsed()
+    );
+    let (stall, moves) = watch_failover(&mut alice, &mut bob, || {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(clients[carrier].child.id() as i32, libc::SIGKILL) };
+        assert_eq!(rc, 0);
+    });
+    for (moved, who) in moves.iter().zip(["caller", "callee"]) {
+        let now = relay_ip_of(moved)
+            .unwrap_or_else(|| panic!("the {who} stays relayed (symmetric NATs): {moved}"));
+        assert!(
+            now != ip && relays.iter().any(|(_, serves)| ip_of(serves) == now),
+            "the {who}'s call moved from {ip} to another client's relay ({relays:?}): {moved}"
+        );
+        eprintln!("{test}: {who} moved: {moved}");
+    }
+    audio_flows(&mut alice, &mut bob, 0.8, "after the move");
+    hang_up_and_check_gaps(
+        &m,
+        &mut alice,
+        &mut bob,
+        &stall,
+        &format!("{test}: client {carrier}'s relay {ip} killed"),
+    );
+    // No role went off meanwhile: the dial-backs repeated every 10 polls (7.5 s here), from
+    // two supernodes once a second one was promoted, kept proving every relay reachable.
+    let now = Instant::now();
+    while let Ok((i, v)) = rx.try_recv() {
+        seen.push((i, v, now));
+    }
+    let sns: Vec<(usize, Duration)> = roles_on(&seen, "supernode")
+        .map(|e| (e.0, e.2 - start))
+        .collect();
+    let off: Vec<_> = seen
+        .iter()
+        .filter(|(i, v, _)| *i != carrier && v["event"] == "role" && v["state"] == "off")
+        .collect();
+    assert!(off.is_empty(), "no surviving role went off: {off:#?}");
+    eprintln!(
+        "{test}: promoted supernodes (client, when) {sns:.1?}, no role lost; whole test {:.1?}",
+        start.elapsed()
+    );
+    // Reap the killed one; the others stop with the lab.
+    drop(clients.remove(carrier));
+    drop(clients);
+    drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 }

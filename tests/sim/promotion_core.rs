@@ -520,10 +520,12 @@ mod through_supernode {
         assert_eq!((n.relays_wanted, n.relays_have), (4, 0));
 
         // Dial-back: the probe goes to the session's source, from the driver's own socket.
-        let RolesAnswer::DialBack { reflexive } = ask(&mut w, a, RolesRequest::DialBack) else {
+        let RolesAnswer::DialBack { reflexive, probes } = ask(&mut w, a, RolesRequest::DialBack)
+        else {
             panic!("not a dial-back")
         };
         assert_eq!(reflexive, w.addr(a));
+        assert_eq!(probes, 1, "the only supernode probes alone");
         let (to, data) = w.sn_mut(sn).poll_probe().expect("a probe");
         assert_eq!(to, w.addr(a));
         let nonce = probe::decode(&data).expect("a probe datagram");
@@ -589,5 +591,68 @@ mod through_supernode {
         let late = w.add_client(vec![(key, addr), (key0, addr0)], true);
         assert!(w.run_until(Duration::from_secs(20), |w| w.agent(late).is_registered()));
         assert_eq!(w.sn(ramped).status().clients, 3);
+    }
+
+    #[test]
+    fn with_two_supernodes_the_dial_back_comes_from_both() {
+        // Issue 13: a public address is proved by dial-back from two supernodes once two
+        // exist. The client's supernode probes, and asks another member to probe too; the
+        // proof is both nonces XORed, so one probe alone proves nothing.
+        let mut w = World::new();
+        let (sn0, key0, addr0) = w.add_supernode(&[]);
+        let (sn1, _, _) = w.add_supernode(&[(key0, addr0)]);
+        assert!(
+            w.run_until(Duration::from_secs(20), |w| {
+                w.sn(sn0).members().len() == 2 && w.sn(sn1).members().len() == 2
+            }),
+            "the two supernodes form a mesh"
+        );
+        let a = w.add_client(vec![(key0, addr0)], true);
+        assert!(w.run_until(Duration::from_secs(20), |w| w.agent(a).is_registered()));
+        let RolesAnswer::DialBack { reflexive, probes } = ask(&mut w, a, RolesRequest::DialBack)
+        else {
+            panic!("not a dial-back")
+        };
+        assert_eq!((reflexive, probes), (w.addr(a), 2), "two probes announced");
+        let (to, data) = w
+            .sn_mut(sn0)
+            .poll_probe()
+            .expect("the client's supernode probes");
+        assert_eq!(to, w.addr(a));
+        let n0 = probe::decode(&data).unwrap();
+        // The member's probe follows the request to it: one round trip in the mesh.
+        let mut second = None;
+        assert!(
+            w.run_until(Duration::from_secs(5), |w| {
+                second = w.sn_mut(sn1).poll_probe();
+                second.is_some()
+            }),
+            "the other supernode probes too"
+        );
+        let (to1, data1) = second.unwrap();
+        assert_eq!(
+            to1,
+            w.addr(a),
+            "the same address, from another vantage point"
+        );
+        let n1 = probe::decode(&data1).unwrap();
+        assert_ne!(n0, n1);
+        let promote = |proof, id| RolesRequest::Promote {
+            role: Role::Relay,
+            proof,
+            id,
+        };
+        let granted = |ans| match ans {
+            RolesAnswer::Grant { granted, .. } => granted,
+            other => panic!("not a grant: {other:?}"),
+        };
+        let id = w.fresh_identity().id();
+        for one in [n0, n1] {
+            assert!(
+                !granted(ask(&mut w, a, promote(one, id))),
+                "one probe alone proves nothing"
+            );
+        }
+        assert!(granted(ask(&mut w, a, promote(n0 ^ n1, id))), "both probes");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod calls;
 pub mod common;
+pub mod failover;
 pub mod loopback;
 pub mod media;
 pub mod mesh;

@@ -116,9 +116,10 @@ pub async fn run_roles(
     promoter.handle_input(Instant::now(), Input::UplinkKbps(setup.uplink_kbps));
     let mut cpu = CpuMeter::default();
     let mut buf = vec![0u8; 2048];
-    // Dial-back: the last probe's nonce and when it came; the answer we wait on a probe for.
-    let mut probe_seen: Option<(u64, Instant)> = None;
-    let mut waiting: Option<(SocketAddr, bool, Instant)> = None;
+    // Dial-back: the probes' nonces since the last request (one per supernode probing: two
+    // once the mesh has two), and the answer we wait on them for (how many, until when).
+    let mut probes_seen: Vec<u64> = Vec::new();
+    let mut waiting: Option<(SocketAddr, bool, u8, Instant)> = None;
     let mut proof: Option<u64> = None;
     // The address the last dial-back saw us at (a public host's own).
     let mut reflexive_ip: Option<IpAddr> = None;
@@ -143,16 +144,11 @@ pub async fn run_roles(
                     promoter.handle_input(now, Input::Need(need));
                     promoter.handle_input(now, Input::Grant { role, granted });
                 }
-                AgentEvent::Roles(Ok(RolesAnswer::DialBack { reflexive })) => {
+                AgentEvent::Roles(Ok(RolesAnswer::DialBack { reflexive, probes })) => {
                     let host = is_host_address(local, reflexive);
                     reflexive_ip = Some(reflexive.ip());
-                    match probe_seen {
-                        Some((nonce, at)) if now.duration_since(at) < PROBE_WAIT => {
-                            proof = Some(nonce);
-                            promoter.handle_input(now, reach(reflexive, host, true));
-                        }
-                        _ => waiting = Some((reflexive, host, now + PROBE_WAIT)),
-                    }
+                    waiting = Some((reflexive, host, probes, now + PROBE_WAIT));
+                    proved(&mut waiting, &probes_seen, &mut proof, &mut promoter, now);
                 }
                 AgentEvent::Roles(Err(e)) => tracing::debug!("promotion request failed: {e}"),
                 _ => {}
@@ -212,7 +208,7 @@ pub async fn run_roles(
         let wake = [
             agent.poll_timeout(),
             promoter.poll_timeout(),
-            waiting.map(|w| w.2),
+            waiting.map(|w| w.3),
         ]
         .into_iter()
         .flatten()
@@ -223,12 +219,17 @@ pub async fn run_roles(
                 let now = Instant::now();
                 agent.handle_timeout(now);
                 promoter.handle_timeout(now);
-                if let Some((reflexive, host, until)) = waiting
+                if let Some((reflexive, host, _, until)) = waiting
                     && now >= until
                 {
                     waiting = None;
                     proof = None;
-                    promoter.handle_input(now, reach(reflexive, host, false));
+                    // No probe at all: not reachable. Some but not all: inconclusive (the
+                    // helping supernode may have died unnoticed yet): no proof to promote
+                    // with, but a held role is not dropped for it; the next dial-back decides.
+                    if probes_seen.is_empty() {
+                        promoter.handle_input(now, reach(reflexive, host, false));
+                    }
                 }
             }
             _ = poll.tick() => {
@@ -241,6 +242,7 @@ pub async fn run_roles(
                 // Reachability is checked at start and then every tenth poll: an address
                 // change (a laptop moving to a NAT) demotes within that.
                 if polls % 10 == 0 {
+                    probes_seen.clear();
                     agent.roles(now, RolesRequest::DialBack);
                     agent.members(now);
                 }
@@ -265,12 +267,12 @@ pub async fn run_roles(
                 match crate::demux::classify(data) {
                     crate::demux::Kind::Session => agent.handle_input(now, from, data),
                     crate::demux::Kind::Stun => {
-                        if let Some(nonce) = probe::decode(data) {
-                            probe_seen = Some((nonce, now));
-                            if let Some((reflexive, host, _)) = waiting.take() {
-                                proof = Some(nonce);
-                                promoter.handle_input(now, reach(reflexive, host, true));
-                            }
+                        // At most the two a dial-back brings (and a few strays).
+                        if let Some(nonce) = probe::decode(data)
+                            && probes_seen.len() < 8
+                        {
+                            probes_seen.push(nonce);
+                            proved(&mut waiting, &probes_seen, &mut proof, &mut promoter, now);
                         }
                     }
                     _ => {}
@@ -306,6 +308,28 @@ pub async fn run_roles(
         let _ = socket.send_to(&t.data, t.to).await;
     }
     Ok(())
+}
+
+/// Once every probe the dial-back answer announced has come: the proof (their nonces XORed,
+/// in any order) and a reachable address.
+fn proved(
+    waiting: &mut Option<(SocketAddr, bool, u8, Instant)>,
+    seen: &[u64],
+    proof: &mut Option<u64>,
+    promoter: &mut Promoter,
+    now: Instant,
+) {
+    let Some((reflexive, host, probes, _)) = *waiting else {
+        return;
+    };
+    let n = usize::from(probes.max(1));
+    if seen.len() < n {
+        return;
+    }
+    *waiting = None;
+    // The last `n`: a stray from the previous dial-back, if any, came first.
+    *proof = Some(seen[seen.len() - n..].iter().fold(0, |a, x| a ^ x));
+    promoter.handle_input(now, reach(reflexive, host, true));
 }
 
 fn reach(reflexive: SocketAddr, host: bool, probe: bool) -> Input {
