@@ -149,20 +149,12 @@ pub async fn run_endpoint(
                     let _ = events.send(DriverEvent::CaptureEnded(call)).await;
                 }
             }
-            Some((from, data)) = streams.incoming.recv() => match data {
-                Some(data) => ep.handle_input(Instant::now(), from, &data),
-                None => {
-                    streams.writers.remove(&from);
-                    ep.stream_closed(Instant::now(), from);
-                }
-            },
-            Some((from, data)) = relay_streams.incoming.recv() => match data {
-                Some(data) => ep.handle_stream(Instant::now(), from, &data),
-                None => {
-                    relay_streams.writers.remove(&from);
-                    ep.relay_stream_closed(Instant::now(), from);
-                }
-            },
+            Some((from, data)) = streams.incoming.recv() => {
+                on_stream(&mut ep, &mut streams, from, data);
+            }
+            Some((from, data)) = relay_streams.incoming.recv() => {
+                on_relay_stream(&mut ep, &mut relay_streams, from, data);
+            }
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => ep.handle_input(Instant::now(), from, &buf[..n]),
                 // An ICMP error for an earlier send (a peer's closed port): nothing to do.
@@ -252,24 +244,43 @@ async fn drain(
         let wake = ep.poll_timeout().map_or(until, |t| t.min(until));
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => ep.handle_timeout(Instant::now()),
-            Some((from, data)) = streams.incoming.recv() => match data {
-                Some(data) => ep.handle_input(Instant::now(), from, &data),
-                None => {
-                    streams.writers.remove(&from);
-                    ep.stream_closed(Instant::now(), from);
-                }
-            },
-            Some((from, data)) = relay_streams.incoming.recv() => match data {
-                Some(data) => ep.handle_stream(Instant::now(), from, &data),
-                None => {
-                    relay_streams.writers.remove(&from);
-                    ep.relay_stream_closed(Instant::now(), from);
-                }
-            },
+            Some((from, data)) = streams.incoming.recv() => {
+                on_stream(ep, streams, from, data);
+            }
+            Some((from, data)) = relay_streams.incoming.recv() => {
+                on_relay_stream(ep, relay_streams, from, data);
+            }
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => ep.handle_input(Instant::now(), from, &buf[..n]),
                 Err(_) => tokio::task::yield_now().await,
             },
+        }
+    }
+}
+
+/// What a supernode stream brought: a frame for the endpoint, or its end.
+fn on_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, data: Option<Vec<u8>>) {
+    match data {
+        Some(data) => ep.handle_input(Instant::now(), from, &data),
+        None => {
+            streams.writers.remove(&from);
+            ep.stream_closed(Instant::now(), from);
+        }
+    }
+}
+
+/// What the relay stream (TURN over TCP) brought: its bytes for the endpoint, or its end.
+fn on_relay_stream(
+    ep: &mut Endpoint,
+    streams: &mut Streams,
+    from: SocketAddr,
+    data: Option<Vec<u8>>,
+) {
+    match data {
+        Some(data) => ep.handle_stream(Instant::now(), from, &data),
+        None => {
+            streams.writers.remove(&from);
+            ep.relay_stream_closed(Instant::now(), from);
         }
     }
 }
