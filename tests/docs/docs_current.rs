@@ -248,3 +248,48 @@ fn contains_word(line: &str, word: &str) -> bool {
         !before.is_some_and(ident) && !after.is_some_and(ident)
     })
 }
+
+/// `scripts/test` runs the lab tier by area (`cargo test --test lab -- AREA::`): an area that
+/// `tests/lab.rs` has but the script does not name would never run in CI, and one named twice
+/// would run twice.
+#[test]
+fn scripts_test_runs_every_lab_area_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tier = std::fs::read_to_string(root.join("tests/lab.rs")).unwrap();
+    let areas: Vec<&str> = tier
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mod "))
+        .map(|m| m.trim_end_matches(';'))
+        .filter(|m| *m != "support")
+        .collect();
+    assert!(areas.len() >= 10, "lab areas found: {areas:?}");
+    let script = std::fs::read_to_string(root.join("scripts/test")).unwrap();
+    // The areas named in the script's lab lines: `for area in A B ...` and `-- A:: B::`.
+    let mut named: Vec<String> = Vec::new();
+    for line in script
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+    {
+        if let Some(list) = line.strip_prefix("for area in ") {
+            let list = list.split(';').next().unwrap_or("");
+            named.extend(list.split_whitespace().map(str::to_string));
+        } else if line.contains("--test lab") {
+            named.extend(
+                line.split_whitespace()
+                    .filter_map(|w| w.strip_suffix("::"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    for a in &areas {
+        let n = named.iter().filter(|x| x == a).count();
+        assert_eq!(n, 1, "lab area {a} is named {n} times in scripts/test");
+    }
+    for n in &named {
+        assert!(
+            areas.contains(&n.as_str()),
+            "scripts/test names {n}, not a lab area"
+        );
+    }
+}

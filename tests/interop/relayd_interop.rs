@@ -1,5 +1,5 @@
 //! Interop both ways with coturn, in the lab:
-//! - coturn's own load client, `turnutils_uclient -m 10 -n 1000`, relays through `relayd` with
+//! - coturn's own load client, `turnutils_uclient -m 10 -n 300 -z 5`, relays through `relayd` with
 //!   no loss in every mode (default with RTP/RTCP pairs, -c, -s, -t, -S -t, -D, -y), with
 //!   time-limited credentials (-W) and with a users file (-u/-w), beside the same runs against
 //!   coturn's `turnserver` as the baseline. relayd listens with a bare `--listen ADDR` and a
@@ -240,70 +240,70 @@ fn coturn_uclient_relays_through_relayd_without_loss_in_every_mode() {
         .collect();
     let ns = client.hosts[0].ns.clone();
     let peer_ip = peer.hosts[0].ip4.clone();
-    let results: Vec<(String, String, String, Option<Outcome>, String)> = std::thread::scope(|s| {
-        let mut out = Vec::new();
-        // Four uclients at a time: enough to keep the suite short, few enough that the
-        // machine's two cores never become the bottleneck that loses packets.
-        for chunk in runs.chunks(4) {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(server, mode, ip, port, tls_port, auth)| {
-                    let (lab, ns, peer_ip) = (&lab, &ns, &peer_ip);
-                    s.spawn(move || {
-                        let flags = MODES.iter().find(|(m, _)| m == mode).unwrap().1;
-                        let port = if flags.contains(&"-S") {
-                            *tls_port
-                        } else {
-                            *port
-                        };
-                        let o = lab
-                            .command(ns, "timeout")
-                            .args([
-                                "120",
-                                "turnutils_uclient",
-                                "-m",
-                                "10",
-                                "-n",
-                                "1000",
-                                "-z",
-                                "5",
-                            ])
-                            .args(flags)
-                            .args(auth)
-                            .args(["-p", &port.to_string(), "-e", peer_ip, "-r", "3480", ip])
-                            .output()
-                            .unwrap();
-                        let text = String::from_utf8_lossy(&o.stdout).to_string()
-                            + &String::from_utf8_lossy(&o.stderr);
-                        let how = if auth.contains(&"-W") { "-W" } else { "-u/-w" };
-                        (
-                            server.to_string(),
-                            mode.to_string(),
-                            how.to_string(),
-                            parse_uclient(&text),
-                            text,
-                        )
+    let results: Vec<(String, String, String, Option<Outcome>, String, Duration)> =
+        std::thread::scope(|s| {
+            let mut out = Vec::new();
+            // Fourteen uclients at a time (each mostly waits: ~8 s for its 1.5 s of sending), so
+            // the 28 runs take two rounds; at most 7 of them through relayd at once, few enough
+            // that the machine's two cores never become the bottleneck that loses packets.
+            for chunk in runs.chunks(14) {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(server, mode, ip, port, tls_port, auth)| {
+                        let (lab, ns, peer_ip) = (&lab, &ns, &peer_ip);
+                        s.spawn(move || {
+                            let flags = MODES.iter().find(|(m, _)| m == mode).unwrap().1;
+                            let t0 = std::time::Instant::now();
+                            let port = if flags.contains(&"-S") {
+                                *tls_port
+                            } else {
+                                *port
+                            };
+                            let o = lab
+                                .command(ns, "timeout")
+                                .args([
+                                    "120",
+                                    "turnutils_uclient",
+                                    "-m",
+                                    "10",
+                                    "-n",
+                                    "300",
+                                    "-z",
+                                    "5",
+                                ])
+                                .args(flags)
+                                .args(auth)
+                                .args(["-p", &port.to_string(), "-e", peer_ip, "-r", "3480", ip])
+                                .output()
+                                .unwrap();
+                            let text = String::from_utf8_lossy(&o.stdout).to_string()
+                                + &String::from_utf8_lossy(&o.stderr);
+                            let how = if auth.contains(&"-W") { "-W" } else { "-u/-w" };
+                            (
+                                server.to_string(),
+                                mode.to_string(),
+                                how.to_string(),
+                                parse_uclient(&text),
+                                text,
+                                t0.elapsed(),
+                            )
+                        })
                     })
-                })
-                .collect();
-            out.extend(handles.into_iter().map(|h| h.join().unwrap()));
-        }
-        out
-    });
+                    .collect();
+                out.extend(handles.into_iter().map(|h| h.join().unwrap()));
+            }
+            out
+        });
     drop((relayd, coturn_users, coturn_secret));
     let _ = std::fs::remove_dir_all(&dir);
-    for (server, mode, how, outcome, text) in &results {
-        eprintln!("UCLIENT {server:7} {mode:8} {how:6} {outcome:?}");
+    for (server, mode, how, outcome, text, took) in &results {
+        eprintln!("UCLIENT {server:7} {mode:8} {how:6} {outcome:?} in {took:.1?}");
         if server == "relayd" {
             let o = outcome.unwrap_or_else(|| {
                 panic!("relayd {mode} {how}: uclient printed no totals:\n{text}")
             });
             // Pairs of allocations (RTP/RTCP) mean twice the messages; either way all must arrive.
-            assert!(
-                o.sent >= 10_000,
-                "relayd {mode} {how}: only {} sent",
-                o.sent
-            );
+            assert!(o.sent >= 3_000, "relayd {mode} {how}: only {} sent", o.sent);
             assert_eq!(
                 (o.lost, o.received),
                 (0, o.sent),

@@ -20,8 +20,10 @@
 //! 25 ms one-way delay on every box's WAN link, both directions: same paths.
 //!
 //! The calls run in a few lab instances at once (each with its own supernode and relay, and
-//! fresh boxes per call, so no call inherits another's NAT state). One JSON line per call goes
-//! to stderr (`MATRIX {...}`) and, when `VOXMESH_MATRIX_OUT` names a file, to that file.
+//! fresh boxes per call, so no call inherits another's NAT state). At the end, each failed
+//! call in one line (`FAILED ...`), then one JSON line per call (`MATRIX {...}`), then the
+//! failed calls' events go to stderr; each call's JSON line also goes, as it ends, to the file
+//! `VOXMESH_MATRIX_OUT` names.
 //! `VOXMESH_MATRIX_ONLY=TEXT` runs only the calls whose `caller>callee>condition` contains
 //! TEXT (for chasing one pair; the suite runs them all).
 
@@ -472,7 +474,6 @@ fn every_nat_pair_connects_on_its_path_with_audio_both_ways() {
                                 vec![format!("panicked: {why}")],
                             )
                         });
-                    eprintln!("MATRIX {row}");
                     if let Some(f) = out {
                         writeln!(f.lock().unwrap(), "{row}").unwrap();
                     }
@@ -488,10 +489,27 @@ fn every_nat_pair_connects_on_its_path_with_audio_both_ways() {
     });
     let mut rows = rows.into_inner().unwrap();
     rows.sort_by_key(|r| r.0);
+    // Failures first and short (a CI log may show only the head of this test's output): the
+    // pair and what went wrong; the events and the full table follow.
     let failed: Vec<String> = rows
         .iter()
         .filter(|(_, _, e)| !e.is_empty())
-        .map(|(_, row, e)| format!("{row}\n    {}", e.join("\n    ")))
+        .map(|(_, row, e)| {
+            let brief: Vec<&str> = e
+                .iter()
+                .filter(|l| !l.contains("events:"))
+                .map(|l| l.as_str())
+                .collect();
+            format!(
+                "{}>{}>{} (path {}, setup {} ms): {}",
+                row["caller"].as_str().unwrap_or("?"),
+                row["callee"].as_str().unwrap_or("?"),
+                row["condition"].as_str().unwrap_or("?"),
+                row["path"],
+                row["setup_ms"],
+                brief.join("; ")
+            )
+        })
         .collect();
     eprintln!(
         "call matrix: {} calls in {:.1} s, {} failed",
@@ -499,6 +517,18 @@ fn every_nat_pair_connects_on_its_path_with_audio_both_ways() {
         started.elapsed().as_secs_f64(),
         failed.len()
     );
+    for f in &failed {
+        eprintln!("FAILED {f}");
+    }
+    for (_, row, _) in &rows {
+        eprintln!("MATRIX {row}");
+    }
+    for (_, row, e) in rows.iter().filter(|(_, _, e)| !e.is_empty()) {
+        eprintln!("EVENTS {}>{}", row["caller"], row["callee"]);
+        for l in e.iter().filter(|l| l.contains("events:")) {
+            eprintln!("    {l}");
+        }
+    }
     assert_eq!(rows.len(), total, "every call ran");
     assert!(failed.is_empty(), "failed calls:\n{}", failed.join("\n"));
 }
