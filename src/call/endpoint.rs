@@ -201,6 +201,32 @@ struct Trial {
     failed: bool,
 }
 
+impl Trial {
+    /// Starts allocating on `offer`'s relay at `server`, over UDP.
+    fn start(now: Instant, server: SocketAddr, offer: &RelayOffer) -> Self {
+        let mut turn = TurnClient::new(turn_config(server, offer, false));
+        turn.allocate(now);
+        Trial {
+            turn: Box::new(turn),
+            relay: offer.relay,
+            load: offer.load,
+            up: false,
+            failed: false,
+        }
+    }
+
+    /// An allocation that is up already (the active relay stepping down to standby).
+    fn standby(turn: Box<TurnClient>, relay: UserId, load: u32) -> Self {
+        Trial {
+            turn,
+            relay,
+            load,
+            up: true,
+            failed: false,
+        }
+    }
+}
+
 /// The endpoint: see the module documentation.
 pub struct Endpoint {
     agent: Agent,
@@ -971,15 +997,7 @@ impl Endpoint {
             .collect();
         others.sort_by_key(|(o, _)| (o.load, o.relay));
         for (offer, server) in others.into_iter().take(TRIALS - 1) {
-            let mut t = TurnClient::new(config(server, offer, false));
-            t.allocate(now);
-            self.trials.push(Trial {
-                turn: Box::new(t),
-                relay: offer.relay,
-                load: offer.load,
-                up: false,
-                failed: false,
-            });
+            self.trials.push(Trial::start(now, server, offer));
         }
         self.ranked = self.trials.is_empty();
     }
@@ -1081,15 +1099,7 @@ impl Endpoint {
             tracing::info!("no other relay offered: no standby for now");
             return;
         };
-        let mut t = TurnClient::new(turn_config(server, offer, false));
-        t.allocate(now);
-        self.trials.push(Trial {
-            turn: Box::new(t),
-            relay: offer.relay,
-            load: offer.load,
-            up: false,
-            failed: false,
-        });
+        self.trials.push(Trial::start(now, server, offer));
     }
 
     /// A call's path changed (to `peer`): a relay of ours may have died. Each allocation is
@@ -1126,13 +1136,7 @@ impl Endpoint {
         let old = std::mem::replace(&mut self.relay, Relay::Up(won.turn));
         let old_offer = self.relay_offer.replace((won.relay, won.load));
         if let (Relay::Up(turn), Some((relay, load))) = (old, old_offer) {
-            self.trials.push(Trial {
-                turn,
-                relay,
-                load,
-                up: true,
-                failed: false,
-            });
+            self.trials.push(Trial::standby(turn, relay, load));
         }
     }
 
@@ -1193,13 +1197,9 @@ impl Endpoint {
             let old = std::mem::replace(&mut self.relay, Relay::Up(won.turn));
             let old_offer = self.relay_offer.replace((won.relay, won.load));
             match (old, old_offer) {
-                (Relay::Up(turn), Some((relay, load))) => self.trials.push(Trial {
-                    turn,
-                    relay,
-                    load,
-                    up: true,
-                    failed: false,
-                }),
+                (Relay::Up(turn), Some((relay, load))) => {
+                    self.trials.push(Trial::standby(turn, relay, load))
+                }
                 (Relay::Allocating(mut turn), _) => {
                     turn.release(now);
                     while let Some(tx) = turn.poll_transmit() {

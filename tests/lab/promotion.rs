@@ -20,14 +20,13 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::support::calls::{CallLab, program, tmp};
+use crate::support::calls::{CallLab, SN, bootstrap_supernode, program, tmp};
 use crate::support::common::Proc;
 use crate::support::failover::{
     audio_flows, hang_up_and_check_gaps, relay_ip_of, relayed_tone_call, watch_failover,
 };
 use voxlab::{BoxOpts, Lab, LabNat};
 
-const SN: &str = "198.51.100.1:3478";
 /// The acceptance bound for relays and supernodes to appear, from the clients' start.
 const PROMOTION_LIMIT: Duration = Duration::from_secs(60);
 /// Re-registration after the primary's death: SWIM declares it dead within probe period (1 s)
@@ -150,33 +149,12 @@ fn promoted_lab(
     }
     assert_eq!(hosts.len(), 20);
     let dir = tmp(test);
-    let mut sn = lab
-        .command(
-            &lab.server_ns(),
-            program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
-        )
-        .args(["--listen", SN, "--no-rfc5780", "--identity"])
-        .arg(dir.join("sn.key"))
-        .arg("--control")
-        .arg(dir.join("sn.sock"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn supernoded");
-    let mut first = String::new();
-    BufReader::new(sn.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&first).expect("supernoded's listening line");
-    let node = v["node"].as_str().unwrap().to_string();
+    let (sn, node) = bootstrap_supernode(&lab, &dir, &[SN]);
     let m = CallLab {
         lab,
         node,
         dir: dir.clone(),
-        supernode: Some(Proc {
-            child: sn,
-            name: "supernoded",
-        }),
+        supernode: Some(sn),
         relay: None,
     };
 
@@ -192,20 +170,7 @@ fn promoted_lab(
     let start = Instant::now();
     let mut clients: Vec<Proc> = Vec::new();
     for (i, (ns, _)) in hosts.iter().enumerate() {
-        let mut c = m
-            .program(ns, &program("answer", env!("CARGO_BIN_EXE_answer")))
-            .arg("--identity")
-            .arg(dir.join(format!("c{i}.key")))
-            .args(knobs)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn answer");
-        forward(i, &mut c, tx.clone());
-        clients.push(Proc {
-            child: c,
-            name: "answer",
-        });
+        clients.push(spawn_answer(&m, ns, &m.node, &knobs, i, &tx));
     }
     let public: Vec<usize> = (0..hosts.len()).filter(|i| hosts[*i].1).collect();
     let mut seen = Vec::new();
@@ -223,6 +188,67 @@ fn promoted_lab(
         seen,
         start,
     })
+}
+
+/// Starts `answer` in `ns` pointed at the supernode entry `via`, with its own identity
+/// (`c{i}.key`) and `args`; its events go to `tx` as client `i`'s.
+fn spawn_answer(
+    m: &CallLab,
+    ns: &str,
+    via: &str,
+    args: &[&str],
+    i: usize,
+    tx: &mpsc::Sender<(usize, serde_json::Value)>,
+) -> Proc {
+    let mut c = m
+        .program_via(ns, &program("answer", env!("CARGO_BIN_EXE_answer")), via)
+        .args(args)
+        .arg("--identity")
+        .arg(m.dir.join(format!("c{i}.key")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn answer");
+    forward(i, &mut c, tx.clone());
+    Proc {
+        child: c,
+        name: "answer",
+    }
+}
+
+/// Starts a client on hosts `host` and `host + 1` behind box `index` that registers through the promoted supernode `entry` (the
+/// bootstrap second), as clients `first` and `first + 1`, and waits (20 s: a registration and
+/// a standby's, on a busy host) until each registered with its warm standby.
+fn clients_via(
+    m: &CallLab,
+    entry: &str,
+    (index, host): (u32, usize),
+    first: usize,
+    tx: &mpsc::Sender<(usize, serde_json::Value)>,
+    rx: &Events,
+    seen: &mut Vec<(usize, serde_json::Value, Instant)>,
+) -> Vec<(usize, Proc)> {
+    let args = ["-s", &m.node, "--no-relay", "--no-supernode"];
+    let clients: Vec<(usize, Proc)> = (0..2)
+        .map(|k| {
+            let ns = m.host_ns(index, host + k);
+            (first + k, spawn_answer(m, &ns, entry, &args, first + k, tx))
+        })
+        .collect();
+    let ready = wait_until(rx, Instant::now() + Duration::from_secs(20), seen, |s| {
+        clients.iter().all(|(idx, _)| {
+            s.iter()
+                .any(|(i, v, _)| i == idx && v["event"] == "registered")
+                && s.iter().any(|(i, v, _)| {
+                    i == idx && v["event"] == "standby" && !v["supernode"].is_null()
+                })
+        })
+    });
+    assert!(
+        ready,
+        "clients register through the promoted supernode {entry} with a standby: {seen:#?}"
+    );
+    clients
 }
 
 /// Polls the bootstrap's status (bounded: 10 s, membership and relay hellos settle within a
@@ -348,49 +374,7 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         .map(|e| (e.0, e.1["serves"].as_str().unwrap().to_string()))
         .next()
         .unwrap();
-    let mut moved = Vec::new();
-    for k in 0..2 {
-        let ns = m.host_ns(5, k);
-        let mut c = m
-            .program_via(
-                &ns,
-                &program("answer", env!("CARGO_BIN_EXE_answer")),
-                &entry,
-            )
-            .args(["-s", &m.node, "--no-relay", "--no-supernode", "--identity"])
-            .arg(dir.join(format!("moved{k}.key")))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn answer");
-        let idx = 100 + k;
-        forward(idx, &mut c, tx.clone());
-        moved.push((
-            idx,
-            Proc {
-                child: c,
-                name: "answer",
-            },
-        ));
-    }
-    let ready = wait_until(
-        &rx,
-        Instant::now() + Duration::from_secs(20),
-        &mut seen,
-        |s| {
-            moved.iter().all(|(idx, _)| {
-                s.iter()
-                    .any(|(i, v, _)| i == idx && v["event"] == "registered")
-                    && s.iter().any(|(i, v, _)| {
-                        i == idx && v["event"] == "standby" && !v["supernode"].is_null()
-                    })
-            })
-        },
-    );
-    assert!(
-        ready,
-        "clients register through the promoted supernode with a standby: {seen:#?}"
-    );
+    let moved = clients_via(&m, &entry, (5, 0), 100, &tx, &rx, &mut seen);
     let users: Vec<String> = moved
         .iter()
         .map(|(idx, _)| {
@@ -450,49 +434,7 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         .map(|e| (e.0, e.1["serves"].as_str().unwrap().to_string()))
         .find(|(h, _)| *h != host_of_sn)
         .unwrap();
-    let mut moved2 = Vec::new();
-    for k in 0..2 {
-        let ns = m.host_ns(6, k + 1);
-        let mut c = m
-            .program_via(
-                &ns,
-                &program("answer", env!("CARGO_BIN_EXE_answer")),
-                &entry2,
-            )
-            .args(["-s", &m.node, "--no-relay", "--no-supernode", "--identity"])
-            .arg(dir.join(format!("moved2-{k}.key")))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn answer");
-        let idx = 200 + k;
-        forward(idx, &mut c, tx.clone());
-        moved2.push((
-            idx,
-            Proc {
-                child: c,
-                name: "answer",
-            },
-        ));
-    }
-    let ready = wait_until(
-        &rx,
-        Instant::now() + Duration::from_secs(20),
-        &mut seen,
-        |s| {
-            moved2.iter().all(|(idx, _)| {
-                s.iter()
-                    .any(|(i, v, _)| i == idx && v["event"] == "registered")
-                    && s.iter().any(|(i, v, _)| {
-                        i == idx && v["event"] == "standby" && !v["supernode"].is_null()
-                    })
-            })
-        },
-    );
-    assert!(
-        ready,
-        "clients register through the second promoted supernode: {seen:#?}"
-    );
+    let moved2 = clients_via(&m, &entry2, (6, 1), 200, &tx, &rx, &mut seen);
     let before = seen.len();
     // SAFETY: kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(clients[host2].child.id() as i32, libc::SIGTERM) };

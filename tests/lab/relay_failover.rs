@@ -62,13 +62,34 @@ fn wait_relays(control: &Path, n: usize) {
 /// without starving the media (as `scripts/test` runs the lab areas one at a time).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A relayed call in progress over two relays: the lab, the second relay, both parties.
+/// A relayed call in progress over two relays: both parties, the second relay, the lab, the IP
+/// of the relay carrying the call. (Fields drop in this order: the parties first, the lock last.)
 struct Failover {
-    _serial: std::sync::MutexGuard<'static, ()>,
-    m: CallLab,
-    relay2: Option<Proc>,
     alice: Live,
     bob: Live,
+    relay2: Option<Proc>,
+    m: CallLab,
+    ip: String,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// A `relayd` listening on `listen` (identity `KEY.key` in the lab's directory) that offers
+/// itself through the lab's supernode.
+fn start_relay(m: &CallLab, listen: &str, key: &str) -> Proc {
+    let key = m.dir.join(format!("{key}.key"));
+    start_relayd(
+        &m.lab,
+        &[
+            "--listen",
+            listen,
+            "--supernode",
+            &m.node,
+            "--identity",
+            key.to_str().unwrap(),
+            "--allow-peer",
+            "198.51.100.0/24",
+        ],
+    )
 }
 
 /// SIGKILLs the relay at `ip` (the one carrying the call; it says goodbye to nobody): the
@@ -91,9 +112,9 @@ fn kill_carrier(
 }
 
 /// Sets up the lab (two relays), places a call between two symmetric-NAT parties, checks both
-/// ranked both relays and that audio flows through a relay; returns it, and the IP of the
-/// relay carrying the call. `None` when the lab cannot run here.
-fn start(test: &str) -> Option<(Failover, String)> {
+/// ranked both relays and that audio flows through a relay. `None` when the lab cannot run
+/// here.
+fn start(test: &str) -> Option<Failover> {
     if !Lab::ready_or_skip(test) {
         return None;
     }
@@ -106,50 +127,85 @@ fn start(test: &str) -> Option<(Failover, String)> {
         ],
         test,
     );
-    let key2 = m.dir.join("relay2.key");
-    let relay2: Option<Proc> = Some(start_relayd(
-        &m.lab,
-        &[
-            "--listen",
-            RELAY2,
-            "--supernode",
-            &m.node,
-            "--identity",
-            key2.to_str().unwrap(),
-            "--allow-peer",
-            "198.51.100.0/24",
-        ],
-    ));
+    let relay2 = Some(start_relay(&m, RELAY2, "relay2"));
     wait_relays(&m.dir.join("sn.sock"), 2);
     let (alice, bob, ip) =
         relayed_tone_call(&m, &m.host_ns(1, 0), &m.host_ns(2, 0), "relay_failover");
-    Some((
-        Failover {
-            _serial: serial,
-            m,
-            relay2,
-            alice,
-            bob,
-        },
+    Some(Failover {
+        alice,
+        bob,
+        relay2,
+        m,
         ip,
-    ))
+        _serial: serial,
+    })
+}
+
+impl Failover {
+    /// Waits (bounded: relayed consent's timeout plus a margin) until both ends report a path
+    /// through the relay at `to`; returns when each moved, in ms after `killed_ms`.
+    fn both_move(&mut self, to: &str, killed_ms: f64, what: &str) -> Vec<f64> {
+        let mut moves = Vec::new();
+        for (p, who) in [(&mut self.alice, "caller"), (&mut self.bob, "callee")] {
+            let moved = p
+                .wait("path", RELAYED_CONSENT_TIMEOUT + Duration::from_secs(3))
+                .unwrap_or_else(|| panic!("the {who} moves {what}: {:#?}", p.seen));
+            assert_eq!(
+                relay_ip_of(&moved).as_deref(),
+                Some(to),
+                "the {who} moved {what} to the relay at {to}: {moved}"
+            );
+            let at = moved["at"]
+                .as_f64()
+                .expect("a path event carries the wall clock");
+            moves.push(at - killed_ms);
+        }
+        eprintln!(
+            "relay_failover: {what}: moved after: caller {:.0} ms, callee {:.0} ms",
+            moves[0], moves[1]
+        );
+        moves
+    }
+
+    /// The caller hangs up; both ends end the call.
+    fn hang_up(&mut self) {
+        self.alice.control(serde_json::json!({"cmd": "hangup"}));
+        assert!(
+            self.alice.wait("ended", SIGNAL).is_some(),
+            "{:#?}",
+            self.alice.seen
+        );
+        // The callee's recording closes with its call, before the directory goes.
+        assert!(
+            self.bob.wait("ended", SIGNAL).is_some(),
+            "{:#?}",
+            self.bob.seen
+        );
+    }
+
+    /// Stops the second relay and removes the lab's directory (the rest stops when dropped).
+    fn finish(mut self) {
+        drop(self.relay2.take());
+        let _ = std::fs::remove_dir_all(&self.m.dir);
+    }
+}
+
+/// Both ends' moves were within [`MAX_GAP`] of the kill.
+fn assert_quick(moves: &[f64], what: &str) {
+    assert!(
+        moves.iter().all(|ms| *ms <= MAX_GAP.as_millis() as f64),
+        "both ends move within {MAX_GAP:?} of the {what}: {moves:?} ms"
+    );
 }
 
 #[test]
 fn a_relayed_call_moves_to_the_standby_relay_within_1_s_when_its_relay_dies() {
-    let Some((f, ip)) = start("relay_failover") else {
+    let Some(mut f) = start("relay_failover") else {
         return;
     };
-    let Failover {
-        _serial,
-        mut m,
-        mut relay2,
-        mut alice,
-        mut bob,
-    } = f;
     let mut ips = None;
-    let (stall, moves) = watch_failover(&mut alice, &mut bob, || {
-        ips = Some(kill_carrier(&mut m, &mut relay2, &ip));
+    let (stall, moves) = watch_failover(&mut f.alice, &mut f.bob, || {
+        ips = Some(kill_carrier(&mut f.m, &mut f.relay2, &f.ip));
     });
     let (killed_ip, survivor_ip) = ips.unwrap();
     for (moved, who) in moves.iter().zip(["caller", "callee"]) {
@@ -161,89 +217,54 @@ fn a_relayed_call_moves_to_the_standby_relay_within_1_s_when_its_relay_dies() {
         eprintln!("relay_failover: {who} moved: {moved}");
     }
     // Audio flows both ways on the standby.
-    audio_flows(&mut alice, &mut bob, 0.8, "after the move");
+    audio_flows(&mut f.alice, &mut f.bob, 0.8, "after the move");
     hang_up_and_check_gaps(
-        &m,
-        &mut alice,
-        &mut bob,
+        &f.m,
+        &mut f.alice,
+        &mut f.bob,
         &stall,
         &format!("relay_failover: relay {killed_ip} killed"),
     );
-    drop(relay2);
-    let _ = std::fs::remove_dir_all(&m.dir);
+    f.finish();
 }
 
 #[test]
 fn a_silent_call_moves_to_the_standby_relay_within_1_s_too() {
     // Both ends muted (no media either way, as in DTX silence): only consent, on its own timer,
     // can notice the dead relay. The move is timed by the `path` events' wall clock.
-    let Some((f, ip)) = start("relay_failover_silent") else {
+    let Some(mut f) = start("relay_failover_silent") else {
         return;
     };
-    let Failover {
-        _serial,
-        mut m,
-        mut relay2,
-        mut alice,
-        mut bob,
-    } = f;
-    for p in [&mut alice, &mut bob] {
+    for p in [&mut f.alice, &mut f.bob] {
         p.control(serde_json::json!({"cmd": "mute"}));
     }
     // Wait (bounded) until no media arrives at either end any more: the mutes took effect.
     let t0 = Instant::now();
-    let mut last = (received(&mut alice), received(&mut bob));
+    let mut last = (received(&mut f.alice), received(&mut f.bob));
     loop {
         // The measurement step: 200 ms is ten frames of a stream that still flows.
         std::thread::sleep(Duration::from_millis(200));
-        let now = (received(&mut alice), received(&mut bob));
+        let now = (received(&mut f.alice), received(&mut f.bob));
         if now == last {
             break;
         }
         last = now;
         assert!(t0.elapsed() < SIGNAL, "muting stops the media");
     }
-    alice.drain();
-    bob.drain();
-    let (seen_a, seen_b) = (alice.seen.len(), bob.seen.len());
-    let (_, survivor_ip) = kill_carrier(&mut m, &mut relay2, &ip);
+    f.alice.drain();
+    f.bob.drain();
+    let (_, survivor_ip) = kill_carrier(&mut f.m, &mut f.relay2, &f.ip);
     let killed_ms = unix_ms();
-    let limit = RELAYED_CONSENT_TIMEOUT + Duration::from_secs(3);
-    let mut moves = Vec::new();
-    for (p, from, who) in [(&mut alice, seen_a, "caller"), (&mut bob, seen_b, "callee")] {
-        let moved = p
-            .wait("path", limit)
-            .unwrap_or_else(|| panic!("the silent {who} moves: {:#?}", &p.seen[from..]));
-        assert_eq!(
-            relay_ip_of(&moved).as_deref(),
-            Some(survivor_ip),
-            "the {who} moved to the standby relay: {moved}"
-        );
-        let at = moved["at"]
-            .as_f64()
-            .expect("a path event carries the wall clock");
-        moves.push(at - killed_ms);
-    }
-    eprintln!(
-        "relay_failover: silent call, relay {ip} killed → moved after: caller {:.0} ms, callee \
-         {:.0} ms",
-        moves[0], moves[1]
-    );
-    assert!(
-        moves.iter().all(|ms| *ms <= MAX_GAP.as_millis() as f64),
-        "both ends move within {MAX_GAP:?} of the kill: {moves:?} ms"
-    );
+    let what = format!("silent, relay {} killed", f.ip);
+    let moves = f.both_move(survivor_ip, killed_ms, &what);
+    assert_quick(&moves, "kill");
     // Unmuted, audio flows both ways on the standby.
-    for p in [&mut alice, &mut bob] {
+    for p in [&mut f.alice, &mut f.bob] {
         p.control(serde_json::json!({"cmd": "unmute"}));
     }
-    audio_flows(&mut alice, &mut bob, 0.6, "after the move");
-    alice.control(serde_json::json!({"cmd": "hangup"}));
-    assert!(alice.wait("ended", SIGNAL).is_some(), "{:#?}", alice.seen);
-    // The callee's recording closes with its call, before the directory goes.
-    assert!(bob.wait("ended", SIGNAL).is_some(), "{:#?}", bob.seen);
-    drop(relay2);
-    let _ = std::fs::remove_dir_all(&m.dir);
+    audio_flows(&mut f.alice, &mut f.bob, 0.6, "after the move");
+    f.hang_up();
+    f.finish();
 }
 
 /// The wall clock in Unix milliseconds, as the events' `at`.
@@ -261,49 +282,20 @@ fn after_a_move_a_new_standby_is_found_and_a_second_relay_death_is_survived_too(
     // time out), it is dropped, and a third relay that appeared meanwhile becomes the new
     // standby (offers asked again, its candidate trickled); its relay then dies too, and the
     // call moves again within 1 s.
-    let Some((f, ip)) = start("relay_failover_twice") else {
+    let Some(mut f) = start("relay_failover_twice") else {
         return;
     };
-    let Failover {
-        _serial,
-        mut m,
-        mut relay2,
-        mut alice,
-        mut bob,
-    } = f;
-    let (killed_ip, survivor_ip) = kill_carrier(&mut m, &mut relay2, &ip);
-    for (p, who) in [(&mut alice, "caller"), (&mut bob, "callee")] {
-        let moved = p
-            .wait("path", RELAYED_CONSENT_TIMEOUT + Duration::from_secs(3))
-            .unwrap_or_else(|| panic!("the {who} moves: {:#?}", p.seen));
-        assert_eq!(
-            relay_ip_of(&moved).as_deref(),
-            Some(survivor_ip),
-            "{who}: {moved}"
-        );
-    }
+    let (killed_ip, survivor_ip) = kill_carrier(&mut f.m, &mut f.relay2, &f.ip);
+    let _ = f.both_move(survivor_ip, unix_ms(), "after the first kill");
     // A third relay, on the dead one's IP (the survivor's would make it share a relay with
     // the path), another port.
     let relay3_addr = format!("{killed_ip}:3480");
-    let key3 = m.dir.join("relay3.key");
-    let relay3 = start_relayd(
-        &m.lab,
-        &[
-            "--listen",
-            &relay3_addr,
-            "--supernode",
-            &m.node,
-            "--identity",
-            key3.to_str().unwrap(),
-            "--allow-peer",
-            "198.51.100.0/24",
-        ],
-    );
+    let relay3 = start_relay(&f.m, &relay3_addr, "relay3");
     // Each end drops the dead allocation when its transactions time out (the TURN client's
     // seven sends, about 13 s), asks for offers and allocates on the new relay: a `relay`
     // event naming it.
     let replenish = Duration::from_secs(30);
-    for (p, who) in [(&mut alice, "caller"), (&mut bob, "callee")] {
+    for (p, who) in [(&mut f.alice, "caller"), (&mut f.bob, "callee")] {
         let t0 = Instant::now();
         loop {
             let left = replenish.saturating_sub(t0.elapsed());
@@ -322,44 +314,23 @@ fn after_a_move_a_new_standby_is_found_and_a_second_relay_death_is_survived_too(
     // Consent has checked the new standby pairs (the peer learned the candidate by
     // signalling, a round trip): the measurement of the second move starts here.
     std::thread::sleep(Duration::from_secs(2));
-    alice.drain();
-    bob.drain();
+    f.alice.drain();
+    f.bob.drain();
     // The call may have moved onto the new relay by itself (its pair can rank higher): kill
     // whichever of the two carries it.
-    let now_ip = relay_ip_of(&current_path(&alice)).expect("relayed");
+    let now_ip = relay_ip_of(&current_path(&f.alice)).expect("relayed");
     let mut relay3 = Some(relay3);
     let target = if now_ip == survivor_ip {
-        kill_carrier(&mut m, &mut relay2, survivor_ip);
+        kill_carrier(&mut f.m, &mut f.relay2, survivor_ip);
         killed_ip
     } else {
         assert_eq!(now_ip, killed_ip, "on the third relay");
         drop(relay3.take());
         survivor_ip
     };
-    let killed_ms = unix_ms();
-    let mut moves = Vec::new();
-    for (p, who) in [(&mut alice, "caller"), (&mut bob, "callee")] {
-        let moved = p
-            .wait("path", RELAYED_CONSENT_TIMEOUT + Duration::from_secs(3))
-            .unwrap_or_else(|| panic!("the {who} moves again: {:#?}", p.seen));
-        assert_eq!(
-            relay_ip_of(&moved).as_deref(),
-            Some(target),
-            "the {who} moved to the remaining relay: {moved}"
-        );
-        moves.push(moved["at"].as_f64().expect("wall clock") - killed_ms);
-    }
-    eprintln!(
-        "relay_failover: second relay death → moved after: caller {:.0} ms, callee {:.0} ms",
-        moves[0], moves[1]
-    );
-    assert!(
-        moves.iter().all(|ms| *ms <= MAX_GAP.as_millis() as f64),
-        "both ends move within {MAX_GAP:?} of the second kill: {moves:?} ms"
-    );
-    alice.control(serde_json::json!({"cmd": "hangup"}));
-    assert!(alice.wait("ended", SIGNAL).is_some(), "{:#?}", alice.seen);
-    assert!(bob.wait("ended", SIGNAL).is_some(), "{:#?}", bob.seen);
+    let moves = f.both_move(target, unix_ms(), "again, the second relay dead");
+    assert_quick(&moves, "second kill");
+    f.hang_up();
     drop(relay3);
-    let _ = std::fs::remove_dir_all(&m.dir);
+    f.finish();
 }

@@ -4,7 +4,7 @@
 //! answers are known: each family's mapped address is its local one. (The lab tests,
 //! natprobe_lab.rs, cover the NAT types; this one covers the command line and the schema.)
 
-use std::io::{BufRead, BufReader};
+use crate::support::common::first_line;
 use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
@@ -40,10 +40,7 @@ fn start_server() -> Server {
         .spawn()
         .expect("spawn supernoded");
     // One JSON line once every socket is bound: that is readiness.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     let stun = v["stun"].as_array().unwrap();
     let addr = |v4: bool| {

@@ -37,14 +37,46 @@ fn relay_need(deficit: u32) -> Need {
     }
 }
 
-/// A promoter fed a public address, plenty of uplink and CPU, and `need`.
-fn eligible(t0: Instant, cfg: Config, seed: u64, need: Need) -> Promoter {
+/// Supernodes wanted (1 of 3), and `relays` relays where there are none.
+fn supernode_need(relays: u32) -> Need {
+    Need {
+        relays_wanted: relays,
+        relays_have: 0,
+        supernodes_wanted: 3,
+        supernodes_have: 1,
+    }
+}
+
+/// A promoter fed `reach`, plenty of uplink and CPU, and `need`.
+fn promoter(t0: Instant, cfg: Config, seed: u64, reach: Reachability, need: Need) -> Promoter {
     let mut p = Promoter::new(t0, cfg, seed);
-    p.handle_input(t0, Input::Reachability(PUBLIC));
+    p.handle_input(t0, Input::Reachability(reach));
     p.handle_input(t0, Input::UplinkKbps(10_000));
     p.handle_input(t0, Input::CpuHeadroom(0.9));
     p.handle_input(t0, Input::Need(need));
     p
+}
+
+/// A promoter fed a public address, plenty of uplink and CPU, and `need`.
+fn eligible(t0: Instant, cfg: Config, seed: u64, need: Need) -> Promoter {
+    promoter(t0, cfg, seed, PUBLIC, need)
+}
+
+/// An [`eligible`] promoter run for `secs` from `t0`, every grant it asks for given: it, the
+/// clock where it stopped, and its events.
+fn granted(
+    t0: Instant,
+    cfg: Config,
+    seed: u64,
+    need: Need,
+    secs: u64,
+) -> (Promoter, Instant, Vec<(Instant, Event)>) {
+    let mut p = eligible(t0, cfg, seed, need);
+    let mut now = t0;
+    let ev = run(&mut p, &mut now, t0 + Duration::from_secs(secs), |_, _| {
+        true
+    });
+    (p, now, ev)
 }
 
 /// Runs the promoter's timers up to `until`, answering grant requests with `grant`; returns
@@ -87,9 +119,7 @@ fn kinds(ev: &[(Instant, Event)]) -> Vec<Event> {
 #[test]
 fn public_eligible_client_becomes_relay_after_uptime_and_jitter() {
     let t0 = Instant::now();
-    let mut p = eligible(t0, cfg(), 1, relay_need(1));
-    let mut now = t0;
-    let ev = run(&mut p, &mut now, t0 + Duration::from_secs(100), |_, _| true);
+    let (p, _, ev) = granted(t0, cfg(), 1, relay_need(1), 100);
     let (at, first) = ev[0];
     assert_eq!(first, Event::RequestGrant(Role::Relay));
     let waited = at - t0;
@@ -116,18 +146,12 @@ fn reachability_decides_eligibility() {
     ];
     for (name, host, probe, promotes) in cases {
         let t0 = Instant::now();
-        let mut p = Promoter::new(t0, cfg(), 7);
-        p.handle_input(
-            t0,
-            Input::Reachability(Reachability {
-                host_is_reflexive: host,
-                unsolicited_probe: probe,
-                ..PUBLIC
-            }),
-        );
-        p.handle_input(t0, Input::UplinkKbps(10_000));
-        p.handle_input(t0, Input::CpuHeadroom(0.9));
-        p.handle_input(t0, Input::Need(relay_need(2)));
+        let reach = Reachability {
+            host_is_reflexive: host,
+            unsolicited_probe: probe,
+            ..PUBLIC
+        };
+        let mut p = promoter(t0, cfg(), 7, reach, relay_need(2));
         let mut now = t0;
         let ev = run(&mut p, &mut now, t0 + Duration::from_secs(3600), |_, _| {
             true
@@ -142,21 +166,12 @@ fn reachability_decides_eligibility() {
 #[test]
 fn refusals_are_honoured() {
     let t0 = Instant::now();
-    let both = Need {
-        relays_wanted: 4,
-        relays_have: 0,
-        supernodes_wanted: 3,
-        supernodes_have: 1,
-    };
+    let both = supernode_need(4);
     let no_relay = Config {
         allow_relay: false,
         ..cfg()
     };
-    let mut p = eligible(t0, no_relay, 3, both);
-    let mut now = t0;
-    let ev = run(&mut p, &mut now, t0 + Duration::from_secs(3600), |_, _| {
-        true
-    });
+    let (p, _, ev) = granted(t0, no_relay, 3, both, 3600);
     assert!(!p.holds(Role::Relay));
     assert!(
         p.holds(Role::Supernode),
@@ -172,11 +187,7 @@ fn refusals_are_honoured() {
         allow_supernode: false,
         ..cfg()
     };
-    let mut p = eligible(t0, no_super, 3, both);
-    let mut now = t0;
-    let _ = run(&mut p, &mut now, t0 + Duration::from_secs(3600), |_, _| {
-        true
-    });
+    let (p, _, _) = granted(t0, no_super, 3, both, 3600);
     assert!(p.holds(Role::Relay));
     assert!(!p.holds(Role::Supernode));
 
@@ -185,11 +196,7 @@ fn refusals_are_honoured() {
         max_relay_kbps: Some(500),
         ..cfg()
     };
-    let mut p = eligible(t0, capped, 3, both);
-    let mut now = t0;
-    let _ = run(&mut p, &mut now, t0 + Duration::from_secs(3600), |_, _| {
-        true
-    });
+    let (p, _, _) = granted(t0, capped, 3, both, 3600);
     assert!(!p.holds(Role::Relay));
     assert_eq!(p.relay_budget_kbps(), 500);
 }
@@ -261,9 +268,7 @@ fn no_stampede_grants_give_at_most_the_deficit() {
 #[test]
 fn hysteresis_and_tenure_prevent_oscillation() {
     let t0 = Instant::now();
-    let mut p = eligible(t0, cfg(), 5, relay_need(1));
-    let mut now = t0;
-    let _ = run(&mut p, &mut now, t0 + Duration::from_secs(90), |_, _| true);
+    let (mut p, mut now, _) = granted(t0, cfg(), 5, relay_need(1), 90);
     assert!(p.holds(Role::Relay));
     let promoted = now;
 
@@ -281,9 +286,7 @@ fn hysteresis_and_tenure_prevent_oscillation() {
     );
 
     // Below the demote threshold: soft, so only once the tenure has passed.
-    let mut p = eligible(t0, cfg(), 5, relay_need(1));
-    let mut now = t0;
-    let _ = run(&mut p, &mut now, t0 + Duration::from_secs(90), |_, _| true);
+    let (mut p, mut now, _) = granted(t0, cfg(), 5, relay_need(1), 90);
     let since = t0 + Duration::from_secs(60); // no earlier than the uptime
     p.handle_input(now, Input::UplinkKbps(100));
     let ev = run(&mut p, &mut now, t0 + Duration::from_secs(3600), |_, _| {
@@ -317,9 +320,7 @@ fn hysteresis_and_tenure_prevent_oscillation() {
 #[test]
 fn hard_reasons_demote_at_once() {
     let t0 = Instant::now();
-    let mut p = eligible(t0, cfg(), 9, relay_need(1));
-    let mut now = t0;
-    let _ = run(&mut p, &mut now, t0 + Duration::from_secs(90), |_, _| true);
+    let (mut p, now, _) = granted(t0, cfg(), 9, relay_need(1), 90);
     assert!(p.holds(Role::Relay));
     p.handle_input(
         now,
@@ -336,9 +337,7 @@ fn hard_reasons_demote_at_once() {
         })
     );
     // Shutdown gives up every role.
-    let mut p = eligible(t0, cfg(), 9, relay_need(1));
-    let mut now = t0;
-    let _ = run(&mut p, &mut now, t0 + Duration::from_secs(90), |_, _| true);
+    let (mut p, now, _) = granted(t0, cfg(), 9, relay_need(1), 90);
     p.shutdown(now);
     assert_eq!(
         p.poll_event(),
@@ -391,12 +390,7 @@ fn denied_grant_backs_off_then_retries() {
 #[test]
 fn load_ramp_grows_supernode_client_limit() {
     let t0 = Instant::now();
-    let need = Need {
-        relays_wanted: 0,
-        relays_have: 0,
-        supernodes_wanted: 3,
-        supernodes_have: 1,
-    };
+    let need = supernode_need(0);
     let c = Config {
         ramp: Duration::from_secs(100),
         ramp_start_clients: 50,
@@ -472,10 +466,12 @@ fn grant_book_rate_limits_and_expires() {
 // ---- the supernode's side, through the real supernode core and client agent ----
 
 mod through_supernode {
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use crate::support::mesh::World;
     use voxmesh::client::AgentEvent;
+    use voxmesh::identity::UserId;
     use voxmesh::roles::{Role, probe};
     use voxmesh::signal::{RolesAnswer, RolesRequest};
 
@@ -495,6 +491,32 @@ mod through_supernode {
         });
         assert!(done, "no answer");
         got.unwrap().expect("answered")
+    }
+
+    /// A request for the relay role with the dial-back `proof`, as the user `id`.
+    fn promote(proof: u64, id: UserId) -> RolesRequest {
+        RolesRequest::Promote {
+            role: Role::Relay,
+            proof,
+            id,
+        }
+    }
+
+    /// Whether `ans` grants the role asked for.
+    fn granted(ans: RolesAnswer) -> bool {
+        match ans {
+            RolesAnswer::Grant { granted, .. } => granted,
+            other => panic!("not a grant: {other:?}"),
+        }
+    }
+
+    /// Asks for a dial-back through client `c`: the address it will be sent to and how many
+    /// supernodes probe it.
+    fn dial_back(w: &mut World, c: usize) -> (SocketAddr, u8) {
+        let RolesAnswer::DialBack { reflexive, probes } = ask(w, c, RolesRequest::DialBack) else {
+            panic!("not a dial-back")
+        };
+        (reflexive, probes)
     }
 
     #[test]
@@ -520,10 +542,7 @@ mod through_supernode {
         assert_eq!((n.relays_wanted, n.relays_have), (4, 0));
 
         // Dial-back: the probe goes to the session's source, from the driver's own socket.
-        let RolesAnswer::DialBack { reflexive, probes } = ask(&mut w, a, RolesRequest::DialBack)
-        else {
-            panic!("not a dial-back")
-        };
+        let (reflexive, probes) = dial_back(&mut w, a);
         assert_eq!(reflexive, w.addr(a));
         assert_eq!(probes, 1, "the only supernode probes alone");
         let (to, data) = w.sn_mut(sn).poll_probe().expect("a probe");
@@ -532,15 +551,6 @@ mod through_supernode {
         assert!(w.sn_mut(sn).poll_probe().is_none(), "one probe per request");
 
         let id_a = w.fresh_identity().id();
-        let promote = |proof, id| RolesRequest::Promote {
-            role: Role::Relay,
-            proof,
-            id,
-        };
-        let granted = |ans| match ans {
-            RolesAnswer::Grant { granted, .. } => granted,
-            other => panic!("not a grant: {other:?}"),
-        };
         assert!(
             !granted(ask(&mut w, a, promote(nonce ^ 1, id_a))),
             "a wrong proof is refused"
@@ -609,10 +619,7 @@ mod through_supernode {
         );
         let a = w.add_client(vec![(key0, addr0)], true);
         assert!(w.run_until(Duration::from_secs(20), |w| w.agent(a).is_registered()));
-        let RolesAnswer::DialBack { reflexive, probes } = ask(&mut w, a, RolesRequest::DialBack)
-        else {
-            panic!("not a dial-back")
-        };
+        let (reflexive, probes) = dial_back(&mut w, a);
         assert_eq!((reflexive, probes), (w.addr(a), 2), "two probes announced");
         let (to, data) = w
             .sn_mut(sn0)
@@ -637,15 +644,6 @@ mod through_supernode {
         );
         let n1 = probe::decode(&data1).unwrap();
         assert_ne!(n0, n1);
-        let promote = |proof, id| RolesRequest::Promote {
-            role: Role::Relay,
-            proof,
-            id,
-        };
-        let granted = |ans| match ans {
-            RolesAnswer::Grant { granted, .. } => granted,
-            other => panic!("not a grant: {other:?}"),
-        };
         let id = w.fresh_identity().id();
         for one in [n0, n1] {
             assert!(

@@ -7,13 +7,12 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::common::{Proc, start_relayd};
+use super::common::{Proc, spawn_supernode, start_relayd};
 use voxlab::{BoxOpts, Lab};
 
 /// The supernode's address in the server namespace.
@@ -292,6 +291,24 @@ pub fn segment_correlations(
 
 pub use voxlab::events::{json_lines, wait_event};
 
+/// The bootstrap `supernoded` in the lab's server namespace on `listen`, its files in `dir`
+/// ([`spawn_supernode`]); returns it, once listening, with its `KEY@ADDR` entry.
+pub fn bootstrap_supernode(lab: &Lab, dir: &Path, listen: &[&str]) -> (Proc, String) {
+    let mut sn = lab.command(
+        &lab.server_ns(),
+        program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
+    );
+    for addr in listen {
+        sn.args(["--listen", addr]);
+    }
+    let (child, node) = spawn_supernode(sn, dir);
+    let proc = Proc {
+        child,
+        name: "supernoded",
+    };
+    (proc, node)
+}
+
 /// A lab with NAT boxes, a supernode and a relay that offers itself through it.
 pub struct CallLab {
     pub lab: Lab,
@@ -321,30 +338,8 @@ impl CallLab {
             lab.add(*i, opts).unwrap();
         }
         let dir = tmp(tag);
-        let mut sn = lab.command(
-            &lab.server_ns(),
-            program("supernoded", env!("CARGO_BIN_EXE_supernoded")),
-        );
-        sn.args(["--listen", SN]);
-        if v6 {
-            sn.args(["--listen", SN6]);
-        }
-        let mut sn = sn
-            .args(["--no-rfc5780", "--identity"])
-            .arg(dir.join("sn.key"))
-            .arg("--control")
-            .arg(dir.join("sn.sock"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn supernoded");
-        let mut first = String::new();
-        BufReader::new(sn.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&first).expect("supernoded's listening line");
-        let node = v["node"].as_str().unwrap().to_string();
+        let listen: &[&str] = if v6 { &[SN, SN6] } else { &[SN] };
+        let (sn, node) = bootstrap_supernode(&lab, &dir, listen);
         let relay_key = dir.join("relay.key");
         let mut args = vec![
             "--listen",
@@ -364,10 +359,7 @@ impl CallLab {
             lab,
             node,
             dir,
-            supernode: Some(Proc {
-                child: sn,
-                name: "supernoded",
-            }),
+            supernode: Some(sn),
             relay: Some(relay),
         }
     }

@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,10 +50,7 @@ pub fn start_supernoded(lab: &Lab) -> Proc {
         .spawn()
         .expect("spawn supernoded");
     // It prints one JSON line once every socket is bound: that is readiness.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     if !line.contains("\"listening\"") {
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
@@ -65,6 +63,33 @@ pub fn start_supernoded(lab: &Lab) -> Proc {
         child,
         name: "supernoded",
     }
+}
+
+/// Spawns `cmd` (a `supernoded` given its addresses) as a mesh member, its identity `sn.key`
+/// and control socket `sn.sock` in `dir`; waits for its listening line and returns it with its
+/// `KEY@ADDR` entry, for `-s`.
+pub fn spawn_supernode(mut cmd: Command, dir: &Path) -> (Child, String) {
+    let mut sn = cmd
+        .args(["--no-rfc5780", "--identity"])
+        .arg(dir.join("sn.key"))
+        .arg("--control")
+        .arg(dir.join("sn.sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn supernoded");
+    let first = first_line(&mut sn);
+    let v: serde_json::Value = serde_json::from_str(&first).expect("supernoded's listening line");
+    (sn, v["node"].as_str().unwrap().to_string())
+}
+
+/// The first line `child` (its stdout piped) prints: a daemon's readiness line.
+pub fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
 }
 
 /// coturn's major.minor version, e.g. (4, 6).
@@ -209,10 +234,7 @@ pub fn start_relayd(lab: &Lab, args: &[&str]) -> Proc {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn relayd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     assert!(
         line.contains("\"listening\""),
         "relayd did not start: {line:?}"

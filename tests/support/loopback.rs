@@ -1,13 +1,13 @@
 //! Calls on loopback: one `supernoded` on 127.0.0.1 and `answer`/`dial` processes around it,
 //! each with its own identity file in a per-test directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub use super::calls::{json_lines as lines, wait_event};
+use super::common::spawn_supernode;
 
 /// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
 pub struct Kill(pub Child);
@@ -29,21 +29,10 @@ pub fn tmp(tag: &str) -> PathBuf {
 
 /// A supernode on an ephemeral loopback port; returns it and its `KEY@ADDR` entry for `-s`.
 pub fn supernode(dir: &Path) -> (Kill, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_supernoded"))
-        .args(["--listen", "127.0.0.1:0", "--no-rfc5780", "--identity"])
-        .arg(dir.join("sn.key"))
-        .arg("--control")
-        .arg(dir.join("sn.sock"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (Kill(c), v["node"].as_str().unwrap().to_string())
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_supernoded"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let (child, node) = spawn_supernode(cmd, dir);
+    (Kill(child), node)
 }
 
 /// An `answer` as `name` (identity `NAME.key` in `dir`) with `args`, its stdin piped (for

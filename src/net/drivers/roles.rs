@@ -393,113 +393,76 @@ fn start_relay(
     ip: IpAddr,
     supernodes: Vec<(NodeKey, SocketAddr)>,
 ) -> io::Result<(Hosted, SocketAddr)> {
-    let (stop, shutdown) = ShutdownSignal::new();
-    let (tx, rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
     let (more_tx, more_rx) = mpsc::channel(64);
     let identity = setup.relay_identity.clone();
     let allow = setup.relay_allow_peer.clone();
     // `--max-relay-kbps` caps each allocation's rate (bytes/s both ways) at the role's budget.
     let bandwidth = setup.config.max_relay_kbps.map(|k| u64::from(k) * 1000 / 8);
-    let thread = std::thread::Builder::new()
-        .name("relay-role".into())
-        .spawn(move || {
-            let rt = match role_runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
+    let (mut hosted, addr) = spawn_role("relay", move |shutdown| async move {
+        let listeners = bind_listeners(&[Listen::Udp(SocketAddr::new(ip, 0))], None)?;
+        let addr = match listeners.first().map(BoundListener::endpoints) {
+            Some(Ok(e)) if !e.is_empty() => e[0].1,
+            _ => return Err(io::Error::other("no relay listener")),
+        };
+        let config = TurnConfig {
+            relay_ips: vec![ip],
+            bandwidth,
+            policy: PeerPolicy {
+                allow,
+                own: vec![ip],
+            },
+            ..TurnConfig::default()
+        };
+        let core = TurnServer::new(
+            config,
+            Credentials::new("voxmesh"),
+            Instant::now(),
+            unix_now(),
+            rand::random(),
+        );
+        let mut link_cfg = RelayLinkConfig::new(supernodes);
+        link_cfg.udp = vec![addr];
+        let link = RelayLink::new(&identity, link_cfg, Instant::now(), rand::random());
+        let link_socket = UdpSocket::bind(link_bind_addr(Some(ip))).await?;
+        let (secrets_tx, mut secrets_rx) = watch::channel(SupernodeSecrets::new());
+        let load = Arc::new(AtomicU32::new(0));
+        let link_task = tokio::spawn(run_relay_link(
+            link,
+            link_socket,
+            load.clone(),
+            secrets_tx,
+            Some(more_rx),
+            shutdown.clone(),
+        ));
+        let (upd_tx, upd_rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while secrets_rx.changed().await.is_ok() {
+                let mut c = Credentials::new("voxmesh");
+                for (id, s) in secrets_rx.borrow_and_update().iter() {
+                    c.set_supernode_secrets(&id.to_string(), s.clone());
+                }
+                if upd_tx.send(c).await.is_err() {
                     return;
                 }
-            };
-            rt.block_on(async move {
-                let listeners = match bind_listeners(&[Listen::Udp(SocketAddr::new(ip, 0))], None) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let addr = match listeners.first().map(BoundListener::endpoints) {
-                    Some(Ok(e)) if !e.is_empty() => e[0].1,
-                    _ => {
-                        let _ = tx.send(Err(io::Error::other("no relay listener")));
-                        return;
-                    }
-                };
-                let config = TurnConfig {
-                    relay_ips: vec![ip],
-                    bandwidth,
-                    policy: PeerPolicy {
-                        allow,
-                        own: vec![ip],
-                    },
-                    ..TurnConfig::default()
-                };
-                let core = TurnServer::new(
-                    config,
-                    Credentials::new("voxmesh"),
-                    Instant::now(),
-                    unix_now(),
-                    rand::random(),
-                );
-                let mut link_cfg = RelayLinkConfig::new(supernodes);
-                link_cfg.udp = vec![addr];
-                let link = RelayLink::new(&identity, link_cfg, Instant::now(), rand::random());
-                let link_socket = match UdpSocket::bind(link_bind_addr(Some(ip))).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let (secrets_tx, mut secrets_rx) = watch::channel(SupernodeSecrets::new());
-                let load = Arc::new(AtomicU32::new(0));
-                let link_task = tokio::spawn(run_relay_link(
-                    link,
-                    link_socket,
-                    load.clone(),
-                    secrets_tx,
-                    Some(more_rx),
-                    shutdown.clone(),
-                ));
-                let (upd_tx, upd_rx) = mpsc::channel(4);
-                tokio::spawn(async move {
-                    while secrets_rx.changed().await.is_ok() {
-                        let mut c = Credentials::new("voxmesh");
-                        for (id, s) in secrets_rx.borrow_and_update().iter() {
-                            c.set_supernode_secrets(&id.to_string(), s.clone());
-                        }
-                        if upd_tx.send(c).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                let options = RelayOptions {
-                    drain: Duration::from_secs(2),
-                    reload: None,
-                    own_addresses: None,
-                    metrics: None,
-                    updates: Some(upd_rx),
-                    load: Some(load),
-                };
-                let _ = tx.send(Ok(addr));
-                if let Err(e) = serve_relay(core, listeners, options, shutdown).await {
-                    tracing::warn!("the relay role failed: {e}");
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(1), link_task).await;
-            });
-        })?;
-    match rx.recv_timeout(ROLE_STOP) {
-        Ok(Ok(addr)) => Ok((
-            Hosted {
-                stop,
-                thread,
-                more: Some(more_tx),
-            },
-            addr,
-        )),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::other("the relay role did not start")),
-    }
+            }
+        });
+        let options = RelayOptions {
+            drain: Duration::from_secs(2),
+            reload: None,
+            own_addresses: None,
+            metrics: None,
+            updates: Some(upd_rx),
+            load: Some(load),
+        };
+        Ok((addr, async move {
+            if let Err(e) = serve_relay(core, listeners, options, shutdown).await {
+                tracing::warn!("the relay role failed: {e}");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), link_task).await;
+        }))
+    })?;
+    hosted.more = Some(more_tx);
+    Ok((hosted, addr))
 }
 
 /// Starts the supernode role on `ip` (a port the system picks) joining the mesh through
@@ -510,11 +473,76 @@ fn start_supernode(
     bootstrap: Vec<(NodeKey, SocketAddr)>,
     ramp: crate::roles::Ramp,
 ) -> io::Result<(Hosted, String)> {
-    let (stop, shutdown) = ShutdownSignal::new();
-    let (tx, rx) = std::sync::mpsc::channel::<io::Result<String>>();
     let identity = identity.clone();
+    spawn_role("supernode", move |shutdown| async move {
+        let config = BindingConfig {
+            primary: SocketAddr::new(ip, 0),
+            alternate: None,
+            rfc5780: false,
+            software: None,
+        };
+        let mut server =
+            StunServer::bind(vec![config]).map_err(|e| io::Error::other(e.to_string()))?;
+        let Some(addr) = server.configs().first().map(|c| c.primary) else {
+            return Err(io::Error::other("no supernode socket"));
+        };
+        let mut node_config = NodeConfig::new(addr);
+        node_config.client_ramp = Some(ramp);
+        let core = Supernode::new(
+            &identity,
+            node_config,
+            &bootstrap,
+            Instant::now(),
+            unix_now(),
+            rand::random(),
+        );
+        let entry = format!("{}@{addr}", core.node_key());
+        let (frames_tx, frames_rx) = mpsc::channel(8192);
+        server.set_frame_sink(frames_tx.clone());
+        let mut sockets = NodeSockets::default();
+        for s in server.primary_sockets() {
+            match s.local_addr() {
+                Ok(a) if a.is_ipv4() => sockets.v4 = Some(s),
+                Ok(_) => sockets.v6 = Some(s),
+                Err(_) => {}
+            }
+        }
+        let node = tokio::spawn(run_supernode(
+            core,
+            frames_tx,
+            frames_rx,
+            sockets,
+            Vec::new(),
+            None,
+            None,
+            None,
+            shutdown.clone(),
+        ));
+        Ok((entry, async move {
+            if let Err(e) = server.run(shutdown).await {
+                tracing::warn!("the supernode role's STUN service failed: {e}");
+            }
+            let _ = node.await;
+        }))
+    })
+}
+
+/// Runs a hosted role on a thread of its own with its own runtime. `setup` binds the role's
+/// sockets and builds its cores, and gives what the role serves (reported to the caller) and
+/// the future that runs it until `shutdown`. Returns once set up, or with why it was not.
+fn spawn_role<T, S, R>(
+    role: &'static str,
+    setup: impl FnOnce(Shutdown) -> S + Send + 'static,
+) -> io::Result<(Hosted, T)>
+where
+    T: Send + 'static,
+    S: Future<Output = io::Result<(T, R)>>,
+    R: Future<Output = ()>,
+{
+    let (stop, shutdown) = ShutdownSignal::new();
+    let (tx, rx) = std::sync::mpsc::channel::<io::Result<T>>();
     let thread = std::thread::Builder::new()
-        .name("supernode-role".into())
+        .name(format!("{role}-role"))
         .spawn(move || {
             let rt = match role_runtime() {
                 Ok(rt) => rt,
@@ -524,73 +552,28 @@ fn start_supernode(
                 }
             };
             rt.block_on(async move {
-                let config = BindingConfig {
-                    primary: SocketAddr::new(ip, 0),
-                    alternate: None,
-                    rfc5780: false,
-                    software: None,
-                };
-                let mut server = match StunServer::bind(vec![config]) {
-                    Ok(s) => s,
+                match setup(shutdown).await {
+                    Ok((serves, run)) => {
+                        let _ = tx.send(Ok(serves));
+                        run.await;
+                    }
                     Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(e.to_string())));
-                        return;
-                    }
-                };
-                let Some(addr) = server.configs().first().map(|c| c.primary) else {
-                    let _ = tx.send(Err(io::Error::other("no supernode socket")));
-                    return;
-                };
-                let mut node_config = NodeConfig::new(addr);
-                node_config.client_ramp = Some(ramp);
-                let core = Supernode::new(
-                    &identity,
-                    node_config,
-                    &bootstrap,
-                    Instant::now(),
-                    unix_now(),
-                    rand::random(),
-                );
-                let entry = format!("{}@{addr}", core.node_key());
-                let (frames_tx, frames_rx) = mpsc::channel(8192);
-                server.set_frame_sink(frames_tx.clone());
-                let mut sockets = NodeSockets::default();
-                for s in server.primary_sockets() {
-                    match s.local_addr() {
-                        Ok(a) if a.is_ipv4() => sockets.v4 = Some(s),
-                        Ok(_) => sockets.v6 = Some(s),
-                        Err(_) => {}
+                        let _ = tx.send(Err(e));
                     }
                 }
-                let node = tokio::spawn(run_supernode(
-                    core,
-                    frames_tx,
-                    frames_rx,
-                    sockets,
-                    Vec::new(),
-                    None,
-                    None,
-                    None,
-                    shutdown.clone(),
-                ));
-                let _ = tx.send(Ok(entry));
-                if let Err(e) = server.run(shutdown).await {
-                    tracing::warn!("the supernode role's STUN service failed: {e}");
-                }
-                let _ = node.await;
             });
         })?;
     match rx.recv_timeout(ROLE_STOP) {
-        Ok(Ok(entry)) => Ok((
+        Ok(Ok(serves)) => Ok((
             Hosted {
                 stop,
                 thread,
                 more: None,
             },
-            entry,
+            serves,
         )),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::other("the supernode role did not start")),
+        Err(_) => Err(io::Error::other(format!("the {role} role did not start"))),
     }
 }
 

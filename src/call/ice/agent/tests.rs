@@ -5,12 +5,37 @@ use crate::call::ice::types::ChangeReason;
 use crate::call::ice::wire::{CheckRequest, RoleAttr};
 
 fn agent(controlling: bool, seed: u8) -> IceAgent {
+    agent_timed(controlling, seed, &Timing::default())
+}
+
+fn agent_timed(controlling: bool, seed: u8, timing: &Timing) -> IceAgent {
     IceAgent::new(IceConfig {
         controlling,
         seed: [seed; 32],
-        timing: Timing::default(),
+        timing: timing.clone(),
     })
     .unwrap()
+}
+
+/// Signals between `a` and `b`: each learns the other's credentials, and `a` the candidates
+/// `cb` and `b` the candidates `ca`.
+fn introduce(
+    now: Instant,
+    a: &mut IceAgent,
+    b: &mut IceAgent,
+    ca: Vec<Candidate>,
+    cb: Vec<Candidate>,
+) {
+    a.set_remote_credentials(now, b.local_credentials().clone())
+        .unwrap();
+    b.set_remote_credentials(now, a.local_credentials().clone())
+        .unwrap();
+    for c in cb {
+        a.add_remote_candidate(now, c).unwrap();
+    }
+    for c in ca {
+        b.add_remote_candidate(now, c).unwrap();
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -20,7 +45,24 @@ fn addr(s: &str) -> SocketAddr {
 /// Moves every transmit between two agents on the same LAN (no delay) until both are
 /// quiet, then advances the clock to the next timer; `steps` rounds.
 fn exchange(a: &mut IceAgent, b: &mut IceAgent, now: &mut Instant, steps: usize) {
+    pump(a, b, now, steps, None, |t| Some(Route::Direct(t.to)));
+}
+
+/// Moves every transmit between two agents (no delay) until both are quiet, then advances
+/// the clock to the next timer, not past `until`; `steps` rounds at most, and none from
+/// `until` on. `link` is the route a transmit arrives on at the peer; `None`: it is lost.
+fn pump(
+    a: &mut IceAgent,
+    b: &mut IceAgent,
+    now: &mut Instant,
+    steps: usize,
+    until: Option<Instant>,
+    link: impl Fn(&Transmit) -> Option<Route>,
+) {
     for _ in 0..steps {
+        if until.is_some_and(|u| *now >= u) {
+            break;
+        }
         loop {
             let mut moved = false;
             for dir in 0..2 {
@@ -31,9 +73,9 @@ fn exchange(a: &mut IceAgent, b: &mut IceAgent, now: &mut Instant, steps: usize)
                 };
                 while let Some(t) = from.poll_transmit() {
                     moved = true;
-                    let src = t.route.local();
-                    let route = Route::Direct(t.to);
-                    let _ = to.handle_input(*now, route, src, &t.data);
+                    if let Some(route) = link(&t) {
+                        let _ = to.handle_input(*now, route, t.route.local(), &t.data);
+                    }
                 }
             }
             if !moved {
@@ -46,6 +88,9 @@ fn exchange(a: &mut IceAgent, b: &mut IceAgent, now: &mut Instant, steps: usize)
             .min();
         let Some(next) = next else { break };
         *now = next.max(*now);
+        if let Some(u) = until {
+            *now = (*now).min(u);
+        }
         a.handle_timeout(*now);
         b.handle_timeout(*now);
     }
@@ -174,27 +219,17 @@ fn requests_are_answered_before_the_peers_credentials_arrive() {
 
 /// Two agents on one LAN, connected.
 fn connected_pair(now: &mut Instant, timing: Timing) -> (IceAgent, IceAgent) {
-    let mk = |controlling, seed| {
-        IceAgent::new(IceConfig {
-            controlling,
-            seed: [seed; 32],
-            timing: timing.clone(),
-        })
-        .unwrap()
-    };
-    let (mut a, mut b) = (mk(true, 10), mk(false, 11));
+    let (mut a, mut b) = (
+        agent_timed(true, 10, &timing),
+        agent_timed(false, 11, &timing),
+    );
     let ca = a
         .add_local_candidate(*now, LocalCandidate::Host(addr("192.0.2.1:1000")))
         .unwrap();
     let cb = b
         .add_local_candidate(*now, LocalCandidate::Host(addr("192.0.2.2:2000")))
         .unwrap();
-    a.set_remote_credentials(*now, b.local_credentials().clone())
-        .unwrap();
-    b.set_remote_credentials(*now, a.local_credentials().clone())
-        .unwrap();
-    a.add_remote_candidate(*now, cb).unwrap();
-    b.add_remote_candidate(*now, ca).unwrap();
+    introduce(*now, &mut a, &mut b, vec![ca], vec![cb]);
     exchange(&mut a, &mut b, now, 20);
     assert!(a.selected().is_some() && b.selected().is_some());
     while a.poll_event().is_some() || b.poll_event().is_some() {}
@@ -297,7 +332,8 @@ fn nothing_unauthenticated_is_ever_answered() {
 
 /// Like [`exchange`] between agents that have relayed candidates only: a transmit from our
 /// allocation `t.route` to the peer's relayed address `t.to` arrives on the peer's
-/// allocation. Packets touching a relay IP in `dead` are lost. Runs until `until`.
+/// allocation. Packets touching a relay IP in `dead` are lost. Runs until `until` (the rounds
+/// bounded far above what any test's span needs).
 fn exchange_relayed(
     a: &mut IceAgent,
     b: &mut IceAgent,
@@ -305,80 +341,50 @@ fn exchange_relayed(
     until: Instant,
     dead: &[IpAddr],
 ) {
-    while *now < until {
-        loop {
-            let mut moved = false;
-            for dir in 0..2 {
-                let (from, to) = if dir == 0 {
-                    (&mut *a, &mut *b)
-                } else {
-                    (&mut *b, &mut *a)
-                };
-                while let Some(t) = from.poll_transmit() {
-                    moved = true;
-                    let src = t.route.local();
-                    if dead.contains(&src.ip()) || dead.contains(&t.to.ip()) {
-                        continue;
-                    }
-                    let _ = to.handle_input(*now, Route::Relay(t.to), src, &t.data);
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
-        let next = [a.poll_timeout(), b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        let Some(next) = next else { break };
-        *now = next.max(*now).min(until);
-        a.handle_timeout(*now);
-        b.handle_timeout(*now);
+    pump(a, b, now, 1_000_000, Some(until), |t| {
+        let lost = dead.contains(&t.route.local().ip()) || dead.contains(&t.to.ip());
+        (!lost).then_some(Route::Relay(t.to))
+    });
+}
+
+/// Two agents with `timing` (seeds `seed`, `seed + 1`), each allocated on every relay in
+/// `relays` (in that order of rank) and told of the other's.
+fn relayed_pair(
+    now: Instant,
+    timing: &Timing,
+    seed: u8,
+    relays: &[IpAddr],
+) -> (IceAgent, IceAgent) {
+    let (mut a, mut b) = (
+        agent_timed(true, seed, timing),
+        agent_timed(false, seed + 1, timing),
+    );
+    let mut ca = Vec::new();
+    let mut cb = Vec::new();
+    for ip in relays {
+        ca.push(
+            a.add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(*ip, 50_000)))
+                .unwrap(),
+        );
+        cb.push(
+            b.add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(*ip, 60_000)))
+                .unwrap(),
+        );
     }
+    introduce(now, &mut a, &mut b, ca, cb);
+    (a, b)
 }
 
 #[test]
 fn a_dead_relay_moves_the_call_to_the_standby_relay_within_the_relayed_consent_timeout() {
     let timing = crate::call::phone::PhoneConfig::ice_timing();
-    let mk = |controlling, seed| {
-        IceAgent::new(IceConfig {
-            controlling,
-            seed: [seed; 32],
-            timing: timing.clone(),
-        })
-        .unwrap()
-    };
     let mut now = Instant::now();
-    let (mut a, mut b) = (mk(true, 20), mk(false, 21));
     // Relays X and Y; each end allocated on both, X ranked first.
     let (x, y): (IpAddr, IpAddr) = (
         "203.0.113.1".parse().unwrap(),
         "203.0.113.2".parse().unwrap(),
     );
-    let alloc = |ip: IpAddr, port| SocketAddr::new(ip, port);
-    let mut ca = Vec::new();
-    let mut cb = Vec::new();
-    for ip in [x, y] {
-        ca.push(
-            a.add_local_candidate(now, LocalCandidate::Relayed(alloc(ip, 50_000)))
-                .unwrap(),
-        );
-        cb.push(
-            b.add_local_candidate(now, LocalCandidate::Relayed(alloc(ip, 60_000)))
-                .unwrap(),
-        );
-    }
-    a.set_remote_credentials(now, b.local_credentials().clone())
-        .unwrap();
-    b.set_remote_credentials(now, a.local_credentials().clone())
-        .unwrap();
-    for c in cb {
-        a.add_remote_candidate(now, c).unwrap();
-    }
-    for c in ca {
-        b.add_remote_candidate(now, c).unwrap();
-    }
+    let (mut a, mut b) = relayed_pair(now, &timing, 20, &[x, y]);
     let until = now + Duration::from_secs(3);
     exchange_relayed(&mut a, &mut b, &mut now, until, &[]);
     let relays_of = |p: PathInfo| [p.route.local().ip(), p.remote.ip()];
@@ -434,29 +440,9 @@ fn a_dead_relay_moves_the_call_to_the_standby_relay_within_the_relayed_consent_t
 fn with_one_relay_consent_keeps_the_ordinary_timeout() {
     // Nowhere to move to: a fast verdict would only disconnect sooner.
     let timing = crate::call::phone::PhoneConfig::ice_timing();
-    let mk = |controlling, seed| {
-        IceAgent::new(IceConfig {
-            controlling,
-            seed: [seed; 32],
-            timing: timing.clone(),
-        })
-        .unwrap()
-    };
     let mut now = Instant::now();
-    let (mut a, mut b) = (mk(true, 30), mk(false, 31));
     let x: IpAddr = "203.0.113.1".parse().unwrap();
-    let ca = a
-        .add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(x, 50_000)))
-        .unwrap();
-    let cb = b
-        .add_local_candidate(now, LocalCandidate::Relayed(SocketAddr::new(x, 60_000)))
-        .unwrap();
-    a.set_remote_credentials(now, b.local_credentials().clone())
-        .unwrap();
-    b.set_remote_credentials(now, a.local_credentials().clone())
-        .unwrap();
-    a.add_remote_candidate(now, cb).unwrap();
-    b.add_remote_candidate(now, ca).unwrap();
+    let (mut a, mut b) = relayed_pair(now, &timing, 30, &[x]);
     let until = now + Duration::from_secs(3);
     exchange_relayed(&mut a, &mut b, &mut now, until, &[]);
     assert!(a.selected().is_some() && !a.fallback);

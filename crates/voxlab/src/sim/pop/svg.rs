@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::Report;
+use super::engine::Sample;
 
 const W: f64 = 640.0;
 const H: f64 = 320.0;
@@ -92,69 +93,69 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// One line of a plot over the run: its label, colour and value at a sample.
+type Line<'a> = (&'a str, &'a str, &'a dyn Fn(&Sample) -> f64);
+
+/// Writes `dir/file`: a chart of `lines` over the samples, x in simulated minutes.
+fn plot(
+    dir: &Path,
+    file: &str,
+    samples: &[Sample],
+    title: &str,
+    ylabel: &str,
+    lines: &[Line<'_>],
+) -> std::io::Result<()> {
+    let series: Vec<Series<'_>> = lines
+        .iter()
+        .map(|&(label, colour, value)| {
+            let points = samples.iter().map(|x| (x.t_s / 60.0, value(x))).collect();
+            (label, colour, points)
+        })
+        .collect();
+    let svg = chart(title, "simulated minutes", ylabel, &series);
+    std::fs::write(dir.join(file), svg)
+}
+
 /// Writes the report's plots into `dir`.
 pub fn write_all(dir: &Path, r: &Report) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let s = &r.supernodes.samples;
-    let min = |v: f64| v / 60.0;
-    let frac: Vec<(f64, f64)> = s.iter().map(|x| (min(x.t_s), x.fraction * 100.0)).collect();
-    let band_lo: Vec<(f64, f64)> = s.iter().map(|x| (min(x.t_s), 0.1)).collect();
-    let band_hi: Vec<(f64, f64)> = s.iter().map(|x| (min(x.t_s), 1.0)).collect();
     let n = r.config.clients;
-    std::fs::write(
-        dir.join("supernode_fraction.svg"),
-        chart(
-            &format!("Supernodes, % of online clients ({n} clients)"),
-            "simulated minutes",
-            "%",
-            &[
-                ("supernodes", "#1f77b4", frac),
-                ("0.1 %", "#999", band_lo),
-                ("1 %", "#d62728", band_hi),
-            ],
-        ),
+    plot(
+        dir,
+        "supernode_fraction.svg",
+        s,
+        &format!("Supernodes, % of online clients ({n} clients)"),
+        "%",
+        &[
+            ("supernodes", "#1f77b4", &|x| x.fraction * 100.0),
+            ("0.1 %", "#999", &|_| 0.1),
+            ("1 %", "#d62728", &|_| 1.0),
+        ],
     )?;
-    let online: Vec<(f64, f64)> = s.iter().map(|x| (min(x.t_s), x.online as f64)).collect();
-    let reg: Vec<(f64, f64)> = s
-        .iter()
-        .map(|x| (min(x.t_s), x.registered as f64))
-        .collect();
-    std::fs::write(
-        dir.join("online.svg"),
-        chart(
-            "Online and registered clients",
-            "simulated minutes",
-            "clients",
-            &[
-                ("online", "#1f77b4", online),
-                ("registered", "#2ca02c", reg),
-            ],
-        ),
+    plot(
+        dir,
+        "online.svg",
+        s,
+        "Online and registered clients",
+        "clients",
+        &[
+            ("online", "#1f77b4", &|x| x.online as f64),
+            ("registered", "#2ca02c", &|x| x.registered as f64),
+        ],
     )?;
-    let snmax: Vec<(f64, f64)> = s
-        .iter()
-        .map(|x| (min(x.t_s), x.sn_load_max as f64))
-        .collect();
-    let limit: Vec<(f64, f64)> = s
-        .iter()
-        .map(|x| (min(x.t_s), r.supernodes.load_limit as f64))
-        .collect();
-    let relay: Vec<(f64, f64)> = s
-        .iter()
-        .map(|x| (min(x.t_s), f64::from(x.relay_load_max)))
-        .collect();
-    std::fs::write(
-        dir.join("load.svg"),
-        chart(
-            "Busiest supernode (clients) and relay (calls)",
-            "simulated minutes",
-            "load",
-            &[
-                ("supernode max", "#1f77b4", snmax),
-                ("supernode limit", "#d62728", limit),
-                ("relay max", "#2ca02c", relay),
-            ],
-        ),
+    let limit = r.supernodes.load_limit as f64;
+    plot(
+        dir,
+        "load.svg",
+        s,
+        "Busiest supernode (clients) and relay (calls)",
+        "load",
+        &[
+            ("supernode max", "#1f77b4", &|x| x.sn_load_max as f64),
+            ("supernode limit", "#d62728", &|_| limit),
+            ("relay max", "#2ca02c", &|x| f64::from(x.relay_load_max)),
+        ],
     )?;
     Ok(())
 }
