@@ -909,9 +909,9 @@ impl Endpoint {
             }
             PhoneEvent::RelayPermission { relayed, peer } => {
                 if let Some(t) = self.turn_for(relayed)
-                    && !t.has_permission(peer)
+                    && !t.has_permission(peer.ip())
                 {
-                    t.create_permission(now, SocketAddr::new(peer, 0));
+                    t.create_permission(now, peer);
                 }
             }
             PhoneEvent::Restarted { .. } => {

@@ -217,10 +217,11 @@ pub enum PhoneEvent {
     PathLost {
         call: CallId,
     },
-    /// Checks through the relay allocation `relayed` go to `peer`: install a TURN permission.
+    /// Checks through the relay allocation `relayed` go to `peer`'s IP: install a TURN
+    /// permission (see `ice::Event::RelayPermission` for why it names a port).
     RelayPermission {
         relayed: std::net::SocketAddr,
-        peer: std::net::IpAddr,
+        peer: std::net::SocketAddr,
     },
     /// We restarted ICE on `call` (our mapping may have changed): gather server-reflexive
     /// candidates again and add them.

@@ -510,10 +510,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             events.emit(role_json(&n));
         }
         running.stop.trigger();
-        if let Ok(Ok(ep)) = running.task.await
-            && let Some(path) = cache
-        {
-            let _ = write_host_cache(&path, ep.agent().known_supernodes());
+        if let Ok(Ok(ep)) = running.task.await {
+            if let Some(path) = cache {
+                let _ = write_host_cache(&path, ep.agent().known_supernodes());
+            }
+            call_io::keep_transports(&args.directory, &ep);
         }
         for (_, mut ch) in resident.children.drain() {
             let _ = ch.kill();

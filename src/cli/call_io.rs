@@ -22,6 +22,7 @@ use crate::media::TraceRecord;
 use crate::net::drivers::call::{
     CallAudio, CallCommand, DriverEvent, FRAME, host_addresses, run_endpoint,
 };
+use crate::net::drivers::client::{read_tcp_hints, update_tcp_hints};
 use crate::net::{Shutdown, ShutdownSignal};
 
 /// Exit statuses of a call (dial; answer --exec children see the reason in the event).
@@ -66,6 +67,9 @@ pub async fn start_endpoint(
     clock_ppm: f64,
 ) -> anyhow::Result<RunningCall> {
     agent_config.supernodes = args.supernodes().await?;
+    if let Ok(p) = args.tcp_hints_path() {
+        agent_config.race_tcp_at_once = read_tcp_hints(&p);
+    }
     let socket = tokio::net::UdpSocket::bind(args.bind)
         .await
         .with_context(|| format!("cannot bind UDP {}", args.bind))?;
@@ -97,6 +101,18 @@ pub async fn start_endpoint(
         stop,
         task,
     })
+}
+
+/// Keeps what the run learnt about reaching supernodes over UDP or only TCP, for the next
+/// run's start ([`AgentConfig::race_tcp_at_once`]). Best effort: a read-only home costs only
+/// the next run's head start.
+pub fn keep_transports(args: &DirectoryArgs, ep: &Endpoint) {
+    if let Ok(p) = args.tcp_hints_path() {
+        let (tcp, udp) = ep.agent().transports_learnt();
+        if let Err(e) = update_tcp_hints(&p, &tcp, &udp) {
+            tracing::debug!("cannot update {}: {e}", p.display());
+        }
+    }
 }
 
 /// The endpoint settings the flags choose.

@@ -60,6 +60,11 @@ impl DirectoryArgs {
         Ok(self.host_cache.clone().unwrap_or(self.dir()?.join("hosts")))
     }
 
+    /// Supernodes an earlier run reached only over TCP (`tcp-hints` next to the identity).
+    pub fn tcp_hints_path(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.dir()?.join("tcp-hints"))
+    }
+
     /// Loads (or creates) the identity and locks it for as long as the lock lives: for a
     /// program that runs as the identity (`answer`). A second one on the same key file fails
     /// with [`crate::identity::KeyFileError::InUse`].

@@ -238,7 +238,9 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         }
     };
     running.stop.trigger();
-    let _ = tokio::time::timeout(BYE_GRACE, running.task).await;
+    if let Ok(Ok(Ok(ep))) = tokio::time::timeout(BYE_GRACE, running.task).await {
+        call_io::keep_transports(&args.directory, &ep);
+    }
     drop(audio);
     if let Some(t) = recorder {
         // The recorder finishes the file once the driver (its sender) is gone.

@@ -172,6 +172,10 @@ fn extras(program: &str) -> (Entries, Entries) {
             "$XDG_CONFIG_HOME/voxmesh/hosts, $XDG_CONFIG_HOME/voxmesh/contacts",
             "Supernodes learnt from the mesh, and aliases for IDs, next to the identity.",
         ),
+        (
+            "$XDG_CONFIG_HOME/voxmesh/tcp-hints",
+            "Supernodes an earlier run reached only over TCP (UDP blocked), next to the identity: the next run races TCP to them at once instead of after 150 ms. Dropped for a supernode once UDP answers again.",
+        ),
     ];
     match program {
         "pipe-audio" => (

@@ -57,6 +57,12 @@ pub struct AgentConfig {
     /// completes first is kept and the other is closed. A network that blocks UDP then costs
     /// this head start, not a timeout. See [`UDP_HEAD_START`] for the choice of value.
     pub udp_head_start: Duration,
+    /// Supernodes that an earlier run reached only over TCP (UDP lost the race): TCP races
+    /// UDP to these almost at once ([`HINTED_HEAD_START`]), not after `udp_head_start`. UDP is still tried, so a network that
+    /// lets UDP through again wins back at the cost of one TCP connection; the program keeps
+    /// these across runs ([`Agent::transports_learnt`]), which is what makes a fresh `dial` on
+    /// a UDP-blocked network ring as fast as TCP allows.
+    pub race_tcp_at_once: HashSet<SocketAddr>,
     /// How long a standby handshake may go unanswered before that supernode is demoted and
     /// another is tried. A standby is not urgent, but while we wait on a dead one we have none:
     /// the session layer's own handshake timeout (20 s) is far too patient for that.
@@ -82,6 +88,7 @@ impl AgentConfig {
             register: true,
             standby: true,
             udp_head_start: UDP_HEAD_START,
+            race_tcp_at_once: HashSet::new(),
             standby_patience: Duration::from_secs(3),
             first_seq: None,
         }
@@ -96,6 +103,12 @@ impl AgentConfig {
 /// connection attempt delay and allows 100 ms; a supernode handshake is one round trip and
 /// this delay adds directly to a UDP-blocked caller's ringing time, so we sit near the low end.
 pub const UDP_HEAD_START: Duration = Duration::from_millis(150);
+
+/// The head start UDP keeps over TCP to a supernode an earlier run reached only over TCP
+/// ([`AgentConfig::race_tcp_at_once`]): RFC 8305's floor for its connection attempt delay. It
+/// lets UDP win on a network that passes it again (the hint is then dropped) even when both
+/// paths are equally fast, and costs a UDP-blocked caller next to nothing.
+pub const HINTED_HEAD_START: Duration = Duration::from_millis(10);
 
 /// After a handshake with every known supernode has failed in a row, the agent waits this long
 /// before the next round, doubling per round up to [`RETRY_MAX`]: a wrong bootstrap entry or a
@@ -248,6 +261,8 @@ pub struct Agent {
     next_delivery: u64,
     /// Supernode addresses reached over TCP (UDP went unanswered).
     stream: HashSet<SocketAddr>,
+    /// Supernodes whose UDP handshake completed in this run.
+    udp_answered: HashSet<SocketAddr>,
     refreshes: u64,
     /// The primary's handshake over UDP, and when TCP starts racing it.
     attempt: Option<(SessionId, Instant)>,
@@ -303,6 +318,7 @@ impl Agent {
             deliveries: HashMap::new(),
             next_delivery: 0,
             stream: HashSet::new(),
+            udp_answered: HashSet::new(),
             refreshes: 0,
             attempt: None,
             race: None,
@@ -382,6 +398,15 @@ impl Agent {
     /// endpoint, which then starts its relay allocation over TCP at once.
     pub fn uses_stream(&self, addr: SocketAddr) -> bool {
         self.stream.contains(&addr)
+    }
+
+    /// What this run learnt about reaching supernodes: those only TCP reached (UDP lost a
+    /// race or gave up) and those UDP answered. A program keeps the first across runs and
+    /// drops the second from what it kept ([`AgentConfig::race_tcp_at_once`]).
+    pub fn transports_learnt(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let tcp = self.stream.iter().copied().collect();
+        let udp = self.udp_answered.iter().copied().collect();
+        (tcp, udp)
     }
 
     /// Whether the primary supernode session runs over TCP.
@@ -667,7 +692,12 @@ impl Agent {
             if let Ok(link) = self.open(now, key, addr) {
                 self.primary = Some(link);
                 if !link.tcp {
-                    self.attempt = Some((link.session, now + self.config.udp_head_start));
+                    let head_start = if self.config.race_tcp_at_once.contains(&addr) {
+                        HINTED_HEAD_START
+                    } else {
+                        self.config.udp_head_start
+                    };
+                    self.attempt = Some((link.session, now + head_start));
                 }
                 return;
             }
@@ -916,10 +946,13 @@ impl Agent {
                         self.ep.close(now, p.session);
                     }
                     self.stream.insert(r.addr);
-                } else if self.primary.is_some_and(|p| p.session == session) {
+                } else if let Some(p) = self.primary.filter(|p| p.session == session) {
                     // UDP won (or ran alone): a racing TCP session is not needed.
                     self.attempt = None;
                     self.end_race(now);
+                    if !p.tcp {
+                        self.udp_answered.insert(p.addr);
+                    }
                 }
                 if let Some(p) = self.primary.filter(|p| p.session == session) {
                     self.failed_handshakes = 0;

@@ -8,7 +8,7 @@ use crate::support::session::{addr, identity};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use voxmesh::client::{Agent, AgentConfig, AgentEvent, UDP_HEAD_START};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent, HINTED_HEAD_START, UDP_HEAD_START};
 use voxmesh::session::{Config, Endpoint, Event};
 use voxmesh::signal::{self, Request, Response};
 use voxmesh::transmit::STREAM;
@@ -35,11 +35,19 @@ struct Net {
 
 impl Net {
     fn new(delay: Duration, udp_blocked: bool) -> Net {
+        Net::hinted(delay, udp_blocked, false)
+    }
+
+    /// `tcp_hint`: an earlier run reached the supernode only over TCP.
+    fn hinted(delay: Duration, udp_blocked: bool, tcp_hint: bool) -> Net {
         let now = Instant::now();
         let sn_id = identity(1);
         let sn = Endpoint::new(Config::default(), &sn_id, now, [1; 32]);
         let mut cfg = AgentConfig::new(vec![(sn_id.node_key(), addr(SN))]);
         cfg.standby = false;
+        if tcp_hint {
+            cfg.race_tcp_at_once.insert(addr(SN));
+        }
         let agent = Agent::new(identity(2), cfg, now, 1_800_000_000, [2; 32]);
         Net {
             now,
@@ -171,4 +179,34 @@ fn a_slow_udp_path_races_tcp_and_the_first_to_answer_wins() {
     assert!(!tcp, "UDP answered first");
     assert!(n.tcp_frames > 0, "TCP raced");
     assert_eq!(n.closed, vec![addr(SN)], "the losing stream is closed");
+}
+
+#[test]
+fn a_supernode_only_tcp_reached_before_is_raced_over_tcp_at_once() {
+    // UDP blocked, and an earlier run learnt it: TCP races after 10 ms, not after the head start.
+    let mut n = Net::hinted(Duration::from_millis(25), true, true);
+    n.run(Duration::from_secs(3));
+    let (at, tcp) = n.registered.expect("registers over TCP");
+    assert!(tcp, "the primary runs over TCP");
+    assert!(
+        at <= HINTED_HEAD_START + Duration::from_millis(110),
+        "no head start paid: {at:?}"
+    );
+    let (tcp_learnt, udp_learnt) = n.agent.transports_learnt();
+    assert_eq!((tcp_learnt, udp_learnt), (vec![addr(SN)], vec![]));
+}
+
+#[test]
+fn a_stale_tcp_hint_loses_to_udp_and_is_unlearnt() {
+    // The network lets UDP through again: TCP starts 10 ms behind UDP (a real TCP connection
+    // would also need its own round trip first), UDP answers first and the run reports it, so
+    // the program drops the hint; the losing stream is closed.
+    let mut n = Net::hinted(Duration::from_millis(25), false, true);
+    n.run(Duration::from_secs(3));
+    let (at, tcp) = n.registered.expect("registers");
+    assert!(!tcp, "UDP answered first");
+    assert!(at <= Duration::from_millis(110), "{at:?}");
+    assert!(n.tcp_frames > 0, "TCP raced at once");
+    assert_eq!(n.closed, vec![addr(SN)], "the losing stream is closed");
+    assert_eq!(n.agent.transports_learnt(), (vec![], vec![addr(SN)]));
 }

@@ -498,7 +498,7 @@ impl Peer {
                     }
                     Event::RelayPermission { peer, .. } => {
                         if let Some(t) = self.turn.as_mut() {
-                            t.create_permission(now, SocketAddr::new(*peer, 0));
+                            t.create_permission(now, *peer);
                         }
                     }
                     Event::Connected(p) | Event::PathChanged { to: p, .. } => {

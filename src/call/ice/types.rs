@@ -1,7 +1,7 @@
 //! The agent's public types: routes and transmits, candidates in, paths and events out.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::candidate::CandidateKind;
@@ -121,9 +121,15 @@ pub enum Event {
         from: SocketAddr,
         to: SocketAddr,
     },
-    /// Checks through the relay allocation `relayed` will go to `peer`: install a TURN
-    /// permission for it (`TurnClient::create_permission`) before they are sent.
-    RelayPermission { relayed: SocketAddr, peer: IpAddr },
+    /// Checks through the relay allocation `relayed` will go to `peer`'s IP: install a TURN
+    /// permission for it (`TurnClient::create_permission`) before they are sent. A permission
+    /// covers the IP (RFC 8656 §9); the port goes along so that a relay can tell a peer on its
+    /// own IP (the far end's allocation on the same relay, which it delivers internally) from
+    /// its other services there, which it refuses.
+    RelayPermission {
+        relayed: SocketAddr,
+        peer: SocketAddr,
+    },
     /// A role conflict (RFC 8445 §7.3.1.1) switched our role.
     RoleChanged { controlling: bool },
 }

@@ -1,5 +1,6 @@
 //! The tokio driver for [`crate::client::Agent`]: one UDP socket, timers, commands in, events out.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -347,14 +348,70 @@ pub fn read_host_cache(path: &Path) -> Vec<BootstrapEntry> {
         .unwrap_or_default()
 }
 
-/// Writes the host cache atomically (temp file, then rename).
-pub fn write_host_cache(path: &Path, nodes: &[(NodeKey, SocketAddr)]) -> io::Result<()> {
+/// Reads the TCP hints file: supernode addresses an earlier run reached only over TCP, one
+/// `HOST:PORT` per line ([`crate::client::AgentConfig::race_tcp_at_once`]); bad lines skipped.
+pub fn read_tcp_hints(path: &Path) -> HashSet<SocketAddr> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Updates the TCP hints file with what a run learnt (`Agent::transports_learnt`): addresses
+/// only TCP reached are added, those UDP answered are removed, the rest kept. Written
+/// atomically; nothing is written when nothing changes.
+pub fn update_tcp_hints(path: &Path, tcp: &[SocketAddr], udp: &[SocketAddr]) -> io::Result<()> {
+    let old = read_tcp_hints(path);
+    let mut new = old.clone();
+    new.extend(tcp);
+    for a in udp {
+        new.remove(a);
+    }
+    if new == old {
+        return Ok(());
+    }
+    let mut lines: Vec<String> = new.iter().map(|a| format!("{a}\n")).collect();
+    lines.sort();
+    write_atomically(path, &lines.concat())
+}
+
+/// Writes `text` to `path` through a private temporary name and a rename: several processes
+/// may share one file, and a reader never sees half of it.
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let text: String = nodes.iter().map(|(k, a)| format!("{k}@{a}\n")).collect();
-    // A private temporary name: several processes may share one cache file.
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     std::fs::write(&tmp, text)?;
     std::fs::rename(tmp, path)
+}
+
+/// Writes the host cache atomically (temp file, then rename).
+pub fn write_host_cache(path: &Path, nodes: &[(NodeKey, SocketAddr)]) -> io::Result<()> {
+    let text: String = nodes.iter().map(|(k, a)| format!("{k}@{a}\n")).collect();
+    write_atomically(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_hints_learn_tcp_and_forget_what_udp_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tcp-hints");
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "198.51.100.1:3478".parse().unwrap(),
+            "198.51.100.2:3478".parse().unwrap(),
+            "[2001:db8::1]:3478".parse().unwrap(),
+        );
+        assert!(read_tcp_hints(&path).is_empty(), "no file: no hints");
+        update_tcp_hints(&path, &[a, c], &[]).unwrap();
+        assert_eq!(read_tcp_hints(&path), HashSet::from([a, c]));
+        // A later run: UDP answered a, TCP only reached b; c was not tried and stays.
+        update_tcp_hints(&path, &[b], &[a]).unwrap();
+        assert_eq!(read_tcp_hints(&path), HashSet::from([b, c]));
+        // A damaged line is skipped, not fatal.
+        std::fs::write(&path, format!("{b}\nnot an address\n")).unwrap();
+        assert_eq!(read_tcp_hints(&path), HashSet::from([b]));
+    }
 }

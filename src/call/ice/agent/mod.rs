@@ -727,7 +727,7 @@ impl IceAgent {
         {
             self.events.push_back(Event::RelayPermission {
                 relayed,
-                peer: remote.cand.addr.ip(),
+                peer: remote.cand.addr,
             });
         }
         Some(id)
