@@ -72,7 +72,9 @@ def figures(bench, d):
     if bench == "calls":
         panels = []
         for pair, r in d["pairs"].items():
-            for key, what in [("ringing_ms", "dial to ringing"), ("ringing_by_name_ms", "ringing by name"),
+            for key, what in [("ringing_ms", "dial to ringing"),
+                              ("ringing_first_run_ms", "dial to ringing, a caller's first run (no TCP hint yet)"),
+                              ("ringing_by_name_ms", "ringing by name"),
                               ("ringing_through_answer_ms", "ringing through a running answer"),
                               ("first_media_ms", "accept to first media"), ("direct_path_ms", "accept to direct path")]:
                 f = r.get(key)
