@@ -1,0 +1,170 @@
+//! Echo cancellation, noise suppression and gain control for microphone-and-speaker calls.
+//!
+//! A loudspeaker's sound reaches the microphone: without cancellation the far end hears itself
+//! a moment later. A [`Processor`] is told what went to the speaker ([`render`], the far end's
+//! audio as the call hands it to playout) and cleans what the microphone captured
+//! ([`capture`]) before it is encoded. Sans-IO: no device, no clock; the caller feeds both
+//! directions in the order they happen (render before the capture that holds its echo).
+//!
+//! Two engines, both the system's C libraries (feature `devices`):
+//! - [`Engine::Webrtc`] (the default): WebRTC's audio processing module as Debian ships it
+//!   (webrtc-audio-processing 0.3): the AEC with the extended filter and delay-agnostic mode
+//!   (it finds the speaker-to-microphone delay itself), its noise suppressor and the adaptive
+//!   digital AGC.
+//! - [`Engine::Speex`]: speexdsp's MDF canceller with the preprocessor's residual echo
+//!   suppression, denoiser and AGC. Kept to compare against: `scripts/bench-echo` measures both
+//!   on simulated rooms, and speexdsp fell short of the echo target (see that script).
+//!
+//! Frames are the call's format, 48 kHz mono; both engines work in 10 ms, so [`capture`] takes
+//! whole multiples of 10 ms (the call's frames are 20 ms) and [`render`] buffers any length.
+//!
+//! [`render`]: Processor::render
+//! [`capture`]: Processor::capture
+
+mod speex;
+mod webrtc;
+
+/// Samples per 10 ms at the call rate: the engines' unit.
+pub const CHUNK: usize = 480;
+
+/// Which processing to run on the captured audio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessingConfig {
+    /// Acoustic echo cancellation (needs the far end's audio through [`Processor::render`]).
+    pub aec: bool,
+    /// Noise suppression.
+    pub ns: bool,
+    /// Automatic gain control (digital: the microphone's own volume is not touched).
+    pub agc: bool,
+    /// The library doing it.
+    pub engine: Engine,
+}
+
+impl ProcessingConfig {
+    /// Everything on (what a microphone-and-speaker call wants).
+    pub fn all() -> ProcessingConfig {
+        ProcessingConfig {
+            aec: true,
+            ns: true,
+            agc: true,
+            engine: Engine::Webrtc,
+        }
+    }
+
+    /// Everything off.
+    pub fn none() -> ProcessingConfig {
+        ProcessingConfig {
+            aec: false,
+            ns: false,
+            agc: false,
+            engine: Engine::Webrtc,
+        }
+    }
+
+    /// True when nothing is switched on (no processor is needed).
+    pub fn is_off(&self) -> bool {
+        !(self.aec || self.ns || self.agc)
+    }
+}
+
+/// The library behind a [`Processor`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// WebRTC's audio processing module (0.3).
+    Webrtc,
+    /// speexdsp.
+    Speex,
+}
+
+/// Why a [`Processor`] could not be made or refused a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessingError {
+    /// The library refused the configuration or could not allocate its state.
+    #[error("audio processing ({0:?}): the library could not be set up")]
+    Setup(Engine),
+    /// A capture frame was not a whole number of 10 ms chunks (480 samples at 48 kHz).
+    #[error("audio processing: {0} samples is not a whole number of 10 ms chunks")]
+    FrameSize(usize),
+    /// The library failed on a frame (its error code). Not expected for the call's frames.
+    #[error("audio processing ({engine:?}): error {code}")]
+    Library {
+        /// Which library.
+        engine: Engine,
+        /// Its error code.
+        code: i32,
+    },
+}
+
+/// Capture-side audio processing for one call.
+pub struct Processor {
+    engine: Inner,
+    /// Rendered samples not yet a whole chunk.
+    pending: Vec<f32>,
+    /// What it runs (reported in logs).
+    config: ProcessingConfig,
+}
+
+enum Inner {
+    Webrtc(webrtc::Apm),
+    Speex(Box<speex::Mdf>),
+}
+
+impl Processor {
+    pub fn new(config: ProcessingConfig) -> Result<Processor, ProcessingError> {
+        let engine = match config.engine {
+            Engine::Webrtc => Inner::Webrtc(webrtc::Apm::new(config)?),
+            Engine::Speex => Inner::Speex(Box::new(speex::Mdf::new(config)?)),
+        };
+        Ok(Processor {
+            engine,
+            pending: Vec::with_capacity(CHUNK),
+            config,
+        })
+    }
+
+    /// What it runs.
+    pub fn config(&self) -> ProcessingConfig {
+        self.config
+    }
+
+    /// The far end's audio as it goes to the speaker (any length; whole chunks are handed on).
+    pub fn render(&mut self, played: &[f32]) -> Result<(), ProcessingError> {
+        let mut rest = played;
+        while !rest.is_empty() {
+            let take = (CHUNK - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == CHUNK {
+                match &mut self.engine {
+                    Inner::Webrtc(a) => a.render(&self.pending)?,
+                    Inner::Speex(s) => s.render(&self.pending),
+                }
+                self.pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Cleans the microphone's `captured` audio in place (whole 10 ms chunks).
+    pub fn capture(&mut self, captured: &mut [f32]) -> Result<(), ProcessingError> {
+        if captured.len() % CHUNK != 0 {
+            return Err(ProcessingError::FrameSize(captured.len()));
+        }
+        for chunk in captured.chunks_exact_mut(CHUNK) {
+            match &mut self.engine {
+                Inner::Webrtc(a) => a.capture(chunk)?,
+                Inner::Speex(s) => s.capture(chunk),
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's own running estimate of its echo return loss enhancement, dB (WebRTC only;
+    /// for logs: the benchmark measures the real one).
+    pub fn erle_estimate(&self) -> Option<f32> {
+        match &self.engine {
+            Inner::Webrtc(a) => a.erle(),
+            Inner::Speex(_) => None,
+        }
+    }
+}
