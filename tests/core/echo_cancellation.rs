@@ -6,7 +6,10 @@
 //! several rooms and double talk.
 #![cfg(feature = "devices")]
 
+use tokio::sync::mpsc;
 use voxmesh::audio::processing::{Engine, ProcessingConfig, Processor};
+use voxmesh::cli::call_audio::{ProcessingArgs, Switches, process};
+use voxmesh::net::drivers::call::CallAudio;
 
 const RATE: usize = 48_000;
 const FRAME: usize = 960;
@@ -72,14 +75,24 @@ fn power(x: &[f32]) -> f64 {
 }
 
 /// Runs far end and echo through a processor; returns ERLE (dB) per second and after 2 s.
-fn erle(config: ProcessingConfig, seconds: usize) -> (Vec<f64>, f64) {
-    let n = RATE * seconds;
+/// The far end's audio and its echo at the microphone: the near end talks at about -26 dBFS,
+/// the echo reaches the microphone 10 dB under it.
+fn far_and_echo(n: usize) -> (Vec<f32>, Vec<f32>) {
     let far: Vec<f32> = talker(7, n).iter().map(|v| v * 0.3).collect();
     let mut echo = convolve(&far, &room(11));
-    // The near end talks at about -26 dBFS; the echo reaches the microphone 10 dB under it.
     let want = 10f64.powf((-26.0 - 10.0) / 10.0);
     let gain = (want / power(&echo)).sqrt() as f32;
     echo.iter_mut().for_each(|v| *v *= gain);
+    (far, echo)
+}
+
+fn db(a: &[f32], b: &[f32]) -> f64 {
+    10.0 * (power(a) / power(b).max(1e-30)).log10()
+}
+
+fn erle(config: ProcessingConfig, seconds: usize) -> (Vec<f64>, f64) {
+    let n = RATE * seconds;
+    let (far, echo) = far_and_echo(n);
     let mut p = Processor::new(config).expect("processor");
     let mut out = Vec::with_capacity(n);
     for (f, e) in far.chunks(FRAME).zip(echo.chunks(FRAME)) {
@@ -90,7 +103,6 @@ fn erle(config: ProcessingConfig, seconds: usize) -> (Vec<f64>, f64) {
         p.capture(&mut c).unwrap();
         out.extend(c);
     }
-    let db = |a: &[f32], b: &[f32]| 10.0 * (power(a) / power(b).max(1e-30)).log10();
     let per_second = (0..seconds)
         .map(|s| {
             db(
@@ -127,4 +139,87 @@ fn without_the_canceller_the_echo_stays() {
     let (_, after) = erle(ProcessingConfig::none(), 4);
     eprintln!("ERLE without the canceller: {after:.1} dB");
     assert!(after.abs() < 3.0, "ERLE {after:.1} dB with nothing on");
+}
+
+/// Which processing a call gets: everything for the microphone and speaker, nothing for files
+/// and pipes, unless the flags say otherwise.
+#[test]
+fn processing_switches_follow_the_audio_and_the_flags() {
+    let on = |aec, ns, agc| Switches { aec, ns, agc };
+    let flags = |aec, ns, agc, none| ProcessingArgs {
+        aec,
+        ns,
+        agc,
+        no_audio_processing: none,
+    };
+    let cases = [
+        (
+            "devices, no flags",
+            true,
+            flags(false, false, false, false),
+            on(true, true, true),
+        ),
+        (
+            "files, no flags",
+            false,
+            flags(false, false, false, false),
+            on(false, false, false),
+        ),
+        (
+            "files, --aec",
+            false,
+            flags(true, false, false, false),
+            on(true, false, false),
+        ),
+        (
+            "devices, --ns only",
+            true,
+            flags(false, true, false, false),
+            on(false, true, false),
+        ),
+        (
+            "devices, --no-audio-processing",
+            true,
+            flags(false, false, false, true),
+            on(false, false, false),
+        ),
+    ];
+    for (name, devices, args, want) in cases {
+        assert_eq!(args.switches(devices), want, "{name}");
+    }
+}
+
+/// The wiring a call uses: what goes to playout is the echo reference, what is captured comes
+/// back cleaned.
+#[test]
+fn a_calls_audio_is_cleaned_with_playout_as_the_reference() {
+    let seconds = 4;
+    let (far, echo) = far_and_echo(RATE * seconds);
+    let (play_tx, play_rx) = mpsc::channel(50);
+    let (cap_tx, cap_rx) = mpsc::channel(3);
+    let audio = CallAudio {
+        capture: Some(cap_rx),
+        playback: Some(play_tx),
+    };
+    let s = Switches {
+        aec: true,
+        ns: false,
+        agc: false,
+    };
+    let CallAudio { capture, playback } = process(audio, s).expect("processing");
+    let (to_speaker, mut speaker) = (playback.expect("playback"), play_rx);
+    let mut cleaned = capture.expect("capture");
+    let mut out = Vec::new();
+    for (f, e) in far.chunks(FRAME).zip(echo.chunks(FRAME)) {
+        to_speaker.blocking_send(f.to_vec()).unwrap();
+        // Played unchanged, and rendered before the microphone's frame is processed.
+        assert_eq!(speaker.blocking_recv().as_deref(), Some(f));
+        cap_tx.blocking_send(e.to_vec()).unwrap();
+        out.extend(cleaned.blocking_recv().expect("a cleaned frame"));
+    }
+    let after = db(&echo[2 * RATE..], &out[2 * RATE..]);
+    assert!(
+        after >= 25.0,
+        "ERLE through the call's wiring: {after:.1} dB"
+    );
 }
