@@ -269,7 +269,7 @@ impl Resident {
         if let Some(cmd) = &args.exec {
             let (audio, child) = call_io::exec_for_call(cmd, call, peer, me)?;
             self.children.insert(call, child);
-            return call_audio::process(audio, switches);
+            return call_audio::process(audio, switches, 0);
         }
         // Without files, one call at a time, on a terminal: the microphone and speaker.
         if args.play.is_none()
@@ -277,7 +277,11 @@ impl Resident {
             && args.max_calls == 1
             && call_audio::use_devices()
         {
-            return call_audio::process(call_audio::devices()?, args.processing.switches(true));
+            return call_audio::process(
+                call_audio::devices()?,
+                args.processing.switches(true),
+                call_audio::DEVICE_DELAY_MS,
+            );
         }
         let capture = match &args.play {
             Some(p) if is_std(p) && self.stdin_used => None,
@@ -308,7 +312,7 @@ impl Resident {
             }
             None => None,
         };
-        call_audio::process(CallAudio { capture, playback }, switches)
+        call_audio::process(CallAudio { capture, playback }, switches, 0)
     }
 }
 

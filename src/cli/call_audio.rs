@@ -72,13 +72,24 @@ pub fn use_devices() -> bool {
 }
 
 /// Puts the processor between the call and `audio`: what the call hands to playout is the
-/// echo reference, and what is captured is cleaned before the call encodes it.
-pub fn process(audio: CallAudio, s: Switches) -> anyhow::Result<CallAudio> {
+/// echo reference, and what is captured is cleaned before the call encodes it. `delay_ms`:
+/// how long the speaker's sound takes to come back in the captured audio, as far as known
+/// ([`DEVICE_DELAY_MS`] for the devices, 0 for files and pipes).
+pub fn process(audio: CallAudio, s: Switches, delay_ms: u32) -> anyhow::Result<CallAudio> {
     if !(s.aec || s.ns || s.agc) {
         return Ok(audio);
     }
-    imp::process(audio, s)
+    imp::process(audio, s, delay_ms)
 }
+
+/// Audio kept ahead of the speaker. pipe-audio's 200 ms suits files; a call wants little:
+/// it is delay on the call, and the echo canceller must find the echo within about 100 ms of
+/// what it is told (see `ProcessingConfig::delay_ms`). Two call frames and a bit.
+const DEVICE_BUFFER_MS: u32 = 50;
+
+/// The speaker-to-microphone delay the canceller is told for the devices: the playback
+/// buffer, the sound card's own periods (about four of 10 ms), the capture period.
+pub const DEVICE_DELAY_MS: u32 = DEVICE_BUFFER_MS + 50;
 
 /// The default microphone and speaker as a call's audio.
 pub fn devices() -> anyhow::Result<CallAudio> {
@@ -89,7 +100,7 @@ pub fn devices() -> anyhow::Result<CallAudio> {
 mod imp {
     use super::*;
 
-    pub fn process(_: CallAudio, _: Switches) -> anyhow::Result<CallAudio> {
+    pub fn process(_: CallAudio, _: Switches, _: u32) -> anyhow::Result<CallAudio> {
         anyhow::bail!("--aec, --ns and --agc need a build with the devices feature")
     }
 
@@ -111,12 +122,13 @@ mod imp {
     use crate::audio::{self, FileFormat, SampleFormat, Sink, Source, Spec};
     use crate::net::drivers::call::FRAME;
 
-    pub fn process(audio: CallAudio, s: Switches) -> anyhow::Result<CallAudio> {
+    pub fn process(audio: CallAudio, s: Switches, delay_ms: u32) -> anyhow::Result<CallAudio> {
         let p = Processor::new(ProcessingConfig {
             aec: s.aec,
             ns: s.ns,
             agc: s.agc,
             engine: Engine::Webrtc,
+            delay_ms,
         })?;
         tracing::info!(?s, "audio processing on");
         let p = Arc::new(Mutex::new(p));
@@ -214,6 +226,13 @@ mod imp {
         }
     }
 
+    fn options() -> DeviceOptions {
+        DeviceOptions {
+            buffer: std::time::Duration::from_millis(DEVICE_BUFFER_MS.into()),
+            ..DeviceOptions::default()
+        }
+    }
+
     pub fn devices() -> anyhow::Result<CallAudio> {
         let (cap_tx, cap_rx) = mpsc::channel(3);
         let (play_tx, play_rx) = mpsc::channel(50);
@@ -223,14 +242,14 @@ mod imp {
                 buf: Vec::new(),
             };
             let stop = AtomicBool::new(false);
-            if let Err(e) = device::capture(&mut sink, None, &DeviceOptions::default(), &stop) {
+            if let Err(e) = device::capture(&mut sink, None, &options(), &stop) {
                 tracing::warn!("microphone: {e}");
             }
         });
         std::thread::spawn(move || {
             let mut source = FromCall(play_rx);
             let stop = AtomicBool::new(false);
-            if let Err(e) = device::play(&mut source, &DeviceOptions::default(), &stop) {
+            if let Err(e) = device::play(&mut source, &options(), &stop) {
                 tracing::warn!("speaker: {e}");
             }
         });

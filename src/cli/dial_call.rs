@@ -91,9 +91,15 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
     } else {
         CallAudio { capture, playback }
     };
+    let delay = if devices {
+        call_audio::DEVICE_DELAY_MS
+    } else {
+        0
+    };
     let mut audio = Some(call_audio::process(
         audio,
         args.processing.switches(devices),
+        delay,
     )?);
     let mut agent = AgentConfig::new(Vec::new());
     // A warm standby with a second supernode (when the mesh has one): if ours dies mid-call,

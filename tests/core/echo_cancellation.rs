@@ -120,6 +120,7 @@ fn aec_only(engine: Engine) -> ProcessingConfig {
         ns: false,
         agc: false,
         engine,
+        delay_ms: 0,
     }
 }
 
@@ -206,7 +207,7 @@ fn a_calls_audio_is_cleaned_with_playout_as_the_reference() {
         ns: false,
         agc: false,
     };
-    let CallAudio { capture, playback } = process(audio, s).expect("processing");
+    let CallAudio { capture, playback } = process(audio, s, 0).expect("processing");
     let (to_speaker, mut speaker) = (playback.expect("playback"), play_rx);
     let mut cleaned = capture.expect("capture");
     let mut out = Vec::new();

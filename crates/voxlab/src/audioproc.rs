@@ -32,6 +32,9 @@ pub struct AudioProcessArgs {
     /// The library.
     #[arg(long, value_enum, default_value_t = EngineArg::Webrtc)]
     pub engine: EngineArg,
+    /// The speaker-to-microphone delay to report to the canceller, ms.
+    #[arg(long = "delay-ms", default_value_t = 0)]
+    pub delay_ms: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,6 +71,7 @@ pub fn run(a: AudioProcessArgs) -> anyhow::Result<()> {
             EngineArg::Webrtc => Engine::Webrtc,
             EngineArg::Speex => Engine::Speex,
         },
+        delay_ms: a.delay_ms,
     };
     let mut p = Processor::new(config)?;
     const FRAME: usize = 960;

@@ -13,12 +13,9 @@ unsafe extern "C" {
     fn voxmesh_apm_erle(apm: *mut c_void) -> c_float;
 }
 
-/// The render-to-capture delay we report. The delay-agnostic mode estimates the real one from
-/// the signals; this is only its starting point (a sound card's buffering is unknown here).
-const DELAY_MS: c_int = 0;
-
-/// One `webrtc::AudioProcessing` instance.
-pub struct Apm(NonNull<c_void>);
+/// One `webrtc::AudioProcessing` instance, and the render-to-capture delay we report (the
+/// delay-agnostic mode's starting point).
+pub struct Apm(NonNull<c_void>, c_int);
 
 // The instance is only touched through `&mut self`; the library keeps no thread affinity.
 unsafe impl Send for Apm {}
@@ -28,7 +25,7 @@ impl Apm {
         // SAFETY: plain values in; a pointer we own (or null) out.
         let p = unsafe { voxmesh_apm_new(c.aec.into(), c.ns.into(), c.agc.into()) };
         NonNull::new(p)
-            .map(Apm)
+            .map(|p| Apm(p, c.delay_ms.min(500) as c_int))
             .ok_or(ProcessingError::Setup(Engine::Webrtc))
     }
 
@@ -41,7 +38,7 @@ impl Apm {
     pub fn capture(&mut self, chunk: &mut [f32]) -> Result<(), ProcessingError> {
         assert_eq!(chunk.len(), CHUNK);
         // SAFETY: the shim reads and writes exactly CHUNK floats.
-        check(unsafe { voxmesh_apm_capture(self.0.as_ptr(), chunk.as_mut_ptr(), DELAY_MS) })
+        check(unsafe { voxmesh_apm_capture(self.0.as_ptr(), chunk.as_mut_ptr(), self.1) })
     }
 
     pub fn erle(&self) -> Option<f32> {
