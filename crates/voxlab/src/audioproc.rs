@@ -41,6 +41,7 @@ pub struct AudioProcessArgs {
 pub enum EngineArg {
     Webrtc,
     Speex,
+    Rnnoise,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<f32>> {
@@ -70,6 +71,7 @@ pub fn run(a: AudioProcessArgs) -> anyhow::Result<()> {
         engine: match a.engine {
             EngineArg::Webrtc => Engine::Webrtc,
             EngineArg::Speex => Engine::Speex,
+            EngineArg::Rnnoise => Engine::Rnnoise,
         },
         delay_ms: a.delay_ms,
     };

@@ -21,6 +21,7 @@
 //! [`render`]: Processor::render
 //! [`capture`]: Processor::capture
 
+mod rnnoise;
 mod speex;
 mod webrtc;
 
@@ -82,6 +83,8 @@ pub enum Engine {
     Webrtc,
     /// speexdsp.
     Speex,
+    /// WebRTC's echo canceller and gain control, RNNoise (`nnnoiseless`) for the noise.
+    Rnnoise,
 }
 
 /// Why a [`Processor`] could not be made or refused a frame.
@@ -115,6 +118,8 @@ pub struct Processor {
 enum Inner {
     Webrtc(webrtc::Apm),
     Speex(Box<speex::Mdf>),
+    /// WebRTC without its noise suppressor, then RNNoise when noise suppression is on.
+    Rnnoise(webrtc::Apm, Option<Box<rnnoise::Rnn>>),
 }
 
 impl Processor {
@@ -122,6 +127,13 @@ impl Processor {
         let engine = match config.engine {
             Engine::Webrtc => Inner::Webrtc(webrtc::Apm::new(config)?),
             Engine::Speex => Inner::Speex(Box::new(speex::Mdf::new(config)?)),
+            Engine::Rnnoise => Inner::Rnnoise(
+                webrtc::Apm::new(ProcessingConfig {
+                    ns: false,
+                    ..config
+                })?,
+                config.ns.then(|| Box::new(rnnoise::Rnn::new())),
+            ),
         };
         Ok(Processor {
             engine,
@@ -144,7 +156,7 @@ impl Processor {
             rest = &rest[take..];
             if self.pending.len() == CHUNK {
                 match &mut self.engine {
-                    Inner::Webrtc(a) => a.render(&self.pending)?,
+                    Inner::Webrtc(a) | Inner::Rnnoise(a, _) => a.render(&self.pending)?,
                     Inner::Speex(s) => s.render(&self.pending),
                 }
                 self.pending.clear();
@@ -162,6 +174,12 @@ impl Processor {
             match &mut self.engine {
                 Inner::Webrtc(a) => a.capture(chunk)?,
                 Inner::Speex(s) => s.capture(chunk),
+                Inner::Rnnoise(a, rnn) => {
+                    a.capture(chunk)?;
+                    if let Some(r) = rnn {
+                        r.process(chunk);
+                    }
+                }
             }
         }
         Ok(())
@@ -171,7 +189,7 @@ impl Processor {
     /// for logs: the benchmark measures the real one).
     pub fn erle_estimate(&self) -> Option<f32> {
         match &self.engine {
-            Inner::Webrtc(a) => a.erle(),
+            Inner::Webrtc(a) | Inner::Rnnoise(a, _) => a.erle(),
             Inner::Speex(_) => None,
         }
     }
