@@ -6,8 +6,6 @@
 
 mod support;
 
-#[path = "core/echo_cancellation.rs"]
-mod echo_cancellation;
 #[path = "core/identity_keys.rs"]
 mod identity_keys;
 #[path = "core/identity_records.rs"]

@@ -127,7 +127,7 @@ mod imp {
             aec: s.aec,
             ns: s.ns,
             agc: s.agc,
-            engine: Engine::Webrtc,
+            engine: Engine::Aec3,
             delay_ms,
         })?;
         tracing::info!(?s, "audio processing on");

@@ -42,6 +42,7 @@ pub enum EngineArg {
     Webrtc,
     Speex,
     Rnnoise,
+    Aec3,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<f32>> {
@@ -72,6 +73,7 @@ pub fn run(a: AudioProcessArgs) -> anyhow::Result<()> {
             EngineArg::Webrtc => Engine::Webrtc,
             EngineArg::Speex => Engine::Speex,
             EngineArg::Rnnoise => Engine::Rnnoise,
+            EngineArg::Aec3 => Engine::Aec3,
         },
         delay_ms: a.delay_ms,
     };

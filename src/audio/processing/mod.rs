@@ -27,6 +27,7 @@
 //! [`render`]: Processor::render
 //! [`capture`]: Processor::capture
 
+mod aec3;
 mod rnnoise;
 mod speex;
 mod webrtc;
@@ -60,7 +61,7 @@ impl ProcessingConfig {
             aec: true,
             ns: true,
             agc: true,
-            engine: Engine::Webrtc,
+            engine: Engine::Aec3,
             delay_ms: 0,
         }
     }
@@ -71,7 +72,7 @@ impl ProcessingConfig {
             aec: false,
             ns: false,
             agc: false,
-            engine: Engine::Webrtc,
+            engine: Engine::Aec3,
             delay_ms: 0,
         }
     }
@@ -91,6 +92,9 @@ pub enum Engine {
     Speex,
     /// WebRTC's echo canceller and gain control, RNNoise (`nnnoiseless`) for the noise.
     Rnnoise,
+    /// WebRTC's AEC3 (the pure-Rust `aec3` port) for the echo, then the system library's
+    /// noise suppressor and gain control.
+    Aec3,
 }
 
 /// Why a [`Processor`] could not be made or refused a frame.
@@ -126,6 +130,8 @@ enum Inner {
     Speex(Box<speex::Mdf>),
     /// WebRTC without its noise suppressor, then RNNoise when noise suppression is on.
     Rnnoise(webrtc::Apm, Option<Box<rnnoise::Rnn>>),
+    /// AEC3 when echo cancellation is on, then WebRTC without its canceller.
+    Aec3(Option<Box<aec3::Aec3>>, webrtc::Apm),
 }
 
 impl Processor {
@@ -139,6 +145,16 @@ impl Processor {
                     ..config
                 })?,
                 config.ns.then(|| Box::new(rnnoise::Rnn::new())),
+            ),
+            Engine::Aec3 => Inner::Aec3(
+                match config.aec {
+                    true => Some(Box::new(aec3::Aec3::new(config)?)),
+                    false => None,
+                },
+                webrtc::Apm::new(ProcessingConfig {
+                    aec: false,
+                    ..config
+                })?,
             ),
         };
         Ok(Processor {
@@ -164,6 +180,11 @@ impl Processor {
                 match &mut self.engine {
                     Inner::Webrtc(a) | Inner::Rnnoise(a, _) => a.render(&self.pending)?,
                     Inner::Speex(s) => s.render(&self.pending),
+                    Inner::Aec3(a, _) => {
+                        if let Some(a) = a {
+                            a.render(&self.pending)?;
+                        }
+                    }
                 }
                 self.pending.clear();
             }
@@ -180,6 +201,12 @@ impl Processor {
             match &mut self.engine {
                 Inner::Webrtc(a) => a.capture(chunk)?,
                 Inner::Speex(s) => s.capture(chunk),
+                Inner::Aec3(a, apm) => {
+                    if let Some(a) = a {
+                        a.capture(chunk)?;
+                    }
+                    apm.capture(chunk)?;
+                }
                 Inner::Rnnoise(a, rnn) => {
                     a.capture(chunk)?;
                     if let Some(r) = rnn {
@@ -196,7 +223,7 @@ impl Processor {
     pub fn erle_estimate(&self) -> Option<f32> {
         match &self.engine {
             Inner::Webrtc(a) | Inner::Rnnoise(a, _) => a.erle(),
-            Inner::Speex(_) => None,
+            Inner::Speex(_) | Inner::Aec3(..) => None,
         }
     }
 }
