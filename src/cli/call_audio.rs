@@ -82,9 +82,9 @@ pub fn process(audio: CallAudio, s: Switches, delay_ms: u32) -> anyhow::Result<C
     imp::process(audio, s, delay_ms)
 }
 
-/// Audio kept ahead of the speaker. pipe-audio's 200 ms suits files; a call wants little:
-/// it is delay on the call, and the echo canceller must find the echo within about 100 ms of
-/// what it is told (see `ProcessingConfig::delay_ms`). Two call frames and a bit.
+/// Audio kept ahead of the speaker. pipe-audio's 200 ms suits files; a call wants little, as
+/// it is delay on the call (and the shorter the echo's delay, the sooner the canceller finds
+/// it). Two call frames and a bit.
 const DEVICE_BUFFER_MS: u32 = 50;
 
 /// The speaker-to-microphone delay the canceller is told for the devices: the playback

@@ -29,8 +29,8 @@ pub struct AudioProcessArgs {
     /// Automatic gain control.
     #[arg(long)]
     pub agc: bool,
-    /// The library.
-    #[arg(long, value_enum, default_value_t = EngineArg::Webrtc)]
+    /// The library (aec3: what calls use).
+    #[arg(long, value_enum, default_value_t = EngineArg::Aec3)]
     pub engine: EngineArg,
     /// The speaker-to-microphone delay to report to the canceller, ms.
     #[arg(long = "delay-ms", default_value_t = 0)]

@@ -7,21 +7,25 @@
 //! directions in the order they happen (render before the capture that holds its echo).
 //!
 //! Engines (feature `devices`):
-//! - [`Engine::Webrtc`] (the default): WebRTC's audio processing module as Debian ships it
-//!   (webrtc-audio-processing 0.3): the AEC with the extended filter and delay-agnostic mode
-//!   (it finds the speaker-to-microphone delay itself), its noise suppressor and the adaptive
-//!   digital AGC.
+//! - [`Engine::Aec3`] (what calls use): WebRTC's current canceller, AEC3, through the pure-Rust
+//!   `aec3` port (it estimates the speaker-to-microphone delay itself, 200 ms and more), then
+//!   the system library's noise suppressor and adaptive digital AGC.
+//! - [`Engine::Webrtc`]: WebRTC's audio processing module as Debian ships it
+//!   (webrtc-audio-processing 0.3): the older AEC (extended filter, delay-agnostic mode), its
+//!   noise suppressor and AGC.
 //! - [`Engine::Speex`]: speexdsp's MDF canceller with the preprocessor's residual echo
 //!   suppression, denoiser and AGC.
-//! - [`Engine::Rnnoise`]: WebRTC's canceller and AGC with RNNoise (`nnnoiseless`, pure Rust)
-//!   as the noise suppressor.
+//! - [`Engine::Rnnoise`]: the 0.3 library's canceller and AGC with RNNoise (`nnnoiseless`,
+//!   pure Rust) as the noise suppressor.
 //!
-//! The last two are kept to measure against: `scripts/bench-echo` runs all three on simulated
-//! rooms and noises. WebRTC meets the echo target (ERLE >= 25 dB after 2 s) where speexdsp's
-//! slower canceller does not, and its noise suppressor scored best in three of four noises;
-//! none keeps double talk within 0.3 PESQ of the echo-free case (see that script).
+//! The others are kept to measure against: `scripts/bench-echo` runs them all on simulated
+//! rooms and noises. AEC3 meets both echo targets (ERLE >= 25 dB after 2 s; near-end speech
+//! in double talk within 0.3 PESQ of the echo-free case); the 0.3 library's AEC meets the
+//! first but attenuates the near end whenever the far end talks (double talk 0.6 PESQ under
+//! echo-free) and loses an echo delayed 200 ms unless told; speexdsp converges too slowly
+//! for the first. The 0.3 library's noise suppressor scored best in three of four noises.
 //!
-//! Frames are the call's format, 48 kHz mono; both engines work in 10 ms, so [`capture`] takes
+//! Frames are the call's format, 48 kHz mono; every engine works in 10 ms, so [`capture`] takes
 //! whole multiples of 10 ms (the call's frames are 20 ms) and [`render`] buffers any length.
 //!
 //! [`render`]: Processor::render
@@ -46,11 +50,12 @@ pub struct ProcessingConfig {
     pub agc: bool,
     /// The library doing it.
     pub engine: Engine,
-    /// The speaker-to-microphone delay as far as it is known (the devices' buffering), ms.
-    /// WebRTC's delay-agnostic mode refines it from the signals, but only near what it is
-    /// told: measured on a simulated room, an unreported 100 ms costs 13 dB of ERLE and an
-    /// unreported 200 ms all but 5 dB (`scripts/bench-echo --bulk-delay-ms`). speexdsp
-    /// ignores it (its filter must span the delay).
+    /// The speaker-to-microphone delay as far as it is known (the devices' buffering), ms:
+    /// AEC3's starting point (it estimates the delay itself). The 0.3 library's
+    /// delay-agnostic mode needs it more: measured on a simulated room, an unreported 100 ms
+    /// costs it 13 dB of ERLE and an unreported 200 ms all but 5 dB
+    /// (`scripts/bench-echo --bulk-delay-ms`). speexdsp ignores it (its filter must span the
+    /// delay).
     pub delay_ms: u32,
 }
 
