@@ -39,7 +39,8 @@
 //! - [`net`]: the tokio drivers ([`net::drivers`]: STUN server, supernode, relay, relay link,
 //!   client, call, NAT probe, TURN client) and their plumbing: socket set-up, batched UDP I/O,
 //!   metrics endpoint, readiness notification, shutdown.
-//! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`).
+//! - [`audio`]: audio devices, WAV/Ogg Opus/raw I/O, resampling, pacing, analysis (`pipe-audio`);
+//!   echo cancellation, noise suppression and gain control for microphone-and-speaker calls.
 //! - [`cli`]: the binaries' programs: flag definitions, configuration, completions and man pages.
 //!
 //! The network-namespace NAT lab (harness, impairment forwarder, load generators, demo, doc

@@ -6,6 +6,8 @@
 
 mod support;
 
+#[path = "interop/echo_cancellation.rs"]
+mod echo_cancellation;
 #[path = "interop/natdiscovery_interop.rs"]
 mod natdiscovery_interop;
 #[path = "interop/pipe_audio_interop.rs"]

@@ -15,7 +15,9 @@
 //! - **Codec** (feature `calls`, libopus): `opusfile`, the Ogg Opus mapping (RFC 7845), and
 //!   [`stream`], sources and sinks on files and pipes in every format (`dial` and `answer` play
 //!   and record through it).
-//! - **Devices** (feature `devices`, cpal): [`device`], playback and capture (`pipe-audio`).
+//! - **Devices** (feature `devices`, cpal, and the system's WebRTC audio processing and
+//!   speexdsp): [`device`], playback and capture (`pipe-audio`); [`processing`], echo
+//!   cancellation, noise suppression and gain control for microphone-and-speaker calls.
 
 // Pure.
 mod analyze;
@@ -40,6 +42,8 @@ pub mod stream;
 // Devices.
 #[cfg(feature = "devices")]
 pub mod device;
+#[cfg(feature = "devices")]
+pub mod processing;
 
 pub use analyze::{Analysis, Analyzer, Comparison, compare, compare_samples, compare_whole};
 pub use dtmf::{DtmfDetector, DtmfEvent};

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
+use super::call_audio;
 use super::call_io::{self, Events, event_json, start_endpoint};
 use super::client::DirectoryArgs;
 use super::local::{self, DialRequest, Local};
@@ -77,6 +78,12 @@ the caller gives up). Beyond --max-calls calls at once, callers get busy. --exec
 (with sh -c) per call, accepted at once, with the caller's audio on its stdin and its stdout
 sent to the caller, both raw PCM 48 kHz mono s16le; its environment has VOXMESH_CALL,
 VOXMESH_PEER (the caller's verified ID) and VOXMESH_USER. The call ends when CMD exits.
+
+Microphone and speaker: on a terminal, without --play, --record or --exec and with one call at
+a time, a call talks through the default sound devices, with echo cancellation, noise
+suppression and gain control on (--no-audio-processing turns them off; --aec, --ns, --agc pick
+some). File, pipe and --exec audio is sent as it is unless --aec, --ns or --agc ask for
+processing (the audio received, as it goes to --record or CMD, is the echo reference).
 
 Local control socket: while online, answer listens on KEYFILE.sock next to its key file
 (a Unix socket, mode 0600, peers of another uid refused, removed on exit). A `dial` of the same
@@ -174,6 +181,9 @@ pub struct Args {
     #[arg(long)]
     pub dtx: bool,
 
+    #[command(flatten)]
+    pub processing: super::call_audio::ProcessingArgs,
+
     /// Read control commands (JSON lines) from this file, or - for stdin.
     #[arg(long, value_name = "FILE|-")]
     pub control: Option<PathBuf>,
@@ -255,10 +265,23 @@ impl Resident {
         peer: &str,
         me: &str,
     ) -> anyhow::Result<CallAudio> {
+        let switches = args.processing.switches(false);
         if let Some(cmd) = &args.exec {
             let (audio, child) = call_io::exec_for_call(cmd, call, peer, me)?;
             self.children.insert(call, child);
-            return Ok(audio);
+            return call_audio::process(audio, switches, 0);
+        }
+        // Without files, one call at a time, on a terminal: the microphone and speaker.
+        if args.play.is_none()
+            && args.record.is_none()
+            && args.max_calls == 1
+            && call_audio::use_devices()
+        {
+            return call_audio::process(
+                call_audio::devices()?,
+                args.processing.switches(true),
+                call_audio::DEVICE_DELAY_MS,
+            );
         }
         let capture = match &args.play {
             Some(p) if is_std(p) && self.stdin_used => None,
@@ -289,7 +312,7 @@ impl Resident {
             }
             None => None,
         };
-        Ok(CallAudio { capture, playback })
+        call_audio::process(CallAudio { capture, playback }, switches, 0)
     }
 }
 

@@ -71,6 +71,12 @@ Audio: --play and --record take WAV (.wav), Ogg Opus (.opus, .ogg) or raw PCM (a
 `-` is raw 48 kHz mono s16le on stdin/stdout). Playback is paced in real time; when it ends the
 call is hung up, unless --duration says how long to stay.
 
+Microphone and speaker: on a terminal, without --play and --record, the call talks through the
+default sound devices, with echo cancellation, noise suppression and gain control on
+(--no-audio-processing turns them off; --aec, --ns, --agc pick some). File and pipe audio is
+sent as it is unless --aec, --ns or --agc ask for processing (the audio received, as it goes
+to --record, is the echo reference).
+
 Examples:
   dial -s vxk1...@198.51.100.1:3478 bob --play hello.wav --record reply.wav
   pipe-audio capture | dial -s vxk1...@sn.example.org:3478 bob --play - --events calls.jsonl
@@ -136,6 +142,9 @@ pub struct Args {
     /// keep the path open meanwhile.
     #[arg(long)]
     pub dtx: bool,
+
+    #[command(flatten)]
+    pub processing: super::call_audio::ProcessingArgs,
 
     /// Test knob: run this end's audio clock (capture and playout ticks) this many ppm fast,
     /// to measure clock drift between two ends that share one machine's clock.

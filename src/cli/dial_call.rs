@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
+use super::call_audio;
 use super::call_io::{self, Events, endpoint_config, event_json, exit_code, start_endpoint};
 use super::dial::{Args, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use super::local::{self, DialRequest};
@@ -72,6 +73,8 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         Some(p) => Some(call_io::read_control(p.clone())?),
         None => None,
     };
+    // Without files, on a terminal: the microphone and speaker.
+    let devices = args.play.is_none() && args.record.is_none() && call_audio::use_devices();
     let capture = match &args.play {
         Some(p) => Some(call_io::play_file(p)?),
         None => None,
@@ -83,7 +86,21 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         }
         None => (None, None),
     };
-    let mut audio = Some(CallAudio { capture, playback });
+    let audio = if devices {
+        call_audio::devices()?
+    } else {
+        CallAudio { capture, playback }
+    };
+    let delay = if devices {
+        call_audio::DEVICE_DELAY_MS
+    } else {
+        0
+    };
+    let mut audio = Some(call_audio::process(
+        audio,
+        args.processing.switches(devices),
+        delay,
+    )?);
     let mut agent = AgentConfig::new(Vec::new());
     // A warm standby with a second supernode (when the mesh has one): if ours dies mid-call,
     // the mesh warns us through it and we re-register in about 5 s instead of the ~13 s it
@@ -271,6 +288,12 @@ async fn through_answer(args: Args, stream: UnixStream) -> anyhow::Result<u8> {
         hangup_at_end: args.duration.is_none(),
         ..DialRequest::default()
     };
+    let p = &args.processing;
+    if p.aec || p.ns || p.agc {
+        eprintln!(
+            "dial: --aec, --ns and --agc are ignored: the call goes through the running answer, whose audio is files"
+        );
+    }
     if args.relay_only {
         eprintln!(
             "dial: --relay-only is ignored: the call goes through the running answer, with its settings"

@@ -8,6 +8,8 @@
 #[cfg(feature = "calls")]
 pub mod answer;
 #[cfg(feature = "calls")]
+pub mod call_audio;
+#[cfg(feature = "calls")]
 pub mod call_io;
 #[cfg(feature = "calls")]
 pub mod client;

@@ -4,6 +4,7 @@
 //! the simulated tests run on ([`sim`]). Nothing here runs in production paths: this crate is
 //! not part of the installed product (`cargo install voxmesh` does not build it).
 
+pub mod audioproc;
 pub mod capture;
 pub mod demo;
 pub mod demo_calls;

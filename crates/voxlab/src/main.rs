@@ -35,6 +35,9 @@ enum Cmd {
     /// Decode a call's sent Opus packets offline from its media traces: clean, with the
     /// receiver's losses concealed, and with them rebuilt from FEC (bench-media's references).
     MediaRef(voxlab::mediaref::MediaRefArgs),
+    /// Run the product's echo cancellation, noise suppression and gain control offline on a
+    /// far-end and a microphone WAV (scripts/bench-echo).
+    AudioProcess(voxlab::audioproc::AudioProcessArgs),
     /// Regenerate shell completions and man pages (or, with --check, list stale ones).
     GenDocs {
         /// Only report stale files; exit 1 if any.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Cmd::SnLoad(a) => voxlab::snload::run(a),
         Cmd::Sim(a) => voxlab::sim::pop::run(a),
         Cmd::MediaRef(a) => voxlab::mediaref::run(a),
+        Cmd::AudioProcess(a) => voxlab::audioproc::run(a),
         Cmd::GenDocs { check, root } => gen_docs(check, &root),
         Cmd::Demo => voxlab::demo::run().and_then(|ok| {
             if ok {
