@@ -251,6 +251,45 @@ pub struct Engine<P: Policy> {
     pub errors: BTreeMap<String, u64>,
     pub call_failures: BTreeMap<String, u64>,
     pub steps: u64,
+    /// The work of supernodes already gone (see [`Engine::work`]).
+    work_of_gone: Work,
+}
+
+/// What the supernodes did, summed over every supernode of the run: where the real cores spend
+/// the simulator's time (each handshake is X25519 work on both sides, each registration and
+/// store an Ed25519 verification).
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+pub struct Work {
+    /// Handshakes supernodes answered (from clients, relays and other supernodes).
+    pub handshakes_answered: u64,
+    /// Handshakes supernodes started (to other supernodes, on demand).
+    pub handshakes_initiated: u64,
+    /// Datagrams supernodes sent and received.
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Registrations accepted (a signature check each).
+    pub registrations: u64,
+    /// Entries stored as a home for another supernode (a signature check each).
+    pub stores: u64,
+    pub refreshes: u64,
+    pub lookups: u64,
+    pub presence_pushes: u64,
+}
+
+impl Work {
+    fn add(&mut self, s: &Supernode) {
+        let c = s.session_counters();
+        self.handshakes_answered += c.handshakes_answered;
+        self.handshakes_initiated += c.handshakes_initiated;
+        self.frames_in += c.frames_in;
+        self.frames_out += c.frames_out;
+        let n = s.counters();
+        self.registrations += n.registrations;
+        self.stores += n.stores;
+        self.refreshes += n.refreshes;
+        self.lookups += n.lookups;
+        self.presence_pushes += n.presence_pushes;
+    }
 }
 
 /// Events ordered by (time, insertion) only: the payload never takes part in the comparison.
@@ -337,6 +376,7 @@ impl<P: Policy> Engine<P> {
             errors: BTreeMap::new(),
             call_failures: BTreeMap::new(),
             steps: 0,
+            work_of_gone: Work::default(),
         }
     }
 
@@ -535,6 +575,9 @@ impl<P: Policy> Engine<P> {
     }
 
     fn reap(&mut self, n: u32) {
+        if let Core::Sn(s) = &self.nodes[n as usize].core {
+            self.work_of_gone.add(s);
+        }
         let node = &mut self.nodes[n as usize];
         node.core = Core::Gone;
         node.armed = None;
@@ -1332,7 +1375,7 @@ impl<P: Policy> Engine<P> {
         for &s in &self.sns {
             let (node, ..) = self.clients[s as usize].sn.expect("a supernode");
             if let Core::Sn(sn) = &self.nodes[node as usize].core {
-                let load = sn.status().clients;
+                let load = sn.client_count();
                 sn_max = sn_max.max(load);
                 self.sn_loads.push(load as f64);
                 if load > self.cfg.sn_max_clients {
@@ -1485,6 +1528,17 @@ fn short(s: &str) -> String {
 }
 
 impl<P: Policy> Engine<P> {
+    /// The supernodes' work over the run: those gone and those serving at the end.
+    pub fn work(&self) -> Work {
+        let mut w = self.work_of_gone.clone();
+        for n in &self.nodes {
+            if let Core::Sn(s) = &n.core {
+                w.add(s);
+            }
+        }
+        w
+    }
+
     /// Users ever seen (identities; a returning user counts once).
     pub fn user_count(&self) -> usize {
         self.users.len()
