@@ -269,8 +269,10 @@ pub struct Work {
     pub frames_out: u64,
     /// Registrations accepted (a signature check each).
     pub registrations: u64,
-    /// Entries stored as a home for another supernode (a signature check each).
+    /// Entries stored as a home for another supernode (a signature check each, but for
+    /// `stores_held`: records the home held already).
     pub stores: u64,
+    pub stores_held: u64,
     pub refreshes: u64,
     pub lookups: u64,
     pub presence_pushes: u64,
@@ -286,6 +288,7 @@ impl Work {
         let n = s.counters();
         self.registrations += n.registrations;
         self.stores += n.stores;
+        self.stores_held += n.stores_held;
         self.refreshes += n.refreshes;
         self.lookups += n.lookups;
         self.presence_pushes += n.presence_pushes;
