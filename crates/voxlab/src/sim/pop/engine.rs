@@ -735,10 +735,6 @@ impl<P: Policy> Engine<P> {
         let mut acfg = AgentConfig::new(list);
         // No TCP in the simulated network: UDP alone, never raced.
         acfg.udp_head_start = Duration::from_secs(24 * 3600);
-        // A client accepts no sessions, so its per-source handshake limiter tables (4,096
-        // buckets twice, ~200 KB an endpoint by default) are never used: kept tiny here, or a
-        // hundred thousand clients would spend gigabytes on them.
-        acfg.session.rate.buckets = 16;
         let identity = self.users[user as usize].id.clone();
         let seed = derive(self.cfg.seed, 2, u64::from(c));
         let agent = Agent::new(identity, acfg, self.base + now, self.unix(), seed);
