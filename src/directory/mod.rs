@@ -29,6 +29,7 @@ pub fn homes(key: &[u8], members: &[UserId], n: usize) -> Vec<UserId> {
 /// every entry it homes against the whole mesh on each membership change, and with hundreds of
 /// members a hash per pair made that the largest cost of a big mesh. The score stays as hard
 /// to steer: member IDs are themselves hashes of keys, and the key side is still SHA-256.
+/// Every supernode of a mesh must score alike: a change here moves homes (as this one did).
 pub fn home_key(key: &[u8]) -> u64 {
     let mut h = Sha256::new();
     h.update(b"voxmesh/v1/home\0");
