@@ -18,20 +18,159 @@ pub const REPLICAS: usize = 3;
 /// scores every key; the best scores win). When membership changes, only the keys whose winners
 /// changed move, and every supernode computes the same answer from the same member list.
 pub fn homes(key: &[u8], members: &[UserId], n: usize) -> Vec<UserId> {
-    let mut scored: Vec<(u64, UserId)> = members
-        .iter()
-        .map(|m| {
-            let mut h = Sha256::new();
-            h.update(b"voxmesh/v1/home\0");
-            h.update(m.as_bytes());
-            h.update(key);
-            let d = h.finalize();
-            (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")), *m)
-        })
-        .collect();
-    scored.sort_by(|a, b| b.cmp(a));
-    scored.dedup_by_key(|(_, m)| *m);
-    scored.into_iter().take(n).map(|(_, m)| m).collect()
+    top_homes(home_key(key), members.iter(), n)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// A key's rendezvous digest: hashed once, then scored against every member by
+/// [`home_score`]. One SHA-256 per key rather than per (member, key) pair: a supernode scores
+/// every entry it homes against the whole mesh on each membership change, and with hundreds of
+/// members a hash per pair made that the largest cost of a big mesh. The score stays as hard
+/// to steer: member IDs are themselves hashes of keys, and the key side is still SHA-256.
+/// Every supernode of a mesh must score alike: a change here moves homes (as this one did).
+pub fn home_key(key: &[u8]) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"voxmesh/v1/home\0");
+    h.update(key);
+    u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+/// Member `m`'s score for a key digest: the digest mixed with the member's ID by the splitmix64
+/// finaliser (a bijection with full avalanche), twice to take in 16 bytes of the ID.
+pub fn home_score(key: u64, m: &UserId) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let b = m.as_bytes();
+    let a = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+    let c = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
+    mix(mix(key ^ a) ^ c)
+}
+
+/// The `n` best (score, member) of `members` for key digest `key`, best first (ties broken by
+/// the higher ID; a member listed twice counts once).
+pub fn top_homes<'a>(
+    key: u64,
+    members: impl IntoIterator<Item = &'a UserId>,
+    n: usize,
+) -> Vec<(u64, UserId)> {
+    best_of(members.into_iter().map(|m| (home_score(key, m), *m)), n)
+}
+
+/// The `n` highest of `scored`, best first, each member once.
+fn best_of(scored: impl IntoIterator<Item = (u64, UserId)>, n: usize) -> Vec<(u64, UserId)> {
+    let mut best: Vec<(u64, UserId)> = Vec::with_capacity(n + 1);
+    if n == 0 {
+        return best;
+    }
+    for e in scored {
+        if best.len() == n && e <= best[n - 1] {
+            continue;
+        }
+        if best.iter().any(|b| b.1 == e.1) {
+            continue;
+        }
+        let at = best.iter().position(|b| e > *b).unwrap_or(best.len());
+        best.insert(at, e);
+        best.truncate(n);
+    }
+    best
+}
+
+/// The homes (with scores) of the users a supernode holds, for the member list they were
+/// computed over, so that a membership change costs a score per added member per user rather
+/// than a scan of the whole mesh per user: if none of a user's homes left, its new homes are
+/// the best of its old homes and the members that joined (every other old member ranked below
+/// all of its old homes). Only a user that lost a home is scored against the whole mesh.
+#[derive(Debug, Default)]
+pub struct HomeCache {
+    over: Vec<UserId>,
+    homes: HashMap<UserId, Vec<(u64, UserId)>>,
+}
+
+/// One membership change seen through a [`HomeCache`]: [`Rehoming::moved`] gives a user's
+/// homes before and after; [`Rehoming::keep`] records the users still held.
+pub struct Rehoming<'a> {
+    old: &'a [UserId],
+    new: &'a [UserId],
+    added: Vec<UserId>,
+    removed: HashSet<UserId>,
+    cached: HashMap<UserId, Vec<(u64, UserId)>>,
+    next: HashMap<UserId, Vec<(u64, UserId)>>,
+}
+
+impl HomeCache {
+    /// Starts the change from `old` to `new` (the cache is trusted only if it was computed over
+    /// `old`; else every user is scored afresh).
+    pub fn change<'a>(&mut self, old: &'a [UserId], new: &'a [UserId]) -> Rehoming<'a> {
+        let mut cached = std::mem::take(&mut self.homes);
+        if self.over != old {
+            cached.clear();
+        }
+        let was: HashSet<UserId> = old.iter().copied().collect();
+        let now: HashSet<UserId> = new.iter().copied().collect();
+        Rehoming {
+            old,
+            new,
+            added: new.iter().filter(|m| !was.contains(m)).copied().collect(),
+            removed: old.iter().filter(|m| !now.contains(m)).copied().collect(),
+            cached,
+            next: HashMap::new(),
+        }
+    }
+
+    /// Ends a change: the users [`Rehoming::keep`] recorded are cached over its new members.
+    pub fn finish(&mut self, r: Rehoming<'_>) {
+        self.over = r.new.to_vec();
+        self.homes = r.next;
+    }
+}
+
+impl Rehoming<'_> {
+    /// `user`'s homes over the old members and the new.
+    pub fn moved(&self, user: &UserId) -> (Vec<UserId>, Vec<UserId>) {
+        let (b, a) = self.scored(user);
+        (ids(&b), ids(&a))
+    }
+
+    fn scored(&self, user: &UserId) -> (Scored, Scored) {
+        let k = home_key(user.as_bytes());
+        let before = match self.cached.get(user) {
+            Some(b) => b.clone(),
+            None => top_homes(k, self.old, REPLICAS),
+        };
+        let after = if before.iter().any(|(_, h)| self.removed.contains(h)) {
+            top_homes(k, self.new, REPLICAS)
+        } else {
+            let joined = self.added.iter().map(|m| (home_score(k, m), *m));
+            best_of(before.iter().copied().chain(joined), REPLICAS)
+        };
+        (before, after)
+    }
+
+    /// Whether `me` homes `user` (a user ID) after the change; if so its homes are cached.
+    pub fn keep(&mut self, me: &UserId, user: &UserId) -> bool {
+        if let Some(a) = self.next.get(user) {
+            return a.iter().any(|(_, h)| h == me);
+        }
+        let (_, after) = self.scored(user);
+        let kept = after.iter().any(|(_, h)| h == me);
+        if kept {
+            self.next.insert(*user, after);
+        }
+        kept
+    }
+}
+
+/// Homes with their scores, best first.
+type Scored = Vec<(u64, UserId)>;
+
+fn ids(v: &[(u64, UserId)]) -> Vec<UserId> {
+    v.iter().map(|(_, m)| *m).collect()
 }
 
 /// The homes of a user's entry.
@@ -336,6 +475,44 @@ mod tests {
             count.values().all(|c| (1500..2100).contains(c)),
             "{count:?}"
         );
+    }
+
+    #[test]
+    fn the_home_cache_agrees_with_scoring_the_whole_mesh() {
+        let uid = |n: u32| {
+            let mut b = [0u8; 20];
+            b[..4].copy_from_slice(&n.to_be_bytes());
+            UserId(Sha256::digest(b)[..20].try_into().unwrap())
+        };
+        let users: Vec<UserId> = (1000..1300).map(uid).collect();
+        let me = uid(0);
+        let mut members: Vec<UserId> = (0..12).map(uid).collect();
+        let mut cache = HomeCache::default();
+        // Joins, departures of homes and others, several at once, and a cache for another
+        // list (a change it did not see: it must start afresh).
+        let steps: [(&[u32], &[u32]); 5] = [
+            (&[20], &[]),
+            (&[21, 22], &[3]),
+            (&[], &[20, 5]),
+            (&[23], &[21]),
+            (&[24], &[]),
+        ];
+        for (i, (join, leave)) in steps.iter().enumerate() {
+            let old = members.clone();
+            members.retain(|m| !leave.iter().any(|l| uid(*l) == *m));
+            members.extend(join.iter().map(|j| uid(*j)));
+            if i == 3 {
+                cache = HomeCache::default();
+            }
+            let mut r = cache.change(&old, &members);
+            for u in &users {
+                let (before, after) = r.moved(u);
+                assert_eq!(before, user_homes(u, &old));
+                assert_eq!(after, user_homes(u, &members));
+                assert_eq!(r.keep(&me, u), after.contains(&me));
+            }
+            cache.finish(r);
+        }
     }
 
     #[test]

@@ -39,6 +39,6 @@ pub use name::{
 };
 pub use record::{
     Check, MAX_RECORD_LEN, RECORD_VERSION, Record, RecordError, RecordKind, RecordPayload,
-    RecordPolicy, SignError, Timestamp, UnixClock, sign_raw, sign_record, verify_raw,
-    verify_record,
+    RecordPolicy, SignError, Timestamp, UnixClock, recheck_record, sign_raw, sign_record,
+    verify_raw, verify_record,
 };

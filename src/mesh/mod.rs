@@ -163,6 +163,8 @@ pub struct Mesh {
     next_timer: u64,
     /// Live members other than us, by ID.
     live: HashMap<UserId, Member>,
+    /// Grows whenever `live` changes, so users of the member list can cache what they derive.
+    version: u64,
     /// foca's settings as we last gave them (foca has no getter), to retune dissemination as
     /// the mesh grows or shrinks.
     foca_config: foca::Config,
@@ -191,6 +193,7 @@ impl Mesh {
             timer_events: HashMap::new(),
             next_timer: 0,
             live: HashMap::new(),
+            version: 0,
         };
         mesh.collect(now);
         mesh
@@ -267,6 +270,11 @@ impl Mesh {
         v
     }
 
+    /// Changes whenever the live members (or their addresses) do.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub fn member(&self, id: &UserId) -> Option<&Member> {
         if *id == self.me.id {
             Some(&self.me)
@@ -302,6 +310,7 @@ impl Mesh {
             match ev {
                 MeshEvent::Up(m) if m.id != self.me.id => {
                     self.live.insert(m.id, m.clone());
+                    self.version += 1;
                 }
                 MeshEvent::Down(m)
                     if self
@@ -310,6 +319,7 @@ impl Mesh {
                         .is_some_and(|l| l.generation == m.generation) =>
                 {
                     self.live.remove(&m.id);
+                    self.version += 1;
                 }
                 _ => {}
             }

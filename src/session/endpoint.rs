@@ -540,8 +540,11 @@ impl Endpoint {
         let r = &config.rate;
         let cookies = CookieJar::new(now, config.cookie_rotation, rng.random());
         let global_limit = RateLimiter::new(1, r.global_rate, r.global_burst, [0; 16]);
-        let source_limit = RateLimiter::new(r.buckets, r.source_rate, r.source_burst, rng.random());
-        let proven_limit = RateLimiter::new(r.buckets, r.proven_rate, r.proven_burst, rng.random());
+        // The per-source tables are only consulted for handshakes we answer: an endpoint that
+        // accepts none (every client's) keeps one bucket rather than thousands (~200 KB).
+        let buckets = if config.accept { r.buckets } else { 1 };
+        let source_limit = RateLimiter::new(buckets, r.source_rate, r.source_burst, rng.random());
+        let proven_limit = RateLimiter::new(buckets, r.proven_rate, r.proven_burst, rng.random());
         Endpoint {
             local: Local::new(identity),
             id: identity.id(),

@@ -64,23 +64,31 @@ pub fn page(
     };
     let limit = budget.saturating_sub(PAGE_MARGIN);
     let mut members = Vec::new();
-    for n in &list[start..] {
-        members.push(n.clone());
-        // The cursor is present whenever more follow: count it in.
-        let probe = Response::MembersPage {
-            members,
-            next: Some(n.key.id),
+    if let Some(first) = list.get(start) {
+        // The page's size, summed rather than encoded once per member added (which cost the
+        // square of the page): an empty page with the cursor present (it is whenever more
+        // follow, and an ID is fixed-size), plus each member's encoding, plus the growth of
+        // the list length's varint.
+        let empty = Response::MembersPage {
+            members: Vec::new(),
+            next: Some(first.key.id),
             digest: d,
             total,
         };
-        let fits = encode(&probe).len() <= limit;
-        let Response::MembersPage { members: m, .. } = probe else {
-            unreachable!()
-        };
-        members = m;
-        if !fits {
-            members.pop();
-            break;
+        let mut size = encode(&empty).len();
+        for n in &list[start..] {
+            let k = members.len() + 1;
+            let grown = size
+                + postcard::to_allocvec(n)
+                    .expect("node infos serialize")
+                    .len()
+                + varint_len(k)
+                - varint_len(k - 1);
+            if grown > limit {
+                break;
+            }
+            size = grown;
+            members.push(n.clone());
         }
     }
     let end = start + members.len();
@@ -95,6 +103,17 @@ pub fn page(
         digest: d,
         total,
     }
+}
+
+/// Bytes of postcard's varint of `n`.
+fn varint_len(n: usize) -> usize {
+    let mut len = 1;
+    let mut n = n >> 7;
+    while n > 0 {
+        len += 1;
+        n >>= 7;
+    }
+    len
 }
 
 /// Restarts a [`Pager`] allows before it settles for what it has (the list keeps changing under
@@ -259,6 +278,36 @@ mod tests {
         // Asked again with the digest: one empty page says nothing changed.
         let (again, pages) = fetch(&mut pager, &all, budget);
         assert_eq!((again, pages), (PagerStep::Done(None, d), 1));
+    }
+
+    #[test]
+    fn pages_are_filled_to_the_budget_and_no_further() {
+        let budget = Config::default().max_body();
+        let limit = budget - PAGE_MARGIN;
+        let all = list(1000);
+        let d = digest(&all);
+        let mut after = None;
+        loop {
+            let p = page(&all, d, after, None, budget);
+            assert!(encode(&p).len() <= limit);
+            let Response::MembersPage { members, next, .. } = p else {
+                panic!("{p:?}")
+            };
+            let Some(n) = next else { break };
+            // One more member, with the cursor on it, would not have fitted.
+            let more = all[all.partition_point(|m| m.key.id <= n)].clone();
+            let next = Some(more.key.id);
+            let mut members = members;
+            members.push(more);
+            let bigger = Response::MembersPage {
+                members,
+                next,
+                digest: d,
+                total: 1000,
+            };
+            assert!(encode(&bigger).len() > limit);
+            after = Some(n);
+        }
     }
 
     #[test]

@@ -50,10 +50,10 @@ use super::relays::{Relay, Relays};
 use super::routing::{
     AfterLookup, Cont, HomeAnswer, Pending, after_lookup, delivered, home_answer, relayed,
 };
-use crate::directory::{Directory, name_homes, user_homes};
+use crate::directory::{Directory, HomeCache, name_homes, user_homes};
 use crate::identity::{
     Check, ClaimStamp, Identity, NameClaim, NodeKey, RecordPolicy, Timestamp, UserId,
-    normalize_name, verify_record,
+    normalize_name, recheck_record, verify_record,
 };
 use crate::mesh::{Member, Mesh, MeshConfig, MeshEvent};
 use crate::roles::{GrantConfig, NeedInputs, Role};
@@ -121,6 +121,10 @@ pub const PEER_IDLE: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct NodeCounters {
     pub registrations: u64,
+    /// Entries replicated to us as a home.
+    pub stores: u64,
+    /// Of those, the ones whose record we held already (its signature not verified again).
+    pub stores_held: u64,
     pub refreshes: u64,
     pub lookups: u64,
     pub routed: u64,
@@ -194,6 +198,12 @@ pub struct Supernode {
     retry: HashMap<TransactionId, (UserId, Vec<u8>)>,
     /// When to close idle peer sessions next.
     next_sweep: Instant,
+    /// The homes of the users we hold, for the member list of the last re-homing.
+    homes: HomeCache,
+    /// The member list and its digest as last served to clients, for the mesh's and the
+    /// peers' versions it was built at: every client asks for it every few refreshes, and
+    /// building and hashing it costs a step per member.
+    member_list: Option<((u64, u64), Vec<NodeInfo>, signal::Digest)>,
     counters: NodeCounters,
 }
 
@@ -237,6 +247,8 @@ impl Supernode {
             relays: Relays::default(),
             retry: HashMap::new(),
             next_sweep,
+            homes: HomeCache::default(),
+            member_list: None,
             counters: NodeCounters::default(),
         };
         for (k, addr) in bootstrap {
@@ -313,6 +325,16 @@ impl Supernode {
             relays: self.relays.loads(),
             counters: self.counters.clone(),
         }
+    }
+
+    /// Registered clients now: [`Self::status`]'s `clients` without building the rest of it
+    /// (the member list grows with the mesh).
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn counters(&self) -> &NodeCounters {
+        &self.counters
     }
 
     /// Users whose entries this supernode homes.
@@ -680,10 +702,15 @@ impl Supernode {
             Request::CStandby { primary } => self.standby(now, sid, txn, primary),
             Request::CMembers => self.members_whole(now, sid, txn),
             Request::CMembersPage { after, digest } => {
-                let list = self.members();
-                let d = signal::members_digest(&list);
+                let key = (self.mesh.version(), self.peers.version());
+                if self.member_list.as_ref().is_none_or(|(k, ..)| *k != key) {
+                    let list = self.members();
+                    let d = signal::members_digest(&list);
+                    self.member_list = Some((key, list, d));
+                }
+                let (_, list, d) = self.member_list.as_ref().expect("just made");
                 let budget = self.ep.config().max_body();
-                let resp = signal::members_page(&list, d, after, digest, budget);
+                let resp = signal::members_page(list, *d, after, digest, budget);
                 self.respond(now, sid, txn, &resp);
             }
             Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),
@@ -1021,6 +1048,7 @@ impl Supernode {
     /// forwarding supernode for who the user is, nor for where the user is connected (the
     /// record names that supernode), nor for a name (names come from claims, not entries).
     fn store(&mut self, now: Instant, user: UserId, mut entry: Entry) -> Response {
+        self.counters.stores += 1;
         let check = Check {
             now: Timestamp(self.unix(now)),
             expected_signer: Some(&user),
@@ -1030,7 +1058,22 @@ impl Supernode {
                 ..self.config.records
             },
         };
-        let rec = match verify_record::<Registration>(&entry.record, &check) {
+        // A home is sent the record it holds again and again: by each of the user's other homes
+        // when it gains the entry after a membership change, and with `online: false` when the
+        // user leaves. Those exact bytes passed the full check when they were stored here
+        // (nothing enters the directory otherwise), so their signature is not verified again;
+        // every other check is (the record may have expired since, the signer must match).
+        let held = self
+            .dir
+            .get(&user)
+            .is_some_and(|s| *s.entry.record == *entry.record);
+        self.counters.stores_held += u64::from(held);
+        let opened = if held {
+            recheck_record::<Registration>(&entry.record, &check)
+        } else {
+            verify_record::<Registration>(&entry.record, &check)
+        };
+        let rec = match opened {
             Ok(r) => r,
             Err(e) => {
                 self.counters
@@ -1588,15 +1631,23 @@ impl Supernode {
         let Some(old) = self.peers.members_changed(&members) else {
             return;
         };
+        let mut cache = std::mem::take(&mut self.homes);
+        let mut change = cache.change(&old, &members);
         let mut pushes = Vec::new();
-        for (user, stored) in self.dir.iter() {
-            let (before, after) = (user_homes(user, &old), user_homes(user, &members));
+        // In a fixed order (the directory's is a hash map's): what goes first, and what waits
+        // in a peer's queue, is then the same in every run.
+        let mut held: Vec<_> = self.dir.iter().collect();
+        held.sort_unstable_by_key(|(u, _)| **u);
+        for (user, stored) in held {
+            let (before, after) = change.moved(user);
             for h in gained(self.me, &before, &after) {
                 let entry = stored.entry.clone();
                 pushes.push((h, Request::PStore { user: *user, entry }));
             }
         }
-        for n in self.dir.names() {
+        let mut names: Vec<_> = self.dir.names().collect();
+        names.sort_unstable_by(|a, b| a.held.name.cmp(&b.held.name));
+        for n in names {
             let before = name_homes(&n.held.name, &old);
             let after = name_homes(&n.held.name, &members);
             for h in gained(self.me, &before, &after) {
@@ -1614,17 +1665,21 @@ impl Supernode {
             self.send_to_peer(now, h, &req, Cont::Fire);
         }
         let me = self.me;
-        self.dir.retain(|u| user_homes(u, &members).contains(&me));
+        self.dir.retain(|u| change.keep(&me, u));
         self.dir
             .retain_names(|n| name_homes(n, &members).contains(&me));
-        for user in self.presence.watched_users() {
-            let before = user_homes(&user, &old);
-            for h in user_homes(&user, &members) {
+        let mut watched = self.presence.watched_users();
+        watched.sort();
+        for user in watched {
+            let (before, after) = change.moved(&user);
+            for h in after {
                 if !before.contains(&h) {
                     self.send_or_local(now, h, Request::PWatch { user, watcher: me });
                 }
             }
         }
+        cache.finish(change);
+        self.homes = cache;
     }
 }
 

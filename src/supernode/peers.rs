@@ -28,6 +28,7 @@ pub(super) struct Peers<C> {
     sessions: HashMap<UserId, SessionId>,
     /// Members that proved their key to us in a session.
     verified: HashSet<UserId>,
+    version: u64,
     /// Requests (encoded, with what waits on them) for each peer, waiting for room in its
     /// session, in order.
     queues: HashMap<UserId, VecDeque<(Vec<u8>, C)>>,
@@ -43,6 +44,7 @@ impl<C> Peers<C> {
             me,
             sessions: HashMap::new(),
             verified: HashSet::new(),
+            version: 0,
             queues: HashMap::new(),
             last_members: vec![me],
             used: HashMap::new(),
@@ -99,12 +101,20 @@ impl<C> Peers<C> {
 
     /// `id` proved its key. `true` if it had not before.
     pub fn verify(&mut self, id: UserId) -> bool {
-        id != self.me && self.verified.insert(id)
+        let new = id != self.me && self.verified.insert(id);
+        self.version += u64::from(new);
+        new
+    }
+
+    /// Changes whenever the verified set does (with [`crate::mesh::Mesh::version`]: whether the
+    /// live member list may have changed).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Supernode `id` left the mesh: its session (to close) and what waited on it (to fail).
     pub fn remove(&mut self, id: &UserId) -> (Option<SessionId>, Vec<C>) {
-        self.verified.remove(id);
+        self.version += u64::from(self.verified.remove(id));
         self.used.remove(id);
         (self.sessions.remove(id), self.take_queue(id))
     }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use voxmesh::identity::{
     Admission, Check, ClaimRefusal, ClaimStamp, Contacts, ContactsError, HeldClaim, Identity,
     MAX_RECORD_LEN, NameClaim, NameError, RecordError, RecordKind, RecordPayload, RecordPolicy,
-    SignError, Target, Timestamp, UserId, admit_claim, normalize_name, sign_raw, sign_record,
-    verify_raw, verify_record, winner,
+    SignError, Target, Timestamp, UserId, admit_claim, normalize_name, recheck_record, sign_raw,
+    sign_record, verify_raw, verify_record, winner,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +189,51 @@ fn signatures_are_domain_separated_by_kind() {
         Err(RecordError::BadSignature)
     );
     assert!(verify_raw(&good, RecordKind::Registration, &Check::at(T0)).is_ok());
+}
+
+/// A record held already (verified when it was stored) is checked again for everything but
+/// its signature: expiry, signer and sequence still refuse it.
+#[test]
+fn a_recheck_skips_only_the_signature() {
+    let rec = signed(&alice(), 5, T0, 60);
+    let aid = alice().id();
+    let bid = bob().id();
+    fn at(t: u64, signer: &UserId) -> Check<'_> {
+        Check {
+            expected_signer: Some(signer),
+            ..Check::at(T0.plus(t))
+        }
+    }
+    assert_eq!(
+        recheck_record::<Reg>(&rec, &at(10, &aid)),
+        verify_record::<Reg>(&rec, &at(10, &aid))
+    );
+    assert!(matches!(
+        recheck_record::<Reg>(&rec, &at(61, &aid)),
+        Err(RecordError::Expired { .. })
+    ));
+    assert!(matches!(
+        recheck_record::<Reg>(&rec, &at(10, &bid)),
+        Err(RecordError::WrongKey { .. })
+    ));
+    let newer = Check {
+        newer_than: Some(5),
+        ..at(10, &aid)
+    };
+    assert!(matches!(
+        recheck_record::<Reg>(&rec, &newer),
+        Err(RecordError::StaleSequence { .. })
+    ));
+    // What it does not do: a signature that was never verified is not caught here, which is
+    // why only bytes the verifier itself stored after `verify_record` may be rechecked.
+    let mut forged = rec.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        verify_record::<Reg>(&forged, &at(10, &aid)),
+        Err(RecordError::BadSignature)
+    );
+    assert!(recheck_record::<Reg>(&forged, &at(10, &aid)).is_ok());
 }
 
 #[test]

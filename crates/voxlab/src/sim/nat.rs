@@ -293,6 +293,12 @@ impl Nat {
             return Outbound::Lan { to, from };
         }
         let i = self.bind(now, src, dst, rng);
+        if self.config.filtering == Filtering::EndpointIndependent {
+            // Nothing reads the filter state of a box that filters nothing (`inbound` lets
+            // every packet to a binding in), and a public supernode would otherwise keep and
+            // scan a permit per client and peer on every packet it sends.
+            return Outbound::Wan(SocketAddr::new(self.wan, self.bindings[i].port));
+        }
         let expires = now + self.config.lifetime;
         let b = &mut self.bindings[i];
         match b.permits.iter_mut().find(|(r, _)| *r == dst) {

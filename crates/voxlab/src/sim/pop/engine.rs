@@ -251,6 +251,48 @@ pub struct Engine<P: Policy> {
     pub errors: BTreeMap<String, u64>,
     pub call_failures: BTreeMap<String, u64>,
     pub steps: u64,
+    /// The work of supernodes already gone (see [`Engine::work`]).
+    work_of_gone: Work,
+}
+
+/// What the supernodes did, summed over every supernode of the run: where the real cores spend
+/// the simulator's time (each handshake is X25519 work on both sides, each registration and
+/// store an Ed25519 verification).
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+pub struct Work {
+    /// Handshakes supernodes answered (from clients, relays and other supernodes).
+    pub handshakes_answered: u64,
+    /// Handshakes supernodes started (to other supernodes, on demand).
+    pub handshakes_initiated: u64,
+    /// Datagrams supernodes sent and received.
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Registrations accepted (a signature check each).
+    pub registrations: u64,
+    /// Entries stored as a home for another supernode (a signature check each, but for
+    /// `stores_held`: records the home held already).
+    pub stores: u64,
+    pub stores_held: u64,
+    pub refreshes: u64,
+    pub lookups: u64,
+    pub presence_pushes: u64,
+}
+
+impl Work {
+    fn add(&mut self, s: &Supernode) {
+        let c = s.session_counters();
+        self.handshakes_answered += c.handshakes_answered;
+        self.handshakes_initiated += c.handshakes_initiated;
+        self.frames_in += c.frames_in;
+        self.frames_out += c.frames_out;
+        let n = s.counters();
+        self.registrations += n.registrations;
+        self.stores += n.stores;
+        self.stores_held += n.stores_held;
+        self.refreshes += n.refreshes;
+        self.lookups += n.lookups;
+        self.presence_pushes += n.presence_pushes;
+    }
 }
 
 /// Events ordered by (time, insertion) only: the payload never takes part in the comparison.
@@ -337,6 +379,7 @@ impl<P: Policy> Engine<P> {
             errors: BTreeMap::new(),
             call_failures: BTreeMap::new(),
             steps: 0,
+            work_of_gone: Work::default(),
         }
     }
 
@@ -535,6 +578,9 @@ impl<P: Policy> Engine<P> {
     }
 
     fn reap(&mut self, n: u32) {
+        if let Core::Sn(s) = &self.nodes[n as usize].core {
+            self.work_of_gone.add(s);
+        }
         let node = &mut self.nodes[n as usize];
         node.core = Core::Gone;
         node.armed = None;
@@ -689,10 +735,6 @@ impl<P: Policy> Engine<P> {
         let mut acfg = AgentConfig::new(list);
         // No TCP in the simulated network: UDP alone, never raced.
         acfg.udp_head_start = Duration::from_secs(24 * 3600);
-        // A client accepts no sessions, so its per-source handshake limiter tables (4,096
-        // buckets twice, ~200 KB an endpoint by default) are never used: kept tiny here, or a
-        // hundred thousand clients would spend gigabytes on them.
-        acfg.session.rate.buckets = 16;
         let identity = self.users[user as usize].id.clone();
         let seed = derive(self.cfg.seed, 2, u64::from(c));
         let agent = Agent::new(identity, acfg, self.base + now, self.unix(), seed);
@@ -1332,7 +1374,7 @@ impl<P: Policy> Engine<P> {
         for &s in &self.sns {
             let (node, ..) = self.clients[s as usize].sn.expect("a supernode");
             if let Core::Sn(sn) = &self.nodes[node as usize].core {
-                let load = sn.status().clients;
+                let load = sn.client_count();
                 sn_max = sn_max.max(load);
                 self.sn_loads.push(load as f64);
                 if load > self.cfg.sn_max_clients {
@@ -1485,6 +1527,17 @@ fn short(s: &str) -> String {
 }
 
 impl<P: Policy> Engine<P> {
+    /// The supernodes' work over the run: those gone and those serving at the end.
+    pub fn work(&self) -> Work {
+        let mut w = self.work_of_gone.clone();
+        for n in &self.nodes {
+            if let Core::Sn(s) = &n.core {
+                w.add(s);
+            }
+        }
+        w
+    }
+
     /// Users ever seen (identities; a returning user counts once).
     pub fn user_count(&self) -> usize {
         self.users.len()

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use engine::Promotion;
-use engine::{Engine, NatKind, Sample};
+use engine::{Engine, NatKind, Sample, Work};
 use promote::StandIn;
 use stats::{Dist, ratio, round};
 
@@ -174,6 +174,8 @@ pub struct Report {
     pub tenure: Tenure,
     pub agent_errors: BTreeMap<String, u64>,
     pub network: Network,
+    /// What the supernodes' real cores did (the simulator's cost is mostly this work).
+    pub work: Work,
     /// Wall time and memory: the only part two runs with one seed may differ in.
     pub run: Run,
 }
@@ -424,6 +426,7 @@ pub fn simulate(args: &SimArgs) -> Report {
             dropped_by_nat: wstats.dropped_by_nat,
             unroutable: wstats.unroutable,
         },
+        work: e.work(),
         run: Run {
             wall_s: round(t0.elapsed().as_secs_f64()),
             peak_rss_mb: peak_rss_mb(),
