@@ -1293,14 +1293,7 @@ impl Endpoint {
                 self.flush_race(&mut r);
                 self.close_streams.push_back(r.server());
             }
-            self.relay = Relay::Up(t);
-            self.first_up.get_or_insert(now);
-            if self.ranked {
-                self.phone
-                    .add_local_candidate(now, LocalCandidate::Relayed(relayed));
-                self.events
-                    .push_back(EndpointEvent::Relay { relayed, server });
-            }
+            self.relay_up(now, t, relayed, server);
         }
         if failed {
             if let Some(r) = self.relay_race.take() {
@@ -1356,6 +1349,25 @@ impl Endpoint {
     }
 
     /// Queues what the racing TCP client wants sent.
+    /// Our allocation `t` is up at `relayed`: it becomes the relay, and once the offers are
+    /// ranked its relayed candidate goes to the calls and the program hears of it.
+    fn relay_up(
+        &mut self,
+        now: Instant,
+        t: Box<TurnClient>,
+        relayed: SocketAddr,
+        server: SocketAddr,
+    ) {
+        self.relay = Relay::Up(t);
+        self.first_up.get_or_insert(now);
+        if self.ranked {
+            self.phone
+                .add_local_candidate(now, LocalCandidate::Relayed(relayed));
+            self.events
+                .push_back(EndpointEvent::Relay { relayed, server });
+        }
+    }
+
     fn flush_race(&mut self, t: &mut TurnClient) {
         while let Some(mut tx) = t.poll_transmit() {
             tx.socket = crate::transmit::STREAM;
@@ -1405,15 +1417,8 @@ impl Endpoint {
                     }
                 }
                 let server = t.server();
-                self.relay = Relay::Up(t);
                 self.relay_stream = true;
-                self.first_up.get_or_insert(now);
-                if self.ranked {
-                    self.phone
-                        .add_local_candidate(now, LocalCandidate::Relayed(relayed));
-                    self.events
-                        .push_back(EndpointEvent::Relay { relayed, server });
-                }
+                self.relay_up(now, t, relayed, server);
                 true
             }
             Some(_) => {

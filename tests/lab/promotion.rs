@@ -86,6 +86,33 @@ fn roles_on<'a>(
         .filter(move |(_, v, _)| v["event"] == "role" && v["role"] == role && v["state"] == "on")
 }
 
+/// Whether every client in `clients` registered again after a failover among `events`.
+fn all_registered_again(
+    events: &[(usize, serde_json::Value, Instant)],
+    mut clients: impl Iterator<Item = usize>,
+) -> bool {
+    clients.all(|idx| {
+        events
+            .iter()
+            .any(|(i, v, _)| *i == idx && v["event"] == "registered" && v["failover"] == true)
+    })
+}
+
+/// How long after `since` the last registration among `events` of a client numbered from
+/// `first` came.
+fn latest_registration(
+    events: &[(usize, serde_json::Value, Instant)],
+    first: usize,
+    since: Instant,
+) -> Duration {
+    events
+        .iter()
+        .filter(|(i, v, _)| *i >= first && v["event"] == "registered")
+        .map(|e| e.2 - since)
+        .max()
+        .unwrap()
+}
+
 /// The tests of this area run one at a time: each runs 20 clients and a supernode in a lab of
 /// its own, which two shared cores cannot run twice over and still time sub-second moves.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -393,23 +420,14 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
     assert_eq!(rc, 0);
     let killed = Instant::now();
     let failed_over = wait_until(&rx, killed + FAILOVER_LIMIT, &mut seen, |s| {
-        moved.iter().all(|(idx, _)| {
-            s[before..]
-                .iter()
-                .any(|(i, v, _)| i == idx && v["event"] == "registered" && v["failover"] == true)
-        })
+        all_registered_again(&s[before..], moved.iter().map(|m| m.0))
     });
     assert!(
         failed_over,
         "re-registered within {FAILOVER_LIMIT:?}: {:#?}",
         &seen[before..]
     );
-    let worst = seen[before..]
-        .iter()
-        .filter(|(i, v, _)| *i >= 100 && v["event"] == "registered")
-        .map(|e| e.2 - killed)
-        .max()
-        .unwrap();
+    let worst = latest_registration(&seen[before..], 100, killed);
     eprintln!("failover: clients of the killed supernode registered again after {worst:.1?}");
     // Presence recovered: a lookup of one of them (through the bootstrap) finds it online.
     let out = m
@@ -444,23 +462,14 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         let off = s[before..].iter().any(|(i, v, _)| {
             *i == host2 && v["event"] == "role" && v["role"] == "supernode" && v["state"] == "off"
         });
-        off && moved2.iter().all(|(idx, _)| {
-            s[before..]
-                .iter()
-                .any(|(i, v, _)| i == idx && v["event"] == "registered" && v["failover"] == true)
-        })
+        off && all_registered_again(&s[before..], moved2.iter().map(|m| m.0))
     });
     assert!(
         redirected,
         "SIGTERM: role off and clients moved: {:#?}",
         &seen[before..]
     );
-    let worst = seen[before..]
-        .iter()
-        .filter(|(i, v, _)| *i >= 200 && v["event"] == "registered")
-        .map(|e| e.2 - stopped)
-        .max()
-        .unwrap();
+    let worst = latest_registration(&seen[before..], 200, stopped);
     eprintln!("graceful: clients of the stopped supernode registered again after {worst:.1?}");
     // Told, not detected: faster than SWIM could declare a silent node dead (4.3 s).
     assert!(worst < GRACEFUL_LIMIT, "graceful move took {worst:?}");
