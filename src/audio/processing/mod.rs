@@ -16,7 +16,7 @@
 //! - [`Engine::Speex`]: speexdsp's MDF canceller with the preprocessor's residual echo
 //!   suppression, denoiser and AGC.
 //! - [`Engine::Rnnoise`]: the 0.3 library's canceller and AGC with RNNoise (`nnnoiseless`,
-//!   pure Rust) as the noise suppressor.
+//!   pure Rust) as the noise suppressor; only in a build with feature `audio-compare`.
 //!
 //! The others are kept to measure against: `scripts/bench-echo` runs them all on simulated
 //! rooms and noises. AEC3 meets both echo targets (ERLE >= 25 dB after 2 s; near-end speech
@@ -32,6 +32,7 @@
 //! [`capture`]: Processor::capture
 
 mod aec3;
+#[cfg(feature = "audio-compare")]
 mod rnnoise;
 mod speex;
 mod webrtc;
@@ -108,6 +109,9 @@ pub enum ProcessingError {
     /// The library refused the configuration or could not allocate its state.
     #[error("audio processing ({0:?}): the library could not be set up")]
     Setup(Engine),
+    /// The engine is not in this build (RNNoise needs feature `audio-compare`).
+    #[error("audio processing ({0:?}): not in this build (cargo feature `audio-compare`)")]
+    NotBuilt(Engine),
     /// A capture frame was not a whole number of 10 ms chunks (480 samples at 48 kHz).
     #[error("audio processing: {0} samples is not a whole number of 10 ms chunks")]
     FrameSize(usize),
@@ -134,6 +138,7 @@ enum Inner {
     Webrtc(webrtc::Apm),
     Speex(Box<speex::Mdf>),
     /// WebRTC without its noise suppressor, then RNNoise when noise suppression is on.
+    #[cfg(feature = "audio-compare")]
     Rnnoise(webrtc::Apm, Option<Box<rnnoise::Rnn>>),
     /// AEC3 when echo cancellation is on, then WebRTC without its canceller.
     Aec3(Option<Box<aec3::Aec3>>, webrtc::Apm),
@@ -144,6 +149,7 @@ impl Processor {
         let engine = match config.engine {
             Engine::Webrtc => Inner::Webrtc(webrtc::Apm::new(config)?),
             Engine::Speex => Inner::Speex(Box::new(speex::Mdf::new(config)?)),
+            #[cfg(feature = "audio-compare")]
             Engine::Rnnoise => Inner::Rnnoise(
                 webrtc::Apm::new(ProcessingConfig {
                     ns: false,
@@ -151,6 +157,8 @@ impl Processor {
                 })?,
                 config.ns.then(|| Box::new(rnnoise::Rnn::new())),
             ),
+            #[cfg(not(feature = "audio-compare"))]
+            Engine::Rnnoise => return Err(ProcessingError::NotBuilt(Engine::Rnnoise)),
             Engine::Aec3 => Inner::Aec3(
                 match config.aec {
                     true => Some(Box::new(aec3::Aec3::new(config)?)),
@@ -183,7 +191,9 @@ impl Processor {
             rest = &rest[take..];
             if self.pending.len() == CHUNK {
                 match &mut self.engine {
-                    Inner::Webrtc(a) | Inner::Rnnoise(a, _) => a.render(&self.pending)?,
+                    Inner::Webrtc(a) => a.render(&self.pending)?,
+                    #[cfg(feature = "audio-compare")]
+                    Inner::Rnnoise(a, _) => a.render(&self.pending)?,
                     Inner::Speex(s) => s.render(&self.pending),
                     Inner::Aec3(a, _) => {
                         if let Some(a) = a {
@@ -212,6 +222,7 @@ impl Processor {
                     }
                     apm.capture(chunk)?;
                 }
+                #[cfg(feature = "audio-compare")]
                 Inner::Rnnoise(a, rnn) => {
                     a.capture(chunk)?;
                     if let Some(r) = rnn {
@@ -227,7 +238,9 @@ impl Processor {
     /// for logs: the benchmark measures the real one).
     pub fn erle_estimate(&self) -> Option<f32> {
         match &self.engine {
-            Inner::Webrtc(a) | Inner::Rnnoise(a, _) => a.erle(),
+            Inner::Webrtc(a) => a.erle(),
+            #[cfg(feature = "audio-compare")]
+            Inner::Rnnoise(a, _) => a.erle(),
             Inner::Speex(_) | Inner::Aec3(..) => None,
         }
     }
