@@ -199,7 +199,8 @@ pub enum TraceRecord {
         late: bool,
         at: Instant,
     },
-    /// A frame of `samples` was handed to playout at `at`. With the sent packets' times this
+    /// A frame of `samples` was handed to playout for the instant `at` (the audio clock's tick
+    /// it was pulled for, which the driver may run a little behind). With the sent packets' times this
     /// gives the pipeline's delay: a sound's place in the recording (every played frame, in
     /// order) says which played frame carried it, hence when it was played.
     Played { samples: usize, at: Instant },
