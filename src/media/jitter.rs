@@ -16,7 +16,11 @@
 //!
 //! - **normal**: its packet is here; decode it.
 //! - **accelerate**: its packet and the next are here but the offset is more than a packet over
-//!   target: decode it (keeping the decoder's state right) and drop the audio.
+//!   target: decode it (keeping the decoder's state right) and drop the audio. A quiet frame
+//!   (a pause, below about -46 dBFS) is dropped as soon as the offset is half a packet over
+//!   target, and one is played twice when the offset is half a packet under: the offset
+//!   follows the target in pauses, where it is not heard, so a late packet in speech finds
+//!   the room already made instead of costing an expand mid-word.
 //! - **expand**: its packet is missing and the offset is under target (or nothing at all is
 //!   buffered): it may still come, so conceal one packet's length without advancing. The
 //!   offset grows; a late packet is then played, not lost.
@@ -60,6 +64,8 @@ use super::drift::Drift;
 
 /// Concealment granularity: Opus decodes in multiples of 2.5 ms.
 const GRAIN: i64 = 120;
+/// Packets after which a stream without FEC is taken not to code it.
+const FEC_UNKNOWN: usize = 5;
 
 /// How the audio of a frame was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -106,7 +112,12 @@ pub struct PlayoutStats {
     pub plc: u64,
     pub expand: u64,
     pub comfort_noise: u64,
+    /// Slots of speech dropped to bring the delay down (far over target).
     pub accelerate: u64,
+    /// Quiet slots dropped to bring the delay down (inaudible, so done near the target).
+    pub silence_dropped: u64,
+    /// Quiet slots played twice to bring the delay up before a late packet needs it.
+    pub silence_inserted: u64,
     /// Frames handed out before playout started.
     pub idle_frames: u64,
     /// Audio skipped over in gaps, ms.
@@ -255,7 +266,10 @@ impl JitterBuffer {
         t.sort_unstable();
         let q = t[((t.len() - 1) as f64 * self.cfg.quantile).round() as usize];
         let min = t[0];
-        let mut margin = if self.fec_in_window > 0 {
+        // A stream's first packet carries no FEC (nothing came before it to protect): until
+        // a few have come, assume the peer codes it, or playout starts a packet short of the
+        // target and must make the room up in speech.
+        let mut margin = if self.fec_in_window > 0 || self.transits.len() < FEC_UNKNOWN {
             self.last_dur
         } else {
             0
@@ -397,18 +411,42 @@ impl JitterBuffer {
             self.next_ts = Some(n + p.dur);
             self.last_seq = Some(p.seq);
             self.last_dur = p.dur;
-            let accelerate =
-                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
             self.scratch.clear();
             let ok = self.decode_into_scratch(&p.payload);
-            if accelerate {
-                self.stats.accelerate += 1;
-                return Some(FrameKind::Normal);
-            }
             if !ok {
                 self.conceal(p.dur);
                 self.stats.plc += 1;
                 return Some(FrameKind::Plc);
+            }
+            let next_here = self.packets.contains_key(&(n + p.dur));
+            let quiet = is_quiet(&self.scratch);
+            // The offset moves where it costs nothing: a quiet frame is dropped as soon as that
+            // brings the offset nearer the target, or played twice when that does (a late
+            // packet then finds the room already made, instead of costing an expand in the
+            // middle of a word). Speech is dropped only far over target.
+            let over = offset - target;
+            let accelerate = next_here
+                && if quiet {
+                    over > p.dur + GRAIN
+                } else {
+                    over > p.dur + GRAIN * 4
+                };
+            if accelerate {
+                if quiet {
+                    self.stats.silence_dropped += 1;
+                } else {
+                    self.stats.accelerate += 1;
+                }
+                return Some(FrameKind::Normal);
+            }
+            if quiet && -over > p.dur / 2 + GRAIN {
+                // Played twice (the decoder is not involved, so the next packet continues it):
+                // the timeline moves one packet while the audio moves two.
+                self.fifo.extend(self.scratch.iter().copied());
+                self.fifo.extend(self.scratch.drain(..));
+                self.stats.normal += 1;
+                self.stats.silence_inserted += 1;
+                return Some(FrameKind::Normal);
             }
             self.fifo.extend(self.scratch.drain(..));
             self.stats.normal += 1;
@@ -511,6 +549,15 @@ impl JitterBuffer {
     }
 }
 
+/// Below this RMS (about -46 dBFS) a decoded frame is a pause: dropping or repeating it is
+/// not heard, where doing so to speech is.
+const QUIET_RMS: f32 = 0.005;
+
+fn is_quiet(pcm: &[f32]) -> bool {
+    let energy: f32 = pcm.iter().map(|x| x * x).sum();
+    energy <= QUIET_RMS * QUIET_RMS * pcm.len() as f32
+}
+
 /// Samples of `d` at 48 kHz.
 pub fn samples_of(d: Duration) -> i64 {
     (d.as_nanos() * u128::from(RATE) / 1_000_000_000) as i64
@@ -575,6 +622,108 @@ mod tests {
                 grew_ms.abs() < 5.0,
                 "{ppm} ppm: the delay moved {grew_ms:.1} ms"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod playout_tests {
+    use std::f32::consts::TAU;
+
+    use super::*;
+    use crate::media::OpusSettings;
+    use crate::media::codec::{Encoded, Encoder};
+
+    /// `n` packets of a steady 20 ms frame: a tone, or silence (still sent: no DTX).
+    fn packets(n: usize, loud: bool) -> Vec<Vec<u8>> {
+        let mut enc = Encoder::new(OpusSettings {
+            loss_percent: 10,
+            ..OpusSettings::default()
+        })
+        .unwrap();
+        let amp = if loud { 1.0 } else { 0.0 };
+        (0..n)
+            .map(|k| {
+                // Voiced-ish (a moving resonance over 150 Hz), so the encoder codes FEC.
+                let pcm: Vec<f32> = (k * 960..(k + 1) * 960)
+                    .map(|i| {
+                        let t = i as f32 / RATE as f32;
+                        let f = 300.0 + 1500.0 * (0.5 + 0.5 * (TAU * 0.7 * t).sin());
+                        amp * (0.3 * (TAU * f * t).sin() + 0.2 * (TAU * 150.0 * t).sin())
+                    })
+                    .collect();
+                match enc.encode(&pcm).unwrap() {
+                    Encoded::Packet(p) => p.to_vec(),
+                    Encoded::Dtx => panic!("DTX is off"),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs `payloads` through a buffer, packet k arriving at `arrival(k)` (samples), one
+    /// pop every 960 samples at `phase` past the frame grid, until all are played.
+    fn run(payloads: &[Vec<u8>], arrival: impl Fn(i64) -> i64, phase: i64) -> PlayoutStats {
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        let mut next = 0;
+        // Until every packet is played (nothing after the last: its end is not the test's).
+        for pop in 0..payloads.len() as i64 + 40 {
+            let s = jb.stats();
+            if next == payloads.len()
+                && jb.packets.is_empty()
+                && s.normal + s.accelerate + s.silence_dropped + s.fec + s.plc > 0
+            {
+                break;
+            }
+            let now = pop * 960 + phase;
+            while next < payloads.len() && arrival(next as i64) <= now {
+                let k = next as i64;
+                jb.insert(arrival(k), k as u64, k * 960, payloads[next].clone())
+                    .unwrap();
+                next += 1;
+            }
+            let _ = jb.pop(now);
+        }
+        jb.stats().clone()
+    }
+
+    /// A stream's first packet carries no FEC; the buffer used to start playout with no room
+    /// for it, learn of FEC from the second packet, and make the room up with an expand in
+    /// speech when the next packet came a couple of milliseconds late.
+    #[test]
+    fn playout_starts_with_room_for_fec_so_a_slightly_late_packet_costs_no_expand() {
+        let p = packets(50, true);
+        let with_fec = p.iter().filter(|x| has_fec(x)).count();
+        assert!(
+            !has_fec(&p[0]) && with_fec > 40,
+            "{with_fec} of 50 with FEC"
+        );
+        // 1 ms on the way; packet 2 is 3 ms late (a sender's tick woken late).
+        let s = run(&p, |k| k * 960 + if k == 2 { 144 } else { 48 }, 96);
+        assert_eq!((s.expand, s.plc, s.accelerate), (0, 0, 0), "{s:?}");
+        assert_eq!(s.normal, 50);
+    }
+
+    /// The first packets come 60 ms slow, then the path speeds up: the buffer is left over
+    /// target. In a pause it drops quiet frames down to the target; speech is not dropped for
+    /// a few milliseconds' surplus.
+    #[test]
+    fn surplus_delay_goes_in_pauses_not_in_speech() {
+        for loud in [false, true] {
+            let p = packets(300, loud);
+            let s = run(&p, |k| k * 960 + if k < 20 { 2880 } else { 48 }, 96);
+            let target_ms = s.target_delay_ms;
+            if loud {
+                assert_eq!(s.silence_dropped + s.silence_inserted, 0, "{s:?}");
+            } else {
+                assert_eq!(s.accelerate, 0, "{s:?}");
+                assert!(s.silence_dropped >= 2, "{s:?}");
+                assert!(
+                    s.delay_ms <= target_ms + 25.0,
+                    "a pause left {:.1} ms over a {target_ms:.1} ms target",
+                    s.delay_ms - target_ms
+                );
+            }
+            assert_eq!((s.expand, s.plc), (0, 0), "loud {loud}: {s:?}");
         }
     }
 }
