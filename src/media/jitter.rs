@@ -16,11 +16,7 @@
 //!
 //! - **normal**: its packet is here; decode it.
 //! - **accelerate**: its packet and the next are here but the offset is more than a packet over
-//!   target: decode it (keeping the decoder's state right) and drop the audio. A quiet frame
-//!   (a pause, below about -46 dBFS) is dropped as soon as the offset is half a packet over
-//!   target, and one is played twice when the offset is half a packet under: the offset
-//!   follows the target in pauses, where it is not heard, so a late packet in speech finds
-//!   the room already made instead of costing an expand mid-word.
+//!   target: decode it (keeping the decoder's state right) and drop the audio.
 //! - **expand**: its packet is missing and the offset is under target (or nothing at all is
 //!   buffered): it may still come, so conceal one packet's length without advancing. The
 //!   offset grows; a late packet is then played, not lost.
@@ -112,12 +108,7 @@ pub struct PlayoutStats {
     pub plc: u64,
     pub expand: u64,
     pub comfort_noise: u64,
-    /// Slots of speech dropped to bring the delay down (far over target).
     pub accelerate: u64,
-    /// Quiet slots dropped to bring the delay down (inaudible, so done near the target).
-    pub silence_dropped: u64,
-    /// Quiet slots played twice to bring the delay up before a late packet needs it.
-    pub silence_inserted: u64,
     /// Frames handed out before playout started.
     pub idle_frames: u64,
     /// Audio skipped over in gaps, ms.
@@ -236,6 +227,10 @@ impl JitterBuffer {
         }
         if self.packets.contains_key(&ts) {
             return Err(Refused::Duplicate);
+        }
+        if self.next_ts.is_none() {
+            // Before playout, the room the target leaves for FEC is the peer's packet length.
+            self.last_dur = dur;
         }
         self.packets.insert(
             ts,
@@ -418,34 +413,10 @@ impl JitterBuffer {
                 self.stats.plc += 1;
                 return Some(FrameKind::Plc);
             }
-            let next_here = self.packets.contains_key(&(n + p.dur));
-            let quiet = is_quiet(&self.scratch);
-            // The offset moves where it costs nothing: a quiet frame is dropped as soon as that
-            // brings the offset nearer the target, or played twice when that does (a late
-            // packet then finds the room already made, instead of costing an expand in the
-            // middle of a word). Speech is dropped only far over target.
-            let over = offset - target;
-            let accelerate = next_here
-                && if quiet {
-                    over > p.dur + GRAIN
-                } else {
-                    over > p.dur + GRAIN * 4
-                };
+            let accelerate =
+                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
             if accelerate {
-                if quiet {
-                    self.stats.silence_dropped += 1;
-                } else {
-                    self.stats.accelerate += 1;
-                }
-                return Some(FrameKind::Normal);
-            }
-            if quiet && -over > p.dur / 2 + GRAIN {
-                // Played twice (the decoder is not involved, so the next packet continues it):
-                // the timeline moves one packet while the audio moves two.
-                self.fifo.extend(self.scratch.iter().copied());
-                self.fifo.extend(self.scratch.drain(..));
-                self.stats.normal += 1;
-                self.stats.silence_inserted += 1;
+                self.stats.accelerate += 1;
                 return Some(FrameKind::Normal);
             }
             self.fifo.extend(self.scratch.drain(..));
@@ -547,15 +518,6 @@ impl JitterBuffer {
         self.scratch.resize(samples, 0.0);
         self.fifo.extend(self.scratch.drain(..));
     }
-}
-
-/// Below this RMS (about -46 dBFS) a decoded frame is a pause: dropping or repeating it is
-/// not heard, where doing so to speech is.
-const QUIET_RMS: f32 = 0.005;
-
-fn is_quiet(pcm: &[f32]) -> bool {
-    let energy: f32 = pcm.iter().map(|x| x * x).sum();
-    energy <= QUIET_RMS * QUIET_RMS * pcm.len() as f32
 }
 
 /// Samples of `d` at 48 kHz.
@@ -670,7 +632,7 @@ mod playout_tests {
             let s = jb.stats();
             if next == payloads.len()
                 && jb.packets.is_empty()
-                && s.normal + s.accelerate + s.silence_dropped + s.fec + s.plc > 0
+                && s.normal + s.accelerate + s.fec + s.plc > 0
             {
                 break;
             }
@@ -701,29 +663,5 @@ mod playout_tests {
         let s = run(&p, |k| k * 960 + if k == 2 { 144 } else { 48 }, 96);
         assert_eq!((s.expand, s.plc, s.accelerate), (0, 0, 0), "{s:?}");
         assert_eq!(s.normal, 50);
-    }
-
-    /// The first packets come 60 ms slow, then the path speeds up: the buffer is left over
-    /// target. In a pause it drops quiet frames down to the target; speech is not dropped for
-    /// a few milliseconds' surplus.
-    #[test]
-    fn surplus_delay_goes_in_pauses_not_in_speech() {
-        for loud in [false, true] {
-            let p = packets(300, loud);
-            let s = run(&p, |k| k * 960 + if k < 20 { 2880 } else { 48 }, 96);
-            let target_ms = s.target_delay_ms;
-            if loud {
-                assert_eq!(s.silence_dropped + s.silence_inserted, 0, "{s:?}");
-            } else {
-                assert_eq!(s.accelerate, 0, "{s:?}");
-                assert!(s.silence_dropped >= 2, "{s:?}");
-                assert!(
-                    s.delay_ms <= target_ms + 25.0,
-                    "a pause left {:.1} ms over a {target_ms:.1} ms target",
-                    s.delay_ms - target_ms
-                );
-            }
-            assert_eq!((s.expand, s.plc), (0, 0), "loud {loud}: {s:?}");
-        }
     }
 }
