@@ -511,11 +511,14 @@ impl MediaSession {
         }
         self.loss_seen |= random > 0.0;
         // FEC is paid for out of the bitrate: under measured loss (not the configured guess), on
-        // a path that never overflowed and at the controller's full rate, pay it on top.
+        // a path that never overflowed and at the controller's full rate, pay it on top. Not
+        // under heavy loss: before the round trip is known that may be a queue overflowing
+        // (a call's first report through a narrow link), and more rate would lose more.
         if self.config.adapt_rate
             && self.config.opus.fec
             && self.loss_seen
-            && self.loss_estimate >= rate::FEC_BOOST_LOSS
+            && (rate::FEC_BOOST_LOSS..rate::SEVERE_LOSS).contains(&self.loss_estimate)
+            && fraction < rate::SEVERE_LOSS
             && !self.rate.overflowed()
             && want.bitrate >= self.config.opus.bitrate
         {
@@ -759,7 +762,7 @@ mod tests {
             let now = t0 + Duration::from_millis(s * 1000 + k * 20);
             a.send_audio(now, &pcm).unwrap();
             while let Some(d) = a.poll_transmit() {
-                if drop_every == 0 || k % drop_every != 3 {
+                if drop_every == 0 || k % drop_every != drop_every - 1 {
                     b.handle_input(now, &d);
                 }
             }
@@ -796,6 +799,20 @@ mod tests {
             second(&mut a, &mut b, t0, s, 0);
         }
         assert_eq!(a.opus().bitrate, 32_000);
+    }
+
+    /// A call's first report through a narrow link: heavy loss, no round trip yet to show a
+    /// queue. That is no loss to spend more rate on.
+    #[test]
+    fn heavy_loss_does_not_raise_the_rate() {
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let t0 = Instant::now();
+        let c = MediaConfig::default();
+        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
+        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        second(&mut a, &mut b, t0, 0, 2);
+        assert!(a.stats().peer.unwrap().fraction_lost > 0.4);
+        assert!(a.opus().bitrate <= 32_000, "{}", a.opus().bitrate);
     }
 
     #[test]
