@@ -60,6 +60,8 @@ use super::drift::Drift;
 
 /// Concealment granularity: Opus decodes in multiples of 2.5 ms.
 const GRAIN: i64 = 120;
+/// Packets after which a stream without FEC is taken not to code it.
+const FEC_UNKNOWN: usize = 5;
 
 /// How the audio of a frame was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -226,6 +228,10 @@ impl JitterBuffer {
         if self.packets.contains_key(&ts) {
             return Err(Refused::Duplicate);
         }
+        if self.next_ts.is_none() {
+            // Before playout, the room the target leaves for FEC is the peer's packet length.
+            self.last_dur = dur;
+        }
         self.packets.insert(
             ts,
             Buffered {
@@ -255,7 +261,10 @@ impl JitterBuffer {
         t.sort_unstable();
         let q = t[((t.len() - 1) as f64 * self.cfg.quantile).round() as usize];
         let min = t[0];
-        let mut margin = if self.fec_in_window > 0 {
+        // A stream's first packet carries no FEC (nothing came before it to protect): until
+        // a few have come, assume the peer codes it, or playout starts a packet short of the
+        // target and must make the room up in speech.
+        let mut margin = if self.fec_in_window > 0 || self.transits.len() < FEC_UNKNOWN {
             self.last_dur
         } else {
             0
@@ -397,18 +406,18 @@ impl JitterBuffer {
             self.next_ts = Some(n + p.dur);
             self.last_seq = Some(p.seq);
             self.last_dur = p.dur;
-            let accelerate =
-                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
             self.scratch.clear();
             let ok = self.decode_into_scratch(&p.payload);
-            if accelerate {
-                self.stats.accelerate += 1;
-                return Some(FrameKind::Normal);
-            }
             if !ok {
                 self.conceal(p.dur);
                 self.stats.plc += 1;
                 return Some(FrameKind::Plc);
+            }
+            let accelerate =
+                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
+            if accelerate {
+                self.stats.accelerate += 1;
+                return Some(FrameKind::Normal);
             }
             self.fifo.extend(self.scratch.drain(..));
             self.stats.normal += 1;
@@ -576,5 +585,83 @@ mod tests {
                 "{ppm} ppm: the delay moved {grew_ms:.1} ms"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod playout_tests {
+    use std::f32::consts::TAU;
+
+    use super::*;
+    use crate::media::OpusSettings;
+    use crate::media::codec::{Encoded, Encoder};
+
+    /// `n` packets of a steady 20 ms frame: a tone, or silence (still sent: no DTX).
+    fn packets(n: usize, loud: bool) -> Vec<Vec<u8>> {
+        let mut enc = Encoder::new(OpusSettings {
+            loss_percent: 10,
+            ..OpusSettings::default()
+        })
+        .unwrap();
+        let amp = if loud { 1.0 } else { 0.0 };
+        (0..n)
+            .map(|k| {
+                // Voiced-ish (a moving resonance over 150 Hz), so the encoder codes FEC.
+                let pcm: Vec<f32> = (k * 960..(k + 1) * 960)
+                    .map(|i| {
+                        let t = i as f32 / RATE as f32;
+                        let f = 300.0 + 1500.0 * (0.5 + 0.5 * (TAU * 0.7 * t).sin());
+                        amp * (0.3 * (TAU * f * t).sin() + 0.2 * (TAU * 150.0 * t).sin())
+                    })
+                    .collect();
+                match enc.encode(&pcm).unwrap() {
+                    Encoded::Packet(p) => p.to_vec(),
+                    Encoded::Dtx => panic!("DTX is off"),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs `payloads` through a buffer, packet k arriving at `arrival(k)` (samples), one
+    /// pop every 960 samples at `phase` past the frame grid, until all are played.
+    fn run(payloads: &[Vec<u8>], arrival: impl Fn(i64) -> i64, phase: i64) -> PlayoutStats {
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        let mut next = 0;
+        // Until every packet is played (nothing after the last: its end is not the test's).
+        for pop in 0..payloads.len() as i64 + 40 {
+            let s = jb.stats();
+            if next == payloads.len()
+                && jb.packets.is_empty()
+                && s.normal + s.accelerate + s.fec + s.plc > 0
+            {
+                break;
+            }
+            let now = pop * 960 + phase;
+            while next < payloads.len() && arrival(next as i64) <= now {
+                let k = next as i64;
+                jb.insert(arrival(k), k as u64, k * 960, payloads[next].clone())
+                    .unwrap();
+                next += 1;
+            }
+            let _ = jb.pop(now);
+        }
+        jb.stats().clone()
+    }
+
+    /// A stream's first packet carries no FEC; the buffer used to start playout with no room
+    /// for it, learn of FEC from the second packet, and make the room up with an expand in
+    /// speech when the next packet came a couple of milliseconds late.
+    #[test]
+    fn playout_starts_with_room_for_fec_so_a_slightly_late_packet_costs_no_expand() {
+        let p = packets(50, true);
+        let with_fec = p.iter().filter(|x| has_fec(x)).count();
+        assert!(
+            !has_fec(&p[0]) && with_fec > 40,
+            "{with_fec} of 50 with FEC"
+        );
+        // 1 ms on the way; packet 2 is 3 ms late (a sender's tick woken late).
+        let s = run(&p, |k| k * 960 + if k == 2 { 144 } else { 48 }, 96);
+        assert_eq!((s.expand, s.plc, s.accelerate), (0, 0, 0), "{s:?}");
+        assert_eq!(s.normal, 50);
     }
 }

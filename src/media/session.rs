@@ -172,6 +172,9 @@ pub struct MediaSession {
     rtt: Option<Duration>,
     /// Smoothed loss the peer reports, 0..=1, what FEC is sized for.
     loss_estimate: f64,
+    /// A report has shown loss (other than a rate cut's): until then `loss_estimate` is only
+    /// the configuration's guess, which must not raise the rate.
+    loss_seen: bool,
     sent: SendStats,
     received: ReceiveStats,
     drops: Drops,
@@ -199,7 +202,8 @@ pub enum TraceRecord {
         late: bool,
         at: Instant,
     },
-    /// A frame of `samples` was handed to playout at `at`. With the sent packets' times this
+    /// A frame of `samples` was handed to playout for the instant `at` (the audio clock's tick
+    /// it was pulled for, which the driver may run a little behind). With the sent packets' times this
     /// gives the pipeline's delay: a sound's place in the recording (every played frame, in
     /// order) says which played frame carried it, hence when it was played.
     Played { samples: usize, at: Instant },
@@ -239,6 +243,7 @@ impl MediaSession {
             rtt: None,
             // Until the first report, what the configuration expects.
             loss_estimate: f64::from(config.opus.loss_percent) / 100.0,
+            loss_seen: false,
             sent: SendStats::default(),
             received: ReceiveStats::default(),
             drops: Drops::default(),
@@ -504,6 +509,22 @@ impl MediaSession {
         if self.config.auto_loss {
             want.loss_percent = (self.loss_estimate * 100.0).round() as u8;
         }
+        self.loss_seen |= random > 0.0;
+        // FEC is paid for out of the bitrate: under measured loss (not the configured guess), on
+        // a path that never overflowed and at the controller's full rate, pay it on top. Not
+        // under heavy loss: before the round trip is known that may be a queue overflowing
+        // (a call's first report through a narrow link), and more rate would lose more.
+        if self.config.adapt_rate
+            && self.config.opus.fec
+            && self.loss_seen
+            && (rate::FEC_BOOST_LOSS..rate::SEVERE_LOSS).contains(&self.loss_estimate)
+            && fraction < rate::SEVERE_LOSS
+            && !self.rate.overflowed()
+            && want.bitrate >= self.config.opus.bitrate
+        {
+            let boosted = f64::from(self.config.opus.bitrate) * rate::FEC_BOOST;
+            want.bitrate = (boosted as u32).min(512_000);
+        }
         self.sent_mark = (now, self.sent.audio_packets, self.sent.audio_bytes);
         if want != *self.encoder.settings() {
             // Loss 0..=100, a bitrate the controller keeps within libopus's range and a frame
@@ -731,6 +752,67 @@ mod tests {
             })
         );
         assert_eq!(frame.pcm.len(), 960);
+    }
+
+    /// One second of a call from `a` to `b`, every `drop_every`th packet lost (0: none), then
+    /// `b`'s receiver report delivered to `a`.
+    fn second(a: &mut MediaSession, b: &mut MediaSession, t0: Instant, s: u64, drop_every: u64) {
+        let pcm: Vec<f32> = (0..960).map(|i| (i as f32 * 0.07).sin() * 0.3).collect();
+        for k in 0..50 {
+            let now = t0 + Duration::from_millis(s * 1000 + k * 20);
+            a.send_audio(now, &pcm).unwrap();
+            while let Some(d) = a.poll_transmit() {
+                if drop_every == 0 || k % drop_every != drop_every - 1 {
+                    b.handle_input(now, &d);
+                }
+            }
+        }
+        let now = t0 + Duration::from_secs(s + 1);
+        b.handle_timeout(now);
+        while let Some(d) = b.poll_transmit() {
+            a.handle_input(now, &d);
+        }
+    }
+
+    /// FEC is paid for out of the bitrate: measured random loss raises the rate by half for
+    /// it, the configured loss guess alone does not, and clean reports bring it back.
+    #[test]
+    fn measured_random_loss_raises_the_rate_for_fec_and_clean_reports_restore_it() {
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let t0 = Instant::now();
+        let c = MediaConfig::default();
+        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
+        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        second(&mut a, &mut b, t0, 0, 0);
+        assert_eq!(a.stats().peer.map(|p| p.fraction_lost), Some(0.0));
+        assert_eq!(
+            a.opus().bitrate,
+            32_000,
+            "the configured 5 % is only a guess"
+        );
+        for s in 1..3 {
+            second(&mut a, &mut b, t0, s, 10);
+        }
+        assert!(a.stats().peer.unwrap().fraction_lost > 0.05);
+        assert_eq!(a.opus().bitrate, 48_000);
+        for s in 3..15 {
+            second(&mut a, &mut b, t0, s, 0);
+        }
+        assert_eq!(a.opus().bitrate, 32_000);
+    }
+
+    /// A call's first report through a narrow link: heavy loss, no round trip yet to show a
+    /// queue. That is no loss to spend more rate on.
+    #[test]
+    fn heavy_loss_does_not_raise_the_rate() {
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let t0 = Instant::now();
+        let c = MediaConfig::default();
+        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
+        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        second(&mut a, &mut b, t0, 0, 2);
+        assert!(a.stats().peer.unwrap().fraction_lost > 0.4);
+        assert!(a.opus().bitrate <= 32_000, "{}", a.opus().bitrate);
     }
 
     #[test]

@@ -133,7 +133,10 @@ fn fec_recovers_lost_packets_at_ten_percent_loss() {
         assert!(concealed <= lost && lost <= concealed + sw.playout.expand);
         assert_eq!(sn.playout.fec, 0);
         let concealed = sn.playout.plc;
-        assert!(concealed <= lost && lost <= concealed + sn.playout.expand);
+        // Without FEC the target drops a packet once the stream shows it (playout starts with
+        // room for FEC): a loss then may be skipped rather than concealed.
+        let skipped = (sn.playout.skipped_ms / 20.0).round() as u64;
+        assert!(concealed <= lost && lost <= concealed + sn.playout.expand + skipped);
         assert!(fec_sim > plc_sim + 0.15, "FEC {fec_sim} vs PLC {plc_sim}");
         assert!(sim_w > sim_n + 0.03, "{sim_w} vs {sim_n}");
         assert!(sim_w > 0.9, "{sim_w}");

@@ -8,6 +8,12 @@
 //!
 //! "Lost" is lost by the network: never received. A packet that arrived after its playout slot
 //! (`late`) counts as received here, so the call's own jitter-buffer misses show against it.
+//!
+//! `replay.wav` attributes that gap: the receiver's media session run again offline on the same
+//! packets, each given at the time it arrived in the call and each frame pulled at the time
+//! it was played. It should sound like the call's recording; its playout statistics (printed)
+//! say which decisions (expand, accelerate, late packets, skips) made the difference, and a
+//! change to the jitter buffer can be tried on recorded calls without a lab.
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -15,8 +21,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use voxmesh::media::OpusSettings;
+use std::time::{Duration, Instant};
+
 use voxmesh::media::codec::{Decoder, Encoder, has_fec, packet_samples};
+use voxmesh::media::{
+    FrameKind, MediaConfig, MediaKeys, MediaSession, OpusSettings, PayloadType, PlayoutStats, Role,
+};
 
 #[derive(Args, Debug)]
 pub struct MediaRefArgs {
@@ -56,18 +66,93 @@ fn sent_packets(path: &Path) -> anyhow::Result<(String, Packets)> {
     Ok((call, out))
 }
 
-/// The timestamps of `call`'s packets the receiver got (late ones included), and how many late.
-fn received(path: &Path, call: &str) -> anyhow::Result<(HashSet<i64>, u64)> {
-    let (mut got, mut late) = (HashSet::new(), 0);
+/// What the receiver's trace holds for one call.
+#[derive(Default)]
+struct Received {
+    /// Timestamps of the packets that arrived (late ones included).
+    got: HashSet<i64>,
+    late: u64,
+    /// (timestamp, arrival in Unix ms), in arrival order.
+    arrivals: Vec<(i64, f64)>,
+    /// When each frame was played, Unix ms.
+    played: Vec<f64>,
+}
+
+/// The receiver's side of `call`.
+fn received(path: &Path, call: &str) -> anyhow::Result<Received> {
+    let mut r = Received::default();
     for line in lines(path)? {
         let v: serde_json::Value = serde_json::from_str(&line)?;
-        if v["dir"] != "received" || v["call"] != call {
+        if v["call"] != call {
             continue;
         }
-        got.insert(v["ts"].as_i64().context("a received record without ts")?);
-        late += v["late"].as_bool().unwrap_or(false) as u64;
+        let at = v["unix_ms"].as_f64();
+        if v["dir"] == "played" {
+            r.played.extend(at);
+            continue;
+        }
+        if v["dir"] != "received" {
+            continue;
+        }
+        let ts = v["ts"].as_i64().context("a received record without ts")?;
+        r.got.insert(ts);
+        r.late += v["late"].as_bool().unwrap_or(false) as u64;
+        r.arrivals.extend(at.map(|a| (ts, a)));
     }
-    Ok((got, late))
+    Ok(r)
+}
+
+/// The receiver's session run again on the call's packets at their arrival times, pulled at
+/// the call's playout times: its audio and playout statistics.
+fn replay(
+    packets: &Packets,
+    r: &Received,
+) -> anyhow::Result<(Vec<f32>, PlayoutStats, Vec<String>)> {
+    let keys = MediaKeys::new([1; 32], [2; 32]);
+    let (mut sealer, _) = keys.for_role(Role::Initiator, 1)?;
+    let t0 = Instant::now();
+    let base = r
+        .arrivals
+        .iter()
+        .map(|a| a.1)
+        .chain(r.played.iter().copied())
+        .fold(f64::INFINITY, f64::min);
+    let at = |ms: f64| t0 + Duration::from_secs_f64((ms - base).max(0.0) / 1000.0);
+    let mut rx = MediaSession::new(t0, &keys, Role::Responder, MediaConfig::default())?;
+    // Sealed in sending order, so the indexes are the call's; the lost ones are never given.
+    let mut sealed = std::collections::HashMap::new();
+    for (ts, p) in packets {
+        let d = sealer
+            .seal(PayloadType::Opus, false, *ts as u32, p)
+            .context("seal")?;
+        sealed.insert(*ts, d);
+    }
+    let mut pcm = Vec::new();
+    // Frames not decoded from their own packet, and accelerations: where the replay's sound
+    // departs from the clean decode.
+    let mut notes = Vec::new();
+    let mut accelerated = 0;
+    let mut arrivals = r.arrivals.iter().peekable();
+    for &p in &r.played {
+        while let Some((ts, a)) = arrivals.next_if(|x| x.1 <= p) {
+            if let Some(d) = sealed.get(ts) {
+                rx.handle_input(at(*a), d);
+            }
+        }
+        let f = rx.pop_frame(at(p));
+        let playout = rx.stats().playout;
+        if f.kind != FrameKind::Normal || playout.accelerate > accelerated {
+            let accel = if playout.accelerate > accelerated {
+                " accelerate"
+            } else {
+                ""
+            };
+            notes.push(format!("{} {:?}{accel}", pcm.len() / 960, f.kind));
+            accelerated = playout.accelerate;
+        }
+        pcm.extend(f.pcm);
+    }
+    Ok((pcm, rx.stats().playout, notes))
 }
 
 fn lines(path: &Path) -> anyhow::Result<Vec<String>> {
@@ -141,7 +226,8 @@ fn decode(packets: &[(i64, Vec<u8>)], got: &HashSet<i64>, fill: Fill) -> anyhow:
 
 pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
     let (call, packets) = sent_packets(&a.sent)?;
-    let (got, late) = received(&a.received, &call)?;
+    let r = received(&a.received, &call)?;
+    let got = &r.got;
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
     let lost = packets.iter().filter(|(ts, _)| !got.contains(ts)).count();
@@ -150,8 +236,15 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
         ("plc.wav", Fill::Conceal),
         ("fec.wav", Fill::Fec),
     ] {
-        write_wav(&a.out_dir.join(name), &decode(&packets, &got, fill)?)?;
+        write_wav(&a.out_dir.join(name), &decode(&packets, got, fill)?)?;
     }
+    let replayed = if r.played.is_empty() {
+        None
+    } else {
+        let (pcm, stats, notes) = replay(&packets, &r)?;
+        write_wav(&a.out_dir.join("replay.wav"), &pcm)?;
+        Some((stats, notes))
+    };
     let with_fec = packets.iter().filter(|(_, p)| has_fec(p)).count();
     // The codec's own delay: a sound decoded from the packets sits this many samples later
     // than it was in the sender's input (the delay bench takes it off to find the input time).
@@ -162,10 +255,12 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
             "call": call,
             "sent": packets.len(),
             "lost": lost,
-            "late": late,
+            "late": r.late,
             "loss_percent": 100.0 * lost as f64 / packets.len().max(1) as f64,
             "with_fec": with_fec,
             "lookahead_samples": lookahead,
+            "replay_playout": replayed.as_ref().map(|r| &r.0),
+            "replay_notes": replayed.as_ref().map(|r| &r.1),
         })
     );
     Ok(())

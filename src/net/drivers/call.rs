@@ -114,8 +114,14 @@ pub async fn run_endpoint(
                 return Ok(ep);
             }
             _ = sleep => ep.handle_timeout(Instant::now()),
-            _ = tick.tick(), if !audio.is_empty() => {
+            at = tick.tick(), if !audio.is_empty() => {
+                // Playout runs on the audio clock: each frame at its scheduled tick, however
+                // late this task woke for it (a busy machine, a burst of catch-up ticks), as a
+                // sound card consumes its buffer at its own pace. Deciding on the wake-up time
+                // instead made the jitter buffer see a late wake as a late packet (expand) and
+                // the catch-up as a surplus (accelerate): two glitches per stall.
                 let now = Instant::now();
+                let scheduled = at.into_std().min(now);
                 let mut ended = Vec::new();
                 for (call, a) in audio.iter_mut() {
                     if !ep.is_talking(call) {
@@ -129,7 +135,7 @@ pub async fn run_endpoint(
                         } else {
                             ep.send_audio(now, *call, &SILENCE);
                         }
-                        play(&mut ep, now, *call, a);
+                        play(&mut ep, scheduled, *call, a);
                         continue;
                     };
                     {
@@ -143,7 +149,7 @@ pub async fn run_endpoint(
                             }
                         }
                     }
-                    play(&mut ep, now, *call, a);
+                    play(&mut ep, scheduled, *call, a);
                 }
                 for call in ended {
                     let _ = events.send(DriverEvent::CaptureEnded(call)).await;
@@ -187,6 +193,11 @@ pub async fn run_endpoint(
                         // its recording (kept, it would hold the file open forever).
                         CallCommand::Audio(c, a) => {
                             if ep.is_live(&c) {
+                                if audio.is_empty() {
+                                    // The clock was idle without audio: start it now, not with
+                                    // a burst of every tick missed since the endpoint started.
+                                    tick.reset_immediately();
+                                }
                                 audio.insert(c, Attached { audio: a, muted: false, dropped: 0 });
                             }
                             Ok(())
