@@ -1148,7 +1148,11 @@ impl Agent {
                         addr: l.addr,
                         failover,
                     });
-                    for user in self.watches.clone() {
+                    // In ID order (the set's is a hash's, different in every process): a
+                    // seeded simulation replays the same requests in the same order.
+                    let mut watches: Vec<UserId> = self.watches.iter().copied().collect();
+                    watches.sort_unstable();
+                    for user in watches {
                         self.request_on(now, l.session, &Request::CWatch(user), Pending::Watch);
                     }
                     self.ask_members(now, l.session);
