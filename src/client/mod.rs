@@ -73,6 +73,10 @@ pub struct AgentConfig {
     /// (a `dial` right after another would otherwise be refused as a replay). `None`: the
     /// seconds times 1000.
     pub first_seq: Option<u64>,
+    /// At most this many member-list pages per fetch ([`Pager::bounded`]), from our own ID on:
+    /// about 19 supernodes a page, more than the host cache keeps (64), so a large mesh's
+    /// churn costs each client a few pages per change, not the whole list.
+    pub member_pages: u32,
 }
 
 impl AgentConfig {
@@ -91,9 +95,14 @@ impl AgentConfig {
             race_tcp_at_once: HashSet::new(),
             standby_patience: Duration::from_secs(3),
             first_seq: None,
+            member_pages: MEMBER_PAGES,
         }
     }
 }
+
+/// Default [`AgentConfig::member_pages`]: six pages, about 110 supernodes (a mesh of some
+/// 20,000 clients is listed whole; larger ones in slices).
+pub const MEMBER_PAGES: u32 = 6;
 
 /// The head start a UDP handshake gets before TCP races it ([`AgentConfig::udp_head_start`]).
 /// 150 ms is more than one round trip to a supernode on nearly any working path (UDP then
@@ -293,6 +302,7 @@ impl Agent {
     ) -> Agent {
         let ep = Endpoint::new(config.session.clone(), &identity, now, seed);
         let known = config.supernodes.clone();
+        let pager = Pager::bounded(identity.id(), config.member_pages);
         let mut a = Agent {
             identity,
             ep,
@@ -312,7 +322,7 @@ impl Agent {
             after_loss: false,
             dead: HashMap::new(),
             members: None,
-            pager: Pager::default(),
+            pager,
             members_fetch: 0,
             next_route: 0,
             deliveries: HashMap::new(),
@@ -1148,7 +1158,11 @@ impl Agent {
                         addr: l.addr,
                         failover,
                     });
-                    for user in self.watches.clone() {
+                    // In ID order (the set's is a hash's, different in every process): a
+                    // seeded simulation replays the same requests in the same order.
+                    let mut watches: Vec<UserId> = self.watches.iter().copied().collect();
+                    watches.sort_unstable();
+                    for user in watches {
                         self.request_on(now, l.session, &Request::CWatch(user), Pending::Watch);
                     }
                     self.ask_members(now, l.session);
@@ -1189,7 +1203,11 @@ impl Agent {
                     Some(PagerStep::Done(list, _)) => {
                         if let Some(list) = list {
                             self.merge_members(&list);
-                            self.members = Some(list.iter().map(|n| n.key.id).collect());
+                            // A slice of a larger list says nothing of who is missing from it.
+                            self.members = self
+                                .pager
+                                .complete()
+                                .then(|| list.iter().map(|n| n.key.id).collect());
                         }
                         // A standby the mesh no longer lists is dead: replace it.
                         if self.standby.is_some_and(|s| !self.plausible(&s.node)) {

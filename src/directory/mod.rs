@@ -307,6 +307,8 @@ impl Directory {
                 });
             }
         }
+        // In user order, not the map's (std's hash order differs per process).
+        out.sort_unstable_by_key(|c| c.user);
         out
     }
 
@@ -353,10 +355,15 @@ impl Directory {
     }
 
     pub fn watchers_of(&self, user: &UserId) -> Vec<UserId> {
-        self.watchers
+        let mut v: Vec<UserId> = self
+            .watchers
             .get(user)
             .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // In ID order, not the set's (std's hash order differs per process): the pushes then
+        // go out in the same order in every run of a seeded simulation.
+        v.sort_unstable();
+        v
     }
 
     pub fn watched(&self) -> impl Iterator<Item = (&UserId, &HashSet<UserId>)> {

@@ -10,6 +10,14 @@
 //! Every page carries the [`Digest`] of the whole list. An asker that holds a complete list sends
 //! its digest; while the list is unchanged the answer is one empty page (most askers, most of the
 //! time). A [`Pager`] collects pages and starts over when the digest changes under it.
+//!
+//! A client does not need the whole list: it keeps a host cache of a few dozen supernodes. In a
+//! large mesh the list changes every few seconds (promotions, departures), so fetching all of
+//! it on every change costs each client a page per ~17 members: the mesh's total cost would
+//! grow with clients × supernodes. A [`Pager::bounded`] pager fetches at most a few pages,
+//! starting at a cursor of its own (its ID: clients spread over the list, so their host caches
+//! and standbys do too) and wrapping round at the end; [`Pager::complete`] says whether that was
+//! the whole list.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -138,6 +146,17 @@ pub struct Pager {
     /// The digest of the list being collected, and what came so far.
     collecting: Option<(Digest, Vec<NodeInfo>)>,
     restarts: u32,
+    /// Bounded: where to start, and at most how many pages per fetch ([`Pager::bounded`]).
+    bound: Option<(UserId, u32)>,
+    /// Pages of this fetch so far, and whether it wrapped round to the start of the list.
+    pages: u32,
+    wrapped: bool,
+    /// The list's length as the last page said, and whether the last list was all of it.
+    total: u32,
+    complete: bool,
+    /// Start at the cursor: the last fetch did not get the whole list (a list within the bound
+    /// is asked from its start, as an unbounded pager would).
+    spread: bool,
 }
 
 impl Pager {
@@ -149,14 +168,35 @@ impl Pager {
         }
     }
 
+    /// A pager that asks for at most `max_pages` pages per fetch (at least one), starting after
+    /// `start` and wrapping round: a slice of the list near `start` (the asker's own ID).
+    pub fn bounded(start: UserId, max_pages: u32) -> Pager {
+        Pager {
+            bound: Some((start, max_pages.max(1))),
+            ..Pager::default()
+        }
+    }
+
+    /// Whether the last list [`PagerStep::Done`] gave was the whole list (always, unbounded).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
     /// The first request.
     pub fn first(&mut self) -> Request {
         self.collecting = None;
         self.restarts = 0;
+        self.pages = 0;
+        self.wrapped = false;
         Request::CMembersPage {
-            after: None,
+            after: self.start(),
             digest: self.known,
         }
+    }
+
+    /// Where a fetch starts: the cursor of a bounded pager, else the list's start.
+    fn start(&self) -> Option<UserId> {
+        self.bound.filter(|_| self.spread).map(|(s, _)| s)
     }
 
     /// A page arrived: what to do next. `None` if `resp` is not a page.
@@ -165,7 +205,7 @@ impl Pager {
             members,
             next,
             digest,
-            ..
+            total,
         } = resp
         else {
             return None;
@@ -173,14 +213,24 @@ impl Pager {
         if self.collecting.is_none() && next.is_none() && Some(digest) == self.known {
             return Some(PagerStep::Done(None, digest));
         }
+        self.total = total;
+        self.pages += 1;
+        // A bounded fetch past its start again (it wrapped round and came back to it).
+        let last = members.last().map(|n| n.key.id);
+        let round = self.wrapped
+            && self
+                .start()
+                .is_some_and(|s| last.is_some_and(|l| l >= s) || next.is_some_and(|n| n >= s));
         match &mut self.collecting {
             Some((d, got)) if *d == digest => got.extend(members),
             Some(_) if self.restarts < MAX_RESTARTS => {
                 // The list changed under us: start over, so what we hold is one list.
                 self.restarts += 1;
                 self.collecting = None;
+                self.pages = 0;
+                self.wrapped = false;
                 return Some(PagerStep::Ask(Request::CMembersPage {
-                    after: None,
+                    after: self.start(),
                     digest: None,
                 }));
             }
@@ -191,15 +241,29 @@ impl Pager {
             }
             None => self.collecting = Some((digest, members)),
         }
+        let more = match self.bound {
+            None => true,
+            Some((_, max)) => self.pages < max && !round,
+        };
         match next {
-            Some(after) => Some(PagerStep::Ask(Request::CMembersPage {
+            Some(after) if more => Some(PagerStep::Ask(Request::CMembersPage {
                 after: Some(after),
                 digest: None,
             })),
-            None => {
+            // The end of the list, a bounded fetch that started past its beginning: wrap.
+            None if more && !self.wrapped && self.start().is_some() => {
+                self.wrapped = true;
+                Some(PagerStep::Ask(Request::CMembersPage {
+                    after: None,
+                    digest: None,
+                }))
+            }
+            _ => {
                 let (d, mut list) = self.collecting.take().expect("collecting");
                 list.sort_by_key(|n| n.key.id);
                 list.dedup_by_key(|n| n.key.id);
+                self.complete = list.len() >= self.total as usize;
+                self.spread = !self.complete;
                 self.known = Some(d);
                 Some(PagerStep::Done(Some(list), d))
             }
@@ -390,6 +454,60 @@ mod tests {
             unreachable!()
         };
         assert_eq!(members, all[21..].to_vec());
+    }
+
+    /// Fetches with `pager` until done: the step and the pages it took.
+    fn fetch_bounded(pager: &mut Pager, all: &[NodeInfo]) -> (PagerStep, u32) {
+        let (d, budget) = (digest(all), Config::default().max_body());
+        let mut req = pager.first();
+        let mut pages = 0;
+        loop {
+            let Request::CMembersPage { after, digest } = req else {
+                panic!("{req:?}")
+            };
+            pages += 1;
+            match pager.on_page(page(all, d, after, digest, budget)).unwrap() {
+                PagerStep::Ask(r) => req = r,
+                done => return (done, pages),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bounded_pager_takes_a_slice_from_its_cursor_and_wraps() {
+        let mut all = list(1000);
+        let start = all[990].key.id;
+        let mut pager = Pager::bounded(start, 3);
+        // First from the list's start (it may fit in one page), as far as the bound.
+        let (PagerStep::Done(Some(got), _), 3) = fetch_bounded(&mut pager, &all) else {
+            panic!("three pages")
+        };
+        assert!(!pager.complete());
+        assert_eq!(got[..], all[..got.len()]);
+        // Unchanged: one empty page.
+        let d = digest(&all);
+        assert_eq!(
+            fetch_bounded(&mut pager, &all),
+            (PagerStep::Done(None, d), 1)
+        );
+        // Changed: from the cursor on, the nine after it, then round to the list's start.
+        all.remove(500);
+        let (PagerStep::Done(Some(got), _), 3) = fetch_bounded(&mut pager, &all) else {
+            panic!("three pages")
+        };
+        assert!(!pager.complete());
+        assert!(got.iter().any(|n| n.key.id == all[998].key.id));
+        assert!(got.iter().any(|n| n.key.id == all[0].key.id));
+        assert!(got.iter().all(|n| n.key.id != start));
+        assert!(got.len() > 9 && got.len() < 999, "{}", got.len());
+        // A list within the bound comes whole, in one page when it fits one.
+        let small = list(10);
+        let mut pager = Pager::bounded(small[4].key.id, 3);
+        assert_eq!(
+            fetch_bounded(&mut pager, &small),
+            (PagerStep::Done(Some(small.clone()), digest(&small)), 1)
+        );
+        assert!(pager.complete());
     }
 
     #[test]

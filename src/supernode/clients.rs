@@ -99,21 +99,28 @@ impl Clients {
 
     /// Standby sessions of clients whose primary is `primary`.
     pub fn standbys_of(&self, primary: &UserId) -> Vec<SessionId> {
-        self.standby
+        let mut v: Vec<SessionId> = self
+            .standby
             .iter()
             .filter(|(_, p)| *p == primary)
             .map(|(s, _)| *s)
-            .collect()
+            .collect();
+        // In session order, not the map's (which differs per process): see `Presence`.
+        v.sort_unstable();
+        v
     }
 
     /// Sessions of clients registered here whose standby is (by tag) `standby`.
     pub fn with_standby(&self, standby: &UserId) -> Vec<SessionId> {
         let tag = standby_tag(standby);
-        self.registered
+        let mut v: Vec<SessionId> = self
+            .registered
             .values()
             .filter(|c| c.standby == tag)
             .map(|c| c.session)
-            .collect()
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Clients registered here.

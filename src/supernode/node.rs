@@ -131,6 +131,9 @@ pub struct NodeCounters {
     pub presence_pushes: u64,
     pub claims: u64,
     pub relay_offers: u64,
+    /// Member-list pages served with members in them (an asker whose digest is current gets
+    /// an empty page, not counted).
+    pub member_pages: u64,
     /// Requests to other supernodes sent again because their session closed under them.
     pub peer_retries: u64,
     /// Refusals by reason (bad records, impostors, unknown roles...).
@@ -711,6 +714,9 @@ impl Supernode {
                 let (_, list, d) = self.member_list.as_ref().expect("just made");
                 let budget = self.ep.config().max_body();
                 let resp = signal::members_page(list, *d, after, digest, budget);
+                if matches!(&resp, Response::MembersPage { members, .. } if !members.is_empty()) {
+                    self.counters.member_pages += 1;
+                }
                 self.respond(now, sid, txn, &resp);
             }
             Request::CStandbyIs { standby } => self.standby_is(now, sid, txn, peer, standby),

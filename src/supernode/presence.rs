@@ -87,12 +87,15 @@ impl Presence {
         if self.per_session.remove(&sid).is_none() {
             return Vec::new();
         }
-        let watched: Vec<UserId> = self
+        let mut watched: Vec<UserId> = self
             .watchers
             .iter()
             .filter(|(_, set)| set.contains(&sid))
             .map(|(u, _)| *u)
             .collect();
+        // Sorted wherever a set's order becomes the order of messages: std's hash order
+        // differs per process, and a seeded simulation must replay the same traffic.
+        watched.sort_unstable();
         watched
             .into_iter()
             .filter(|u| self.unwatch(sid, *u))
@@ -137,7 +140,9 @@ impl Presence {
         if self.last.insert(user, (online, stale)) == Some((online, stale)) {
             return Vec::new();
         }
-        set.iter().copied().collect()
+        let mut v: Vec<SessionId> = set.iter().copied().collect();
+        v.sort_unstable();
+        v
     }
 }
 

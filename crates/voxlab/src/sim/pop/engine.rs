@@ -250,6 +250,8 @@ pub struct Engine<P: Policy> {
     pub tenures: Vec<f64>,
     pub errors: BTreeMap<String, u64>,
     pub call_failures: BTreeMap<String, u64>,
+    /// Failures by their cause as the simulator sees it ([`Engine::cause`]).
+    pub failure_causes: BTreeMap<String, u64>,
     pub steps: u64,
     /// The work of supernodes already gone (see [`Engine::work`]).
     work_of_gone: Work,
@@ -276,6 +278,15 @@ pub struct Work {
     pub refreshes: u64,
     pub lookups: u64,
     pub presence_pushes: u64,
+    /// Member-list pages served with members in them (clients re-fetch the list when its
+    /// digest changed).
+    pub member_pages: u64,
+    /// Requests to other supernodes sent again on a fresh session.
+    pub peer_retries: u64,
+    /// What the supernodes refused or counted as failed, by reason (stores from members they
+    /// did not know yet, lookups that found a bad entry...): the first place to look when a
+    /// lookup or call fails.
+    pub refused: BTreeMap<String, u64>,
 }
 
 impl Work {
@@ -292,6 +303,11 @@ impl Work {
         self.refreshes += n.refreshes;
         self.lookups += n.lookups;
         self.presence_pushes += n.presence_pushes;
+        self.peer_retries += n.peer_retries;
+        self.member_pages += n.member_pages;
+        for (why, k) in &n.refused {
+            *self.refused.entry(why.clone()).or_default() += k;
+        }
     }
 }
 
@@ -378,6 +394,7 @@ impl<P: Policy> Engine<P> {
             tenures: Vec::new(),
             errors: BTreeMap::new(),
             call_failures: BTreeMap::new(),
+            failure_causes: BTreeMap::new(),
             steps: 0,
             work_of_gone: Work::default(),
         }
@@ -521,9 +538,11 @@ impl<P: Policy> Engine<P> {
                 }
             }
             // The cores emit a burst in the order of their hash maps, which std randomises per
-            // process; the burst goes on the wire in address order (then size), so each link's
-            // seeded loss draws fall on the same datagrams in every run of a seed.
-            out.sort_by_key(|t| (t.to, t.data.len()));
+            // process; the burst goes on the wire in address order, then by its bytes (two
+            // sessions with one peer send alike datagrams to one address), so the receivers
+            // see the same order and each link's seeded loss draws fall on the same datagrams
+            // in every run of a seed.
+            out.sort_unstable_by(|a, b| (a.to, &a.data).cmp(&(b.to, &b.data)));
             for t in out {
                 self.world.send(host, addr, t.to, t.data);
             }
@@ -1181,8 +1200,50 @@ impl<P: Policy> Engine<P> {
     }
 
     fn fail_call(&mut self, c: u32, why: String) {
-        self.clients[c as usize].call = None;
+        if let Some(call) = self.clients[c as usize].call.take() {
+            let cause = self.cause(c, call.callee);
+            let stage = why.split(':').next().unwrap_or("").to_string();
+            *self
+                .failure_causes
+                .entry(format!("{stage}: {cause}"))
+                .or_default() += 1;
+        }
         *self.call_failures.entry(why).or_default() += 1;
+    }
+
+    /// What the simulator knows about a failed call's callee `k` and caller `c`: the first that
+    /// holds of callee gone, callee not registered, its supernode gone or promoted less than a
+    /// minute ago, its re-registration (a failover) less than 20 s ago, the caller's supernode
+    /// promoted less than a minute ago; else "no known cause".
+    fn cause(&self, c: u32, k: u32) -> &'static str {
+        let now = self.now();
+        let recent = |d: Duration, s: u64| d + Duration::from_secs(s) > now;
+        let kc = &self.clients[k as usize];
+        let promoted = |cl: &Client| {
+            cl.primary
+                .and_then(|p| self.sn_by_id.get(&p))
+                .and_then(|s| self.clients[*s as usize].sn)
+                .map(|(_, since, ..)| since)
+        };
+        if !kc.alive {
+            return "callee left";
+        }
+        let Some(p) = kc.primary else {
+            return "callee not registered";
+        };
+        if !self.sn_by_id.contains_key(&p) {
+            return "callee's supernode gone";
+        }
+        if promoted(kc).is_some_and(|s| recent(s, 60)) {
+            return "callee's supernode promoted < 60 s before";
+        }
+        if kc.reregistered_at.is_some_and(|r| recent(r, 20)) {
+            return "callee re-registered < 20 s before";
+        }
+        if promoted(&self.clients[c as usize]).is_some_and(|s| recent(s, 60)) {
+            return "caller's supernode promoted < 60 s before";
+        }
+        "no known cause"
     }
 
     fn call_ok(&mut self, c: u32, relayed: bool) {

@@ -265,6 +265,9 @@ pub struct Calls {
     pub relayed_share: f64,
     pub setup_s: Dist,
     pub failures: BTreeMap<String, u64>,
+    /// The same failures by what the simulator knew of the callee and the two supernodes at
+    /// the time (it sees the whole network; the cores do not).
+    pub failure_causes: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, PartialEq, Debug)]
@@ -410,6 +413,7 @@ pub fn simulate(args: &SimArgs) -> Report {
             relayed_share: ratio(c.relayed, c.calls_ok.max(1)),
             setup_s: Dist::of(&e.setup),
             failures: e.call_failures.clone(),
+            failure_causes: e.failure_causes.clone(),
         },
         tenure: Tenure {
             min_tenure_s: cfg.min_tenure.as_secs(),
