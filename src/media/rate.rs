@@ -172,8 +172,11 @@ impl RateControl {
         } else if congested && sent_wire_bps > 0.0 {
             let delivered = sent_wire_bps * (1.0 - loss);
             self.overflowed_at = Some(delivered);
-            // At most halved per report: a loss figure from a short interval can mislead.
-            let aim = (delivered * MARGIN).max(self.target * 0.5);
+            // At most quartered per report: a loss figure from a short interval can mislead.
+            // (Halving left a call's first cut through the bench's 32 kbit/s link at 31.5
+            // kbit/s, 98 % of it, where 4 % loss a second went on and a round trip sampled
+            // between the queue's peaks did not show it.)
+            let aim = (delivered * MARGIN).max(self.target * 0.25);
             if aim < self.target {
                 self.target = aim;
                 self.last_decrease = Some(now);
@@ -246,7 +249,7 @@ mod tests {
     use super::*;
 
     /// A 32 kbit/s link under a 32 kbit/s Opus call at 20 ms (60 kbit/s on the wire): one
-    /// lossy report brings the wire rate under the link (at most halving it), with longer
+    /// lossy report brings the wire rate under the link (at most quartering it), with longer
     /// frames; the next overflow's delivered rate sets the target a margin below it, and clean
     /// reports grow it only to [`PROBE_CAP`] of that until [`REPROBE_AFTER`], then back to the
     /// configured rate.
@@ -265,23 +268,18 @@ mod tests {
         assert!(c.frame.millis() >= 40, "{c:?}");
         assert!(wire(c.bitrate, c.frame) <= 32_000.0, "{c:?}");
         assert!(c.bitrate >= MIN_OPUS, "{c:?}");
-        // No second cut within the gap; after it, the loss of a rate still too high (36 kbit/s
-        // sent) sets the target a margin below what the link delivered.
-        rc.on_report(t0 + secs(2), 0.1, 36_000.0, Some(ms(140)));
-        assert!(rc.target() <= 32_000.0, "{}", rc.target());
-        let c = rc.on_report(t0 + secs(3), 1.0 - 32.0 / 36.0, 36_000.0, Some(ms(140)));
         assert!(rc.target() <= 32_000.0 * MARGIN + 1.0, "{}", rc.target());
         // Clean reports within the hold time change nothing; later ones grow the rate, to a
         // few packets' headroom below the link until the reprobe time.
-        let held = rc.on_report(t0 + secs(4), 0.0, 27_000.0, None);
+        let held = rc.on_report(t0 + secs(2), 0.0, 27_000.0, None);
         assert_eq!(held, c);
-        for s in 5..33 {
+        for s in 3..31 {
             rc.on_report(t0 + secs(s), 0.0, rc.target(), None);
             assert!(rc.target() <= 32_000.0 * PROBE_CAP + 1.0, "{}", rc.target());
         }
         assert!(rc.target() > 32_000.0 * MARGIN + 1.0, "{}", rc.target());
         let mut last = c;
-        for s in 33..400 {
+        for s in 31..400 {
             last = rc.on_report(t0 + secs(s), 0.0, rc.target(), None);
         }
         assert_eq!(
