@@ -720,10 +720,11 @@ fn frame_durations_and_settings_changed_mid_call() {
 /// at most 2%.
 #[test]
 fn a_narrow_link_is_fitted_within_five_seconds() {
-    for seed in [1, 2, 3] {
+    // The bench's bottleneck: 32 kbit/s, a queue of three packets (~100 ms).
+    for seed in [1, 2, 3, 4, 5] {
         let mut p = Pair::new(
             seed,
-            spec("delay=20ms,jitter=5ms,rate=32kbit,limit=5"),
+            spec("delay=20ms,jitter=5ms,rate=32kbit,limit=3"),
             spec("delay=20ms"),
         );
         p.a.source = syllables(30.0);
@@ -736,15 +737,28 @@ fn a_narrow_link_is_fitted_within_five_seconds() {
         let per_second = 1000.0 / f64::from(s.frame.millis());
         let wire =
             f64::from(s.bitrate) + per_second * f64::from(voxmesh::media::rate::WIRE_OVERHEAD * 8);
-        // Adapted: from 54.4 kbit/s on the wire to about the link's rate (our wire model
-        // counts 56 bytes a packet; the link counts what it carries). The loss from here on
-        // says whether it fits.
+        // Adapted: from 60 kbit/s on the wire to about the link's rate (both count 70 bytes
+        // around each Opus payload). The loss from here on says whether it fits.
         assert!(
             wire <= 32_000.0 * 1.1,
             "seed {seed}: still {s:?} ({wire:.0} bit/s on the wire) at 5 s"
         );
         let before = p.link(AB).stats;
-        p.run_for(secs(20));
+        // From here on the rate stays under the link with a few packets' headroom: a
+        // variable-rate codec's loud frames overflow a three-packet queue kept full on average
+        // (the lab's bench lost 1-5 % at 94-100 % of the link).
+        // Counted as the link counts it: its framing, our header (12) and tag (16).
+        let link_overhead = (voxlab::sim::FRAMING + 28) as f64 * 8.0;
+        for _ in 0..20 {
+            p.run_for(secs(1));
+            let s = *p.a.session.opus();
+            let per_second = 1000.0 / f64::from(s.frame.millis());
+            let wire = f64::from(s.bitrate) + per_second * link_overhead;
+            assert!(
+                wire <= 32_000.0 * 0.95,
+                "seed {seed}: {s:?} ({wire:.0} bit/s on the wire) after adaptation"
+            );
+        }
         let after = p.link(AB).stats;
         let (sent, lost) = (after.sent - before.sent, after.lost - before.lost);
         let loss = lost as f64 / sent as f64;

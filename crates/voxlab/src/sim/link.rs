@@ -5,6 +5,12 @@ use std::time::{Duration, Instant};
 
 use crate::netem::{Decision, Impairer, Spec};
 
+/// Bytes around a datagram's payload that a real link carries and the lab's forwarder counts
+/// against a `rate=` limit: Ethernet (14), IPv4 (20) and UDP (8) headers (the forwarder sees
+/// Ethernet frames). Without them a simulated bottleneck carries ~40 % more of a voice call's
+/// small packets than the lab's does.
+pub const FRAMING: usize = 42;
+
 /// Counts of one link.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
@@ -63,7 +69,7 @@ impl Link {
         self.stats.sent += 1;
         // The impairer draws for every datagram, so a cut or a forced loss does not shift the
         // decisions for the ones after it.
-        let decision = self.impairer.decide_ip(now, len);
+        let decision = self.impairer.decide_ip(now, len + FRAMING);
         if self.cut || self.lose_next > 0 {
             self.lose_next = self.lose_next.saturating_sub(1);
             self.stats.lost += 1;

@@ -33,7 +33,7 @@ mod nat;
 pub mod pop;
 mod world;
 
-pub use link::{Crossing, Link, LinkStats, Path};
+pub use link::{Crossing, FRAMING, Link, LinkStats, Path};
 pub use nat::{Filtering, Mapping, Nat, NatConfig, NatDrops, Outbound};
 pub use world::{
     Datagram, Delivery, Fate, Host, LAN_DELAY, Relay, Sent, StunBehaviour, StunServer, World,
