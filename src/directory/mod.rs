@@ -123,7 +123,8 @@ impl HomeCache {
         }
     }
 
-    /// Ends a change: the users [`Rehoming::keep`] recorded are cached over its new members.
+    /// Ends a change: the users [`Rehoming::keep`] and [`Rehoming::track`] recorded are cached
+    /// over its new members.
     pub fn finish(&mut self, r: Rehoming<'_>) {
         self.over = r.new.to_vec();
         self.homes = r.next;
@@ -150,6 +151,15 @@ impl Rehoming<'_> {
             best_of(before.iter().copied().chain(joined), REPLICAS)
         };
         (before, after)
+    }
+
+    /// [`moved`](Self::moved) for a user whose homes we follow whether or not we are one (a
+    /// client registered through us): its new homes are cached for the next change.
+    pub fn track(&mut self, user: &UserId) -> (Vec<UserId>, Vec<UserId>) {
+        let (b, a) = self.scored(user);
+        let moved = (ids(&b), ids(&a));
+        self.next.insert(*user, a);
+        moved
     }
 
     /// Whether `me` homes `user` (a user ID) after the change; if so its homes are cached.

@@ -54,6 +54,16 @@ impl Clients {
         self.registered.get(user).map(|c| c.seq)
     }
 
+    /// The record `user` registered here with.
+    pub fn record(&self, user: &UserId) -> Option<Arc<[u8]>> {
+        self.registered.get(user).map(|c| c.record.clone())
+    }
+
+    /// Every client registered here, with its record.
+    pub fn registered(&self) -> impl Iterator<Item = (UserId, Arc<[u8]>)> + '_ {
+        self.registered.iter().map(|(u, c)| (*u, c.record.clone()))
+    }
+
     /// `user` registered on session `sid`. A newer session replaces an older one (a restarted
     /// client); a session that was a standby is a primary now.
     pub fn register(&mut self, user: UserId, sid: SessionId, record: Arc<[u8]>, seq: u64) {

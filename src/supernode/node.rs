@@ -48,7 +48,8 @@ use super::presence::{Presence, TooManyWatches, WatchAnswer};
 use super::promotion::Promotion;
 use super::relays::{Relay, Relays};
 use super::routing::{
-    AfterLookup, Cont, HomeAnswer, Pending, after_lookup, delivered, home_answer, relayed,
+    AfterLookup, Cont, HomeAnswer, NOT_YET_MEMBER, Pending, after_lookup, delivered, home_answer,
+    relayed,
 };
 use crate::directory::{Directory, HomeCache, name_homes, user_homes};
 use crate::identity::{
@@ -62,6 +63,13 @@ use crate::signal::{
     self, Entry, Message, NodeInfo, Registration, Request, Response, RolesAnswer, RolesRequest,
     Target,
 };
+
+/// Sends of a registration to a home that answers [`NOT_YET_MEMBER`], at most.
+const STORE_SENDS: u8 = 5;
+/// The wait before the second of them, doubled before each further one (1, 2, 4, 8 s: a
+/// join gossips to a mesh of 1,000 in about seven rounds of [`crate::mesh::GOSSIP_PERIOD`];
+/// a member also learns of it when the new one first probes it).
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Supernode settings.
 #[derive(Clone, Debug)]
@@ -125,6 +133,8 @@ pub struct NodeCounters {
     pub stores: u64,
     /// Of those, the ones whose record we held already (its signature not verified again).
     pub stores_held: u64,
+    /// Entries we sent a home again because it did not know us as a member yet.
+    pub store_resends: u64,
     pub refreshes: u64,
     pub lookups: u64,
     pub routed: u64,
@@ -199,6 +209,9 @@ pub struct Supernode {
     /// its session closed under it (an idle close crossing it, two sessions settling on one)
     /// is sent once more on a fresh session.
     retry: HashMap<TransactionId, (UserId, Vec<u8>)>,
+    /// Entries to send again: a home answered [`NOT_YET_MEMBER`]. (Home, user) -> (when,
+    /// sends so far).
+    store_retry: HashMap<(UserId, UserId), (Instant, u8)>,
     /// When to close idle peer sessions next.
     next_sweep: Instant,
     /// The homes of the users we hold, for the member list of the last re-homing.
@@ -249,6 +262,7 @@ impl Supernode {
             pending: Pending::default(),
             relays: Relays::default(),
             retry: HashMap::new(),
+            store_retry: HashMap::new(),
             next_sweep,
             homes: HomeCache::default(),
             member_list: None,
@@ -372,6 +386,7 @@ impl Supernode {
             self.ep.poll_timeout(),
             self.mesh.poll_timeout(),
             Some(self.next_sweep),
+            self.store_retry.values().map(|(at, _)| *at).min(),
         ]
         .into_iter()
         .flatten()
@@ -382,6 +397,7 @@ impl Supernode {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
         self.mesh.handle_timeout(now);
+        self.resend_stores(now);
         if now >= self.next_sweep {
             self.next_sweep = now + self.config.peer_idle / 4;
             for (id, sid) in self.peers.idle(now, self.config.peer_idle) {
@@ -745,7 +761,10 @@ impl Supernode {
                     self.respond(now, sid, txn, &resp);
                 }
             }
-            _ => self.error(now, sid, txn, 403, "supernode request from a non-member"),
+            _ => {
+                let why = "supernode request from a non-member";
+                self.error(now, sid, txn, NOT_YET_MEMBER, why)
+            }
         }
     }
 
@@ -1007,20 +1026,61 @@ impl Supernode {
             return self.error(now, sid, txn, 503, "ramping up: register elsewhere");
         }
         self.counters.registrations += 1;
-        let entry = self.own_entry(record.into(), true, self.unix(now));
-        for h in user_homes(&peer, &self.live_members()) {
-            self.send_or_local(
-                now,
-                h,
-                Request::PStore {
-                    user: peer,
-                    entry: entry.clone(),
-                },
-            );
-        }
-        self.clients.register(peer, sid, entry.record, rec.seq);
+        let record: std::sync::Arc<[u8]> = record.into();
+        self.clients.register(peer, sid, record.clone(), rec.seq);
+        self.replicate_registration(now, peer, record);
         let expires_at = rec.expires_at.0;
         self.respond(now, sid, txn, &Response::Registered { expires_at });
+    }
+
+    /// Publishes `user`'s registration here to its homes.
+    fn replicate_registration(&mut self, now: Instant, user: UserId, record: std::sync::Arc<[u8]>) {
+        let entry = self.own_entry(record, true, self.unix(now));
+        for h in user_homes(&user, &self.live_members()) {
+            self.store_at(now, h, user, entry.clone(), 1);
+        }
+    }
+
+    /// Sends `user`'s entry to its home `home` (or stores it, when that is us); `sends`: the
+    /// how-many-th time. A home that answers [`NOT_YET_MEMBER`] gets it again later.
+    fn store_at(&mut self, now: Instant, home: UserId, user: UserId, entry: Entry, sends: u8) {
+        let req = Request::PStore { user, entry };
+        if home == self.me {
+            self.send_or_local(now, home, req);
+        } else {
+            self.send_to_peer(now, home, &req, Cont::Store { home, user, sends });
+        }
+    }
+
+    /// Entries a home refused as too early, due again: sent if it is still one of the user's
+    /// homes, with what we know now (our client's registration, else the entry we home).
+    fn resend_stores(&mut self, now: Instant) {
+        if !self.store_retry.values().any(|(at, _)| *at <= now) {
+            return;
+        }
+        let mut due: Vec<((UserId, UserId), u8)> = self
+            .store_retry
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(k, (_, sends))| (*k, *sends))
+            .collect();
+        // In a fixed order (a hash map's is not): the simulator's runs repeat.
+        due.sort_unstable();
+        let members = self.live_members();
+        for ((home, user), sends) in due {
+            self.store_retry.remove(&(home, user));
+            if !user_homes(&user, &members).contains(&home) {
+                continue;
+            }
+            let entry = match self.clients.record(&user) {
+                Some(record) => Some(self.own_entry(record, true, self.unix(now))),
+                None => self.dir.get(&user).map(|s| s.entry.clone()),
+            };
+            if let Some(entry) = entry {
+                self.counters.store_resends += 1;
+                self.store_at(now, home, user, entry, sends + 1);
+            }
+        }
     }
 
     /// The entry of a client registered through us, as we publish it to its homes.
@@ -1360,6 +1420,20 @@ impl Supernode {
     fn on_answer(&mut self, now: Instant, cont: Cont, resp: Option<Response>) {
         match cont {
             Cont::Fire => {}
+            Cont::Store { home, user, sends } => {
+                let early = matches!(
+                    resp,
+                    Some(Response::Error {
+                        code: NOT_YET_MEMBER,
+                        ..
+                    })
+                );
+                if early && sends < STORE_SENDS {
+                    // Gossip reaches the whole mesh within a few rounds; wait longer each time.
+                    let at = now + STORE_RETRY * (1 << (sends - 1));
+                    self.store_retry.entry((home, user)).or_insert((at, sends));
+                }
+            }
             Cont::Notice { client, body } => {
                 if resp.is_none() && self.ep.is_established(client) {
                     self.notify(now, client, body);
@@ -1640,15 +1714,34 @@ impl Supernode {
         let mut cache = std::mem::take(&mut self.homes);
         let mut change = cache.change(&old, &members);
         let mut pushes = Vec::new();
-        // In a fixed order (the directory's is a hash map's): what goes first, and what waits
-        // in a peer's queue, is then the same in every run.
+        let mut stores = Vec::new();
+        // In a fixed order (hash maps' is not): what goes first, and what waits in a peer's
+        // queue, is then the same in every run.
+        // Our own clients' registrations go to every home they gained, whether we home them or
+        // not: we are where they registered, the authority on their entry. (Only pushing what
+        // we home lost the first clients of a supernode that had just joined: homed here while
+        // it knew few members, dropped when it learnt more, refused by homes that had not
+        // heard of it yet.)
+        let mut ours: Vec<_> = self.clients.registered().collect();
+        ours.sort_unstable_by_key(|(u, _)| *u);
+        let unix = self.unix(now);
+        for (user, record) in ours {
+            let (before, after) = change.track(&user);
+            let mut entry = None;
+            for h in after.into_iter().filter(|h| !before.contains(h)) {
+                let e = entry.get_or_insert_with(|| self.own_entry(record.clone(), true, unix));
+                stores.push((h, user, e.clone()));
+            }
+        }
         let mut held: Vec<_> = self.dir.iter().collect();
         held.sort_unstable_by_key(|(u, _)| **u);
         for (user, stored) in held {
+            if self.clients.record(user).is_some() {
+                continue;
+            }
             let (before, after) = change.moved(user);
             for h in gained(self.me, &before, &after) {
-                let entry = stored.entry.clone();
-                pushes.push((h, Request::PStore { user: *user, entry }));
+                stores.push((h, *user, stored.entry.clone()));
             }
         }
         let mut names: Vec<_> = self.dir.names().collect();
@@ -1666,6 +1759,9 @@ impl Supernode {
                 };
                 pushes.push((h, req));
             }
+        }
+        for (h, user, entry) in stores {
+            self.store_at(now, h, user, entry, 1);
         }
         for (h, req) in pushes {
             self.send_to_peer(now, h, &req, Cont::Fire);

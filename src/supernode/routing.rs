@@ -12,6 +12,11 @@ use crate::identity::UserId;
 use crate::session::{SessionId, TransactionId};
 use crate::signal::{Entry, Response};
 
+/// The answer to a supernode-to-supernode request from a peer the mesh has not told us about
+/// (yet): a supernode just promoted reaches the homes of its first clients before its join has
+/// gossiped to them. "Too early": the sender tries again once the join has spread.
+pub(super) const NOT_YET_MEMBER: u16 = 425;
+
 /// A request of ours waiting for its answer.
 #[derive(Clone, Debug)]
 pub(super) enum Cont {
@@ -52,6 +57,13 @@ pub(super) enum Cont {
     },
     /// Nothing waits on this (replication, unwatching).
     Fire,
+    /// An entry replicated to `home`, one of `user`'s homes (`sends`: how many times so far):
+    /// a home that does not know us as a member yet ([`NOT_YET_MEMBER`]) gets it again later.
+    Store {
+        home: UserId,
+        user: UserId,
+        sends: u8,
+    },
     /// A failover notice to a client ([`Message::PrimaryLost`], [`Message::StandbyLost`]): sent
     /// again when unanswered, until the client acknowledges or its session dies.
     ///

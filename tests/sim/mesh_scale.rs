@@ -169,6 +169,73 @@ fn sixty_supernodes_converge_find_everyone_and_spread_presence() {
     assert_eq!(Some(e.via), vias[50]);
 }
 
+/// A supernode that just joined reaches its first clients' homes before its join has gossiped
+/// to them: they answer "not yet a member" (425), and the newcomer publishes the registrations
+/// again on a doubling schedule (1, 2, 4, 8 s) until they are taken. Before that retry, such a
+/// client stayed unknown to lookups until it registered again (the simulator's lookup misses
+/// at 100,000 clients: "callee's supernode promoted < 60 s before").
+#[test]
+fn a_new_supernodes_first_clients_are_found_from_anywhere() {
+    const N: usize = 20;
+    const NEW: usize = 12;
+    let (mut w, sns) = big_mesh(N);
+    // An existing client on each of two supernodes to look from.
+    let lookers: Vec<usize> = (0..2)
+        .map(|i| w.add_client(vec![sns[i * 7]], true))
+        .collect();
+    let (_, k, a) = w.add_supernode(&[sns[0]]);
+    // The newcomer's clients register at once: their homes are mostly old members that have
+    // not heard of the newcomer yet.
+    let fresh: Vec<usize> = (0..NEW).map(|_| w.add_client(vec![(k, a)], true)).collect();
+    let all = [&lookers[..], &fresh[..]].concat();
+    let registered = run_steps(&mut w, Duration::from_secs(10), |w| {
+        all.iter().all(|c| w.agent(*c).is_registered())
+    });
+    assert!(registered.is_some(), "clients did not all register");
+    let early = w
+        .refusals()
+        .get("supernode request from a non-member")
+        .copied()
+        .unwrap_or(0);
+    eprintln!("stores refused as too early: {early}");
+    assert!(
+        early > 0,
+        "the scenario needs a home that did not know the newcomer yet"
+    );
+    // Every retry has had its turn (15 s) plus a second for the lookups themselves.
+    let ids: Vec<UserId> = fresh.iter().map(|c| w.agent(*c).id()).collect();
+    let mut missing = ids.clone();
+    let found = run_steps(&mut w, Duration::from_secs(16), |w| {
+        let now = w.now;
+        for (i, id) in missing.iter().enumerate() {
+            w.agent(lookers[i % 2]).lookup(now, Target::Id(*id));
+        }
+        w.run(Duration::from_millis(500));
+        let mut got = Vec::new();
+        for l in &lookers {
+            for e in w.take_events(*l) {
+                if let AgentEvent::Lookup {
+                    target: Target::Id(u),
+                    result: Ok(Some(e)),
+                } = e
+                    && e.online
+                {
+                    got.push(u);
+                }
+            }
+        }
+        missing.retain(|u| !got.contains(u));
+        missing.is_empty()
+    });
+    assert!(
+        found.is_some(),
+        "{} of the newcomer's {NEW} clients still unknown to lookups 16 s on; refusals {:?}",
+        missing.len(),
+        w.refusals()
+    );
+    eprintln!("all {NEW} found {found:?} after registering");
+}
+
 /// Resident memory of this process, bytes (Linux).
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
