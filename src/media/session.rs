@@ -724,14 +724,12 @@ mod tests {
     /// what the delay bench (`scripts/bench-delay`) measures the pipeline with.
     #[test]
     fn the_trace_times_sending_arrival_and_playout() {
-        let keys = MediaKeys::new([1; 32], [2; 32]);
         let c = MediaConfig {
             trace: true,
             ..MediaConfig::default()
         };
         let t0 = Instant::now();
-        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
-        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        let (mut a, mut b) = pair(t0, c);
         let t1 = t0 + Duration::from_millis(20);
         a.send_audio(t1, &[0.2; 960]).unwrap();
         let d = a.poll_transmit().unwrap();
@@ -762,6 +760,14 @@ mod tests {
         assert_eq!(frame.pcm.len(), 960);
     }
 
+    /// The two ends of one call, both with `c`.
+    fn pair(t0: Instant, c: MediaConfig) -> (MediaSession, MediaSession) {
+        let keys = MediaKeys::new([1; 32], [2; 32]);
+        let a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
+        let b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        (a, b)
+    }
+
     /// One second of a call from `a` to `b`, every `drop_every`th packet lost (0: none), then
     /// `b`'s receiver report delivered to `a`.
     fn second(a: &mut MediaSession, b: &mut MediaSession, t0: Instant, s: u64, drop_every: u64) {
@@ -786,11 +792,8 @@ mod tests {
     /// it, the configured loss guess alone does not, and clean reports bring it back.
     #[test]
     fn measured_random_loss_raises_the_rate_for_fec_and_clean_reports_restore_it() {
-        let keys = MediaKeys::new([1; 32], [2; 32]);
         let t0 = Instant::now();
-        let c = MediaConfig::default();
-        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
-        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        let (mut a, mut b) = pair(t0, MediaConfig::default());
         second(&mut a, &mut b, t0, 0, 0);
         assert_eq!(a.stats().peer.map(|p| p.fraction_lost), Some(0.0));
         assert_eq!(
@@ -813,11 +816,8 @@ mod tests {
     /// queue. That is no loss to spend more rate on.
     #[test]
     fn heavy_loss_does_not_raise_the_rate() {
-        let keys = MediaKeys::new([1; 32], [2; 32]);
         let t0 = Instant::now();
-        let c = MediaConfig::default();
-        let mut a = MediaSession::new(t0, &keys, Role::Initiator, c.clone()).unwrap();
-        let mut b = MediaSession::new(t0, &keys, Role::Responder, c).unwrap();
+        let (mut a, mut b) = pair(t0, MediaConfig::default());
         second(&mut a, &mut b, t0, 0, 2);
         assert!(a.stats().peer.unwrap().fraction_lost > 0.4);
         assert!(a.opus().bitrate <= 32_000, "{}", a.opus().bitrate);
