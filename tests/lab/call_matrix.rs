@@ -290,7 +290,11 @@ impl Worker {
         let ev = |name: &str| events.iter().find(|e| e["event"] == name).cloned();
         let connected = ev("connected");
         if code != Some(0) {
-            errors.push(format!("dial exit {code:?}"));
+            // The caller's own account of the end (a CI log may show only this line).
+            let why = ev("ended")
+                .map(|e| e["detail"].clone())
+                .unwrap_or(Value::Null);
+            errors.push(format!("dial exit {code:?} (ended: {why})"));
         }
         // The callee hears the hang-up within a signalling round trip (retransmitted at loss).
         let bob_ended = bob.wait("ended", Duration::from_secs(10)).is_some();

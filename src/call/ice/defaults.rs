@@ -219,7 +219,7 @@ impl Timing {
     /// How long a check is listened to for at most: every send spaced by the largest RTO, and
     /// one more RTO. A superseded check (a triggered check replaced it) keeps listening this
     /// long, so its answer still counts.
-    pub(crate) fn check_lifetime(&self) -> Duration {
+    pub fn check_lifetime(&self) -> Duration {
         self.max_rto * (self.check_sends + 1)
     }
 
