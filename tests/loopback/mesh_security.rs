@@ -723,10 +723,11 @@ fn two_claims_of_one_name_at_two_supernodes_have_one_winner_everywhere() {
 // ---------------------------------------------------------------------- roles and members
 
 /// A client session asking what only supernodes may ask, or messages only supernodes and relays
-/// may send: refused (403) or dropped, counted. A member that replicates entries it has no right
-/// to (a forged record, another user's record under a different user, a record naming another
-/// supernode, an unsigned name) is refused by the homes, counted, and nothing it sent reaches a
-/// lookup.
+/// may send: refused (403; a supernode-to-supernode request from a non-member gets 425, "too
+/// early", which a supernode the home has not heard of yet answers by trying again later) or
+/// dropped, counted. A member that replicates entries it has no right to (a forged record,
+/// another user's record under a different user, a record naming another supernode, an unsigned
+/// name) is refused by the homes, counted, and nothing it sent reaches a lookup.
 #[test]
 fn wrong_roles_and_forged_replication_are_refused() {
     let (mut w, sns) = mesh(3);
@@ -779,7 +780,7 @@ fn wrong_roles_and_forged_replication_are_refused() {
             s,
             0,
             req,
-            403,
+            425,
             "supernode request from a non-member",
         );
     }
@@ -1610,9 +1611,9 @@ fn malformed_and_wrong_role_messages_against_the_real_supernode() {
                 user: me.id(),
                 entry,
             },
-            403,
+            425,
         ),
-        (Request::PFetch(me.id()), 403),
+        (Request::PFetch(me.id()), 425),
         (
             Request::PClaimStore {
                 claim: vec![1],
@@ -1620,7 +1621,7 @@ fn malformed_and_wrong_role_messages_against_the_real_supernode() {
                 order: 0,
                 received_at: 0,
             },
-            403,
+            425,
         ),
         (
             Request::PForward {
@@ -1628,7 +1629,7 @@ fn malformed_and_wrong_role_messages_against_the_real_supernode() {
                 to: me.id(),
                 payload: vec![0; 900],
             },
-            403,
+            425,
         ),
         (
             Request::RHello {
