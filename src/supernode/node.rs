@@ -212,6 +212,8 @@ pub struct Supernode {
     /// Entries to send again: a home answered [`NOT_YET_MEMBER`]. (Home, user) -> (when,
     /// sends so far).
     store_retry: HashMap<(UserId, UserId), (Instant, u8)>,
+    /// Members that answered [`NOT_YET_MEMBER`] and that we announced ourselves to.
+    announced_to: std::collections::HashSet<UserId>,
     /// When to close idle peer sessions next.
     next_sweep: Instant,
     /// The homes of the users we hold, for the member list of the last re-homing.
@@ -263,6 +265,7 @@ impl Supernode {
             relays: Relays::default(),
             retry: HashMap::new(),
             store_retry: HashMap::new(),
+            announced_to: Default::default(),
             next_sweep,
             homes: HomeCache::default(),
             member_list: None,
@@ -1428,6 +1431,14 @@ impl Supernode {
                         ..
                     })
                 );
+                if early && self.announced_to.insert(home) {
+                    // Gossip may take many rounds to tell this home about us (a member that
+                    // hears nothing learns of a newcomer when one of them probes the other):
+                    // introduce ourselves, as we did to our bootstrap. Once per home.
+                    if let Some(m) = self.mesh.member(&home).cloned() {
+                        self.mesh.join(now, m);
+                    }
+                }
                 if early && sends < STORE_SENDS {
                     // Gossip reaches the whole mesh within a few rounds; wait longer each time.
                     let at = now + STORE_RETRY * (1 << (sends - 1));
@@ -1668,6 +1679,7 @@ impl Supernode {
             }
             MeshEvent::Down(m) => {
                 tracing::info!("supernode {} is gone", m.id);
+                self.announced_to.remove(&m.id);
                 let (sid, waiting) = self.peers.remove(&m.id);
                 if let Some(sid) = sid {
                     self.ep.close(now, sid);
