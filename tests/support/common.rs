@@ -153,14 +153,22 @@ pub fn start_coturn(lab: &Lab) -> Proc {
     if coturn_version().is_some_and(|v| v >= (4, 7)) {
         args.push("--rfc5780".into());
     }
+    // Its own output goes to a file, shown if it never answers (it once did not, twice, in a
+    // CI run with other test binaries beside it; the log said nothing then).
+    let out = std::env::temp_dir().join(format!(
+        "vx-coturn-{}-{}.log",
+        std::process::id(),
+        COTURN_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let log = std::fs::File::create(&out).expect("coturn's output file");
     let child = lab
         .command(&lab.server_ns(), "turnserver")
         .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
         .spawn()
         .expect("spawn turnserver");
-    let proc = Proc {
+    let mut proc = Proc {
         child,
         name: "turnserver",
     };
@@ -170,13 +178,51 @@ pub fn start_coturn(lab: &Lab) -> Proc {
         format!("198.51.100.2:{COTURN_ALT_PORT}"),
         format!("[2001:db8::1]:{COTURN_PORT}"),
     ] {
-        wait_stun(lab, &lab.server_ns(), addr.parse().unwrap());
+        if !stun_answers(lab, &lab.server_ns(), addr.parse().unwrap()) {
+            let status = proc.child.try_wait();
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "coturn did not answer at {addr} within 30 s (process: {status:?}; lab {}, namespaces {:?}); its output:\n{}",
+                lab.id(),
+                lab_namespaces(lab.id()),
+                tail.join("\n")
+            );
+        }
     }
+    let _ = std::fs::remove_file(&out);
     proc
+}
+
+static COTURN_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The network namespaces of lab `id` that exist now (`ip netns list`), for a failure message.
+fn lab_namespaces(id: &str) -> Vec<String> {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(id))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Waits (bounded) until a STUN server at `addr` answers a Binding request sent from `ns`.
 pub fn wait_stun(lab: &Lab, ns: &str, addr: SocketAddr) {
+    assert!(
+        stun_answers(lab, ns, addr),
+        "no STUN server answered at {addr}"
+    );
+}
+
+/// Whether a STUN server at `addr` answers a Binding request sent from `ns` within 30 s.
+fn stun_answers(lab: &Lab, ns: &str, addr: SocketAddr) -> bool {
     use voxmesh::stun::{Class, Message, MessageBuilder, TransactionId, method};
     let any: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0"
@@ -200,10 +246,10 @@ pub fn wait_stun(lab: &Lab, ns: &str, addr: SocketAddr) {
         if let Ok((n, _)) = sock.recv_from(&mut rx)
             && Message::parse(&rx[..n]).is_ok_and(|m| m.transaction_id() == txid)
         {
-            return;
+            return true;
         }
     }
-    panic!("no STUN server answered at {addr}");
+    false
 }
 
 /// Runs `natprobe --json` in `ns` and returns its JSON report and exit code.
