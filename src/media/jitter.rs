@@ -8,7 +8,9 @@
 //! on our clock minus its timestamp: the network delay plus a constant clock offset nobody needs
 //! to know. The buffer decodes slot after slot in timestamp order; `next_ts` is the next one.
 //! When the audio side pulls a frame at `now`, the *playout offset* is `now - next_ts`, and the
-//! packet for `next_ts` is in time exactly when its transit is at most that offset.
+//! packet for `next_ts` is in time exactly when its transit is at most that offset. (While a
+//! clock drift is corrected, up to a frame of decoded audio waits ahead of the slot, and the
+//! offset counts it: see the end of this comment.)
 //!
 //! The offset's target is the configured quantile of recent transits (plus one packet when
 //! packets carry FEC, see [`PlayoutConfig`]). Each slot is then one of (NetEQ's vocabulary,
@@ -47,7 +49,13 @@
 //! Clock drift between the sender's clock and our playout is absorbed between the FIFO and the
 //! frames handed out: [`Drift`] estimates it over a minute and reads the decoded audio at a
 //! ratio within ±0.1 %, so a drifting call needs no periodic accelerate or expand. (Whole-frame
-//! accelerate/expand remain for jitter; time-stretching them is still to come.)
+//! accelerate/expand remain for jitter; time-stretching them is still to come.) Read at a
+//! ratio, packets no longer start on our frames: up to a frame of decoded audio is left over
+//! between pulls, and the amount sweeps the whole frame once per frame's worth of drift (200 s
+//! at 100 ppm). So the offset counts that audio (the slot plays after it), and the target
+//! leaves one packet more while a drift is corrected: a packet is decoded up to a frame before
+//! its slot plays and must be here by then. Measured on the decoded slot alone, the offset
+//! swung by a frame over that period, and so did the delay the statistics reported.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -269,11 +277,11 @@ impl JitterBuffer {
         } else {
             0
         };
-        if self.drift.correction() < 0.0 {
-            // A slow sender: we read slower than we decode, so leftover audio builds up in the
-            // FIFO and a packet is decoded up to a frame before its slot plays. It must be
-            // here by then; otherwise each packet arrives a little later than the last until
-            // one misses its decode, and that glitch comes back every frame's worth of drift.
+        if self.drift.correction() != 0.0 {
+            // Read at a ratio, up to a frame of decoded audio is left over between pulls, so a
+            // packet is decoded up to a frame before its slot plays. It must be here by then;
+            // otherwise the leftover's sweep across the frame (once per frame's worth of
+            // drift) brings a missed decode, an expand, each time round.
             margin += self.last_dur;
         }
         Some(((q + margin).min(min + self.max_delay()), min))
@@ -336,13 +344,6 @@ impl JitterBuffer {
                 Some(_) => {}
             }
         }
-        if let Some((target, min)) = self.target() {
-            let ms = |s: i64| s as f64 * 1000.0 / f64::from(RATE);
-            self.stats.target_delay_ms = ms(target - min);
-            if let Some(n) = self.next_ts {
-                self.stats.delay_ms = ms(now - n - min).max(0.0);
-            }
-        }
         self.stats.drift_ppm = self.drift.correction() * 1e6;
         if self.fifo.len() < need {
             // Not started: silence, and the decoder stays untouched.
@@ -357,8 +358,18 @@ impl JitterBuffer {
         if let Some(k) = first {
             self.last_kind = k;
         }
+        let pcm = self.drift.take(now, &mut self.fifo, want);
+        if let Some((target, min)) = self.target() {
+            let ms = |s: i64| s as f64 * 1000.0 / f64::from(RATE);
+            self.stats.target_delay_ms = ms(target - min);
+            if let Some(n) = self.next_ts {
+                // The next pull's first sample is the leftover's: it plays after that.
+                let ahead = self.fifo.len() as i64;
+                self.stats.delay_ms = ms(now - n + ahead - min).max(0.0);
+            }
+        }
         Frame {
-            pcm: self.drift.take(now, &mut self.fifo, want),
+            pcm,
             kind: self.last_kind,
         }
     }
@@ -372,6 +383,9 @@ impl JitterBuffer {
     fn step(&mut self, now: i64) -> Option<FrameKind> {
         let (target, min) = self.target()?;
         let bound = min + self.max_delay();
+        // Decoded audio not yet played (drift correction leaves up to a frame): the slot being
+        // decided plays after it.
+        let ahead = self.fifo.len() as i64;
         let mut n = match self.next_ts {
             Some(n) => n,
             None => {
@@ -394,12 +408,12 @@ impl JitterBuffer {
             self.stats.plc -= waited;
             self.stats.comfort_noise += run + waited;
         }
-        if now - n > bound && !self.packets.is_empty() {
+        if now - n + ahead > bound && !self.packets.is_empty() {
             // Far behind (the audio side stalled, or the peer's clock jumped): the audio up to
             // the target is stale; drop it instead of playing it late or fast.
-            n = self.drop_stale(n, now - target);
+            n = self.drop_stale(n, now + ahead - target);
         }
-        let offset = now - n;
+        let offset = now - n + ahead;
         if let Some(p) = self.packets.remove(&n) {
             self.expand_run = 0;
             self.waiting_run = 0;
@@ -456,7 +470,7 @@ impl JitterBuffer {
         let fec = !silent && later_fec;
         // Skip what is behind target, keeping the slot FEC can rebuild.
         let end = if fec { later_ts - later_dur } else { later_ts };
-        let desired = now - target;
+        let desired = now + ahead - target;
         if desired > n && end > n {
             // Whole packets only, so what follows stays on the sender's frame grid (a pull
             // lands anywhere within a frame of the target; that is not lateness).
@@ -571,6 +585,70 @@ mod tests {
             s.expand + s.plc - minute_one.expand - minute_one.plc,
             mean(&tenth) - mean(&third),
         )
+    }
+
+    /// Twenty minutes of a tone from a sender `ppm` off our clock whose packets take 10 ms
+    /// plus up to 4 ms of seeded jitter. Returns (accelerates, expands and concealments after
+    /// the estimate settled at two minutes, the spread of the reported buffering since then in
+    /// ms).
+    fn drifting_with_jitter(ppm: f64) -> (u64, u64, f64) {
+        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
+        let tone: Vec<f32> = (0..960).map(|i| (i as f32 * 0.0575).sin() * 0.3).collect();
+        let payload = match enc.encode(&tone).unwrap() {
+            Encoded::Packet(p) => p.to_vec(),
+            Encoded::Dtx => panic!("a tone is not silence"),
+        };
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        let (mut seq, mut sent_at, mut seed) = (0u64, 0.0f64, 11u64);
+        let mut settled = PlayoutStats::default();
+        let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+        for pop in 0..60_000i64 {
+            let now = pop * 960;
+            while sent_at + 960.0 <= now as f64 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let jitter = (seed >> 33) as i64 % 192;
+                let ts = seq as i64 * 960;
+                let _ = jb.insert(sent_at as i64 + 480 + jitter, seq, ts, payload.clone());
+                seq += 1;
+                sent_at += 960.0 / (1.0 + ppm * 1e-6);
+            }
+            let _ = jb.pop(now);
+            if pop == 6_000 {
+                settled = jb.stats().clone();
+            }
+            if pop > 6_000 {
+                lo = lo.min(jb.stats().delay_ms);
+                hi = hi.max(jb.stats().delay_ms);
+            }
+        }
+        let s = jb.stats();
+        (
+            s.accelerate - settled.accelerate,
+            s.expand + s.plc - settled.expand - settled.plc,
+            hi - lo,
+        )
+    }
+
+    /// With jitter, a corrected drift moves where each packet's audio starts within our
+    /// frames (the read ratio leaves up to a frame decoded ahead), so a packet is needed up
+    /// to a frame before its slot: without room for that, it was missed every 200 s (a 20 ms
+    /// concealment), and the reported buffering swung by a frame over the same period.
+    #[test]
+    fn a_corrected_drift_under_jitter_glitches_no_more_than_no_drift() {
+        let (acc0, con0, spread0) = drifting_with_jitter(0.0);
+        for ppm in [100.0, -100.0] {
+            let (acc, con, spread) = drifting_with_jitter(ppm);
+            assert!(
+                acc + con <= acc0 + con0,
+                "{ppm} ppm: {acc} accelerated, {con} concealed; without drift {acc0}, {con0}"
+            );
+            assert!(
+                spread < spread0 + 5.0,
+                "{ppm} ppm: the buffering moved over {spread:.1} ms; without drift {spread0:.1}"
+            );
+        }
     }
 
     /// A sender 100 ppm fast or slow: no periodic accelerate or expand (a 20 ms glitch every
