@@ -264,17 +264,27 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 json!({"event": "dtmf", "call": call.to_string(), "digit": digit.digit.to_string(), "duration_ms": digit.duration_ms})
             }
             EndpointEvent::Report { .. } => return None,
-            EndpointEvent::Stats { call, stats: s } => json!({
-                "event": "stats", "call": call.to_string(),
-                "sent": s.sent.audio_packets, "received": s.received.audio_packets,
-                "lost": s.received.lost, "jitter_ms": s.received.jitter_ms,
-                "rtt_ms": s.rtt_ms, "dropped": s.drops.total(), "forged": s.drops.forged,
-                "replayed": s.drops.duplicate + s.drops.too_old,
-                "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
-                "buffer_ms": (s.playout.delay_ms * 10.0).round() / 10.0,
-                "drift_ppm": s.playout.drift_ppm.round(),
-                "accelerated": s.playout.accelerate,
-            }),
+            EndpointEvent::Stats { call, stats: s } => {
+                let q = crate::media::Quality::of(s);
+                let r1 = |x: f64| (x * 10.0).round() / 10.0;
+                json!({
+                    "event": "stats", "call": call.to_string(),
+                    "sent": s.sent.audio_packets, "received": s.received.audio_packets,
+                    "lost": s.received.lost, "jitter_ms": s.received.jitter_ms,
+                    "rtt_ms": s.rtt_ms, "dropped": s.drops.total(), "forged": s.drops.forged,
+                    "replayed": s.drops.duplicate + s.drops.too_old,
+                    "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
+                    "buffer_ms": (s.playout.delay_ms * 10.0).round() / 10.0,
+                    "drift_ppm": s.playout.drift_ppm.round(),
+                    "accelerated": s.playout.accelerate,
+                    "loss_percent": r1(q.loss_percent),
+                    "unrecovered_percent": r1(q.unrecovered_percent),
+                    "concealed_percent": r1(q.concealed_percent),
+                    "delay_ms": r1(q.delay_ms),
+                    "r_factor": r1(q.r_factor),
+                    "mos": (q.mos * 100.0).round() / 100.0,
+                })
+            }
             EndpointEvent::Trace { call, record } => match record {
                 TraceRecord::Sent { ts, opus, at } => {
                     json!({"event": "trace", "call": call.to_string(), "dir": "sent", "ts": ts, "opus": hex(opus), "unix_ms": unix_ms_of(*at)})

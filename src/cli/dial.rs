@@ -33,7 +33,10 @@ Events (one JSON object per line, on stdout or --events FILE):
   {\"event\":\"answered\",\"call\":\"...\",\"ms\":2071.0}   (set-up events also carry \"at\": Unix ms)
   {\"event\":\"connected\",\"call\":\"...\",\"sas\":\"k3xo\",\"path\":\"direct\",
    \"local\":{\"type\":\"srflx\",\"addr\":\"...\"},\"remote\":{\"type\":\"host\",\"addr\":\"...\"},\"rtt_ms\":50.1}
-  {\"event\":\"path\",...}  {\"event\":\"dtmf\",\"digit\":\"5\"}  {\"event\":\"stats\",...}
+  {\"event\":\"path\",...}  {\"event\":\"dtmf\",\"digit\":\"5\"}
+  {\"event\":\"stats\",\"loss_percent\":4.8,\"unrecovered_percent\":0.6,\"concealed_percent\":0.9,
+   \"jitter_ms\":6.1,\"rtt_ms\":101.2,\"buffer_ms\":22.5,\"bitrate\":48000,\"mos\":4.23,...}
+   (loss before and after FEC; mos: an ITU-T G.107 E-model estimate, narrowband scale, 4.41 best)
   {\"event\":\"ended\",\"call\":\"...\",\"reason\":\"remote-hangup\",\"exit\":0}
 Compare the sas (short authentication string) with the other side: equal strings rule out a
 key substitution by anyone in between.

@@ -132,6 +132,8 @@ pub struct PlayoutStats {
     /// The clock drift being absorbed: how much faster (positive) the sender's clock runs
     /// than our playout, ppm (0 within the dead band).
     pub drift_ppm: f64,
+    /// The peer's packet length (of the last packet played), ms.
+    pub packet_ms: f64,
 }
 
 struct Buffered {
@@ -362,6 +364,7 @@ impl JitterBuffer {
         if let Some((target, min)) = self.target() {
             let ms = |s: i64| s as f64 * 1000.0 / f64::from(RATE);
             self.stats.target_delay_ms = ms(target - min);
+            self.stats.packet_ms = ms(self.last_dur);
             if let Some(n) = self.next_ts {
                 // The next pull's first sample is the leftover's: it plays after that.
                 let ahead = self.fifo.len() as i64;

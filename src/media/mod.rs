@@ -14,6 +14,7 @@
 //! - `jitter`: the adaptive jitter buffer with FEC recovery and PLC ([`Frame`], [`FrameKind`]).
 //! - `report`: receiver reports (RFC 3550 §6.4.1 block, A.8 jitter, LSR/DLSR round trip).
 //! - `dtmf`: RFC 4733 events, sent with redundancy and received exactly once.
+//! - `quality`: loss before and after recovery, concealment, an E-model MOS ([`Quality`]).
 //! - [`rate`]: send-rate adaptation to the loss the peer reports (bitrate, then frame length).
 //! - `config`: every setting and timer, and how they relate ([`MediaConfig`]).
 //!
@@ -26,6 +27,7 @@ mod drift;
 mod dtmf;
 mod jitter;
 pub mod packet;
+mod quality;
 pub mod rate;
 mod report;
 pub mod seal;
@@ -36,6 +38,7 @@ pub use config::{DtmfConfig, MediaConfig, PlayoutConfig};
 pub use dtmf::{DtmfDigit, DtmfError, MAX_DIGIT, MIN_DIGIT};
 pub use jitter::{Frame, FrameKind, PlayoutStats};
 pub use packet::{Header, PayloadType, is_media, stream_of};
+pub use quality::{Quality, mos, r_factor};
 pub use report::PeerReport;
 pub use seal::{KeyError, MediaKeys, Role};
 pub use session::{

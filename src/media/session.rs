@@ -110,7 +110,7 @@ impl Drops {
 }
 
 /// A snapshot of everything measured.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MediaStats {
     pub sent: SendStats,
     pub received: ReceiveStats,

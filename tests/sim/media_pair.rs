@@ -5,7 +5,7 @@ use crate::support::media as media_support;
 use std::time::Duration;
 
 use media_support::*;
-use voxmesh::media::{FrameKind, Header, OpusSettings, PayloadType};
+use voxmesh::media::{FrameKind, Header, OpusSettings, PayloadType, Quality};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -142,6 +142,18 @@ fn fec_recovers_lost_packets_at_ten_percent_loss() {
         assert!(sim_w > 0.9, "{sim_w}");
         // The sender learnt the loss from reports and sized FEC to it.
         assert!((5..=20).contains(&with.a.stats().loss_percent));
+        // The stats event's figures: the same loss before recovery, less heard with FEC, and
+        // the E-model scores that.
+        let (qw, qn) = (Quality::of(&sw), Quality::of(&sn));
+        let sent = (lost as f64) * 100.0 / sw.received.expected as f64;
+        assert!((qw.loss_percent - sent).abs() < 1e-9 && qn.loss_percent == qw.loss_percent);
+        assert!(
+            qw.unrecovered_percent < qn.unrecovered_percent,
+            "{qw:?} {qn:?}"
+        );
+        assert!(qn.unrecovered_percent > 2.0, "{qn:?}");
+        assert!(qw.mos > qn.mos && qn.mos < 4.0, "{qw:?} {qn:?}");
+        eprintln!("  quality with FEC {qw:?}; without {qn:?}");
     }
 }
 
