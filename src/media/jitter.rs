@@ -446,12 +446,10 @@ impl JitterBuffer {
             }
             if self.packets.contains_key(&(n + p.dur)) {
                 // The next packet is here too: give back delay beyond the target and beyond
-                // half the phase of the pulls against the packets (a pull lands anywhere
-                // within a packet or a frame of it, whichever is longer). A whole phase left
-                // calls a frame (18 ms) longer on a clean link than whole-frame accelerating
-                // did (bench-delay).
+                // the phase of the pulls against the packets (a pull lands anywhere within a
+                // packet or a frame of it, whichever is longer; that is not excess delay).
                 let want = self.cfg.frame.samples() as i64;
-                let over = offset + ahead - target - p.dur.max(want) / 2;
+                let over = offset + ahead - target - p.dur.max(want);
                 // A cut that leaves the FIFO short of this pull pulls another packet's decode
                 // in early, by a whole packet: allowed only with a packet's room over target on
                 // the slot's own offset. Otherwise cut only what the FIFO can spare.
