@@ -277,7 +277,6 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                     "buffer_ms": (s.playout.delay_ms * 10.0).round() / 10.0,
                     "drift_ppm": s.playout.drift_ppm.round(),
                     "accelerated": s.playout.accelerate,
-                "stretched": s.playout.stretched,
                     "loss_percent": r1(q.loss_percent),
                     "unrecovered_percent": r1(q.unrecovered_percent),
                     "concealed_percent": r1(q.concealed_percent),

@@ -8,20 +8,17 @@
 //! on our clock minus its timestamp: the network delay plus a constant clock offset nobody needs
 //! to know. The buffer decodes slot after slot in timestamp order; `next_ts` is the next one.
 //! When the audio side pulls a frame at `now`, the *playout offset* is `now - next_ts`, and the
-//! packet for `next_ts` is in time exactly when its transit is at most that offset. (After a
-//! stretch or while a clock drift is corrected, up to a frame of decoded audio waits ahead of
-//! the slot: the delay counts it; see the end of this comment.)
+//! packet for `next_ts` is in time exactly when its transit is at most that offset. (While a
+//! clock drift is corrected, up to a frame of decoded audio waits ahead of the slot, and the
+//! offset counts it: see the end of this comment.)
 //!
 //! The offset's target is the configured quantile of recent transits (plus one packet when
-//! packets carry FEC, see [`PlayoutConfig`]). Each slot is then one of (NetEQ's vocabulary):
+//! packets carry FEC, see [`PlayoutConfig`]). Each slot is then one of (NetEQ's vocabulary,
+//! which the call-quality work will refine with time-stretching instead of whole frames):
 //!
 //! - **normal**: its packet is here; decode it.
-//! - **stretched**: its packet and the next are here but the delay is over target (by more
-//!   than a pull's phase explains): decode it and take pitch periods out of a
-//!   periodic or quiet frame ([`stretch`](super::stretch): the sound is shorter, not skipped).
-//!   Other sound is played as it is, waiting for such a frame, unless the offset is two
-//!   packets over target: then
-//! - **accelerate**: decode it (keeping the decoder's state right) and drop the audio.
+//! - **accelerate**: its packet and the next are here but the offset is more than a packet over
+//!   target: decode it (keeping the decoder's state right) and drop the audio.
 //! - **expand**: its packet is missing and the offset is under target (or nothing at all is
 //!   buffered): it may still come, so conceal one packet's length without advancing. The
 //!   offset grows; a late packet is then played, not lost.
@@ -40,10 +37,9 @@
 //! So the statistics say what each concealed slot stood for, after the fact.
 //!
 //! Skips and accelerations move in whole packets, so decoding stays on the sender's frame grid
-//! (a pull lands anywhere within a frame of the target; that is not lateness). A stretch moves
-//! the audio off our frames, as a drift correction does (below). In speech the offset only
-//! grows by expanding when a packet is missing; it is re-anchored to the target in silence,
-//! which is why two talkspurts may play at delays a frame apart.
+//! (a pull lands anywhere within a frame of the target; that is not lateness). In speech the
+//! offset only grows by expanding when a packet is missing; it is re-anchored to the target in
+//! silence, which is why two talkspurts may play at delays a frame apart.
 //!
 //! Late packets (their slot already played or concealed) are dropped and counted; so are
 //! duplicates. The buffer holds at most `capacity` packets: when full, the oldest goes. If the
@@ -52,14 +48,14 @@
 //!
 //! Clock drift between the sender's clock and our playout is absorbed between the FIFO and the
 //! frames handed out: [`Drift`] estimates it over a minute and reads the decoded audio at a
-//! ratio within ±0.1 %, so a drifting call needs no periodic accelerate or expand. Read at a
-//! ratio (or after a stretch), packets no longer start on our frames: up to a frame of decoded
-//! audio is left over between pulls, and under a drift the amount sweeps the whole frame once
-//! per frame's worth of drift (200 s at 100 ppm). A packet is then decoded up to a frame
-//! before its slot plays and must be here by then: the target leaves one packet more while a
-//! drift is corrected (a stretch keeps that room itself, see above). The delay the statistics
-//! report counts the leftover (measured on the decoded slot alone, it swung by a frame every
-//! 200 s), and a stretch may take out what the leftover holds without pulling a decode early.
+//! ratio within ±0.1 %, so a drifting call needs no periodic accelerate or expand. (Whole-frame
+//! accelerate/expand remain for jitter; time-stretching them is still to come.) Read at a
+//! ratio, packets no longer start on our frames: up to a frame of decoded audio is left over
+//! between pulls, and the amount sweeps the whole frame once per frame's worth of drift (200 s
+//! at 100 ppm). So the offset counts that audio (the slot plays after it), and the target
+//! leaves one packet more while a drift is corrected: a packet is decoded up to a frame before
+//! its slot plays and must be here by then. Measured on the decoded slot alone, the offset
+//! swung by a frame over that period, and so did the delay the statistics reported.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -69,7 +65,6 @@ use serde::Serialize;
 use super::codec::{Decoder, RATE, has_fec, packet_samples};
 use super::config::PlayoutConfig;
 use super::drift::Drift;
-use super::stretch;
 
 /// Concealment granularity: Opus decodes in multiples of 2.5 ms.
 const GRAIN: i64 = 120;
@@ -121,12 +116,7 @@ pub struct PlayoutStats {
     pub plc: u64,
     pub expand: u64,
     pub comfort_noise: u64,
-    /// Slots dropped whole to give back delay (an audible skip).
     pub accelerate: u64,
-    /// Slots shortened by pitch periods to give back delay (time-stretching, not heard).
-    pub stretched: u64,
-    /// Audio those took out, ms.
-    pub stretched_ms: f64,
     /// Frames handed out before playout started.
     pub idle_frames: u64,
     /// Audio skipped over in gaps, ms.
@@ -185,8 +175,6 @@ pub struct JitterBuffer {
     /// Clock drift between the sender and our playout, absorbed by reading the decoded audio
     /// a little faster or slower (see [`Drift`]).
     drift: Drift,
-    /// Frames in a row that were over target but had no pitch period to cut.
-    unstretched: u32,
     stats: PlayoutStats,
 }
 
@@ -209,7 +197,6 @@ impl JitterBuffer {
             expand_run: 0,
             waiting_run: 0,
             drift: Drift::default(),
-            unstretched: 0,
             stats: PlayoutStats::default(),
         }
     }
@@ -399,9 +386,8 @@ impl JitterBuffer {
     fn step(&mut self, now: i64) -> Option<FrameKind> {
         let (target, min) = self.target()?;
         let bound = min + self.max_delay();
-        // Decoded audio not yet played (a drift correction or a stretch leaves up to a frame):
-        // the slot being decided plays after it. Whether its packet is in time is a question
-        // of the slot's own offset (it is needed now); the delay is that plus `ahead`.
+        // Decoded audio not yet played (drift correction leaves up to a frame): the slot being
+        // decided plays after it.
         let ahead = self.fifo.len() as i64;
         let mut n = match self.next_ts {
             Some(n) => n,
@@ -425,12 +411,12 @@ impl JitterBuffer {
             self.stats.plc -= waited;
             self.stats.comfort_noise += run + waited;
         }
-        if now - n > bound && !self.packets.is_empty() {
+        if now - n + ahead > bound && !self.packets.is_empty() {
             // Far behind (the audio side stalled, or the peer's clock jumped): the audio up to
             // the target is stale; drop it instead of playing it late or fast.
-            n = self.drop_stale(n, now - target);
+            n = self.drop_stale(n, now + ahead - target);
         }
-        let offset = now - n;
+        let offset = now - n + ahead;
         if let Some(p) = self.packets.remove(&n) {
             self.expand_run = 0;
             self.waiting_run = 0;
@@ -444,35 +430,11 @@ impl JitterBuffer {
                 self.stats.plc += 1;
                 return Some(FrameKind::Plc);
             }
-            if self.packets.contains_key(&(n + p.dur)) {
-                // The next packet is here too: give back delay beyond the target and beyond
-                // the phase of the pulls against the packets (a pull lands anywhere within a
-                // packet or a frame of it, whichever is longer; that is not excess delay).
-                let want = self.cfg.frame.samples() as i64;
-                let over = offset + ahead - target - p.dur.max(want);
-                // A cut that leaves the FIFO short of this pull pulls another packet's decode
-                // in early, by a whole packet: allowed only with a packet's room over target on
-                // the slot's own offset. Otherwise cut only what the FIFO can spare.
-                let early_ok = offset > target + p.dur + GRAIN * 4;
-                let spare = ahead + p.dur - self.drift.needs(want as usize) as i64;
-                let room = if early_ok { over } else { over.min(spare) };
-                // A periodic or quiet frame loses pitch periods (not heard); other sound waits
-                // for such a frame, unless two packets over target and the frame before could
-                // not be cut either (the first after a concealment rarely can): then it goes
-                // whole.
-                let cut = stretch::shorten(&mut self.scratch, room.max(0) as usize);
-                if cut > 0 {
-                    self.unstretched = 0;
-                    self.stats.stretched += 1;
-                    self.stats.stretched_ms += cut as f64 * 1000.0 / f64::from(RATE);
-                } else if room >= stretch::MIN_PERIOD as i64 {
-                    self.unstretched += 1;
-                    if self.unstretched > 1 && offset > target + 2 * p.dur + GRAIN * 4 {
-                        self.unstretched = 0;
-                        self.stats.accelerate += 1;
-                        return Some(FrameKind::Normal);
-                    }
-                }
+            let accelerate =
+                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
+            if accelerate {
+                self.stats.accelerate += 1;
+                return Some(FrameKind::Normal);
             }
             self.fifo.extend(self.scratch.drain(..));
             self.stats.normal += 1;
@@ -511,7 +473,7 @@ impl JitterBuffer {
         let fec = !silent && later_fec;
         // Skip what is behind target, keeping the slot FEC can rebuild.
         let end = if fec { later_ts - later_dur } else { later_ts };
-        let desired = now - target;
+        let desired = now + ahead - target;
         if desired > n && end > n {
             // Whole packets only, so what follows stays on the sender's frame grid (a pull
             // lands anywhere within a frame of the target; that is not lateness).
@@ -690,56 +652,6 @@ mod tests {
                 "{ppm} ppm: the buffering moved over {spread:.1} ms; without drift {spread0:.1}"
             );
         }
-    }
-
-    /// A tone whose packets stall for 100 ms once (then all come at once): the buffer waits
-    /// for them, then gives the 100 ms back by taking pitch periods out, dropping no frame.
-    #[test]
-    fn delay_from_a_stall_is_given_back_by_stretching_not_by_dropping_frames() {
-        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
-        let tone: Vec<f32> = (0..960).map(|i| (i as f32 * 0.0575).sin() * 0.3).collect();
-        let payload = match enc.encode(&tone).unwrap() {
-            Encoded::Packet(p) => p.to_vec(),
-            Encoded::Dtx => panic!("a tone is not silence"),
-        };
-        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
-        let arrival = |k: i64| {
-            // 10 ms on the way; packets 200-204 held back until 205 arrives.
-            let k = if (200..205).contains(&k) { 205 } else { k };
-            k * 960 + 480
-        };
-        let (mut next, mut before) = (0i64, 0.0);
-        let mut settled_at = None;
-        for pop in 0..500i64 {
-            let now = pop * 960;
-            while arrival(next) <= now {
-                jb.insert(arrival(next), next as u64, next * 960, payload.clone())
-                    .unwrap();
-                next += 1;
-            }
-            let _ = jb.pop(now);
-            let s = jb.stats();
-            if pop == 199 {
-                before = s.delay_ms;
-            }
-            if pop > 210 && settled_at.is_none() && s.delay_ms <= before + 10.0 {
-                settled_at = Some(pop);
-            }
-        }
-        let s = jb.stats();
-        assert_eq!(s.accelerate, 0, "{s:?}");
-        assert!(s.expand >= 4, "the stall was waited out: {s:?}");
-        // What the wait added given back, in pieces of a pitch period or two.
-        let waited = 20.0 * s.expand as f64;
-        assert!(
-            s.stretched >= 10 && (s.stretched_ms - waited).abs() < 15.0,
-            "{s:?}"
-        );
-        let settled_at = settled_at.expect("the delay came back down");
-        assert!(
-            settled_at < 300,
-            "back within 10 ms of {before} ms only at pop {settled_at}"
-        );
     }
 
     /// A sender 100 ppm fast or slow: no periodic accelerate or expand (a 20 ms glitch every

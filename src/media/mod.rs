@@ -12,7 +12,6 @@
 //! - [`seal`]: ChaCha20-Poly1305 with per-direction keys, derived 64-bit counters, replay window.
 //! - [`codec`]: Opus encoder and decoder for calls, DTX detection, the in-band FEC flag.
 //! - `jitter`: the adaptive jitter buffer with FEC recovery and PLC ([`Frame`], [`FrameKind`]).
-//! - `stretch`: time-stretching by pitch periods, how the buffer gives back delay.
 //! - `report`: receiver reports (RFC 3550 §6.4.1 block, A.8 jitter, LSR/DLSR round trip).
 //! - `dtmf`: RFC 4733 events, sent with redundancy and received exactly once.
 //! - `quality`: loss before and after recovery, concealment, an E-model MOS ([`Quality`]).
@@ -33,7 +32,6 @@ pub mod rate;
 mod report;
 pub mod seal;
 mod session;
-mod stretch;
 
 pub use codec::{FrameDuration, OpusSettings, Vbr};
 pub use config::{DtmfConfig, MediaConfig, PlayoutConfig};
