@@ -274,7 +274,7 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                     "rtt_ms": s.rtt_ms, "dropped": s.drops.total(), "forged": s.drops.forged,
                     "replayed": s.drops.duplicate + s.drops.too_old,
                     "concealed": s.playout.plc + s.playout.expand, "bitrate": s.bitrate,
-                    "buffer_ms": (s.playout.delay_ms * 10.0).round() / 10.0,
+                    "buffer_ms": r1(s.playout.delay_ms),
                     "drift_ppm": s.playout.drift_ppm.round(),
                     "accelerated": s.playout.accelerate,
                     "loss_percent": r1(q.loss_percent),

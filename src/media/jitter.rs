@@ -548,16 +548,21 @@ mod tests {
     use crate::media::OpusSettings;
     use crate::media::codec::{Encoded, Encoder};
 
+    /// One 20 ms Opus packet of a steady 440 Hz tone (sent again and again by the tests).
+    fn tone_packet() -> Vec<u8> {
+        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
+        let tone: Vec<f32> = (0..960).map(|i| (i as f32 * 0.0575).sin() * 0.3).collect();
+        match enc.encode(&tone).unwrap() {
+            Encoded::Packet(p) => p.to_vec(),
+            Encoded::Dtx => panic!("a tone is not silence"),
+        }
+    }
+
     /// Ten minutes of a steady tone from a sender whose clock is `ppm` off ours, each packet
     /// arriving 20 ms after it was sent. Returns (accelerates, expands and concealments after
     /// the first minute, mean buffering of minute 10 less that of minute 3 in ms).
     fn drifting(ppm: f64) -> (u64, u64, f64) {
-        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
-        let tone: Vec<f32> = (0..960).map(|i| (i as f32 * 0.0575).sin() * 0.3).collect();
-        let payload = match enc.encode(&tone).unwrap() {
-            Encoded::Packet(p) => p.to_vec(),
-            Encoded::Dtx => panic!("a tone is not silence"),
-        };
+        let payload = tone_packet();
         let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
         let (mut seq, mut sent_at) = (0u64, 0.0f64);
         let mut minute_one = PlayoutStats::default();
@@ -595,12 +600,7 @@ mod tests {
     /// the estimate settled at two minutes, the spread of the reported buffering since then in
     /// ms).
     fn drifting_with_jitter(ppm: f64) -> (u64, u64, f64) {
-        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
-        let tone: Vec<f32> = (0..960).map(|i| (i as f32 * 0.0575).sin() * 0.3).collect();
-        let payload = match enc.encode(&tone).unwrap() {
-            Encoded::Packet(p) => p.to_vec(),
-            Encoded::Dtx => panic!("a tone is not silence"),
-        };
+        let payload = tone_packet();
         let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
         let (mut seq, mut sent_at, mut seed) = (0u64, 0.0f64, 11u64);
         let mut settled = PlayoutStats::default();
