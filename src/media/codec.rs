@@ -249,20 +249,29 @@ pub fn packet_samples(packet: &[u8]) -> Option<u32> {
     (n > 0 && n as u32 <= MAX_PACKET_SAMPLES).then_some(n as u32)
 }
 
-/// Whether `packet` carries in-band FEC (LBRR) for the frame before it.
+/// What the first bits of a SILK or hybrid Opus packet say (RFC 6716 §4.2.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SilkFlags {
+    /// The encoder's voice activity detector flagged one of its SILK frames (first channel).
+    pub voice: bool,
+    /// It carries in-band FEC (LBRR) for the frame before it.
+    pub fec: bool,
+}
+
+/// The VAD and LBRR flags of `packet`'s first Opus frame (all false for CELT-only packets).
 ///
-/// RFC 6716 §4.2.3: a SILK or hybrid frame begins with one VAD flag per SILK frame and then the
-/// LBRR flag, per channel; they are the range coder's first symbols and are coded with
-/// probability one half, so they are the top bits of the frame's first byte. CELT-only packets
-/// (TOC configurations 16-31) never carry FEC. Only the first frame matters: its LBRR is what
+/// A SILK or hybrid frame begins with one VAD flag per SILK frame and then the LBRR flag, per
+/// channel; they are the range coder's first symbols and are coded with probability one half,
+/// so they are the top bits of the frame's first byte. CELT-only packets (TOC configurations
+/// 16-31) never carry FEC. Only the first frame matters: its LBRR is what
 /// `decode(.., fec = true)` uses.
-pub fn has_fec(packet: &[u8]) -> bool {
+pub fn silk_flags(packet: &[u8]) -> SilkFlags {
     let Some(&toc) = packet.first() else {
-        return false;
+        return SilkFlags::default();
     };
     let config = toc >> 3;
     if config >= 16 {
-        return false;
+        return SilkFlags::default();
     }
     // SILK frames per Opus frame: 10 and 20 ms frames hold one, 40 ms two, 60 ms three.
     // Hybrid (12..=15) has only 10 and 20 ms frames.
@@ -277,12 +286,21 @@ pub fn has_fec(packet: &[u8]) -> bool {
     };
     let channels = if toc & 0x04 != 0 { 2 } else { 1 };
     let Ok(parsed) = opus::packet::parse(packet) else {
-        return false;
+        return SilkFlags::default();
     };
     let Some(&first) = parsed.frames.first().and_then(|f| f.first()) else {
-        return false;
+        return SilkFlags::default();
     };
-    (0..channels).any(|ch| first & (0x80 >> ((ch + 1) * (silk_frames + 1) - 1)) != 0)
+    let vad_bits = !(0xffu8 >> silk_frames);
+    SilkFlags {
+        voice: first & vad_bits != 0,
+        fec: (0..channels).any(|ch| first & (0x80 >> ((ch + 1) * (silk_frames + 1) - 1)) != 0),
+    }
+}
+
+/// Whether `packet` carries in-band FEC (LBRR) for the frame before it (see [`silk_flags`]).
+pub fn has_fec(packet: &[u8]) -> bool {
+    silk_flags(packet).fec
 }
 
 #[cfg(test)]
@@ -349,8 +367,18 @@ mod tests {
         // config 1 (SILK NB 20 ms), code 0, mono: LBRR flag is bit 6 of the first payload byte.
         assert!(has_fec(&[0x08, 0b0100_0000, 0, 0]));
         assert!(!has_fec(&[0x08, 0b1000_0000, 0, 0]));
+        assert_eq!(
+            silk_flags(&[0x08, 0b1000_0000, 0, 0]),
+            SilkFlags {
+                voice: true,
+                fec: false
+            }
+        );
+        assert!(!silk_flags(&[0x08, 0b0100_0000, 0, 0]).voice);
         // config 2 (SILK 40 ms): two VAD bits then LBRR at bit 5.
         assert!(has_fec(&[0x10, 0b0010_0000, 0, 0]));
+        assert!(silk_flags(&[0x10, 0b0100_0000, 0, 0]).voice);
+        assert!(!silk_flags(&[0x10, 0b0010_0000, 0, 0]).voice);
         // CELT-only never.
         assert!(!has_fec(&[0xf8, 0xff, 0xff]));
         assert!(!has_fec(&[]));

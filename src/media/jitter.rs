@@ -13,7 +13,10 @@
 //! offset counts it: see the end of this comment.)
 //!
 //! The offset's target is the configured quantile of recent transits (plus one packet when
-//! packets carry FEC, see [`PlayoutConfig`]). Each slot is then one of (NetEQ's vocabulary,
+//! packets carry FEC, see [`PlayoutConfig`]). A stream is assumed to carry FEC until packets
+//! after voiced ones show it does not (the encoder codes FEC only after voiced frames); the
+//! room playout started with is then given back with one accelerate in a pause, once a second
+//! of packets has shown the jitter. Each slot is then one of (NetEQ's vocabulary,
 //! which the call-quality work will refine with time-stretching instead of whole frames):
 //!
 //! - **normal**: its packet is here; decode it.
@@ -62,13 +65,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::codec::{Decoder, RATE, has_fec, packet_samples};
+use super::codec::{Decoder, RATE, packet_samples, silk_flags};
 use super::config::PlayoutConfig;
 use super::drift::Drift;
 
 /// Concealment granularity: Opus decodes in multiples of 2.5 ms.
 const GRAIN: i64 = 120;
-/// Packets after which a stream without FEC is taken not to code it.
+/// Packets after voiced ones without FEC after which a stream is taken not to code it.
 const FEC_UNKNOWN: usize = 5;
 
 /// How the audio of a frame was made.
@@ -141,6 +144,8 @@ struct Buffered {
     payload: Vec<u8>,
     dur: i64,
     fec: bool,
+    /// The encoder flagged it voiced (VAD).
+    voice: bool,
 }
 
 /// The jitter buffer and the decoder behind it.
@@ -159,6 +164,20 @@ pub struct JitterBuffer {
     /// for one (a per-packet flag would make the target jump at every pause in speech, where
     /// the encoder codes no FEC).
     fec_in_window: usize,
+    /// The room for FEC the target leaves now (samples), and how much room it stopped leaving
+    /// that playout has not given back yet: the start leaves room until the stream shows it
+    /// codes no FEC, and that packet of delay is then shed with one accelerate. (The general
+    /// accelerate rule keeps a hysteresis of 10 ms over a packet, so it sheds it only when
+    /// playout started in the second half of a frame: a clean call played about 47 or 66 ms
+    /// late depending on its start.)
+    fec_room: i64,
+    fec_room_owed: i64,
+    /// Packets since the last one with FEC that followed a voiced packet yet carried none:
+    /// the evidence that the peer codes no FEC (it codes it only after voiced frames, so
+    /// packets after silence prove nothing).
+    fec_absent: usize,
+    /// Sequence number of the last packet received and whether the encoder flagged it voiced.
+    last_voiced: Option<(u64, bool)>,
     /// Highest unwrapped timestamp seen, the reference for unwrapping.
     ts_ref: Option<i64>,
     /// (transit, carried FEC) of the last `window` packets.
@@ -190,6 +209,10 @@ impl JitterBuffer {
             last_seq: None,
             last_dur,
             fec_in_window: 0,
+            fec_room: 0,
+            fec_room_owed: 0,
+            fec_absent: 0,
+            last_voiced: None,
             ts_ref: None,
             fifo: VecDeque::new(),
             scratch: Vec::new(),
@@ -222,7 +245,14 @@ impl JitterBuffer {
         payload: Vec<u8>,
     ) -> Result<(), Refused> {
         let dur = i64::from(packet_samples(&payload).ok_or(Refused::Undecodable)?);
-        let fec = has_fec(&payload);
+        let flags = silk_flags(&payload);
+        let fec = flags.fec;
+        if fec {
+            self.fec_absent = 0;
+        } else if self.last_voiced == Some((seq.wrapping_sub(1), true)) {
+            self.fec_absent += 1;
+        }
+        self.last_voiced = Some((seq, flags.voice));
         // Late packets count too: they are exactly the ones telling the delay to grow.
         if self.transits.len() == self.cfg.window
             && let Some((_, old_fec)) = self.transits.pop_front()
@@ -249,6 +279,7 @@ impl JitterBuffer {
                 payload,
                 dur,
                 fec,
+                voice: flags.voice,
             },
         );
         if self.packets.len() > self.cfg.capacity
@@ -262,6 +293,19 @@ impl JitterBuffer {
         Ok(())
     }
 
+    /// The room the target leaves for FEC, samples.
+    fn fec_margin(&self) -> i64 {
+        // A stream's first packet carries no FEC (nothing came before it to protect), nor does
+        // one after silence: until a few after voiced ones have come without, assume the peer
+        // codes it, or playout starts a packet short of the target and must make the room up
+        // in speech (an expand).
+        if self.fec_in_window > 0 || self.fec_absent < FEC_UNKNOWN {
+            self.last_dur
+        } else {
+            0
+        }
+    }
+
     /// (target offset, fastest transit) over the window, samples.
     fn target(&self) -> Option<(i64, i64)> {
         if self.transits.is_empty() {
@@ -271,14 +315,7 @@ impl JitterBuffer {
         t.sort_unstable();
         let q = t[((t.len() - 1) as f64 * self.cfg.quantile).round() as usize];
         let min = t[0];
-        // A stream's first packet carries no FEC (nothing came before it to protect): until
-        // a few have come, assume the peer codes it, or playout starts a packet short of the
-        // target and must make the room up in speech.
-        let mut margin = if self.fec_in_window > 0 || self.transits.len() < FEC_UNKNOWN {
-            self.last_dur
-        } else {
-            0
-        };
+        let mut margin = self.fec_margin();
         if self.drift.correction() != 0.0 {
             // Read at a ratio, up to a frame of decoded audio is left over between pulls, so a
             // packet is decoded up to a frame before its slot plays. It must be here by then;
@@ -385,6 +422,12 @@ impl JitterBuffer {
     /// Decides and produces one slot. `None`: playout has not started.
     fn step(&mut self, now: i64) -> Option<FrameKind> {
         let (target, min) = self.target()?;
+        let room = self.fec_margin();
+        if self.next_ts.is_some() {
+            // Room the target stopped leaving is owed back; room it leaves again cancels that.
+            self.fec_room_owed = (self.fec_room_owed + self.fec_room - room).max(0);
+        }
+        self.fec_room = room;
         let bound = min + self.max_delay();
         // Decoded audio not yet played (drift correction leaves up to a frame): the slot being
         // decided plays after it.
@@ -430,9 +473,27 @@ impl JitterBuffer {
                 self.stats.plc += 1;
                 return Some(FrameKind::Plc);
             }
-            let accelerate =
-                offset > target + p.dur + GRAIN * 4 && self.packets.contains_key(&(n + p.dur));
+            // Over target by more than a packet and a hysteresis, or by a packet of FEC room
+            // no longer needed: drop this packet's audio (its slot's offset stays on target).
+            // The room is given back only once a second of packets (or a full window) has
+            // come, so that a target still learning the jitter can grow into it instead (then
+            // nothing is owed).
+            let settled = self.transits.len() == self.cfg.window
+                || self.transits.len() as i64 * self.last_dur >= i64::from(RATE);
+            // And only in a pause (an unvoiced packet), where dropping audio is not heard.
+            let shed =
+                settled && !p.voice && self.fec_room_owed >= p.dur && offset >= target + p.dur;
+            if offset < target + p.dur {
+                // Less than a packet over target: the room is gone already (the target grew
+                // into it), and none is owed any more.
+                self.fec_room_owed = 0;
+            }
+            let accelerate = (offset > target + p.dur + GRAIN * 4 || shed)
+                && self.packets.contains_key(&(n + p.dur));
             if accelerate {
+                if shed {
+                    self.fec_room_owed -= p.dur;
+                }
                 self.stats.accelerate += 1;
                 return Some(FrameKind::Normal);
             }
@@ -675,18 +736,25 @@ mod playout_tests {
 
     use super::*;
     use crate::media::OpusSettings;
-    use crate::media::codec::{Encoded, Encoder};
+    use crate::media::codec::{Encoded, Encoder, has_fec};
 
-    /// `n` packets of a steady 20 ms frame: a tone, or silence (still sent: no DTX).
-    fn packets(n: usize, loud: bool) -> Vec<Vec<u8>> {
+    /// `n` packets of a steady 20 ms frame: a tone, or silence (still sent: no DTX), coded
+    /// with in-band FEC or without.
+    fn packets(n: usize, loud: bool, fec: bool) -> Vec<Vec<u8>> {
+        packets_where(n, |_| loud, fec)
+    }
+
+    /// `n` packets of 20 ms, packet k a tone if `loud(k)`, else silence.
+    fn packets_where(n: usize, loud: impl Fn(usize) -> bool, fec: bool) -> Vec<Vec<u8>> {
         let mut enc = Encoder::new(OpusSettings {
-            loss_percent: 10,
+            loss_percent: if fec { 10 } else { 0 },
+            fec,
             ..OpusSettings::default()
         })
         .unwrap();
-        let amp = if loud { 1.0 } else { 0.0 };
         (0..n)
             .map(|k| {
+                let amp = if loud(k) { 1.0 } else { 0.0 };
                 // Voiced-ish (a moving resonance over 150 Hz), so the encoder codes FEC.
                 let pcm: Vec<f32> = (k * 960..(k + 1) * 960)
                     .map(|i| {
@@ -734,7 +802,7 @@ mod playout_tests {
     /// speech when the next packet came a couple of milliseconds late.
     #[test]
     fn playout_starts_with_room_for_fec_so_a_slightly_late_packet_costs_no_expand() {
-        let p = packets(50, true);
+        let p = packets(50, true, true);
         let with_fec = p.iter().filter(|x| has_fec(x)).count();
         assert!(
             !has_fec(&p[0]) && with_fec > 40,
@@ -744,5 +812,46 @@ mod playout_tests {
         let s = run(&p, |k| k * 960 + if k == 2 { 144 } else { 48 }, 96);
         assert_eq!((s.expand, s.plc, s.accelerate), (0, 0, 0), "{s:?}");
         assert_eq!(s.normal, 50);
+    }
+
+    /// The start leaves a packet of room for FEC until the stream shows it codes none; that
+    /// room is then given back, in a pause, at whatever phase playout started (it used to be
+    /// kept all call when playout started in the first half of a frame: a clean call played
+    /// 20 ms later).
+    #[test]
+    fn a_stream_without_fec_gives_back_the_start_s_room_at_any_phase() {
+        // Talk spurts of 600 ms with pauses of 200 ms.
+        let p = packets_where(100, |k| k % 40 < 30, false);
+        assert!(p.iter().all(|x| !has_fec(x)));
+        for phase in [0, 96, 400, 480, 600, 912] {
+            let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+            let (mut next, mut delays) = (0, Vec::new());
+            // Packet k leaves at k frames and takes 1 ms; a pull every frame at `phase` (not
+            // up to the stream's end: that would be waited for with an expand).
+            for pull in 1..p.len() as i64 - 2 {
+                let now = pull * 960 + phase;
+                while next < p.len() && next as i64 * 960 + 48 <= now {
+                    let k = next as i64;
+                    jb.insert(k * 960 + 48, k as u64, k * 960, p[next].clone())
+                        .unwrap();
+                    next += 1;
+                }
+                let _ = jb.pop(now);
+                if pull >= 82 {
+                    // After the last pause: how long the next slot's packet has been waiting.
+                    delays.push(now - jb.next_ts.unwrap() - 48);
+                }
+            }
+            let s = jb.stats();
+            assert_eq!(
+                (s.expand, s.plc, s.accelerate),
+                (0, 0, 1),
+                "phase {phase}: {s:?}"
+            );
+            // With the room kept, the next slot's packet would be here already, up to a frame
+            // ago; without it, it is not here yet.
+            let worst = delays.iter().max().unwrap();
+            assert!(*worst < 0, "phase {phase}: a packet waited {worst} samples");
+        }
     }
 }
