@@ -165,11 +165,10 @@ pub struct JitterBuffer {
     /// the encoder codes no FEC).
     fec_in_window: usize,
     /// The room for FEC the target leaves now (samples), and how much room it stopped leaving
-    /// that playout has not given back yet: the start leaves room until the stream shows it
-    /// codes no FEC, and that packet of delay is then shed with one accelerate. (The general
-    /// accelerate rule keeps a hysteresis of 10 ms over a packet, so it sheds it only when
-    /// playout started in the second half of a frame: a clean call played about 47 or 66 ms
-    /// late depending on its start.)
+    /// that playout has not given back yet: once the loss that needed it has left the window
+    /// (or the stream shows it codes no FEC), that packet of delay is shed with one accelerate
+    /// in a pause. (The general accelerate rule keeps a hysteresis of 10 ms over a packet, so
+    /// it would shed it only when the offset sat in the upper half of the frame.)
     fec_room: i64,
     fec_room_owed: i64,
     /// Packets since the last one with FEC that followed a voiced packet yet carried none:
@@ -178,6 +177,10 @@ pub struct JitterBuffer {
     fec_absent: usize,
     /// Sequence number of the last packet received and whether the encoder flagged it voiced.
     last_voiced: Option<(u64, bool)>,
+    /// The highest sequence number received, and the one whose arrival last showed a short
+    /// gap (a loss, or a packet overtaken): room for FEC is left only while that is recent.
+    highest_seq: Option<u64>,
+    last_gap: Option<u64>,
     /// Highest unwrapped timestamp seen, the reference for unwrapping.
     ts_ref: Option<i64>,
     /// (transit, carried FEC) of the last `window` packets.
@@ -213,6 +216,8 @@ impl JitterBuffer {
             fec_room_owed: 0,
             fec_absent: 0,
             last_voiced: None,
+            highest_seq: None,
+            last_gap: None,
             ts_ref: None,
             fifo: VecDeque::new(),
             scratch: Vec::new(),
@@ -253,6 +258,15 @@ impl JitterBuffer {
             self.fec_absent += 1;
         }
         self.last_voiced = Some((seq, flags.voice));
+        // A gap FEC could have filled: one or two packets (FEC rebuilds only the packet just
+        // before one that came; an outage is no reason to buffer more).
+        if self
+            .highest_seq
+            .is_some_and(|h| seq > h + 1 && seq <= h + 3)
+        {
+            self.last_gap = Some(seq);
+        }
+        self.highest_seq = Some(self.highest_seq.map_or(seq, |h| h.max(seq)));
         // Late packets count too: they are exactly the ones telling the delay to grow.
         if self.transits.len() == self.cfg.window
             && let Some((_, old_fec)) = self.transits.pop_front()
@@ -293,13 +307,19 @@ impl JitterBuffer {
         Ok(())
     }
 
-    /// The room the target leaves for FEC, samples.
+    /// The room the target leaves for FEC, samples: a packet's, while a loss within the window
+    /// shows FEC may be needed and the stream may carry it. On a clean path the room would
+    /// only add a packet of delay; the first loss costs one expand to make it (and FEC then
+    /// rebuilds that loss from the next packet).
     fn fec_margin(&self) -> i64 {
+        let loss_recent = self
+            .last_gap
+            .zip(self.highest_seq)
+            .is_some_and(|(g, h)| h - g < self.cfg.window as u64);
         // A stream's first packet carries no FEC (nothing came before it to protect), nor does
         // one after silence: until a few after voiced ones have come without, assume the peer
-        // codes it, or playout starts a packet short of the target and must make the room up
-        // in speech (an expand).
-        if self.fec_in_window > 0 || self.fec_absent < FEC_UNKNOWN {
+        // codes it.
+        if loss_recent && (self.fec_in_window > 0 || self.fec_absent < FEC_UNKNOWN) {
             self.last_dur
         } else {
             0
@@ -771,87 +791,80 @@ mod playout_tests {
             .collect()
     }
 
-    /// Runs `payloads` through a buffer, packet k arriving at `arrival(k)` (samples), one
-    /// pop every 960 samples at `phase` past the frame grid, until all are played.
-    fn run(payloads: &[Vec<u8>], arrival: impl Fn(i64) -> i64, phase: i64) -> PlayoutStats {
+    /// Plays `payloads` (packet k sent at k frames, 1 ms on the way, the `lost` ones never
+    /// arriving), one pull a frame at `phase`, up to two frames before the end. Returns the
+    /// statistics and, per pull, how long the next slot's packet had been waiting (samples;
+    /// negative: not here yet), which is a packet's worth more when the buffer keeps room.
+    fn play(payloads: &[Vec<u8>], lost: &[usize], phase: i64) -> (PlayoutStats, Vec<i64>) {
         let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
-        let mut next = 0;
-        // Until every packet is played (nothing after the last: its end is not the test's).
-        for pop in 0..payloads.len() as i64 + 40 {
-            let s = jb.stats();
-            if next == payloads.len()
-                && jb.packets.is_empty()
-                && s.normal + s.accelerate + s.fec + s.plc > 0
-            {
-                break;
-            }
-            let now = pop * 960 + phase;
-            while next < payloads.len() && arrival(next as i64) <= now {
+        let (mut next, mut waits) = (0, Vec::new());
+        for pull in 0..payloads.len() as i64 - 2 {
+            let now = pull * 960 + phase;
+            while next < payloads.len() && next as i64 * 960 + 48 <= now {
                 let k = next as i64;
-                jb.insert(arrival(k), k as u64, k * 960, payloads[next].clone())
-                    .unwrap();
+                if !lost.contains(&next) {
+                    jb.insert(k * 960 + 48, k as u64, k * 960, payloads[next].clone())
+                        .unwrap();
+                }
                 next += 1;
             }
             let _ = jb.pop(now);
+            waits.push(now - jb.next_ts.unwrap_or(0) - 48);
         }
-        jb.stats().clone()
+        (jb.stats().clone(), waits)
     }
 
-    /// A stream's first packet carries no FEC; the buffer used to start playout with no room
-    /// for it, learn of FEC from the second packet, and make the room up with an expand in
-    /// speech when the next packet came a couple of milliseconds late.
+    /// A clean stream plays with no room for FEC (a packet of delay for nothing); the first
+    /// loss makes the room with one expand, FEC rebuilds that loss and the next from the
+    /// packets after them, and nothing is concealed.
     #[test]
-    fn playout_starts_with_room_for_fec_so_a_slightly_late_packet_costs_no_expand() {
-        let p = packets(50, true, true);
+    fn room_for_fec_is_made_by_the_first_loss_and_used_from_then_on() {
+        let p = packets(80, true, true);
         let with_fec = p.iter().filter(|x| has_fec(x)).count();
         assert!(
-            !has_fec(&p[0]) && with_fec > 40,
-            "{with_fec} of 50 with FEC"
+            !has_fec(&p[0]) && with_fec > 60,
+            "{with_fec} of 80 with FEC"
         );
-        // 1 ms on the way; packet 2 is 3 ms late (a sender's tick woken late).
-        let s = run(&p, |k| k * 960 + if k == 2 { 144 } else { 48 }, 96);
-        assert_eq!((s.expand, s.plc, s.accelerate), (0, 0, 0), "{s:?}");
-        assert_eq!(s.normal, 50);
+        for phase in [96, 480, 900] {
+            let (s, waits) = play(&p, &[], phase);
+            assert_eq!((s.expand, s.plc, s.accelerate), (0, 0, 0), "{s:?}");
+            assert!(
+                waits[5..].iter().all(|&w| w < 0),
+                "phase {phase}: {waits:?}"
+            );
+            let (s, waits) = play(&p, &[20, 50], phase);
+            assert_eq!((s.fec, s.plc, s.expand), (2, 0, 1), "phase {phase}: {s:?}");
+            assert!(
+                waits[25..].iter().all(|&w| w >= 0),
+                "phase {phase}: {waits:?}"
+            );
+        }
     }
 
-    /// The start leaves a packet of room for FEC until the stream shows it codes none; that
-    /// room is then given back, in a pause, at whatever phase playout started (it used to be
-    /// kept all call when playout started in the first half of a frame: a clean call played
-    /// 20 ms later).
+    /// Once the loss that made room for FEC has left the window, the room is given back with
+    /// one accelerate in a pause, at whatever phase playout runs (kept, it cost a clean stream
+    /// a packet of delay; the general accelerate rule sheds it only in the upper half of a
+    /// frame).
     #[test]
-    fn a_stream_without_fec_gives_back_the_start_s_room_at_any_phase() {
-        // Talk spurts of 600 ms with pauses of 200 ms.
-        let p = packets_where(100, |k| k % 40 < 30, false);
-        assert!(p.iter().all(|x| !has_fec(x)));
+    fn room_for_fec_is_given_back_in_a_pause_once_the_loss_is_past() {
+        // Talk spurts of 600 ms with pauses of 200 ms; one loss, at 0.4 s.
+        let p = packets_where(300, |k| k % 40 < 30, true);
         for phase in [0, 96, 400, 480, 600, 912] {
-            let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
-            let (mut next, mut delays) = (0, Vec::new());
-            // Packet k leaves at k frames and takes 1 ms; a pull every frame at `phase` (not
-            // up to the stream's end: that would be waited for with an expand).
-            for pull in 1..p.len() as i64 - 2 {
-                let now = pull * 960 + phase;
-                while next < p.len() && next as i64 * 960 + 48 <= now {
-                    let k = next as i64;
-                    jb.insert(k * 960 + 48, k as u64, k * 960, p[next].clone())
-                        .unwrap();
-                    next += 1;
-                }
-                let _ = jb.pop(now);
-                if pull >= 82 {
-                    // After the last pause: how long the next slot's packet has been waiting.
-                    delays.push(now - jb.next_ts.unwrap() - 48);
-                }
-            }
-            let s = jb.stats();
+            let (s, waits) = play(&p, &[20], phase);
             assert_eq!(
-                (s.expand, s.plc, s.accelerate),
-                (0, 0, 1),
+                (s.fec, s.plc, s.expand, s.accelerate),
+                (1, 0, 1, 1),
                 "phase {phase}: {s:?}"
             );
-            // With the room kept, the next slot's packet would be here already, up to a frame
-            // ago; without it, it is not here yet.
-            let worst = delays.iter().max().unwrap();
-            assert!(*worst < 0, "phase {phase}: a packet waited {worst} samples");
+            assert!(
+                waits[30..100].iter().all(|&w| w >= 0),
+                "phase {phase}: {waits:?}"
+            );
+            // After the window (100 packets) and the pause that follows it.
+            assert!(
+                waits[165..].iter().all(|&w| w < 0),
+                "phase {phase}: {waits:?}"
+            );
         }
     }
 }

@@ -671,19 +671,14 @@ fn frame_durations_and_settings_changed_mid_call() {
         let mut padded = x.clone();
         padded.resize(5 * RATE, 0.0);
         let reference = offline(&padded, opus, None);
-        // From 1.5 s on: by then the jitter buffer has given back the room it started with
-        // for FEC this stream does not carry (one accelerate in a pause, after a second of
-        // packets), and the played audio is the offline decode, delayed.
-        let from = 3 * RATE / 2;
-        let (sim, delay) = similarity(&p.b.played[from..], &reference[from..]);
+        let (sim, delay) = similarity(&p.b.played, &reference);
         let (codec, _) = similarity(&reference, &x);
         let st = p.b.stats();
         eprintln!(
             "{frame:?}: played vs offline decode {sim:.4}, delay {:.1} ms; the codec alone vs the signal {codec:.3}",
             delay * 1e3
         );
-        assert!(sim > 0.999, "{frame:?}: {sim} {:?}", st.playout);
-        assert!(st.playout.accelerate <= 1, "{:?}", st.playout);
+        assert!(sim > 0.999, "{frame:?}: {sim}");
         assert_eq!(st.received.lost, 0);
         assert_eq!(st.playout.plc + st.playout.fec, 0, "{:?}", st.playout);
     }
