@@ -23,6 +23,8 @@ mod pop_sim;
 mod probe_sim;
 #[path = "sim/promotion_core.rs"]
 mod promotion_core;
+#[path = "sim/session_early.rs"]
+mod session_early;
 #[path = "sim/session_pair.rs"]
 mod session_pair;
 #[path = "sim/session_security.rs"]

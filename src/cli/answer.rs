@@ -347,7 +347,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => None,
         };
         let phone = PhoneConfig { max_calls: args.max_calls, ..PhoneConfig::default() };
-        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx), 0.0).await?;
+        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx), 0.0, None).await?;
         let cmd = running.commands.clone();
         if let Some(name) = &args.name {
             cmd.send(CallCommand::Claim(name.clone())).await.ok();

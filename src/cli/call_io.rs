@@ -65,8 +65,12 @@ pub async fn start_endpoint(
     mut phone: PhoneConfig,
     config: EndpointConfig,
     clock_ppm: f64,
+    first: Option<CallCommand>,
 ) -> anyhow::Result<RunningCall> {
     agent_config.supernodes = args.supernodes().await?;
+    // The registration (and a fresh dial's invite, `first`) in the handshake: see
+    // `AgentConfig::early_data`.
+    agent_config.early_data = true;
     if let Ok(p) = args.tcp_hints_path() {
         agent_config.race_tcp_at_once = read_tcp_hints(&p);
     }
@@ -94,7 +98,9 @@ pub async fn start_endpoint(
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let (stop, shutdown): (ShutdownSignal, Shutdown) = ShutdownSignal::new();
     let tick = crate::net::drivers::call::audio_tick(clock_ppm);
-    let task = tokio::spawn(run_endpoint(ep, socket, cmd_rx, ev_tx, shutdown, tick));
+    let task = tokio::spawn(run_endpoint(
+        ep, socket, cmd_rx, ev_tx, shutdown, tick, first,
+    ));
     Ok(RunningCall {
         commands: cmd_tx,
         events: ev_rx,

@@ -118,17 +118,14 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
         },
         endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx),
         args.clock_ppm,
+        // First, so that the invite (or the lookup) rides in the handshake.
+        Some(match &target {
+            Target::Id(id) => CallCommand::Dial(*id),
+            Target::Name(_) => CallCommand::Lookup(target.clone()),
+        }),
     )
     .await?;
     let cmd = running.commands.clone();
-    match &target {
-        Target::Id(id) => {
-            cmd.send(CallCommand::Dial(*id)).await.ok();
-        }
-        Target::Name(_) => {
-            cmd.send(CallCommand::Lookup(target.clone())).await.ok();
-        }
-    }
     let mut call: Option<CallId> = None;
     let mut answered = false;
     let mut registered = false;

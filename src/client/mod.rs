@@ -73,6 +73,12 @@ pub struct AgentConfig {
     /// (a `dial` right after another would otherwise be refused as a replay). `None`: the
     /// seconds times 1000.
     pub first_seq: Option<u64>,
+    /// Registration and what waits for it (a fresh `dial`'s invite, lookups, relay offers) ride
+    /// in the primary's handshake as early data (0-RTT, [`Endpoint::connect_early`]): a
+    /// supernode that takes it answers them a round trip sooner. The first connection is then
+    /// made at the first [`Agent::handle_timeout`], not in [`Agent::new`], so that requests
+    /// made right after `new` go with it.
+    pub early_data: bool,
     /// At most this many member-list pages per fetch ([`Pager::bounded`]), from our own ID on:
     /// about 19 supernodes a page, more than the host cache keeps (64), so a large mesh's
     /// churn costs each client a few pages per change, not the whole list.
@@ -95,6 +101,7 @@ impl AgentConfig {
             race_tcp_at_once: HashSet::new(),
             standby_patience: Duration::from_secs(3),
             first_seq: None,
+            early_data: false,
             member_pages: MEMBER_PAGES,
         }
     }
@@ -278,6 +285,9 @@ pub struct Agent {
     /// The session to the primary's supernode over TCP racing the primary's UDP handshake: the
     /// first of the two to complete becomes the primary, the other is closed.
     race: Option<Link>,
+    /// The primary's session whose handshake carries our registration as early data (its
+    /// answer is pending like any request's): no second registration when it comes up.
+    early: Option<SessionId>,
     /// TCP streams the driver should close (a race's loser): no session uses them any more.
     close_streams: VecDeque<SocketAddr>,
     /// The standby session being opened and when we give up on it.
@@ -332,6 +342,7 @@ impl Agent {
             refreshes: 0,
             attempt: None,
             race: None,
+            early: None,
             close_streams: VecDeque::new(),
             standby_attempt: None,
             renew_at: None,
@@ -340,7 +351,14 @@ impl Agent {
             counters: AgentCounters::default(),
             config,
         };
-        a.connect_next(now);
+        // The wall clock, for early data's freshness check (seconds are enough: the
+        // supernode allows `session::Config::early_window`).
+        a.ep.set_wall_clock(now, unix_now.saturating_mul(1000));
+        if a.config.early_data {
+            a.retry_at = Some(now);
+        } else {
+            a.connect_next(now);
+        }
         a
     }
 
@@ -699,7 +717,12 @@ impl Agent {
         for i in alive.into_iter().chain(rest) {
             let (key, addr) = self.known[i];
             self.next_try = i + 1;
-            if let Ok(link) = self.open(now, key, addr) {
+            let opened = if self.config.early_data && self.config.register {
+                self.open_early(now, key, addr)
+            } else {
+                self.open(now, key, addr)
+            };
+            if let Ok(link) = opened {
                 self.primary = Some(link);
                 if !link.tcp {
                     let head_start = if self.config.race_tcp_at_once.contains(&addr) {
@@ -782,6 +805,61 @@ impl Agent {
             session,
             tcp,
         })
+    }
+
+    /// [`Agent::open`] with a fresh registration and the requests that may go with it (see
+    /// [`Agent::register_on`]) as the handshake's early data.
+    fn open_early(
+        &mut self,
+        now: Instant,
+        key: NodeKey,
+        addr: SocketAddr,
+    ) -> Result<Link, session::ConnectError> {
+        let Some(record) = self.sign_registration(now, key.id) else {
+            return self.open(now, key, addr);
+        };
+        let (early, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|(_, p)| rides_with_registration(p));
+        self.queued = later;
+        let mut reqs = vec![(
+            Request::CRegister { record },
+            Pending::Register {
+                failover: self.after_loss,
+            },
+        )];
+        reqs.extend(early);
+        let bodies: Vec<Vec<u8>> = reqs.iter().map(|(r, _)| signal::encode(r)).collect();
+        let tcp = self.stream.contains(&addr);
+        let socket = if tcp {
+            crate::transmit::STREAM
+        } else {
+            crate::transmit::UDP
+        };
+        match self
+            .ep
+            .connect_early(now, addr, &key, socket as u8, &bodies)
+        {
+            Ok((session, txns)) => {
+                for (txn, (_, p)) in txns.into_iter().zip(reqs) {
+                    self.pending.insert(txn, (session, p));
+                }
+                self.early = Some(session);
+                Ok(Link {
+                    node: key.id,
+                    addr,
+                    session,
+                    tcp,
+                })
+            }
+            Err(e) => {
+                // Back in the queue, in order, for a later session.
+                for r in reqs.into_iter().skip(1).rev() {
+                    self.queued.push_front(r);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Ends a race of TCP against the primary's UDP handshake, closing the racing session and
@@ -889,15 +967,18 @@ impl Agent {
             // that overtakes a lost registration is refused and sent again, see
             // `Pending::Route`). Lookups and relay offers need no registration at all;
             // claims and watches still wait for it.
-            let (early, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queued)
-                .into_iter()
-                .partition(|(_, p)| {
-                    matches!(p, Pending::Route(..) | Pending::Lookup(_) | Pending::Relays)
-                });
-            self.queued = later;
-            for (req, pend) in early {
-                self.request_on(now, link.session, &req, pend);
-            }
+            self.send_with_registration(now, link.session);
+        }
+    }
+
+    /// Sends the queued requests that may follow a registration in the same flight.
+    fn send_with_registration(&mut self, now: Instant, session: SessionId) {
+        let (early, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|(_, p)| rides_with_registration(p));
+        self.queued = later;
+        for (req, pend) in early {
+            self.request_on(now, session, &req, pend);
         }
     }
 
@@ -907,6 +988,7 @@ impl Agent {
     /// fails simply fails over again, to the next candidate.
     fn fail_over(&mut self, now: Instant, why: &str) {
         let old = self.primary.take();
+        self.early = None;
         self.registered = false;
         self.next_refresh = None;
         self.renew_at = None;
@@ -966,7 +1048,10 @@ impl Agent {
                 }
                 if let Some(p) = self.primary.filter(|p| p.session == session) {
                     self.failed_handshakes = 0;
-                    if self.config.register {
+                    if self.early == Some(session) {
+                        // The registration went in the handshake; what was asked since follows.
+                        self.send_with_registration(now, session);
+                    } else if self.config.register {
                         self.register_on(now, p, self.after_loss);
                     } else {
                         self.flush_queue(now);
@@ -1258,12 +1343,16 @@ impl Agent {
                 }),
             },
             Pending::Route(to, id, Some(payload))
-                if matches!(&resp, Some(Response::Error { code: 403, .. })) =>
+                if matches!(&resp, Some(Response::Error { code: 403, .. }))
+                    || (resp.is_none() && !on_primary) =>
             {
                 // It overtook our registration: again once registered. The refusal can arrive
                 // after the registration did (the first one was lost and the supernode repeats
                 // its cached answer to our retransmission), so this does not ask whether we are
-                // registered now, only whether the route left before we were.
+                // registered now, only whether the route left before we were. Likewise a route
+                // that went, with the registration, on a session we gave up before it was
+                // answered (UDP lost the race to TCP): the callee answers a repeated invite as
+                // the first.
                 self.queued.push_back((
                     Request::CRoute { to, payload },
                     Pending::Route(to, id, None),
@@ -1316,6 +1405,13 @@ impl Agent {
 }
 
 /// Whether `resp` is an answer of the kind `p` waits for (an error is always one).
+/// Whether a queued request may go right behind a registration, before its answer: lookups
+/// and relay offers need no registration, and a route that overtakes a lost one is refused
+/// and sent again (see `Pending::Route`).
+fn rides_with_registration(p: &Pending) -> bool {
+    matches!(p, Pending::Route(..) | Pending::Lookup(_) | Pending::Relays)
+}
+
 fn answers(p: &Pending, resp: &Response) -> bool {
     matches!(
         (p, resp),

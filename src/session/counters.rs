@@ -144,6 +144,14 @@ pub struct Counters {
     pub handshakes_confirmed: u64,
     /// Responder side: answered handshakes never confirmed (lost initiators, or replays).
     pub handshakes_unconfirmed: u64,
+    /// Initiator side: initiations that carried early data (0-RTT requests).
+    pub early_sent: u64,
+    /// Responder side: early data acted on (the session established at once).
+    pub early_taken: u64,
+    /// Responder side: early data not acted on (no wall clock, a clock off by more than the
+    /// window, an initiation seen before, or the replay table full): the handshake went on
+    /// without it, and the initiator sends those requests after it.
+    pub early_declined: u64,
     pub cookies_sent: u64,
     pub cookies_received: u64,
     pub requests_sent: u64,
@@ -194,6 +202,9 @@ impl Counters {
             ("handshake_duplicates", self.handshake_duplicates),
             ("handshakes_confirmed", self.handshakes_confirmed),
             ("handshakes_unconfirmed", self.handshakes_unconfirmed),
+            ("early_sent", self.early_sent),
+            ("early_taken", self.early_taken),
+            ("early_declined", self.early_declined),
             ("cookies_sent", self.cookies_sent),
             ("cookies_received", self.cookies_received),
             ("requests_sent", self.requests_sent),

@@ -52,7 +52,8 @@ use zeroize::Zeroizing;
 
 use super::cookie::{MacKeys, mac, mac_eq};
 use super::defaults::{Config, MAX_EPOCH_SKIP};
-use super::wire::{self, INIT_LEN, INIT_MAC1, INIT_MAC2, INIT_NOISE, NOISE1_LEN, NOISE2_LEN};
+use super::wire::{self, INIT_LEN, INIT_MAC1, INIT_NOISE, NOISE1_LEN, NOISE2_LEN};
+
 use crate::identity::{BINDING_LEN, Binding, BindingError, Identity, UserId};
 
 /// The Noise protocol name.
@@ -197,18 +198,21 @@ impl Local {
             .expect("key set once")
     }
 
-    /// Starts an initiator handshake to `remote_static` and writes message 1.
+    /// Starts an initiator handshake to `remote_static` and writes message 1 (whose length is
+    /// [`NOISE1_LEN`] plus `early`'s): its payload is our binding, then the early data.
     pub fn initiate(
         &self,
         remote_static: &[u8; 32],
-        msg1: &mut [u8; NOISE1_LEN],
+        early: &[u8],
+        msg1: &mut [u8],
     ) -> Result<HandshakeState, snow::Error> {
         let mut hs = self
             .builder()
             .remote_public_key(remote_static)?
             .build_initiator()?;
-        let n = hs.write_message(&self.binding, msg1)?;
-        debug_assert_eq!(n, NOISE1_LEN);
+        let payload = [&self.binding[..], early].concat();
+        let n = hs.write_message(&payload, msg1)?;
+        debug_assert_eq!(n, NOISE1_LEN + early.len());
         Ok(hs)
     }
 
@@ -231,32 +235,45 @@ impl Local {
         Ok((payload[0], Binding::verify(&payload[1..], rs)))
     }
 
-    /// Checks mac1 of an initiation frame.
+    /// Checks mac1 of an initiation frame of either kind (its last 32 bytes are the MACs; the
+    /// caller has checked the length its type allows).
     pub fn mac1_ok(&self, frame: &[u8]) -> bool {
-        frame.len() == INIT_LEN
-            && mac_eq(
-                &mac(&self.mac_keys.mac1, &[&frame[..INIT_MAC1]]),
-                &frame[INIT_MAC1..INIT_MAC2],
-            )
+        if frame.len() < INIT_LEN {
+            return false;
+        }
+        let (m1, m2) = wire::init_macs(frame.len());
+        mac_eq(&mac(&self.mac_keys.mac1, &[&frame[..m1]]), &frame[m1..m2])
     }
 
     /// The responder's cryptography for message 1 (Noise read, binding check, Noise write with
     /// status). On a refused binding, message 2 is still written (with a refusal status) and the
-    /// error returned alongside it.
+    /// error returned alongside it. Early data (message 1's payload after the binding) is
+    /// offered to `take_early` once the binding holds; if it takes it, message 2 says so
+    /// ([`wire::STATUS_OK_EARLY`]) and [`Responded::early`] carries it.
     pub fn respond(
         &self,
         msg1: &[u8],
         msg2: &mut [u8; NOISE2_LEN],
+        take_early: impl FnOnce(&[u8]) -> bool,
     ) -> Result<Responded, (HandshakeCryptoError, bool)> {
         let mut hs = self
             .builder()
             .build_responder()
             .map_err(|_| (HandshakeCryptoError::Decrypt, false))?;
-        let mut payload = [0u8; BINDING_LEN];
+        // On the stack: a handshake is the one thing a stranger can make us do at a rate.
+        let mut buf = [0u8; wire::EARLY_INIT_MAX];
+        let Some(payload) = msg1
+            .len()
+            .checked_sub(NOISE1_LEN - BINDING_LEN)
+            .and_then(|len| buf.get_mut(..len))
+        else {
+            return Err((HandshakeCryptoError::Malformed, false));
+        };
+        let len = payload.len();
         let n = hs
-            .read_message(msg1, &mut payload)
+            .read_message(msg1, payload)
             .map_err(|_| (HandshakeCryptoError::Decrypt, false))?;
-        if n != BINDING_LEN {
+        if n != len || n < BINDING_LEN {
             return Err((
                 HandshakeCryptoError::Binding(BindingError::Malformed),
                 false,
@@ -265,12 +282,14 @@ impl Local {
         let rs = hs
             .get_remote_static()
             .ok_or((HandshakeCryptoError::Malformed, false))?;
-        let binding = Binding::verify(&payload, rs);
+        let binding = Binding::verify(&payload[..BINDING_LEN], rs);
+        let early = &payload[BINDING_LEN..];
+        let took = binding.is_ok() && !early.is_empty() && take_early(early);
         let mut out = [0u8; wire::RESP_PAYLOAD_LEN];
-        out[0] = if binding.is_ok() {
-            wire::STATUS_OK
-        } else {
-            wire::STATUS_BINDING_REFUSED
+        out[0] = match (&binding, took) {
+            (Ok(_), true) => wire::STATUS_OK_EARLY,
+            (Ok(_), false) => wire::STATUS_OK,
+            (Err(_), _) => wire::STATUS_BINDING_REFUSED,
         };
         out[1..].copy_from_slice(&self.binding);
         let wrote = hs.write_message(&out, msg2).is_ok();
@@ -280,13 +299,20 @@ impl Local {
         }
         let transport =
             TransportKeys::split(&mut hs, false).ok_or((HandshakeCryptoError::Malformed, false))?;
-        Ok(Responded { transport, peer })
+        let early = took.then(|| payload[BINDING_LEN..].to_vec());
+        Ok(Responded {
+            transport,
+            peer,
+            early,
+        })
     }
 }
 
 pub(crate) struct Responded {
     pub transport: TransportKeys,
     pub peer: Binding,
+    /// The early data, when `take_early` took it.
+    pub early: Option<Vec<u8>>,
 }
 
 /// A session's transport keys: Noise's `Split()` gives one ChaCha20-Poly1305 key each way, and
@@ -565,15 +591,12 @@ pub fn initiation_frame(
     frame[0] = wire::HANDSHAKE_INIT;
     frame[1] = wire::VERSION;
     frame[2..6].copy_from_slice(&sender_index.to_be_bytes());
-    let msg1: &mut [u8; NOISE1_LEN] = (&mut frame[INIT_NOISE..INIT_MAC1])
-        .try_into()
-        .expect("length");
     local
-        .initiate(&responder.noise, msg1)
+        .initiate(&responder.noise, &[], &mut frame[INIT_NOISE..INIT_MAC1])
         .expect("initiation with a 32-byte key cannot fail");
     let keys = MacKeys::for_static(&responder.noise);
     let m1 = mac(&keys.mac1, &[&frame[..INIT_MAC1]]);
-    frame[INIT_MAC1..INIT_MAC2].copy_from_slice(&m1);
+    frame[INIT_MAC1..wire::INIT_MAC2].copy_from_slice(&m1);
     frame
 }
 
@@ -605,7 +628,7 @@ impl ResponderCrypto {
             return Err(HandshakeCryptoError::BadMac1);
         }
         self.local
-            .respond(&init_frame[INIT_NOISE..INIT_MAC1], out)
+            .respond(&init_frame[INIT_NOISE..INIT_MAC1], out, |_| false)
             .map(|r| r.peer.identity.id())
             .map_err(|(e, _)| e)
     }

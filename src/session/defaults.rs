@@ -147,6 +147,13 @@ pub struct Config {
     pub rekey_overlap: Duration,
     /// How often the cookie secret changes. A cookie is valid for up to twice this.
     pub cookie_rotation: Duration,
+    /// Early data (0-RTT requests in the initiation) is acted on only if the initiator's wall
+    /// clock in it is within this of ours; each such initiation is remembered for twice this,
+    /// so a replay is refused for as long as its clock would pass (see `Endpoint`).
+    pub early_window: Duration,
+    /// At most this many initiations with early data remembered; beyond, early data is
+    /// declined (the handshake goes on without it).
+    pub max_early_remembered: usize,
 
     pub rate: RateLimits,
 }
@@ -181,6 +188,8 @@ impl Default for Config {
             rekey_messages: 1 << 20,
             rekey_overlap: Duration::from_secs(5),
             cookie_rotation: Duration::from_secs(120),
+            early_window: Duration::from_secs(30),
+            max_early_remembered: 65_536,
             rate: RateLimits::default(),
         }
     }

@@ -16,7 +16,7 @@ use super::crypto::{HandshakeCryptoError, KeyEpochs, Local, OpenError, Transport
 use super::defaults::Config;
 use super::replay::{ReplayError, ReplayWindow};
 use super::wire::{self, inner, u32_at, u64_at};
-use crate::identity::{BindingError, Identity, NodeKey, PublicKey, UserId};
+use crate::identity::{Binding, BindingError, Identity, NodeKey, PublicKey, UserId};
 use crate::stun::timers::RttEstimator;
 
 /// A session's handle: the index the peer puts in frames addressed to us. Random, so handles are
@@ -150,6 +150,9 @@ pub enum ConnectError {
     /// `Config::max_sessions` sessions exist already.
     #[error("too many sessions")]
     TooManySessions,
+    /// An early request is refused as [`Endpoint::request`] would refuse it.
+    #[error("early request: {0}")]
+    Request(SendError),
 }
 
 /// Why a request, response or message could not be sent.
@@ -184,6 +187,8 @@ struct Initiating {
     deadline: Instant,
     /// Sent more than once: an answer cannot be matched to one send (Karn), so no RTT sample.
     ambiguous: bool,
+    /// Requests that ride in the initiation as early data.
+    early: Vec<TransactionId>,
 }
 
 /// Where a session is. The handshake stages are boxed: they are short-lived, and an
@@ -193,6 +198,13 @@ enum Stage {
     /// Responder: answered, waiting for the initiator's first transport frame.
     Unconfirmed(Box<Unconfirmed>),
     Established,
+}
+
+/// An initiation whose early data was acted on.
+struct EarlySeen {
+    session: u32,
+    /// Our answer, for a duplicate of the initiation (its first answer was lost).
+    response: Vec<u8>,
 }
 
 struct Unconfirmed {
@@ -514,6 +526,13 @@ pub struct Endpoint {
     /// Responder handshakes awaiting confirmation, by initiator ephemeral key: duplicates of an
     /// initiation are answered from here without crypto.
     pending: HashMap<[u8; 32], u32>,
+    /// Initiations whose early data we acted on, by initiator ephemeral key, until their
+    /// clock could no longer pass (see [`Endpoint::connect_early`]): a duplicate is answered
+    /// from here, a replay after its session is gone is refused.
+    early_seen: HashMap<[u8; 32], EarlySeen>,
+    early_order: VecDeque<(Instant, [u8; 32])>,
+    /// Our wall clock: unix ms at an instant (see [`Endpoint::set_wall_clock`]).
+    wall_clock: Option<(Instant, u64)>,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     cookies: CookieJar,
     global_limit: RateLimiter,
@@ -552,6 +571,9 @@ impl Endpoint {
             rng,
             sessions: HashMap::new(),
             pending: HashMap::new(),
+            early_seen: HashMap::new(),
+            early_order: VecDeque::new(),
+            wall_clock: None,
             timers: BinaryHeap::new(),
             cookies,
             global_limit,
@@ -701,24 +723,109 @@ impl Endpoint {
         key: &NodeKey,
         socket: u8,
     ) -> Result<SessionId, ConnectError> {
+        self.connect_early(now, addr, key, socket, &[])
+            .map(|(session, _)| session)
+    }
+
+    /// [`Endpoint::connect_via`] with `requests` made at once: they ride in the initiation as
+    /// early data (0-RTT), as many as fit in one datagram, so a responder that acts on them
+    /// answers them a round trip sooner; the rest, or all of them if the responder declines
+    /// (or we have no wall clock, [`Endpoint::set_wall_clock`]), go when the handshake ends, as
+    /// any request made meanwhile. Their answers arrive as [`Event::Response`], in the order
+    /// of the returned transactions.
+    ///
+    /// # Why early data is safe here
+    ///
+    /// It is encrypted to the responder's static key and authenticated by ours (IK's `es` and
+    /// `ss`), so only the responder reads it and only we could have written it. What it lacks
+    /// is forward secrecy against a later theft of the responder's static key (as the binding
+    /// in the same message already does), and freshness: anyone can replay the initiation. So
+    /// the responder acts on early data only when the wall clock in it is within
+    /// `Config::early_window` of its own and it has not seen that initiation (its ephemeral
+    /// key) within twice the window; otherwise it declines the early data and the handshake
+    /// goes on without it. Requests that are not safe to repeat must be refused by the
+    /// application as well (signed records carry sequence numbers, invites a call-ID cache).
+    pub fn connect_early(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        key: &NodeKey,
+        socket: u8,
+        requests: &[Vec<u8>],
+    ) -> Result<(SessionId, Vec<TransactionId>), ConnectError> {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(ConnectError::TooManySessions);
         }
+        if requests.len() > self.config.max_in_flight {
+            return Err(ConnectError::Request(SendError::TooManyInFlight));
+        }
+        for body in requests {
+            self.check_body(body).map_err(ConnectError::Request)?;
+        }
         let idx = self.fresh_index();
-        let mut frame = vec![0u8; wire::INIT_LEN];
-        frame[0] = wire::HANDSHAKE_INIT;
+        // The requests, as transactions; those that fit go in the initiation.
+        let mut out = BTreeMap::new();
+        let mut txns = Vec::with_capacity(requests.len());
+        let mut early = Vec::new();
+        let mut early_bytes = Vec::new();
+        if let Some(unix_ms) = self.unix_ms(now)
+            && !requests.is_empty()
+        {
+            early_bytes.extend_from_slice(&unix_ms.to_be_bytes());
+        }
+        // In order: once one does not fit, the rest wait too (a responder handles a session's
+        // requests in the order they come).
+        let mut room = !early_bytes.is_empty();
+        for body in requests {
+            let txn = TransactionId(self.rng.random());
+            let inner_len = 1 + 12 + body.len();
+            let fits =
+                room && early_bytes.len() - wire::EARLY_CLOCK + 2 + inner_len <= wire::EARLY_ROOM;
+            room = fits;
+            let mut o = OutTxn {
+                body: body.clone(),
+                sends: 0,
+                first_sent: None,
+                next: None,
+                deadline: None,
+            };
+            if fits {
+                early_bytes.extend_from_slice(&(inner_len as u16).to_be_bytes());
+                early_bytes.push(inner::REQUEST);
+                early_bytes.extend_from_slice(&txn.0);
+                early_bytes.extend_from_slice(body);
+                // Sent, in the initiation: its timer starts when the handshake ends.
+                o.sends = 1;
+                o.first_sent = Some(now);
+                early.push(txn);
+                self.io.counters.requests_sent += 1;
+            }
+            out.insert(txn, o);
+            txns.push(txn);
+        }
+        if early.is_empty() {
+            early_bytes.clear();
+        }
+        let len = wire::INIT_LEN + early_bytes.len();
+        let mut frame = vec![0u8; len];
+        frame[0] = if early.is_empty() {
+            wire::HANDSHAKE_INIT
+        } else {
+            wire::INIT_EARLY
+        };
         frame[1] = wire::VERSION;
         frame[2..6].copy_from_slice(&idx.to_be_bytes());
-        let msg1: &mut [u8; wire::NOISE1_LEN] = (&mut frame[wire::INIT_NOISE..wire::INIT_MAC1])
-            .try_into()
-            .expect("length");
+        let (m1, m2) = wire::init_macs(len);
         let hs = self
             .local
-            .initiate(&key.noise, msg1)
+            .initiate(&key.noise, &early_bytes, &mut frame[wire::INIT_NOISE..m1])
             .expect("an initiation to a 32-byte key cannot fail");
         let keys = MacKeys::for_static(&key.noise);
-        let m1 = mac(&keys.mac1, &[&frame[..wire::INIT_MAC1]]);
-        frame[wire::INIT_MAC1..wire::INIT_MAC2].copy_from_slice(&m1);
+        let mac1 = mac(&keys.mac1, &[&frame[..m1]]);
+        frame[m1..m2].copy_from_slice(&mac1);
+        if !early.is_empty() {
+            self.io.counters.early_sent += 1;
+        }
         let init = Initiating {
             hs,
             frame,
@@ -730,6 +837,7 @@ impl Endpoint {
             next: now + self.config.handshake_initial_rto,
             deadline: now + self.config.handshake_timeout,
             ambiguous: false,
+            early,
         };
         let mut first = self.io.buf();
         first.extend_from_slice(&init.frame);
@@ -743,9 +851,24 @@ impl Endpoint {
             now,
         );
         s.socket = socket;
+        s.out = out;
         self.sessions.insert(idx, Box::new(s));
         self.reschedule(idx);
-        Ok(SessionId(idx))
+        Ok((SessionId(idx), txns))
+    }
+
+    /// Tells the endpoint the wall clock: `unix_ms` (milliseconds since the Unix epoch) at
+    /// `now`. Early data carries it and is checked against it (see
+    /// [`Endpoint::connect_early`]); without it, none is sent and none is acted on.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall_clock = Some((now, unix_ms));
+    }
+
+    fn unix_ms(&self, now: Instant) -> Option<u64> {
+        let (at, ms) = self.wall_clock?;
+        let since = now.saturating_duration_since(at).as_millis() as u64;
+        let before = at.saturating_duration_since(now).as_millis() as u64;
+        Some((ms + since).saturating_sub(before))
     }
 
     /// Sends a request; its answer arrives as [`Event::Response`], or [`Event::TransactionFailed`]
@@ -875,7 +998,7 @@ impl Endpoint {
             return self.io.counters.refuse(Refusal::NotSessionFrame);
         };
         match kind {
-            wire::HANDSHAKE_INIT => self.on_init(now, from, data),
+            wire::HANDSHAKE_INIT | wire::INIT_EARLY => self.on_init(now, from, data),
             wire::HANDSHAKE_RESP => self.on_response(now, from, data),
             wire::COOKIE_REPLY => self.on_cookie(now, data),
             wire::TRANSPORT => self.on_transport(now, from, data),
@@ -995,7 +1118,13 @@ impl Endpoint {
         if !c.accept {
             return self.io.counters.refuse(Refusal::NotAccepting);
         }
-        if frame.len() != wire::INIT_LEN {
+        let length_ok = match frame[0] {
+            wire::INIT_EARLY => {
+                (wire::EARLY_INIT_MIN..=wire::EARLY_INIT_MAX).contains(&frame.len())
+            }
+            _ => frame.len() == wire::INIT_LEN,
+        };
+        if !length_ok {
             return self.io.counters.refuse(Refusal::Malformed);
         }
         if frame[1] != wire::VERSION {
@@ -1004,6 +1133,7 @@ impl Endpoint {
         if !self.local.mac1_ok(frame) {
             return self.io.counters.refuse(Refusal::BadMac1);
         }
+        let (m1, m2) = wire::init_macs(frame.len());
         // A retransmitted initiation: answer from the cache, no crypto.
         let ephemeral: [u8; 32] = frame[wire::INIT_NOISE..wire::INIT_NOISE + 32]
             .try_into()
@@ -1017,13 +1147,29 @@ impl Endpoint {
             self.io.send_copy(from, &u.response);
             return;
         }
+        self.forget_early(now);
+        if let Some(seen) = self.early_seen.get(&ephemeral) {
+            // Its early data was acted on: a duplicate (our answer was lost) gets the same
+            // answer while its session lives; anything else is a replay.
+            let live = self
+                .sessions
+                .get(&seen.session)
+                .is_some_and(|s| s.remote_idx == u32_at(frame, 2));
+            if live {
+                self.io.counters.handshake_duplicates += 1;
+                let response = seen.response.clone();
+                self.io.send_copy(from, &response);
+            } else {
+                self.io.counters.early_declined += 1;
+                self.io.counters.refuse(Refusal::BadHandshake);
+            }
+            return;
+        }
         let rng = &mut self.rng;
         self.cookies.maybe_rotate(now, || rng.random());
-        let mac2 = &frame[wire::INIT_MAC2..];
-        let proven = mac2.iter().any(|&b| b != 0)
-            && self
-                .cookies
-                .mac2_valid(&from, &frame[..wire::INIT_MAC2], mac2);
+        let mac2 = &frame[m2..];
+        let proven =
+            mac2.iter().any(|&b| b != 0) && self.cookies.mac2_valid(&from, &frame[..m2], mac2);
         let ip = from.ip();
         if proven {
             if !self.proven_limit.take(now, &ip) {
@@ -1032,12 +1178,14 @@ impl Endpoint {
         } else if !(self.source_limit.take(now, &ip) && self.global_limit.take(now, &ip)) {
             return self.send_cookie_reply(from, frame);
         }
+        let c = &self.config;
         if self.sessions.len() >= c.max_sessions {
             return self.io.counters.refuse(Refusal::SessionsFull);
         }
         if self.pending.len() >= c.max_pending_handshakes {
             return self.io.counters.refuse(Refusal::PendingFull);
         }
+        let (window, max_early) = (c.early_window, c.max_early_remembered);
         let idx = self.fresh_index();
         let mut resp = self.io.buf();
         resp.resize(wire::RESP_LEN, 0);
@@ -1047,12 +1195,41 @@ impl Endpoint {
         resp[6..10].copy_from_slice(&frame[2..6]);
         let msg2: &mut [u8; wire::NOISE2_LEN] =
             (&mut resp[wire::RESP_NOISE..]).try_into().expect("length");
+        // Early data is acted on only if its clock is fresh and there is room to remember it.
+        let ours = self.unix_ms(now);
+        let window = window.as_millis() as u64;
+        let room = self.early_seen.len() < max_early;
+        let mut declined = false;
+        let take_early = |early: &[u8]| {
+            let theirs = early
+                .get(..wire::EARLY_CLOCK)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+            let fresh = matches!((ours, theirs), (Some(o), Some(t)) if o.abs_diff(t) <= window);
+            declined = !(fresh && room);
+            !declined
+        };
         match self
             .local
-            .respond(&frame[wire::INIT_NOISE..wire::INIT_MAC1], msg2)
+            .respond(&frame[wire::INIT_NOISE..m1], msg2, take_early)
         {
             Ok(r) => {
                 self.io.counters.handshakes_answered += 1;
+                if declined {
+                    self.io.counters.early_declined += 1;
+                }
+                if let Some(early) = r.early {
+                    return self.established_early(
+                        now,
+                        from,
+                        frame,
+                        idx,
+                        ephemeral,
+                        resp,
+                        r.transport,
+                        r.peer,
+                        &early,
+                    );
+                }
                 let mut s = Session::new(
                     SessionId(idx),
                     Role::Responder,
@@ -1085,15 +1262,104 @@ impl Endpoint {
         }
     }
 
+    /// A responder session whose initiation carried fresh early data: established at once (the
+    /// early data proves the initiator as its first transport frame would), then the early
+    /// requests are handled as if they had come in transport frames.
+    #[allow(clippy::too_many_arguments)]
+    fn established_early(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        frame: &[u8],
+        idx: u32,
+        ephemeral: [u8; 32],
+        resp: Vec<u8>,
+        transport: TransportKeys,
+        peer: Binding,
+        early: &[u8],
+    ) {
+        let c = &self.config;
+        self.io.counters.early_taken += 1;
+        self.io.counters.handshakes_confirmed += 1;
+        let mut s = Session::new(
+            SessionId(idx),
+            Role::Responder,
+            from,
+            Stage::Established,
+            now,
+        );
+        s.remote_idx = u32_at(frame, 2);
+        s.transport = Some(transport);
+        s.peer = Some(PeerKey::of(&peer.identity));
+        self.early_seen.insert(
+            ephemeral,
+            EarlySeen {
+                session: idx,
+                response: resp.clone(),
+            },
+        );
+        self.early_order
+            .push_back((now + 2 * c.early_window, ephemeral));
+        self.io.send(from, resp);
+        self.io.event(Event::Connected {
+            session: s.id,
+            peer: Box::new(Peer {
+                id: peer.identity.id(),
+                identity: peer.identity,
+                addr: from,
+                role: Role::Responder,
+            }),
+        });
+        // After the clock: (length, inner message) pairs; requests and messages only.
+        let mut rest = &early[wire::EARLY_CLOCK.min(early.len())..];
+        while !rest.is_empty() {
+            let Some(len) = rest
+                .get(..2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            else {
+                self.io.counters.refuse(Refusal::MalformedPayload);
+                break;
+            };
+            let Some(inner) = rest.get(2..2 + len) else {
+                self.io.counters.refuse(Refusal::MalformedPayload);
+                break;
+            };
+            rest = &rest[2 + len..];
+            match inner.first() {
+                Some(&(inner::REQUEST | inner::MESSAGE)) => {
+                    handle_inner(&mut self.io, c, &mut s, now, inner)
+                }
+                _ => self.io.counters.refuse(Refusal::MalformedPayload),
+            }
+        }
+        // The initiator may retransmit these requests only once our answer to its handshake
+        // gets through, up to its handshake timeout from now: keep their answers that much
+        // longer, or a retransmission after a slow handshake would be handled as new.
+        if let Some(inbound) = s.inbound.as_mut() {
+            for (t, _) in inbound.order.iter_mut() {
+                *t += c.handshake_timeout;
+            }
+        }
+        self.sessions.insert(idx, Box::new(s));
+        self.after(idx);
+    }
+
+    /// Forgets early initiations whose clock could no longer pass.
+    fn forget_early(&mut self, now: Instant) {
+        while let Some(&(t, e)) = self.early_order.front() {
+            if t > now {
+                break;
+            }
+            self.early_order.pop_front();
+            self.early_seen.remove(&e);
+        }
+    }
+
     fn send_cookie_reply(&mut self, from: SocketAddr, init: &[u8]) {
         let nonce: [u8; 24] = self.rng.random();
         let cookie = self.cookies.cookie(&from);
-        let sealed = seal_cookie(
-            &self.local.mac_keys.cookie,
-            &nonce,
-            &init[wire::INIT_MAC1..wire::INIT_MAC2],
-            &cookie,
-        );
+        let (m1, m2) = wire::init_macs(init.len());
+        let sealed = seal_cookie(&self.local.mac_keys.cookie, &nonce, &init[m1..m2], &cookie);
         let mut b = self.io.buf();
         b.push(wire::COOKIE_REPLY);
         b.push(wire::VERSION);
@@ -1118,10 +1384,11 @@ impl Endpoint {
         let Stage::Initiating(init) = &mut s.stage else {
             return self.io.counters.refuse(Refusal::WrongStage);
         };
+        let (m1, m2) = wire::init_macs(init.frame.len());
         let Some(cookie) = open_cookie(
             &init.keys.cookie,
             &frame[wire::COOKIE_NONCE..wire::COOKIE_SEALED],
-            &init.frame[wire::INIT_MAC1..wire::INIT_MAC2],
+            &init.frame[m1..m2],
             &frame[wire::COOKIE_SEALED..],
         ) else {
             return self.io.counters.refuse(Refusal::BadCookie);
@@ -1131,8 +1398,8 @@ impl Endpoint {
             return; // a duplicate reply; the resend with it is already out
         }
         init.cookie = Some((cookie, now));
-        let m2 = mac(&cookie, &[&init.frame[..wire::INIT_MAC2]]);
-        init.frame[wire::INIT_MAC2..].copy_from_slice(&m2);
+        let mac2 = mac(&cookie, &[&init.frame[..m2]]);
+        init.frame[m2..].copy_from_slice(&mac2);
         // Resend at once with the cookie; the schedule continues as before.
         init.sends += 1;
         init.ambiguous = true;
@@ -1162,7 +1429,7 @@ impl Endpoint {
             // Not from the holder of the expected key; keep waiting for the real answer.
             Err(_) => return self.io.counters.refuse(Refusal::BadHandshake),
         };
-        let error = if status != wire::STATUS_OK {
+        let error = if status != wire::STATUS_OK && status != wire::STATUS_OK_EARLY {
             Some(HandshakeError::RefusedByPeer)
         } else {
             match &binding {
@@ -1210,14 +1477,40 @@ impl Endpoint {
             session: s.id,
             peer: Box::new(peer),
         });
-        // Key confirmation for the responder, retransmitted until answered like a keepalive.
         let c = &self.config;
-        self.io.seal(c, s, now, inner::PING, None, &[]);
-        self.io.counters.pings_sent += 1;
-        s.ping = Some(Ping {
-            attempts: 1,
-            next: now + s.rto(c, 1),
-        });
+        if status == wire::STATUS_OK_EARLY {
+            // The responder acted on the early requests (and established the session): they
+            // were sent; their retransmission timers start now, with the RTT just measured.
+            // Their time to give up counts from now, as for requests that waited for the
+            // handshake; after a retransmitted initiation, an answer cannot be matched to one
+            // send (Karn), so it gives no RTT sample.
+            let rto = s.rto(c, 1);
+            for txn in &init.early {
+                if let Some(o) = s.out.get_mut(txn) {
+                    if init.ambiguous {
+                        o.first_sent = None;
+                    }
+                    o.deadline = Some(now + c.transaction_timeout);
+                    o.next = Some(now + rto);
+                }
+            }
+        } else {
+            // Declined (or never sent): they go now, like any request made meanwhile.
+            for txn in &init.early {
+                if let Some(o) = s.out.get_mut(txn) {
+                    o.sends = 0;
+                    o.first_sent = None;
+                }
+            }
+            // Key confirmation for the responder, retransmitted until answered like a
+            // keepalive. (A responder that took early data needs none.)
+            self.io.seal(c, s, now, inner::PING, None, &[]);
+            self.io.counters.pings_sent += 1;
+            s.ping = Some(Ping {
+                attempts: 1,
+                next: now + s.rto(c, 1),
+            });
+        }
         flush_queued(&mut self.io, c, s, now);
         self.after(idx);
     }
@@ -1322,7 +1615,8 @@ impl Endpoint {
                     {
                         // The cookie has expired; the responder would not accept it.
                         init.cookie = None;
-                        init.frame[wire::INIT_MAC2..].fill(0);
+                        let (_, m2) = wire::init_macs(init.frame.len());
+                        init.frame[m2..].fill(0);
                     }
                     let rto = c.handshake_initial_rto * 2u32.saturating_pow(init.sends.min(16));
                     init.sends += 1;

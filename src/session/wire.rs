@@ -4,10 +4,17 @@
 //!
 //! ```text
 //! HANDSHAKE_INIT  4 | ver | sender idx (4) | Noise IK msg 1 (193) | mac1 (16) | mac2 (16)  = 231
+//! INIT_EARLY      8 | ver | sender idx (4) | Noise IK msg 1 (193 + early) | mac1 | mac2  <= 1200
 //! HANDSHAKE_RESP  5 | ver | sender idx (4) | receiver idx (4) | Noise IK msg 2 (146)      = 156
 //! COOKIE_REPLY    6 | ver | receiver idx (4) | nonce (24) | sealed cookie (16 + 16)       =  62
 //! TRANSPORT       7 | receiver idx (4) | epoch (2) | counter (6) | ciphertext (inner + 16) >= 29
 //! ```
+//!
+//! `INIT_EARLY` is `HANDSHAKE_INIT` with early data (0-RTT) after the binding in message 1's
+//! encrypted payload: the wall-clock time (unix ms, 8 bytes), then inner messages, each as
+//! length (2 bytes) and inner message (below; requests and messages only). Its length is bounded
+//! (`EARLY_INIT_MIN..=EARLY_INIT_MAX`), its MACs are its last 32 bytes. See `endpoint` for when
+//! a responder acts on early data and how replays are refused.
 //!
 //! Indices are chosen at random by the side that receives with them, so a session survives the
 //! peer's address changing (NAT rebinding) and an off-path attacker must guess 32 bits to aim a
@@ -39,7 +46,8 @@ pub const HANDSHAKE_INIT: u8 = 4;
 pub const HANDSHAKE_RESP: u8 = 5;
 pub const COOKIE_REPLY: u8 = 6;
 pub const TRANSPORT: u8 = 7;
-/// Frame types that are ours (DESIGN.md §3). 8..=15 are reserved for later use.
+pub const INIT_EARLY: u8 = 8;
+/// Frame types that are ours (DESIGN.md §3). 9..=15 are reserved for later use.
 pub const FRAME_TYPES: std::ops::RangeInclusive<u8> = 4..=15;
 /// Wire version, in every handshake frame (and so, implicitly, of the transport frames of the
 /// session it opens). 2: keys change per epoch, named in the transport header.
@@ -60,6 +68,21 @@ pub const INIT_NOISE: usize = 6;
 pub const INIT_MAC1: usize = INIT_NOISE + NOISE1_LEN;
 pub const INIT_MAC2: usize = INIT_MAC1 + MAC;
 pub const INIT_LEN: usize = INIT_MAC2 + MAC;
+
+/// Early data's own header in message 1's payload: the sender's wall clock, unix ms.
+pub const EARLY_CLOCK: usize = 8;
+/// The shortest early initiation: a clock and one inner message of a kind byte.
+pub const EARLY_INIT_MIN: usize = INIT_LEN + EARLY_CLOCK + 2 + 1;
+/// The longest: one datagram within IPv6's minimum MTU (1280) less IP and UDP headers, with
+/// room to spare for a TURN or tunnel header on the way.
+pub const EARLY_INIT_MAX: usize = 1200;
+/// Room for early data's inner messages (with their length prefixes) in one initiation.
+pub const EARLY_ROOM: usize = EARLY_INIT_MAX - INIT_LEN - EARLY_CLOCK;
+
+/// Offsets of mac1 and mac2 in an initiation frame of either kind: its last 32 bytes.
+pub fn init_macs(frame_len: usize) -> (usize, usize) {
+    (frame_len - 2 * MAC, frame_len - MAC)
+}
 
 pub const RESP_NOISE: usize = 10;
 pub const RESP_LEN: usize = RESP_NOISE + NOISE2_LEN;
@@ -91,6 +114,9 @@ pub const INNER_MAX_HEADER: usize = 1 + 12;
 pub const STATUS_OK: u8 = 0;
 /// The responder refused the initiator's binding (its Noise key is not signed by its identity).
 pub const STATUS_BINDING_REFUSED: u8 = 1;
+/// As [`STATUS_OK`], and the responder acted on the early data: the session is established at
+/// its end, and the early requests need not be sent again.
+pub const STATUS_OK_EARLY: u8 = 2;
 
 pub mod inner {
     pub const PING: u8 = 0;
@@ -102,7 +128,7 @@ pub mod inner {
 }
 
 // No answer to an unauthenticated frame is larger than the frame (no amplification).
-const _: () = assert!(RESP_LEN < INIT_LEN && COOKIE_LEN < INIT_LEN);
+const _: () = assert!(RESP_LEN < INIT_LEN && COOKIE_LEN < INIT_LEN && INIT_LEN < EARLY_INIT_MIN);
 
 pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
@@ -138,5 +164,6 @@ mod tests {
         assert_eq!(INIT_LEN, 231);
         assert_eq!(RESP_LEN, 156);
         assert_eq!(COOKIE_LEN, 62);
+        assert_eq!(init_macs(INIT_LEN), (INIT_MAC1, INIT_MAC2));
     }
 }

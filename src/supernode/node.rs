@@ -235,7 +235,9 @@ impl Supernode {
         unix_now: u64,
         seed: [u8; 32],
     ) -> Supernode {
-        let ep = Endpoint::new(config.session.clone(), identity, now, seed);
+        let mut ep = Endpoint::new(config.session.clone(), identity, now, seed);
+        // For early data's freshness check (clients' registrations and invites in handshakes).
+        ep.set_wall_clock(now, unix_now.saturating_mul(1000));
         let me = ep.id();
         let key = ep.node_key();
         let member = Member {

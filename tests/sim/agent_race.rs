@@ -31,6 +31,11 @@ struct Net {
     tcp_frames: usize,
     closed: Vec<SocketAddr>,
     registered: Option<(Duration, bool)>,
+    /// When the route asked for at the start was answered, and how.
+    routed: Option<(Duration, bool)>,
+    /// Requests the supernode's application saw: registrations and routes.
+    registrations: usize,
+    routes: usize,
 }
 
 impl Net {
@@ -40,15 +45,25 @@ impl Net {
 
     /// `tcp_hint`: an earlier run reached the supernode only over TCP.
     fn hinted(delay: Duration, udp_blocked: bool, tcp_hint: bool) -> Net {
+        Net::with(delay, udp_blocked, tcp_hint, false)
+    }
+
+    /// `early`: the agent sends its registration (and a route asked at once) in the handshake.
+    fn with(delay: Duration, udp_blocked: bool, tcp_hint: bool, early: bool) -> Net {
         let now = Instant::now();
         let sn_id = identity(1);
-        let sn = Endpoint::new(Config::default(), &sn_id, now, [1; 32]);
+        let mut sn = Endpoint::new(Config::default(), &sn_id, now, [1; 32]);
+        sn.set_wall_clock(now, 1_800_000_000_000);
         let mut cfg = AgentConfig::new(vec![(sn_id.node_key(), addr(SN))]);
         cfg.standby = false;
+        cfg.early_data = early;
         if tcp_hint {
             cfg.race_tcp_at_once.insert(addr(SN));
         }
-        let agent = Agent::new(identity(2), cfg, now, 1_800_000_000, [2; 32]);
+        let mut agent = Agent::new(identity(2), cfg, now, 1_800_000_000, [2; 32]);
+        if early {
+            agent.route(now, identity(3).id(), b"invite".to_vec());
+        }
         Net {
             now,
             agent,
@@ -59,6 +74,9 @@ impl Net {
             tcp_frames: 0,
             closed: Vec::new(),
             registered: None,
+            routed: None,
+            registrations: 0,
+            routes: 0,
         }
     }
 
@@ -77,16 +95,29 @@ impl Net {
             self.closed.push(a);
         }
         while let Some(ev) = self.agent.poll_event() {
-            if let AgentEvent::Registered { .. } = ev {
-                self.registered = Some((self.now - start, self.agent.on_stream()));
+            match ev {
+                AgentEvent::Registered { .. } => {
+                    self.registered = Some((self.now - start, self.agent.on_stream()));
+                }
+                AgentEvent::Routed { result, .. } => {
+                    self.routed = Some((self.now - start, result.is_ok()));
+                }
+                _ => {}
             }
         }
         while let Some(ev) = self.sn.poll_event() {
             if let Event::Request { session, txn, body } = ev {
                 let resp = match signal::decode::<Request>(&body) {
-                    Ok(Request::CRegister { .. }) => Response::Registered {
-                        expires_at: 1_800_003_600,
-                    },
+                    Ok(Request::CRegister { .. }) => {
+                        self.registrations += 1;
+                        Response::Registered {
+                            expires_at: 1_800_003_600,
+                        }
+                    }
+                    Ok(Request::CRoute { .. }) => {
+                        self.routes += 1;
+                        Response::Routed
+                    }
                     Ok(Request::CMembers) => Response::Members(Vec::new()),
                     _ => Response::Ok,
                 };
@@ -209,4 +240,48 @@ fn a_stale_tcp_hint_loses_to_udp_and_is_unlearnt() {
     assert!(n.tcp_frames > 0, "TCP raced at once");
     assert_eq!(n.closed, vec![addr(SN)], "the losing stream is closed");
     assert_eq!(n.agent.transports_learnt(), (vec![], vec![addr(SN)]));
+}
+
+/// With early data, the registration and a route asked at once (a fresh `dial`'s invite) ride
+/// in the handshake: both answered one round trip after the start, where they took two.
+#[test]
+fn early_data_registers_and_routes_in_one_round_trip() {
+    let mut n = Net::with(Duration::from_millis(25), false, false, true);
+    n.run(Duration::from_secs(3));
+    let (at, tcp) = n.registered.expect("registers");
+    assert!(!tcp);
+    assert!(at <= Duration::from_millis(60), "registered after {at:?}");
+    let (at, ok) = n.routed.expect("routed");
+    assert!(ok && at <= Duration::from_millis(60), "routed after {at:?}");
+    assert_eq!((n.registrations, n.routes), (1, 1));
+    // Without: two round trips.
+    let mut n = Net::new(Duration::from_millis(25), false);
+    n.run(Duration::from_secs(3));
+    assert!(n.registered.expect("registers").0 >= Duration::from_millis(100));
+}
+
+/// UDP blocked: the early data never arrives; TCP wins the race, registers, and the route
+/// that went down with the UDP session goes again behind the registration, once.
+#[test]
+fn early_data_lost_with_blocked_udp_is_sent_again_over_tcp() {
+    let mut n = Net::with(Duration::from_millis(25), true, false, true);
+    n.run(Duration::from_secs(3));
+    let (_, tcp) = n.registered.expect("registers over TCP");
+    assert!(tcp);
+    let (_, ok) = n.routed.expect("routed");
+    assert!(ok);
+    assert_eq!((n.registrations, n.routes), (1, 1));
+}
+
+/// A slow UDP path: TCP races the early UDP handshake, UDP wins; nothing is registered or
+/// routed twice.
+#[test]
+fn early_data_on_a_slow_path_is_not_repeated_over_the_losing_tcp() {
+    let mut n = Net::with(Duration::from_millis(200), false, false, true);
+    n.run(Duration::from_secs(5));
+    let (_, tcp) = n.registered.expect("registers");
+    assert!(!tcp, "UDP answered first");
+    assert!(n.tcp_frames > 0, "TCP raced");
+    assert!(n.routed.expect("routed").1);
+    assert_eq!((n.registrations, n.routes), (1, 1));
 }

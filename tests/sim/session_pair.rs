@@ -23,17 +23,6 @@ fn pair(seed: u64) -> (Sim, usize, usize) {
     (sim, client, server)
 }
 
-fn responses(sim: &Sim, node: usize) -> Vec<Vec<u8>> {
-    sim.nodes[node]
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Response { body, .. } => Some(body.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn handshake_and_request_round_trip() {
     let (mut sim, client, server) = pair(1);
@@ -49,9 +38,9 @@ fn handshake_and_request_round_trip() {
     let now = sim.now;
     sim.nodes[client].ep.request(now, s, b"hello").unwrap();
     assert!(sim.drive_until(Duration::from_secs(5), |sim| {
-        !responses(sim, client).is_empty()
+        !sim.responses(client).is_empty()
     }));
-    assert_eq!(responses(&sim, client), vec![b"re:hello".to_vec()]);
+    assert_eq!(sim.responses(client), vec![b"re:hello".to_vec()]);
     // The server learned who the client is from the handshake.
     let srv = sim.connected_sessions(server);
     assert_eq!(srv.len(), 1);
@@ -76,10 +65,10 @@ fn requests_and_messages_sent_before_the_handshake_wait_for_it() {
     sim.nodes[client].ep.request(now, s, b"early").unwrap();
     sim.nodes[client].ep.send(now, s, b"datagram").unwrap();
     assert!(sim.drive_until(Duration::from_secs(5), |sim| {
-        !responses(sim, client).is_empty()
+        !sim.responses(client).is_empty()
     }));
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(responses(&sim, client), vec![b"re:early".to_vec()]);
+    assert_eq!(sim.responses(client), vec![b"re:early".to_vec()]);
     assert_eq!(
         sim.count(
             server,
@@ -114,7 +103,7 @@ fn handshake_and_transactions_survive_thirty_percent_loss() {
         let failed = sim.count(client, |e| matches!(e, Event::TransactionFailed { .. }));
         // 7 sends at 51 % round-trip loss: 0.9 % per request may fail.
         assert!(failed <= 1, "seed {seed}: {failed} failed");
-        let got = responses(&sim, client);
+        let got = sim.responses(client);
         let mut want: Vec<Vec<u8>> = (0..10u8)
             .map(|i| echo(&[i]))
             .filter(|b| got.contains(b))
@@ -152,13 +141,13 @@ fn duplicate_requests_are_answered_from_the_cache() {
     sim.run_for(Duration::from_millis(900));
     sim.reset_links();
     assert!(sim.drive_until(Duration::from_secs(10), |sim| {
-        !responses(sim, client).is_empty()
+        !sim.responses(client).is_empty()
     }));
     assert_eq!(sim.count(server, |e| matches!(e, Event::Request { .. })), 1);
     let c = sim.nodes[server].ep.counters();
     assert!(c.duplicate_requests >= 2, "{c:?}");
     assert!(c.cached_responses_sent >= 1, "{c:?}");
-    assert_eq!(responses(&sim, client), vec![b"re:once".to_vec()]);
+    assert_eq!(sim.responses(client), vec![b"re:once".to_vec()]);
 }
 
 #[test]
@@ -203,7 +192,7 @@ fn unanswered_request_gives_up_after_bounded_attempts() {
         .unwrap();
     sim.run_for(Duration::from_millis(200));
     assert_eq!(sim.nodes[client].ep.counters().late_responses, 1);
-    assert!(responses(&sim, client).is_empty());
+    assert!(sim.responses(client).is_empty());
 }
 
 #[test]
@@ -310,7 +299,7 @@ fn a_request_fails_fast_when_the_supernode_dies_and_the_standby_takes_over() {
     let now = sim.now;
     sim.nodes[client].ep.request(now, b, b"register").unwrap();
     assert!(sim.drive_until(Duration::from_secs(2), |sim| {
-        !responses(sim, client).is_empty()
+        !sim.responses(client).is_empty()
     }));
     let total = sim.now - start;
     assert!(total < Duration::from_secs(6), "{total:?}");
@@ -350,7 +339,7 @@ fn session_follows_a_nat_rebinding() {
     let now = sim.now;
     sim.nodes[client].ep.request(now, s, b"after").unwrap();
     assert!(sim.drive_until(Duration::from_secs(5), |sim| {
-        !responses(sim, client).is_empty()
+        !sim.responses(client).is_empty()
     }));
     assert_eq!(sim.nodes[server].ep.counters().address_changes, 1);
     let srv = sim.connected_sessions(server)[0];

@@ -286,6 +286,30 @@ impl Sim {
             .collect()
     }
 
+    /// The bodies of the answers node `node` got, in order of arrival.
+    pub fn responses(&self, node: usize) -> Vec<Vec<u8>> {
+        self.bodies(node, |e| match e {
+            Event::Response { body, .. } => Some(body),
+            _ => None,
+        })
+    }
+
+    /// The bodies of the requests node `node`'s application was handed, in order.
+    pub fn requests(&self, node: usize) -> Vec<Vec<u8>> {
+        self.bodies(node, |e| match e {
+            Event::Request { body, .. } => Some(body),
+            _ => None,
+        })
+    }
+
+    fn bodies(&self, node: usize, pick: impl Fn(&Event) -> Option<&Vec<u8>>) -> Vec<Vec<u8>> {
+        self.nodes[node]
+            .events
+            .iter()
+            .filter_map(|e| pick(e).cloned())
+            .collect()
+    }
+
     pub fn count(&self, node: usize, pred: impl Fn(&Event) -> bool) -> usize {
         self.nodes[node].events.iter().filter(|e| pred(e)).count()
     }

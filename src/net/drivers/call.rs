@@ -77,7 +77,9 @@ struct Attached {
     dropped: u64,
 }
 
-/// Runs `endpoint` on `socket` until `shutdown` fires or the command channel closes.
+/// Runs `endpoint` on `socket` until `shutdown` fires or the command channel closes. `first`
+/// is carried out before anything else: a fresh `dial`'s call, so that its invite is queued
+/// before the agent's first handshake and rides in it (`AgentConfig::early_data`).
 pub async fn run_endpoint(
     mut ep: Endpoint,
     socket: UdpSocket,
@@ -85,6 +87,7 @@ pub async fn run_endpoint(
     events: mpsc::Sender<DriverEvent>,
     mut shutdown: Shutdown,
     tick_every: Duration,
+    first: Option<CallCommand>,
 ) -> io::Result<Endpoint> {
     let mut buf = vec![0u8; 2048];
     let mut streams = Streams::new();
@@ -93,6 +96,11 @@ pub async fn run_endpoint(
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut commands_open = true;
+    if let Some(c) = first
+        && let Some(ev) = on_command(&mut ep, &mut audio, &mut tick, c)
+    {
+        let _ = events.send(ev).await;
+    }
     loop {
         flush(&mut ep, &socket, &mut streams, &mut relay_streams).await;
         while let Some(ev) = ep.poll_event() {
@@ -168,56 +176,8 @@ pub async fn run_endpoint(
             },
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(c) => {
-                    let now = Instant::now();
-                    let refused = |e: String| DriverEvent::Refused(e);
-                    let r: Result<(), DriverEvent> = match c {
-                        CallCommand::Dial(to) => match ep.dial(now, to) {
-                            Ok(call) => Err(DriverEvent::Dialed(call)),
-                            Err(e) => Err(DriverEvent::DialFailed(e)),
-                        },
-                        CallCommand::Accept(c) => ep.accept(now, c).map_err(refused),
-                        CallCommand::Reject(c, why) => ep.reject(now, c, &why).map_err(refused),
-                        CallCommand::Hangup(c) => ep.hangup(now, c).map_err(refused),
-                        CallCommand::Hold(c, h) => ep.hold(now, c, h).map_err(refused),
-                        CallCommand::Mute(c, m) => {
-                            if let Some(a) = audio.get_mut(&c) {
-                                a.muted = m;
-                            }
-                            Ok(())
-                        }
-                        CallCommand::Dtmf(c, digits) => digits
-                            .chars()
-                            .try_for_each(|d| ep.send_dtmf(now, c, d))
-                            .map_err(refused),
-                        // Audio for a call that ended meanwhile is dropped at once, which closes
-                        // its recording (kept, it would hold the file open forever).
-                        CallCommand::Audio(c, a) => {
-                            if ep.is_live(&c) {
-                                if audio.is_empty() {
-                                    // The clock was idle without audio: start it now, not with
-                                    // a burst of every tick missed since the endpoint started.
-                                    tick.reset_immediately();
-                                }
-                                audio.insert(c, Attached { audio: a, muted: false, dropped: 0 });
-                            }
-                            Ok(())
-                        }
-                        CallCommand::Lookup(t) => {
-                            ep.lookup(now, t);
-                            Ok(())
-                        }
-                        CallCommand::Watch(u) => {
-                            ep.watch(now, u);
-                            Ok(())
-                        }
-                        CallCommand::Claim(n) => ep.claim(now, &n).map_err(refused),
-                        CallCommand::Stats(call) => match ep.media_stats(&call) {
-                            Some(s) => Err(DriverEvent::Endpoint(EndpointEvent::Stats { call, stats: Box::new(s) })),
-                            None => Ok(()),
-                        },
-                    };
                     // Answers to commands (a call placed, a refusal) go out with the events.
-                    if let Err(ev) = r {
+                    if let Some(ev) = on_command(&mut ep, &mut audio, &mut tick, c) {
                         let _ = events.send(ev).await;
                     }
                 }
@@ -225,6 +185,74 @@ pub async fn run_endpoint(
             },
         }
     }
+}
+
+/// Carries out one command; what it answers (a call placed, a refusal), if anything.
+fn on_command(
+    ep: &mut Endpoint,
+    audio: &mut HashMap<CallId, Attached>,
+    tick: &mut tokio::time::Interval,
+    c: CallCommand,
+) -> Option<DriverEvent> {
+    let now = Instant::now();
+    let refused = |e: String| DriverEvent::Refused(e);
+    let r: Result<(), DriverEvent> = match c {
+        CallCommand::Dial(to) => match ep.dial(now, to) {
+            Ok(call) => Err(DriverEvent::Dialed(call)),
+            Err(e) => Err(DriverEvent::DialFailed(e)),
+        },
+        CallCommand::Accept(c) => ep.accept(now, c).map_err(refused),
+        CallCommand::Reject(c, why) => ep.reject(now, c, &why).map_err(refused),
+        CallCommand::Hangup(c) => ep.hangup(now, c).map_err(refused),
+        CallCommand::Hold(c, h) => ep.hold(now, c, h).map_err(refused),
+        CallCommand::Mute(c, m) => {
+            if let Some(a) = audio.get_mut(&c) {
+                a.muted = m;
+            }
+            Ok(())
+        }
+        CallCommand::Dtmf(c, digits) => digits
+            .chars()
+            .try_for_each(|d| ep.send_dtmf(now, c, d))
+            .map_err(refused),
+        // Audio for a call that ended meanwhile is dropped at once, which closes
+        // its recording (kept, it would hold the file open forever).
+        CallCommand::Audio(c, a) => {
+            if ep.is_live(&c) {
+                if audio.is_empty() {
+                    // The clock was idle without audio: start it now, not with
+                    // a burst of every tick missed since the endpoint started.
+                    tick.reset_immediately();
+                }
+                audio.insert(
+                    c,
+                    Attached {
+                        audio: a,
+                        muted: false,
+                        dropped: 0,
+                    },
+                );
+            }
+            Ok(())
+        }
+        CallCommand::Lookup(t) => {
+            ep.lookup(now, t);
+            Ok(())
+        }
+        CallCommand::Watch(u) => {
+            ep.watch(now, u);
+            Ok(())
+        }
+        CallCommand::Claim(n) => ep.claim(now, &n).map_err(refused),
+        CallCommand::Stats(call) => match ep.media_stats(&call) {
+            Some(s) => Err(DriverEvent::Endpoint(EndpointEvent::Stats {
+                call,
+                stats: Box::new(s),
+            })),
+            None => Ok(()),
+        },
+    };
+    r.err()
 }
 
 const SILENCE: [f32; FRAME] = [0.0; FRAME];
