@@ -397,10 +397,17 @@ impl Endpoint {
     }
 
     /// Whether `call` carries media now (answered, not held, with a path).
+    /// Whether the call's audio flows: answered, not on hold, with keys and a path, and the
+    /// peer able to decrypt it (it confirmed the key exchange, or its media is arriving). A
+    /// caller answered at once would otherwise send audio the callee cannot open while its
+    /// confirmation is on the way, and on a narrow uplink that audio crowds out the
+    /// confirmation itself (a 32 kbit/s link then lost it for seconds).
     pub fn is_talking(&self, call: &CallId) -> bool {
         self.phone.is_talking(call)
-            && self.media.contains_key(call)
             && self.phone.ice(call).is_some_and(|i| i.selected().is_some())
+            && self.media.get(call).is_some_and(|m| {
+                self.phone.peer_keyed(call) || m.session.stats().received.accepted > 0
+            })
     }
 
     /// Captured audio for `call` (48 kHz mono); dropped unless the call is talking.

@@ -299,6 +299,9 @@ struct Call {
     /// The key exchange in progress (caller: after the invite; callee: after the ringing).
     handshake: Option<Handshake>,
     keys_done: bool,
+    /// The peer holds the call's keys too: it sent the confirmation (callee), or acknowledged
+    /// ours (caller). Audio before that is audio the peer cannot decrypt.
+    peer_keyed: bool,
     /// The call's connectivity: controlling at the caller.
     ice: IceAgent,
     /// Our candidates the ICE agent accepted and the peer has not had.
@@ -452,6 +455,12 @@ impl Phone {
             .is_some_and(|c| c.stage == Stage::Active && !c.held)
     }
 
+    /// Whether the peer holds the call's keys (see [`Phone::is_talking`]'s callers): the callee
+    /// confirmed the key exchange, or acknowledged the caller's confirmation.
+    pub fn peer_keyed(&self, call: &CallId) -> bool {
+        self.calls.get(call).is_some_and(|c| c.peer_keyed)
+    }
+
     /// Whether the peer may learn our direct (host, server-reflexive) addresses yet.
     pub fn reveals_all(&self, call: &CallId) -> bool {
         self.calls.get(call).is_some_and(|c| c.reveal_all)
@@ -556,6 +565,7 @@ impl Phone {
             },
             handshake,
             keys_done: false,
+            peer_keyed: false,
             ice,
             pending: Vec::new(),
             peer_seqs: VecDeque::new(),
@@ -818,6 +828,11 @@ impl Phone {
             Ok(reply) => {
                 if let Some(reply) = reply {
                     self.handle_signal(now, f.to, &reply);
+                }
+                if f.name == "confirm"
+                    && let Some(c) = self.calls.get_mut(&f.call)
+                {
+                    c.peer_keyed = true;
                 }
                 if f.name == "invite"
                     && let Some(c) = self.calls.get_mut(&f.call)
@@ -1107,6 +1122,7 @@ impl Phone {
                 match hs.finish_responder(&noise) {
                     Ok(keys) => {
                         c.keys_done = true;
+                        c.peer_keyed = true;
                         self.events.push_back(PhoneEvent::Keys { call, keys });
                     }
                     Err(e) => {
@@ -1563,6 +1579,25 @@ mod tests {
         // Ended calls are forgotten after the linger time.
         n.advance(PhoneConfig::default().linger + Duration::from_secs(1));
         assert!(n.phones[0].calls.is_empty() && n.phones[1].calls.is_empty());
+    }
+
+    /// Neither end counts the peer as holding the keys until it shows it does: the callee
+    /// when the caller's confirmation arrives, the caller when the callee acknowledges it
+    /// (audio before that is audio the peer cannot decrypt).
+    #[test]
+    fn each_end_knows_when_the_peer_holds_the_keys() {
+        let mut n = Net::new(2, |_| PhoneConfig::default());
+        let (now, alice, bob) = (n.now, n.id(0), n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        let invite = n.phones[0].poll_signal().unwrap();
+        let ringing = n.phones[1].handle_signal(now, alice, &invite.payload);
+        n.phones[0].handle_route_result(now, invite.tag, Ok(ringing));
+        let confirm = n.phones[0].poll_signal().unwrap();
+        assert!(!n.phones[0].peer_keyed(&call) && !n.phones[1].peer_keyed(&call));
+        let ack = n.phones[1].handle_signal(now, alice, &confirm.payload);
+        assert!(n.phones[1].peer_keyed(&call) && !n.phones[0].peer_keyed(&call));
+        n.phones[0].handle_route_result(now, confirm.tag, Ok(ack));
+        assert!(n.phones[0].peer_keyed(&call));
     }
 
     #[test]

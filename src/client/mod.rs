@@ -862,6 +862,40 @@ impl Agent {
         }
     }
 
+    /// Takes back the requests that rode in `session`'s handshake (given up unanswered: UDP
+    /// lost the race to TCP), to go right behind the registration on the winner instead of a
+    /// round trip after it. The registration itself is signed afresh there.
+    fn requeue_early(&mut self, session: SessionId) {
+        let mut back: Vec<(TransactionId, Pending)> = Vec::new();
+        self.pending.retain(|txn, (sid, p)| {
+            let again = matches!(
+                p,
+                Pending::Route(_, _, Some(_)) | Pending::Lookup(_) | Pending::Relays
+            );
+            let keep = *sid != session || !again;
+            if !keep {
+                back.push((*txn, p.clone()));
+            }
+            keep
+        });
+        // Routes in the order they were asked (their numbers grow), the rest after them.
+        back.sort_by_key(|(_, p)| match p {
+            Pending::Route(_, id, _) => *id,
+            _ => u64::MAX,
+        });
+        for (_, p) in back.into_iter().rev() {
+            let req = match &p {
+                Pending::Route(to, _, Some(payload)) => Request::CRoute {
+                    to: *to,
+                    payload: payload.clone(),
+                },
+                Pending::Lookup(t) => Request::CLookup(t.clone()),
+                _ => Request::CRelays,
+            };
+            self.queued.push_front((req, p));
+        }
+    }
+
     /// Ends a race of TCP against the primary's UDP handshake, closing the racing session and
     /// its stream (UDP won, or the primary is being replaced).
     fn end_race(&mut self, now: Instant) {
@@ -1035,6 +1069,9 @@ impl Agent {
                     self.race = None;
                     self.attempt = None;
                     if let Some(p) = self.primary.replace(r) {
+                        if self.early == Some(p.session) {
+                            self.requeue_early(p.session);
+                        }
                         self.ep.close(now, p.session);
                     }
                     self.stream.insert(r.addr);

@@ -261,15 +261,21 @@ fn early_data_registers_and_routes_in_one_round_trip() {
 }
 
 /// UDP blocked: the early data never arrives; TCP wins the race, registers, and the route
-/// that went down with the UDP session goes again behind the registration, once.
+/// that rode in the UDP handshake goes again right behind the registration, once.
 #[test]
 fn early_data_lost_with_blocked_udp_is_sent_again_over_tcp() {
     let mut n = Net::with(Duration::from_millis(25), true, false, true);
     n.run(Duration::from_secs(3));
     let (_, tcp) = n.registered.expect("registers over TCP");
     assert!(tcp);
-    let (_, ok) = n.routed.expect("routed");
+    let (at, ok) = n.routed.expect("routed");
     assert!(ok);
+    // Right behind the registration over TCP (handshake, then both: two round trips after
+    // the head start), not a round trip after it.
+    assert!(
+        at <= UDP_HEAD_START + Duration::from_millis(110),
+        "routed after {at:?}"
+    );
     assert_eq!((n.registrations, n.routes), (1, 1));
 }
 
