@@ -126,6 +126,11 @@ pub const UDP_HEAD_START: Duration = Duration::from_millis(150);
 /// paths are equally fast, and costs a UDP-blocked caller next to nothing.
 pub const HINTED_HEAD_START: Duration = Duration::from_millis(10);
 
+/// How long a session that lost the race after carrying our early registration stays open
+/// ([`Agent::draining`]): longer than a supernode retransmits a delivery (the session layer's
+/// transaction timeout, 5 s), so what it was delivering there when we moved arrives.
+pub const EARLY_DRAIN: Duration = Duration::from_secs(10);
+
 /// After a handshake with every known supernode has failed in a row, the agent waits this long
 /// before the next round, doubling per round up to [`RETRY_MAX`]: a wrong bootstrap entry or a
 /// broken key file must not make it hammer a supernode with handshakes (each failure reaches the
@@ -288,6 +293,11 @@ pub struct Agent {
     /// The primary's session whose handshake carries our registration as early data (its
     /// answer is pending like any request's): no second registration when it comes up.
     early: Option<SessionId>,
+    /// Sessions kept open for a while after they stopped being ours, and when they close: a
+    /// UDP session whose early registration the supernode may have taken before TCP won the
+    /// race (the supernode routes to it what it was already delivering, until our new
+    /// registration moves us, and retransmits it there; closed at once, that was lost).
+    draining: Vec<(SessionId, Instant)>,
     /// TCP streams the driver should close (a race's loser): no session uses them any more.
     close_streams: VecDeque<SocketAddr>,
     /// The standby session being opened and when we give up on it.
@@ -343,6 +353,7 @@ impl Agent {
             attempt: None,
             race: None,
             early: None,
+            draining: Vec::new(),
             close_streams: VecDeque::new(),
             standby_attempt: None,
             renew_at: None,
@@ -456,6 +467,7 @@ impl Agent {
             self.attempt.map(|(_, t)| t),
             self.standby_attempt.map(|(_, t)| t),
             self.retry_at,
+            self.draining.iter().map(|(_, t)| *t).min(),
         ]
         .into_iter()
         .flatten()
@@ -464,6 +476,13 @@ impl Agent {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ep.handle_timeout(now);
+        let (done, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.draining)
+            .into_iter()
+            .partition(|(_, t)| *t <= now);
+        self.draining = kept;
+        for (session, _) in done {
+            self.ep.close(now, session);
+        }
         if let Some((sid, t)) = self.standby_attempt
             && t <= now
         {
@@ -563,6 +582,9 @@ impl Agent {
             .flatten()
         {
             self.ep.close(now, l.session);
+        }
+        for (session, _) in std::mem::take(&mut self.draining) {
+            self.ep.close(now, session);
         }
         self.registered = false;
         self.next_refresh = None;
@@ -1071,8 +1093,10 @@ impl Agent {
                     if let Some(p) = self.primary.replace(r) {
                         if self.early == Some(p.session) {
                             self.requeue_early(p.session);
+                            self.draining.push((p.session, now + EARLY_DRAIN));
+                        } else {
+                            self.ep.close(now, p.session);
                         }
-                        self.ep.close(now, p.session);
                     }
                     self.stream.insert(r.addr);
                 } else if let Some(p) = self.primary.filter(|p| p.session == session) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use voxmesh::client::{Agent, AgentConfig, AgentEvent, HINTED_HEAD_START, UDP_HEAD_START};
 use voxmesh::session::{Config, Endpoint, Event};
-use voxmesh::signal::{self, Request, Response};
+use voxmesh::signal::{self, Message, Request, Response};
 use voxmesh::transmit::STREAM;
 
 const SN: &str = "198.51.100.1:3478";
@@ -36,6 +36,11 @@ struct Net {
     /// Requests the supernode's application saw: registrations and routes.
     registrations: usize,
     routes: usize,
+    /// Supernode-to-client UDP frames still to drop (the first ones: a lost handshake answer).
+    drop_udp_replies: usize,
+    /// The supernode delivers a routed message on the session that registered, at once.
+    deliver_on_register: bool,
+    delivered: usize,
 }
 
 impl Net {
@@ -77,6 +82,9 @@ impl Net {
             routed: None,
             registrations: 0,
             routes: 0,
+            drop_udp_replies: 0,
+            deliver_on_register: false,
+            delivered: 0,
         }
     }
 
@@ -102,6 +110,10 @@ impl Net {
                 AgentEvent::Routed { result, .. } => {
                     self.routed = Some((self.now - start, result.is_ok()));
                 }
+                AgentEvent::Delivered { id, .. } => {
+                    self.delivered += 1;
+                    self.agent.acknowledge(self.now, id, None);
+                }
                 _ => {}
             }
         }
@@ -110,6 +122,13 @@ impl Net {
                 let resp = match signal::decode::<Request>(&body) {
                     Ok(Request::CRegister { .. }) => {
                         self.registrations += 1;
+                        if self.deliver_on_register && self.registrations == 1 {
+                            let m = Message::Deliver {
+                                from: identity(3).id(),
+                                payload: b"accept".to_vec(),
+                            };
+                            let _ = self.sn.request(self.now, session, &signal::encode(&m));
+                        }
                         Response::Registered {
                             expires_at: 1_800_003_600,
                         }
@@ -127,10 +146,13 @@ impl Net {
             }
         }
         while let Some(t) = self.sn.poll_transmit() {
+            if t.to == addr(CLIENT_UDP) && self.drop_udp_replies > 0 {
+                self.drop_udp_replies -= 1;
+                continue;
+            }
             // Whatever the transport, the client hears it from the supernode's address.
             self.flight
                 .push((self.now + self.delay, false, addr(SN), t.data));
-            let _ = t.to;
         }
     }
 
@@ -290,4 +312,21 @@ fn early_data_on_a_slow_path_is_not_repeated_over_the_losing_tcp() {
     assert!(n.tcp_frames > 0, "TCP raced");
     assert!(n.routed.expect("routed").1);
     assert_eq!((n.registrations, n.routes), (1, 1));
+}
+
+/// The answer to an early UDP handshake is lost, so TCP wins the race; but the supernode took
+/// the early registration and delivers on the UDP session what it routed before our TCP
+/// registration moved us. That session is kept open a while (it completes with the next
+/// initiation), so the delivery arrives; closed at once, it was lost (a lab call whose accept
+/// went there never connected).
+#[test]
+fn a_delivery_on_the_early_session_that_lost_the_race_arrives() {
+    let mut n = Net::with(Duration::from_millis(25), false, false, true);
+    n.drop_udp_replies = 1;
+    n.deliver_on_register = true;
+    n.run(Duration::from_secs(5));
+    let (_, tcp) = n.registered.expect("registers");
+    assert!(tcp, "TCP won the race");
+    assert_eq!(n.delivered, 1);
+    assert_eq!(n.registrations, 2, "early over UDP, again over TCP");
 }
