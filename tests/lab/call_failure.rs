@@ -22,7 +22,7 @@
 //! measured are printed (`--nocapture` shows them).
 
 use crate::support::calls::{CallLab, Live, tone};
-use crate::support::failover::current_path;
+use crate::support::failover::direct_soon;
 use crate::support::mesh_proc::{self, Sn};
 
 use std::net::SocketAddr;
@@ -295,7 +295,7 @@ fn survives(callers: bool, at_once: bool) {
         alice.seen,
         bob.seen
     );
-    let c = alice.seen("connected").unwrap().clone();
+    let c = direct_soon(&mut alice);
     assert_eq!(c["path"], "direct", "full cone ↔ port-restricted: {c}");
     flows(
         &mut alice,
@@ -445,19 +445,8 @@ fn a_nat_rebinding_mid_call_recovers_within_2_s() {
     let (a, b) = tones(&m);
     let (bob, bob_id) = m.answer_live(&m.host_ns(2, 0), "bob", &["--auto", "--play", &b]);
     let (mut alice, mut bob) = call(&m, 1, &["--play", &a], bob, &bob_id, "rebind", 300.0);
-    // Symmetric ↔ full cone goes direct. On busy cores the direct check can be answered after
-    // the relay grace, so the call may start on the relay; the agent keeps checking and moves to
-    // the direct pair as soon as it works, within the check schedule (a pair fails only after
-    // its last retransmission, ~6 s).
-    let c = alice.seen("connected").unwrap().clone();
-    if c["path"] != "direct" {
-        let limit = PhoneConfig::default().ice.check_lifetime() + Duration::from_secs(2);
-        let end = Instant::now() + limit;
-        while current_path(&alice)["path"] != "direct" && Instant::now() < end {
-            alice.wait("path", end.saturating_duration_since(Instant::now()));
-        }
-    }
-    let c = current_path(&alice);
+    // Symmetric ↔ full cone goes direct (perhaps after starting on the relay).
+    let c = direct_soon(&mut alice);
     assert_eq!(c["path"], "direct", "symmetric ↔ full cone: {c}");
     flows(
         &mut alice,

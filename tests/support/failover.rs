@@ -100,6 +100,23 @@ pub fn current_path(p: &Live) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// A party's path once it is direct, or as it is when the checks would have found one. A pair
+/// that goes direct may still start on the relay: a callee that answers at once gets media
+/// flowing as soon as any pair works (on busy cores the direct check can be answered after the
+/// relay's); the agent keeps checking and moves to the direct pair as soon as it works, within
+/// the check schedule (a pair fails only after its last retransmission, ~6 s).
+pub fn direct_soon(p: &mut Live) -> serde_json::Value {
+    let limit = voxmesh::call::phone::PhoneConfig::default()
+        .ice
+        .check_lifetime()
+        + Duration::from_secs(2);
+    let end = Instant::now() + limit;
+    while current_path(p)["path"] != "direct" && Instant::now() < end {
+        p.wait("path", end.saturating_duration_since(Instant::now()));
+    }
+    current_path(p)
+}
+
 /// Asserts that audio flows both ways for a 2 s window: each end receives at least `share` of
 /// the 50 packets a second the other sends.
 pub fn audio_flows(alice: &mut Live, bob: &mut Live, share: f64, when: &str) {
