@@ -127,7 +127,7 @@ pub const UDP_HEAD_START: Duration = Duration::from_millis(150);
 pub const HINTED_HEAD_START: Duration = Duration::from_millis(10);
 
 /// How long a session that lost the race after carrying our early registration stays open
-/// ([`Agent::draining`]): longer than a supernode retransmits a delivery (the session layer's
+/// (see the agent's `draining`): longer than a supernode retransmits a delivery (the session layer's
 /// transaction timeout, 5 s), so what it was delivering there when we moved arrives.
 pub const EARLY_DRAIN: Duration = Duration::from_secs(10);
 
