@@ -405,9 +405,10 @@ impl Endpoint {
     pub fn is_talking(&self, call: &CallId) -> bool {
         self.phone.is_talking(call)
             && self.phone.ice(call).is_some_and(|i| i.selected().is_some())
-            && self.media.get(call).is_some_and(|m| {
-                self.phone.peer_keyed(call) || m.session.stats().received.accepted > 0
-            })
+            && self
+                .media
+                .get(call)
+                .is_some_and(|m| self.phone.peer_keyed(call) || m.session.heard_peer())
     }
 
     /// Captured audio for `call` (48 kHz mono); dropped unless the call is talking.

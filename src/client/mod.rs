@@ -814,19 +814,34 @@ impl Agent {
         key: NodeKey,
         addr: SocketAddr,
     ) -> Result<Link, session::ConnectError> {
+        self.open_with(now, key, addr, &[]).map(|(link, _)| link)
+    }
+
+    /// [`Agent::open`] with `requests` as the handshake's early data; returns their
+    /// transactions.
+    fn open_with(
+        &mut self,
+        now: Instant,
+        key: NodeKey,
+        addr: SocketAddr,
+        requests: &[Vec<u8>],
+    ) -> Result<(Link, Vec<TransactionId>), session::ConnectError> {
         let tcp = self.stream.contains(&addr);
         let socket = if tcp {
             crate::transmit::STREAM
         } else {
             crate::transmit::UDP
         };
-        let session = self.ep.connect_via(now, addr, &key, socket as u8)?;
-        Ok(Link {
+        let (session, txns) = self
+            .ep
+            .connect_early(now, addr, &key, socket as u8, requests)?;
+        let link = Link {
             node: key.id,
             addr,
             session,
             tcp,
-        })
+        };
+        Ok((link, txns))
     }
 
     /// [`Agent::open`] with a fresh registration and the requests that may go with it (see
@@ -852,27 +867,13 @@ impl Agent {
         )];
         reqs.extend(early);
         let bodies: Vec<Vec<u8>> = reqs.iter().map(|(r, _)| signal::encode(r)).collect();
-        let tcp = self.stream.contains(&addr);
-        let socket = if tcp {
-            crate::transmit::STREAM
-        } else {
-            crate::transmit::UDP
-        };
-        match self
-            .ep
-            .connect_early(now, addr, &key, socket as u8, &bodies)
-        {
-            Ok((session, txns)) => {
+        match self.open_with(now, key, addr, &bodies) {
+            Ok((link, txns)) => {
                 for (txn, (_, p)) in txns.into_iter().zip(reqs) {
-                    self.pending.insert(txn, (session, p));
+                    self.pending.insert(txn, (link.session, p));
                 }
-                self.early = Some(session);
-                Ok(Link {
-                    node: key.id,
-                    addr,
-                    session,
-                    tcp,
-                })
+                self.early = Some(link.session);
+                Ok(link)
             }
             Err(e) => {
                 // Back in the queue, in order, for a later session.
@@ -888,33 +889,23 @@ impl Agent {
     /// lost the race to TCP), to go right behind the registration on the winner instead of a
     /// round trip after it. The registration itself is signed afresh there.
     fn requeue_early(&mut self, session: SessionId) {
-        let mut back: Vec<(TransactionId, Pending)> = Vec::new();
-        self.pending.retain(|txn, (sid, p)| {
-            let again = matches!(
-                p,
-                Pending::Route(_, _, Some(_)) | Pending::Lookup(_) | Pending::Relays
-            );
-            let keep = *sid != session || !again;
+        let mut back: Vec<Pending> = Vec::new();
+        self.pending.retain(|_, (sid, p)| {
+            let keep = *sid != session || again(p).is_none();
             if !keep {
-                back.push((*txn, p.clone()));
+                back.push(p.clone());
             }
             keep
         });
         // Routes in the order they were asked (their numbers grow), the rest after them.
-        back.sort_by_key(|(_, p)| match p {
+        back.sort_by_key(|p| match p {
             Pending::Route(_, id, _) => *id,
             _ => u64::MAX,
         });
-        for (_, p) in back.into_iter().rev() {
-            let req = match &p {
-                Pending::Route(to, _, Some(payload)) => Request::CRoute {
-                    to: *to,
-                    payload: payload.clone(),
-                },
-                Pending::Lookup(t) => Request::CLookup(t.clone()),
-                _ => Request::CRelays,
-            };
-            self.queued.push_front((req, p));
+        for p in back.into_iter().rev() {
+            if let Some(req) = again(&p) {
+                self.queued.push_front((req, p));
+            }
         }
     }
 
@@ -1283,10 +1274,7 @@ impl Agent {
             // the next primary (both are safe to repeat). Claims and routed payloads fail to the
             // caller instead: repeating them is the caller's decision.
             Pending::Lookup(_) | Pending::Relays if resp.is_none() && !on_primary => {
-                let req = match &p {
-                    Pending::Lookup(t) => Request::CLookup(t.clone()),
-                    _ => Request::CRelays,
-                };
+                let req = again(&p).expect("a lookup or relay request can be asked again");
                 self.queued.push_back((req, p));
                 if self.registered || !self.config.register {
                     self.flush_queue(now);
@@ -1471,6 +1459,20 @@ impl Agent {
 /// and sent again (see `Pending::Route`).
 fn rides_with_registration(p: &Pending) -> bool {
     matches!(p, Pending::Route(..) | Pending::Lookup(_) | Pending::Relays)
+}
+
+/// The request to send again for what is pending, when it can be rebuilt from it: lookups,
+/// relay offers, and routes whose payload is kept (those that left before the registration).
+fn again(p: &Pending) -> Option<Request> {
+    match p {
+        Pending::Route(to, _, Some(payload)) => Some(Request::CRoute {
+            to: *to,
+            payload: payload.clone(),
+        }),
+        Pending::Lookup(t) => Some(Request::CLookup(t.clone())),
+        Pending::Relays => Some(Request::CRelays),
+        _ => None,
+    }
 }
 
 fn answers(p: &Pending, resp: &Response) -> bool {

@@ -658,6 +658,11 @@ impl MediaSession {
         (self.sealer.stream(), self.opener.stream())
     }
 
+    /// Whether any datagram from the peer authenticated yet.
+    pub fn heard_peer(&self) -> bool {
+        self.received.accepted > 0
+    }
+
     /// Everything measured so far.
     pub fn stats(&self) -> MediaStats {
         let r = &self.reception;

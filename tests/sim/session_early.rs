@@ -152,14 +152,7 @@ fn a_replayed_early_initiation_is_never_acted_on_twice() {
         sim.drive_until(Duration::from_secs(2), |sim| sim.responses(client).len()
             == 1)
     );
-    let init = sim
-        .world
-        .sent
-        .iter()
-        .find(|p| p.data[0] == wire::INIT_EARLY)
-        .unwrap()
-        .data
-        .clone();
+    let init = sim.first_sent(wire::INIT_EARLY);
     sim.inject(addr(ATTACKER), addr(SERVER), init.clone());
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.nodes[server].ep.counters().handshake_duplicates, 1);
@@ -217,14 +210,8 @@ fn requests_that_do_not_fit_follow_the_handshake_in_order() {
     let (mut sim, server, client) = pair(44, Some(0), true);
     let big = vec![7u8; 950];
     connect_early(&mut sim, client, server, &[b"first", &big, b"third"]);
-    sim.drain_all();
-    let init = sim
-        .world
-        .sent
-        .iter()
-        .find(|p| p.data[0] == wire::INIT_EARLY)
-        .unwrap();
-    assert!(init.data.len() <= wire::EARLY_INIT_MAX);
+    let init = sim.first_sent(wire::INIT_EARLY);
+    assert!(init.len() <= wire::EARLY_INIT_MAX);
     assert!(
         sim.drive_until(Duration::from_secs(2), |sim| sim.responses(client).len()
             == 3)

@@ -310,14 +310,7 @@ fn a_replayed_initiation_establishes_nothing() {
     sim.world.record = true;
     let client = sim.add(Config::client(), &identity(2), CLIENT);
     let s = sim.connect(client, server);
-    let init = sim
-        .world
-        .sent
-        .iter()
-        .find(|p| p.data[0] == wire::HANDSHAKE_INIT)
-        .unwrap()
-        .data
-        .clone();
+    let init = sim.first_sent(wire::HANDSHAKE_INIT);
     sim.run_for(Duration::from_secs(1));
     sim.inject(addr(ATTACKER), addr(SERVER), init);
     sim.run_for(Duration::from_secs(25));

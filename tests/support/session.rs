@@ -310,6 +310,19 @@ impl Sim {
             .collect()
     }
 
+    /// The first recorded datagram whose frame type is `kind` (`world.record` on), drained
+    /// first: what an attacker on the path captures to replay.
+    pub fn first_sent(&mut self, kind: u8) -> Vec<u8> {
+        self.drain_all();
+        self.world
+            .sent
+            .iter()
+            .find(|p| p.data[0] == kind)
+            .expect("a frame of that kind was sent")
+            .data
+            .clone()
+    }
+
     pub fn count(&self, node: usize, pred: impl Fn(&Event) -> bool) -> usize {
         self.nodes[node].events.iter().filter(|e| pred(e)).count()
     }
