@@ -275,18 +275,27 @@ fn a_relayed_flow_survives_a_sigterm_drain() {
                     // SAFETY: signalling our own child process.
                     unsafe { libc::kill(pid, libc::SIGTERM) };
                     termed = Some(Instant::now());
-                    // New allocations are sent elsewhere during the drain.
-                    let cfg = TurnClientConfig::new(server(3478), "bob", "hunter2");
-                    alternate =
+                    // New allocations are sent elsewhere during the drain. The signal is
+                    // handled asynchronously: an allocation answered before relayd saw it is
+                    // not one during the drain, so ask again (each answer takes a round trip)
+                    // until the drain answers, for at most a second.
+                    let asked = Instant::now();
+                    loop {
+                        let cfg = TurnClientConfig::new(server(3478), "bob", "hunter2");
                         match TurnRelay::allocate(cfg, TurnTransport::Udp, Duration::from_secs(2))
                             .await
                         {
-                            Err(RelayError::Alternate(a)) => Some(a),
+                            Err(RelayError::Alternate(a)) => {
+                                alternate = Some(a);
+                                break;
+                            }
+                            Ok(r) if asked.elapsed() < Duration::from_secs(1) => drop(r),
                             other => panic!(
                                 "a new allocation during the drain: {:?}",
                                 other.map(|r| r.relayed())
                             ),
-                        };
+                        }
+                    }
                 }
                 r.send_to(peer_addr, b"voice")
                     .await
