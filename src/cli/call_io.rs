@@ -283,6 +283,7 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                     "buffer_ms": r1(s.playout.delay_ms),
                     "drift_ppm": s.playout.drift_ppm.round(),
                     "accelerated": s.playout.accelerate,
+                    "expanded": s.playout.expand, "fec_recovered": s.playout.fec,
                     "loss_percent": r1(q.loss_percent),
                     "unrecovered_percent": r1(q.unrecovered_percent),
                     "concealed_percent": r1(q.concealed_percent),
@@ -434,6 +435,9 @@ pub fn play_file(path: &Path) -> anyhow::Result<mpsc::Receiver<Vec<f32>>> {
     Ok(rx)
 }
 
+/// Frames (20 ms) of call audio a recording may fall behind by.
+const RECORD_BACKLOG: usize = 1500;
+
 /// Writes call audio to `path` (`-`: stdout, raw PCM) on a thread, finished when the channel
 /// closes. Returns the channel and the thread (join it to be sure the file is complete).
 pub fn record_file(
@@ -448,7 +452,10 @@ pub fn record_file(
     )?;
     let mut sink = audio::open_sink(path, spec)
         .with_context(|| format!("cannot record to {}", path.display()))?;
-    let (tx, mut rx) = mpsc::channel::<Vec<f32>>(50);
+    // The call's playout does not wait for the file: what the writer has not taken yet waits
+    // here. Half a minute (5.8 MB) rides out a stalled disk (writeback under a build's load
+    // can block a write for seconds); only a longer stall loses audio, and the driver counts it.
+    let (tx, mut rx) = mpsc::channel::<Vec<f32>>(RECORD_BACKLOG);
     let name = path.display().to_string();
     let t = std::thread::spawn(move || {
         while let Some(frame) = rx.blocking_recv() {

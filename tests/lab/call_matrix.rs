@@ -424,11 +424,54 @@ impl Worker {
             let _ = std::fs::remove_dir_all(&dir);
         } else {
             errors.push(format!("recordings kept in {}", dir.display()));
+            errors.push(format!(
+                "caller: {}; callee: {}",
+                timeline(&events),
+                timeline(&bob_events)
+            ));
             errors.push(format!("caller's events: {events:?}"));
             errors.push(format!("callee's events: {bob_events:?}"));
         }
         (row, errors)
     }
+}
+
+/// One side's events in brief, for a failure's one line (a CI log may show nothing more):
+/// each event's name with its path and time where it has them, and the final media
+/// statistics' counts (what arrived, was lost, dropped, concealed, and played from).
+fn timeline(events: &[Value]) -> String {
+    let mut out = Vec::new();
+    for e in events {
+        let name = e["event"].as_str().unwrap_or("?");
+        if name == "stats" {
+            let k = |f: &str| e[f].to_string();
+            out.push(format!(
+                "stats[sent {} recv {} lost {} dropped {} forged {} replayed {} concealed {} accel {} buffer {} ms]",
+                k("sent"),
+                k("received"),
+                k("lost"),
+                k("dropped"),
+                k("forged"),
+                k("replayed"),
+                k("concealed"),
+                k("accelerated"),
+                k("buffer_ms")
+            ));
+            continue;
+        }
+        let mut s = name.to_string();
+        if let Some(p) = e["path"].as_str() {
+            s += &format!("({p})");
+        }
+        if let Some(r) = e["reason"].as_str() {
+            s += &format!("({r})");
+        }
+        if let Some(ms) = e["ms"].as_f64() {
+            s += &format!("@{ms}");
+        }
+        out.push(s);
+    }
+    out.join(" ")
 }
 
 #[test]

@@ -104,8 +104,14 @@ pub async fn run_endpoint(
     loop {
         flush(&mut ep, &socket, &mut streams, &mut relay_streams).await;
         while let Some(ev) = ep.poll_event() {
-            if let EndpointEvent::Ended { call, .. } = &ev {
-                audio.remove(call);
+            if let EndpointEvent::Ended { call, .. } = &ev
+                && let Some(a) = audio.remove(call)
+                && a.dropped > 0
+            {
+                tracing::warn!(
+                    "call {call}: {} ms of received audio were dropped: its sink fell behind",
+                    a.dropped * TICK.as_millis() as u64
+                );
             }
             if events.send(DriverEvent::Endpoint(ev)).await.is_err() {
                 return Ok(ep);
