@@ -16,12 +16,13 @@
 //! packets carry FEC, see [`PlayoutConfig`]). A stream is assumed to carry FEC until packets
 //! after voiced ones show it does not (the encoder codes FEC only after voiced frames); the
 //! room playout started with is then given back with one accelerate in a pause, once a second
-//! of packets has shown the jitter. Each slot is then one of (NetEQ's vocabulary,
-//! which the call-quality work will refine with time-stretching instead of whole frames):
+//! of packets has shown the jitter. Each slot is then one of (NetEQ's vocabulary):
 //!
 //! - **normal**: its packet is here; decode it.
 //! - **accelerate**: its packet and the next are here but the offset is more than a packet over
-//!   target: decode it (keeping the decoder's state right) and drop the audio.
+//!   target: decode both and play them shortened by half a frame to a frame, cut where the
+//!   audio repeats (whole pitch periods in voiced speech) and crossfaded, so the waveform stays
+//!   continuous; in a pause (giving back room for FEC, below) the slot's audio is dropped whole.
 //! - **expand**: its packet is missing and the offset is under target (or nothing at all is
 //!   buffered): it may still come, so conceal one packet's length without advancing. The
 //!   offset grows; a late packet is then played, not lost.
@@ -39,8 +40,9 @@
 //! one played relabels the waiting as comfort noise; a skip over the gap relabels it as PLC.
 //! So the statistics say what each concealed slot stood for, after the fact.
 //!
-//! Skips and accelerations move in whole packets, so decoding stays on the sender's frame grid
-//! (a pull lands anywhere within a frame of the target; that is not lateness). In speech the
+//! Skips and accelerations consume whole packets, so decoding stays on the sender's frame grid
+//! (a pull lands anywhere within a frame of the target; that is not lateness); what an
+//! accelerate cuts short of a frame waits decoded in the FIFO, which the offset counts. In speech the
 //! offset only grows by expanding when a packet is missing; it is re-anchored to the target in
 //! silence, which is why two talkspurts may play at delays a frame apart.
 //!
@@ -51,8 +53,7 @@
 //!
 //! Clock drift between the sender's clock and our playout is absorbed between the FIFO and the
 //! frames handed out: [`Drift`] estimates it over a minute and reads the decoded audio at a
-//! ratio within ±0.1 %, so a drifting call needs no periodic accelerate or expand. (Whole-frame
-//! accelerate/expand remain for jitter; time-stretching them is still to come.) Read at a
+//! ratio within ±0.1 %, so a drifting call needs no periodic accelerate or expand. Read at a
 //! ratio, packets no longer start on our frames: up to a frame of decoded audio is left over
 //! between pulls, and the amount sweeps the whole frame once per frame's worth of drift (200 s
 //! at 100 ppm). So the offset counts that audio (the slot plays after it), and the target
@@ -511,11 +512,14 @@ impl JitterBuffer {
             let accelerate = (offset > target + p.dur + GRAIN * 4 || shed)
                 && self.packets.contains_key(&(n + p.dur));
             if accelerate {
-                if shed {
-                    self.fec_room_owed -= p.dur;
-                }
                 self.stats.accelerate += 1;
-                return Some(FrameKind::Normal);
+                if shed {
+                    // A pause: its audio goes whole (nothing audible to keep continuous), and
+                    // the slot grid moves by exactly the room owed.
+                    self.fec_room_owed -= p.dur;
+                    return Some(FrameKind::Normal);
+                }
+                return Some(self.accelerate_into(n + p.dur));
             }
             self.fifo.extend(self.scratch.drain(..));
             self.stats.normal += 1;
@@ -595,6 +599,35 @@ impl JitterBuffer {
         })
     }
 
+    /// Accelerates in speech: the slot just decoded (in `scratch`) and the packet at `next`
+    /// (here, or there would be no accelerate) play shortened by about a frame, cut where the
+    /// audio repeats best ([`shorten`]). Dropping the slot's audio whole left a step and a
+    /// phase jump in the waveform, a click in voiced speech. What is cut short of a frame
+    /// stays decoded ahead in the FIFO, which the offset counts, so the next decision sees it.
+    fn accelerate_into(&mut self, next: i64) -> FrameKind {
+        let p = self
+            .packets
+            .remove(&next)
+            .expect("accelerate needs the next packet");
+        self.next_ts = Some(next + p.dur);
+        self.last_seq = Some(p.seq);
+        self.last_dur = p.dur;
+        let first = std::mem::take(&mut self.scratch);
+        let ok = self.decode_into_scratch(&p.payload);
+        if !ok {
+            self.scratch = first;
+            self.conceal(p.dur);
+            self.stats.plc += 1;
+            return FrameKind::Plc;
+        }
+        let joined = shorten(&first, &self.scratch);
+        self.fifo.extend(joined);
+        self.scratch = first;
+        self.scratch.clear();
+        self.stats.normal += 1;
+        FrameKind::Normal
+    }
+
     fn decode_into_scratch(&mut self, payload: &[u8]) -> bool {
         match self.decoder.decode(payload, &mut self.scratch) {
             Ok(_) => true,
@@ -619,6 +652,58 @@ impl JitterBuffer {
 }
 
 /// Samples of `d` at 48 kHz.
+/// Crossfade of an accelerate's cut: 5 ms, about one pitch period of a low voice.
+const CUT_FADE: usize = 240;
+
+/// Two consecutive stretches of decoded audio joined with between half of `a`'s length and
+/// all of it taken out (WSOLA's idea, as NetEQ's accelerate): the cut starts a quarter into
+/// `a` and skips the lag whose following 5 ms best match the 5 ms before it, preferring the
+/// longest lag among near-best peaks of the match; in voiced speech that is a whole number of
+/// pitch periods, so the waveform goes on in phase. The 5 ms at the cut are crossfaded.
+fn shorten(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let x: Vec<f32> = a.iter().chain(b).copied().collect();
+    let l = a.len();
+    let w = CUT_FADE.min(l / 4);
+    if w == 0 || b.len() < w {
+        return b.to_vec();
+    }
+    let s = l / 4;
+    let head = &x[s..s + w];
+    let energy = |v: &[f32]| v.iter().map(|&y| f64::from(y) * f64::from(y)).sum::<f64>();
+    let e0 = energy(head);
+    let lags = (l / 2).max(1)..=l.min(x.len() - s - w);
+    let score = |r: usize| {
+        let tail = &x[s + r..s + r + w];
+        let dot: f64 = head
+            .iter()
+            .zip(tail)
+            .map(|(&p, &q)| f64::from(p) * f64::from(q))
+            .sum();
+        let norm = (e0 * energy(tail)).sqrt();
+        if norm > 0.0 { dot / norm } else { 0.0 }
+    };
+    let scores: Vec<(usize, f64)> = lags.map(|r| (r, score(r))).collect();
+    let best = scores.iter().map(|&(_, c)| c).fold(f64::MIN, f64::max);
+    // The longest lag at a peak of the match (a whole number of periods, not a sample or
+    // two beside one) that is nearly as good as the best.
+    let peak = |i: usize| {
+        let c = scores[i].1;
+        (i == 0 || scores[i - 1].1 <= c) && scores.get(i + 1).is_none_or(|n| n.1 <= c)
+    };
+    let lag = (0..scores.len())
+        .rev()
+        .find(|&i| scores[i].1 >= best - 0.05 && peak(i))
+        .map_or(l, |i| scores[i].0);
+    let mut out = Vec::with_capacity(x.len() - lag);
+    out.extend_from_slice(&x[..s]);
+    for i in 0..w {
+        let g = (i as f32 + 0.5) / w as f32;
+        out.push(x[s + i] * (1.0 - g) + x[s + lag + i] * g);
+    }
+    out.extend_from_slice(&x[s + lag + w..]);
+    out
+}
+
 pub fn samples_of(d: Duration) -> i64 {
     (d.as_nanos() * u128::from(RATE) / 1_000_000_000) as i64
 }
@@ -866,5 +951,102 @@ mod playout_tests {
                 "phase {phase}: {waits:?}"
             );
         }
+    }
+
+    /// A steady tone whose packets stall for 60 ms once (a delay spike: the buffer expands
+    /// while nothing is there, then holds 60 ms too many) is brought back to its target by
+    /// accelerating in the tone itself, and the played waveform stays continuous: no step
+    /// bigger than a few times the tone's own largest (a whole frame dropped at a random phase
+    /// jumps by up to twice its amplitude), and no dip in its level where the cut was made.
+    #[test]
+    fn accelerating_in_speech_keeps_the_waveform_continuous() {
+        let mut enc = Encoder::new(OpusSettings::default()).unwrap();
+        let hz = 330.0f32;
+        let amp = 0.3f32;
+        let payloads: Vec<Vec<u8>> = (0..150)
+            .map(|k| {
+                let pcm: Vec<f32> = (k * 960..(k + 1) * 960)
+                    .map(|i| amp * (TAU * hz * i as f32 / RATE as f32).sin())
+                    .collect();
+                match enc.encode(&pcm).unwrap() {
+                    Encoded::Packet(p) => p.to_vec(),
+                    Encoded::Dtx => panic!("DTX is off"),
+                }
+            })
+            .collect();
+        // Packets 50-52 arrive together, with packet 53; everything else 1 ms after sending.
+        let arrival = |k: i64| {
+            if (50..53).contains(&k) {
+                53 * 960 + 48
+            } else {
+                k * 960 + 48
+            }
+        };
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        let (mut next, mut played, mut accelerated_at) = (0i64, Vec::new(), Vec::new());
+        for pull in 0..145i64 {
+            let now = pull * 960 + 480;
+            while next < 150 && arrival(next) <= now {
+                jb.insert(
+                    arrival(next),
+                    next as u64,
+                    next * 960,
+                    payloads[next as usize].clone(),
+                )
+                .unwrap();
+                next += 1;
+            }
+            let before = jb.stats().accelerate;
+            played.extend(jb.pop(now).pcm);
+            if jb.stats().accelerate > before {
+                accelerated_at.push(pull);
+            }
+        }
+        let s = jb.stats().clone();
+        assert!(s.expand >= 2 && s.accelerate >= 1, "{s:?}");
+        assert!(
+            s.delay_ms <= s.target_delay_ms + 20.0,
+            "back on target: {s:?}"
+        );
+        // From the start of the tone on (the first pulls are silence, then the decoder's
+        // onset), up to the end.
+        let start = played.iter().position(|&x| x.abs() > amp / 2.0).unwrap() + 960;
+        let steepest = (TAU * hz / RATE as f32) * amp;
+        let (worst, at) = played[start..]
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| ((w[1] - w[0]).abs(), i + start))
+            .fold((0.0f32, 0), |m, x| if x.0 > m.0 { x } else { m });
+        // And no dip where the cut was crossfaded (the decoder's own concealment of the stall
+        // fades the tone out, which is before): every 5 ms from the pull after the stall on
+        // keeps most of the tone's level (0.21).
+        let quietest = played[54 * 960..]
+            .chunks_exact(240)
+            .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
+            .fold(f32::MAX, f32::min);
+        assert!(quietest > 0.15, "a 5 ms stretch at RMS {quietest}");
+        assert!(
+            worst < 3.0 * steepest,
+            "a step of {worst:.3} at sample {at} (pull {}; the tone's steepest {steepest:.3}); accelerated at pulls {accelerated_at:?}",
+            at / 960
+        );
+    }
+
+    /// On a periodic signal the cut takes out the longest whole number of periods that fits
+    /// in a frame (here 6 of 145.45 samples: 873), so the output goes on in phase.
+    #[test]
+    fn a_cut_takes_whole_periods() {
+        let period = 48_000.0 / 330.0;
+        let x: Vec<f32> = (0..1920).map(|i| (TAU * i as f32 / period).sin()).collect();
+        let out = shorten(&x[..960], &x[960..]);
+        let cut = 1920 - out.len();
+        assert!((872..=874).contains(&cut), "{cut}");
+        // Continuing the sine from where the cut left it: the tail is x shifted by the cut.
+        let err = out[400..]
+            .iter()
+            .zip(&x[400 + cut..])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(err < 0.03, "{err}");
     }
 }
