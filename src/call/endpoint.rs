@@ -615,6 +615,18 @@ impl Endpoint {
         self.pump(now);
     }
 
+    /// See [`Agent::poll_stream_open`].
+    #[must_use]
+    pub fn poll_stream_open(&mut self) -> Option<SocketAddr> {
+        self.agent.poll_stream_open()
+    }
+
+    /// See [`Agent::stream_connected`].
+    pub fn stream_connected(&mut self, now: Instant, addr: SocketAddr) {
+        self.agent.stream_connected(now, addr);
+        self.pump(now);
+    }
+
     // ------------------------------------------------------------------ timers
 
     #[must_use]

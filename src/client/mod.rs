@@ -126,6 +126,11 @@ pub const UDP_HEAD_START: Duration = Duration::from_millis(150);
 /// paths are equally fast, and costs a UDP-blocked caller next to nothing.
 pub const HINTED_HEAD_START: Duration = Duration::from_millis(10);
 
+/// The least the UDP handshake gets, after the TCP connection beside it came up, before TCP
+/// races it (see [`Agent::stream_connected`]): a supernode's handshake costs it a few DH
+/// operations, and a loaded one takes longer to answer than the kernel takes to accept.
+pub const PRECONNECT_MARGIN: Duration = Duration::from_millis(20);
+
 /// How long a session that lost the race after carrying our early registration stays open
 /// (see the agent's `draining`): longer than a supernode retransmits a delivery (the session layer's
 /// transaction timeout, 5 s), so what it was delivering there when we moved arrives.
@@ -290,6 +295,12 @@ pub struct Agent {
     /// The session to the primary's supernode over TCP racing the primary's UDP handshake: the
     /// first of the two to complete becomes the primary, the other is closed.
     race: Option<Link>,
+    /// The TCP connection opened (empty) beside the primary's UDP handshake, and when it was
+    /// asked for: its set-up measures the round trip, which brings the race forward (see
+    /// [`Agent::stream_connected`]), and a race then starts on a connected stream.
+    preconnect: Option<(SocketAddr, Instant)>,
+    /// TCP streams the driver should open now, empty.
+    open_streams: VecDeque<SocketAddr>,
     /// The primary's session whose handshake carries our registration as early data (its
     /// answer is pending like any request's): no second registration when it comes up.
     early: Option<SessionId>,
@@ -352,6 +363,8 @@ impl Agent {
             refreshes: 0,
             attempt: None,
             race: None,
+            preconnect: None,
+            open_streams: VecDeque::new(),
             early: None,
             draining: Vec::new(),
             close_streams: VecDeque::new(),
@@ -459,6 +472,37 @@ impl Agent {
         self.close_streams.pop_front()
     }
 
+    /// A TCP stream to open now, with nothing to send on it yet (the connection beside a UDP
+    /// handshake, see [`Agent::stream_connected`]): the driver connects and reports it.
+    #[must_use]
+    pub fn poll_stream_open(&mut self) -> Option<SocketAddr> {
+        self.open_streams.pop_front()
+    }
+
+    /// The driver's TCP connection to `addr` is up. For the connection opened beside the
+    /// primary's UDP handshake, its set-up took one round trip, which UDP's handshake needs
+    /// too: UDP gets that plus half again (at least [`PRECONNECT_MARGIN`]) before TCP races
+    /// it, instead of the whole fixed head start. The head start is a guess for a path we
+    /// know nothing about; this is the path's own round trip, measured by the connection
+    /// UDP is racing. A UDP-blocked caller then rings about 75 ms sooner in the lab.
+    pub fn stream_connected(&mut self, now: Instant, addr: SocketAddr) {
+        let Some((at, asked)) = self.preconnect else {
+            return;
+        };
+        if at != addr || self.race.is_some() {
+            return;
+        }
+        if let Some((sid, deadline)) = self.attempt
+            && self
+                .primary
+                .is_some_and(|p| p.session == sid && p.addr == addr)
+        {
+            let rtt = now.saturating_duration_since(asked);
+            let sooner = now + (rtt / 2).max(PRECONNECT_MARGIN);
+            self.attempt = Some((sid, deadline.min(sooner)));
+        }
+    }
+
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         [
@@ -560,6 +604,10 @@ impl Agent {
     /// The TCP stream to `addr` broke (the supernode died or the path failed): sessions over it
     /// are gone, without waiting for keepalives to notice.
     pub fn stream_closed(&mut self, now: Instant, addr: SocketAddr) {
+        if self.preconnect.is_some_and(|(a, _)| a == addr) {
+            // Refused or reset before or during a race: UDP carries on alone.
+            self.preconnect = None;
+        }
         if let Some(r) = self.race.filter(|r| r.addr == addr) {
             // TCP lost the race by itself (refused, reset): UDP carries on alone.
             self.race = None;
@@ -750,6 +798,11 @@ impl Agent {
                     let head_start = if self.config.race_tcp_at_once.contains(&addr) {
                         HINTED_HEAD_START
                     } else {
+                        // Connect TCP beside it now (an empty connection, no handshake): its
+                        // set-up measures the round trip UDP should answer in.
+                        self.end_race(now);
+                        self.preconnect = Some((addr, now));
+                        self.open_streams.push_back(addr);
                         self.config.udp_head_start
                     };
                     self.attempt = Some((link.session, now + head_start));
@@ -912,11 +965,19 @@ impl Agent {
     /// Ends a race of TCP against the primary's UDP handshake, closing the racing session and
     /// its stream (UDP won, or the primary is being replaced).
     fn end_race(&mut self, now: Instant) {
-        if let Some(r) = self.race.take() {
+        let opened = self.preconnect.take().map(|(addr, _)| addr);
+        let stream = if let Some(r) = self.race.take() {
             self.ep.close(now, r.session);
-            if self.standby.is_none_or(|s| s.addr != r.addr || !s.tcp) {
-                self.close_streams.push_back(r.addr);
-            }
+            Some(r.addr)
+        } else {
+            opened
+        };
+        // The stream goes unless another session of ours runs on it.
+        if let Some(addr) = stream
+            && self.standby.is_none_or(|s| s.addr != addr || !s.tcp)
+            && self.primary.is_none_or(|p| p.addr != addr || !p.tcp)
+        {
+            self.close_streams.push_back(addr);
         }
     }
 
@@ -1080,6 +1141,7 @@ impl Agent {
                     // later sessions to this supernode start on TCP).
                     tracing::info!("{} answered over TCP first; UDP given up", r.addr);
                     self.race = None;
+                    self.preconnect = None;
                     self.attempt = None;
                     if let Some(p) = self.primary.replace(r) {
                         if self.early == Some(p.session) {
@@ -1131,6 +1193,7 @@ impl Agent {
                     });
                     self.primary = None;
                     self.attempt = None;
+                    self.end_race(now);
                     self.demote(now, p.node);
                     self.failed_handshakes += 1;
                     let tried = self.known.len().max(1) as u32;

@@ -1,14 +1,15 @@
 //! The directory agent's race of TCP against UDP to its supernode ("happy eyeballs"), on a
 //! simulated network with a hand-driven supernode session endpoint: frames the agent marks for
 //! its TCP stream (`Transmit::socket` = `STREAM`) travel apart from its UDP datagrams, and a
-//! network may drop all of the latter.
+//! network may drop all of the latter. The TCP connection takes a round trip to come up
+//! (opened ahead by the agent, or by its first frame); frames wait for it.
 
 use crate::support::session::{addr, identity};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use voxmesh::client::{Agent, AgentConfig, AgentEvent, HINTED_HEAD_START, UDP_HEAD_START};
+use voxmesh::client::{Agent, AgentConfig, AgentEvent, HINTED_HEAD_START, PRECONNECT_MARGIN};
 use voxmesh::session::{Config, Endpoint, Event};
 use voxmesh::signal::{self, Message, Request, Response};
 use voxmesh::transmit::STREAM;
@@ -30,6 +31,12 @@ struct Net {
     /// Frames the agent sent on its TCP stream, and streams it asked to close.
     tcp_frames: usize,
     closed: Vec<SocketAddr>,
+    /// When the TCP connection is (or was) up; `None`: no connection.
+    tcp_up_at: Option<Instant>,
+    /// The agent hears of its connection then (if it opened it ahead, empty).
+    tcp_notice: Option<Instant>,
+    /// Streams the agent opened ahead of any frame.
+    preconnects: usize,
     registered: Option<(Duration, bool)>,
     /// When the route asked for at the start was answered, and how.
     routed: Option<(Duration, bool)>,
@@ -78,6 +85,9 @@ impl Net {
             flight: Vec::new(),
             tcp_frames: 0,
             closed: Vec::new(),
+            tcp_up_at: None,
+            tcp_notice: None,
+            preconnects: 0,
             registered: None,
             routed: None,
             registrations: 0,
@@ -89,11 +99,25 @@ impl Net {
     }
 
     fn pump(&mut self, start: Instant) {
+        while let Some(a) = self.agent.poll_stream_open() {
+            assert_eq!(a, addr(SN));
+            self.preconnects += 1;
+            if self.tcp_up_at.is_none() {
+                let up = self.now + 2 * self.delay;
+                self.tcp_up_at = Some(up);
+                self.tcp_notice = Some(up);
+            }
+        }
         while let Some(t) = self.agent.poll_transmit() {
             if t.socket == STREAM {
                 self.tcp_frames += 1;
-                self.flight
-                    .push((self.now + self.delay, true, addr(CLIENT_TCP), t.data));
+                let up = *self.tcp_up_at.get_or_insert(self.now + 2 * self.delay);
+                self.flight.push((
+                    up.max(self.now) + self.delay,
+                    true,
+                    addr(CLIENT_TCP),
+                    t.data,
+                ));
             } else if !self.udp_blocked {
                 self.flight
                     .push((self.now + self.delay, true, addr(CLIENT_UDP), t.data));
@@ -101,6 +125,8 @@ impl Net {
         }
         while let Some(a) = self.agent.poll_stream_close() {
             self.closed.push(a);
+            self.tcp_up_at = None;
+            self.tcp_notice = None;
         }
         while let Some(ev) = self.agent.poll_event() {
             match ev {
@@ -166,6 +192,7 @@ impl Net {
                 self.flight.iter().map(|f| f.0).min(),
                 self.agent.poll_timeout(),
                 self.sn.poll_timeout(),
+                self.tcp_notice,
             ]
             .into_iter()
             .flatten()
@@ -175,6 +202,10 @@ impl Net {
             };
             self.now = next.max(self.now);
             let now = self.now;
+            if self.tcp_notice.is_some_and(|t| t <= now) {
+                self.tcp_notice = None;
+                self.agent.stream_connected(now, addr(SN));
+            }
             let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flight)
                 .into_iter()
                 .partition(|f| f.0 <= now);
@@ -198,26 +229,48 @@ impl Net {
 }
 
 #[test]
-fn udp_that_answers_never_opens_tcp() {
+fn udp_that_answers_never_uses_tcp() {
     let mut n = Net::new(Duration::from_millis(25), false);
     n.run(Duration::from_secs(3));
     let (at, tcp) = n.registered.expect("registers");
     assert!(!tcp, "registered over UDP");
     assert_eq!(n.tcp_frames, 0, "no frame went to a TCP stream");
+    // The connection opened beside the handshake (empty) is closed once UDP answered.
+    assert_eq!(n.preconnects, 1);
+    assert_eq!(n.closed, vec![addr(SN)]);
     // Handshake and registration: two round trips of 50 ms.
     assert!(at <= Duration::from_millis(110), "{at:?}");
 }
 
 #[test]
-fn blocked_udp_costs_only_the_head_start() {
+fn blocked_udp_costs_half_a_round_trip_after_the_connection_beside_it() {
     let mut n = Net::new(Duration::from_millis(25), true);
     n.run(Duration::from_secs(3));
     let (at, tcp) = n.registered.expect("registers over TCP");
     assert!(tcp, "the primary runs over TCP");
-    // The head start, then handshake and registration over TCP (the simulated stream has no
-    // connection set-up): far below the old 2 s wait for UDP to time out.
+    // The TCP connection opened beside the UDP handshake is up after one round trip (50 ms);
+    // UDP gets half a round trip more (25 ms), then the handshake and the registration run on
+    // the connected stream: 175 ms, where the fixed head start cost 150 + a connection's
+    // round trip + those two (300 ms), and the old wait for UDP to time out 2 s.
     assert!(
-        at >= UDP_HEAD_START && at <= UDP_HEAD_START + Duration::from_millis(110),
+        at >= Duration::from_millis(175) && at <= Duration::from_millis(180),
+        "{at:?}"
+    );
+    assert_eq!(n.preconnects, 1);
+}
+
+/// The margin after the connection comes up has a floor: on a short path UDP still gets
+/// `PRECONNECT_MARGIN` to answer, never less.
+#[test]
+fn on_a_short_path_udp_keeps_the_least_margin() {
+    let mut n = Net::new(Duration::from_millis(2), true);
+    n.run(Duration::from_secs(3));
+    let (at, tcp) = n.registered.expect("registers over TCP");
+    assert!(tcp);
+    // Connected at 4 ms, raced at 24, handshake and registration 8 ms more.
+    let least = Duration::from_millis(4) + PRECONNECT_MARGIN + Duration::from_millis(8);
+    assert!(
+        at >= least && at <= least + Duration::from_millis(2),
         "{at:?}"
     );
 }
@@ -241,8 +294,9 @@ fn a_supernode_only_tcp_reached_before_is_raced_over_tcp_at_once() {
     n.run(Duration::from_secs(3));
     let (at, tcp) = n.registered.expect("registers over TCP");
     assert!(tcp, "the primary runs over TCP");
+    // The connection's round trip, the handshake's and the registration's (50 ms each).
     assert!(
-        at <= HINTED_HEAD_START + Duration::from_millis(110),
+        at <= HINTED_HEAD_START + Duration::from_millis(160),
         "no head start paid: {at:?}"
     );
     let (tcp_learnt, udp_learnt) = n.agent.transports_learnt();
@@ -293,11 +347,8 @@ fn early_data_lost_with_blocked_udp_is_sent_again_over_tcp() {
     let (at, ok) = n.routed.expect("routed");
     assert!(ok);
     // Right behind the registration over TCP (handshake, then both: two round trips after
-    // the head start), not a round trip after it.
-    assert!(
-        at <= UDP_HEAD_START + Duration::from_millis(110),
-        "routed after {at:?}"
-    );
+    // the race starts at 75 ms), not a round trip after it.
+    assert!(at <= Duration::from_millis(180), "routed after {at:?}");
     assert_eq!((n.registrations, n.routes), (1, 1));
 }
 

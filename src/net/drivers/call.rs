@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::client::{Framing, Streams};
+use super::client::{Framing, StreamEvent, Streams};
 use crate::call::endpoint::{Endpoint, EndpointEvent};
 use crate::call::message::CallId;
 use crate::identity::UserId;
@@ -303,11 +303,12 @@ async fn drain(
     }
 }
 
-/// What a supernode stream brought: a frame for the endpoint, or its end.
-fn on_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, data: Option<Vec<u8>>) {
-    match data {
-        Some(data) => ep.handle_input(Instant::now(), from, &data),
-        None => {
+/// What a supernode stream brought: a frame for the endpoint, its connection, or its end.
+fn on_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, ev: StreamEvent) {
+    match ev {
+        StreamEvent::Frame(data) => ep.handle_input(Instant::now(), from, &data),
+        StreamEvent::Connected => ep.stream_connected(Instant::now(), from),
+        StreamEvent::Closed => {
             streams.writers.remove(&from);
             ep.stream_closed(Instant::now(), from);
         }
@@ -315,15 +316,11 @@ fn on_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, data: O
 }
 
 /// What the relay stream (TURN over TCP) brought: its bytes for the endpoint, or its end.
-fn on_relay_stream(
-    ep: &mut Endpoint,
-    streams: &mut Streams,
-    from: SocketAddr,
-    data: Option<Vec<u8>>,
-) {
-    match data {
-        Some(data) => ep.handle_stream(Instant::now(), from, &data),
-        None => {
+fn on_relay_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, ev: StreamEvent) {
+    match ev {
+        StreamEvent::Frame(data) => ep.handle_stream(Instant::now(), from, &data),
+        StreamEvent::Connected => {}
+        StreamEvent::Closed => {
             streams.writers.remove(&from);
             ep.relay_stream_closed(Instant::now(), from);
         }
@@ -368,6 +365,9 @@ async fn flush(
     }
     while let Some(addr) = ep.poll_stream_close() {
         streams.close(addr);
+    }
+    while let Some(addr) = ep.poll_stream_open() {
+        streams.connect(addr);
     }
     while let Some(addr) = ep.poll_relay_stream_close() {
         relay_streams.close(addr);

@@ -50,6 +50,9 @@ pub async fn run_agent(
         while let Some(addr) = agent.poll_stream_close() {
             streams.close(addr);
         }
+        while let Some(addr) = agent.poll_stream_open() {
+            streams.connect(addr);
+        }
         while let Some(ev) = agent.poll_event() {
             if events.send(ev).await.is_err() {
                 return Ok(agent);
@@ -70,9 +73,10 @@ pub async fn run_agent(
                 return Ok(agent);
             }
             _ = sleep => agent.handle_timeout(Instant::now()),
-            Some((from, data)) = streams.incoming.recv() => match data {
-                Some(data) => agent.handle_input(Instant::now(), from, &data),
-                None => {
+            Some((from, ev)) = streams.incoming.recv() => match ev {
+                StreamEvent::Frame(data) => agent.handle_input(Instant::now(), from, &data),
+                StreamEvent::Connected => agent.stream_connected(Instant::now(), from),
+                StreamEvent::Closed => {
                     streams.writers.remove(&from);
                     agent.stream_closed(Instant::now(), from);
                 }
@@ -120,14 +124,25 @@ pub(crate) enum Framing {
     Turn,
 }
 
-/// TCP streams to supernodes that UDP does not reach: one per address, opened on first use.
+/// What a stream reports.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    /// Its TCP connection is up.
+    Connected,
+    Frame(Vec<u8>),
+    /// It ended (refused, reset, closed by the far end).
+    Closed,
+}
+
+/// TCP streams to supernodes that UDP does not reach: one per address, opened on first use
+/// (or ahead of it, empty: [`Streams::connect`]).
 pub(crate) struct Streams {
     framing: Framing,
     pub(crate) writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Frames from every stream; `None` when a stream ended.
-    incoming_tx: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
-    pub(crate) incoming: mpsc::Receiver<(SocketAddr, Option<Vec<u8>>)>,
+    /// What every stream reports.
+    incoming_tx: mpsc::Sender<(SocketAddr, StreamEvent)>,
+    pub(crate) incoming: mpsc::Receiver<(SocketAddr, StreamEvent)>,
 }
 
 impl Streams {
@@ -160,13 +175,22 @@ impl Streams {
                 Err(mpsc::error::TrySendError::Closed(data)) => data,
             },
         };
-        self.open(to, data);
+        self.open(to, Some(data));
+    }
+
+    /// Connects to `to` with nothing to send yet, unless a stream to it is open.
+    pub(crate) fn connect(&mut self, to: SocketAddr) {
+        if self.writers.get(&to).is_none_or(|w| w.is_closed()) {
+            self.open(to, None);
+        }
     }
 
     /// Opens a stream to `to` (replacing a closed one), with `data` as its first frame.
-    fn open(&mut self, to: SocketAddr, data: Vec<u8>) {
+    fn open(&mut self, to: SocketAddr, data: Option<Vec<u8>>) {
         let (tx, rx) = mpsc::channel(64);
-        let _ = tx.try_send(data);
+        if let Some(data) = data {
+            let _ = tx.try_send(data);
+        }
         self.writers.insert(to, tx);
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(tokio::spawn(stream_task(
@@ -178,7 +202,7 @@ impl Streams {
     }
 
     /// Closes the stream to `to` (nothing uses it any more): its task ends once what is
-    /// queued is written, and no `None` is reported for it.
+    /// queued is written, and its end is not reported.
     pub(crate) fn close(&mut self, to: SocketAddr) {
         self.writers.remove(&to);
     }
@@ -196,7 +220,7 @@ async fn stream_task(
     to: SocketAddr,
     framing: Framing,
     mut out: mpsc::Receiver<Vec<u8>>,
-    incoming: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
+    incoming: mpsc::Sender<(SocketAddr, StreamEvent)>,
 ) {
     use crate::net::frames::{read_frame, write_frame};
     let Ok(Ok(stream)) = tokio::time::timeout(
@@ -205,10 +229,11 @@ async fn stream_task(
     )
     .await
     else {
-        let _ = incoming.send((to, None)).await;
+        let _ = incoming.send((to, StreamEvent::Closed)).await;
         return;
     };
     let _ = stream.set_nodelay(true);
+    let _ = incoming.send((to, StreamEvent::Connected)).await;
     let (mut rd, mut wr) = stream.into_split();
     let done = incoming.clone();
     let mut reader = tokio::spawn(async move {
@@ -216,7 +241,11 @@ async fn stream_task(
             Framing::Session => {
                 let mut buf = Vec::new();
                 while let Ok(Some(())) = read_frame(&mut rd, &mut buf).await {
-                    if incoming.send((to, Some(buf.clone()))).await.is_err() {
+                    if incoming
+                        .send((to, StreamEvent::Frame(buf.clone())))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -224,7 +253,7 @@ async fn stream_task(
             Framing::Turn => {
                 let mut reader = TurnReader::default();
                 while let Ok(Some(m)) = reader.next(&mut rd).await {
-                    if incoming.send((to, Some(m))).await.is_err() {
+                    if incoming.send((to, StreamEvent::Frame(m))).await.is_err() {
                         return;
                     }
                 }
@@ -255,7 +284,7 @@ async fn stream_task(
         }
     }
     reader.abort();
-    let _ = done.send((to, None)).await;
+    let _ = done.send((to, StreamEvent::Closed)).await;
 }
 
 /// Cuts a TURN-over-TCP byte stream into messages: a STUN message (20-byte header plus its
