@@ -18,8 +18,10 @@
 //! Nothing latches: every loss of the primary starts a new attempt, and when no supernode is
 //! connected a retry timer is always armed (see [`Agent::is_recovering`]).
 //!
-//! UDP-blocked networks: a handshake over UDP runs alone for [`UDP_HEAD_START`], then a second
-//! session to the same supernode over TCP races it (its frames carry `Transmit::socket` =
+//! UDP-blocked networks: beside a handshake over UDP the agent has the driver open an empty TCP
+//! connection to the same supernode; once it is up (a round trip, which UDP's answer needs too)
+//! UDP gets half that again ([`PRECONNECT_MARGIN`] at least, [`UDP_HEAD_START`] at most in all),
+//! then a second session over TCP races it (its frames carry `Transmit::socket` =
 //! [`crate::transmit::STREAM`]; the driver owns the stream); the first to complete becomes the
 //! primary and the other is closed. Later sessions to a supernode TCP won for start on TCP.
 
