@@ -387,11 +387,16 @@ impl Worker {
         } else {
             MIN_SHARE_CLEAN
         };
-        for (who, h) in [("callee", at_callee), ("caller", at_caller)] {
+        for (who, h, file) in [
+            ("callee", at_callee, "at-bob.wav"),
+            ("caller", at_caller, "at-alice.wav"),
+        ] {
             match h {
                 None => errors.push(format!("no recording at the {who}")),
-                Some((_, share)) if share < min_share => errors.push(format!(
-                    "the {who} heard {share} of the far end's segments (want {min_share})"
+                Some((probe, share)) if share < min_share => errors.push(format!(
+                    "the {who} heard {share} of the far end's segments (want {min_share}; \
+                     middle probe {probe}; recording: {})",
+                    loudness(&read_wav(&dir.join(file)))
                 )),
                 Some(_) => {}
             }
@@ -434,6 +439,22 @@ impl Worker {
         }
         (row, errors)
     }
+}
+
+/// A recording in brief: its length and which of its 100 ms stretches carry sound (a digit
+/// per stretch: 0 silent, 9 loud), so a failure line tells silence from a signal that only
+/// failed to match (cut up, shifted).
+fn loudness(pcm: &[f32]) -> String {
+    let levels: String = pcm
+        .chunks(4800)
+        .map(|c| {
+            let rms = (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt();
+            // The sweeps' own RMS (amplitude 0.3) reads 9.
+            let full = 0.3 / std::f32::consts::SQRT_2;
+            char::from(b'0' + ((rms / full * 9.0).round() as u8).min(9))
+        })
+        .collect();
+    format!("{:.2} s [{levels}]", pcm.len() as f64 / 48_000.0)
 }
 
 /// One side's events in brief, for a failure's one line (a CI log may show nothing more):
