@@ -4,7 +4,10 @@
 //! - `clean.wav`: every packet (what the codec gives on a perfect network);
 //! - `plc.wav`: the packets the network lost concealed by the decoder (the anchor);
 //! - `fec.wav`: a lost packet rebuilt from the next packet's in-band FEC when that one arrived,
-//!   else concealed (the ceiling of this codec setting).
+//!   else concealed (the ceiling of this codec setting);
+//! - `red.wav`: a lost packet decoded whole when the next one arrived, as if that had carried
+//!   a full copy of it (RFC 2198-style redundancy at twice the payload rate, which the product
+//!   does not send): how much of the gap redundancy beyond FEC could close.
 //!
 //! "Lost" is lost by the network: never received. A packet that arrived after its playout slot
 //! (`late`) counts as received here, so the call's own jitter-buffer misses show against it.
@@ -194,6 +197,8 @@ enum Fill {
     None,
     Conceal,
     Fec,
+    /// The lost packet itself, when the next one arrived (a redundant copy in it).
+    Red,
 }
 
 /// Decodes `packets` in order; the ones not in `got` are filled as `fill` says. Timestamp gaps
@@ -215,9 +220,10 @@ fn decode(packets: &[(i64, Vec<u8>)], got: &HashSet<i64>, fill: Fill) -> anyhow:
         }
         let next = packets
             .get(i + 1)
-            .filter(|(nts, np)| *nts == ts + samples as i64 && got.contains(nts) && has_fec(np));
+            .filter(|(nts, _)| *nts == ts + samples as i64 && got.contains(nts));
         match (fill, next) {
-            (Fill::Fec, Some((_, np))) => dec.recover(np, samples, &mut out)?,
+            (Fill::Fec, Some((_, np))) if has_fec(np) => dec.recover(np, samples, &mut out)?,
+            (Fill::Red, Some(_)) => dec.decode(p, &mut out)?,
             _ => dec.conceal(samples, &mut out)?,
         };
     }
@@ -235,6 +241,7 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
         ("clean.wav", Fill::None),
         ("plc.wav", Fill::Conceal),
         ("fec.wav", Fill::Fec),
+        ("red.wav", Fill::Red),
     ] {
         write_wav(&a.out_dir.join(name), &decode(&packets, got, fill)?)?;
     }
