@@ -620,8 +620,8 @@ impl JitterBuffer {
             self.stats.plc += 1;
             return FrameKind::Plc;
         }
-        let joined = shorten(&first, &self.scratch);
-        self.fifo.extend(joined);
+        self.fifo.extend(shorten(&first, &self.scratch));
+        // The first slot's buffer serves as scratch again.
         self.scratch = first;
         self.scratch.clear();
         self.stats.normal += 1;
@@ -651,7 +651,6 @@ impl JitterBuffer {
     }
 }
 
-/// Samples of `d` at 48 kHz.
 /// Crossfade of an accelerate's cut: 5 ms, about one pitch period of a low voice.
 const CUT_FADE: usize = 240;
 
@@ -704,6 +703,7 @@ fn shorten(a: &[f32], b: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Samples of `d` at 48 kHz.
 pub fn samples_of(d: Duration) -> i64 {
     (d.as_nanos() * u128::from(RATE) / 1_000_000_000) as i64
 }
