@@ -912,7 +912,8 @@ impl Endpoint {
                 if let Route::Relay(a) = path.route {
                     self.on_standby_used(now, a);
                 }
-                if reason.is_some() {
+                // A new remote: measure the relays' round trips to it (a renamed one is not).
+                if reason.is_some_and(|r| r != ChangeReason::Renamed) {
                     self.probe_relays(now, path.remote);
                 }
                 // The checks' round trip is the path's unloaded one: the rate controller's

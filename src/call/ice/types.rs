@@ -92,6 +92,9 @@ pub enum ChangeReason {
     ConsentLost,
     /// An ICE restart produced a new path.
     Restart,
+    /// The same path, its remote candidate now known by its signalled type: it was learnt
+    /// peer-reflexive from a check that came before the candidate (RFC 8838 §11).
+    Renamed,
 }
 
 /// What the agent tells the application.

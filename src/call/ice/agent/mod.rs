@@ -23,8 +23,8 @@ use super::candidate::{
 };
 use super::defaults::{MAX_FINISHED, MAX_TXNS, Timing, TimingError};
 use super::types::{
-    BadCredentials, CandidateError, Event, IceConfig, IceCounters, Inbound, LocalCandidate,
-    PathInfo, Route, Transmit,
+    BadCredentials, CandidateError, ChangeReason, Event, IceConfig, IceCounters, Inbound,
+    LocalCandidate, PathInfo, Route, Transmit,
 };
 use super::wire::{self, Parsed, Refusal};
 use crate::stun::TransactionId;
@@ -419,6 +419,10 @@ impl IceAgent {
             if self.remotes[i].cand.kind == CandidateKind::PeerReflexive
                 && cand.kind != CandidateKind::PeerReflexive
             {
+                let renamed = self
+                    .selected
+                    .filter(|id| self.pairs[id].sess == g && self.pairs[id].remote == cand.addr);
+                let from = renamed.map(|id| self.info(id));
                 self.remotes[i].cand = cand;
                 let controlling = self.controlling;
                 for p in self.pairs.values_mut() {
@@ -427,6 +431,15 @@ impl IceAgent {
                         p.remote_priority = cand.priority;
                         p.reprioritize(controlling);
                     }
+                }
+                // Media's path is the same; what the application shows of it changed.
+                if let (Some(id), Some(from)) = (renamed, from) {
+                    let to = self.info(id);
+                    self.events.push_back(Event::PathChanged {
+                        from,
+                        to,
+                        reason: ChangeReason::Renamed,
+                    });
                 }
             }
             return Ok(());

@@ -215,6 +215,22 @@ fn requests_are_answered_before_the_peers_credentials_arrive() {
         std::iter::from_fn(|| x.poll_event()).any(|e| matches!(e, Event::Connected(_)))
     };
     assert!(connected(&mut a) && connected(&mut b));
+    // B's host candidate is signalled at last: the same path, now named host, and the
+    // application is told (a connected event naming it peer-reflexive was the last word).
+    let cb = b.local_candidates()[0];
+    a.add_remote_candidate(now, cb).unwrap();
+    let pa = a.selected().unwrap();
+    assert_eq!((pa.remote, pa.remote_kind), (hb, CandidateKind::Host));
+    let renamed: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(
+        matches!(&renamed[..], [Event::PathChanged { from, to, reason: ChangeReason::Renamed }]
+            if from.remote_kind == CandidateKind::PeerReflexive && to.remote_kind == CandidateKind::Host
+                && from.remote == to.remote),
+        "{renamed:?}"
+    );
+    // Signalled again: nothing to rename, nothing said.
+    a.add_remote_candidate(now, cb).unwrap();
+    assert!(a.poll_event().is_none());
 }
 
 /// Two agents on one LAN, connected.
