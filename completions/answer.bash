@@ -23,7 +23,7 @@ _answer() {
 
     case "${cmd}" in
         answer)
-            opts="-s -v -q -h -V --supernode --identity --host-cache --contacts --bind --name --watch --auto --answer-after --play --record --exec --max-calls --duration --relay-only --events --media-trace --dtx --aec --ns --agc --no-audio-processing --control --no-relay --no-supernode --max-relay-kbps --uplink-kbps --promote-after --cpu-headroom --relay-allow-peer --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --supernode --identity --host-cache --contacts --bind --name --watch --auto --answer-after --play --record --exec --max-calls --duration --events --relay-only --media-trace --dtx --no-redundancy --aec --ns --agc --no-audio-processing --control --no-relay --no-supernode --max-relay-kbps --uplink-kbps --promote-after --cpu-headroom --relay-allow-peer --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

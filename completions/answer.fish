@@ -22,6 +22,7 @@ complete -c answer -l relay-allow-peer -d 'Test knob: the hosted relay may relay
 complete -c answer -l auto -d 'Accept every call at once'
 complete -c answer -l relay-only -d 'Offer the peer no address of ours, only a relay\'s: the call goes through the relay (privacy; or to use the relay path on purpose)'
 complete -c answer -l dtx -d 'Discontinuous transmission: in silence (and while muted) send a packet only every 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives keep the path open meanwhile'
+complete -c answer -l no-redundancy -d 'Never send redundant audio. By default, while the far end reports random loss on a path with room, each packet also carries the one before (RFC 2198), so a lost packet plays whole: twice the audio payload (64 kbit/s instead of 32). Without it, the sender codes Opus\'s in-band FEC instead (coarser, at 48 kbit/s)'
 complete -c answer -l aec -d 'Cancel the speaker\'s echo in the audio sent (on by default with the microphone and speaker; for file or pipe audio, the far end\'s audio as it goes to --record is the echo reference)'
 complete -c answer -l ns -d 'Suppress background noise in the audio sent (on by default with the microphone)'
 complete -c answer -l agc -d 'Automatic gain control of the audio sent (on by default with the microphone)'

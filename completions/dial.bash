@@ -23,7 +23,7 @@ _dial() {
 
     case "${cmd}" in
         dial)
-            opts="-s -v -q -h -V --lookup --play --record --duration --dtmf --relay-only --events --media-trace --dtx --aec --ns --agc --no-audio-processing --clock-ppm --control --ring-timeout --timeout --supernode --identity --host-cache --contacts --bind --verbose --quiet --help --version"
+            opts="-s -v -q -h -V --lookup --play --record --duration --dtmf --events --relay-only --media-trace --dtx --no-redundancy --aec --ns --agc --no-audio-processing --clock-ppm --control --ring-timeout --timeout --supernode --identity --host-cache --contacts --bind --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -11,5 +11,7 @@ mod fuzz_signal;
 mod fuzz_stun;
 #[path = "fuzz/fuzz_turn.rs"]
 mod fuzz_turn;
+#[path = "fuzz/media_fuzz.rs"]
+mod media_fuzz;
 #[path = "fuzz/session_fuzz.rs"]
 mod session_fuzz;

@@ -160,26 +160,12 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
 
-    /// Offer the peer no address of ours, only a relay's: the call goes through the relay
-    /// (privacy; or to use the relay path on purpose).
-    #[arg(long = "relay-only")]
-    pub relay_only: bool,
-
     /// Write events here instead of stdout (needed when stdout carries audio).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
-    /// Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival,
-    /// late or not), and when each frame went to playout, to this file as JSON lines: what
-    /// scripts/bench-media decodes offline and scripts/bench-delay times.
-    #[arg(long = "media-trace", value_name = "FILE")]
-    pub media_trace: Option<PathBuf>,
-
-    /// Discontinuous transmission: in silence (and while muted) send a packet only every
-    /// 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives
-    /// keep the path open meanwhile.
-    #[arg(long)]
-    pub dtx: bool,
+    #[command(flatten)]
+    pub media: super::call_io::CallMediaArgs,
 
     #[command(flatten)]
     pub processing: super::call_audio::ProcessingArgs,
@@ -339,7 +325,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Resolve --watch targets before going online, so typos fail fast.
         let targets: Vec<Target> = args.watch.iter().map(|w| args.directory.target(w)).collect::<anyhow::Result<_>>()?;
         let mut events = Events::open(args.events.as_deref())?;
-        if let Some(p) = &args.media_trace {
+        if let Some(p) = &args.media.media_trace {
             events.trace_to(p)?;
         }
         let mut control = match &args.control {
@@ -347,7 +333,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => None,
         };
         let phone = PhoneConfig { max_calls: args.max_calls, ..PhoneConfig::default() };
-        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, call_io::endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx), 0.0, None).await?;
+        let mut running = start_endpoint(&args.directory, identity, AgentConfig::new(Vec::new()), phone, args.media.endpoint_config(), 0.0, None).await?;
         let cmd = running.commands.clone();
         if let Some(name) = &args.name {
             cmd.send(CallCommand::Claim(name.clone())).await.ok();

@@ -121,15 +121,46 @@ pub fn keep_transports(args: &DirectoryArgs, ep: &Endpoint) {
     }
 }
 
-/// The endpoint settings the flags choose.
-pub fn endpoint_config(relay_only: bool, media_trace: bool, dtx: bool) -> EndpointConfig {
-    let mut c = EndpointConfig {
-        relay_only,
-        ..EndpointConfig::default()
-    };
-    c.media.trace = media_trace;
-    c.media.opus.dtx = dtx;
-    c
+/// The path and media flags `dial` and `answer` share.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CallMediaArgs {
+    /// Offer the peer no address of ours, only a relay's: the call goes through the relay
+    /// (privacy; or to use the relay path on purpose).
+    #[arg(long = "relay-only")]
+    pub relay_only: bool,
+
+    /// Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival,
+    /// late or not), and when each frame went to playout, to this file as JSON lines: what
+    /// scripts/bench-media decodes offline and scripts/bench-delay times.
+    #[arg(long = "media-trace", value_name = "FILE")]
+    pub media_trace: Option<PathBuf>,
+
+    /// Discontinuous transmission: in silence (and while muted) send a packet only every
+    /// 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives
+    /// keep the path open meanwhile.
+    #[arg(long)]
+    pub dtx: bool,
+
+    /// Never send redundant audio. By default, while the far end reports random loss on a
+    /// path with room, each packet also carries the one before (RFC 2198), so a lost packet
+    /// plays whole: twice the audio payload (64 kbit/s instead of 32). Without it, the sender
+    /// codes Opus's in-band FEC instead (coarser, at 48 kbit/s).
+    #[arg(long = "no-redundancy")]
+    pub no_redundancy: bool,
+}
+
+impl CallMediaArgs {
+    /// The endpoint settings the flags choose.
+    pub fn endpoint_config(&self) -> EndpointConfig {
+        let mut c = EndpointConfig {
+            relay_only: self.relay_only,
+            ..EndpointConfig::default()
+        };
+        c.media.trace = self.media_trace.is_some();
+        c.media.opus.dtx = self.dtx;
+        c.media.redundancy = !self.no_redundancy;
+        c
+    }
 }
 
 /// Where events go: stdout, or a file when stdout carries audio. Media trace lines (`"event":
@@ -284,6 +315,7 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                     "drift_ppm": s.playout.drift_ppm.round(),
                     "accelerated": s.playout.accelerate,
                     "expanded": s.playout.expand, "fec_recovered": s.playout.fec,
+                    "red_sent": s.sent.red_packets, "red_recovered": s.playout.red_filled,
                     "loss_percent": r1(q.loss_percent),
                     "unrecovered_percent": r1(q.unrecovered_percent),
                     "concealed_percent": r1(q.concealed_percent),
@@ -293,8 +325,8 @@ pub fn event_json(ev: &DriverEvent, since: Option<Instant>) -> Option<Value> {
                 })
             }
             EndpointEvent::Trace { call, record } => match record {
-                TraceRecord::Sent { ts, opus, at } => {
-                    json!({"event": "trace", "call": call.to_string(), "dir": "sent", "ts": ts, "opus": hex(opus), "unix_ms": unix_ms_of(*at)})
+                TraceRecord::Sent { ts, opus, red, at } => {
+                    json!({"event": "trace", "call": call.to_string(), "dir": "sent", "ts": ts, "opus": hex(opus), "red": red, "unix_ms": unix_ms_of(*at)})
                 }
                 TraceRecord::Received {
                     ts,

@@ -125,26 +125,12 @@ pub struct Args {
     #[arg(long, value_name = "DIGITS")]
     pub dtmf: Option<String>,
 
-    /// Offer the peer no address of ours, only a relay's: the call goes through the relay
-    /// (privacy; or to use the relay path on purpose).
-    #[arg(long = "relay-only")]
-    pub relay_only: bool,
-
     /// Write events here instead of stdout (needed when stdout carries audio).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
-    /// Write every audio packet sent (its Opus bytes, when) and received (timestamp, arrival,
-    /// late or not), and when each frame went to playout, to this file as JSON lines: what
-    /// scripts/bench-media decodes offline and scripts/bench-delay times.
-    #[arg(long = "media-trace", value_name = "FILE")]
-    pub media_trace: Option<PathBuf>,
-
-    /// Discontinuous transmission: in silence (and while muted) send a packet only every
-    /// 400 ms; the far end plays comfort noise. Saves bandwidth; consent checks and keepalives
-    /// keep the path open meanwhile.
-    #[arg(long)]
-    pub dtx: bool,
+    #[command(flatten)]
+    pub media: super::call_io::CallMediaArgs,
 
     #[command(flatten)]
     pub processing: super::call_audio::ProcessingArgs,

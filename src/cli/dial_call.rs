@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::call_audio;
-use super::call_io::{self, Events, endpoint_config, event_json, exit_code, start_endpoint};
+use super::call_io::{self, Events, event_json, exit_code, start_endpoint};
 use super::dial::{Args, EXIT_UNKNOWN, EXIT_UNREACHABLE};
 use super::local::{self, DialRequest};
 use super::{is_identity_in_use, runtime, usage};
@@ -66,7 +66,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
     let target = args.directory.target(&args.user)?;
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let mut events = Events::open(args.events.as_deref())?;
-    if let Some(p) = &args.media_trace {
+    if let Some(p) = &args.media.media_trace {
         events.trace_to(p)?;
     }
     let mut control = match &args.control {
@@ -116,7 +116,7 @@ async fn run_call(args: Args) -> anyhow::Result<u8> {
             ring_timeout: Duration::from_secs_f64(args.ring_timeout),
             ..PhoneConfig::default()
         },
-        endpoint_config(args.relay_only, args.media_trace.is_some(), args.dtx),
+        args.media.endpoint_config(),
         args.clock_ppm,
         // First, so that the invite (or the lookup) rides in the handshake.
         Some(match &target {
@@ -291,7 +291,7 @@ async fn through_answer(args: Args, stream: UnixStream) -> anyhow::Result<u8> {
             "dial: --aec, --ns and --agc are ignored: the call goes through the running answer, whose audio is files"
         );
     }
-    if args.relay_only {
+    if args.media.relay_only {
         eprintln!(
             "dial: --relay-only is ignored: the call goes through the running answer, with its settings"
         );

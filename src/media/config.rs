@@ -39,6 +39,12 @@ pub struct MediaConfig {
     /// Adapt the send rate (Opus bitrate, then frame length) to the loss the peer reports
     /// ([`super::rate`]); `opus.bitrate` and `opus.frame` are then the most it sends.
     pub adapt_rate: bool,
+    /// While the peer reports random loss and the path has the rate (the conditions under
+    /// which in-band FEC would get more bitrate), send each audio packet with a copy of the
+    /// one before (RFC 2198, see `red`) instead of in-band FEC: a lost packet is then rebuilt
+    /// whole. It doubles the Opus payload rate (64 kbit/s at the default 32) where FEC's boost
+    /// raised it by half. Needs `adapt_rate`.
+    pub redundancy: bool,
 }
 
 impl Default for MediaConfig {
@@ -53,6 +59,7 @@ impl Default for MediaConfig {
             send_queue: 64,
             trace: false,
             adapt_rate: true,
+            redundancy: true,
         }
     }
 }

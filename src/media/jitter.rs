@@ -74,6 +74,12 @@ use super::drift::Drift;
 const GRAIN: i64 = 120;
 /// Packets after voiced ones without FEC after which a stream is taken not to code it.
 const FEC_UNKNOWN: usize = 5;
+/// How far behind the playout a new packet (the highest sequence number yet) must be for its
+/// timestamp to say the sender's timeline moved, not that the packet waited in a queue: a
+/// minute, twice the consent timeout after which a silent path is declared dead.
+const TIMELINE_JUMP: i64 = 60 * RATE as i64;
+/// Such packets in a row after which playout restarts on the sender's new timeline.
+const JUMPS_TO_RESTART: u32 = 3;
 
 /// How the audio of a frame was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -117,6 +123,9 @@ pub enum Refused {
 pub struct PlayoutStats {
     pub normal: u64,
     pub fec: u64,
+    /// Slots whose packet was lost and filled by the copy the next packet carried (RED); they
+    /// play as normal slots.
+    pub red_filled: u64,
     pub plc: u64,
     pub expand: u64,
     pub comfort_noise: u64,
@@ -129,6 +138,8 @@ pub struct PlayoutStats {
     pub overflow: u64,
     /// Packets that failed to decode after being buffered.
     pub decode_errors: u64,
+    /// Times playout restarted because the sender's timestamps jumped back by over a minute.
+    pub restarts: u64,
     /// Target buffering over the fastest recent packet, ms.
     pub target_delay_ms: f64,
     /// Buffering over the fastest recent packet at the last frame, ms.
@@ -198,6 +209,8 @@ pub struct JitterBuffer {
     /// Clock drift between the sender and our playout, absorbed by reading the decoded audio
     /// a little faster or slower (see [`Drift`]).
     drift: Drift,
+    /// New packets in a row whose timestamps were [`TIMELINE_JUMP`] behind the playout.
+    jumps: u32,
     stats: PlayoutStats,
 }
 
@@ -226,6 +239,7 @@ impl JitterBuffer {
             expand_run: 0,
             waiting_run: 0,
             drift: Drift::default(),
+            jumps: 0,
             stats: PlayoutStats::default(),
         }
     }
@@ -243,16 +257,22 @@ impl JitterBuffer {
     /// Buffers an authenticated Opus packet with extended sequence number `seq` and unwrapped
     /// timestamp `ts` (from [`unwrap_ts`](Self::unwrap_ts)) that arrived at `arrival` (samples
     /// on our clock).
+    /// `copy`: it carries a copy of the packet before it (RED), which like FEC is worth waiting
+    /// a packet for, so it counts as FEC for the room the target leaves.
     pub fn insert(
         &mut self,
         arrival: i64,
         seq: u64,
         ts: i64,
         payload: Vec<u8>,
+        copy: bool,
     ) -> Result<(), Refused> {
         let dur = i64::from(packet_samples(&payload).ok_or(Refused::Undecodable)?);
+        if self.timeline_moved(seq, ts) {
+            self.restart(ts);
+        }
         let flags = silk_flags(&payload);
-        let fec = flags.fec;
+        let fec = flags.fec || copy;
         if fec {
             self.fec_absent = 0;
         } else if self.last_voiced == Some((seq.wrapping_sub(1), true)) {
@@ -287,16 +307,76 @@ impl JitterBuffer {
             // Before playout, the room the target leaves for FEC is the peer's packet length.
             self.last_dur = dur;
         }
-        self.packets.insert(
+        self.store(
             ts,
             Buffered {
                 seq,
                 payload,
                 dur,
-                fec,
+                fec: flags.fec,
                 voice: flags.voice,
             },
         );
+        Ok(())
+    }
+
+    /// Whether packet `seq` at `ts` is the last of [`JUMPS_TO_RESTART`] new packets in a row far
+    /// behind the playout. The peer's timestamps are authenticated, yet a sender may jump its
+    /// timeline (or did once, far ahead, and playout followed it there): without a restart
+    /// every packet after that would be dropped as late for good.
+    fn timeline_moved(&mut self, seq: u64, ts: i64) -> bool {
+        let new = self.highest_seq.is_none_or(|h| seq > h);
+        if new && self.next_ts.is_some_and(|n| n - ts > TIMELINE_JUMP) {
+            self.jumps += 1;
+        } else if new {
+            self.jumps = 0;
+        }
+        self.jumps >= JUMPS_TO_RESTART
+    }
+
+    /// Forgets the stream's timeline and estimates, as if `ts` were its first packet; the
+    /// statistics carry on.
+    fn restart(&mut self, ts: i64) {
+        self.packets.clear();
+        self.next_ts = None;
+        self.last_seq = None;
+        self.transits.clear();
+        self.fec_in_window = 0;
+        self.fifo.clear();
+        self.drift = Drift::default();
+        self.ts_ref = Some(ts);
+        self.jumps = 0;
+        self.stats.restarts += 1;
+    }
+
+    /// Buffers the copy of packet `seq` (timestamp `ts`) that a RED packet carried, if its slot
+    /// is still to come and empty: `Ok` when it filled the slot. It says nothing about the
+    /// network (it came with a later packet), so it feeds no delay, drift or loss estimate.
+    pub fn insert_copy(&mut self, seq: u64, ts: i64, payload: Vec<u8>) -> Result<(), Refused> {
+        let dur = i64::from(packet_samples(&payload).ok_or(Refused::Undecodable)?);
+        if self.next_ts.is_some_and(|n| ts < n) {
+            return Err(Refused::Late);
+        }
+        if self.packets.contains_key(&ts) {
+            return Err(Refused::Duplicate);
+        }
+        let flags = silk_flags(&payload);
+        self.store(
+            ts,
+            Buffered {
+                seq,
+                payload,
+                dur,
+                fec: flags.fec,
+                voice: flags.voice,
+            },
+        );
+        self.stats.red_filled += 1;
+        Ok(())
+    }
+
+    fn store(&mut self, ts: i64, packet: Buffered) {
+        self.packets.insert(ts, packet);
         if self.packets.len() > self.cfg.capacity
             && let Some((old_ts, old)) = self.packets.pop_first()
         {
@@ -305,7 +385,6 @@ impl JitterBuffer {
             self.next_ts = Some(self.next_ts.map_or(past, |n| n.max(past)));
             self.last_seq = Some(old.seq);
         }
-        Ok(())
     }
 
     /// The room the target leaves for FEC, samples: a packet's, while a loss within the window
@@ -724,6 +803,48 @@ mod tests {
         }
     }
 
+    /// One packet an hour ahead (a sender's bug, or a peer meddling with its own audio) takes
+    /// playout there; the stream's packets that follow are then an hour late, and after three
+    /// of them playout restarts on their timeline instead of dropping them all.
+    #[test]
+    fn a_timeline_jump_restarts_playout() {
+        let p = tone_packet();
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        let hour = 3600 * i64::from(RATE);
+        let (mut kinds, mut late) = (Vec::new(), Vec::new());
+        for k in 0..200i64 {
+            let ts = if k == 50 { k * 960 + hour } else { k * 960 };
+            let r = jb.insert(k * 960 + 48, k as u64, ts, p.clone(), false);
+            if r.is_err() {
+                late.push(k);
+            }
+            kinds.push(jb.pop(k * 960 + 480).kind);
+        }
+        // Dropped: the two before the third restarts playout.
+        assert_eq!(late, [51, 52]);
+        assert_eq!(jb.stats().restarts, 1);
+        assert!(
+            kinds[60..].iter().all(|k| *k == FrameKind::Normal),
+            "{:?}",
+            &kinds[45..80]
+        );
+        // Packets that waited in a queue through an outage are late, not a new timeline.
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        for k in 0..50i64 {
+            jb.insert(k * 960 + 48, k as u64, k * 960, p.clone(), false)
+                .unwrap();
+            let _ = jb.pop(k * 960 + 480);
+        }
+        for k in 50..500i64 {
+            let _ = jb.pop(k * 960 + 480);
+        }
+        for k in 50..60i64 {
+            let r = jb.insert(500 * 960, k as u64, k * 960, p.clone(), false);
+            assert_eq!(r, Err(Refused::Late));
+        }
+        assert_eq!(jb.stats().restarts, 0);
+    }
+
     /// Ten minutes of a steady tone from a sender whose clock is `ppm` off ours, each packet
     /// arriving 20 ms after it was sent. Returns (accelerates, expands and concealments after
     /// the first minute, mean buffering of minute 10 less that of minute 3 in ms).
@@ -739,7 +860,7 @@ mod tests {
             // The sender's 20 ms are 960 / (1 + ppm) of our samples.
             while sent_at + 960.0 <= now as f64 {
                 let ts = seq as i64 * 960;
-                jb.insert(sent_at as i64 + 960, seq, ts, payload.clone())
+                jb.insert(sent_at as i64 + 960, seq, ts, payload.clone(), false)
                     .unwrap();
                 seq += 1;
                 sent_at += 960.0 / (1.0 + ppm * 1e-6);
@@ -779,7 +900,13 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 let jitter = (seed >> 33) as i64 % 192;
                 let ts = seq as i64 * 960;
-                let _ = jb.insert(sent_at as i64 + 480 + jitter, seq, ts, payload.clone());
+                let _ = jb.insert(
+                    sent_at as i64 + 480 + jitter,
+                    seq,
+                    ts,
+                    payload.clone(),
+                    false,
+                );
                 seq += 1;
                 sent_at += 960.0 / (1.0 + ppm * 1e-6);
             }
@@ -881,15 +1008,36 @@ mod playout_tests {
     /// statistics and, per pull, how long the next slot's packet had been waiting (samples;
     /// negative: not here yet), which is a packet's worth more when the buffer keeps room.
     fn play(payloads: &[Vec<u8>], lost: &[usize], phase: i64) -> (PlayoutStats, Vec<i64>) {
+        play_red(payloads, lost, phase, false)
+    }
+
+    /// [`play`], and with `red` each packet after the first carries a copy of the one before.
+    fn play_red(
+        payloads: &[Vec<u8>],
+        lost: &[usize],
+        phase: i64,
+        red: bool,
+    ) -> (PlayoutStats, Vec<i64>) {
         let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
         let (mut next, mut waits) = (0, Vec::new());
         for pull in 0..payloads.len() as i64 - 2 {
             let now = pull * 960 + phase;
             while next < payloads.len() && next as i64 * 960 + 48 <= now {
                 let k = next as i64;
+                let copy = red && k > 0;
                 if !lost.contains(&next) {
-                    jb.insert(k * 960 + 48, k as u64, k * 960, payloads[next].clone())
-                        .unwrap();
+                    jb.insert(
+                        k * 960 + 48,
+                        k as u64,
+                        k * 960,
+                        payloads[next].clone(),
+                        copy,
+                    )
+                    .unwrap();
+                    if copy {
+                        let _ =
+                            jb.insert_copy(k as u64 - 1, (k - 1) * 960, payloads[next - 1].clone());
+                    }
                 }
                 next += 1;
             }
@@ -924,6 +1072,39 @@ mod playout_tests {
                 "phase {phase}: {waits:?}"
             );
         }
+    }
+
+    /// A stream without FEC whose packets carry copies of the ones before (RED): the first
+    /// loss makes the same room FEC gets, and each lost packet plays whole from its copy.
+    #[test]
+    fn copies_fill_lost_slots_in_time() {
+        let p = packets(80, true, false);
+        assert!(p.iter().all(|x| !has_fec(x)));
+        for phase in [96, 480, 900] {
+            let (s, waits) = play_red(&p, &[20, 50], phase, true);
+            assert_eq!(
+                (s.red_filled, s.fec, s.plc, s.expand),
+                (2, 0, 0, 1),
+                "phase {phase}: {s:?}"
+            );
+            assert_eq!(s.normal, 77, "phase {phase}: {s:?}");
+            assert!(
+                waits[25..].iter().all(|&w| w >= 0),
+                "phase {phase}: {waits:?}"
+            );
+            // Without copies the same losses are concealed, and no room is kept for them.
+            let (s, _) = play_red(&p, &[20, 50], phase, false);
+            assert_eq!((s.red_filled, s.plc), (0, 2), "phase {phase}: {s:?}");
+        }
+        // A copy whose slot has played, or whose packet came, changes nothing.
+        let mut jb = JitterBuffer::new(PlayoutConfig::default(), Decoder::new().unwrap());
+        jb.insert(48, 0, 0, p[0].clone(), false).unwrap();
+        jb.insert(1008, 1, 960, p[1].clone(), true).unwrap();
+        assert_eq!(jb.insert_copy(0, 0, p[0].clone()), Err(Refused::Duplicate));
+        let _ = jb.pop(2000);
+        assert_eq!(jb.insert_copy(0, 0, p[0].clone()), Err(Refused::Late));
+        assert_eq!(jb.insert_copy(0, 0, vec![]), Err(Refused::Undecodable));
+        assert_eq!(jb.stats().red_filled, 0);
     }
 
     /// Once the loss that made room for FEC has left the window, the room is given back with
@@ -992,6 +1173,7 @@ mod playout_tests {
                     next as u64,
                     next * 960,
                     payloads[next as usize].clone(),
+                    false,
                 )
                 .unwrap();
                 next += 1;

@@ -15,6 +15,7 @@
 //! - `report`: receiver reports (RFC 3550 §6.4.1 block, A.8 jitter, LSR/DLSR round trip).
 //! - `dtmf`: RFC 4733 events, sent with redundancy and received exactly once.
 //! - `quality`: loss before and after recovery, concealment, an E-model MOS ([`Quality`]).
+//! - [`red`]: RFC 2198 redundancy, a copy of the previous packet in the next, under random loss.
 //! - [`rate`]: send-rate adaptation to the loss the peer reports (bitrate, then frame length).
 //! - `config`: every setting and timer, and how they relate ([`MediaConfig`]).
 //!
@@ -29,6 +30,7 @@ mod jitter;
 pub mod packet;
 mod quality;
 pub mod rate;
+pub mod red;
 mod report;
 pub mod seal;
 mod session;

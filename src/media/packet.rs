@@ -20,9 +20,11 @@
 //!
 //! Payload types, in RTP's dynamic range 96-127 and clear of 64-95 (the range RFC 5761 §4 keeps
 //! apart from RTCP): [`PayloadType::Opus`] 111 (the value WebRTC offers for Opus),
-//! [`PayloadType::Dtmf`] 101 (RFC 4733 telephone-event, customarily 101), [`PayloadType::Report`]
-//! 127 (our receiver report; not RTCP, which would need its own header). No comfort-noise type
-//! (RFC 3389): Opus carries DTX and comfort noise in-band (RFC 7587 §3.1.3).
+//! [`PayloadType::Red`] 112 (RFC 2198 redundant audio: the Opus packet with a copy of the one
+//! before, see `red`), [`PayloadType::Dtmf`] 101 (RFC 4733 telephone-event, customarily 101),
+//! [`PayloadType::Report`] 127 (our receiver report; not RTCP, which would need its own header).
+//! No comfort-noise type (RFC 3389): Opus carries DTX and comfort noise in-band (RFC 7587
+//! §3.1.3).
 //!
 //! The header travels in clear (authenticated, not encrypted), as in SRTP: a relay or observer
 //! sees payload types, sequence numbers, timestamps, the marker (talkspurt starts) and packet
@@ -33,13 +35,18 @@ pub const HEADER_LEN: usize = 12;
 /// The first byte of every packet of this format: V=2, no padding, extension or CSRC.
 pub const FIRST_BYTE: u8 = 0x80;
 
-/// What a packet carries. Each type has its own sequence (and packet index) space, as RTP and
-/// RTCP have theirs, so audio sequence numbers stay contiguous for loss accounting and the
-/// jitter buffer's silence detection however many digits or reports go in between.
+/// What a packet carries. Each kind of traffic has its own sequence (and packet index) space, as
+/// RTP and RTCP have theirs, so audio sequence numbers stay contiguous for loss accounting and
+/// the jitter buffer's silence detection however many digits or reports go in between. Opus and
+/// RED packets are both audio and share one space: a call switches between them as loss comes
+/// and goes, and the sequence must not notice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PayloadType {
     /// One Opus packet (RFC 7587).
     Opus,
+    /// One Opus packet with a copy of the one before (RFC 2198), sent while the peer reports
+    /// random loss.
+    Red,
     /// One RFC 4733 telephone event (4 bytes).
     Dtmf,
     /// A receiver report (see `report`).
@@ -47,13 +54,21 @@ pub enum PayloadType {
 }
 
 impl PayloadType {
-    /// All types, in index order.
-    pub const ALL: [PayloadType; 3] = [PayloadType::Opus, PayloadType::Dtmf, PayloadType::Report];
+    /// All types.
+    pub const ALL: [PayloadType; 4] = [
+        PayloadType::Opus,
+        PayloadType::Red,
+        PayloadType::Dtmf,
+        PayloadType::Report,
+    ];
+    /// Index spaces (see [`space`](Self::space)).
+    pub const SPACES: usize = 3;
 
     /// The 7-bit value on the wire.
     pub const fn code(self) -> u8 {
         match self {
             PayloadType::Opus => 111,
+            PayloadType::Red => 112,
             PayloadType::Dtmf => 101,
             PayloadType::Report => 127,
         }
@@ -63,16 +78,18 @@ impl PayloadType {
     pub const fn from_code(code: u8) -> Option<PayloadType> {
         match code {
             111 => Some(PayloadType::Opus),
+            112 => Some(PayloadType::Red),
             101 => Some(PayloadType::Dtmf),
             127 => Some(PayloadType::Report),
             _ => None,
         }
     }
 
-    /// Dense index (0..3), for per-type tables.
-    pub const fn index(self) -> usize {
+    /// Its sequence and packet index space (0..[`SPACES`](Self::SPACES)): audio (Opus and
+    /// RED), DTMF, reports.
+    pub const fn space(self) -> usize {
         match self {
-            PayloadType::Opus => 0,
+            PayloadType::Opus | PayloadType::Red => 0,
             PayloadType::Dtmf => 1,
             PayloadType::Report => 2,
         }

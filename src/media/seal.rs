@@ -23,8 +23,9 @@
 //! against its replay window before decrypting. The estimate only goes wrong after 32768
 //! consecutive packets of one type are lost (11 minutes of audio at 20 ms), long after consent
 //! freshness (RFC 7675, 30 s) has declared the path dead; forged packets cannot move it, since
-//! only authenticated indices count. Each payload type has its own index space, so the code is
-//! part of the nonce.
+//! only authenticated indices count. DTMF and reports have index spaces of their own, and the
+//! nonce carries the payload type's code: Opus and RED packets share the audio space (one
+//! counter), the others never meet it.
 //!
 //! The header is the associated data: a changed marker, type, sequence, timestamp or stream id
 //! fails authentication just like a changed payload.
@@ -110,7 +111,7 @@ fn nonce(pt: PayloadType, index: u64) -> Nonce {
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
     stream: u32,
-    next: [u64; 3],
+    next: [u64; PayloadType::SPACES],
 }
 
 impl Sealer {
@@ -118,7 +119,7 @@ impl Sealer {
         Sealer {
             cipher: ChaCha20Poly1305::new(&(*key).into()),
             stream,
-            next: [0; 3],
+            next: [0; PayloadType::SPACES],
         }
     }
 
@@ -129,7 +130,7 @@ impl Sealer {
 
     /// How many packets of `pt` have been sealed.
     pub fn sealed(&self, pt: PayloadType) -> u64 {
-        self.next[pt.index()]
+        self.next[pt.space()]
     }
 
     /// Seals `payload` into a datagram. `None` only if the type's 2^64 indices are used up.
@@ -140,8 +141,8 @@ impl Sealer {
         timestamp: u32,
         payload: &[u8],
     ) -> Option<Vec<u8>> {
-        let index = self.next[pt.index()];
-        self.next[pt.index()] = index.checked_add(1)?;
+        let index = self.next[pt.space()];
+        self.next[pt.space()] = index.checked_add(1)?;
         let header = Header {
             marker,
             payload_type: pt,
@@ -194,8 +195,8 @@ pub struct Opener {
     cipher: ChaCha20Poly1305,
     /// The peer's stream id, latched from the first packet that authenticated.
     stream: Option<u32>,
-    highest: [Option<u64>; 3],
-    windows: [ReplayWindow; 3],
+    highest: [Option<u64>; PayloadType::SPACES],
+    windows: [ReplayWindow; PayloadType::SPACES],
 }
 
 impl Opener {
@@ -203,7 +204,7 @@ impl Opener {
         Opener {
             cipher: ChaCha20Poly1305::new(&(*key).into()),
             stream: None,
-            highest: [None; 3],
+            highest: [None; PayloadType::SPACES],
             windows: Default::default(),
         }
     }
@@ -215,7 +216,7 @@ impl Opener {
 
     /// The highest authenticated index of `pt`.
     pub fn highest(&self, pt: PayloadType) -> Option<u64> {
-        self.highest[pt.index()]
+        self.highest[pt.space()]
     }
 
     /// Checks, authenticates and decrypts `datagram`. Cheap checks (header, stream, replay
@@ -231,7 +232,7 @@ impl Opener {
         if self.stream.is_some_and(|s| s != header.stream) {
             return Err(OpenError::WrongStream);
         }
-        let t = header.payload_type.index();
+        let t = header.payload_type.space();
         let index = estimate_index(self.highest[t], header.sequence);
         self.windows[t].check(index).map_err(|e| match e {
             ReplayError::Replayed => OpenError::Duplicate,
@@ -274,10 +275,11 @@ mod tests {
     fn round_trip_each_type_and_direction() {
         let (mut a, mut to_b, mut b, mut to_a) = pair();
         for pt in PayloadType::ALL {
+            let index = a.sealed(pt);
             let d = a.seal(pt, true, 960, b"hello").unwrap();
             assert_eq!(d.len(), OVERHEAD + 5);
             let o = to_b.open(&d).unwrap();
-            assert_eq!((o.payload.as_slice(), o.index), (&b"hello"[..], 0));
+            assert_eq!((o.payload.as_slice(), o.index), (&b"hello"[..], index));
             assert_eq!(o.header.stream, 0xaaaa);
             let d = b.seal(pt, false, 0, b"").unwrap();
             assert_eq!(to_a.open(&d).unwrap().payload, b"");

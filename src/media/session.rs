@@ -11,6 +11,7 @@ use super::dtmf::{DtmfDigit, DtmfError, DtmfReceiver, DtmfSender, EventPayload, 
 use super::jitter::{Frame, JitterBuffer, PlayoutStats, Refused, samples_of};
 use super::packet::PayloadType;
 use super::rate::{self, RateControl};
+use super::red;
 use super::report::{PeerReport, ReceptionStats, Report, report_clock, round_trip};
 use super::seal::{KeyError, MediaKeys, OpenError, Opener, Role, Sealer};
 
@@ -41,8 +42,12 @@ pub enum Event {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SendStats {
     pub audio_packets: u64,
-    /// Opus payload bytes (before sealing).
+    /// Opus payload bytes (before sealing), copies not included.
     pub audio_bytes: u64,
+    /// Audio packets that carried a copy of the one before (RED), and the copies' bytes with
+    /// the RED framing.
+    pub red_packets: u64,
+    pub red_bytes: u64,
     /// Frames not sent because they were DTX silence.
     pub dtx_frames: u64,
     pub dtmf_packets: u64,
@@ -158,6 +163,11 @@ pub struct MediaSession {
     send_ts: i64,
     /// The next audio packet starts a talkspurt (marker bit).
     talkspurt: bool,
+    /// The last audio packet sent, while the next frame follows it: (its timestamp, its Opus
+    /// bytes), what a RED packet carries a copy of.
+    last_packet: Option<(i64, Vec<u8>)>,
+    /// Send RED now (see [`rate::red_wanted`]).
+    red: bool,
     jitter: JitterBuffer,
     reception: ReceptionStats,
     dtmf_tx: DtmfSender,
@@ -192,8 +202,13 @@ pub struct MediaSession {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceRecord {
     /// We sent this Opus packet at `at`; `ts` is its 48 kHz timestamp, counted from the first
-    /// frame.
-    Sent { ts: i64, opus: Vec<u8>, at: Instant },
+    /// frame; `red`: with a copy of the packet before (RED).
+    Sent {
+        ts: i64,
+        opus: Vec<u8>,
+        red: bool,
+        at: Instant,
+    },
     /// An authenticated audio packet with timestamp `ts` arrived `at_ms` after the session
     /// started, at `at` (`late`: after its slot was played, so it was not heard).
     Received {
@@ -230,6 +245,8 @@ impl MediaSession {
             pending: Vec::with_capacity(FrameDuration::Ms60.samples()),
             send_ts: 0,
             talkspurt: true,
+            last_packet: None,
+            red: false,
             jitter,
             reception: ReceptionStats::default(),
             dtmf_tx: DtmfSender::new(config.dtmf.clone()),
@@ -277,37 +294,25 @@ impl MediaSession {
         let h = opened.header;
         match h.payload_type {
             PayloadType::Opus => {
-                let arrival = self.clock(now);
-                let ts = self.jitter.unwrap_ts(h.timestamp);
-                let len = opened.payload.len() as u64;
-                let mut late = false;
-                match self
-                    .jitter
-                    .insert(arrival, opened.index, ts, opened.payload)
+                self.on_audio(now, opened.index, h.timestamp, opened.payload, false);
+            }
+            PayloadType::Red => {
+                let Some(r) = red::parse(&opened.payload) else {
+                    self.drops.bad_payload += 1;
+                    return;
+                };
+                let copy = r.copy.map(|(offset, c)| (offset, c.to_vec()));
+                let primary = r.primary.to_vec();
+                if self.on_audio(now, opened.index, h.timestamp, primary, copy.is_some())
+                    && let Some((offset, c)) = copy
                 {
-                    Ok(()) => self.accept(),
-                    Err(Refused::Undecodable) => {
-                        self.drops.bad_payload += 1;
-                        return;
-                    }
-                    Err(Refused::Late | Refused::Duplicate) => {
-                        self.drops.late += 1;
-                        late = true;
+                    let ts = self.jitter.unwrap_ts(h.timestamp.wrapping_sub(offset));
+                    // Late or already here is the common case (the packet was not lost); an
+                    // undecodable copy is the sender's bug, not worth a drop of the packet.
+                    if let Some(seq) = opened.index.checked_sub(1) {
+                        let _ = self.jitter.insert_copy(seq, ts, c);
                     }
                 }
-                if self.config.trace {
-                    let at_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-                    self.trace.push_back(TraceRecord::Received {
-                        ts,
-                        at_ms,
-                        late,
-                        at: now,
-                    });
-                }
-                // Late packets still arrived: they count for loss and jitter.
-                self.reception.on_packet(opened.index, ts, arrival);
-                self.received.audio_packets += 1;
-                self.received.audio_bytes += len;
             }
             PayloadType::Dtmf => match EventPayload::parse(&opened.payload) {
                 Some(p) => {
@@ -335,6 +340,47 @@ impl MediaSession {
         self.received.accepted += 1;
     }
 
+    /// An authenticated Opus packet (alone or a RED packet's primary) with index `index`;
+    /// `copy`: it came with a copy of the one before. False when its payload was not Opus.
+    fn on_audio(
+        &mut self,
+        now: Instant,
+        index: u64,
+        timestamp: u32,
+        payload: Vec<u8>,
+        copy: bool,
+    ) -> bool {
+        let arrival = self.clock(now);
+        let ts = self.jitter.unwrap_ts(timestamp);
+        let len = payload.len() as u64;
+        let mut late = false;
+        match self.jitter.insert(arrival, index, ts, payload, copy) {
+            Ok(()) => self.accept(),
+            Err(Refused::Undecodable) => {
+                self.drops.bad_payload += 1;
+                return false;
+            }
+            Err(Refused::Late | Refused::Duplicate) => {
+                self.drops.late += 1;
+                late = true;
+            }
+        }
+        if self.config.trace {
+            let at_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            self.trace.push_back(TraceRecord::Received {
+                ts,
+                at_ms,
+                late,
+                at: now,
+            });
+        }
+        // Late packets still arrived: they count for loss and jitter.
+        self.reception.on_packet(index, ts, arrival);
+        self.received.audio_packets += 1;
+        self.received.audio_bytes += len;
+        true
+    }
+
     /// Captured audio: 48 kHz mono, any number of samples. Every whole frame is encoded, and
     /// sealed and queued unless it is DTX silence. (`now` is unused today; the call-quality
     /// work's send-side rate control will want the capture time.)
@@ -358,25 +404,49 @@ impl MediaSession {
 
     /// Encodes `pending[at..at + len]` and queues the packet.
     fn encode(&mut self, now: Instant, at: usize, len: usize) -> Result<(), MediaError> {
-        let ts = self.send_ts as u32;
+        let frame_ts = self.send_ts;
+        let ts = frame_ts as u32;
         self.send_ts += len as i64;
         match self.encoder.encode(&self.pending[at..at + len])? {
             Encoded::Dtx => {
                 self.sent.dtx_frames += 1;
                 self.talkspurt = true;
+                self.last_packet = None;
             }
             Encoded::Packet(p) => {
                 let marker = std::mem::take(&mut self.talkspurt);
                 self.sent.audio_packets += 1;
                 self.sent.audio_bytes += p.len() as u64;
+                let red =
+                    self.last_packet
+                        .as_ref()
+                        .filter(|_| self.red)
+                        .and_then(|(last_ts, last)| {
+                            red::encode(((frame_ts - last_ts) as u32, last), p)
+                        });
                 if self.config.trace {
                     self.trace.push_back(TraceRecord::Sent {
-                        ts: self.send_ts - len as i64,
+                        ts: frame_ts,
                         opus: p.to_vec(),
+                        red: red.is_some(),
                         at: now,
                     });
                 }
-                if let Some(d) = self.sealer.seal(PayloadType::Opus, marker, ts, p) {
+                let sealed = match &red {
+                    Some(r) => {
+                        self.sent.red_packets += 1;
+                        self.sent.red_bytes += (r.len() - p.len()) as u64;
+                        self.sealer.seal(PayloadType::Red, marker, ts, r)
+                    }
+                    None => self.sealer.seal(PayloadType::Opus, marker, ts, p),
+                };
+                if self.config.redundancy {
+                    let mut buf = self.last_packet.take().map(|l| l.1).unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(p);
+                    self.last_packet = Some((frame_ts, buf));
+                }
+                if let Some(d) = sealed {
                     self.queue(d);
                 }
             }
@@ -389,6 +459,7 @@ impl MediaSession {
     /// the sampling clock even when nothing is sent). Drops any partial frame.
     pub fn skip_audio(&mut self, duration: Duration) {
         self.pending.clear();
+        self.last_packet = None;
         self.send_ts += samples_of(duration);
         self.talkspurt = true;
     }
@@ -480,7 +551,7 @@ impl MediaSession {
         if self.config.adapt_rate {
             let (t, packets, bytes) = self.sent_mark;
             let secs = now.saturating_duration_since(t).as_secs_f64();
-            let wire_bytes = (self.sent.audio_bytes - bytes)
+            let wire_bytes = (self.wire_payload() - bytes)
                 + (self.sent.audio_packets - packets) * u64::from(rate::WIRE_OVERHEAD);
             let sent_bps = if secs > 0.0 {
                 wire_bytes as f64 * 8.0 / secs
@@ -518,22 +589,26 @@ impl MediaSession {
             want.loss_percent = (self.loss_estimate * 100.0).round() as u8;
         }
         self.loss_seen |= random > 0.0;
-        // FEC is paid for out of the bitrate: under measured loss (not the configured guess), on
-        // a path that never overflowed and at the controller's full rate, pay it on top. Not
-        // under heavy loss: before the round trip is known that may be a queue overflowing
+        // Redundancy is paid for on top of the bitrate: only under measured loss (not the
+        // configured guess), on a path that never overflowed and at the controller's full rate.
+        // Not under heavy loss: before the round trip is known that may be a queue overflowing
         // (a call's first report through a narrow link), and more rate would lose more.
-        if self.config.adapt_rate
-            && self.config.opus.fec
+        let room_for_redundancy = self.config.adapt_rate
             && self.loss_seen
             && (rate::FEC_BOOST_LOSS..rate::SEVERE_LOSS).contains(&self.loss_estimate)
             && fraction < rate::SEVERE_LOSS
             && !self.rate.overflowed()
-            && want.bitrate >= self.config.opus.bitrate
-        {
+            && want.bitrate >= self.config.opus.bitrate;
+        // RED rebuilds a lost packet whole from the next one, which is all in-band FEC could
+        // do, and better: FEC is then off and its bits go to the speech.
+        self.red = room_for_redundancy && self.config.redundancy;
+        want.fec = self.config.opus.fec && !self.red;
+        if room_for_redundancy && want.fec {
+            // In-band FEC is paid for out of the bitrate: pay it on top.
             let boosted = f64::from(self.config.opus.bitrate) * rate::FEC_BOOST;
             want.bitrate = (boosted as u32).min(512_000);
         }
-        self.sent_mark = (now, self.sent.audio_packets, self.sent.audio_bytes);
+        self.sent_mark = (now, self.sent.audio_packets, self.wire_payload());
         if want != *self.encoder.settings() {
             // Loss 0..=100, a bitrate the controller keeps within libopus's range and a frame
             // duration libopus takes: always accepted.
@@ -541,6 +616,11 @@ impl MediaSession {
         }
         self.peer = Some(peer.clone());
         self.events.push_back(Event::Report(peer));
+    }
+
+    /// Payload bytes sent in audio packets: Opus, and the copies RED added.
+    fn wire_payload(&self) -> u64 {
+        self.sent.audio_bytes + self.sent.red_bytes
     }
 
     fn queue(&mut self, datagram: Vec<u8>) {
@@ -793,12 +873,17 @@ mod tests {
         }
     }
 
-    /// FEC is paid for out of the bitrate: measured random loss raises the rate by half for
-    /// it, the configured loss guess alone does not, and clean reports bring it back.
+    /// FEC is paid for out of the bitrate: without redundancy, measured random loss raises the
+    /// rate by half for it, the configured loss guess alone does not, and clean reports bring
+    /// it back.
     #[test]
     fn measured_random_loss_raises_the_rate_for_fec_and_clean_reports_restore_it() {
         let t0 = Instant::now();
-        let (mut a, mut b) = pair(t0, MediaConfig::default());
+        let c = MediaConfig {
+            redundancy: false,
+            ..MediaConfig::default()
+        };
+        let (mut a, mut b) = pair(t0, c);
         second(&mut a, &mut b, t0, 0, 0);
         assert_eq!(a.stats().peer.map(|p| p.fraction_lost), Some(0.0));
         assert_eq!(
@@ -811,10 +896,70 @@ mod tests {
         }
         assert!(a.stats().peer.unwrap().fraction_lost > 0.05);
         assert_eq!(a.opus().bitrate, 48_000);
+        assert_eq!(a.stats().sent.red_packets, 0);
         for s in 3..15 {
             second(&mut a, &mut b, t0, s, 0);
         }
         assert_eq!(a.opus().bitrate, 32_000);
+    }
+
+    /// With redundancy (the default), the same measured loss switches in-band FEC off and
+    /// sends each packet with a copy of the one before at the configured rate; the receiver
+    /// plays every lost packet whole from its copy; clean reports switch back to FEC.
+    #[test]
+    fn measured_random_loss_sends_copies_and_they_fill_the_losses() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0, MediaConfig::default());
+        second(&mut a, &mut b, t0, 0, 0);
+        assert!(a.opus().fec && a.stats().sent.red_packets == 0);
+        let pcm: Vec<f32> = (0..960).map(|i| (i as f32 * 0.07).sin() * 0.3).collect();
+        let mut red_seconds = Vec::new();
+        for s in 1..6u64 {
+            let before = (a.stats().sent.red_packets, b.stats().playout.clone());
+            // One second, every 10th packet lost, b playing a frame 10 ms after each arrival.
+            for k in 0..50 {
+                let now = t0 + Duration::from_millis(s * 1000 + k * 20);
+                a.send_audio(now, &pcm).unwrap();
+                while let Some(d) = a.poll_transmit() {
+                    if k % 10 != 9 {
+                        b.handle_input(now, &d);
+                    }
+                }
+                let _ = b.pop_frame(now + Duration::from_millis(10));
+            }
+            let now = t0 + Duration::from_secs(s + 1);
+            b.handle_timeout(now);
+            while let Some(d) = b.poll_transmit() {
+                a.handle_input(now, &d);
+            }
+            let p = b.stats().playout;
+            red_seconds.push((
+                a.stats().sent.red_packets - before.0,
+                p.red_filled - before.1.red_filled,
+                p.plc - before.1.plc,
+            ));
+        }
+        // The first lossy second's report turns RED on; from then every packet carries a copy
+        // and every loss plays from one (the first loss after the switch costs an expand to
+        // make room, as FEC's does).
+        assert_eq!(red_seconds[0].0, 0, "{red_seconds:?}");
+        for &(sent, filled, plc) in &red_seconds[2..] {
+            assert_eq!((sent, filled, plc), (50, 5, 0), "{red_seconds:?}");
+        }
+        assert!(!a.opus().fec, "FEC stays off while copies are sent");
+        assert_eq!(a.opus().bitrate, 32_000);
+        assert_eq!(b.stats().drops.bad_payload, 0);
+        for s in 6..18 {
+            second(&mut a, &mut b, t0, s, 0);
+        }
+        let sent = a.stats().sent.red_packets;
+        second(&mut a, &mut b, t0, 18, 0);
+        assert_eq!(
+            a.stats().sent.red_packets,
+            sent,
+            "clean reports stop the copies"
+        );
+        assert!(a.opus().fec);
     }
 
     /// A call's first report through a narrow link: heavy loss, no round trip yet to show a

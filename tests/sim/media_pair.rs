@@ -70,10 +70,21 @@ fn header_known_answer_on_the_wire() {
     let _ = FrameKind::Normal;
 }
 
+/// How the sender protects its audio against loss.
+#[derive(Clone, Copy, PartialEq)]
+enum Protection {
+    Nothing,
+    /// In-band FEC only.
+    Fec,
+    /// The default: RED copies once loss is reported (FEC before that).
+    Red,
+}
+
 /// Runs A→B with `link` for `seconds` of speech-like signal; returns the pair.
-fn one_way(seed: u64, link: &str, seconds: u64, fec: bool) -> (Pair, Vec<f32>) {
+fn one_way(seed: u64, link: &str, seconds: u64, protection: Protection) -> (Pair, Vec<f32>) {
     let mut ca = voxmesh::media::MediaConfig::default();
-    ca.opus.fec = fec;
+    ca.opus.fec = protection != Protection::Nothing;
+    ca.redundancy = protection == Protection::Red;
     let cb = voxmesh::media::MediaConfig::default();
     let mut p = Pair::with_configs(seed, spec(link), spec("delay=30ms"), ca, cb);
     let x = syllables(seconds as f64);
@@ -86,8 +97,8 @@ fn one_way(seed: u64, link: &str, seconds: u64, fec: bool) -> (Pair, Vec<f32>) {
 fn fec_recovers_lost_packets_at_ten_percent_loss() {
     for seed in [3, 4] {
         let link = "delay=30ms,loss=0.1";
-        let (with, x) = one_way(seed, link, 10, true);
-        let (without, _) = one_way(seed, link, 10, false);
+        let (with, x) = one_way(seed, link, 10, Protection::Fec);
+        let (without, _) = one_way(seed, link, 10, Protection::Nothing);
         let (sw, sn) = (with.b.stats(), without.b.stats());
         // Same seed, same packets: the same loss trace.
         assert_eq!(sw.received.lost, sn.received.lost);
@@ -154,6 +165,57 @@ fn fec_recovers_lost_packets_at_ten_percent_loss() {
         assert!(qn.unrecovered_percent > 2.0, "{qn:?}");
         assert!(qw.mos > qn.mos && qn.mos < 4.0, "{qw:?} {qn:?}");
         eprintln!("  quality with FEC {qw:?}; without {qn:?}");
+    }
+}
+
+/// With redundancy (the default), the first report of loss turns in-band FEC off and RED on:
+/// from then every loss whose next packet came plays whole from its copy, where FEC rebuilt a
+/// coarser version of it.
+#[test]
+fn red_rebuilds_lost_packets_whole() {
+    for seed in [3, 4] {
+        let link = "delay=30ms,loss=0.1";
+        let (red, x) = one_way(seed, link, 10, Protection::Red);
+        let (fec, _) = one_way(seed, link, 10, Protection::Fec);
+        let (sr, sf) = (red.b.stats(), fec.b.stats());
+        let lost = sr.received.lost as u64;
+        // Copies fill slots when they arrive, FEC counts when played: between the losses
+        // recoverable before the source ends (10 s) and all of them.
+        let can = recoverable(&red, 48_000 * 10) as u64;
+        let all = recoverable(&red, u32::MAX) as u64;
+        let sent = red.a.stats().sent;
+        eprintln!(
+            "seed {seed}: lost {lost}, recoverable {can}; RED: copies sent {} filled {} fec {} \
+             plc {}; FEC run: fec {} plc {}",
+            sent.red_packets,
+            sr.playout.red_filled,
+            sr.playout.fec,
+            sr.playout.plc,
+            sf.playout.fec,
+            sf.playout.plc
+        );
+        assert!((30..80).contains(&lost), "{lost}");
+        // After the first report (1 s), every packet but those after DTX-free silence gaps
+        // carries a copy: most of the 450 packets after it.
+        assert!(sent.red_packets > 400, "{sent:?}");
+        let rebuilt = sr.playout.red_filled + sr.playout.fec;
+        assert!(
+            (can..=all).contains(&rebuilt),
+            "{rebuilt} not in {can}..={all}"
+        );
+        assert!(sr.playout.red_filled * 10 >= lost * 6, "{sr:?}");
+        assert!(!red.a.session.opus().fec, "FEC is off while RED is on");
+        // RED plays more of the losses and plays them better.
+        assert!(sr.playout.plc < sf.playout.plc, "{sr:?} {sf:?}");
+        let (sim_r, _) = similarity(&red.b.played, &x);
+        let (sim_f, _) = similarity(&fec.b.played, &x);
+        eprintln!("  similarity RED {sim_r:.3} FEC {sim_f:.3}");
+        assert!(sim_r > sim_f, "{sim_r} vs {sim_f}");
+        let (qr, qf) = (Quality::of(&sr), Quality::of(&sf));
+        assert!(
+            qr.unrecovered_percent < qf.unrecovered_percent,
+            "{qr:?} {qf:?}"
+        );
     }
 }
 

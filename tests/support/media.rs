@@ -262,18 +262,27 @@ impl Pair {
     }
 }
 
-/// Lost audio packets of A→B that FEC could rebuild: the next audio packet arrived and carries
-/// FEC (opened with the test's own copy of the keys). Only packets with timestamps before
+/// Lost audio packets of A→B that FEC or RED could rebuild: the next audio packet arrived and
+/// carries FEC or a copy of it (opened with the test's own copy of the keys). Only packets with timestamps before
 /// `before` count (later ones may not have been played when the run stopped).
 pub fn recoverable(p: &Pair, before: u32) -> usize {
+    use voxmesh::media::PayloadType;
     use voxmesh::media::codec::has_fec;
     let (_, mut opener) = keys().for_role(Role::Responder, 0).unwrap();
-    let mut audio = Vec::new(); // (captured index, has FEC)
+    // (captured index, can rebuild the packet before: in-band FEC, or a RED copy of it)
+    let mut audio = Vec::new();
     for (i, d) in p.captured(AB).iter().enumerate() {
         let o = opener.open(d).expect("every captured packet opens");
-        if o.header.payload_type == voxmesh::media::PayloadType::Opus && o.header.timestamp < before
-        {
-            audio.push((i, has_fec(&o.payload)));
+        if o.header.timestamp >= before {
+            continue;
+        }
+        match o.header.payload_type {
+            PayloadType::Opus => audio.push((i, has_fec(&o.payload))),
+            PayloadType::Red => {
+                let r = voxmesh::media::red::parse(&o.payload).expect("a RED packet parses");
+                audio.push((i, r.copy.is_some() || has_fec(r.primary)));
+            }
+            _ => {}
         }
     }
     let lost: HashSet<usize> = p.dropped_idx(AB).into_iter().collect();

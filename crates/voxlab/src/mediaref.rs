@@ -47,10 +47,12 @@ pub struct MediaRefArgs {
 /// Sent packets: (48 kHz timestamp, Opus bytes).
 type Packets = Vec<(i64, Vec<u8>)>;
 
-/// The sent packets of the trace's first call (its ID), in timestamp order.
-fn sent_packets(path: &Path) -> anyhow::Result<(String, Packets)> {
+/// The sent packets of the trace's first call (its ID), in timestamp order, and the
+/// timestamps of those sent with a copy of the packet before (RED).
+fn sent_packets(path: &Path) -> anyhow::Result<(String, Packets, HashSet<i64>)> {
     let mut call = None;
     let mut out = Vec::new();
+    let mut red = HashSet::new();
     for line in lines(path)? {
         let v: serde_json::Value = serde_json::from_str(&line)?;
         if v["dir"] != "sent" {
@@ -63,10 +65,13 @@ fn sent_packets(path: &Path) -> anyhow::Result<(String, Packets)> {
         let ts = v["ts"].as_i64().context("a sent record without ts")?;
         let hex = v["opus"].as_str().context("a sent record without opus")?;
         out.push((ts, unhex(hex)?));
+        if v["red"].as_bool() == Some(true) {
+            red.insert(ts);
+        }
     }
     out.sort_by_key(|(ts, _)| *ts);
     let call = call.with_context(|| format!("no sent packet in {}", path.display()))?;
-    Ok((call, out))
+    Ok((call, out, red))
 }
 
 /// What the receiver's trace holds for one call.
@@ -109,6 +114,7 @@ fn received(path: &Path, call: &str) -> anyhow::Result<Received> {
 /// the call's playout times: its audio and playout statistics.
 fn replay(
     packets: &Packets,
+    red: &HashSet<i64>,
     r: &Received,
 ) -> anyhow::Result<(Vec<f32>, PlayoutStats, Vec<String>)> {
     let keys = MediaKeys::new([1; 32], [2; 32]);
@@ -124,11 +130,19 @@ fn replay(
     let mut rx = MediaSession::new(t0, &keys, Role::Responder, MediaConfig::default())?;
     // Sealed in sending order, so the indexes are the call's; the lost ones are never given.
     let mut sealed = std::collections::HashMap::new();
-    for (ts, p) in packets {
-        let d = sealer
-            .seal(PayloadType::Opus, false, *ts as u32, p)
-            .context("seal")?;
+    let mut before: Option<&(i64, Vec<u8>)> = None;
+    for packet @ (ts, p) in packets {
+        // As the call sent it: with a copy of the packet before, or alone.
+        let with_copy = before
+            .filter(|_| red.contains(ts))
+            .and_then(|(b_ts, b)| voxmesh::media::red::encode(((ts - b_ts) as u32, b), p));
+        let d = match with_copy {
+            Some(r) => sealer.seal(PayloadType::Red, false, *ts as u32, &r),
+            None => sealer.seal(PayloadType::Opus, false, *ts as u32, p),
+        }
+        .context("seal")?;
         sealed.insert(*ts, d);
+        before = Some(packet);
     }
     let mut pcm = Vec::new();
     // Frames not decoded from their own packet, and accelerations: where the replay's sound
@@ -231,7 +245,7 @@ fn decode(packets: &[(i64, Vec<u8>)], got: &HashSet<i64>, fill: Fill) -> anyhow:
 }
 
 pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
-    let (call, packets) = sent_packets(&a.sent)?;
+    let (call, packets, red) = sent_packets(&a.sent)?;
     let r = received(&a.received, &call)?;
     let got = &r.got;
     std::fs::create_dir_all(&a.out_dir)
@@ -248,7 +262,7 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
     let replayed = if r.played.is_empty() {
         None
     } else {
-        let (pcm, stats, notes) = replay(&packets, &r)?;
+        let (pcm, stats, notes) = replay(&packets, &red, &r)?;
         write_wav(&a.out_dir.join("replay.wav"), &pcm)?;
         Some((stats, notes))
     };
@@ -261,6 +275,7 @@ pub fn run(a: MediaRefArgs) -> anyhow::Result<()> {
         serde_json::json!({
             "call": call,
             "sent": packets.len(),
+            "sent_with_copy": red.len(),
             "lost": lost,
             "late": r.late,
             "loss_percent": 100.0 * lost as f64 / packets.len().max(1) as f64,
