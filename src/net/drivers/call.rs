@@ -139,6 +139,10 @@ pub async fn run_endpoint(
                 let mut ended = Vec::new();
                 for (call, a) in audio.iter_mut() {
                     if !ep.is_talking(call) {
+                        // The peer may be heard before we can talk (see `Endpoint::hears`).
+                        if ep.hears(call) {
+                            play(&mut ep, scheduled, *call, a);
+                        }
                         continue;
                     }
                     let Some(rx) = &mut a.audio.capture else {
