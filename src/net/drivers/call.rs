@@ -311,10 +311,15 @@ async fn drain(
 fn on_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, ev: StreamEvent) {
     match ev {
         StreamEvent::Frame(data) => ep.handle_input(Instant::now(), from, &data),
-        StreamEvent::Connected => ep.stream_connected(Instant::now(), from),
-        StreamEvent::Closed => {
-            streams.writers.remove(&from);
-            ep.stream_closed(Instant::now(), from);
+        StreamEvent::Connected(id) => {
+            if streams.is_current(from, id) {
+                ep.stream_connected(Instant::now(), from);
+            }
+        }
+        StreamEvent::Closed(id) => {
+            if streams.closed(from, id) {
+                ep.stream_closed(Instant::now(), from);
+            }
         }
     }
 }
@@ -323,10 +328,11 @@ fn on_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, ev: Str
 fn on_relay_stream(ep: &mut Endpoint, streams: &mut Streams, from: SocketAddr, ev: StreamEvent) {
     match ev {
         StreamEvent::Frame(data) => ep.handle_stream(Instant::now(), from, &data),
-        StreamEvent::Connected => {}
-        StreamEvent::Closed => {
-            streams.writers.remove(&from);
-            ep.relay_stream_closed(Instant::now(), from);
+        StreamEvent::Connected(_) => {}
+        StreamEvent::Closed(id) => {
+            if streams.closed(from, id) {
+                ep.relay_stream_closed(Instant::now(), from);
+            }
         }
     }
 }

@@ -75,11 +75,12 @@ pub async fn run_agent(
             _ = sleep => agent.handle_timeout(Instant::now()),
             Some((from, ev)) = streams.incoming.recv() => match ev {
                 StreamEvent::Frame(data) => agent.handle_input(Instant::now(), from, &data),
-                StreamEvent::Connected => agent.stream_connected(Instant::now(), from),
-                StreamEvent::Closed => {
-                    streams.writers.remove(&from);
+                StreamEvent::Connected(id) => if streams.is_current(from, id) {
+                    agent.stream_connected(Instant::now(), from);
+                },
+                StreamEvent::Closed(id) => if streams.closed(from, id) {
                     agent.stream_closed(Instant::now(), from);
-                }
+                },
             },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
@@ -124,21 +125,26 @@ pub(crate) enum Framing {
     Turn,
 }
 
+/// One stream's number among those a [`Streams`] opened: a stream that ended may report it
+/// after a new one to the same address took its place.
+pub(crate) type StreamId = u64;
+
 /// What a stream reports.
 #[derive(Debug)]
 pub(crate) enum StreamEvent {
     /// Its TCP connection is up.
-    Connected,
+    Connected(StreamId),
     Frame(Vec<u8>),
-    /// It ended (refused, reset, closed by the far end).
-    Closed,
+    /// It ended (refused, reset, closed by the far end): hand it to [`Streams::closed`].
+    Closed(StreamId),
 }
 
 /// TCP streams to supernodes that UDP does not reach: one per address, opened on first use
 /// (or ahead of it, empty: [`Streams::connect`]).
 pub(crate) struct Streams {
     framing: Framing,
-    pub(crate) writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    writers: std::collections::HashMap<SocketAddr, (StreamId, mpsc::Sender<Vec<u8>>)>,
+    next_id: StreamId,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What every stream reports.
     incoming_tx: mpsc::Sender<(SocketAddr, StreamEvent)>,
@@ -155,6 +161,7 @@ impl Streams {
         Streams {
             framing,
             writers: std::collections::HashMap::new(),
+            next_id: 0,
             tasks: Vec::new(),
             incoming_tx,
             incoming,
@@ -166,7 +173,7 @@ impl Streams {
     pub(crate) fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
         let data = match self.writers.get(&to) {
             None => data,
-            Some(w) => match w.try_send(data) {
+            Some((_, w)) => match w.try_send(data) {
                 Ok(()) => return,
                 // The stream is backed up (or still connecting): this frame is lost, as a
                 // datagram would be. A second connection would not help, and for TURN it
@@ -180,7 +187,7 @@ impl Streams {
 
     /// Connects to `to` with nothing to send yet, unless a stream to it is open.
     pub(crate) fn connect(&mut self, to: SocketAddr) {
-        if self.writers.get(&to).is_none_or(|w| w.is_closed()) {
+        if self.writers.get(&to).is_none_or(|(_, w)| w.is_closed()) {
             self.open(to, None);
         }
     }
@@ -191,14 +198,35 @@ impl Streams {
         if let Some(data) = data {
             let _ = tx.try_send(data);
         }
-        self.writers.insert(to, tx);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.writers.insert(to, (id, tx));
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(tokio::spawn(stream_task(
             to,
+            id,
             self.framing,
             rx,
             self.incoming_tx.clone(),
         )));
+    }
+
+    /// Whether stream `id` is the one open to `to` (a stream's report may come after a newer
+    /// one replaced it).
+    pub(crate) fn is_current(&self, to: SocketAddr, id: StreamId) -> bool {
+        self.writers.get(&to).is_some_and(|(i, _)| *i == id)
+    }
+
+    /// Stream `id` to `to` ended: forgets it, and says whether the core should hear of it.
+    /// Not when a newer stream to `to` took its place meanwhile (the core sent again, found
+    /// the old one closed and opened another): forgetting that one would cut it off, and the
+    /// core would count a failure of the stream it is using.
+    pub(crate) fn closed(&mut self, to: SocketAddr, id: StreamId) -> bool {
+        let current = self.is_current(to, id);
+        if current {
+            self.writers.remove(&to);
+        }
+        current
     }
 
     /// Closes the stream to `to` (nothing uses it any more): its task ends once what is
@@ -218,6 +246,7 @@ impl Streams {
 
 async fn stream_task(
     to: SocketAddr,
+    id: StreamId,
     framing: Framing,
     mut out: mpsc::Receiver<Vec<u8>>,
     incoming: mpsc::Sender<(SocketAddr, StreamEvent)>,
@@ -229,11 +258,11 @@ async fn stream_task(
     )
     .await
     else {
-        let _ = incoming.send((to, StreamEvent::Closed)).await;
+        let _ = incoming.send((to, StreamEvent::Closed(id))).await;
         return;
     };
     let _ = stream.set_nodelay(true);
-    let _ = incoming.send((to, StreamEvent::Connected)).await;
+    let _ = incoming.send((to, StreamEvent::Connected(id))).await;
     let (mut rd, mut wr) = stream.into_split();
     let done = incoming.clone();
     let mut reader = tokio::spawn(async move {
@@ -284,7 +313,7 @@ async fn stream_task(
         }
     }
     reader.abort();
-    let _ = done.send((to, StreamEvent::Closed)).await;
+    let _ = done.send((to, StreamEvent::Closed(id))).await;
 }
 
 /// Cuts a TURN-over-TCP byte stream into messages: a STUN message (20-byte header plus its
@@ -442,5 +471,65 @@ mod tests {
         // A damaged line is skipped, not fatal.
         std::fs::write(&path, format!("{b}\nnot an address\n")).unwrap();
         assert_eq!(read_tcp_hints(&path), HashSet::from([b]));
+    }
+
+    /// A stream's end, reported after the core already sent again on a new stream to the same
+    /// address, neither cuts that stream off nor reaches the core.
+    async fn within<F: std::future::Future>(f: F) -> F::Output {
+        let limit = std::time::Duration::from_secs(5);
+        tokio::time::timeout(limit, f).await.expect("in time")
+    }
+
+    #[tokio::test]
+    async fn a_stale_close_spares_the_stream_that_replaced_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let mut streams = Streams::new();
+        streams.connect(to);
+        // The far end takes the first connection and drops it.
+        drop(within(listener.accept()).await.unwrap());
+        let ev = |e: Option<(SocketAddr, StreamEvent)>| e.expect("streams report").1;
+        let first = match ev(within(streams.incoming.recv()).await) {
+            StreamEvent::Connected(id) => id,
+            e => panic!("{e:?}"),
+        };
+        let stale = ev(within(streams.incoming.recv()).await);
+        assert!(
+            matches!(stale, StreamEvent::Closed(id) if id == first),
+            "{stale:?}"
+        );
+        // Its task is over: the core's next frame opens a second stream.
+        within(async {
+            while !streams.writers[&to].1.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        streams.send(to, b"hello".to_vec());
+        let (mut second, _) = within(listener.accept()).await.unwrap();
+        // Only now is the first stream's end handled.
+        assert!(!streams.closed(to, first), "a stale close reaches the core");
+        let mut buf = Vec::new();
+        let got = within(crate::net::frames::read_frame(&mut second, &mut buf)).await;
+        assert!(matches!(got, Ok(Some(()))), "{got:?}");
+        assert_eq!(buf, b"hello");
+        match ev(within(streams.incoming.recv()).await) {
+            StreamEvent::Connected(id) => {
+                assert!(id != first && streams.is_current(to, id));
+                // The second stream lives on: another frame goes down it.
+                streams.send(to, b"again".to_vec());
+                let got = within(crate::net::frames::read_frame(&mut second, &mut buf)).await;
+                assert!(matches!(got, Ok(Some(()))), "{got:?}");
+                assert_eq!(buf, b"again");
+                drop(second);
+                let end = ev(within(streams.incoming.recv()).await);
+                assert!(matches!(end, StreamEvent::Closed(i) if i == id), "{end:?}");
+                assert!(
+                    streams.closed(to, id),
+                    "the current stream's end is the core's"
+                );
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }
