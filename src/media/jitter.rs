@@ -342,6 +342,8 @@ impl JitterBuffer {
         self.last_seq = None;
         self.transits.clear();
         self.fec_in_window = 0;
+        (self.fec_room, self.fec_room_owed) = (0, 0);
+        (self.expand_run, self.waiting_run) = (0, 0);
         self.fifo.clear();
         self.drift = Drift::default();
         self.ts_ref = Some(ts);

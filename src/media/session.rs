@@ -166,7 +166,7 @@ pub struct MediaSession {
     /// The last audio packet sent, while the next frame follows it: (its timestamp, its Opus
     /// bytes), what a RED packet carries a copy of.
     last_packet: Option<(i64, Vec<u8>)>,
-    /// Send RED now (see [`rate::red_wanted`]).
+    /// Send RED now: the peer reports random loss on a path with room (see `on_report`).
     red: bool,
     jitter: JitterBuffer,
     reception: ReceptionStats,
