@@ -3,7 +3,8 @@
 //! - full cone ↔ port-restricted cone: the call goes direct (hole punching), audio both ways;
 //! - symmetric ↔ symmetric: no direct path exists, the call goes through the relay the
 //!   supernode offers, audio both ways;
-//! - a caller with only its relayed candidate (`--relay-only`) to a public callee: relayed.
+//! - a caller with only its relayed candidate (`--relay-only`) to a public callee: relayed;
+//! - 10 % loss on the caller's link: both ends send RFC 2198 copies and play losses from them.
 //!
 //! Audio check: each side plays its own tone (caller 440 Hz, callee 660 Hz) and records; the
 //! other's recording must carry that tone, loud, and not its own.
@@ -52,6 +53,49 @@ fn calls_go_direct_through_cone_nats_and_relayed_between_symmetric_ones() {
     let c = call(&m, 1, 5, &["--relay-only"], "relay-only");
     assert_eq!(c["path"], "relayed", "--relay-only: {c}");
     assert_eq!(c["local"]["type"], "relay", "{c}");
+    let _ = std::fs::remove_dir_all(&m.dir);
+}
+
+/// Random loss turns redundancy on in a real call: with 10 % loss each way on the caller's
+/// link, each end learns the loss from the other's reports, sends its packets with copies of
+/// the ones before (RFC 2198) from then on, and plays lost packets whole from the copies it
+/// receives. (The media core's tests show how much it recovers; `scripts/bench-media` how
+/// it sounds.)
+#[test]
+fn lossy_calls_send_redundancy_and_play_losses_from_it() {
+    let test = "calls_redundancy";
+    if !Lab::ready_or_skip(test) {
+        return;
+    }
+    let m = CallLab::new(
+        &[
+            (1, BoxOpts::new(LabNat::FullCone).impair("loss=10%", 7)),
+            (2, BoxOpts::new(LabNat::FullCone)),
+        ],
+        "call-red",
+    );
+    let c = m.tone_call(1, 2, &[], "red");
+    let last_stats = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "stats")
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (who, s) in [
+        ("caller", last_stats(&c.dial.events)),
+        ("callee", last_stats(&c.callee_events)),
+    ] {
+        let n = |k: &str| s[k].as_u64().unwrap_or(0);
+        // About 150 packets each way; the first report (1 s) turns the copies on.
+        assert!(n("red_sent") >= 40, "{who} sent few copies: {s}");
+        assert!(n("lost") >= 1, "{who}: the lab lost nothing: {s}");
+        assert!(
+            n("red_recovered") >= 1,
+            "{who} played no loss from a copy: {s}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&m.dir);
 }
 
