@@ -15,3 +15,12 @@ mod fuzz_turn;
 mod media_fuzz;
 #[path = "fuzz/session_fuzz.rs"]
 mod session_fuzz;
+
+/// A count or seed from the environment (`VOXMESH_FUZZ_CASES`, `VOXMESH_FUZZ_SEED`; `_`
+/// separators allowed), else `default`.
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}

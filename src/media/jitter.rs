@@ -66,7 +66,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::codec::{Decoder, RATE, packet_samples, silk_flags};
+use super::codec::{Decoder, RATE, SilkFlags, packet_samples, silk_flags};
 use super::config::PlayoutConfig;
 use super::drift::Drift;
 
@@ -158,6 +158,18 @@ struct Buffered {
     fec: bool,
     /// The encoder flagged it voiced (VAD).
     voice: bool,
+}
+
+impl Buffered {
+    fn new(seq: u64, payload: Vec<u8>, dur: i64, flags: SilkFlags) -> Buffered {
+        Buffered {
+            seq,
+            payload,
+            dur,
+            fec: flags.fec,
+            voice: flags.voice,
+        }
+    }
 }
 
 /// The jitter buffer and the decoder behind it.
@@ -307,16 +319,7 @@ impl JitterBuffer {
             // Before playout, the room the target leaves for FEC is the peer's packet length.
             self.last_dur = dur;
         }
-        self.store(
-            ts,
-            Buffered {
-                seq,
-                payload,
-                dur,
-                fec: flags.fec,
-                voice: flags.voice,
-            },
-        );
+        self.store(ts, Buffered::new(seq, payload, dur, flags));
         Ok(())
     }
 
@@ -363,16 +366,7 @@ impl JitterBuffer {
             return Err(Refused::Duplicate);
         }
         let flags = silk_flags(&payload);
-        self.store(
-            ts,
-            Buffered {
-                seq,
-                payload,
-                dur,
-                fec: flags.fec,
-                voice: flags.voice,
-            },
-        );
+        self.store(ts, Buffered::new(seq, payload, dur, flags));
         self.stats.red_filled += 1;
         Ok(())
     }

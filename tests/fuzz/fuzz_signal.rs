@@ -33,6 +33,7 @@
 //! build), `VOXMESH_FUZZ_SEED` the seed, `VOXMESH_FUZZ_REPORT` a file for the JSON summary
 //! (`scripts/fuzz-signal` runs a million cases in release).
 
+use crate::env_u64;
 use crate::support::mesh as mesh_support;
 
 use std::collections::BTreeMap;
@@ -56,13 +57,6 @@ const HEALTH_EVERY: u64 = 2_000;
 /// Seeds' records live as long as the policy allows, so a million cases (hours of simulated
 /// time) still reach the signature check rather than the expiry check.
 const RECORD_LIFE: u64 = 29 * 24 * 3600;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Route {

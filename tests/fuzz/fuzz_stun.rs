@@ -27,6 +27,7 @@
 //! few seconds), `VOXMESH_FUZZ_SEED` the seed, and `VOXMESH_FUZZ_REPORT` a file to write the JSON
 //! summary to (`scripts/fuzz-stun` uses it). A failing case prints its number, seed and bytes.
 
+use crate::env_u64;
 use crate::support::stun as stun_support;
 
 use std::collections::BTreeMap;
@@ -53,13 +54,6 @@ const DEFAULT_SEED: u64 = 0x5eed_0005_7a17;
 /// `supernode::binding` module docs: "no response is more than 80 bytes plus the SOFTWARE
 /// attribute longer than the request that caused it".
 const AMPLIFICATION_BOUND: usize = 80;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 // ---- seeds ----
 

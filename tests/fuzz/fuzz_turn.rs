@@ -32,6 +32,7 @@
 //! `VOXMESH_FUZZ_DAEMON_REPORT` a file for its summary. A failing case prints its number, the
 //! seed and its bytes.
 
+use crate::env_u64;
 use crate::support::relayd as relayd_support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,13 +57,6 @@ use voxmesh::turn::{
 const DEFAULT_CASES: u64 = 100_000;
 const DEFAULT_DAEMON_CASES: u64 = 3_000;
 const DEFAULT_SEED: u64 = 0x7e55_7a17_0000_0001;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()

@@ -23,6 +23,7 @@
 //! and every packet after it was dropped as late, for good (the jitter buffer now restarts on
 //! the sender's timeline).
 
+use crate::env_u64;
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
@@ -35,13 +36,6 @@ use voxmesh::media::{FrameKind, Header, MediaConfig, MediaKeys, MediaSession, Pa
 const DEFAULT_CASES: u64 = 20_000;
 const DEFAULT_SEED: u64 = 0x3ed1_a000_f022;
 const STREAM: u32 = 0x5eed;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn keys() -> MediaKeys {
     MediaKeys::new([7; 32], [9; 32])

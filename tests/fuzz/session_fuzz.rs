@@ -24,6 +24,7 @@
 //! build), `VOXMESH_FUZZ_SEED` the seed, `VOXMESH_FUZZ_REPORT` a file for the JSON summary
 //! (`scripts/fuzz-session` runs a million cases in release).
 
+use crate::env_u64;
 use crate::support::session as session_support;
 
 use std::collections::BTreeMap;
@@ -47,13 +48,6 @@ const CLIENT: &str = "203.0.113.5:40000";
 const CLIENT2: &str = "203.0.113.5:40001";
 /// Frames per key: small, so that seeds span epochs and the run crosses hundreds of them.
 const REKEY_MESSAGES: u64 = 16;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 struct World {
     sim: Sim,
