@@ -41,7 +41,7 @@ _relayd() {
 
     case "${cmd}" in
         relayd)
-            opts="-l -v -q -h -V --listen --cert --key --relay-ip --external-ip --relay-ports --realm --users --user --auth-secret --auth-secret-file --allow-peer --user-quota --source-quota --total-quota --max-bps --alternate-server --nonce-lifetime --drain --metrics --supernode --identity --config --verbose --quiet --help --version mint-credential check help"
+            opts="-l -v -q -h -V --listen --cert --key --no-tls --relay-ip --external-ip --relay-ports --realm --users --user --auth-secret --auth-secret-file --allow-peer --user-quota --source-quota --total-quota --max-bps --alternate-server --nonce-lifetime --drain --metrics --supernode --identity --config --verbose --quiet --help --version mint-credential check help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_relayd_global_optspecs
-    string join \n l/listen= cert= key= relay-ip= external-ip= relay-ports= realm= users= user= auth-secret= auth-secret-file= allow-peer= user-quota= source-quota= total-quota= max-bps= alternate-server= nonce-lifetime= drain= metrics= supernode= identity= config= v/verbose q/quiet h/help V/version
+    string join \n l/listen= cert= key= no-tls relay-ip= external-ip= relay-ports= realm= users= user= auth-secret= auth-secret-file= allow-peer= user-quota= source-quota= total-quota= max-bps= alternate-server= nonce-lifetime= drain= metrics= supernode= identity= config= v/verbose q/quiet h/help V/version
 end
 
 function __fish_relayd_needs_command
@@ -47,6 +47,7 @@ complete -c relayd -n "__fish_relayd_needs_command" -l metrics -d 'Serve Prometh
 complete -c relayd -n "__fish_relayd_needs_command" -l supernode -d 'Authorise this supernode to hand out credentials for this relay, as KEY@HOST:PORT (repeatable). relayd opens a session to it, gives it a secret of its own (rotated hourly) and reports its load; clients then find the relay through the supernode' -r
 complete -c relayd -n "__fish_relayd_needs_command" -l identity -d 'This relay\'s key file for --supernode sessions (created on first start, mode 0600; default: $STATE_DIRECTORY/relay.key under systemd, else relay.key in the voxmesh config directory, ~/.config/voxmesh)' -r -F
 complete -c relayd -n "__fish_relayd_needs_command" -l config -d 'Read flags from this TOML file (keys are the long flag names; see Configuration below)' -r -F
+complete -c relayd -n "__fish_relayd_needs_command" -l no-tls -d 'No TLS on bare-ADDR listeners when no --cert is given. Without this flag they serve TLS with a certificate made at start: voxmesh clients on networks that pass only TLS take any certificate (TURN\'s message integrity authenticates the relay to them), while standard TURN clients that verify certificates need --cert'
 complete -c relayd -n "__fish_relayd_needs_command" -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c relayd -n "__fish_relayd_needs_command" -s q -l quiet -d 'Log only errors'
 complete -c relayd -n "__fish_relayd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -35,7 +35,7 @@ _supernoded() {
 
     case "${cmd}" in
         supernoded)
-            opts="-l -v -q -h -V --listen --alt-addr --no-rfc5780 --no-software --metrics --bootstrap --identity --advertise --control --host-cache --config --stun-only --session-idle-timeout --max-sessions --verbose --quiet --help --version status help"
+            opts="-l -v -q -h -V --listen --alt-addr --no-rfc5780 --no-software --metrics --bootstrap --identity --advertise --control --host-cache --config --stun-only --cert --key --no-tls --session-idle-timeout --max-sessions --verbose --quiet --help --version status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -78,6 +78,14 @@ _supernoded() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

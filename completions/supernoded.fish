@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_supernoded_global_optspecs
-    string join \n l/listen= alt-addr= no-rfc5780 no-software metrics= bootstrap= identity= advertise= control= host-cache= config= stun-only session-idle-timeout= max-sessions= v/verbose q/quiet h/help V/version
+    string join \n l/listen= alt-addr= no-rfc5780 no-software metrics= bootstrap= identity= advertise= control= host-cache= config= stun-only cert= key= no-tls session-idle-timeout= max-sessions= v/verbose q/quiet h/help V/version
 end
 
 function __fish_supernoded_needs_command
@@ -33,11 +33,14 @@ complete -c supernoded -n "__fish_supernoded_needs_command" -l advertise -d 'The
 complete -c supernoded -n "__fish_supernoded_needs_command" -l control -d 'Control socket for `supernoded status` (default: $RUNTIME_DIRECTORY/supernoded.sock under systemd, else $XDG_RUNTIME_DIR/voxmesh/supernoded.sock, else /tmp/voxmesh-UID/supernoded.sock)' -r -F
 complete -c supernoded -n "__fish_supernoded_needs_command" -l host-cache -d 'Host cache of mesh members (read at start, rewritten while running; default: supernode-hosts beside the key file)' -r -F
 complete -c supernoded -n "__fish_supernoded_needs_command" -l config -d 'Read flags from this TOML file (keys are the long flag names; see Configuration below)' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l cert -d 'Certificate chain (PEM, leaf first) for TLS on the directory\'s TCP port, which serves plain and TLS streams alike (told apart by the first byte) for clients whose network passes only TLS. Default: a self-signed certificate made at start; clients take any certificate, since the session inside authenticates this supernode\'s key (TLS is only a disguise here), so give one only to look like an ordinary web server' -r -F
+complete -c supernoded -n "__fish_supernoded_needs_command" -l key -d 'Private key (PEM) for --cert' -r -F
 complete -c supernoded -n "__fish_supernoded_needs_command" -l session-idle-timeout -d 'Benchmarks only: close a session after this many seconds without a frame (default 65). `scripts/bench-supernode` raises it so that a million clients that registered and went quiet stay registered while it measures memory' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l max-sessions -d 'Benchmarks only: most sessions in any state (default 100000)' -r
 complete -c supernoded -n "__fish_supernoded_needs_command" -l no-rfc5780 -d 'Serve plain STUN only: no CHANGE-REQUEST, RESPONSE-PORT, PADDING or OTHER-ADDRESS'
 complete -c supernoded -n "__fish_supernoded_needs_command" -l no-software -d 'Leave the SOFTWARE attribute out of responses (saves 28 bytes each)'
 complete -c supernoded -n "__fish_supernoded_needs_command" -l stun-only -d 'Serve STUN only: no identity, no mesh, no directory'
+complete -c supernoded -n "__fish_supernoded_needs_command" -l no-tls -d 'No TLS on the TCP port: plain streams only'
 complete -c supernoded -n "__fish_supernoded_needs_command" -s v -l verbose -d 'Log more on stderr (-v info, -vv debug, -vvv trace)'
 complete -c supernoded -n "__fish_supernoded_needs_command" -s q -l quiet -d 'Log only errors'
 complete -c supernoded -n "__fish_supernoded_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'

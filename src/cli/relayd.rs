@@ -21,10 +21,10 @@ use crate::client::relay::{RelayLink, RelayLinkConfig};
 use crate::identity::{BootstrapEntry, Identity, IdentityLock, KeyFileError, default_key_path};
 use crate::net::drivers::client::resolve_bootstrap;
 use crate::net::drivers::relay::{
-    BoundListener, Listen, RelayOptions, ReloadableCert, bind_listeners, serve_relay,
-    tls_config_reloadable,
+    BoundListener, Listen, RelayOptions, bind_listeners, serve_relay,
 };
 use crate::net::drivers::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
+use crate::net::tls::{ReloadableCert, tls_config, tls_config_reloadable};
 use crate::net::{ShutdownSignal, serve_metrics};
 use crate::turn::peer_policy::local_addresses;
 use crate::turn::server::Transport;
@@ -97,12 +97,12 @@ pub struct Args {
 
     /// Listen on ADDR for every transport, or on TRANSPORT:ADDR for one (repeatable).
     ///
-    /// A bare ADDR serves UDP and TCP on the same port number, and TLS on that same port too
-    /// when --cert and --key are given (a connection opening with a TLS handshake record, byte
-    /// 0x16, is TLS: TURN messages start with 0x00 or 0x01, ChannelData with 0x40-0x7F). Port 0
-    /// picks one free
-    /// port for both UDP and TCP. A udp:, tcp: or tls: prefix restricts the listener to that
-    /// transport (tls: on its own port, e.g. the usual TURNS port 5349).
+    /// A bare ADDR serves UDP and TCP on the same port number, and TLS on that same port too (a
+    /// connection opening with a TLS handshake record, byte 0x16, is TLS: TURN messages start
+    /// with 0x00 or 0x01, ChannelData with 0x40-0x7F), with --cert and --key or else a
+    /// self-signed certificate (see --no-tls). Port 0 picks one free port for both UDP and TCP.
+    /// A udp:, tcp: or tls: prefix restricts the listener to that transport (tls: on its own
+    /// port, e.g. the usual TURNS port 5349, needs --cert and --key).
     #[arg(short, long = "listen", value_name = "[udp|tcp|tls:]ADDR", default_values = ["0.0.0.0:3478"])]
     pub listen: Vec<String>,
 
@@ -113,6 +113,13 @@ pub struct Args {
     /// Private key (PEM) for TLS listeners.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+
+    /// No TLS on bare-ADDR listeners when no --cert is given. Without this flag they serve TLS
+    /// with a certificate made at start: voxmesh clients on networks that pass only TLS take
+    /// any certificate (TURN's message integrity authenticates the relay to them), while
+    /// standard TURN clients that verify certificates need --cert.
+    #[arg(long = "no-tls", conflicts_with = "cert")]
+    pub no_tls: bool,
 
     /// Address to relay from (one per family); defaults to the listening addresses.
     #[arg(long = "relay-ip", value_name = "IP")]
@@ -454,6 +461,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     if listen.iter().any(|l| matches!(l, Listen::Tls(_))) && tls.is_none() {
         return Err(usage("a tls: listener needs --cert and --key"));
     }
+    let tls = match tls {
+        None if !args.no_tls => {
+            let (c, k) = crate::net::tls::self_signed("voxmesh.invalid")
+                .map_err(|e| setup(format!("cannot make a TLS certificate: {e}")))?;
+            Some(tls_config(c.as_bytes(), k.as_bytes()).map_err(|e| setup(format!("TLS: {e}")))?)
+        }
+        tls => tls,
+    };
     raise_nofile();
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {

@@ -18,7 +18,7 @@ use super::{
 use crate::identity::{BootstrapEntry, Identity, default_key_path};
 use crate::net::drivers::client::{read_host_cache, resolve_bootstrap};
 use crate::net::drivers::stun_server::StunServer;
-use crate::net::drivers::supernode::{NodeSockets, query_status, run_supernode};
+use crate::net::drivers::supernode::{NodeSockets, StreamService, query_status, run_supernode};
 use crate::net::{ShutdownSignal, ShutdownSignals, serve_metrics};
 use crate::supernode::{BindingConfig, NodeConfig, Supernode};
 
@@ -31,7 +31,7 @@ Exit status:
       changed flags or config)
   1   runtime failure
   2   bad flags or arguments (also contradictory ones, e.g. --alt-addr without a listener of its family)
-  4   cannot bind a listening socket
+  4   cannot bind a listening socket, or read or use the --cert and --key files
   10  the identity is in use: another process holds the key file (the message names the file
       and that process); give each supernode its own --identity
 
@@ -135,6 +135,22 @@ pub struct Args {
     /// Serve STUN only: no identity, no mesh, no directory.
     #[arg(long = "stun-only")]
     pub stun_only: bool,
+
+    /// Certificate chain (PEM, leaf first) for TLS on the directory's TCP port, which serves
+    /// plain and TLS streams alike (told apart by the first byte) for clients whose network
+    /// passes only TLS. Default: a self-signed certificate made at start; clients take any
+    /// certificate, since the session inside authenticates this supernode's key (TLS is only a
+    /// disguise here), so give one only to look like an ordinary web server.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// No TLS on the TCP port: plain streams only.
+    #[arg(long = "no-tls", conflicts_with = "cert")]
+    pub no_tls: bool,
 
     /// Benchmarks only: close a session after this many seconds without a frame (default 65).
     /// `scripts/bench-supernode` raises it so that a million clients that registered and went
@@ -375,6 +391,36 @@ fn bind_udp_and_tcp(
     }
 }
 
+/// The TLS configuration for the stream port: --cert and --key, else a self-signed
+/// certificate (see --cert), or none with --no-tls.
+fn stream_tls(args: &Args) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    use crate::net::drivers::stun_server::StunServerError;
+    use crate::net::tls::{self_signed, tls_config};
+    if args.no_tls {
+        return Ok(None);
+    }
+    let (cert, key) = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => {
+            let read = |p: &PathBuf, what: &str| {
+                std::fs::read(p).map_err(|e| {
+                    StunServerError::Certificate(format!(
+                        "cannot read --{what} {}: {e}",
+                        p.display()
+                    ))
+                })
+            };
+            (read(c, "cert")?, read(k, "key")?)
+        }
+        _ => {
+            let (c, k) = self_signed("voxmesh.invalid").context("cannot make a TLS certificate")?;
+            (c.into_bytes(), k.into_bytes())
+        }
+    };
+    let cfg = tls_config(&cert, &key)
+        .map_err(|e| StunServerError::Certificate(format!("bad certificate or key: {e}")))?;
+    Ok(Some(cfg))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let configs = binding_configs(&args)?;
     let rt = runtime().context("cannot start the runtime")?;
@@ -482,13 +528,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(|e| crate::net::drivers::stun_server::StunServerError::Bind { addr: advertise, source: e })
                 .with_context(|| format!("control socket {}", control_path.display()))?;
             // The same address over TCP, for clients whose network blocks UDP.
-            let mut tcp = Vec::new();
+            let mut tcp = StreamService { tls: stream_tls(&args)?, ..Default::default() };
             for (l, c) in tcp_std.drain(..).zip(&bound) {
                 let l = l
                     .set_nonblocking(true)
                     .and_then(|()| tokio::net::TcpListener::from_std(l))
                     .map_err(|source| crate::net::drivers::stun_server::StunServerError::BindTcp { addr: c.primary, source })?;
-                tcp.push(l);
+                tcp.listeners.push(l);
             }
             node_task = Some(tokio::spawn(run_supernode(
                 core,

@@ -11,6 +11,7 @@ mod notify;
 pub mod prom;
 mod shutdown;
 pub mod socket;
+pub mod tls;
 
 pub use metrics::serve_metrics;
 pub use notify::{notify, sd_notify};

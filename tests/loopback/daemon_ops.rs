@@ -1105,3 +1105,109 @@ fn sighup_reloads_the_tls_certificate_and_a_bad_one_keeps_the_old() {
     assert!(status.success(), "{status}: {log}");
     assert_eq!(log.matches("TLS certificate reloaded").count(), 1, "{log}");
 }
+
+/// The certificate a TLS handshake with `server` presents, taking any (the voxmesh client's
+/// camouflage configuration); `None` when the handshake fails.
+fn tls_certificate(server: SocketAddr) -> Option<Vec<u8>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let config = voxmesh::net::tls::camouflage_client().unwrap();
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let tcp = tokio::net::TcpStream::connect(server).await.ok()?;
+            let name = rustls_pki_types::ServerName::from(server.ip());
+            let s = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+                .await
+                .ok()?
+                .ok()?;
+            let certs = s.get_ref().1.peer_certificates()?;
+            Some(certs.first()?.to_vec())
+        })
+}
+
+/// A bare --listen address serves TLS on its TCP port with a certificate relayd made itself
+/// (what voxmesh clients on TLS-only networks race to); --no-tls turns that off.
+#[test]
+fn relayd_serves_tls_on_bare_listeners_unless_no_tls() {
+    for no_tls in [false, true] {
+        let mut cmd = relayd();
+        cmd.args(["--listen", "127.0.0.1:0", "--relay-ip", "127.0.0.1"])
+            .args(["--user", "alice:secret", "-q"]);
+        if no_tls {
+            cmd.arg("--no-tls");
+        }
+        let d = Daemon::start(cmd);
+        let tcp = d.addr("tcp");
+        let tls = d.listeners().into_iter().find(|(t, _)| t == "tls");
+        let cert = tls_certificate(tcp);
+        if no_tls {
+            assert!(tls.is_none(), "{}", d.line);
+            assert!(cert.is_none(), "a TLS handshake with --no-tls");
+        } else {
+            assert_eq!(tls.map(|(_, a)| a), Some(tcp), "{}", d.line);
+            assert!(cert.is_some(), "no TLS on the bare listener");
+        }
+    }
+}
+
+/// supernoded serves TLS on its TCP port beside plain streams: with --cert and --key that
+/// certificate, else one it made; --no-tls none; an unreadable --cert exits 4.
+#[test]
+fn supernoded_serves_tls_on_its_tcp_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, key, der) = certificate("localhost");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, &pem).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    for (i, mode) in ["given", "made", "none"].into_iter().enumerate() {
+        let mut cmd = supernoded();
+        cmd.args(["--listen", "127.0.0.1:0", "-q"])
+            .arg("--identity")
+            .arg(dir.path().join(format!("sn{i}.key")))
+            .arg("--control")
+            .arg(dir.path().join(format!("sn{i}.sock")));
+        match mode {
+            "given" => {
+                cmd.arg("--cert")
+                    .arg(&cert_path)
+                    .arg("--key")
+                    .arg(&key_path);
+            }
+            "none" => {
+                cmd.arg("--no-tls");
+            }
+            _ => {}
+        }
+        let d = Daemon::start(cmd);
+        let addr: SocketAddr = d.line["stun"][0]["primary"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let cert = tls_certificate(addr);
+        match mode {
+            "given" => assert_eq!(cert.as_deref(), Some(&der[..])),
+            "made" => assert!(cert.is_some_and(|c| c != der), "no TLS by default"),
+            _ => assert!(cert.is_none(), "a TLS handshake with --no-tls"),
+        }
+    }
+    let out = supernoded()
+        .args(["--listen", "127.0.0.1:0", "-q", "--key"])
+        .arg(&key_path)
+        .arg("--cert")
+        .arg(dir.path().join("missing.pem"))
+        .arg("--identity")
+        .arg(dir.path().join("sn9.key"))
+        .arg("--control")
+        .arg(dir.path().join("sn9.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("--cert") && err.contains("missing.pem"),
+        "{err}"
+    );
+}

@@ -145,7 +145,7 @@ fn tls_to(name: &str, cert_der: Vec<u8>) -> TurnTransport {
 
 #[test]
 fn a_bare_listen_address_serves_udp_and_tcp_on_one_port() {
-    let d = Daemon::start(&["--listen", "127.0.0.1:0"]);
+    let d = Daemon::start(&["--listen", "127.0.0.1:0", "--no-tls"]);
     assert_eq!(d.transports(), ["udp", "tcp"], "{:?}", d.listen);
     let (udp, tcp) = (d.addr("udp"), d.addr("tcp"));
     assert_ne!(udp.port(), 0);

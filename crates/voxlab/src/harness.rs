@@ -27,16 +27,20 @@ pub enum LabNat {
     PortRestrictedCone,
     Symmetric,
     UdpBlocked,
+    /// UDP blocked, and TCP only for connections that open with TLS (a DPI firewall resets
+    /// any other): a port-restricted cone NAT otherwise.
+    TlsOnly,
 }
 
 impl LabNat {
-    pub const ALL: [LabNat; 6] = [
+    pub const ALL: [LabNat; 7] = [
         LabNat::None,
         LabNat::FullCone,
         LabNat::RestrictedCone,
         LabNat::PortRestrictedCone,
         LabNat::Symmetric,
         LabNat::UdpBlocked,
+        LabNat::TlsOnly,
     ];
 
     /// The `scripts/lab --type` name (also natprobe's `nat` vocabulary).
@@ -48,6 +52,7 @@ impl LabNat {
             LabNat::PortRestrictedCone => "port-restricted-cone",
             LabNat::Symmetric => "symmetric",
             LabNat::UdpBlocked => "udp-blocked",
+            LabNat::TlsOnly => "tls-only",
         }
     }
 }

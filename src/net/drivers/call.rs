@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::client::{Framing, StreamEvent, Streams};
+use super::streams::{Framing, StreamEvent, Streams};
 use crate::call::endpoint::{Endpoint, EndpointEvent};
 use crate::call::message::CallId;
 use crate::identity::UserId;

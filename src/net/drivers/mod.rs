@@ -9,6 +9,7 @@
 //! - [`roles`]: promotion ([`crate::roles::Promoter`]) and the relay and supernode roles it
 //!   hosts in `answer`.
 //! - [`client`]: the client agent ([`crate::client::Agent`]) on one UDP socket.
+//! - `streams`: TCP and TLS streams to supernodes and relays, for networks that block UDP.
 //! - [`call`]: the call endpoint ([`crate::call::endpoint::Endpoint`]) with audio channels.
 //! - [`probe`]: NAT discovery ([`crate::nat::Probe`]).
 //! - [`turn_client`]: a TURN client allocation ([`crate::turn::client`]) over UDP or TCP.
@@ -24,6 +25,7 @@ pub mod relay;
 pub mod relay_link;
 #[cfg(all(feature = "calls", feature = "relay", feature = "supernode"))]
 pub mod roles;
+pub(crate) mod streams;
 #[cfg(feature = "supernode")]
 pub mod stun_server;
 #[cfg(feature = "supernode")]

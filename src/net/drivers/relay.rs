@@ -82,7 +82,7 @@ impl BoundListener {
 /// method a TURN client sends (Binding 0x001, Allocate 0x003 to ChannelBind 0x009) is below
 /// 0x080, so that byte is 0x00 or 0x01; ChannelData starts with 0x40–0x7F (RFC 8656 §12.4).
 /// Neither can be mistaken for TLS, so one TCP port serves plain and TLS clients alike.
-pub const TLS_HANDSHAKE: u8 = 0x16;
+pub use crate::net::tls::TLS_HANDSHAKE;
 
 /// Hooks the daemon gives the driver.
 pub struct RelayOptions {
@@ -884,78 +884,6 @@ pub fn bind_listeners(
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_tcp_std(addr)?)
-}
-
-/// A TLS certificate that can be replaced while serving (relayd's SIGHUP): handshakes after
-/// [`ReloadableCert::load`] present the new one; open connections keep the one they began with.
-#[derive(Debug)]
-pub struct ReloadableCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
-
-impl ReloadableCert {
-    /// Parses PEM `cert_pem` (chain, leaf first) and `key_pem`, checking that they match.
-    pub fn new(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<ReloadableCert> {
-        Ok(ReloadableCert(std::sync::RwLock::new(certified_key(
-            cert_pem, key_pem,
-        )?)))
-    }
-
-    /// Replaces the certificate; on error the old one stays.
-    pub fn load(&self, cert_pem: &[u8], key_pem: &[u8]) -> io::Result<()> {
-        let k = certified_key(cert_pem, key_pem)?;
-        *self
-            .0
-            .write()
-            .map_err(|_| io::Error::other("certificate lock poisoned"))? = k;
-        Ok(())
-    }
-}
-
-impl rustls::server::ResolvesServerCert for ReloadableCert {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.0.read().ok().map(|k| k.clone())
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::sign::CertifiedKey>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no certificate in the --cert file",
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("private key: {e}")))?;
-    // from_der checks that the key belongs to the leaf certificate.
-    rustls::sign::CertifiedKey::from_der(certs, key, &provider())
-        .map(Arc::new)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// A TLS server configuration serving `cert`, whichever certificate it holds at the time.
-pub fn tls_config_reloadable(cert: Arc<ReloadableCert>) -> io::Result<Arc<rustls::ServerConfig>> {
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
-    Ok(Arc::new(cfg))
-}
-
-/// A TLS server configuration for one fixed certificate chain and key (PEM).
-pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<rustls::ServerConfig>> {
-    tls_config_reloadable(Arc::new(ReloadableCert::new(cert_pem, key_pem)?))
 }
 
 #[cfg(test)]

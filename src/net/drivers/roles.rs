@@ -512,7 +512,7 @@ fn start_supernode(
             frames_tx,
             frames_rx,
             sockets,
-            Vec::new(),
+            Default::default(),
             None,
             None,
             None,

@@ -71,6 +71,9 @@ pub enum StunServerError {
     /// The alternate needs concrete addresses to report in OTHER-ADDRESS.
     #[error("RFC 5780 needs specific addresses, not a wildcard: {0}")]
     Wildcard(SocketAddr),
+    /// The TLS certificate or key for the stream port cannot be read or used.
+    #[error("{0}")]
+    Certificate(String),
 }
 
 struct Bound {

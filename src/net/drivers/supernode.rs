@@ -66,6 +66,19 @@ type StreamWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 /// Most TCP clients served at once (each holds a connection and two small tasks).
 const MAX_STREAMS: usize = 10_000;
 
+/// How long a new connection has to show its first byte, and a TLS one to finish its
+/// handshake, before it is closed: a slot is not held for a client that says nothing.
+const STREAM_PROMPT: Duration = Duration::from_secs(10);
+
+/// The supernode's stream service, on the TCP side of its UDP addresses: for clients whose
+/// network blocks UDP, and with `tls` also for those whose network passes only TLS (told apart
+/// per connection by its first byte, [`crate::net::tls::TLS_HANDSHAKE`]).
+#[derive(Default)]
+pub struct StreamService {
+    pub listeners: Vec<TcpListener>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 mod core_trait {
     use super::*;
 
@@ -268,15 +281,15 @@ impl Core for Supernode {
 }
 
 /// Runs the supernode until `shutdown`, then announces its departure to the mesh. Frames from
-/// UDP arrive on `frames`; `tcp` listeners (same address as UDP) take clients whose UDP is
-/// blocked, feeding the same channel through `frames_tx`.
+/// UDP arrive on `frames`; `tcp` (listeners on the same addresses as UDP) takes clients whose
+/// UDP is blocked, feeding the same channel through `frames_tx`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_supernode(
     core: Supernode,
     frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     sockets: NodeSockets,
-    tcp: Vec<TcpListener>,
+    tcp: StreamService,
     control: Option<UnixListener>,
     host_cache: Option<PathBuf>,
     metrics: Option<Arc<Mutex<String>>>,
@@ -306,7 +319,7 @@ pub async fn run_core(
         frames_tx,
         frames,
         sockets,
-        Vec::new(),
+        StreamService::default(),
         control,
         None,
         None,
@@ -321,7 +334,7 @@ async fn drive(
     frames_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     mut frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     sockets: NodeSockets,
-    tcp: Vec<TcpListener>,
+    tcp: StreamService,
     control: Option<UnixListener>,
     host_cache: Option<PathBuf>,
     metrics: Option<Arc<Mutex<String>>>,
@@ -330,9 +343,14 @@ async fn drive(
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
     let ctl_task = control.map(|l| tokio::spawn(serve_control(l, ctl_tx)));
     let writers: StreamWriters = Arc::new(Mutex::new(HashMap::new()));
+    let acceptor = tcp.tls.map(tokio_rustls::TlsAcceptor::from);
     let tcp_tasks: Vec<_> = tcp
+        .listeners
         .into_iter()
-        .map(|l| tokio::spawn(serve_tcp(l, frames_tx.clone(), writers.clone())))
+        .map(|l| {
+            let (frames, writers) = (frames_tx.clone(), writers.clone());
+            tokio::spawn(serve_tcp(l, acceptor.clone(), frames, writers))
+        })
         .collect();
     drop(frames_tx);
     let mut save = tokio::time::interval(Duration::from_secs(30));
@@ -431,16 +449,16 @@ fn probe_socket(sockets: &NodeSockets, v4: bool) -> Option<std::net::UdpSocket> 
 
 async fn serve_tcp(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     frames: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     writers: StreamWriters,
 ) {
-    use crate::net::frames::{read_frame, write_frame};
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             tokio::task::yield_now().await;
             continue;
         };
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
         {
             let Ok(mut w) = writers.lock() else { return };
             if w.len() >= MAX_STREAMS {
@@ -449,31 +467,60 @@ async fn serve_tcp(
             w.insert(remote, tx);
         }
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let (frames, writers) = (frames.clone(), writers.clone());
+        let (frames, writers, tls) = (frames.clone(), writers.clone(), tls.clone());
         tokio::spawn(async move {
-            let writer = tokio::spawn(async move {
-                while let Some(m) = rx.recv().await {
-                    if write_frame(&mut wr, &m).await.is_err() {
-                        return;
+            let deadline = tokio::time::Instant::now() + STREAM_PROMPT;
+            let mut first = [0u8; 1];
+            let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+                Ok(Ok(1)) => first[0] == crate::net::tls::TLS_HANDSHAKE,
+                _ => false,
+            };
+            match tls.filter(|_| is_tls) {
+                None => serve_stream(stream, remote, rx, &frames).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+                    {
+                        serve_stream(s, remote, rx, &frames).await;
                     }
                 }
-            });
-            let mut buf = Vec::new();
-            // The session layer closes idle sessions; a stream silent for longer is dead.
-            while let Ok(Ok(Some(()))) =
-                tokio::time::timeout(Duration::from_secs(120), read_frame(&mut rd, &mut buf)).await
-            {
-                if frames.send((remote, buf.clone())).await.is_err() {
-                    break;
-                }
             }
-            writer.abort();
             if let Ok(mut w) = writers.lock() {
                 w.remove(&remote);
             }
         });
     }
+}
+
+/// One client's stream, plain or TLS: frames in to the node, frames out from `out`, until
+/// either side ends or it falls silent.
+async fn serve_stream<S>(
+    stream: S,
+    remote: SocketAddr,
+    mut out: mpsc::Receiver<Vec<u8>>,
+    frames: &mpsc::Sender<(SocketAddr, Vec<u8>)>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use crate::net::frames::{read_frame, write_frame};
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out.recv().await {
+            if write_frame(&mut wr, &m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    // The session layer closes idle sessions; a stream silent for longer is dead.
+    while let Ok(Ok(Some(()))) =
+        tokio::time::timeout(Duration::from_secs(120), read_frame(&mut rd, &mut buf)).await
+    {
+        if frames.send((remote, buf.clone())).await.is_err() {
+            break;
+        }
+    }
+    writer.abort();
 }
 
 async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
