@@ -567,9 +567,19 @@ mod tests {
         }
     }
 
+    /// What the echo server does with a plain connection's frames.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Plain {
+        Echo,
+        /// Reset at the first frame, as a firewall that passes only TLS may.
+        Reset,
+        /// Swallow them, as another such firewall may.
+        Swallow,
+    }
+
     /// A server on one port for plain and TLS streams (told apart by the first byte) that
-    /// echoes session frames; with `reset_plain` a plain connection's first frame gets a reset
-    /// instead, as a firewall that passes only TLS does. Counts connections by kind.
+    /// echoes session frames over TLS, and over plain TCP as `plain` says. Counts connections
+    /// by kind.
     struct EchoServer {
         addr: SocketAddr,
         plain: Arc<std::sync::atomic::AtomicUsize>,
@@ -577,7 +587,7 @@ mod tests {
     }
 
     impl EchoServer {
-        async fn start(reset_plain: bool) -> EchoServer {
+        async fn start(plain_does: Plain) -> EchoServer {
             use crate::net::frames::{read_frame, write_frame};
             use std::sync::atomic::Ordering;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -613,12 +623,17 @@ mod tests {
                             counts.0.fetch_add(1, Ordering::SeqCst);
                             let mut s = s;
                             while let Ok(Some(())) = read_frame(&mut s, &mut buf).await {
-                                if reset_plain {
+                                match plain_does {
+                                    Plain::Echo => {
+                                        let _ = write_frame(&mut s, &buf).await;
+                                    }
                                     // Linger 0: the close sends a reset.
-                                    let _ = s.set_zero_linger();
-                                    return;
+                                    Plain::Reset => {
+                                        let _ = s.set_zero_linger();
+                                        return;
+                                    }
+                                    Plain::Swallow => {}
                                 }
-                                let _ = write_frame(&mut s, &buf).await;
                             }
                         }
                     });
@@ -654,7 +669,7 @@ mod tests {
     #[cfg(feature = "supernode")]
     #[tokio::test]
     async fn tls_wins_where_plain_tcp_is_reset_and_is_used_first_after() {
-        let server = EchoServer::start(true).await;
+        let server = EchoServer::start(Plain::Reset).await;
         let mut streams = Streams::new();
         streams.send(server.addr, b"hello".to_vec());
         assert_eq!(
@@ -676,7 +691,7 @@ mod tests {
     #[cfg(feature = "supernode")]
     #[tokio::test]
     async fn plain_tcp_that_answers_makes_no_tls_connection() {
-        let server = EchoServer::start(false).await;
+        let server = EchoServer::start(Plain::Echo).await;
         let mut streams = Streams::new();
         streams.send(server.addr, b"hello".to_vec());
         assert_eq!(next_frame(&mut streams).await, b"hello");
@@ -705,5 +720,21 @@ mod tests {
             matches!(got, Ok(Some(()))) && buf == b"bye",
             "{got:?} {buf:?}"
         );
+    }
+
+    #[cfg(feature = "supernode")]
+    #[tokio::test]
+    async fn tls_wins_where_plain_tcp_goes_unanswered() {
+        let server = EchoServer::start(Plain::Swallow).await;
+        let mut streams = Streams::new();
+        let t0 = Instant::now();
+        streams.send(server.addr, b"hello".to_vec());
+        assert_eq!(
+            next_frame(&mut streams).await,
+            b"hello",
+            "answered over TLS"
+        );
+        assert!(t0.elapsed() >= TLS_AFTER_MIN, "TLS raced before its time");
+        assert_eq!(server.counts(), (1, 1));
     }
 }
