@@ -315,6 +315,9 @@ struct Call {
     opened: bool,
     /// Callee: our ringing reply, returned again for a duplicate invite.
     ringing_reply: Option<Vec<u8>>,
+    /// Caller: our invite as signed, sent again when the call is answered before its ringing
+    /// (which holds the keys) arrived.
+    invite: Option<Vec<u8>>,
     /// Whether the peer may have all our candidates (a contact, or the call is answered).
     reveal_all: bool,
     /// When the current stage times out.
@@ -571,6 +574,7 @@ impl Phone {
             peer_seqs: VecDeque::new(),
             opened: !outgoing,
             ringing_reply: None,
+            invite: None,
             // The callee learns everything of ours: we chose to call it. A callee reveals its
             // addresses at once only to a contact.
             reveal_all: outgoing || self.config.contacts.contains(&peer),
@@ -1145,7 +1149,22 @@ impl Phone {
                 if c.ice.selected().is_none() {
                     c.pathless_since = Some(now);
                 }
+                // Answered before the ringing came: the ringing (keys, the callee's ICE
+                // credentials and first candidates) was lost on its way, or is late. Ask again:
+                // the callee answers a duplicate invite with the same ringing. The routing
+                // layer's own retransmissions did not always bring it: in the lab's matrix at
+                // 5 % loss a caller sometimes got the accept and never the ringing (its route
+                // acknowledged, the reply gone), and the answered call ended without keys.
+                let again = c
+                    .invite
+                    .clone()
+                    .filter(|_| c.handshake.is_some())
+                    .map(|p| (c.peer, p));
                 self.events.push_back(PhoneEvent::Answered { call });
+                if let Some((to, payload)) = again {
+                    tracing::debug!("call {call}: answered before its ringing; inviting again");
+                    self.queue(call, to, payload, "invite");
+                }
             }
             Body::Reject { reason } if outgoing => {
                 let r = if reason == "glare" {
@@ -1356,6 +1375,16 @@ impl Phone {
         let Some(payload) = self.signed(now, call, to, body) else {
             return;
         };
+        if name == "invite"
+            && let Some(c) = self.calls.get_mut(&call)
+        {
+            c.invite = Some(payload.clone());
+        }
+        self.queue(call, to, payload, name);
+    }
+
+    /// Queues `payload` (a signed message of `call`, named `name`) for routing to `to`.
+    fn queue(&mut self, call: CallId, to: UserId, payload: Vec<u8>, name: &'static str) {
         let tag = self.next_tag();
         self.signals.push_back(Outgoing {
             to,
@@ -1396,6 +1425,8 @@ mod tests {
         offline: HashSet<UserId>,
         /// Routes that fail once with 504 before going through.
         flaky: u32,
+        /// Routes delivered whose reply is then lost (acknowledged without it).
+        lose_replies: u32,
         /// Every payload routed, for capture checks.
         wire: Vec<(UserId, UserId, Vec<u8>)>,
         /// Each phone's socket address, if it has one: datagrams to it are delivered at once.
@@ -1416,6 +1447,7 @@ mod tests {
                 events: (0..n).map(|_| Vec::new()).collect(),
                 offline: HashSet::new(),
                 flaky: 0,
+                lose_replies: 0,
                 wire: Vec::new(),
                 hosts: vec![None; n as usize],
                 cut: false,
@@ -1472,7 +1504,12 @@ mod tests {
                                     if let Some(r) = &reply {
                                         self.wire.push((out.to, from, r.clone()));
                                     }
-                                    Ok(reply)
+                                    if self.lose_replies > 0 {
+                                        self.lose_replies -= 1;
+                                        Ok(None)
+                                    } else {
+                                        Ok(reply)
+                                    }
                                 }
                             }
                         };
@@ -1760,6 +1797,37 @@ mod tests {
         assert!(ended(&a).is_none() && ended(&b).is_none());
     }
 
+    /// The ringing is lost for good (the invite's acknowledgement carried it and will not come
+    /// again) and the accept arrives: the caller invites again, the callee answers the duplicate
+    /// with the same ringing, and the call gets its keys (one SAS at both ends) instead of
+    /// ending for want of them at the path timeout.
+    #[test]
+    fn an_accept_before_the_ringing_asks_for_it_again() {
+        let cfg = PhoneConfig::default();
+        let mut n = Net::new(2, |_| PhoneConfig::default()).with_sockets();
+        let now = n.now;
+        let (alice, bob) = (n.id(0), n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        let invite = n.phones[0].poll_signal().unwrap();
+        let _lost = n.phones[1]
+            .handle_signal(now, alice, &invite.payload)
+            .unwrap();
+        n.phones[0].handle_route_result(now, invite.tag, Ok(None));
+        n.phones[1].accept(now, call).unwrap();
+        n.settle();
+        let again = n
+            .wire
+            .iter()
+            .filter(|(from, _, p)| *from == alice && *p == invite.payload)
+            .count();
+        assert_eq!(again, 1, "the invite sent again once");
+        n.advance(cfg.path_timeout + Duration::from_millis(200));
+        let (a, b) = (n.take(0), n.take(1));
+        let (sa, sb) = (sas(&a), sas(&b));
+        assert!(sa.is_some() && sa == sb, "{sa:?} {sb:?}: {a:?}");
+        assert!(ended(&a).is_none() && ended(&b).is_none(), "{a:?} {b:?}");
+    }
+
     /// When the ringing never arrives, the answered call cannot carry media: both ends give
     /// up after the path timeout instead of hanging.
     #[test]
@@ -1782,6 +1850,8 @@ mod tests {
                 .is_none()
         );
         n.phones[1].handle_route_result(now, accept.tag, Ok(None));
+        // The invite the answered caller sends again gets its ringing lost too.
+        n.lose_replies = u32::MAX;
         n.settle();
         assert!(ended(&n.take(0)).is_none());
         n.advance(cfg.path_timeout - Duration::from_millis(100));

@@ -357,40 +357,6 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The STUN sockets and, for the directory, a TCP listener on each primary address and port.
-/// Port 0 lets the UDP bind pick the number, which TCP must then share
-/// ([`bind_same_port`] retries when another process holds it for TCP).
-fn bind_udp_and_tcp(
-    configs: Vec<BindingConfig>,
-    tcp: bool,
-) -> anyhow::Result<(StunServer, Vec<std::net::TcpListener>)> {
-    use crate::net::drivers::stun_server::StunServerError;
-    use crate::net::socket::{SAME_PORT_ATTEMPTS, SamePortError, bind_same_port, bind_tcp_std};
-    if !tcp {
-        return Ok((StunServer::bind(configs)?, Vec::new()));
-    }
-    let picked = configs.iter().any(|c| c.primary.port() == 0);
-    let bound = bind_same_port(
-        picked,
-        SAME_PORT_ATTEMPTS,
-        || StunServer::bind(configs.clone()),
-        |server| {
-            server
-                .configs()
-                .iter()
-                .map(|c| bind_tcp_std(c.primary).map_err(|e| (c.primary, e)))
-                .collect()
-        },
-    );
-    match bound {
-        Ok(pair) => Ok(pair),
-        Err(SamePortError::Udp(e)) => Err(e.into()),
-        Err(SamePortError::Tcp { addr, source }) => {
-            Err(StunServerError::BindTcp { addr, source }.into())
-        }
-    }
-}
-
 /// The TLS configuration for the stream port: --cert and --key, else a self-signed
 /// certificate (see --cert), or none with --no-tls.
 fn stream_tls(args: &Args) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
@@ -425,7 +391,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let configs = binding_configs(&args)?;
     let rt = runtime().context("cannot start the runtime")?;
     rt.block_on(async move {
-        let (mut server, mut tcp_std) = bind_udp_and_tcp(configs, !args.stun_only)?;
+        let (mut server, mut tcp_std) = StunServer::bind_with_tcp(configs, !args.stun_only)?;
         let (signal, shutdown) = ShutdownSignal::new();
         let mut metrics_addr = None;
         let mut node_metrics = None;

@@ -4,7 +4,8 @@
 //!   least) and supernodes up to the floor of 3 (every record has 3 homes: the bootstrap and
 //!   2 promoted clients); NATed clients never take a role.
 //! - A call between two symmetric-NAT clients connects through a client relay (no relayd
-//!   exists), with audio both ways.
+//!   exists), with audio both ways; so does a call from a host whose network blocks UDP (the
+//!   client relay serves TCP and TLS beside UDP).
 //! - SIGKILL of the client hosting a promoted supernode: the clients registered through it
 //!   register again within 10 s, and a lookup of one of them succeeds.
 //! - SIGTERM of the client hosting the other one: its role goes off (leaving the mesh) and its
@@ -37,6 +38,9 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(10);
 /// A graceful stop's clients are told by the mesh at once: one notice and one registration
 /// round trip on a busy host, well under SWIM's detection time of a silent node (4.3 s).
 const GRACEFUL_LIMIT: Duration = Duration::from_secs(2);
+
+/// The lab box whose host blocks UDP (it runs no client of the 20; calls only).
+const BLOCKED_BOX: u32 = 10;
 
 /// Every client's events, merged: (client index, event).
 type Events = mpsc::Receiver<(usize, serde_json::Value)>;
@@ -175,6 +179,9 @@ fn promoted_lab(
         );
     }
     assert_eq!(hosts.len(), 20);
+    // Box 10: a host whose network blocks UDP, for calls only (not one of the 20 clients).
+    lab.add(BLOCKED_BOX, &BoxOpts::new(LabNat::UdpBlocked))
+        .unwrap();
     let dir = tmp(test);
     let (sn, node) = bootstrap_supernode(&lab, &dir, &[SN]);
     let m = CallLab {
@@ -394,6 +401,27 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         c.connected
     );
     eprintln!("relayed call: {} via client relays {relays:?}", c.connected);
+
+    // A caller whose network blocks UDP: it reaches the bootstrap over TCP, and a client relay
+    // over TCP too (promoted relays serve TCP and TLS on their port, as relayd does).
+    let b = m.tone_call(BLOCKED_BOX, 9, &[], "blocked");
+    assert_eq!(
+        b.connected["path"], "relayed",
+        "UDP-blocked caller: {}",
+        b.connected
+    );
+    assert_eq!(b.connected["local"]["type"], "relay", "{}", b.connected);
+    let ip = b.connected["local"]["addr"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0;
+    assert!(
+        relay_ips.contains(&ip),
+        "the UDP-blocked caller's relay is a promoted client's ({relay_ips:?}): {}",
+        b.connected
+    );
 
     // Clients registered through a promoted supernode (it first in their list, the bootstrap
     // second), each with its warm standby.

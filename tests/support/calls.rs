@@ -409,7 +409,7 @@ impl CallLab {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(self.log_of(name))
             .spawn()
             .expect("spawn answer");
         let rx = json_lines(&mut child);
@@ -440,8 +440,20 @@ impl CallLab {
             .arg(self.dir.join(format!("{name}.key")))
             .arg(user)
             .args(args)
-            .stderr(Stdio::inherit());
+            .stderr(self.log_of(name));
         c
+    }
+
+    /// Where a program's log goes: the test's stderr, or with `VOXMESH_CALL_LOGS` set (a
+    /// debugging aid, e.g. with `RUST_LOG=voxmesh=debug`) `NAME.log` in the lab's directory.
+    fn log_of(&self, name: &str) -> Stdio {
+        if std::env::var_os("VOXMESH_CALL_LOGS").is_none() {
+            return Stdio::inherit();
+        }
+        match std::fs::File::create(self.dir.join(format!("{name}.log"))) {
+            Ok(f) => f.into(),
+            Err(_) => Stdio::inherit(),
+        }
     }
 }
 

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use super::relay::{BoundListener, Listen, RelayOptions, bind_listeners, serve_relay};
+use super::relay::{Listen, RelayOptions, bind_listeners, serve_relay};
 use super::relay_link::{SupernodeSecrets, link_bind_addr, run_relay_link};
 use super::stun_server::StunServer;
-use super::supernode::{NodeSockets, run_supernode};
+use super::supernode::{NodeSockets, StreamService, run_supernode};
 use crate::client::relay::{RelayLink, RelayLinkConfig};
 use crate::client::{Agent, AgentConfig, AgentEvent};
 use crate::identity::{Identity, NodeKey};
@@ -31,6 +31,7 @@ use crate::net::{Shutdown, ShutdownSignal};
 use crate::roles::{Config, DemoteReason, Event, Input, Promoter, Reachability, Role, probe};
 use crate::signal::{RolesAnswer, RolesRequest};
 use crate::supernode::{BindingConfig, NodeConfig, Supernode};
+use crate::turn::server::Transport;
 use crate::turn::{Credentials, IpNet, PeerPolicy, TurnConfig, TurnServer};
 
 /// What the driver needs.
@@ -399,10 +400,22 @@ fn start_relay(
     // `--max-relay-kbps` caps each allocation's rate (bytes/s both ways) at the role's budget.
     let bandwidth = setup.config.max_relay_kbps.map(|k| u64::from(k) * 1000 / 8);
     let (mut hosted, addr) = spawn_role("relay", move |shutdown| async move {
-        let listeners = bind_listeners(&[Listen::Udp(SocketAddr::new(ip, 0))], None)?;
-        let addr = match listeners.first().map(BoundListener::endpoints) {
-            Some(Ok(e)) if !e.is_empty() => e[0].1,
-            _ => return Err(io::Error::other("no relay listener")),
+        // UDP, and TCP and TLS on the same port for callers whose network blocks UDP, as
+        // relayd's bare listeners serve them.
+        let listeners = bind_listeners(&[Listen::All(SocketAddr::new(ip, 0))], Some(self_tls()?))?;
+        let mut served = Vec::new();
+        for l in &listeners {
+            served.extend(l.endpoints()?);
+        }
+        let of = |t: Transport| -> Vec<SocketAddr> {
+            served
+                .iter()
+                .filter(|(k, _)| *k == t)
+                .map(|(_, a)| *a)
+                .collect()
+        };
+        let Some(&addr) = of(Transport::Udp).first() else {
+            return Err(io::Error::other("no relay listener"));
         };
         let config = TurnConfig {
             relay_ips: vec![ip],
@@ -422,6 +435,8 @@ fn start_relay(
         );
         let mut link_cfg = RelayLinkConfig::new(supernodes);
         link_cfg.udp = vec![addr];
+        link_cfg.tcp = of(Transport::Tcp);
+        link_cfg.tls = of(Transport::Tls);
         let link = RelayLink::new(&identity, link_cfg, Instant::now(), rand::random());
         let link_socket = UdpSocket::bind(link_bind_addr(Some(ip))).await?;
         let (secrets_tx, mut secrets_rx) = watch::channel(SupernodeSecrets::new());
@@ -481,8 +496,19 @@ fn start_supernode(
             rfc5780: false,
             software: None,
         };
-        let mut server =
-            StunServer::bind(vec![config]).map_err(|e| io::Error::other(e.to_string()))?;
+        let (mut server, tcp) = StunServer::bind_with_tcp(vec![config], true)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        // Streams (plain and TLS) on the same port, for clients whose network blocks UDP.
+        let mut streams = StreamService {
+            tls: Some(self_tls()?),
+            ..Default::default()
+        };
+        for l in tcp {
+            l.set_nonblocking(true)?;
+            streams
+                .listeners
+                .push(tokio::net::TcpListener::from_std(l)?);
+        }
         let Some(addr) = server.configs().first().map(|c| c.primary) else {
             return Err(io::Error::other("no supernode socket"));
         };
@@ -512,7 +538,7 @@ fn start_supernode(
             frames_tx,
             frames_rx,
             sockets,
-            Default::default(),
+            streams,
             None,
             None,
             None,
@@ -525,6 +551,13 @@ fn start_supernode(
             let _ = node.await;
         }))
     })
+}
+
+/// The TLS a hosted role serves its streams with: a certificate made for it (clients take any;
+/// see [`crate::net::tls`]).
+fn self_tls() -> io::Result<Arc<rustls::ServerConfig>> {
+    let (cert, key) = crate::net::tls::self_signed("voxmesh.invalid")?;
+    crate::net::tls::tls_config(cert.as_bytes(), key.as_bytes())
 }
 
 /// Runs a hosted role on a thread of its own with its own runtime. `setup` binds the role's

@@ -174,8 +174,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The least a plain connection that took frames gets to answer before TLS races it
 /// ([`stream_task`]); otherwise twice its connect time, a round trip for the answer plus as
-/// much again for the far end's work and queues.
-const TLS_AFTER_MIN: Duration = Duration::from_millis(200);
+/// much again for the far end's work and queues. Only a firewall that swallows what it does not
+/// like needs this timer (one that resets is answered at once), and on a lossy path plain TCP's
+/// own retransmission (200 ms at least on Linux, plus a round trip) would often outlast a
+/// shorter wait and start TLS connections for nothing.
+const TLS_AFTER_MIN: Duration = Duration::from_millis(600);
 
 /// Frames kept for a connection that is not up yet, until one connection has answered.
 const BACKLOG: usize = 64;

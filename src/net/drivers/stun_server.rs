@@ -97,6 +97,39 @@ pub struct StunServer {
 const PORT_ATTEMPTS: usize = 20;
 
 impl StunServer {
+    /// [`StunServer::bind`], and with `tcp` a TCP listener on each primary address and port
+    /// too, for the directory's streams. Port 0 lets the UDP bind pick the number, which TCP
+    /// must then share ([`crate::net::socket::bind_same_port`] retries when another process holds it for TCP).
+    pub fn bind_with_tcp(
+        configs: Vec<BindingConfig>,
+        tcp: bool,
+    ) -> Result<(StunServer, Vec<std::net::TcpListener>), StunServerError> {
+        use crate::net::socket::{SAME_PORT_ATTEMPTS, SamePortError, bind_same_port, bind_tcp_std};
+        if !tcp {
+            return Ok((StunServer::bind(configs)?, Vec::new()));
+        }
+        let picked = configs.iter().any(|c| c.primary.port() == 0);
+        let bound = bind_same_port(
+            picked,
+            SAME_PORT_ATTEMPTS,
+            || StunServer::bind(configs.clone()),
+            |server| {
+                server
+                    .configs()
+                    .iter()
+                    .map(|c| bind_tcp_std(c.primary).map_err(|e| (c.primary, e)))
+                    .collect()
+            },
+        );
+        match bound {
+            Ok(pair) => Ok(pair),
+            Err(SamePortError::Udp(e)) => Err(e),
+            Err(SamePortError::Tcp { addr, source }) => {
+                Err(StunServerError::BindTcp { addr, source })
+            }
+        }
+    }
+
     /// Binds every socket the configurations need. Port 0 (primary or alternate) picks free
     /// ports, so tests can run many servers side by side. Call it within a tokio runtime (its
     /// sockets register with that runtime's reactor).
