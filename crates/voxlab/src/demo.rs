@@ -264,6 +264,9 @@ pub fn run() -> anyhow::Result<bool> {
     }
     let want: Vec<&str> = calls.iter().map(|c| c.3).collect();
     let calls_ok = report(&results, &want);
-    let _ = std::fs::remove_dir_all(&dir);
+    // VOXLAB_KEEP keeps the scratch directory (recordings, the speech played) for a look.
+    if std::env::var_os("VOXLAB_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(all_ok && calls_ok)
 }
