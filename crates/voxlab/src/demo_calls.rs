@@ -187,8 +187,10 @@ pub fn place_call(
         .context("cannot start answer")?;
     let rx = crate::events::json_lines(&mut bob);
     let bob = Killed(bob);
-    let wait =
-        |name: &str, limit: Duration| crate::events::wait_event(&rx, name, limit, &mut Vec::new());
+    let bob_seen = std::cell::RefCell::new(Vec::new());
+    let wait = |name: &str, limit: Duration| {
+        crate::events::wait_event(&rx, name, limit, &mut bob_seen.borrow_mut())
+    };
     let reg = wait("registered", Duration::from_secs(20))
         .context("the callee did not register within 20 s")?;
     let bob_id = reg["user"]
@@ -225,6 +227,12 @@ pub fn place_call(
     let bob_connected = wait("connected", Duration::from_secs(5));
     wait("ended", Duration::from_secs(10));
     drop(bob);
+    // Kept with the recordings (VOXLAB_KEEP): the callee's events, its stats among them.
+    let events_of_bob: Vec<String> = bob_seen.borrow().iter().map(|v| v.to_string()).collect();
+    let _ = std::fs::write(
+        dir.join(format!("bob-events-{tag}.jsonl")),
+        events_of_bob.join("\n"),
+    );
     let similarity = Command::new(sibling("pipe-audio")?)
         .arg("analyze")
         .arg(&heard)
