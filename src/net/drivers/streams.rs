@@ -329,6 +329,8 @@ async fn stream_task(
                         break false;
                     }
                 }
+                // The loser's end, reported before its abort took: it was closed already.
+                LegEvent::Down if winner.is_some_and(|w| w != leg) => {}
                 LegEvent::Down => {
                     if leg == Leg::Plain { plain = None } else { secure = None }
                     if winner.is_some() {
