@@ -1797,6 +1797,18 @@ mod tests {
         assert!(ended(&a).is_none() && ended(&b).is_none());
     }
 
+    /// Alice dials Bob, whose phone rings; the ringing it answered with is lost. The call, and
+    /// the invite as sent.
+    fn rung_without_ringing(n: &mut Net) -> (CallId, Outgoing) {
+        let (now, alice, bob) = (n.now, n.id(0), n.id(1));
+        let call = n.phones[0].dial(now, bob).unwrap();
+        let invite = n.phones[0].poll_signal().unwrap();
+        let _lost = n.phones[1]
+            .handle_signal(now, alice, &invite.payload)
+            .unwrap();
+        (call, invite)
+    }
+
     /// The ringing is lost for good (the invite's acknowledgement carried it and will not come
     /// again) and the accept arrives: the caller invites again, the callee answers the duplicate
     /// with the same ringing, and the call gets its keys (one SAS at both ends) instead of
@@ -1806,12 +1818,8 @@ mod tests {
         let cfg = PhoneConfig::default();
         let mut n = Net::new(2, |_| PhoneConfig::default()).with_sockets();
         let now = n.now;
-        let (alice, bob) = (n.id(0), n.id(1));
-        let call = n.phones[0].dial(now, bob).unwrap();
-        let invite = n.phones[0].poll_signal().unwrap();
-        let _lost = n.phones[1]
-            .handle_signal(now, alice, &invite.payload)
-            .unwrap();
+        let alice = n.id(0);
+        let (call, invite) = rung_without_ringing(&mut n);
         n.phones[0].handle_route_result(now, invite.tag, Ok(None));
         n.phones[1].accept(now, call).unwrap();
         n.settle();
@@ -1836,12 +1844,8 @@ mod tests {
         // With sockets on one network, so that a path is found and only the keys are missing.
         let mut n = Net::new(2, |_| PhoneConfig::default()).with_sockets();
         let now = n.now;
-        let (alice, bob) = (n.id(0), n.id(1));
-        let call = n.phones[0].dial(now, bob).unwrap();
-        let invite = n.phones[0].poll_signal().unwrap();
-        let _lost = n.phones[1]
-            .handle_signal(now, alice, &invite.payload)
-            .unwrap();
+        let bob = n.id(1);
+        let (call, _) = rung_without_ringing(&mut n);
         n.phones[1].accept(now, call).unwrap();
         let accept = n.phones[1].poll_signal().unwrap();
         assert!(

@@ -384,19 +384,10 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         .iter()
         .map(|r| r.rsplit_once(':').unwrap().0)
         .collect();
-    let relayed = ["local", "remote"]
-        .iter()
-        .map(|side| &c.connected[side])
-        .find(|cand| cand["type"] == "relay")
-        .unwrap_or_else(|| panic!("a relayed candidate: {}", c.connected));
-    let relay_ip = relayed["addr"]
-        .as_str()
-        .unwrap()
-        .rsplit_once(':')
-        .unwrap()
-        .0;
+    let relay_ip =
+        relay_ip_of(&c.connected).unwrap_or_else(|| panic!("a relayed candidate: {}", c.connected));
     assert!(
-        relay_ips.contains(&relay_ip),
+        relay_ips.contains(&relay_ip.as_str()),
         "the relay is a promoted client's ({relay_ips:?}): {}",
         c.connected
     );
@@ -411,14 +402,9 @@ fn public_clients_become_relays_and_supernodes_and_carry_calls_and_failover() {
         b.connected
     );
     assert_eq!(b.connected["local"]["type"], "relay", "{}", b.connected);
-    let ip = b.connected["local"]["addr"]
-        .as_str()
-        .unwrap()
-        .rsplit_once(':')
-        .unwrap()
-        .0;
+    let ip = relay_ip_of(&b.connected).expect("a relayed candidate");
     assert!(
-        relay_ips.contains(&ip),
+        relay_ips.contains(&ip.as_str()),
         "the UDP-blocked caller's relay is a promoted client's ({relay_ips:?}): {}",
         b.connected
     );
